@@ -1,0 +1,49 @@
+import { createRequire } from 'node:module'
+
+/** A path as the kernel sees it: a string (UTF-8) or raw bytes. */
+export type SysPath = string | Buffer
+
+interface Binding {
+  lgetxattrs(path: SysPath): Array<[string, Buffer]>
+  lsetxattr(path: SysPath, name: string, value: Uint8Array): void
+  mknod(path: SysPath, mode: number, major: number, minor: number): void
+  lutimens(path: SysPath, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void
+  flock(fd: number, exclusive: boolean, wait: boolean): boolean
+}
+
+const require = createRequire(import.meta.url)
+const binding = require('../build/Release/strata_sys.node') as Binding
+
+/** Every extended attribute of `path` itself (a symlink is not followed), sorted by name. */
+export function lgetxattrs (path: SysPath): Array<[string, Buffer]> {
+  const list = binding.lgetxattrs(path)
+  if (list.length > 1) list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+  return list
+}
+
+/** Sets one extended attribute on `path` itself (a symlink is not followed). */
+export function lsetxattr (path: SysPath, name: string, value: Uint8Array): void {
+  binding.lsetxattr(path, name, value)
+}
+
+export const S_IFIFO = 0o010000
+export const S_IFCHR = 0o020000
+export const S_IFBLK = 0o060000
+
+/** Creates a device node or FIFO; `mode` includes the file type bits. */
+export function mknod (path: SysPath, mode: number, major = 0, minor = 0): void {
+  binding.mknod(path, mode, major, minor)
+}
+
+/** Sets atime and mtime with nanosecond precision, without following a symlink. */
+export function lutimens (path: SysPath, atime: readonly [number, number], mtime: readonly [number, number]): void {
+  binding.lutimens(path, atime[0], atime[1], mtime[0], mtime[1])
+}
+
+/**
+ * An advisory lock on an open file. With `wait` false, returns false instead of
+ * blocking when another process holds a conflicting lock.
+ */
+export function flock (fd: number, opts: { exclusive: boolean, wait: boolean }): boolean {
+  return binding.flock(fd, opts.exclusive, opts.wait)
+}
