@@ -1,0 +1,373 @@
+import * as dagCbor from '@ipld/dag-cbor'
+import { CID } from 'multiformats/cid'
+import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW, SHA2_256 } from './cid.ts'
+import { comparePaths, parentOf } from './entry.ts'
+import type { Entry, EntryType, RootAttributes, Chunk } from './entry.ts'
+import { InvalidManifestError } from './errors.ts'
+
+/**
+ * The layer manifest format, version 1 (doc/FORMAT.md describes it in full).
+ * Root block: { format: 'strata/layer', version: 1, count, size, root, entries: [CID] }.
+ * Entry-list block: { entries: [entry...] }, entries in comparePaths order across blocks.
+ */
+export const FORMAT = 'strata/layer'
+export const VERSION = 1
+
+/** Limits a manifest must keep; a decoder refuses anything past them. */
+export const LIMITS = {
+  entries: 10_000_000,
+  entryBlocks: 20_000,
+  pathBytes: 4096,
+  nameBytes: 255,
+  depth: 512,
+  symlinkBytes: 4095,
+  xattrs: 64,
+  xattrNameBytes: 255,
+  xattrValueBytes: 64 * 1024,
+  fileSize: 2 ** 48,
+  inlineBytes: 64 * 1024
+} as const
+
+const TYPE_CODES: EntryType[] = ['file', 'dir', 'symlink', 'hardlink', 'whiteout', 'fifo', 'chardev', 'blockdev']
+const CODE_OF = new Map<EntryType, number>(TYPE_CODES.map((t, i) => [t, i]))
+
+// Entry-list blocks end where a path's hash says so (once past a minimum), so that
+// two layers sharing a run of entries share the blocks holding them; a block is
+// also closed before it could pass the block size limit.
+const BLOCK_TARGET_MIN = 16 * 1024
+const BLOCK_SOFT_MAX = 768 * 1024
+const BOUNDARY_MASK = 0x3ff
+
+function pathHash (path: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path.charCodeAt(i), 0x01000193)
+  return h >>> 0
+}
+
+export interface ManifestBlock {
+  cid: CID
+  bytes: Uint8Array
+}
+
+export interface EncodedManifest {
+  root: CID
+  /** Every block of the manifest, the root first. */
+  blocks: ManifestBlock[]
+  count: number
+  size: number
+}
+
+function encodeAttrs (o: Record<string, unknown>, a: { mode: number, uid: number, gid: number, mtime: [number, number], xattrs?: Array<[string, Uint8Array]> | undefined, opaque?: boolean | undefined }): void {
+  o.m = a.mode
+  o.u = a.uid
+  o.g = a.gid
+  o.mt = a.mtime
+  if (a.xattrs !== undefined && a.xattrs.length > 0) o.x = a.xattrs
+  if (a.opaque === true) o.o = true
+}
+
+function encodeEntry (e: Entry): Record<string, unknown> {
+  const o: Record<string, unknown> = { p: e.path, t: CODE_OF.get(e.type) }
+  encodeAttrs(o, e)
+  if (e.type === 'file') o.s = e.size
+  if (e.target !== undefined) o.l = e.target
+  if (e.chunks !== undefined && e.chunks.length > 0) o.c = e.chunks.map((c) => [c.cid, c.length])
+  if (e.data !== undefined) o.d = e.data
+  if (e.rdev !== undefined) o.r = e.rdev
+  return o
+}
+
+function estimateSize (e: Entry): number {
+  let n = 64 + e.path.length * 3 + (e.target?.length ?? 0) * 3 + (e.data?.length ?? 0) + (e.chunks?.length ?? 0) * 48
+  for (const [k, v] of e.xattrs ?? []) n += k.length + v.length + 8
+  return n
+}
+
+/** Builds a manifest from entries given in order. */
+export class ManifestBuilder {
+  readonly #lists: ManifestBlock[] = []
+  #current: Array<Record<string, unknown>> = []
+  #currentSize = 0
+  #last: string | undefined
+  #count = 0
+  #size = 0
+
+  add (entry: Entry): void {
+    if (this.#last !== undefined && comparePaths(this.#last, entry.path) >= 0) {
+      throw new InvalidManifestError('entries out of order or duplicated', { path: entry.path })
+    }
+    const est = estimateSize(entry)
+    if (this.#currentSize + est > BLOCK_SOFT_MAX && this.#current.length > 0) this.#flush()
+    this.#current.push(encodeEntry(entry))
+    this.#currentSize += est
+    this.#last = entry.path
+    this.#count++
+    if (entry.type === 'file') this.#size += entry.size
+    if (this.#currentSize >= BLOCK_TARGET_MIN && (pathHash(entry.path) & BOUNDARY_MASK) === 0) this.#flush()
+  }
+
+  #flush (): void {
+    if (this.#current.length === 0) return
+    const bytes = dagCbor.encode({ entries: this.#current })
+    if (bytes.length > MAX_BLOCK_SIZE) throw new InvalidManifestError(`an entry-list block would be ${bytes.length} bytes`, { path: this.#last })
+    this.#lists.push({ cid: cidOf(DAG_CBOR, bytes), bytes })
+    this.#current = []
+    this.#currentSize = 0
+  }
+
+  finish (root: RootAttributes): EncodedManifest {
+    this.#flush()
+    if (this.#lists.length > LIMITS.entryBlocks) throw new InvalidManifestError(`too many entries (${this.#count})`)
+    const rootAttrs: Record<string, unknown> = {}
+    encodeAttrs(rootAttrs, root)
+    const bytes = dagCbor.encode({
+      format: FORMAT,
+      version: VERSION,
+      count: this.#count,
+      size: this.#size,
+      root: rootAttrs,
+      entries: this.#lists.map((b) => b.cid)
+    })
+    const rootBlock = { cid: cidOf(DAG_CBOR, bytes), bytes }
+    return { root: rootBlock.cid, blocks: [rootBlock, ...this.#lists], count: this.#count, size: this.#size }
+  }
+}
+
+export interface ManifestRoot {
+  count: number
+  size: number
+  root: RootAttributes
+  entries: CID[]
+}
+
+function fail (message: string, path?: string): never {
+  throw new InvalidManifestError(message, path !== undefined ? { path } : undefined)
+}
+
+function isMap (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) && CID.asCID(v) === null
+}
+
+function uint (v: unknown, max: number, what: string, path?: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > max) fail(`${what} must be an integer in 0..${max}`, path)
+  return v
+}
+
+function utf8Length (s: string): number {
+  return Buffer.byteLength(s, 'utf8')
+}
+
+/** Throws InvalidManifestError unless `path` is a safe relative path. */
+export function checkPath (path: unknown, what = 'path'): string {
+  if (typeof path !== 'string') fail(`${what} must be a string`)
+  if (path.length === 0) fail(`${what} is empty`)
+  if (utf8Length(path) > LIMITS.pathBytes) fail(`${what} is longer than ${LIMITS.pathBytes} bytes`, path.slice(0, 200))
+  if (path.includes('\0')) fail(`${what} contains a NUL byte`, path)
+  if (path.startsWith('/')) fail(`${what} is absolute`, path)
+  const parts = path.split('/')
+  if (parts.length > LIMITS.depth) fail(`${what} is deeper than ${LIMITS.depth} components`, path.slice(0, 200))
+  for (const part of parts) {
+    if (part === '') fail(`${what} has an empty component`, path)
+    if (part === '.' || part === '..') fail(`${what} has a '${part}' component`, path)
+    if (part.length > LIMITS.nameBytes && utf8Length(part) > LIMITS.nameBytes) fail(`${what} has a component longer than ${LIMITS.nameBytes} bytes`, path)
+  }
+  return path
+}
+
+function decodeMtime (v: unknown, path?: string): [number, number] {
+  if (!Array.isArray(v) || v.length !== 2) fail('mtime must be [seconds, nanoseconds]', path)
+  const sec = v[0] as unknown
+  if (typeof sec !== 'number' || !Number.isSafeInteger(sec)) fail('mtime seconds must be an integer', path)
+  return [sec, uint(v[1], 999_999_999, 'mtime nanoseconds', path)]
+}
+
+function decodeXattrs (v: unknown, path?: string): Array<[string, Uint8Array]> | undefined {
+  if (v === undefined) return undefined
+  if (!Array.isArray(v) || v.length > LIMITS.xattrs) fail(`xattrs must be a list of at most ${LIMITS.xattrs} pairs`, path)
+  const out: Array<[string, Uint8Array]> = []
+  let prev: string | undefined
+  for (const pair of v as unknown[]) {
+    if (!Array.isArray(pair) || pair.length !== 2) fail('an xattr must be [name, value]', path)
+    const [name, value] = pair as [unknown, unknown]
+    if (typeof name !== 'string' || name.length === 0 || utf8Length(name) > LIMITS.xattrNameBytes || name.includes('\0')) fail('bad xattr name', path)
+    if (!(value instanceof Uint8Array) || value.length > LIMITS.xattrValueBytes) fail(`xattr ${name} value must be bytes of at most ${LIMITS.xattrValueBytes}`, path)
+    if (prev !== undefined && !(prev < name)) fail('xattrs out of order or duplicated', path)
+    prev = name
+    out.push([name, value])
+  }
+  return out
+}
+
+export function decodeRoot (bytes: Uint8Array): ManifestRoot {
+  let v: unknown
+  try {
+    v = dagCbor.decode(bytes)
+  } catch (err) {
+    throw new InvalidManifestError('the manifest root is not valid dag-cbor', { cause: err })
+  }
+  if (!isMap(v)) fail('the manifest root must be a map')
+  if (v.format !== FORMAT) fail(`not a strata layer manifest (format ${JSON.stringify(v.format)})`)
+  if (v.version !== VERSION) fail(`unsupported manifest version ${JSON.stringify(v.version)} (this strata reads ${VERSION})`)
+  const count = uint(v.count, LIMITS.entries, 'count')
+  const size = uint(v.size, Number.MAX_SAFE_INTEGER, 'size')
+  if (!isMap(v.root)) fail('root attributes must be a map')
+  const r = v.root
+  const root: RootAttributes = {
+    mode: uint(r.m, 0o7777, 'root mode'),
+    uid: uint(r.u, 0xffffffff, 'root uid'),
+    gid: uint(r.g, 0xffffffff, 'root gid'),
+    mtime: decodeMtime(r.mt)
+  }
+  const xattrs = decodeXattrs(r.x)
+  if (xattrs !== undefined) root.xattrs = xattrs
+  if (r.o === true) root.opaque = true
+  if (!Array.isArray(v.entries) || v.entries.length > LIMITS.entryBlocks) fail(`entries must be a list of at most ${LIMITS.entryBlocks} block links`)
+  const entries = (v.entries as unknown[]).map((e) => {
+    const cid = CID.asCID(e)
+    if (cid === null || cid.version !== 1 || cid.code !== DAG_CBOR || cid.multihash.code !== SHA2_256) fail('entry-list links must be dag-cbor sha2-256 CIDv1')
+    return cid
+  })
+  if (count > 0 && entries.length === 0) fail('count is positive but there are no entry blocks')
+  return { count, size, root, entries }
+}
+
+function decodeEntry (v: unknown): Entry {
+  if (!isMap(v)) fail('an entry must be a map')
+  const path = checkPath(v.p)
+  const typeCode = uint(v.t, TYPE_CODES.length - 1, 'type', path)
+  const type = TYPE_CODES[typeCode]!
+  const e: Entry = {
+    path,
+    type,
+    mode: uint(v.m, 0o7777, 'mode', path),
+    uid: uint(v.u, 0xffffffff, 'uid', path),
+    gid: uint(v.g, 0xffffffff, 'gid', path),
+    mtime: decodeMtime(v.mt, path),
+    size: 0
+  }
+  const xattrs = decodeXattrs(v.x, path)
+  if (xattrs !== undefined) e.xattrs = xattrs
+  const allowed = new Set(['p', 't', 'm', 'u', 'g', 'mt', 'x'])
+  switch (type) {
+    case 'dir':
+      if (v.o !== undefined) {
+        if (v.o !== true) fail('opaque must be true when present', path)
+        e.opaque = true
+        allowed.add('o')
+      }
+      break
+    case 'file': {
+      e.size = uint(v.s, LIMITS.fileSize, 'size', path)
+      allowed.add('s')
+      if (v.d !== undefined) {
+        if (!(v.d instanceof Uint8Array) || v.d.length > LIMITS.inlineBytes) fail(`inline data must be bytes of at most ${LIMITS.inlineBytes}`, path)
+        if (v.d.length !== e.size) fail('inline data length differs from size', path)
+        e.data = v.d
+        allowed.add('d')
+      }
+      if (v.c !== undefined) {
+        if (e.data !== undefined) fail('a file has both inline data and chunks', path)
+        if (!Array.isArray(v.c) || v.c.length === 0 || v.c.length > Math.ceil(e.size / 1) + 1) fail('chunks must be a non-empty list', path)
+        let total = 0
+        const chunks: Chunk[] = []
+        for (const c of v.c as unknown[]) {
+          if (!Array.isArray(c) || c.length !== 2) fail('a chunk must be [cid, length]', path)
+          const cid = CID.asCID(c[0])
+          if (cid === null || cid.version !== 1 || cid.code !== RAW || cid.multihash.code !== SHA2_256 || cid.multihash.size !== 32) fail('a chunk CID must be raw sha2-256 CIDv1', path)
+          const length = uint(c[1], MAX_BLOCK_SIZE, 'chunk length', path)
+          if (length === 0) fail('a chunk is empty', path)
+          total += length
+          chunks.push({ cid, length })
+        }
+        if (total !== e.size) fail(`chunk lengths add up to ${total}, not the file size ${e.size}`, path)
+        e.chunks = chunks
+        allowed.add('c')
+      }
+      if (e.size > 0 && e.data === undefined && e.chunks === undefined) fail('a non-empty file has no content', path)
+      break
+    }
+    case 'symlink': {
+      const t = v.l
+      if (typeof t !== 'string' || t.length === 0 || utf8Length(t) > LIMITS.symlinkBytes || t.includes('\0')) fail(`a symlink target must be 1..${LIMITS.symlinkBytes} bytes without NUL`, path)
+      e.target = t
+      allowed.add('l')
+      break
+    }
+    case 'hardlink':
+      e.target = checkPath(v.l, 'hardlink target')
+      allowed.add('l')
+      break
+    case 'chardev':
+    case 'blockdev': {
+      if (!Array.isArray(v.r) || v.r.length !== 2) fail('a device needs [major, minor]', path)
+      e.rdev = [uint(v.r[0], 0xfff, 'major', path), uint(v.r[1], 0xfffff, 'minor', path)]
+      allowed.add('r')
+      break
+    }
+    case 'whiteout':
+    case 'fifo':
+      break
+  }
+  for (const k of Object.keys(v)) if (!allowed.has(k)) fail(`unexpected field ${JSON.stringify(k)} for a ${type}`, path)
+  return e
+}
+
+/** Decodes one entry-list block. Order across blocks is checked by ManifestReader. */
+export function decodeEntryList (bytes: Uint8Array): Entry[] {
+  let v: unknown
+  try {
+    v = dagCbor.decode(bytes)
+  } catch (err) {
+    throw new InvalidManifestError('an entry-list block is not valid dag-cbor', { cause: err })
+  }
+  if (!isMap(v) || !Array.isArray(v.entries)) fail('an entry-list block must be { entries: [...] }')
+  return (v.entries as unknown[]).map(decodeEntry)
+}
+
+/**
+ * Walks the entries of a manifest, checking what no single entry can show:
+ * strict order (so no duplicates), the entry count, and that every parent is a
+ * directory of the layer and every hardlink points at an earlier regular file.
+ */
+export class EntryChecker {
+  readonly #dirs = new Set<string>([''])
+  readonly #files = new Set<string>()
+  #last: string | undefined
+  #count = 0
+  readonly #expected: number
+
+  constructor (expected: number) {
+    this.#expected = expected
+  }
+
+  check (e: Entry): void {
+    if (this.#last !== undefined && comparePaths(this.#last, e.path) >= 0) {
+      fail(comparePaths(this.#last, e.path) === 0 ? 'duplicate path' : 'entries out of order', e.path)
+    }
+    this.#last = e.path
+    if (++this.#count > this.#expected) fail(`more entries than the ${this.#expected} the root declares`, e.path)
+    if (!this.#dirs.has(parentOf(e.path))) fail('the parent is not a directory of this layer', e.path)
+    if (e.type === 'dir') this.#dirs.add(e.path)
+    if (e.type === 'file') this.#files.add(e.path)
+    if (e.type === 'hardlink' && !this.#files.has(e.target!)) fail('a hardlink must point at an earlier regular file of the layer', e.path)
+  }
+
+  end (): void {
+    if (this.#count !== this.#expected) fail(`the root declares ${this.#expected} entries, found ${this.#count}`)
+  }
+}
+
+/** Yields a manifest's entries, checked, fetching entry-list blocks through `getBlock`. */
+export async function * readManifest (root: CID, getBlock: (cid: CID) => Promise<Uint8Array>): AsyncGenerator<Entry, void, undefined> {
+  const decoded = decodeRoot(await getBlock(root))
+  const checker = new EntryChecker(decoded.count)
+  for (const cid of decoded.entries) {
+    const list = decodeEntryList(await getBlock(cid))
+    if (list.length === 0) fail('an entry-list block is empty')
+    for (const e of list) {
+      checker.check(e)
+      yield e
+    }
+  }
+  checker.end()
+}

@@ -1,0 +1,118 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { openSync, readSync, closeSync, lstatSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { createHash } from 'node:crypto'
+import type { CID } from 'multiformats/cid'
+import { mknod, S_IFCHR } from '@strata/sys'
+import { packTree, materialize, verifyBlock } from '../src/index.ts'
+import type { ContentSource, PackOptions } from '../src/index.ts'
+import { buildTree, describeTree, tempDir } from './helpers.ts'
+import type { Tree } from './helpers.ts'
+
+/** Packs `dir` and returns its root with a source serving every block from memory, verified. */
+export function packToMemory (dir: string, opts: PackOptions = {}): { root: CID, source: ContentSource, blocks: Map<string, Uint8Array> } {
+  const locations: Array<{ cid: string, path: string, offset: number, length: number }> = []
+  const result = packTree(dir, { ...opts, onBlock: (l) => locations.push(l) })
+  const blocks = new Map<string, Uint8Array>()
+  for (const b of result.blocks) blocks.set(b.cid.toString(), b.bytes)
+  for (const l of locations) {
+    const fd = openSync(join(dir, l.path), 'r')
+    const buf = new Uint8Array(l.length)
+    readSync(fd, buf, 0, l.length, l.offset)
+    closeSync(fd)
+    blocks.set(l.cid, buf)
+  }
+  const source: ContentSource = {
+    async getBlock (cid) {
+      const bytes = blocks.get(cid.toString())
+      if (bytes === undefined) throw new Error(`no block ${cid.toString()}`)
+      verifyBlock(cid, bytes)
+      return bytes
+    }
+  }
+  return { root: result.root, source, blocks }
+}
+
+const big = createHash('sha256').update('big').digest().toString('hex').repeat(30_000) // ~1.9 MB, several chunks
+
+const everyType: Tree = {
+  'empty': '',
+  'small.txt': 'hello\n',
+  'big.bin': big,
+  'bin': { dir: {
+    'tool': { file: '#!/bin/sh\necho hi\n', mode: 0o4755 },
+    'group-tool': { file: 'x', mode: 0o2711, uid: 1234, gid: 5678 },
+    'link-to-tool': { symlink: 'tool' },
+    'dangling': { symlink: '../nowhere/at/all' },
+    'absolute': { symlink: '/etc/passwd' }
+  } },
+  'shared': { dir: { 'tmp': { dir: { 'f': 'x' }, mode: 0o1777 } } },
+  'hard-a': 'linked content',
+  'hard-b': { hardlink: 'hard-a' },
+  'deleted-file': { whiteout: true },
+  'replaced-dir': { dir: { 'new': 'new content' }, opaque: true },
+  'attrs': { file: 'x', xattrs: { 'user.mime': 'text/plain', 'user.empty': '' }, mtime: [1_700_000_000, 123_456_789] },
+  'pipe': { fifo: true },
+  'sparse': { sparse: 10 * 1024 * 1024, data: [[0, 'head'], [5 * 1024 * 1024, 'middle'], [10 * 1024 * 1024 - 4, 'tail']] },
+  'old-dir': { dir: { 'x': 'y' }, mtime: [1_000_000_000, 5], mode: 0o750, xattrs: { 'user.d': '1' } },
+  'ünïcødé 名前 🎉': 'unicode name',
+  'a-b': 'sorts before a/b in bytes',
+  'a': { dir: { 'b': 'component order' } }
+}
+
+test('restores every entry type exactly', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, everyType)
+  mknod(join(src, 'devnull'), S_IFCHR | 0o666, 1, 3)
+  const { root, source } = packToMemory(src, { inlineMax: 1024 })
+  const out = join(dir, 'out')
+  const result = await materialize(root, out, source)
+  assert.equal(result.entries, Object.keys(describeTree(src)).length - 1)
+  assert.deepEqual(describeTree(out), describeTree(src))
+  // The restored tree packs to the same layer.
+  assert.equal(packToMemory(out, { inlineMax: 1024 }).root.toString(), root.toString())
+  // Holes are filled on restore: the content is equal, the file is dense.
+  assert.equal(statSync(join(out, 'sparse')).size, 10 * 1024 * 1024)
+})
+
+test('packing the same tree twice gives the same root CID; any change gives another', (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'a'), everyType)
+  const first = packTree(join(dir, 'a')).root.toString()
+  assert.equal(packTree(join(dir, 'a')).root.toString(), first)
+  buildTree(join(dir, 'a'), { 'small.txt': 'hello!\n' })
+  assert.notEqual(packTree(join(dir, 'a')).root.toString(), first)
+})
+
+test('the peer policy strips setuid/setgid and foreign xattrs and refuses devices', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, {
+    'suid': { file: 'x', mode: 0o6755, xattrs: { 'user.ok': 'kept', 'trusted.evil': 'dropped' } },
+    'wh': { whiteout: true }
+  })
+  const { root, source } = packToMemory(src)
+  const out = join(dir, 'out')
+  await materialize(root, out, source, { untrusted: true })
+  const desc = describeTree(out) as Record<string, { mode: string, xattrs: string[] }>
+  assert.equal(desc['suid']!.mode, '100755')
+  assert.deepEqual(desc['suid']!.xattrs, [`user.ok=${Buffer.from('kept').toString('hex')}`])
+  assert.ok(lstatSync(join(out, 'wh')).isCharacterDevice())
+
+  mknod(join(src, 'sda'), 0o060000 | 0o600, 8, 0)
+  const withDevice = packToMemory(src)
+  const out2 = join(dir, 'out2')
+  await assert.rejects(materialize(withDevice.root, out2, withDevice.source, { untrusted: true }), { code: 'ERR_POLICY', path: 'sda' })
+  assert.throws(() => lstatSync(out2), { code: 'ENOENT' })
+})
+
+test('refuses a tree with a non-UTF-8 name, naming it', (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, { 'ok': 'x' })
+  const bad = Buffer.concat([Buffer.from(src + '/bad-'), Buffer.from([0xff, 0xfe])])
+  closeSync(openSync(bad, 'w'))
+  assert.throws(() => packTree(src), { code: 'ERR_UNSUPPORTED_ENTRY', message: /not valid UTF-8.*bad-/ })
+})

@@ -1,0 +1,66 @@
+import type { CID } from 'multiformats/cid'
+
+/** A committed layer as the store knows it. */
+export interface LayerInfo {
+  /** Root CID of the layer manifest: the layer's identity. */
+  root: CID
+  /** Directory holding the layer in OverlayFS upper-dir form; mountable as a lower dir. */
+  path: string
+  /** Bytes of regular-file content in the layer. */
+  size: number
+  /** Number of manifest entries. */
+  entries: number
+  /** Number of distinct content blocks (inlined file data is not counted). */
+  blocks: number
+  /** Milliseconds since the epoch when the layer was committed. */
+  created: number
+}
+
+/** Anything that yields block bytes already verified against their CID. */
+export interface BlockSource {
+  getBlock(cid: CID, opts?: { signal?: AbortSignal }): Promise<Uint8Array>
+}
+
+export interface CommitOptions {
+  /** Copy the directory into the store instead of moving it (the source is left as it was). */
+  keepSource?: boolean
+  signal?: AbortSignal
+  onProgress?: (event: ProgressEvent) => void
+}
+
+export interface RestoreOptions {
+  signal?: AbortSignal
+  /** Apply the peer policy: strip setuid/setgid and non-allow-listed xattrs, refuse device nodes. */
+  untrusted?: boolean
+  onProgress?: (event: ProgressEvent) => void
+}
+
+export type ProgressEvent =
+  | { type: 'entries', done: number, total: number }
+  | { type: 'bytes', done: number, total: number }
+
+export interface Store {
+  readonly dataDir: string
+  /** Commits `dir` (an upper dir) as a layer; moves it unless `keepSource`. Idempotent per root CID. */
+  commit(dir: string, opts?: CommitOptions): Promise<LayerInfo>
+  has(root: CID): Promise<boolean>
+  getLayer(root: CID): Promise<LayerInfo | undefined>
+  listLayers(): Promise<LayerInfo[]>
+  removeLayer(root: CID): Promise<void>
+  /** Bytes of a content or manifest block, verified; throws BlockCorruptError and marks the layer corrupt on mismatch. */
+  getBlock(cid: CID, opts?: { signal?: AbortSignal }): Promise<Uint8Array>
+  hasBlock(cid: CID): Promise<boolean>
+  /** Restores a layer from its root CID, taking local blocks from local layers and the rest from `source`. */
+  restore(root: CID, source: BlockSource, opts?: RestoreOptions): Promise<LayerInfo>
+  /** Opaque records (the runner's signed key -> layer records), keyed by a string. */
+  putRecord(key: string, value: Uint8Array): Promise<void>
+  getRecord(key: string): Promise<Uint8Array | undefined>
+  close(): Promise<void>
+}
+
+export interface StoreInit {
+  dataDir: string
+  /** When another process holds the store: wait for it (default) or fail with StoreLockedError. */
+  wait?: boolean
+  signal?: AbortSignal
+}
