@@ -1,0 +1,136 @@
+import { parseArgs } from 'node:util'
+import { resolve } from 'node:path'
+import { CID } from 'multiformats/cid'
+import { openStore } from '@strata/store'
+import type { Command, CommandContext } from '../context.ts'
+import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+
+const common = {
+  'data-dir': { type: 'string' },
+  json: { type: 'boolean', default: false }
+} as const
+
+function parse<T extends Record<string, { type: 'string' | 'boolean', default?: string | boolean }>> (ctx: CommandContext, options: T, positionals: number) {
+  let parsed
+  try {
+    parsed = parseArgs({ args: ctx.argv, options: { ...common, ...options }, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (parsed.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument${positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
+  return parsed
+}
+
+function parseCid (text: string): CID {
+  try {
+    return CID.parse(text)
+  } catch {
+    throw new UsageError(`not a layer CID: ${JSON.stringify(text)}`)
+  }
+}
+
+function print (ctx: CommandContext, line: string): void {
+  ctx.stdout.write(line + '\n')
+}
+
+export const pack: Command = {
+  name: 'pack',
+  summary: 'commit a directory (an OverlayFS upper dir) to the store as a layer',
+  usage: 'strata pack DIR [--data-dir D] [--keep-source] [--json]',
+  async run (ctx) {
+    const { values, positionals } = parse(ctx, { 'keep-source': { type: 'boolean', default: false } }, 1)
+    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    try {
+      const started = performance.now()
+      const info = await store.commit(resolve(positionals[0]!), { keepSource: values['keep-source'], signal: ctx.signal })
+      const seconds = (performance.now() - started) / 1000
+      if (values.json) print(ctx, JSON.stringify({ root: info.root.toString(), path: info.path, entries: info.entries, size: info.size, blocks: info.blocks, seconds }))
+      else {
+        ctx.stderr.write(`packed ${info.entries} entries, ${formatBytes(info.size)} in ${seconds.toFixed(2)}s\n`)
+        print(ctx, info.root.toString())
+      }
+      return 0
+    } finally {
+      await store.close()
+    }
+  }
+}
+
+export const unpack: Command = {
+  name: 'unpack',
+  summary: 'write a layer into an empty directory, in upper-dir form',
+  usage: 'strata unpack CID DEST [--data-dir D] [--json]',
+  async run (ctx) {
+    const { values, positionals } = parse(ctx, {}, 2)
+    const root = parseCid(positionals[0]!)
+    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    try {
+      const started = performance.now()
+      const result = await store.unpack(root, resolve(positionals[1]!), { signal: ctx.signal })
+      const seconds = (performance.now() - started) / 1000
+      if (values.json) print(ctx, JSON.stringify({ root: root.toString(), entries: result.entries, size: result.bytes, seconds }))
+      else ctx.stderr.write(`unpacked ${result.entries} entries, ${formatBytes(result.bytes)} in ${seconds.toFixed(2)}s\n`)
+      return 0
+    } finally {
+      await store.close()
+    }
+  }
+}
+
+function modeString (type: string, mode: number): string {
+  const t = { dir: 'd', symlink: 'l', hardlink: 'h', whiteout: 'w', fifo: 'p', chardev: 'c', blockdev: 'b', file: '-' }[type] ?? '?'
+  const rwx = (bits: number, special: boolean, ch: string): string =>
+    (bits & 4 ? 'r' : '-') + (bits & 2 ? 'w' : '-') + (special ? (bits & 1 ? ch : ch.toUpperCase()) : bits & 1 ? 'x' : '-')
+  return t + rwx(mode >> 6, (mode & 0o4000) !== 0, 's') + rwx(mode >> 3, (mode & 0o2000) !== 0, 's') + rwx(mode, (mode & 0o1000) !== 0, 't')
+}
+
+export const ls: Command = {
+  name: 'ls',
+  summary: 'list the entries of a layer',
+  usage: 'strata ls CID [--data-dir D] [--json]',
+  async run (ctx) {
+    const { values, positionals } = parse(ctx, {}, 1)
+    const root = parseCid(positionals[0]!)
+    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    try {
+      if (!(await store.has(root))) throw new UsageError(`no layer ${root.toString()} in the store`)
+      for await (const e of store.entries(root)) {
+        if (values.json) {
+          print(ctx, JSON.stringify({
+            path: e.path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, size: e.size,
+            ...(e.target !== undefined ? { target: e.target } : {}),
+            ...(e.opaque === true ? { opaque: true } : {}),
+            ...(e.xattrs !== undefined ? { xattrs: e.xattrs.map(([n]) => n) } : {}),
+            ...(e.chunks !== undefined ? { chunks: e.chunks.length } : {})
+          }))
+        } else {
+          const suffix = e.type === 'symlink' ? ` -> ${e.target!}` : e.type === 'hardlink' ? ` link to ${e.target!}` : e.type === 'whiteout' ? ' (deleted)' : e.opaque === true ? ' (opaque)' : ''
+          print(ctx, `${modeString(e.type, e.mode)} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${String(e.size).padStart(10)} ${e.path}${suffix}`)
+        }
+      }
+      return 0
+    } finally {
+      await store.close()
+    }
+  }
+}
+
+export const layers: Command = {
+  name: 'layers',
+  summary: 'list the layers in the store',
+  usage: 'strata layers [--data-dir D] [--json]',
+  async run (ctx) {
+    const { values } = parse(ctx, {}, 0)
+    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    try {
+      const list = (await store.listLayers()).sort((a, b) => a.created - b.created)
+      for (const l of list) {
+        if (values.json) print(ctx, JSON.stringify({ root: l.root.toString(), entries: l.entries, size: l.size, blocks: l.blocks, created: new Date(l.created).toISOString() }))
+        else print(ctx, `${l.root.toString()}  ${String(l.entries).padStart(8)} entries  ${formatBytes(l.size).padStart(8)}  ${new Date(l.created).toISOString()}`)
+      }
+      return 0
+    } finally {
+      await store.close()
+    }
+  }
+}

@@ -1,0 +1,56 @@
+/** Base of every error this package throws; callers branch on `code`. */
+export class StoreError extends Error {
+  readonly code: string
+  constructor (code: string, message: string, opts?: { cause?: unknown }) {
+    super(message, opts)
+    this.code = code
+  }
+}
+
+/** Another process holds the store and the caller asked not to wait. */
+export class StoreLockedError extends StoreError {
+  override name = 'StoreLockedError'
+  constructor (dataDir: string) {
+    super('ERR_STORE_LOCKED', `another strata process is using the store at ${dataDir}`)
+  }
+}
+
+/** The store on disk has another format version than this strata reads. */
+export class StoreVersionError extends StoreError {
+  override name = 'StoreVersionError'
+  constructor (dataDir: string, found: string, expected: string) {
+    super('ERR_STORE_VERSION', `the store at ${dataDir} has format version ${found}, this strata uses ${expected}: move it aside or use another --data-dir`)
+  }
+}
+
+export class LayerNotFoundError extends StoreError {
+  override name = 'LayerNotFoundError'
+  constructor (root: string) {
+    super('ERR_LAYER_NOT_FOUND', `no layer ${root} in the store`)
+  }
+}
+
+export class BlockNotFoundError extends StoreError {
+  override name = 'BlockNotFoundError'
+  constructor (cid: string) {
+    super('ERR_BLOCK_NOT_FOUND', `no block ${cid} in the store`)
+  }
+}
+
+/** A block read from a layer does not hash to its CID; the layer was marked corrupt. */
+export class BlockCorruptError extends StoreError {
+  override name = 'BlockCorruptError'
+  readonly layer: string
+  constructor (cid: string, layer: string, opts?: { cause?: unknown }) {
+    super('ERR_BLOCK_CORRUPT', `block ${cid} read from layer ${layer} does not match its hash; the layer is marked corrupt`, opts)
+    this.layer = layer
+  }
+}
+
+/** Capturing or restoring a layer failed; nothing was committed. */
+export class CommitError extends StoreError {
+  override name = 'CommitError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_COMMIT', message, opts)
+  }
+}

@@ -1,0 +1,206 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { existsSync, openSync, readdirSync, writeSync, closeSync } from 'node:fs'
+import { join } from 'node:path'
+import { execFileSync, spawn } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { ClassicLevel } from 'classic-level'
+import type { CID } from 'multiformats/cid'
+import { openStore } from '../src/index.ts'
+import type { BlockSource } from '../src/index.ts'
+import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
+import type { Tree } from '../../chunker/test/helpers.ts'
+
+const bigText = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} line ${i} ${(i * 2654435761) % 1000003}\n`).join('')
+
+const sample: Tree = {
+  'etc': { dir: { 'app.conf': 'a=1\n', 'link': { symlink: 'app.conf' } } },
+  'usr': { dir: { 'lib': { dir: { 'big.so': bigText('lib', 60_000), 'same.so': bigText('lib', 60_000) } } } },
+  'gone': { whiteout: true },
+  'opaque': { dir: { 'x': 'y' }, opaque: true },
+  'empty': ''
+}
+
+test('commits a directory by moving it, and unpacks it identically', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, sample)
+  const expected = describeTree(src)
+  const store = await openStore({ dataDir: join(dir, 'data') })
+  t.after(() => store.close())
+  const info = await store.commit(src)
+  assert.equal(existsSync(src), false, 'the source was moved, not copied')
+  assert.equal(info.path, join(dir, 'data', 'layers', info.root.toString()))
+  assert.deepEqual(describeTree(info.path), expected)
+  assert.equal(info.entries, 11)
+  assert.equal(await store.has(info.root), true)
+  assert.deepEqual((await store.listLayers()).map((l) => l.root.toString()), [info.root.toString()])
+  await store.unpack(info.root, join(dir, 'out'))
+  assert.deepEqual(describeTree(join(dir, 'out')), expected)
+})
+
+test('keeps the source when asked, and committing the same tree again is idempotent', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'src'), sample)
+  const store = await openStore({ dataDir: join(dir, 'data') })
+  t.after(() => store.close())
+  const a = await store.commit(join(dir, 'src'), { keepSource: true })
+  assert.ok(existsSync(join(dir, 'src', 'etc', 'app.conf')))
+  const b = await store.commit(join(dir, 'src'), { keepSource: true })
+  assert.equal(b.root.toString(), a.root.toString())
+  assert.equal((await store.listLayers()).length, 1)
+  assert.deepEqual(readdirSync(join(dir, 'data', 'staging')), [])
+})
+
+test('serves verified blocks and marks a layer corrupt when its bytes change', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'src'), { 'f': bigText('corrupt', 20_000) })
+  const store = await openStore({ dataDir: join(dir, 'data') })
+  t.after(() => store.close())
+  const info = await store.commit(join(dir, 'src'))
+  const [entry] = await Array.fromAsync(store.entries(info.root))
+  const chunk = entry!.chunks![0]!
+  assert.equal((await store.getBlock(chunk.cid)).length, chunk.length)
+  const fd = openSync(join(info.path, 'f'), 'r+')
+  writeSync(fd, 'X', 10)
+  closeSync(fd)
+  await assert.rejects(store.getBlock(chunk.cid), { code: 'ERR_BLOCK_CORRUPT' })
+  assert.equal(await store.has(info.root), false, 'a corrupt layer is no longer offered')
+})
+
+test('restores a layer asking the source only for blocks it lacks', async (t) => {
+  const dir = tempDir(t)
+  const shared = bigText('shared', 80_000)
+  buildTree(join(dir, 'a'), { 'shared.bin': shared, 'only-a': bigText('a', 30_000) })
+  buildTree(join(dir, 'b'), { 'copy-of-shared.bin': shared, 'only-b': bigText('b', 30_000), 'dir': { dir: { 'small': 'x' } } })
+  const producer = await openStore({ dataDir: join(dir, 'producer') })
+  t.after(() => producer.close())
+  const consumer = await openStore({ dataDir: join(dir, 'consumer') })
+  t.after(() => consumer.close())
+  await consumer.commit(join(dir, 'a'), { keepSource: true })
+  const expected = describeTree(join(dir, 'b'))
+  const b = await producer.commit(join(dir, 'b'))
+  const asked: CID[] = []
+  const source: BlockSource = { getBlock: async (cid, o) => { asked.push(cid); return await producer.getBlock(cid, o) } }
+  const restored = await consumer.restore(b.root, source)
+  assert.deepEqual(describeTree(restored.path), expected)
+  const entries = await Array.fromAsync(producer.entries(b.root))
+  const sharedChunks = new Set(entries.find((e) => e.path === 'copy-of-shared.bin')!.chunks!.map((c) => c.cid.toString()))
+  const onlyB = entries.find((e) => e.path === 'only-b')!.chunks!.map((c) => c.cid.toString())
+  const askedKeys = asked.map((c) => c.toString())
+  for (const c of sharedChunks) assert.ok(!askedKeys.includes(c), 'a block the consumer had was fetched')
+  for (const c of onlyB) assert.ok(askedKeys.includes(c), 'a missing block was not fetched')
+  // The restored layer serves its blocks too.
+  for (const c of onlyB) assert.ok(await consumer.hasBlock((entries.find((e) => e.path === 'only-b')!.chunks!.find((k) => k.cid.toString() === c))!.cid))
+})
+
+test('a failed restore leaves nothing behind', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'b'), { 'f': bigText('fail', 40_000), 'g': bigText('g', 40_000) })
+  const producer = await openStore({ dataDir: join(dir, 'producer') })
+  t.after(() => producer.close())
+  const consumer = await openStore({ dataDir: join(dir, 'consumer') })
+  t.after(() => consumer.close())
+  const b = await producer.commit(join(dir, 'b'))
+  let served = 0
+  const flaky: BlockSource = {
+    getBlock: async (cid, o) => {
+      if (++served > 4) throw new Error('peer went away')
+      return await producer.getBlock(cid, o)
+    }
+  }
+  await assert.rejects(consumer.restore(b.root, flaky), { code: 'ERR_COMMIT' })
+  assert.equal(await consumer.has(b.root), false)
+  assert.deepEqual(readdirSync(join(dir, 'consumer', 'staging')), [])
+  assert.deepEqual(readdirSync(join(dir, 'consumer', 'layers')), [])
+})
+
+test('removes a layer and its block locations', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'src'), sample)
+  const store = await openStore({ dataDir: join(dir, 'data') })
+  t.after(() => store.close())
+  const info = await store.commit(join(dir, 'src'))
+  const file = (await Array.fromAsync(store.entries(info.root))).find((e) => e.chunks !== undefined)
+  await store.removeLayer(info.root)
+  assert.equal(await store.has(info.root), false)
+  assert.equal(existsSync(info.path), false)
+  assert.equal(await store.hasBlock(file!.chunks![0]!.cid), false)
+  await assert.rejects(store.getBlock(file!.chunks![0]!.cid), { code: 'ERR_BLOCK_NOT_FOUND' })
+})
+
+test('keeps records', async (t) => {
+  const dir = tempDir(t)
+  const store = await openStore({ dataDir: join(dir, 'data') })
+  t.after(() => store.close())
+  assert.equal(await store.getRecord('k'), undefined)
+  await store.putRecord('k', Uint8Array.of(1, 2, 3))
+  assert.deepEqual([...(await store.getRecord('k'))!], [1, 2, 3])
+})
+
+test('refuses a store of another format version, clearly', async (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  const store = await openStore({ dataDir: data })
+  await store.close()
+  const db = new ClassicLevel<string, string>(join(data, 'index'))
+  await db.put('meta:version', '999')
+  await db.close()
+  await assert.rejects(openStore({ dataDir: data }), { code: 'ERR_STORE_VERSION', message: /format version 999/ })
+})
+
+test('a second opener waits for the first, or fails at once when asked not to wait', async (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  const first = await openStore({ dataDir: data })
+  await assert.rejects(openStore({ dataDir: data, wait: false }), { code: 'ERR_STORE_LOCKED' })
+  let opened = false
+  const second = openStore({ dataDir: data }).then((s) => { opened = true; return s })
+  await sleep(300)
+  assert.equal(opened, false, 'the second opener did not wait')
+  await first.close()
+  const s = await second
+  assert.equal(opened, true)
+  await s.close()
+})
+
+test('stays consistent when a commit is killed at random moments', async (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  const template = join(dir, 'template')
+  const tree: Tree = {}
+  for (let d = 0; d < 20; d++) {
+    const files: Tree = {}
+    for (let f = 0; f < 60; f++) files[`f${f}`] = `file ${d}/${f}\n`.repeat(1 + (f % 7) * 50)
+    tree[`d${d}`] = { dir: files }
+  }
+  tree['big'] = bigText('crash', 100_000)
+  buildTree(template, tree)
+  const node = process.execPath
+  const child = join(import.meta.dirname, 'fixtures', 'commit-child.ts')
+  let completed = 0
+  for (let i = 0; i < 16; i++) {
+    const src = join(dir, `src${i}`)
+    execFileSync('cp', ['-a', template, src]) // same times, so every commit is the same layer
+    const p = spawn(node, [child, data, src], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)))
+    await sleep(50 + ((i * 37) % 16) * 40)
+    p.kill('SIGKILL')
+    if ((await exited) === 0) completed++
+    const store = await openStore({ dataDir: data })
+    try {
+      assert.deepEqual(readdirSync(join(data, 'staging')), [], 'staging was not cleaned')
+      const layers = await store.listLayers()
+      assert.ok(layers.length <= 1)
+      assert.deepEqual(readdirSync(join(data, 'layers')).sort(), layers.map((l) => l.root.toString()).sort(), 'a layer dir exists without its index entry or the reverse')
+      for (const l of layers) {
+        const out = join(dir, `out${i}`)
+        await store.unpack(l.root, out)
+        assert.deepEqual(describeTree(out), describeTree(template))
+      }
+    } finally {
+      await store.close()
+    }
+  }
+  t.diagnostic(`${completed} of 16 commits finished before the kill`)
+})
