@@ -13,7 +13,11 @@ export default tseslint.config(
     }
   },
   {
-    files: ['packages/cli/src/**', 'scripts/**'],
+    files: ['**/*.js'],
+    languageOptions: { globals: { process: 'readonly', console: 'readonly' } }
+  },
+  {
+    files: ['packages/cli/src/**', 'packages/cli/bin/**', 'scripts/**'],
     rules: { 'no-console': 'off' }
   }
 )
