@@ -1,0 +1,259 @@
+/** Base of every error this package throws; callers branch on `code`, never on the message. */
+export class RunnerError extends Error {
+  readonly code: string
+  constructor (code: string, message: string, opts?: { cause?: unknown }) {
+    super(message, opts)
+    this.code = code
+  }
+}
+
+/** Where in strata.yml a problem is: 1-based line and column. */
+export interface SourcePosition {
+  file: string
+  line: number
+  column: number
+}
+
+/** Base of the strata.yml errors: each names the file, line and column. */
+export class PipelineError extends RunnerError {
+  readonly file: string
+  readonly line: number
+  readonly column: number
+  /** The problem without the position prefix. */
+  readonly reason: string
+  constructor (code: string, at: SourcePosition, reason: string, opts?: { cause?: unknown }) {
+    super(code, `${at.file}:${at.line}:${at.column}: ${reason}`, opts)
+    this.file = at.file
+    this.line = at.line
+    this.column = at.column
+    this.reason = reason
+  }
+}
+
+/** strata.yml could not be read at all. */
+export class PipelineReadError extends RunnerError {
+  override name = 'PipelineReadError'
+  readonly file: string
+  constructor (file: string, opts?: { cause?: unknown }) {
+    super('ERR_PIPELINE_READ', `cannot read ${file}: ${(opts?.cause as Error | undefined)?.message ?? 'unknown error'}`, opts)
+    this.file = file
+  }
+}
+
+/** Not valid YAML (including duplicate keys in one mapping and multiple documents). */
+export class PipelineSyntaxError extends PipelineError {
+  override name = 'PipelineSyntaxError'
+  constructor (at: SourcePosition, reason: string, opts?: { cause?: unknown }) {
+    super('ERR_PIPELINE_SYNTAX', at, reason, opts)
+  }
+}
+
+/** A key strata does not know (a typo would otherwise be silently ignored). */
+export class PipelineUnknownKeyError extends PipelineError {
+  override name = 'PipelineUnknownKeyError'
+  readonly key: string
+  constructor (at: SourcePosition, key: string, where: string, allowed: readonly string[]) {
+    super('ERR_PIPELINE_UNKNOWN_KEY', at, `unknown key "${key}" in ${where} (allowed: ${allowed.join(', ')})`)
+    this.key = key
+  }
+}
+
+/** A value of the wrong YAML type (a list where a string is expected, ...). */
+export class PipelineWrongTypeError extends PipelineError {
+  override name = 'PipelineWrongTypeError'
+  constructor (at: SourcePosition, what: string, expected: string, found: string) {
+    super('ERR_PIPELINE_WRONG_TYPE', at, `${what} must be ${expected}, found ${found}`)
+  }
+}
+
+/** A required field is absent. */
+export class PipelineMissingFieldError extends PipelineError {
+  override name = 'PipelineMissingFieldError'
+  readonly field: string
+  constructor (at: SourcePosition, field: string, where: string) {
+    super('ERR_PIPELINE_MISSING_FIELD', at, `${where} has no "${field}"`)
+    this.field = field
+  }
+}
+
+/** Two steps share a name (names key `why` and the status lines). */
+export class PipelineDuplicateStepError extends PipelineError {
+  override name = 'PipelineDuplicateStepError'
+  readonly step: string
+  constructor (at: SourcePosition, step: string, first: SourcePosition) {
+    super('ERR_PIPELINE_DUPLICATE_STEP', at, `a step named "${step}" is already defined at line ${first.line}, column ${first.column}`)
+    this.step = step
+  }
+}
+
+/** The type is right but the value is not allowed (a bad timeout, step or env name, ...). */
+export class PipelineInvalidValueError extends PipelineError {
+  override name = 'PipelineInvalidValueError'
+  constructor (at: SourcePosition, reason: string) {
+    super('ERR_PIPELINE_INVALID_VALUE', at, reason)
+  }
+}
+
+/** A declared input (a plain path, not a glob) does not exist in the step's view. */
+export class InputNotFoundError extends RunnerError {
+  override name = 'InputNotFoundError'
+  readonly step: string
+  readonly path: string
+  constructor (step: string, path: string, opts?: { cause?: unknown }) {
+    super('ERR_INPUT_NOT_FOUND', `step "${step}": input ${path} does not exist in the filesystem the step sees`, opts)
+    this.step = step
+    this.path = path
+  }
+}
+
+/** The declared inputs exceed a configured bound (file count or bytes to hash). */
+export class InputLimitError extends RunnerError {
+  override name = 'InputLimitError'
+  readonly step: string
+  constructor (step: string, what: string, limit: number) {
+    super('ERR_INPUT_LIMIT', `step "${step}": inputs exceed ${limit} ${what}; narrow the globs or raise the limit`)
+    this.step = step
+  }
+}
+
+/** Resolving an input met a symlink loop or a non-directory in the middle of a path. */
+export class InputResolveError extends RunnerError {
+  override name = 'InputResolveError'
+  readonly path: string
+  constructor (path: string, reason: string) {
+    super('ERR_INPUT_RESOLVE', `cannot resolve input ${path}: ${reason}`)
+    this.path = path
+  }
+}
+
+/** The base (host or rootfs directory) cannot be used. */
+export class BaseError extends RunnerError {
+  override name = 'BaseError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_BASE', message, opts)
+  }
+}
+
+/** The step exited non-zero (or was killed by a signal it did not cause us to send). */
+export class StepFailedError extends RunnerError {
+  override name = 'StepFailedError'
+  readonly step: string
+  readonly exitCode: number
+  readonly signal: string | null
+  constructor (step: string, exitCode: number, signal: string | null, opts?: { cause?: unknown }) {
+    super('ERR_STEP_FAILED', signal !== null
+      ? `step "${step}" was killed by ${signal}`
+      : `step "${step}" failed with exit code ${exitCode}`, opts)
+    this.step = step
+    this.exitCode = exitCode
+    this.signal = signal
+  }
+}
+
+/** The step ran past its timeout and was killed. */
+export class StepTimeoutError extends RunnerError {
+  override name = 'StepTimeoutError'
+  readonly step: string
+  readonly timeoutMs: number
+  /** What a CLI should exit with (124, as timeout(1)). */
+  readonly exitCode = 124
+  constructor (step: string, timeoutMs: number) {
+    super('ERR_STEP_TIMEOUT', `step "${step}" timed out after ${formatMs(timeoutMs)} and was killed`)
+    this.step = step
+    this.timeoutMs = timeoutMs
+  }
+}
+
+/** The caller's signal aborted the step; its processes were killed and nothing was committed. */
+export class StepCancelledError extends RunnerError {
+  override name = 'StepCancelledError'
+  readonly step: string
+  /** What a CLI should exit with (130, as after SIGINT). */
+  readonly exitCode = 130
+  constructor (step: string, opts?: { cause?: unknown }) {
+    super('ERR_STEP_CANCELLED', `step "${step}" was cancelled`, opts)
+    this.step = step
+  }
+}
+
+/** The sandbox could not be set up (a mount failed, no /bin/sh in the view, ...). */
+export class SandboxError extends RunnerError {
+  override name = 'SandboxError'
+  readonly step: string
+  readonly detail: string
+  constructor (step: string, detail: string, opts?: { cause?: unknown }) {
+    super('ERR_SANDBOX', `step "${step}": cannot set up the sandbox: ${detail}`, opts)
+    this.step = step
+    this.detail = detail
+  }
+}
+
+/** A line the step appended to $STRATA_ENV is not NAME=value, or the file is too large. */
+export class StrataEnvError extends RunnerError {
+  override name = 'StrataEnvError'
+  readonly step: string
+  constructor (step: string, reason: string) {
+    super('ERR_STRATA_ENV', `step "${step}": $STRATA_ENV: ${reason}`)
+    this.step = step
+  }
+}
+
+/** More layers below a step than OverlayFS stacks (500 lower dirs). */
+export class ChainTooLongError extends RunnerError {
+  override name = 'ChainTooLongError'
+  constructor (layers: number, max: number) {
+    super('ERR_CHAIN_TOO_LONG', `${layers} layers below a step; OverlayFS stacks at most ${max}`)
+  }
+}
+
+/** A parent key given to exec() has no usable record or layer here. */
+export class ParentNotFoundError extends RunnerError {
+  override name = 'ParentNotFoundError'
+  readonly key: string
+  constructor (key: string, reason: string) {
+    super('ERR_PARENT_NOT_FOUND', `parent ${key}: ${reason}`)
+    this.key = key
+  }
+}
+
+/** exec() was given a base that is not the one the parent chain was built on. */
+export class BaseMismatchError extends RunnerError {
+  override name = 'BaseMismatchError'
+  constructor (key: string) {
+    super('ERR_BASE_MISMATCH', `parent ${key} was built on another base than the one given`)
+  }
+}
+
+/** The node identity key file exists but cannot be used. */
+export class IdentityError extends RunnerError {
+  override name = 'IdentityError'
+  constructor (path: string, opts?: { cause?: unknown }) {
+    super('ERR_IDENTITY', `cannot use the identity key ${path}: ${(opts?.cause as Error | undefined)?.message ?? 'invalid key'}`, opts)
+  }
+}
+
+/** A stored record or descriptor does not decode, verify or match its key. */
+export class RecordInvalidError extends RunnerError {
+  override name = 'RecordInvalidError'
+  readonly key: string
+  constructor (key: string, reason: string, opts?: { cause?: unknown }) {
+    super('ERR_RECORD_INVALID', `record for ${key}: ${reason}`, opts)
+    this.key = key
+  }
+}
+
+/** why() was asked about a step the pipeline does not have. */
+export class StepNotFoundError extends RunnerError {
+  override name = 'StepNotFoundError'
+  readonly step: string
+  constructor (step: string, known: readonly string[]) {
+    super('ERR_STEP_NOT_FOUND', `no step named "${step}" (steps: ${known.join(', ')})`)
+    this.step = step
+  }
+}
+
+export function formatMs (ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`
+  return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`
+}

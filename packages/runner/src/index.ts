@@ -1,0 +1,17 @@
+export { createRunner } from './runner.ts'
+export type {
+  Runner, RunnerInit, RunOptions, RunResult, RunnerEvent, MissReason, StepResult, ExecStep, WhyReport, WhyStep
+} from './runner.ts'
+export { loadPipeline, parsePipeline, parseDuration } from './pipeline.ts'
+export type { Pipeline, StepSpec, EnvDecl, BaseSpec, ParseOptions } from './pipeline.ts'
+export { KEY_FORMAT, diffDescriptors, describeChange, decodeDescriptor, encodeDescriptor } from './key.ts'
+export type { KeyDescriptor, KeyChange } from './key.ts'
+export type { BaseIdentity } from './base.ts'
+export type { InputEntry, InputLimits } from './inputs.ts'
+export type { OutputOptions } from './sandbox.ts'
+export { STRATA_ENV_PATH, MAX_LOWER_LAYERS } from './sandbox.ts'
+export { RECORD_FORMAT, RECORD_DOMAIN, openRecord, signRecord } from './record.ts'
+export type { StepRecord } from './record.ts'
+export { loadIdentity, peerIdFromPublicKey, publicKeyFromPeerId } from './identity.ts'
+export type { Identity } from './identity.ts'
+export * from './errors.ts'

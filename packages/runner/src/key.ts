@@ -1,0 +1,162 @@
+import { createHash } from 'node:crypto'
+import * as dagCbor from '@ipld/dag-cbor'
+import { CID } from 'multiformats/cid'
+import { sha256 } from 'multiformats/hashes/sha2'
+import type { BaseIdentity } from './base.ts'
+import type { InputEntry } from './inputs.ts'
+
+/** Version of the key descriptor layout; bumping it changes every key. */
+export const KEY_FORMAT = 1
+
+/**
+ * Everything a step's result may depend on. Its dag-cbor encoding hashed with
+ * sha2-256 is the step's cache key (a CIDv1, codec dag-cbor).
+ */
+export interface KeyDescriptor {
+  v: number
+  /** The previous step's key, or the base's identity for the first step. */
+  parent: CID | BaseIdentity
+  run: string
+  cwd: string
+  /** uid:gid the command runs as. */
+  user: string
+  /** Declared env, sorted by name: [name, sha2-256 of the value] or [name, null] when unset. */
+  env: Array<[string, Uint8Array | null]>
+  /** Declared inputs as the step sees them, sorted by path. */
+  inputs: InputEntry[]
+  platform: { os: string, arch: string }
+  salt: string | null
+  /** Only for `cache: false` steps: the layer the run produced (their key is known after the run). */
+  output?: CID
+}
+
+export interface EncodedKey {
+  key: CID
+  bytes: Uint8Array
+}
+
+export async function encodeDescriptor (d: KeyDescriptor): Promise<EncodedKey> {
+  const bytes = dagCbor.encode(d)
+  const digest = await sha256.digest(bytes)
+  return { key: CID.createV1(dagCbor.code, digest), bytes }
+}
+
+/** Decodes descriptor bytes, checking they hash to `key`. */
+export async function decodeDescriptor (key: CID, bytes: Uint8Array): Promise<KeyDescriptor | undefined> {
+  const digest = await sha256.digest(bytes)
+  if (!CID.createV1(dagCbor.code, digest).equals(key)) return undefined
+  return dagCbor.decode<KeyDescriptor>(bytes)
+}
+
+/** Env values enter the key hashed (domain-separated) so that descriptors, which are shared, carry no secrets. */
+export function envValueDigest (value: string): Uint8Array {
+  return createHash('sha256').update('strata/env-value/v1\0').update(value).digest()
+}
+
+/** One difference between two descriptors, in terms a user understands. */
+export type KeyChange =
+  | { field: 'format', before: number, after: number }
+  | { field: 'parent', before: string, after: string }
+  | { field: 'base', detail: 'os-release' | 'arch' | 'base-id' | 'kind' | 'tree', before: string, after: string }
+  | { field: 'run', before: string, after: string }
+  | { field: 'cwd', before: string, after: string }
+  | { field: 'user', before: string, after: string }
+  | { field: 'env', name: string, change: 'added' | 'removed' | 'value' | 'set' | 'unset' }
+  | { field: 'input', path: string, change: 'added' | 'removed' | 'content' | 'type' | 'mode' | 'target' }
+  | { field: 'platform', before: string, after: string }
+  | { field: 'salt', before: string | null, after: string | null }
+  | { field: 'output', before: string | null, after: string | null }
+
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex').slice(0, 16)
+const eqBytes = (a: Uint8Array | null | undefined, b: Uint8Array | null | undefined): boolean =>
+  a === b || (a != null && b != null && Buffer.from(a).equals(Buffer.from(b)))
+
+/** What changed from `before` to `after`, field by field; empty when they are the same key. */
+export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): KeyChange[] {
+  const out: KeyChange[] = []
+  if (before.v !== after.v) out.push({ field: 'format', before: before.v, after: after.v })
+  const pb = CID.asCID(before.parent)
+  const pa = CID.asCID(after.parent)
+  if (pb !== null && pa !== null) {
+    if (!pb.equals(pa)) out.push({ field: 'parent', before: pb.toString(), after: String(pa) })
+  } else if (pb === null && pa === null) {
+    const b = before.parent as BaseIdentity
+    const a = after.parent as BaseIdentity
+    if (b.kind !== a.kind) out.push({ field: 'base', detail: 'kind', before: b.kind, after: a.kind })
+    else if (b.kind === 'host' && a.kind === 'host') {
+      if (!eqBytes(b.osRelease, a.osRelease)) out.push({ field: 'base', detail: 'os-release', before: hex(b.osRelease), after: hex(a.osRelease) })
+      if (b.arch !== a.arch) out.push({ field: 'base', detail: 'arch', before: b.arch, after: a.arch })
+    } else if (b.kind === 'dir' && a.kind === 'dir') {
+      if (!eqBytes(b.digest, a.digest)) out.push({ field: 'base', detail: 'tree', before: hex(b.digest), after: hex(a.digest) })
+    }
+    if (b.id !== a.id) out.push({ field: 'base', detail: 'base-id', before: String(b.id), after: String(a.id) })
+  } else {
+    out.push({ field: 'parent', before: pb === null ? 'the base' : String(pb), after: pa === null ? 'the base' : String(pa) })
+  }
+  if (before.run !== after.run) out.push({ field: 'run', before: before.run, after: after.run })
+  if (before.cwd !== after.cwd) out.push({ field: 'cwd', before: before.cwd, after: after.cwd })
+  if (before.user !== after.user) out.push({ field: 'user', before: before.user, after: after.user })
+
+  const envB = new Map(before.env)
+  const envA = new Map(after.env)
+  for (const [name, vb] of envB) {
+    if (!envA.has(name)) out.push({ field: 'env', name, change: 'removed' })
+    else {
+      const va = envA.get(name) ?? null
+      if (vb === null && va !== null) out.push({ field: 'env', name, change: 'set' })
+      else if (vb !== null && va === null) out.push({ field: 'env', name, change: 'unset' })
+      else if (!eqBytes(vb, va)) out.push({ field: 'env', name, change: 'value' })
+    }
+  }
+  for (const name of envA.keys()) if (!envB.has(name)) out.push({ field: 'env', name, change: 'added' })
+
+  const inB = new Map(before.inputs.map((e) => [e.path, e]))
+  const inA = new Map(after.inputs.map((e) => [e.path, e]))
+  for (const [path, b] of inB) {
+    const a = inA.get(path)
+    if (a === undefined) out.push({ field: 'input', path, change: 'removed' })
+    else if (a.type !== b.type) out.push({ field: 'input', path, change: 'type' })
+    else if (!eqBytes(a.digest, b.digest)) out.push({ field: 'input', path, change: 'content' })
+    else if (a.exec !== b.exec) out.push({ field: 'input', path, change: 'mode' })
+    else if (a.target !== b.target) out.push({ field: 'input', path, change: 'target' })
+  }
+  for (const path of inA.keys()) if (!inB.has(path)) out.push({ field: 'input', path, change: 'added' })
+
+  const plB = `${before.platform.os}/${before.platform.arch}`
+  const plA = `${after.platform.os}/${after.platform.arch}`
+  if (plB !== plA) out.push({ field: 'platform', before: plB, after: plA })
+  if (before.salt !== after.salt) out.push({ field: 'salt', before: before.salt, after: after.salt })
+  const ob = before.output?.toString() ?? null
+  const oa = after.output?.toString() ?? null
+  if (ob !== oa) out.push({ field: 'output', before: ob, after: oa })
+  return out
+}
+
+/** One line per change, for a CLI to print. */
+export function describeChange (c: KeyChange): string {
+  switch (c.field) {
+    case 'format': return `the key format changed (v${c.before} -> v${c.after})`
+    case 'parent': return `the step below changed (its key ${short(c.before)} -> ${short(c.after)})`
+    case 'base': return c.detail === 'base-id'
+      ? `base-id changed (${c.before} -> ${c.after})`
+      : c.detail === 'kind' ? `the base changed (${c.before} -> ${c.after})` : `the base's ${c.detail} changed (${c.before} -> ${c.after})`
+    case 'run': return 'the command changed'
+    case 'cwd': return `cwd changed (${c.before} -> ${c.after})`
+    case 'user': return `the user changed (${c.before} -> ${c.after})`
+    case 'env': return c.change === 'added' ? `env ${c.name} was added`
+      : c.change === 'removed' ? `env ${c.name} was removed`
+        : c.change === 'set' ? `env ${c.name} is now set`
+          : c.change === 'unset' ? `env ${c.name} is now unset` : `env ${c.name} has another value`
+    case 'input': return c.change === 'added' ? `input ${c.path} is new`
+      : c.change === 'removed' ? `input ${c.path} is gone`
+        : c.change === 'content' ? `input ${c.path} changed content`
+          : c.change === 'type' ? `input ${c.path} changed type` : c.change === 'mode' ? `input ${c.path} changed its execute bit` : `symlink ${c.path} points elsewhere`
+    case 'platform': return `the platform changed (${c.before} -> ${c.after})`
+    case 'salt': return `the salt changed (${String(c.before)} -> ${String(c.after)})`
+    case 'output': return 'the uncached step produced another layer'
+  }
+}
+
+function short (s: string): string {
+  return s.length > 20 ? `${s.slice(0, 8)}...${s.slice(-8)}` : s
+}

@@ -1,0 +1,280 @@
+import { readFile } from 'node:fs/promises'
+import { dirname, isAbsolute, posix, resolve } from 'node:path'
+import { LineCounter, isMap, isScalar, isSeq, parseDocument } from 'yaml'
+import type { Node, Pair, YAMLMap } from 'yaml'
+import {
+  PipelineDuplicateStepError, PipelineInvalidValueError, PipelineMissingFieldError, PipelineReadError,
+  PipelineSyntaxError, PipelineUnknownKeyError, PipelineWrongTypeError
+} from './errors.ts'
+import type { SourcePosition } from './errors.ts'
+
+/** The filesystem a pipeline starts from. */
+export type BaseSpec =
+  | { kind: 'host' }
+  | { kind: 'dir', path: string }
+
+/**
+ * One declared environment variable. Without `value` it is taken from the
+ * caller's environment when the key is computed (unset stays unset).
+ */
+export interface EnvDecl {
+  name: string
+  value?: string
+}
+
+export interface StepSpec {
+  name: string
+  /** Shell script, run as `/bin/sh -e -c run`. */
+  run: string
+  /** Absolute working directory inside the step's view. */
+  cwd: string
+  env: EnvDecl[]
+  /** Absolute paths or globs, read in the step's view. */
+  inputs: string[]
+  cache: boolean
+  timeoutMs?: number
+  /** Where the step is defined, for messages. */
+  at?: SourcePosition
+}
+
+export interface Pipeline {
+  /** Absolute path of strata.yml, when it came from a file. */
+  file?: string
+  base: BaseSpec
+  baseId?: string
+  salt?: string
+  steps: StepSpec[]
+}
+
+export interface ParseOptions {
+  /** Name used in error messages and to resolve relative paths (its directory). Default `strata.yml` in the cwd. */
+  file?: string
+}
+
+const TOP_KEYS = ['base', 'base-id', 'salt', 'steps'] as const
+const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'cache', 'timeout'] as const
+const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
+const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+
+/** Reads and validates a strata.yml. Nothing is run: a problem throws a PipelineError naming file, line and column. */
+export async function loadPipeline (file: string, opts: { signal?: AbortSignal } = {}): Promise<Pipeline> {
+  const abs = resolve(file)
+  let text: string
+  try {
+    text = await readFile(abs, { encoding: 'utf8', signal: opts.signal })
+  } catch (err) {
+    if ((err as Error).name === 'AbortError') throw err
+    throw new PipelineReadError(abs, { cause: err })
+  }
+  return parsePipeline(text, { file: abs })
+}
+
+/** Validates strata.yml text; see loadPipeline. */
+export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline {
+  const file = resolve(opts.file ?? 'strata.yml')
+  const dir = dirname(file)
+  const lines = new LineCounter()
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false, strict: true })
+  const at = (offset: number): SourcePosition => {
+    const p = lines.linePos(offset)
+    return { file, line: p.line, column: p.col }
+  }
+  const nodeAt = (n: Node | null | undefined, fallback: number): SourcePosition => at(n?.range?.[0] ?? fallback)
+
+  const syntax = doc.errors[0]
+  if (syntax !== undefined) {
+    throw new PipelineSyntaxError(at(syntax.pos[0]), firstLine(syntax.message), { cause: syntax })
+  }
+  const root = doc.contents
+  if (!isMap(root)) throw new PipelineWrongTypeError(nodeAt(root, 0), 'strata.yml', 'a mapping', describe(root))
+
+  const top = fields(root, TOP_KEYS, 'strata.yml', at)
+  const baseNode = requireField(top, 'base', 'strata.yml', nodeAt(root, 0))
+  const baseText = scalarString(baseNode, '"base"', at)
+  let base: BaseSpec
+  if (baseText === 'host') {
+    base = { kind: 'host' }
+  } else {
+    if (baseText === '') throw new PipelineInvalidValueError(nodeAt(baseNode, 0), '"base" must be "host" or a path to a root filesystem directory')
+    base = { kind: 'dir', path: resolve(dir, baseText) }
+  }
+  const baseIdNode = top.get('base-id')
+  const baseId = baseIdNode !== undefined ? scalarString(baseIdNode, '"base-id"', at, true) : undefined
+  const saltNode = top.get('salt')
+  const salt = saltNode !== undefined ? scalarString(saltNode, '"salt"', at, true) : undefined
+
+  const stepsNode = requireField(top, 'steps', 'strata.yml', nodeAt(root, 0))
+  if (!isSeq(stepsNode)) throw new PipelineWrongTypeError(nodeAt(stepsNode, 0), '"steps"', 'a list', describe(stepsNode))
+  if (stepsNode.items.length === 0) throw new PipelineInvalidValueError(nodeAt(stepsNode, 0), '"steps" is empty')
+
+  // Relative paths are relative to strata.yml's directory on the host base (the
+  // checkout), to / on a rootfs base (the checkout is not inside it).
+  const defaultCwd = base.kind === 'host' ? dir : '/'
+  const seen = new Map<string, SourcePosition>()
+  const steps: StepSpec[] = []
+  stepsNode.items.forEach((item, i) => {
+    let where = `step ${i + 1}`
+    if (!isMap(item)) throw new PipelineWrongTypeError(nodeAt(item as Node, 0), where, 'a mapping', describe(item))
+    // Name the step in messages about its other keys when its name is readable.
+    const named = item.items.find((p) => isScalar(p.key) && p.key.value === 'name' && isScalar(p.value) && typeof p.value.value === 'string')
+    if (named !== undefined) where = `step "${String((named.value as { value: string }).value)}"`
+    const f = fields(item, STEP_KEYS, where, at)
+    const nameNode = requireField(f, 'name', where, nodeAt(item, 0))
+    const name = scalarString(nameNode, `${where} "name"`, at)
+    const nameAt = nodeAt(nameNode, 0)
+    if (!STEP_NAME.test(name)) {
+      throw new PipelineInvalidValueError(nameAt, `step name "${name}" must be 1-64 characters of letters, digits, ".", "_" or "-", starting with a letter or digit`)
+    }
+    const first = seen.get(name)
+    if (first !== undefined) throw new PipelineDuplicateStepError(nameAt, name, first)
+    seen.set(name, nameAt)
+    const stepWhere = `step "${name}"`
+
+    const runNode = requireField(f, 'run', stepWhere, nodeAt(item, 0))
+    const run = scalarString(runNode, `${stepWhere} "run"`, at)
+    if (run.trim() === '') throw new PipelineInvalidValueError(nodeAt(runNode, 0), `${stepWhere} "run" is empty`)
+
+    let cwd = defaultCwd
+    const cwdNode = f.get('cwd')
+    if (cwdNode !== undefined) {
+      const c = scalarString(cwdNode, `${stepWhere} "cwd"`, at)
+      if (c === '' || c.includes('\0')) throw new PipelineInvalidValueError(nodeAt(cwdNode, 0), `${stepWhere} "cwd" is not a path`)
+      cwd = posix.resolve(defaultCwd, c)
+    }
+
+    const env: EnvDecl[] = []
+    const envNode = f.get('env')
+    if (envNode !== undefined) {
+      const seenEnv = new Set<string>()
+      const add = (n: string, node: Node, value?: string): void => {
+        const p = nodeAt(node, 0)
+        if (!ENV_NAME.test(n)) throw new PipelineInvalidValueError(p, `"${n}" is not an environment variable name`)
+        if (n === 'STRATA_ENV' || n.startsWith('STRATA_SB_')) throw new PipelineInvalidValueError(p, `${n} is reserved by strata`)
+        if (seenEnv.has(n)) throw new PipelineInvalidValueError(p, `${stepWhere} declares ${n} twice`)
+        if (value?.includes('\0') === true) throw new PipelineInvalidValueError(p, `${n} contains a NUL byte`)
+        seenEnv.add(n)
+        env.push(value === undefined ? { name: n } : { name: n, value })
+      }
+      if (isSeq(envNode)) {
+        for (const e of envNode.items) add(scalarString(e, `${stepWhere} "env" entry`, at), e as Node)
+      } else if (isMap(envNode)) {
+        for (const pair of envNode.items) {
+          const k = scalarString(pair.key, `${stepWhere} "env" name`, at)
+          add(k, pair.key as Node, scalarString(pair.value, `${stepWhere} "env" value of ${k}`, at, true))
+        }
+      } else {
+        throw new PipelineWrongTypeError(nodeAt(envNode, 0), `${stepWhere} "env"`, 'a list of names or a mapping of names to values', describe(envNode))
+      }
+      env.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    }
+
+    const inputs: string[] = []
+    const inputsNode = f.get('inputs')
+    if (inputsNode !== undefined) {
+      if (!isSeq(inputsNode)) throw new PipelineWrongTypeError(nodeAt(inputsNode, 0), `${stepWhere} "inputs"`, 'a list of paths or globs', describe(inputsNode))
+      for (const e of inputsNode.items) {
+        const p = scalarString(e, `${stepWhere} "inputs" entry`, at)
+        if (p === '' || p.includes('\0')) throw new PipelineInvalidValueError(nodeAt(e as Node, 0), `${stepWhere}: "${p}" is not a path or glob`)
+        inputs.push(isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p))
+      }
+    }
+
+    let cache = true
+    const cacheNode = f.get('cache')
+    if (cacheNode !== undefined) {
+      if (!isScalar(cacheNode) || typeof cacheNode.value !== 'boolean') {
+        throw new PipelineWrongTypeError(nodeAt(cacheNode, 0), `${stepWhere} "cache"`, 'true or false', describe(cacheNode))
+      }
+      cache = cacheNode.value
+    }
+
+    let timeoutMs: number | undefined
+    const timeoutNode = f.get('timeout')
+    if (timeoutNode !== undefined) {
+      const p = nodeAt(timeoutNode, 0)
+      if (!isScalar(timeoutNode) || (typeof timeoutNode.value !== 'string' && typeof timeoutNode.value !== 'number')) {
+        throw new PipelineWrongTypeError(p, `${stepWhere} "timeout"`, 'a duration such as "30s", "10m", "1h30m" or a number of seconds', describe(timeoutNode))
+      }
+      const ms = parseDuration(timeoutNode.value)
+      if (ms === undefined || ms <= 0 || ms > MAX_TIMEOUT_MS) {
+        throw new PipelineInvalidValueError(p, `${stepWhere} "timeout" ${JSON.stringify(timeoutNode.value)} is not a duration between 1ms and 7 days (e.g. "30s", "10m", "1h30m", 90)`)
+      }
+      timeoutMs = ms
+    }
+
+    const step: StepSpec = { name, run, cwd, env, inputs, cache, at: at(item.range?.[0] ?? 0) }
+    if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
+    steps.push(step)
+  })
+
+  const pipeline: Pipeline = { file, base, steps }
+  if (baseId !== undefined) pipeline.baseId = baseId
+  if (salt !== undefined) pipeline.salt = salt
+  return pipeline
+}
+
+/** "90" seconds, "500ms", "30s", "10m", "1h30m"; undefined when malformed. */
+export function parseDuration (v: string | number): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) ? v * 1000 : undefined
+  const s = v.trim()
+  if (/^\d+(\.\d+)?$/.test(s)) return Number(s) * 1000
+  if (!/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(s)) return undefined
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+  let total = 0
+  for (const m of s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) total += Number(m[1]) * unit[m[2]!]!
+  return total
+}
+
+type At = (offset: number) => SourcePosition
+
+function fields (map: YAMLMap, allowed: readonly string[], where: string, at: At): Map<string, Node> {
+  const out = new Map<string, Node>()
+  for (const pair of map.items as Array<Pair<unknown, unknown>>) {
+    const keyNode = pair.key as Node | null
+    const pos = at(keyNode?.range?.[0] ?? map.range?.[0] ?? 0)
+    if (!isScalar(keyNode) || typeof keyNode.value !== 'string') {
+      throw new PipelineWrongTypeError(pos, `a key in ${where}`, 'a string', describe(keyNode))
+    }
+    const key = keyNode.value
+    if (!allowed.includes(key)) throw new PipelineUnknownKeyError(pos, key, where, allowed)
+    // `key:` with nothing after it: a null scalar positioned after the key.
+    const value = (pair.value ?? keyNode) as Node
+    out.set(key, value)
+  }
+  return out
+}
+
+function requireField (f: Map<string, Node>, key: string, where: string, pos: SourcePosition): Node {
+  const v = f.get(key)
+  if (v === undefined) throw new PipelineMissingFieldError(pos, key, where)
+  return v
+}
+
+/** A string scalar; with `lenient`, numbers and booleans are taken as their source text (env values, salt). */
+function scalarString (node: unknown, what: string, at: At, lenient = false): string {
+  const pos = at((node as Node | null)?.range?.[0] ?? 0)
+  if (isScalar(node)) {
+    if (typeof node.value === 'string') return node.value
+    if (lenient && (typeof node.value === 'number' || typeof node.value === 'boolean')) return node.source ?? String(node.value)
+  }
+  throw new PipelineWrongTypeError(pos, what, lenient ? 'a string (or number/boolean)' : 'a string', describe(node))
+}
+
+function describe (node: unknown): string {
+  if (isMap(node)) return 'a mapping'
+  if (isSeq(node)) return 'a list'
+  if (isScalar(node)) {
+    const v = node.value
+    if (v === null) return 'nothing (null)'
+    if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v)}`
+    return `${typeof v === 'number' ? 'the number' : typeof v === 'boolean' ? 'the boolean' : 'the value'} ${String(v)}`
+  }
+  if (node === null || node === undefined) return 'nothing'
+  return 'an alias or tag'
+}
+
+function firstLine (s: string): string {
+  const i = s.indexOf('\n')
+  return (i === -1 ? s : s.slice(0, i)).replace(/ at line \d+, column \d+:?$/, '')
+}

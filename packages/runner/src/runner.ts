@@ -1,0 +1,534 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { closeSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
+import { mkdir, readFile, rm, stat } from 'node:fs/promises'
+import { machine } from 'node:os'
+import { isAbsolute, posix } from 'node:path'
+import { CID } from 'multiformats/cid'
+import { pino } from 'pino'
+import type { Logger } from 'pino'
+import { flock } from '@strata/sys'
+import type { LayerInfo, Store } from '@strata/store'
+import { baseIdentity } from './base.ts'
+import type { BaseIdentity } from './base.ts'
+import {
+  BaseMismatchError, ParentNotFoundError, RecordInvalidError, RunnerError, StepCancelledError, StepFailedError,
+  StepNotFoundError, StepTimeoutError, StrataEnvError
+} from './errors.ts'
+import { loadIdentity } from './identity.ts'
+import type { Identity } from './identity.ts'
+import { collectInputs } from './inputs.ts'
+import type { InputLimits } from './inputs.ts'
+import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, encodeDescriptor, envValueDigest } from './key.ts'
+import type { KeyChange, KeyDescriptor } from './key.ts'
+import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
+import { RECORD_FORMAT, descriptorKey, lastKey, openRecord, recordKey, signRecord } from './record.ts'
+import type { StepRecord } from './record.ts'
+import { prepareRunDir, runSandbox } from './sandbox.ts'
+import type { OutputOptions } from './sandbox.ts'
+import { LayeredView } from './view.ts'
+
+export interface RunnerInit {
+  store: Store
+  /** Where the runner keeps its identity and scratch dirs. Default: the store's data dir (must be the same filesystem). */
+  dataDir?: string
+  logger?: Logger
+  /** Peer ids (besides this node's own) whose records count as hits. Default none. */
+  trustedPeers?: readonly string[]
+  /** Where env names declared without a value are read. Default process.env. */
+  env?: Readonly<Record<string, string | undefined>>
+  /** Where step output goes. Default process.stdout/stderr, prefixed with the step name unless stdout is a TTY. */
+  output?: Partial<OutputOptions>
+  /** Between SIGTERM and SIGKILL on cancel or timeout. Default 10 000 ms. */
+  killGraceMs?: number
+  /** Bounds on what a step's inputs may make the runner read. Default 100 000 files, 8 GiB. */
+  inputLimits?: InputLimits
+}
+
+export interface RunOptions {
+  signal?: AbortSignal
+  /** Run every step, looking nothing up (results are still captured and recorded). Default false. */
+  noCache?: boolean
+  onEvent?: (event: RunnerEvent) => void
+}
+
+export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'no-cache' | 'uncached-step'
+
+export type RunnerEvent =
+  | { type: 'start', step: string, index: number, total: number }
+  | { type: 'key', step: string, key: string, durationMs: number }
+  | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'local', durationMs: number }
+  | { type: 'miss', step: string, key: string, reason: MissReason }
+  | { type: 'ran', step: string, key: string, exitCode: 0, durationMs: number }
+  | { type: 'capture-progress', step: string, unit: 'entries' | 'bytes', done: number, total: number }
+  | { type: 'captured', step: string, key: string, layer: string, size: number, entries: number, durationMs: number }
+  | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
+
+export interface StepResult {
+  name: string
+  /** The step's cache key (CID string): pass it as `parent` to exec() to chain. */
+  key: string
+  /** Root CID of the step's layer. */
+  layer: string
+  status: 'hit' | 'ran'
+  /** Bytes of file content in the layer. */
+  size: number
+  /** NAME=value lines this step appended to $STRATA_ENV. */
+  env: string[]
+  durationMs: number
+}
+
+export interface RunResult {
+  steps: StepResult[]
+  /** The environment the steps' $STRATA_ENV lines add up to. */
+  env: Record<string, string>
+  durationMs: number
+}
+
+/** One step for exec(): what a strata.yml step has, plus where to start from. */
+export interface ExecStep {
+  name: string
+  run: string
+  /** Default `/`. */
+  cwd?: string
+  env?: EnvDecl[]
+  /** Absolute paths or globs, or relative to cwd. */
+  inputs?: string[]
+  /** Key of the step to run on top of (from a previous exec or run); default: directly on the base. */
+  parent?: string
+  /** Default host. Must be the base the parent chain was built on. */
+  base?: BaseSpec
+  baseId?: string
+  salt?: string
+  /** Default true. */
+  cache?: boolean
+  timeoutMs?: number
+}
+
+export interface WhyStep {
+  name: string
+  /** The key the step would have now (for a `cache: false` step: the key it had last time). */
+  key: string
+  /** The key it had when it last ran or hit, if it ever did. */
+  previousKey: string | null
+  /** A record and layer for `key` are here: running now would hit. */
+  hit: boolean
+  /** Field-by-field changes from previousKey to key. */
+  changes: KeyChange[]
+  /** Human-readable lines, one per change. */
+  reasons: string[]
+  /** A step below could not be restored, so this step's inputs were read without its changes. */
+  approximate: boolean
+}
+
+export interface WhyReport {
+  step: string
+  /** The asked step last; the ones below first, so a CLI can point at the first that changed. */
+  steps: WhyStep[]
+}
+
+export interface Runner {
+  /** This node's peer id (the signer of its records). */
+  readonly peerId: string
+  run (pipeline: Pipeline, opts?: RunOptions): Promise<RunResult>
+  exec (step: ExecStep, opts?: RunOptions): Promise<StepResult>
+  why (pipeline: Pipeline, step: string, opts?: { signal?: AbortSignal }): Promise<WhyReport>
+}
+
+/** The filesystem a step starts from: the base and the layers of the steps below. */
+interface Chain {
+  base: BaseSpec
+  baseId: string | null
+  /** Key of the step below, or null on the base. */
+  parent: CID | null
+  /** Layer dirs below, newest first. */
+  layers: string[]
+  /** Accumulated $STRATA_ENV lines, oldest first. */
+  envLines: string[]
+  /** Set once a step below could not be restored (why() only). */
+  approximate: boolean
+}
+
+interface Described {
+  descriptor: KeyDescriptor
+  key: CID
+  bytes: Uint8Array
+}
+
+const USER = '0:0'
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
+const MAX_ENV_FILE = 1024 * 1024
+const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+
+/** Creates a runner over `store`; loads (or creates) the node identity and clears scratch dirs left by dead runs. */
+export async function createRunner (init: RunnerInit): Promise<Runner> {
+  const dataDir = init.dataDir ?? init.store.dataDir
+  await mkdir(`${dataDir}/runner/run`, { recursive: true })
+  const identity = await loadIdentity(dataDir)
+  const runner = new StepRunner(init, dataDir, identity)
+  runner.sweep()
+  return runner
+}
+
+class StepRunner implements Runner {
+  readonly #store: Store
+  readonly #dataDir: string
+  readonly #log: Logger
+  readonly #identity: Identity
+  readonly #trusted: Set<string>
+  readonly #env: Readonly<Record<string, string | undefined>>
+  readonly #output: OutputOptions
+  readonly #killGraceMs: number
+  readonly #limits: InputLimits
+
+  constructor (init: RunnerInit, dataDir: string, identity: Identity) {
+    this.#store = init.store
+    this.#dataDir = realpathSync(dataDir)
+    this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
+    this.#identity = identity
+    this.#trusted = new Set([identity.peerId, ...(init.trustedPeers ?? [])])
+    this.#env = init.env ?? process.env
+    this.#output = {
+      stdout: init.output?.stdout ?? process.stdout,
+      stderr: init.output?.stderr ?? process.stderr,
+      prefix: init.output?.prefix ?? (process.stdout.isTTY !== true)
+    }
+    this.#killGraceMs = init.killGraceMs ?? 10_000
+    this.#limits = init.inputLimits ?? {}
+  }
+
+  get peerId (): string {
+    return this.#identity.peerId
+  }
+
+  /** Removes scratch dirs whose owner is gone (it held an flock on `lock` while alive). */
+  sweep (): void {
+    const root = `${this.#dataDir}/runner/run`
+    for (const name of readdirSync(root)) {
+      const dir = `${root}/${name}`
+      let fd: number | undefined
+      try {
+        fd = openSync(`${dir}/lock`, 'r')
+        if (!flock(fd, { exclusive: true, wait: false })) continue
+      } catch {
+        // no lock file: creation was interrupted
+      } finally {
+        if (fd !== undefined) closeSync(fd)
+      }
+      this.#log.info({ dir }, 'removing a scratch dir left by a dead run')
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+
+  async run (pipeline: Pipeline, opts: RunOptions = {}): Promise<RunResult> {
+    const started = performance.now()
+    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    const results: StepResult[] = []
+    const base = await this.#baseIdentity(chain, opts)
+    for (const [index, step] of pipeline.steps.entries()) {
+      opts.signal?.throwIfAborted()
+      opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
+      results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts))
+    }
+    return { steps: results, env: envObject(chain.envLines), durationMs: performance.now() - started }
+  }
+
+  async exec (step: ExecStep, opts: RunOptions = {}): Promise<StepResult> {
+    if (!STEP_NAME.test(step.name)) throw new TypeError(`step name "${step.name}" must be 1-64 characters of letters, digits, ".", "_" or "-"`)
+    if (typeof step.run !== 'string' || step.run.trim() === '') throw new TypeError('step.run must be a non-empty string')
+    const cwd = posix.resolve('/', step.cwd ?? '/')
+    const spec: StepSpec = {
+      name: step.name,
+      run: step.run,
+      cwd,
+      env: [...(step.env ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+      inputs: (step.inputs ?? []).map((p) => isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p)),
+      cache: step.cache ?? true
+    }
+    for (const e of spec.env) if (!ENV_NAME.test(e.name)) throw new TypeError(`"${e.name}" is not an environment variable name`)
+    if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
+    const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    const base = await this.#baseIdentity(chain, opts)
+    if (step.parent !== undefined) await this.#loadChain(chain, base, step.parent)
+    opts.onEvent?.({ type: 'start', step: step.name, index: 0, total: 1 })
+    return await this.#step(chain, base, spec, step.salt ?? null, chainId(undefined, step.name), opts)
+  }
+
+  async why (pipeline: Pipeline, stepName: string, opts: { signal?: AbortSignal } = {}): Promise<WhyReport> {
+    const target = pipeline.steps.findIndex((s) => s.name === stepName)
+    if (target === -1) throw new StepNotFoundError(stepName, pipeline.steps.map((s) => s.name))
+    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    const base = await this.#baseIdentity(chain, opts)
+    const steps: WhyStep[] = []
+    for (const step of pipeline.steps.slice(0, target + 1)) {
+      const approximate = chain.approximate
+      let { descriptor, key } = await this.#describe(chain, base, step, pipeline.salt ?? null, opts)
+      const lastBytes = await this.#store.getRecord(lastKey(chainId(pipeline.file, step.name)))
+      const previousKey = lastBytes !== undefined ? CID.parse(Buffer.from(lastBytes).toString()) : null
+      const previous = previousKey !== null ? await this.#descriptor(previousKey) : undefined
+      if (!step.cache && previousKey !== null && previous?.output !== undefined) {
+        // Its key depends on what it produced: compare against the last one, with that output.
+        descriptor = { ...descriptor, output: previous.output }
+        key = (await encodeDescriptor(descriptor)).key
+      }
+      const changes = previous !== undefined ? diffDescriptors(previous, descriptor) : []
+      const found = await this.#lookup(key)
+      steps.push({
+        name: step.name,
+        key: key.toString(),
+        previousKey: previousKey?.toString() ?? null,
+        hit: 'record' in found,
+        changes,
+        reasons: previous === undefined ? ['this step has not run here before'] : changes.map(describeChange),
+        approximate
+      })
+      chain.parent = key
+      if ('record' in found) {
+        chain.layers.unshift(found.layer.path)
+        chain.envLines.push(...found.record.env)
+      } else {
+        chain.approximate = true
+      }
+    }
+    return { step: stepName, steps }
+  }
+
+  async #baseIdentity (chain: Chain, opts: { signal?: AbortSignal }): Promise<BaseIdentity> {
+    return await baseIdentity(chain.base, chain.baseId ?? undefined, `${this.#dataDir}/runner`, opts)
+  }
+
+  /** Fills `chain` from the records of `parent` and the steps below it, down to the base. */
+  async #loadChain (chain: Chain, base: BaseIdentity, parent: string): Promise<void> {
+    let key: CID
+    try {
+      key = CID.parse(parent)
+    } catch (err) {
+      throw new TypeError(`parent "${parent}" is not a key`, { cause: err })
+    }
+    chain.parent = key
+    const envGroups: string[][] = []
+    for (let depth = 0; ; depth++) {
+      if (depth > 10_000) throw new ParentNotFoundError(parent, 'the chain of records does not end')
+      const found = await this.#lookup(key)
+      if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : 'no valid record in the store')
+      chain.layers.push(found.layer.path)
+      envGroups.unshift(found.record.env)
+      if (found.record.parent === null) {
+        const d = await this.#descriptor(key)
+        if (d === undefined) throw new ParentNotFoundError(key.toString(), 'its key descriptor is not in the store')
+        if (CID.asCID(d.parent) !== null || !sameBase(d.parent as BaseIdentity, base)) throw new BaseMismatchError(parent)
+        break
+      }
+      key = found.record.parent
+    }
+    chain.envLines = envGroups.flat()
+  }
+
+  async #descriptor (key: CID): Promise<KeyDescriptor | undefined> {
+    const bytes = await this.#store.getRecord(descriptorKey(key))
+    if (bytes === undefined) return undefined
+    return await decodeDescriptor(key, bytes)
+  }
+
+  async #describe (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, opts: { signal?: AbortSignal }): Promise<Described> {
+    const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
+    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, opts)
+    const env: Array<[string, Uint8Array | null]> = step.env.map((e) => {
+      const v = e.value ?? this.#env[e.name]
+      return [e.name, v === undefined ? null : envValueDigest(v)]
+    })
+    const descriptor: KeyDescriptor = {
+      v: KEY_FORMAT,
+      parent: chain.parent ?? base,
+      run: step.run,
+      cwd: step.cwd,
+      user: USER,
+      env,
+      inputs,
+      platform: { os: 'linux', arch: machine() },
+      salt
+    }
+    const { key, bytes } = await encodeDescriptor(descriptor)
+    return { descriptor, key, bytes }
+  }
+
+  async #lookup (key: CID): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
+    const bytes = await this.#store.getRecord(recordKey(key))
+    if (bytes === undefined) return { reason: 'no-record' }
+    let record: StepRecord
+    try {
+      record = openRecord(key, bytes, this.#trusted)
+    } catch (err) {
+      if (!(err instanceof RecordInvalidError)) throw err
+      this.#log.warn({ err, key: key.toString() }, 'ignoring a record')
+      return { reason: 'invalid-record' }
+    }
+    const layer = await this.#store.getLayer(record.layer)
+    if (layer === undefined) return { reason: 'layer-missing' }
+    return { record, layer }
+  }
+
+  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions): Promise<StepResult> {
+    const emit = opts.onEvent ?? ((): void => {})
+    const t0 = performance.now()
+    let described: Described
+    try {
+      described = await this.#describe(chain, base, step, salt, opts)
+    } catch (err) {
+      emit({ type: 'failed', step: step.name, reason: 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: err as Error })
+      throw err
+    }
+    let { descriptor, key } = described
+    const keyString = key.toString()
+    emit({ type: 'key', step: step.name, key: keyString, durationMs: performance.now() - t0 })
+    this.#log.debug({ step: step.name, key: keyString }, 'key computed')
+
+    if (step.cache && opts.noCache !== true) {
+      const found = await this.#lookup(key)
+      if ('record' in found) {
+        await this.#remember(lastId, key, described.bytes)
+        chain.parent = key
+        chain.layers.unshift(found.layer.path)
+        chain.envLines.push(...found.record.env)
+        const durationMs = performance.now() - t0
+        emit({ type: 'hit', step: step.name, key: keyString, layer: found.layer.root.toString(), size: found.layer.size, source: 'local', durationMs })
+        return { name: step.name, key: keyString, layer: found.layer.root.toString(), status: 'hit', size: found.layer.size, env: found.record.env, durationMs }
+      }
+      emit({ type: 'miss', step: step.name, key: keyString, reason: found.reason })
+    } else {
+      emit({ type: 'miss', step: step.name, key: keyString, reason: step.cache ? 'no-cache' : 'uncached-step' })
+    }
+
+    const runDir = `${this.#dataDir}/runner/run/${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
+    await mkdir(runDir, { recursive: true })
+    const lockFd = openSync(`${runDir}/lock`, 'w')
+    flock(lockFd, { exclusive: true, wait: false })
+    try {
+      const basePath = chain.base.kind === 'host' ? '/' : chain.base.path
+      const lowerOption = await prepareRunDir(runDir, chain.layers, basePath)
+      const env: Record<string, string> = { PATH: DEFAULT_PATH, HOME: '/root', ...envObject(chain.envLines) }
+      for (const e of step.env) {
+        const v = e.value ?? this.#env[e.name]
+        if (v !== undefined) env[e.name] = v
+      }
+      const ranAt = performance.now()
+      const result = await runSandbox({
+        name: step.name,
+        runDir,
+        lowers: chain.layers,
+        base: basePath,
+        mask: chain.base.kind === 'host' ? this.#dataDir : undefined,
+        run: step.run,
+        cwd: step.cwd,
+        env,
+        output: this.#output,
+        timeoutMs: step.timeoutMs,
+        killGraceMs: this.#killGraceMs,
+        signal: opts.signal,
+        log: this.#log
+      }, lowerOption)
+      const ranMs = performance.now() - ranAt
+      if (result.killed !== undefined || result.exitCode !== 0) {
+        const err = result.killed === 'timeout'
+          ? new StepTimeoutError(step.name, step.timeoutMs ?? 0)
+          : result.killed === 'cancel'
+            ? new StepCancelledError(step.name, { cause: opts.signal?.reason })
+            : new StepFailedError(step.name, result.exitCode ?? 128, result.signal)
+        emit({ type: 'failed', step: step.name, key: keyString, reason: result.killed ?? 'exit', exitCode: result.exitCode, signal: result.signal, durationMs: ranMs, error: err })
+        throw err
+      }
+      const ownEnv = await readStrataEnv(step.name, `${runDir}/env`)
+      emit({ type: 'ran', step: step.name, key: keyString, exitCode: 0, durationMs: ranMs })
+
+      const capAt = performance.now()
+      const layer = await this.#store.commit(`${runDir}/u`, {
+        signal: opts.signal,
+        onProgress: (p) => emit({ type: 'capture-progress', step: step.name, unit: p.type, done: p.done, total: p.total })
+      })
+      let bytes = described.bytes
+      if (!step.cache) {
+        // Known only now: the key of an uncached step names what it produced, so the steps above it hit when it produced the same.
+        descriptor = { ...descriptor, output: layer.root }
+        const enc = await encodeDescriptor(descriptor)
+        key = enc.key
+        bytes = enc.bytes
+      }
+      const record: StepRecord = {
+        v: RECORD_FORMAT,
+        key,
+        parent: chain.parent,
+        layer: layer.root,
+        size: layer.size,
+        env: ownEnv,
+        created: Date.now(),
+        producer: this.#identity.peerId
+      }
+      await this.#store.putRecord(recordKey(key), signRecord(record, this.#identity))
+      await this.#remember(lastId, key, bytes)
+      const capMs = performance.now() - capAt
+      emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
+      this.#log.info({ step: step.name, key: key.toString(), layer: layer.root.toString(), ranMs, capMs }, 'captured')
+
+      chain.parent = key
+      chain.layers.unshift(layer.path)
+      chain.envLines.push(...ownEnv)
+      return { name: step.name, key: key.toString(), layer: layer.root.toString(), status: 'ran', size: layer.size, env: ownEnv, durationMs: performance.now() - t0 }
+    } catch (err) {
+      if (!(err instanceof StepFailedError || err instanceof StepTimeoutError || err instanceof StepCancelledError)) {
+        const e = opts.signal?.aborted === true && !(err instanceof RunnerError) ? new StepCancelledError(step.name, { cause: err }) : err as Error
+        emit({ type: 'failed', step: step.name, key: keyString, reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
+        throw e
+      }
+      throw err
+    } finally {
+      closeSync(lockFd)
+      await rm(runDir, { recursive: true, force: true })
+    }
+  }
+
+  /** Keeps the descriptor and points this step's "last used" at it, for why(). */
+  async #remember (lastId: string, key: CID, descriptorBytes: Uint8Array): Promise<void> {
+    await this.#store.putRecord(descriptorKey(key), descriptorBytes)
+    await this.#store.putRecord(lastKey(lastId), Buffer.from(key.toString()))
+  }
+}
+
+/** Identifies "this step of this pipeline" across runs, for why(). */
+function chainId (file: string | undefined, step: string): string {
+  return createHash('sha256').update(`strata/last/v1\0${file ?? ''}\0${step}`).digest('hex').slice(0, 32)
+}
+
+function sameBase (a: BaseIdentity, b: BaseIdentity): boolean {
+  if (a.kind !== b.kind || a.id !== b.id) return false
+  if (a.kind === 'host' && b.kind === 'host') return a.arch === b.arch && Buffer.from(a.osRelease).equals(Buffer.from(b.osRelease))
+  if (a.kind === 'dir' && b.kind === 'dir') return Buffer.from(a.digest).equals(Buffer.from(b.digest))
+  return false
+}
+
+function envObject (lines: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const l of lines) {
+    const i = l.indexOf('=')
+    out[l.slice(0, i)] = l.slice(i + 1)
+  }
+  return out
+}
+
+/** The step's own $STRATA_ENV lines: NAME=value each, blank lines skipped; anything else fails the step. */
+async function readStrataEnv (step: string, path: string): Promise<string[]> {
+  const st = await stat(path)
+  if (!st.isFile()) throw new StrataEnvError(step, 'is not a regular file')
+  if (st.size > MAX_ENV_FILE) throw new StrataEnvError(step, `is larger than ${MAX_ENV_FILE} bytes`)
+  const text = await readFile(path, 'utf8')
+  const out: string[] = []
+  for (const [i, line] of text.split('\n').entries()) {
+    if (line.trim() === '') continue
+    const eq = line.indexOf('=')
+    const name = eq === -1 ? line : line.slice(0, eq)
+    if (eq === -1 || !ENV_NAME.test(name)) throw new StrataEnvError(step, `line ${i + 1} is not NAME=value: ${JSON.stringify(line.slice(0, 80))}`)
+    if (name === 'STRATA_ENV' || name.startsWith('STRATA_SB_')) throw new StrataEnvError(step, `line ${i + 1} sets ${name}, which is reserved`)
+    if (line.includes('\0')) throw new StrataEnvError(step, `line ${i + 1} contains a NUL byte`)
+    out.push(line)
+  }
+  return out
+}

@@ -1,0 +1,117 @@
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { Writable } from 'node:stream'
+import type { TestContext } from 'node:test'
+import { openStore } from '@strata/store'
+import type { LocalStore } from '@strata/store'
+import type { Store } from '@strata/store'
+import { createRunner } from '../src/index.ts'
+import type { Runner, RunnerEvent, RunnerInit } from '../src/index.ts'
+
+/** A tree for tests: a string is a file, an object a directory, `{ symlink }` a link. */
+export interface Tree { [name: string]: string | Tree | { symlink: string } }
+
+export function writeTree (dir: string, tree: Tree): void {
+  mkdirSync(dir, { recursive: true })
+  for (const [name, v] of Object.entries(tree)) {
+    const p = `${dir}/${name}`
+    if (typeof v === 'string') writeFileSync(p, v)
+    else if ('symlink' in v && typeof v.symlink === 'string') symlinkSync(v.symlink, p)
+    else writeTree(p, v as Tree)
+  }
+}
+
+/**
+ * A temp dir on the root filesystem (not /tmp: steps get a fresh tmpfs there, so
+ * files a step must see through the host base live under /var/tmp), removed after the test.
+ */
+export function tempDir (t: TestContext, prefix = 'strata-runner-'): string {
+  const dir = mkdtempSync(`/var/tmp/${prefix}`)
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/**
+ * A directory on the host's /dev (a devtmpfs the sandbox bind-mounts): what a step
+ * appends there is seen outside the overlay, which proves the command really ran.
+ */
+export function sideChannel (t: TestContext): { dir: string, lines: (name?: string) => string[] } {
+  const dir = mkdtempSync('/dev/strata-test-')
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  return {
+    dir,
+    lines: (name = 'ran') => {
+      try {
+        return readFileSync(`${dir}/${name}`, 'utf8').split('\n').filter((l) => l !== '')
+      } catch {
+        return []
+      }
+    }
+  }
+}
+
+export class Sink extends Writable {
+  text = ''
+  override _write (chunk: Buffer, _enc: string, cb: () => void): void {
+    this.text += chunk.toString()
+    cb()
+  }
+}
+
+export interface Harness {
+  store: Store & LocalStore
+  runner: Runner
+  dataDir: string
+  out: Sink
+  events: RunnerEvent[]
+  onEvent: (e: RunnerEvent) => void
+  /** Reopens the runner (same store) with other options. */
+  reopen: (init?: Partial<RunnerInit>) => Promise<Runner>
+}
+
+export async function harness (t: TestContext, init: Partial<RunnerInit> = {}): Promise<Harness> {
+  const root = tempDir(t)
+  const dataDir = `${root}/data`
+  const store = await openStore({ dataDir })
+  t.after(() => store.close())
+  const out = new Sink()
+  const events: RunnerEvent[] = []
+  const make = async (extra: Partial<RunnerInit> = {}): Promise<Runner> => await createRunner({
+    store, output: { stdout: out, stderr: out, prefix: true }, killGraceMs: 2000, ...init, ...extra
+  })
+  return { store, runner: await make(), dataDir, out, events, onEvent: (e) => events.push(e), reopen: make }
+}
+
+/** Every mount, in every mount namespace on the machine, whose line mentions `needle`. */
+export function mountsMentioning (needle: string): string[] {
+  const found = new Set<string>()
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    let text: string
+    try {
+      text = readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
+    } catch {
+      continue
+    }
+    for (const line of text.split('\n')) if (line.includes(needle)) found.add(line)
+  }
+  return [...found]
+}
+
+/** Processes whose command line contains `needle`. */
+export function processesMatching (needle: string): number[] {
+  const out: number[] = []
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').includes(needle)) out.push(Number(pid))
+    } catch {
+      // gone
+    }
+  }
+  return out
+}
+
+export function statuses (events: readonly RunnerEvent[]): string[] {
+  return events.filter((e) => e.type === 'hit' || e.type === 'captured' || e.type === 'failed')
+    .map((e) => `${e.step}:${e.type === 'captured' ? 'ran' : e.type}`)
+}

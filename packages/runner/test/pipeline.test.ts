@@ -1,0 +1,125 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { writeFileSync } from 'node:fs'
+import { loadPipeline, parseDuration, parsePipeline, PipelineError } from '../src/index.ts'
+import { tempDir } from './helpers.ts'
+
+const FILE = '/work/app/strata.yml'
+
+function rejects (text: string, code: string, line: number, column: number, match?: RegExp): PipelineError {
+  let caught: unknown
+  try {
+    parsePipeline(text, { file: FILE })
+  } catch (err) {
+    caught = err
+  }
+  assert.ok(caught instanceof PipelineError, `expected a PipelineError, got ${String(caught)}`)
+  assert.equal(caught.code, code, caught.message)
+  assert.equal(caught.file, FILE)
+  assert.deepEqual([caught.line, caught.column], [line, column], caught.message)
+  assert.ok(caught.message.startsWith(`${FILE}:${line}:${column}: `), caught.message)
+  if (match !== undefined) assert.match(caught.message, match)
+  return caught
+}
+
+test('parses a pipeline with every field, resolving paths', () => {
+  const p = parsePipeline(`base: host
+base-id: ami-123
+salt: 7
+steps:
+  - name: deps
+    run: npm ci
+    cwd: app
+    env: [NODE_ENV]
+    inputs: [package.json, /etc/npmrc, "src/**/*.ts"]
+    timeout: 10m
+  - name: test
+    run: npm test
+    env: { CI: true, MODE: fast }
+    cache: false
+    timeout: 90
+`, { file: FILE })
+  assert.deepEqual(p.base, { kind: 'host' })
+  assert.equal(p.baseId, 'ami-123')
+  assert.equal(p.salt, '7')
+  assert.equal(p.steps.length, 2)
+  const [deps, t] = p.steps
+  assert.equal(deps!.cwd, '/work/app/app')
+  assert.deepEqual(deps!.env, [{ name: 'NODE_ENV' }])
+  assert.deepEqual(deps!.inputs, ['/work/app/app/package.json', '/etc/npmrc', '/work/app/app/src/**/*.ts'])
+  assert.equal(deps!.timeoutMs, 600_000)
+  assert.equal(deps!.cache, true)
+  assert.equal(t!.cwd, '/work/app')
+  assert.deepEqual(t!.env, [{ name: 'CI', value: 'true' }, { name: 'MODE', value: 'fast' }])
+  assert.equal(t!.cache, false)
+  assert.equal(t!.timeoutMs, 90_000)
+})
+
+test('a rootfs base is resolved against the file and steps default to cwd /', () => {
+  const p = parsePipeline('base: ./rootfs\nsteps:\n  - { name: a, run: "true" }\n', { file: FILE })
+  assert.deepEqual(p.base, { kind: 'dir', path: '/work/app/rootfs' })
+  assert.equal(p.steps[0]!.cwd, '/')
+})
+
+test('an unknown top-level key is an error at the key', () => {
+  rejects('base: host\nstep:\n  - name: a\n', 'ERR_PIPELINE_UNKNOWN_KEY', 2, 1, /unknown key "step"/)
+})
+
+test('an unknown step key is an error at the key', () => {
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    imputs: [x]\n', 'ERR_PIPELINE_UNKNOWN_KEY', 5, 5, /"imputs" in step "a"/)
+})
+
+test('a wrong type names what was expected and found', () => {
+  rejects('base: host\nsteps:\n  - name: a\n    run: [echo, hi]\n', 'ERR_PIPELINE_WRONG_TYPE', 4, 10, /must be a string, found a list/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    cache: "no"\n', 'ERR_PIPELINE_WRONG_TYPE', 5, 12, /true or false/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    inputs: package.json\n', 'ERR_PIPELINE_WRONG_TYPE', 5, 13, /list of paths/)
+  rejects('base: host\nsteps: {}\n', 'ERR_PIPELINE_WRONG_TYPE', 2, 8, /"steps" must be a list/)
+  rejects('- a\n- b\n', 'ERR_PIPELINE_WRONG_TYPE', 1, 1, /must be a mapping/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    env: { X: [1] }\n', 'ERR_PIPELINE_WRONG_TYPE', 5, 15)
+})
+
+test('duplicate step names point at the second and name the first', () => {
+  const err = rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n  - name: a\n    run: "false"\n', 'ERR_PIPELINE_DUPLICATE_STEP', 5, 11)
+  assert.match(err.message, /already defined at line 3, column 11/)
+})
+
+test('missing fields are errors at the mapping that lacks them', () => {
+  rejects('steps:\n  - name: a\n    run: "true"\n', 'ERR_PIPELINE_MISSING_FIELD', 1, 1, /no "base"/)
+  rejects('base: host\n', 'ERR_PIPELINE_MISSING_FIELD', 1, 1, /no "steps"/)
+  rejects('base: host\nsteps:\n  - run: "true"\n', 'ERR_PIPELINE_MISSING_FIELD', 3, 5, /step 1 has no "name"/)
+  rejects('base: host\nsteps:\n  - name: a\n  - name: b\n    run: x\n', 'ERR_PIPELINE_MISSING_FIELD', 3, 5, /step "a" has no "run"/)
+})
+
+test('invalid values: timeout, names, env, empty lists', () => {
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    timeout: soon\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 14, /timeout/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    timeout: 0\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 14)
+  rejects('base: host\nsteps:\n  - name: "a b"\n    run: "true"\n', 'ERR_PIPELINE_INVALID_VALUE', 3, 11, /step name/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    env: [1X]\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 11, /not an environment variable name/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    env: [STRATA_ENV]\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 11, /reserved/)
+  rejects('base: host\nsteps: []\n', 'ERR_PIPELINE_INVALID_VALUE', 2, 8, /empty/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "  "\n', 'ERR_PIPELINE_INVALID_VALUE', 4, 10, /empty/)
+})
+
+test('YAML syntax errors and duplicate keys carry a position', () => {
+  rejects('base: host\nsteps:\n  - name: a\n    run: x: y\n', 'ERR_PIPELINE_SYNTAX', 4, 10, /Nested mappings/)
+  rejects('base: host\n\tsteps: 1\n', 'ERR_PIPELINE_SYNTAX', 2, 1, /Tabs/)
+  rejects('base: host\n---\nsteps: []\n', 'ERR_PIPELINE_SYNTAX', 2, 1, /multiple documents/)
+  rejects('base: host\nbase: /x\nsteps: []\n', 'ERR_PIPELINE_SYNTAX', 2, 1, /unique/)
+})
+
+test('loadPipeline reads a file and names it in errors; a missing file is a read error', async (t) => {
+  const dir = tempDir(t)
+  writeFileSync(`${dir}/strata.yml`, 'base: host\nsteps:\n  - name: a\n    run: "true"\n    bogus: 1\n')
+  await assert.rejects(loadPipeline(`${dir}/strata.yml`), (err: PipelineError) => err.code === 'ERR_PIPELINE_UNKNOWN_KEY' && err.file === `${dir}/strata.yml` && err.line === 5)
+  await assert.rejects(loadPipeline(`${dir}/nope.yml`), { code: 'ERR_PIPELINE_READ' })
+})
+
+test('durations', () => {
+  assert.equal(parseDuration('30s'), 30_000)
+  assert.equal(parseDuration('10m'), 600_000)
+  assert.equal(parseDuration('1h30m'), 5_400_000)
+  assert.equal(parseDuration('250ms'), 250)
+  assert.equal(parseDuration(1.5), 1500)
+  assert.equal(parseDuration('12'), 12_000)
+  assert.equal(parseDuration('10 minutes'), undefined)
+})
