@@ -23,7 +23,7 @@ import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { RECORD_FORMAT, descriptorKey, lastKey, openRecord, recordKey, signRecord } from './record.ts'
 import type { StepRecord } from './record.ts'
-import { prepareRunDir, runSandbox } from './sandbox.ts'
+import { normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { LayeredView } from './view.ts'
 
@@ -441,6 +441,7 @@ class StepRunner implements Runner {
       emit({ type: 'ran', step: step.name, key: keyString, exitCode: 0, durationMs: ranMs })
 
       const capAt = performance.now()
+      await normalizeUpperRoot(runDir)
       const layer = await this.#store.commit(`${runDir}/u`, {
         signal: opts.signal,
         onProgress: (p) => emit({ type: 'capture-progress', step: step.name, unit: p.type, done: p.done, total: p.total })

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { accessSync, constants, readFileSync } from 'node:fs'
-import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises'
+import { chmod, chown, mkdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import type { Writable } from 'node:stream'
 import type { Logger } from 'pino'
 import { ChainTooLongError, SandboxError } from './errors.ts'
@@ -106,11 +106,25 @@ function findTool (name: string): string {
   throw new SandboxError('-', `${name} not found on the host (it comes with util-linux / coreutils)`)
 }
 
+/**
+ * The stack without repeats, keeping each layer's top-most place. Two steps can
+ * produce the same layer (both empty, say) and OverlayFS refuses a dir listed twice;
+ * the lower copy adds nothing, since every entry of it is already present above.
+ */
+export function uniqueLayers (lowers: readonly string[]): string[] {
+  return [...new Set(lowers)]
+}
+
 /** Prepares `runDir` (l/ u/ w/ m/ b/ e/ env) for a step over `lowers`. */
-export async function prepareRunDir (runDir: string, lowers: readonly string[], base: string): Promise<string> {
+export async function prepareRunDir (runDir: string, allLowers: readonly string[], base: string): Promise<string> {
+  const lowers = uniqueLayers(allLowers)
   if (lowers.length > MAX_LOWER_LAYERS) throw new ChainTooLongError(lowers.length, MAX_LOWER_LAYERS)
   for (const d of ['l', 'u', 'w', 'm', 'b', 'e']) await mkdir(`${runDir}/${d}`, { recursive: true, mode: 0o755 })
   await writeFile(`${runDir}/env`, '', { mode: 0o600 })
+  // The top layer's root dir gives the merged root its owner and mode: keep the base's.
+  const root = await stat(base)
+  await chmod(`${runDir}/u`, root.mode & 0o7777)
+  await chown(`${runDir}/u`, root.uid, root.gid)
   const names: string[] = []
   for (let i = 0; i < lowers.length; i++) {
     const n = i.toString(36)
@@ -123,6 +137,14 @@ export async function prepareRunDir (runDir: string, lowers: readonly string[], 
     names.push('base')
   }
   return names.join(':')
+}
+
+/**
+ * Gives the upper dir's root a fixed time before capture: it changes whenever the
+ * step touches a top-level entry and would make identical changes different layers.
+ */
+export async function normalizeUpperRoot (runDir: string): Promise<void> {
+  await utimes(`${runDir}/u`, 0, 0)
 }
 
 /**

@@ -36,7 +36,7 @@ export class LayeredView {
 
   constructor (layers: readonly string[], base: string) {
     this.#base = base === '/' ? '' : base.replace(/\/+$/, '')
-    this.#roots = [...layers.map((l) => l.replace(/\/+$/, '')), this.#base]
+    this.#roots = [...new Set(layers.map((l) => l.replace(/\/+$/, ''))), this.#base]
     this.#baseDev = lstatSync(this.#base === '' ? '/' : this.#base).dev
   }
 

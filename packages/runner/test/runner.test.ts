@@ -1,0 +1,294 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { CID } from 'multiformats/cid'
+import { parsePipeline, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
+import type { RunnerEvent } from '../src/index.ts'
+import { harness, mountsMentioning, processesMatching, sideChannel, statuses, tempDir, writeTree } from './helpers.ts'
+
+function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
+  writeFileSync(`${dir}/strata.yml`, yml)
+  return parsePipeline(yml, { file: `${dir}/strata.yml` })
+}
+
+test('a host pipeline runs, captures, and on the second run hits every step without running anything', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const proj = `${tempDir(t)}/proj`
+  writeTree(proj, { 'victim.txt': 'base file', olddir: { a: '1', b: '2' }, 'a.txt': 'input v1', 'b.txt': 'undeclared v1' })
+  const yml = `base: host
+steps:
+  - name: create
+    run: |
+      echo create >> ${side.dir}/ran
+      echo visible-output
+      mkdir -p /opt/strata-test
+      echo hello > /opt/strata-test/hello.txt
+      rm victim.txt
+      rm -rf olddir && mkdir olddir && echo new > olddir/c
+  - name: modes
+    run: |
+      echo modes >> ${side.dir}/ran
+      chmod 0700 /opt/strata-test
+      chmod 0640 /opt/strata-test/hello.txt
+      chown 1234:2345 /opt/strata-test/hello.txt
+      ln -s hello.txt /opt/strata-test/link
+      echo "GREETING=hi there" >> "$STRATA_ENV"
+  - name: uses-input
+    inputs: [a.txt]
+    run: |
+      echo uses-input >> ${side.dir}/ran
+      cp a.txt /opt/strata-test/a-copy
+  - name: reads-env
+    env: [MISSING_VAR]
+    run: |
+      echo reads-env >> ${side.dir}/ran
+      echo "$GREETING" > /opt/strata-test/greeting
+  - name: nothing
+    run: echo nothing >> ${side.dir}/ran
+`
+  const p = pipelineIn(proj, yml)
+  const all = ['create', 'modes', 'uses-input', 'reads-env', 'nothing']
+
+  // What the last step leaves, seen from a step on top of it (and copied out through /dev).
+  const snapshot = async (n: number, parent: string): Promise<string> => {
+    await h.runner.exec({
+      name: 'check',
+      parent,
+      cache: false,
+      run: `find /opt/strata-test ${proj} -printf '%p %y %m %U:%G %s %l\\n' | sort > ${side.dir}/fs-${n}
+            find /opt/strata-test ${proj} -type f -exec sha256sum {} + | sort >> ${side.dir}/fs-${n}`
+    })
+    return readFileSync(`${side.dir}/fs-${n}`, 'utf8')
+  }
+
+  const first = await h.runner.run(p, { onEvent: h.onEvent })
+  assert.deepEqual(side.lines(), all)
+  assert.deepEqual(statuses(h.events), all.map((s) => `${s}:ran`))
+  assert.deepEqual(first.env, { GREETING: 'hi there' })
+  assert.match(h.out.text, /^create \| visible-output$/m)
+  const fs1 = await snapshot(1, first.steps.at(-1)!.key)
+
+  assert.match(fs1, new RegExp(`^/opt/strata-test d 700 0:0 `, 'm'))
+  assert.match(fs1, /^\/opt\/strata-test\/hello\.txt f 640 1234:2345 6 $/m)
+  assert.match(fs1, /^\/opt\/strata-test\/link l 777 0:0 \d+ hello\.txt$/m)
+  assert.match(fs1, /^\/opt\/strata-test\/a-copy f /m)
+  assert.ok(!fs1.includes(`${proj}/victim.txt`), 'the deleted base file is gone (whiteout)')
+  assert.ok(fs1.includes(`${proj}/olddir/c f`))
+  assert.ok(!fs1.includes(`${proj}/olddir/a`), 'the replaced base dir shows none of its old entries (opaque dir)')
+  const hiThere = createHash('sha256').update('hi there\n').digest('hex')
+  assert.ok(fs1.includes(`${hiThere}  /opt/strata-test/greeting`), 'the later step read the env the earlier one set')
+  // The host itself is untouched.
+  assert.ok(existsSync(`${proj}/victim.txt`) && existsSync(`${proj}/olddir/a`) && !existsSync('/opt/strata-test'))
+
+  h.events.length = 0
+  const second = await h.runner.run(p, { onEvent: h.onEvent })
+  assert.deepEqual(side.lines(), all, 'no command ran the second time')
+  assert.deepEqual(statuses(h.events), all.map((s) => `${s}:hit`))
+  assert.deepEqual(second.steps.map((s) => s.key), first.steps.map((s) => s.key))
+  assert.deepEqual(second.env, { GREETING: 'hi there' })
+  assert.equal(await snapshot(2, second.steps.at(-1)!.key), fs1, 'the restored filesystem is identical')
+
+  // A declared input changes: that step and the ones above it run again.
+  writeFileSync(`${proj}/a.txt`, 'input v2')
+  h.events.length = 0
+  await h.runner.run(p, { onEvent: h.onEvent })
+  assert.deepEqual(side.lines(), [...all, 'uses-input', 'reads-env', 'nothing'])
+  assert.deepEqual(statuses(h.events), ['create:hit', 'modes:hit', 'uses-input:ran', 'reads-env:ran', 'nothing:ran'])
+
+  // An undeclared file changes: everything hits.
+  writeFileSync(`${proj}/b.txt`, 'undeclared v2')
+  h.events.length = 0
+  await h.runner.run(p, { onEvent: h.onEvent })
+  assert.equal(side.lines().length, 8)
+  assert.deepEqual(statuses(h.events), all.map((s) => `${s}:hit`))
+
+  // why: the input's content is the cause; the step above only sees its parent change.
+  writeFileSync(`${proj}/a.txt`, 'input v3')
+  const why = await h.runner.why(p, 'reads-env')
+  assert.deepEqual(why.steps.map((s) => s.name), ['create', 'modes', 'uses-input', 'reads-env'])
+  assert.deepEqual(why.steps.map((s) => s.hit), [true, true, false, false])
+  assert.deepEqual(why.steps[2]!.changes, [{ field: 'input', path: `${proj}/a.txt`, change: 'content' }])
+  assert.deepEqual(why.steps[2]!.reasons, [`input ${proj}/a.txt changed content`])
+  assert.equal(why.steps[3]!.changes[0]!.field, 'parent')
+  assert.equal(why.steps[3]!.approximate, true)
+  assert.equal(why.steps[0]!.changes.length, 0)
+})
+
+test('a failing step commits nothing and stops the run with its exit code', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const proj = tempDir(t)
+  const p = pipelineIn(proj, `base: host
+steps:
+  - name: ok
+    run: echo ok >> ${side.dir}/ran; echo a > /opt/ok
+  - name: bad
+    run: echo bad >> ${side.dir}/ran; echo partial > /opt/partial; exit 3
+  - name: never
+    run: echo never >> ${side.dir}/ran
+`)
+  await assert.rejects(h.runner.run(p, { onEvent: h.onEvent }), (err: StepFailedError) => {
+    assert.ok(err instanceof StepFailedError)
+    assert.equal(err.code, 'ERR_STEP_FAILED')
+    assert.equal(err.exitCode, 3)
+    assert.equal(err.step, 'bad')
+    return true
+  })
+  assert.deepEqual(side.lines(), ['ok', 'bad'])
+  const failed = h.events.find((e) => e.type === 'failed') as Extract<RunnerEvent, { type: 'failed' }>
+  assert.equal(failed.exitCode, 3)
+  assert.equal(failed.reason, 'exit')
+  assert.equal((await h.store.listLayers()).length, 1, 'only the successful step made a layer')
+  assert.equal(await h.store.getRecord(`runner/record/${failed.key!}`), undefined)
+  assert.deepEqual(readdirSync(`${h.dataDir}/runner/run`), [], 'no scratch dir is left')
+
+  h.events.length = 0
+  await assert.rejects(h.runner.run(p, { onEvent: h.onEvent }), { code: 'ERR_STEP_FAILED' })
+  assert.deepEqual(statuses(h.events), ['ok:hit', 'bad:failed'])
+  assert.deepEqual(side.lines(), ['ok', 'bad', 'bad'])
+})
+
+test('a cancelled step leaves no process, no mount, no layer and no scratch dir', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const proj = tempDir(t)
+  const p = pipelineIn(proj, `base: host
+steps:
+  - name: slow
+    run: echo started >> ${side.dir}/ran; touch /opt/half-made; sleep 97.531; echo done >> ${side.dir}/ran
+`)
+  const ac = new AbortController()
+  let mountsWhileRunning = 0
+  const poll = setInterval(() => {
+    if (ac.signal.aborted || !side.lines().includes('started')) return
+    mountsWhileRunning = mountsMentioning(h.dataDir).length
+    ac.abort(new Error('SIGINT'))
+  }, 20)
+  t.after(() => clearInterval(poll))
+  const started = Date.now()
+  await assert.rejects(h.runner.run(p, { signal: ac.signal, onEvent: h.onEvent }), (err: Error) => err instanceof StepCancelledError && (err as StepCancelledError).exitCode === 130)
+  assert.ok(Date.now() - started < 10_000)
+  assert.deepEqual(side.lines(), ['started'])
+  assert.deepEqual(processesMatching('sleep 97.531'), [])
+  assert.ok(mountsWhileRunning >= 5, `the step's mounts were seen while it ran (${mountsWhileRunning})`)
+  assert.deepEqual(mountsMentioning(h.dataDir), [], 'no mount of the step is left in any namespace')
+  assert.deepEqual(await h.store.listLayers(), [])
+  assert.deepEqual(readdirSync(`${h.dataDir}/runner/run`), [])
+  assert.deepEqual(statuses(h.events), ['slow:failed'])
+})
+
+test('a timed-out step that ignores SIGTERM is killed after the grace period', async (t) => {
+  const h = await harness(t, { killGraceMs: 300 })
+  const side = sideChannel(t)
+  const proj = tempDir(t)
+  const p = pipelineIn(proj, `base: host
+steps:
+  - name: stubborn
+    timeout: 1s
+    run: |
+      trap '' TERM
+      echo started >> ${side.dir}/ran
+      sleep 97.532 &
+      sleep 97.533
+`)
+  const started = Date.now()
+  await assert.rejects(h.runner.run(p), (err: Error) => err instanceof StepTimeoutError && err.code === 'ERR_STEP_TIMEOUT')
+  const took = Date.now() - started
+  assert.ok(took >= 1000 && took < 6000, `took ${took}ms`)
+  assert.deepEqual(side.lines(), ['started'])
+  assert.deepEqual(processesMatching('sleep 97.53'), [], 'background and foreground processes are gone')
+  assert.deepEqual(mountsMentioning(h.dataDir), [])
+  assert.deepEqual(await h.store.listLayers(), [])
+})
+
+test('exec chains single steps by key and hits on the second call', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const a = await h.runner.exec({ name: 'a', run: `echo a >> ${side.dir}/ran; echo A > /opt/a; echo X=1 >> $STRATA_ENV` })
+  assert.equal(a.status, 'ran')
+  const b = await h.runner.exec({ name: 'b', parent: a.key, run: `echo b >> ${side.dir}/ran; test "$(cat /opt/a)" = A; test "$X" = 1; echo B > /opt/b` })
+  assert.equal(b.status, 'ran')
+  const b2 = await h.runner.exec({ name: 'b', parent: a.key, run: `echo b >> ${side.dir}/ran; test "$(cat /opt/a)" = A; test "$X" = 1; echo B > /opt/b` })
+  assert.equal(b2.status, 'hit')
+  assert.equal(b2.key, b.key)
+  assert.deepEqual(side.lines(), ['a', 'b'])
+  CID.parse(b.key)
+
+  await assert.rejects(h.runner.exec({ name: 'c', parent: 'bafyreigcmak4ndasecjyghkogh3rsnwb7sokiohsyu4xfh6eczx234qegm', run: 'true' }), { code: 'ERR_PARENT_NOT_FOUND' })
+  await assert.rejects(h.runner.exec({ name: 'c', parent: a.key, baseId: 'other-image', run: 'true' }), { code: 'ERR_BASE_MISMATCH' })
+  await assert.rejects(h.runner.exec({ name: 'bad name', run: 'true' }), TypeError)
+})
+
+test('bad $STRATA_ENV lines fail the step and commit nothing', async (t) => {
+  const h = await harness(t)
+  await assert.rejects(h.runner.exec({ name: 'env', run: 'echo "not a line" >> $STRATA_ENV' }), { code: 'ERR_STRATA_ENV' })
+  await assert.rejects(h.runner.exec({ name: 'env2', run: 'echo "STRATA_ENV=/x" >> $STRATA_ENV' }), { code: 'ERR_STRATA_ENV' })
+  assert.deepEqual(await h.store.listLayers(), [])
+})
+
+test('declared env enters the key; values come from the caller or the file', async (t) => {
+  const h = await harness(t, { env: { TOKEN: 'one' } })
+  const side = sideChannel(t)
+  const proj = tempDir(t)
+  const p = pipelineIn(proj, `base: host
+steps:
+  - name: e
+    env: [TOKEN]
+    run: echo "$TOKEN" >> ${side.dir}/ran
+`)
+  await h.runner.run(p)
+  await h.runner.run(p)
+  const other = await h.reopen({ env: { TOKEN: 'two' } })
+  await other.run(p)
+  assert.deepEqual(side.lines(), ['one', 'two'])
+  const why = await other.why(p, 'e')
+  assert.equal(why.steps[0]!.hit, true)
+  const back = await h.reopen({ env: { TOKEN: 'three' } })
+  const why2 = await back.why(p, 'e')
+  assert.deepEqual(why2.steps[0]!.changes, [{ field: 'env', name: 'TOKEN', change: 'value' }])
+  // The secret itself is nowhere in the stored descriptor.
+  const desc = await h.store.getRecord(`runner/desc/${why2.steps[0]!.previousKey!}`)
+  assert.ok(desc !== undefined && !Buffer.from(desc).includes('two'))
+})
+
+test('records from an untrusted producer are a miss; trusting its peer id makes them hits', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const elsewhere = await h.reopen({ dataDir: tempDir(t) })
+  assert.notEqual(elsewhere.peerId, h.runner.peerId)
+  const run = `echo ran >> ${side.dir}/ran`
+  await elsewhere.exec({ name: 's', run })
+  const events: RunnerEvent[] = []
+  await h.runner.exec({ name: 's', run }, { onEvent: (e) => events.push(e) })
+  assert.deepEqual(events.filter((e) => e.type === 'miss').map((e) => (e as { reason: string }).reason), ['invalid-record'])
+  assert.equal(side.lines().length, 2)
+  // Now the record is ours; a runner trusting the other peer hits on its records too.
+  const trusting = await h.reopen({ trustedPeers: [elsewhere.peerId] })
+  assert.equal((await trusting.exec({ name: 's', run })).status, 'hit')
+  assert.equal(side.lines().length, 2)
+})
+
+test('noCache runs every step and refreshes the records', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const proj = tempDir(t)
+  const p = pipelineIn(proj, `base: host
+steps:
+  - name: a
+    run: echo a >> ${side.dir}/ran
+  - name: b
+    cache: false
+    run: echo b >> ${side.dir}/ran
+  - name: c
+    run: echo c >> ${side.dir}/ran
+`)
+  await h.runner.run(p)
+  assert.deepEqual(side.lines(), ['a', 'b', 'c'])
+  // An uncached step always runs; the step above it hits when it produced the same layer.
+  await h.runner.run(p)
+  assert.deepEqual(side.lines(), ['a', 'b', 'c', 'b'])
+  await h.runner.run(p, { noCache: true })
+  assert.deepEqual(side.lines(), ['a', 'b', 'c', 'b', 'a', 'b', 'c'])
+})
