@@ -28,7 +28,7 @@ export async function baseIdentity (base: BaseSpec, baseId: string | undefined, 
       if ((err as Error).name === 'AbortError') throw err
       text = Buffer.alloc(0) // no os-release: the base-id (if any) and arch still count
     }
-    return { kind: 'host', osRelease: createHash('sha256').update(text).digest(), arch: machine(), id }
+    return { kind: 'host', osRelease: new Uint8Array(createHash('sha256').update(text).digest()), arch: machine(), id }
   }
   return { kind: 'dir', digest: await cachedTreeDigest(base.path, cacheDir, opts), id }
 }
@@ -85,7 +85,7 @@ async function treeDigest (root: string, entries: WalkEntry[], signal?: AbortSig
     h.update(JSON.stringify([path, type, st.mode & 0o7777, st.uid, st.gid, type === 'f' ? st.size : 0, extra]))
     h.update('\n')
   }
-  return h.digest()
+  return new Uint8Array(h.digest())
 }
 
 /** Fingerprint of a stat walk: any change to names, sizes, times or inodes changes it. */
@@ -101,7 +101,7 @@ async function cachedTreeDigest (root: string, cacheDir: string, opts: { signal?
   const cacheFile = `${cacheDir}/base-${createHash('sha256').update(root).digest('hex').slice(0, 32)}.json`
   try {
     const cached = JSON.parse(await readFile(cacheFile, 'utf8')) as { root: string, fingerprint: string, digest: string }
-    if (cached.root === root && cached.fingerprint === fingerprint) return Buffer.from(cached.digest, 'hex')
+    if (cached.root === root && cached.fingerprint === fingerprint) return new Uint8Array(Buffer.from(cached.digest, 'hex'))
   } catch {
     // no cache or a damaged one: recompute
   }

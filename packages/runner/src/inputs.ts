@@ -123,7 +123,6 @@ function normalize (p: string): string {
 
 async function sha256File (path: string, st: Stats, opts: { signal?: AbortSignal }): Promise<Uint8Array> {
   const h = createHash('sha256')
-  if (st.size === 0) return h.digest()
-  for await (const chunk of createReadStream(path, { signal: opts.signal, highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
-  return h.digest()
+  if (st.size > 0) for await (const chunk of createReadStream(path, { signal: opts.signal, highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
+  return new Uint8Array(h.digest())
 }

@@ -50,7 +50,7 @@ export async function decodeDescriptor (key: CID, bytes: Uint8Array): Promise<Ke
 
 /** Env values enter the key hashed (domain-separated) so that descriptors, which are shared, carry no secrets. */
 export function envValueDigest (value: string): Uint8Array {
-  return createHash('sha256').update('strata/env-value/v1\0').update(value).digest()
+  return new Uint8Array(createHash('sha256').update('strata/env-value/v1\0').update(value).digest())
 }
 
 /** One difference between two descriptors, in terms a user understands. */

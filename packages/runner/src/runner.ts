@@ -226,7 +226,7 @@ class StepRunner implements Runner {
     const results: StepResult[] = []
     const base = await this.#baseIdentity(chain, opts)
     for (const [index, step] of pipeline.steps.entries()) {
-      opts.signal?.throwIfAborted()
+      if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
       opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
       results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts))
     }
@@ -375,8 +375,9 @@ class StepRunner implements Runner {
     try {
       described = await this.#describe(chain, base, step, salt, opts)
     } catch (err) {
-      emit({ type: 'failed', step: step.name, reason: 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: err as Error })
-      throw err
+      const e = opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error
+      emit({ type: 'failed', step: step.name, reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
+      throw e
     }
     let { descriptor, key } = described
     const keyString = key.toString()
