@@ -1,7 +1,8 @@
-import { chmodSync, closeSync, constants, fchmodSync, fchownSync, lchownSync, linkSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, symlinkSync, writeSync } from 'node:fs'
+import { chmodSync, lchownSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs'
 import type { CID } from 'multiformats/cid'
 import { lsetxattr, lutimens, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '@strata/sys'
-import { sha256 } from './cid.ts'
+import { FsPool } from './fs-pool.ts'
+import type { WriteItem, WriteOptions } from './fs-pool.ts'
 import type { Entry, RootAttributes } from './entry.ts'
 import { decodeEntryList, decodeRoot, EntryChecker } from './manifest.ts'
 import { AbortError, BlockMismatchError, ChunkerError, InvalidManifestError, MaterializeError, PolicyError } from './errors.ts'
@@ -83,138 +84,182 @@ function ensureEmptyTarget (target: string): boolean {
   return false
 }
 
+// Files written by one worker request, and requests outstanding at once.
+const WRITE_BATCH_FILES = 256
+const WRITE_BATCH_BYTES = 16 * 1024 * 1024
+const MAX_WRITES_IN_FLIGHT = 4
+
 async function write (root: CID, target: string, source: ContentSource, opts: MaterializeOptions): Promise<MaterializeResult> {
   const untrusted = opts.untrusted === true
   const allowXattr = opts.allowXattr ?? defaultAllowXattr
-  const preserveOwner = opts.preserveOwner ?? process.getuid?.() === 0
-  const opaqueXattr = `${opts.opaqueNamespace ?? (process.getuid?.() === 0 ? 'trusted' : 'user')}.overlay.opaque`
+  const euid = process.geteuid?.() ?? 0
+  const preserveOwner = opts.preserveOwner ?? euid === 0
+  const opaqueXattr = `${opts.opaqueNamespace ?? (euid === 0 ? 'trusted' : 'user')}.overlay.opaque`
   const prefetchBytes = opts.prefetchBytes ?? 64 * 1024 * 1024
   const concurrency = opts.concurrency ?? 32
   const signal = opts.signal
   const getBlock = (cid: CID): Promise<Uint8Array> => source.getBlock(cid, { signal })
+  const writeOptions: WriteOptions = { preserveOwner, umask: currentUmask(), euid, egid: process.getegid?.() ?? 0 }
 
   const manifest = decodeRoot(await getBlock(root))
   const checker = new EntryChecker(manifest.count)
   const dirs: DeferredDir[] = []
+  const hardlinks: Entry[] = []
   let done = 0
   let bytes = 0
 
   const mode = (m: number): number => (untrusted ? m & ~SUID_SGID : m)
-  const xattrsOf = (x: Array<[string, Uint8Array]> | undefined): Array<[string, Uint8Array]> =>
-    x === undefined ? [] : untrusted ? x.filter(([n]) => allowXattr(n)) : x
-
+  const xattrsOf = (x: Array<[string, Uint8Array]> | undefined): Array<[string, Uint8Array]> | undefined => {
+    if (x === undefined) return undefined
+    const kept = untrusted ? x.filter(([n]) => allowXattr(n)) : x
+    return kept.length > 0 ? kept : undefined
+  }
   const finishNode = (abs: string, e: Entry): void => {
     if (preserveOwner) lchownSync(abs, e.uid, e.gid)
-    for (const [n, v] of xattrsOf(e.xattrs)) lsetxattr(abs, n, v)
+    for (const [n, v] of xattrsOf(e.xattrs) ?? []) lsetxattr(abs, n, v)
     lutimens(abs, e.mtime, e.mtime)
   }
 
-  const writeFile = async (abs: string, e: Entry, blocks: Map<string, Uint8Array>): Promise<void> => {
-    const fd = openSync(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+  const pool = new FsPool()
+  const inFlight: Array<Promise<void>> = []
+  let items: WriteItem[] = []
+  let itemBytes = 0
+  const send = async (): Promise<void> => {
+    if (items.length > 0) {
+      const batch = items
+      items = []
+      itemBytes = 0
+      // Block bytes are copied to the worker, not transferred: they may sit in Buffer's shared pool.
+      const written = pool.request({ kind: 'write', items: batch, options: writeOptions }).then((res) => {
+        if (res.error !== undefined) {
+          const { code, message, path } = res.error
+          if (code === 'ERR_BLOCK_MISMATCH') throw new BlockMismatchError(message, { path })
+          throw new MaterializeError(`cannot write file (${code})`, { path, cause: Object.assign(new Error(message), { code }) })
+        }
+      })
+      written.catch(() => {}) // awaited in order below; this only keeps an early failure from counting as unhandled
+      inFlight.push(written)
+    }
+    while (inFlight.length > MAX_WRITES_IN_FLIGHT) await inFlight.shift()
+  }
+
+  try {
+    for (const listCid of manifest.entries) {
+      const list = decodeEntryList(await getBlock(listCid))
+      if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
+      for (const e of list) checker.check(e)
+      let i = 0
+      while (i < list.length) {
+        if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
+        // Fetch, concurrently, the blocks of the files ahead, up to prefetchBytes.
+        let j = i
+        let batchBytes = 0
+        const wanted: CID[] = []
+        const seen = new Set<string>()
+        while (j < list.length && (j === i || batchBytes < prefetchBytes)) {
+          const e = list[j++]!
+          if (e.type === 'file' && e.chunks !== undefined && source.localFile?.(e) === undefined) {
+            for (const c of e.chunks) {
+              const key = c.cid.toString()
+              if (seen.has(key)) continue
+              seen.add(key)
+              wanted.push(c.cid)
+              batchBytes += c.length
+            }
+          }
+        }
+        const blocks = await fetchAll(wanted, getBlock, concurrency)
+        for (; i < j; i++) {
+          const e = list[i]!
+          const abs = `${target}/${e.path}`
+          try {
+            switch (e.type) {
+              case 'dir': {
+                mkdirSync(abs, { mode: 0o700 })
+                const attrs: RootAttributes = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime }
+                if (e.xattrs !== undefined) attrs.xattrs = e.xattrs
+                if (e.opaque === true) attrs.opaque = true
+                dirs.push({ abs, attrs })
+                break
+              }
+              case 'file': {
+                const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
+                const xattrs = xattrsOf(e.xattrs)
+                if (xattrs !== undefined) item.xattrs = xattrs
+                if (e.data !== undefined) item.data = e.data
+                else if (e.chunks !== undefined) {
+                  const local = source.localFile?.(e)
+                  if (local !== undefined) {
+                    item.src = local
+                    item.lengths = e.chunks.map((c) => c.length)
+                    const digests = new Uint8Array(32 * e.chunks.length)
+                    e.chunks.forEach((c, k) => digests.set(c.cid.multihash.digest, k * 32))
+                    item.digests = digests
+                  } else {
+                    item.blocks = e.chunks.map((c) => {
+                      const block = blocks.get(c.cid.toString())
+                      if (block === undefined) throw new MaterializeError('a block was not fetched', { path: e.path })
+                      if (block.length !== c.length) throw new BlockMismatchError(`block ${c.cid.toString()} is ${block.length} bytes, the manifest says ${c.length}`, { path: e.path })
+                      return block
+                    })
+                  }
+                }
+                items.push(item)
+                itemBytes += e.size
+                if (items.length >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
+                break
+              }
+              case 'symlink':
+                symlinkSync(e.target!, abs)
+                finishNode(abs, e)
+                break
+              case 'hardlink':
+                // Its target may still be in a worker's queue: links are made at the end.
+                hardlinks.push(e)
+                break
+              case 'whiteout':
+                mknod(abs, S_IFCHR, 0, 0)
+                finishNode(abs, e)
+                break
+              case 'fifo':
+                mknod(abs, S_IFIFO | 0o600)
+                chmodSync(abs, mode(e.mode))
+                finishNode(abs, e)
+                break
+              case 'chardev':
+              case 'blockdev':
+                if (untrusted) throw new PolicyError('device nodes are refused in layers from peers', { path: e.path })
+                mknod(abs, (e.type === 'chardev' ? S_IFCHR : S_IFBLK) | 0o600, e.rdev![0], e.rdev![1])
+                chmodSync(abs, mode(e.mode))
+                finishNode(abs, e)
+            }
+          } catch (err) {
+            if (err instanceof ChunkerError) throw err
+            const code = (err as NodeJS.ErrnoException).code ?? 'error'
+            throw new MaterializeError(`cannot write ${e.type} (${code})`, { path: e.path, cause: err })
+          }
+          done++
+          if (e.type === 'file') bytes += e.size
+        }
+        opts.onProgress?.({ entries: done, bytes, totalEntries: manifest.count, totalBytes: manifest.size })
+      }
+    }
+    checker.end()
+    await send()
+    while (inFlight.length > 0) await inFlight.shift()
+  } finally {
+    // Let every request settle before the workers go, so none writes after cleanup.
+    await Promise.allSettled(inFlight)
+    await pool.close()
+  }
+
+  for (const e of hardlinks) {
     try {
-      if (e.data !== undefined) writeAll(fd, e.data)
-      else if (e.chunks !== undefined) {
-        const local = source.localFile?.(e)
-        if (local !== undefined) copyVerified(local, fd, e)
-        else {
-          for (const c of e.chunks) {
-            const key = c.cid.toString()
-            const block = blocks.get(key) ?? await getBlock(c.cid)
-            if (block.length !== c.length) throw new BlockMismatchError(`block ${key} is ${block.length} bytes, the manifest says ${c.length}`, { path: e.path })
-            writeAll(fd, block)
-          }
-        }
-      }
-      if (preserveOwner) fchownSync(fd, e.uid, e.gid)
-      fchmodSync(fd, mode(e.mode))
-    } finally {
-      closeSync(fd)
-    }
-    for (const [n, v] of xattrsOf(e.xattrs)) lsetxattr(abs, n, v)
-    lutimens(abs, e.mtime, e.mtime)
-  }
-
-  const writeEntry = async (e: Entry, blocks: Map<string, Uint8Array>): Promise<void> => {
-    const abs = `${target}/${e.path}`
-    switch (e.type) {
-      case 'dir': {
-        mkdirSync(abs, { mode: 0o700 })
-        const attrs: RootAttributes = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime }
-        if (e.xattrs !== undefined) attrs.xattrs = e.xattrs
-        if (e.opaque === true) attrs.opaque = true
-        dirs.push({ abs, attrs })
-        return
-      }
-      case 'file':
-        await writeFile(abs, e, blocks)
-        return
-      case 'symlink':
-        symlinkSync(e.target!, abs)
-        finishNode(abs, e)
-        return
-      case 'hardlink':
-        linkSync(`${target}/${e.target!}`, abs)
-        return
-      case 'whiteout':
-        mknod(abs, S_IFCHR, 0, 0)
-        finishNode(abs, e)
-        return
-      case 'fifo':
-        mknod(abs, S_IFIFO | 0o600)
-        chmodSync(abs, mode(e.mode))
-        finishNode(abs, e)
-        return
-      case 'chardev':
-      case 'blockdev':
-        if (untrusted) throw new PolicyError('device nodes are refused in layers from peers', { path: e.path })
-        mknod(abs, (e.type === 'chardev' ? S_IFCHR : S_IFBLK) | 0o600, e.rdev![0], e.rdev![1])
-        chmodSync(abs, mode(e.mode))
-        finishNode(abs, e)
+      linkSync(`${target}/${e.target!}`, `${target}/${e.path}`)
+    } catch (err) {
+      throw new MaterializeError(`cannot write hardlink (${(err as NodeJS.ErrnoException).code ?? 'error'})`, { path: e.path, cause: err })
     }
   }
-
-  // Entries are written in order; the blocks of up to `prefetchBytes` of the files
-  // ahead are fetched concurrently so that a slow source is not paid per block.
-  for (const listCid of manifest.entries) {
-    const list = decodeEntryList(await getBlock(listCid))
-    if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
-    for (const e of list) checker.check(e)
-    let i = 0
-    while (i < list.length) {
-      if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
-      let j = i
-      let batchBytes = 0
-      const wanted: CID[] = []
-      const seen = new Set<string>()
-      while (j < list.length && (j === i || batchBytes < prefetchBytes)) {
-        const e = list[j++]!
-        if (e.type === 'file' && e.chunks !== undefined && source.localFile?.(e) === undefined) {
-          for (const c of e.chunks) {
-            const key = c.cid.toString()
-            if (seen.has(key) || batchBytes >= prefetchBytes) continue
-            seen.add(key)
-            wanted.push(c.cid)
-            batchBytes += c.length
-          }
-        }
-      }
-      const blocks = await fetchAll(wanted, getBlock, concurrency)
-      for (; i < j; i++) {
-        const e = list[i]!
-        try {
-          await writeEntry(e, blocks)
-        } catch (err) {
-          if (err instanceof ChunkerError) throw err
-          const code = (err as NodeJS.ErrnoException).code ?? 'error'
-          throw new MaterializeError(`cannot write ${e.type} (${code})`, { path: e.path, cause: err })
-        }
-        done++
-        if (e.type === 'file') bytes += e.size
-      }
-      opts.onProgress?.({ entries: done, bytes, totalEntries: manifest.count, totalBytes: manifest.size })
-    }
-  }
-  checker.end()
 
   // Directory attributes last, deepest first: writing into a directory changes its
   // mtime, and a read-only mode would stop the writes below it.
@@ -223,41 +268,20 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     const { abs, attrs } = dirs[k]!
     if (preserveOwner) lchownSync(abs, attrs.uid, attrs.gid)
     chmodSync(abs, mode(attrs.mode))
-    for (const [n, v] of xattrsOf(attrs.xattrs)) lsetxattr(abs, n, v)
+    for (const [n, v] of xattrsOf(attrs.xattrs) ?? []) lsetxattr(abs, n, v)
     if (attrs.opaque === true) lsetxattr(abs, opaqueXattr, Uint8Array.of(0x79))
     lutimens(abs, attrs.mtime, attrs.mtime)
   }
   return { entries: done, bytes }
 }
 
-function writeAll (fd: number, data: Uint8Array): void {
-  let off = 0
-  while (off < data.length) off += writeSync(fd, data, off, data.length - off)
-}
-
-let copyBuffer: Uint8Array | undefined
-
-function copyVerified (from: string, fd: number, e: Entry): void {
-  copyBuffer ??= new Uint8Array(1024 * 1024)
-  const buf = copyBuffer
-  const src = openSync(from, constants.O_RDONLY | constants.O_NOFOLLOW)
+function currentUmask (): number {
+  // process.umask() without an argument is deprecated; /proc says it without changing it.
   try {
-    for (const c of e.chunks!) {
-      let got = 0
-      while (got < c.length) {
-        const n = readSync(src, buf, got, c.length - got, null)
-        if (n === 0) break
-        got += n
-      }
-      const view = buf.subarray(0, got)
-      if (got !== c.length || Buffer.compare(sha256(view), c.cid.multihash.digest) !== 0) {
-        throw new BlockMismatchError(`local copy does not match block ${c.cid.toString()}`, { path: e.path })
-      }
-      writeAll(fd, view)
-    }
-  } finally {
-    closeSync(src)
-  }
+    const m = /^Umask:\s+([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))
+    if (m !== null) return parseInt(m[1]!, 8)
+  } catch {}
+  return 0o022
 }
 
 async function fetchAll (cids: CID[], getBlock: (cid: CID) => Promise<Uint8Array>, concurrency: number): Promise<Map<string, Uint8Array>> {

@@ -1,8 +1,10 @@
-import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs'
-import type { BigIntStats } from 'node:fs'
+import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
 import { lgetxattrs } from '@strata/sys'
-import { chunkReader, MAX_CHUNK } from './fastcdc.ts'
-import { cidOf, RAW } from './cid.ts'
+import { RAW, SHA2_256 } from './cid.ts'
+import { FsPool } from './fs-pool.ts'
+import type { HashItem, WorkerResponse } from './fs-pool.ts'
 import { compareNames } from './entry.ts'
 import type { Chunk, Entry, RootAttributes } from './entry.ts'
 import { ManifestBuilder, LIMITS } from './manifest.ts'
@@ -26,6 +28,8 @@ export interface PackOptions {
   onWarning?: (warning: { path: string, message: string }) => void
   onProgress?: (event: { entries: number, bytes: number }) => void
   signal?: AbortSignal
+  /** Worker threads to read and hash with; by default a pool made and closed for this call. */
+  pool?: FsPool
 }
 
 export interface PackResult extends EncodedManifest {
@@ -84,19 +88,92 @@ function checkName (name: string, rel: string): void {
 }
 
 /**
- * Packs a directory (an OverlayFS upper dir) into a manifest. File contents are
- * chunked and hashed; block bytes are not copied anywhere: `onBlock` reports
- * where each one lives so that the store can index it.
+ * Packs a directory (an OverlayFS upper dir) into a manifest. The main thread
+ * walks the tree; worker threads read, chunk and hash file contents meanwhile.
+ * Block bytes are not copied anywhere: `onBlock` reports where each one lives so
+ * that the store can index it.
  */
-export function packTree (dir: string, opts: PackOptions = {}): PackResult {
+export async function packTree (dir: string, opts: PackOptions = {}): Promise<PackResult> {
   const inlineMax = Math.min(opts.inlineMax ?? DEFAULT_INLINE_MAX, LIMITS.inlineBytes)
-  const builder = new ManifestBuilder()
+  const pool = opts.pool ?? new FsPool()
+  try {
+    return await pack(dir, opts, inlineMax, pool)
+  } finally {
+    if (opts.pool === undefined) await pool.close()
+  }
+}
+
+const BATCH_FILES = 256
+const BATCH_BYTES = 16 * 1024 * 1024
+
+// Hash batches in flight at most: enough to keep every worker busy while the
+// main thread walks, few enough that entries do not pile up in memory.
+const MAX_IN_FLIGHT = 8
+
+async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: FsPool): Promise<PackResult> {
   const links = new Map<string, string>()
-  const seen = new Set<string>()
-  const scratch = new Uint8Array(4 * MAX_CHUNK)
-  let entries = 0
+  const builder = new ManifestBuilder()
+  // Entries not yet handed to the builder, in order; file entries wait for their content.
+  const entries: Array<Entry | undefined> = []
+  let emitted = 0
+  const batches: Array<{ indexes: number[], reply: Promise<WorkerResponse> }> = []
+  let batch: HashItem[] = []
+  let batchIndexes: number[] = []
+  let batchBytes = 0
   let bytes = 0
+  const seen = new Set<string>()
   let contentBlocks = 0
+
+  const flush = (): void => {
+    if (batch.length === 0) return
+    const reply = pool.request({ kind: 'hash', items: batch, inlineMax })
+    reply.catch(() => {}) // awaited in order by applyOldest; this only keeps an early failure from counting as unhandled
+    batches.push({ indexes: batchIndexes, reply })
+    batch = []
+    batchIndexes = []
+    batchBytes = 0
+  }
+
+  const emitReady = (): void => {
+    const limit = batches[0]?.indexes[0] ?? batchIndexes[0] ?? entries.length
+    for (; emitted < limit; emitted++) {
+      builder.add(entries[emitted]!)
+      entries[emitted] = undefined
+    }
+  }
+
+  const applyOldest = async (): Promise<void> => {
+    const b = batches[0]!
+    const reply = await b.reply
+    batches.shift()
+    reply.results.forEach((r, k) => {
+      const e = entries[b.indexes[k]!]!
+      if ('error' in r) {
+        if (r.error.code === 'ERR_CHANGED') throw new ChunkerError('ERR_CHANGED', r.error.message, { path: e.path })
+        throw new ChunkerError(r.error.code, `cannot read file: ${r.error.message}`, { path: e.path })
+      }
+      if ('data' in r) {
+        e.data = r.data
+        return
+      }
+      const chunks: Chunk[] = []
+      let offset = 0
+      r.lengths.forEach((length, i) => {
+        const digest = r.digests.subarray(i * 32, i * 32 + 32)
+        const cid = CID.createV1(RAW, Digest.create(SHA2_256, digest))
+        chunks.push({ cid, length })
+        const key = Buffer.from(digest.buffer, digest.byteOffset, 32).toString('base64')
+        if (!seen.has(key)) {
+          seen.add(key)
+          contentBlocks++
+        }
+        if (opts.onBlock !== undefined) opts.onBlock({ cid: cid.toString(), path: e.path, offset, length })
+        offset += length
+      })
+      e.chunks = chunks
+    })
+    emitReady()
+  }
 
   const rootStat = lstatSync(dir, { bigint: true })
   if (!rootStat.isDirectory()) throw new UnsupportedEntryError('not a directory', { path: dir })
@@ -110,46 +187,11 @@ export function packTree (dir: string, opts: PackOptions = {}): PackResult {
   if (rootX.xattrs !== undefined) root.xattrs = rootX.xattrs
   if (rootX.opaque) root.opaque = true
 
-  const readContent = (abs: string, rel: string, st: BigIntStats): Pick<Entry, 'chunks' | 'data'> => {
-    const fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW)
-    try {
-      const now = fstatSync(fd, { bigint: true })
-      if (now.ino !== st.ino || now.dev !== st.dev) throw new ChunkerError('ERR_CHANGED', 'file replaced while packing', { path: rel })
-      const size = Number(st.size)
-      let total = 0
-      if (size <= inlineMax) {
-        const data = new Uint8Array(size)
-        while (total < size) {
-          const n = readSync(fd, data, total, size - total, null)
-          if (n === 0) break
-          total += n
-        }
-        if (total !== size || readSync(fd, scratch, 0, 1, null) !== 0) throw new ChunkerError('ERR_CHANGED', 'file changed size while packing', { path: rel })
-        return { data }
-      }
-      const chunks: Chunk[] = []
-      chunkReader((buf, off, len) => readSync(fd, buf, off, len, null), (chunk) => {
-        const cid = cidOf(RAW, chunk)
-        chunks.push({ cid, length: chunk.length })
-        const key = cid.toString()
-        if (!seen.has(key)) {
-          seen.add(key)
-          contentBlocks++
-        }
-        opts.onBlock?.({ cid: key, path: rel, offset: total, length: chunk.length })
-        total += chunk.length
-      }, scratch)
-      if (total !== size) throw new ChunkerError('ERR_CHANGED', 'file changed size while packing', { path: rel })
-      return { chunks }
-    } finally {
-      closeSync(fd)
-    }
-  }
-
-  const visit = (abs: string, rel: string): void => {
+  const visit = async (abs: string, rel: string): Promise<void> => {
     const names = readdirSync(abs).sort(compareNames)
     for (const name of names) {
       if (opts.signal?.aborted === true) throw new AbortError({ cause: opts.signal.reason })
+      while (batches.length >= MAX_IN_FLIGHT) await applyOldest()
       const childRel = rel === '' ? name : `${rel}/${name}`
       checkName(name, childRel)
       const childAbs = `${abs}/${name}`
@@ -168,27 +210,26 @@ export function packTree (dir: string, opts: PackOptions = {}): PackResult {
       if (st.isDirectory()) {
         e.type = 'dir'
         if (x.opaque) e.opaque = true
-        builder.add(e)
-        entries++
-        visit(childAbs, childRel)
+        entries.push(e)
+        await visit(childAbs, childRel)
         continue
       } else if (st.isFile()) {
-        if (st.nlink > 1n) {
-          const inode = `${st.dev}:${st.ino}`
-          const first = links.get(inode)
-          if (first !== undefined) {
-            e.type = 'hardlink'
-            e.target = first
-            builder.add(e)
-            entries++
-            continue
+        const inode = st.nlink > 1n ? `${st.dev}:${st.ino}` : undefined
+        const first = inode !== undefined ? links.get(inode) : undefined
+        if (first !== undefined) {
+          e.type = 'hardlink'
+          e.target = first
+        } else {
+          if (inode !== undefined) links.set(inode, childRel)
+          e.size = Number(st.size)
+          if (e.size > LIMITS.fileSize) throw new UnsupportedEntryError(`file larger than ${LIMITS.fileSize} bytes`, { path: childRel })
+          bytes += e.size
+          if (e.size > 0) {
+            batch.push({ abs: childAbs, rel: childRel, size: e.size })
+            batchIndexes.push(entries.length)
+            batchBytes += e.size
           }
-          links.set(inode, childRel)
         }
-        e.size = Number(st.size)
-        if (e.size > LIMITS.fileSize) throw new UnsupportedEntryError(`file larger than ${LIMITS.fileSize} bytes`, { path: childRel })
-        Object.assign(e, readContent(childAbs, childRel, st))
-        bytes += e.size
       } else if (st.isSymbolicLink()) {
         e.type = 'symlink'
         const target = readlinkSync(childAbs)
@@ -207,13 +248,16 @@ export function packTree (dir: string, opts: PackOptions = {}): PackResult {
       } else {
         throw new UnsupportedEntryError('unknown file type', { path: childRel })
       }
-      builder.add(e)
-      entries++
-      if ((entries & 0x3ff) === 0) opts.onProgress?.({ entries, bytes })
+      entries.push(e)
+      if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) flush()
+      if ((entries.length & 0x3ff) === 0) opts.onProgress?.({ entries: entries.length, bytes })
     }
   }
 
-  visit(dir, '')
-  opts.onProgress?.({ entries, bytes })
+  await visit(dir, '')
+  flush()
+  while (batches.length > 0) await applyOldest()
+  emitReady()
+  opts.onProgress?.({ entries: entries.length, bytes })
   return { ...builder.finish(root), contentBlocks }
 }

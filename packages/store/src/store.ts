@@ -125,7 +125,7 @@ class LayerStore implements Store, LocalStore {
       if (known.has(name)) continue
       const path = `${this.dataDir}/layers/${name}`
       try {
-        const packed = packTree(path, { onBlock: () => {} })
+        const packed = await packTree(path)
         if (packed.root.toString() === name) {
           await this.#index(name, path, packed.blocks, packed.contentBlocks)
           this.#log.info({ layer: name }, 'indexed a layer committed just before a crash')
@@ -160,7 +160,7 @@ class LayerStore implements Store, LocalStore {
         await execFileP('cp', ['-a', '--reflink=auto', '--', dir, src], { signal: opts.signal, maxBuffer: 1 << 20 })
       }
       opts.signal?.throwIfAborted()
-      const packed = packTree(src, {
+      const packed = await packTree(src, {
         signal: opts.signal,
         onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
         onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
