@@ -280,7 +280,9 @@ function currentUmask (): number {
   try {
     const m = /^Umask:\s+([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))
     if (m !== null) return parseInt(m[1]!, 8)
-  } catch {}
+  } catch {
+    // Not Linux /proc: assume the usual mask, which only costs an extra chmod.
+  }
   return 0o022
 }
 
