@@ -1,0 +1,64 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
+
+const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
+
+function strata (args: string[], env: Record<string, string> = {}): { status: number | null, stdout: string, stderr: string } {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, ...env } })
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+test('strata pack, ls, layers and unpack round-trip a tree', (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  buildTree(join(dir, 'src'), {
+    'bin': { dir: { 'tool': { file: '#!/bin/sh\n', mode: 0o755 } } },
+    'gone': { whiteout: true },
+    'notes.txt': 'hello\n'
+  })
+  const expected = describeTree(join(dir, 'src'))
+  const packed = strata(['pack', join(dir, 'src'), '--data-dir', data, '--keep-source'])
+  assert.equal(packed.status, 0, packed.stderr)
+  const root = packed.stdout.trim().split('\n').at(-1)!
+  assert.match(root, /^bafy/)
+  assert.ok(existsSync(join(dir, 'src', 'notes.txt')), '--keep-source left the source')
+
+  const listed = strata(['ls', root, '--data-dir', data])
+  assert.equal(listed.status, 0, listed.stderr)
+  assert.match(listed.stdout, /-rwxr-xr-x .* bin\/tool/)
+  assert.match(listed.stdout, /gone \(deleted\)/)
+
+  const layers = strata(['layers', '--data-dir', data, '--json'])
+  assert.equal(JSON.parse(layers.stdout.trim()).root, root)
+
+  const out = join(dir, 'out')
+  const unpacked = strata(['unpack', root, out], { STRATA_DATA_DIR: data })
+  assert.equal(unpacked.status, 0, unpacked.stderr)
+  assert.deepEqual(describeTree(out), expected)
+
+  const json = strata(['pack', join(dir, 'src'), '--data-dir', data, '--json'])
+  assert.equal(JSON.parse(json.stdout).root, root, 'the same tree packs to the same layer')
+  assert.equal(existsSync(join(dir, 'src')), false, 'without --keep-source the tree moves into the store')
+})
+
+test('strata fails with a one-line reason and a non-zero exit', (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  const missing = strata(['pack', join(dir, 'nope'), '--data-dir', data])
+  assert.equal(missing.status, 1)
+  assert.match(missing.stderr, /^strata pack: .*nope.*\n$/)
+  const badCid = strata(['unpack', 'not-a-cid', join(dir, 'out'), '--data-dir', data])
+  assert.equal(badCid.status, 2)
+  assert.match(badCid.stderr, /not a layer CID/)
+  const unknown = strata(['unpack', 'bafyreier536how7r2s67sqgt3iildwg5jl2q3x25qiefabcpnbokejspze', join(dir, 'out'), '--data-dir', data])
+  assert.equal(unknown.status, 1)
+  assert.match(unknown.stderr, /no layer bafy.* in the store \(ERR_LAYER_NOT_FOUND\)/)
+  const flag = strata(['pack', '--bogus'])
+  assert.equal(flag.status, 2)
+  assert.match(flag.stderr, /Unknown option '--bogus'/)
+  assert.equal(strata(['frobnicate']).status, 2)
+})
