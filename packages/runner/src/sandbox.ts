@@ -92,7 +92,7 @@ set +e
 exit $?
 `
 
-let tools: { unshare: string, chroot: string } | undefined
+let tools: { setpriv: string, unshare: string, chroot: string } | undefined
 
 function findTool (name: string): string {
   for (const dir of HOST_PATH.split(':')) {
@@ -155,7 +155,7 @@ export async function normalizeUpperRoot (runDir: string): Promise<void> {
  * ones that left the process group) and drops every mount with the namespace.
  */
 export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promise<SandboxResult> {
-  tools ??= { unshare: findTool('unshare'), chroot: findTool('chroot') }
+  tools ??= { setpriv: findTool('setpriv'), unshare: findTool('unshare'), chroot: findTool('chroot') }
   spec.signal?.throwIfAborted()
   const hostBase = spec.base === '/'
   const env: Record<string, string> = {
@@ -175,7 +175,9 @@ export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promi
   const out = spec.output
   const passThrough = !out.prefix && out.stdout === process.stdout && out.stderr === process.stderr
   const started = performance.now()
-  const child = spawn(tools.unshare, ['--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--', '/bin/sh', '-c', SETUP], {
+  // setpriv --pdeathsig: if this process dies without cleaning up, unshare gets
+  // SIGKILL, and --kill-child passes it on to the namespace's pid 1: no orphan step.
+  const child = spawn(tools.setpriv, ['--pdeathsig', 'KILL', '--', tools.unshare, '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--', '/bin/sh', '-c', SETUP], {
     env,
     cwd: spec.runDir,
     detached: true, // its own process group: the target of SIGTERM

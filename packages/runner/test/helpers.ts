@@ -97,13 +97,13 @@ export function mountsMentioning (needle: string): string[] {
   return [...found]
 }
 
-/** Processes whose command line contains `needle`. */
+/** Processes whose command line starts with `needle` (e.g. "sleep 97.5"). */
 export function processesMatching (needle: string): number[] {
   const out: number[] = []
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue
     try {
-      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').includes(needle)) out.push(Number(pid))
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').startsWith(needle)) out.push(Number(pid))
     } catch {
       // gone
     }

@@ -1,9 +1,12 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { setTimeout as delay } from 'node:timers/promises'
 import { CID } from 'multiformats/cid'
-import { parsePipeline, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
+import { openStore } from '@strata/store'
+import { createRunner, parsePipeline, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
 import type { RunnerEvent } from '../src/index.ts'
 import { harness, mountsMentioning, processesMatching, sideChannel, statuses, tempDir, writeTree } from './helpers.ts'
 
@@ -291,4 +294,29 @@ steps:
   assert.deepEqual(side.lines(), ['a', 'b', 'c', 'b'])
   await h.runner.run(p, { noCache: true })
   assert.deepEqual(side.lines(), ['a', 'b', 'c', 'b', 'a', 'b', 'c'])
+})
+
+test('a runner process that dies mid-step takes the step with it; the next runner clears its scratch dir', async (t) => {
+  const root = tempDir(t)
+  const dataDir = `${root}/data`
+  const side = sideChannel(t)
+  const child = spawn(process.execPath, [new URL('./fixtures/long-step.ts', import.meta.url).pathname, dataDir, side.dir], { stdio: 'ignore' })
+  t.after(() => child.kill('SIGKILL'))
+  const deadline = Date.now() + 20_000
+  while (!side.lines().includes('started')) {
+    assert.ok(Date.now() < deadline, 'the step started')
+    await delay(20)
+  }
+  assert.equal(processesMatching('sleep 97.541').length, 1)
+  child.kill('SIGKILL')
+  while (processesMatching('sleep 97.541').length > 0 || mountsMentioning(dataDir).length > 0) {
+    assert.ok(Date.now() < deadline, 'the orphaned step and its mounts went away')
+    await delay(20)
+  }
+  assert.equal(readdirSync(`${dataDir}/runner/run`).length, 1, 'the dead run left its scratch dir')
+  const store = await openStore({ dataDir })
+  t.after(() => store.close())
+  await createRunner({ store })
+  assert.deepEqual(readdirSync(`${dataDir}/runner/run`), [])
+  assert.deepEqual(side.lines(), ['started'])
 })
