@@ -110,7 +110,7 @@ export interface WhyStep {
   key: string
   /** The key it had when it last ran or hit, if it ever did. */
   previousKey: string | null
-  /** A record and layer for `key` are here: running now would hit. */
+  /** A record and layer for `key` are here: running now would hit (never for a `cache: false` step). */
   hit: boolean
   /** Field-by-field changes from previousKey to key. */
   changes: KeyChange[]
@@ -277,7 +277,7 @@ class StepRunner implements Runner {
         name: step.name,
         key: key.toString(),
         previousKey: previousKey?.toString() ?? null,
-        hit: 'record' in found,
+        hit: step.cache && 'record' in found,
         changes,
         reasons: previous === undefined ? ['this step has not run here before'] : changes.map(describeChange),
         approximate

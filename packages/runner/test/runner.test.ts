@@ -294,6 +294,8 @@ steps:
   assert.deepEqual(side.lines(), ['a', 'b', 'c', 'b'])
   await h.runner.run(p, { noCache: true })
   assert.deepEqual(side.lines(), ['a', 'b', 'c', 'b', 'a', 'b', 'c'])
+  const why = await h.runner.why(p, 'c')
+  assert.deepEqual(why.steps.map((s) => [s.name, s.hit, s.changes.length]), [['a', true, 0], ['b', false, 0], ['c', true, 0]])
 })
 
 test('a runner process that dies mid-step takes the step with it; the next runner clears its scratch dir', async (t) => {
