@@ -2,7 +2,7 @@ export { createRunner } from './runner.ts'
 export type {
   Runner, RunnerInit, RunOptions, RunResult, RunnerEvent, MissReason, StepResult, ExecStep, WhyReport, WhyStep
 } from './runner.ts'
-export { loadPipeline, parsePipeline, parseDuration } from './pipeline.ts'
+export { loadPipeline, parsePipeline, parseDuration, shellQuote } from './pipeline.ts'
 export type { Pipeline, StepSpec, EnvDecl, BaseSpec, ParseOptions } from './pipeline.ts'
 export { KEY_FORMAT, diffDescriptors, describeChange, decodeDescriptor, encodeDescriptor } from './key.ts'
 export type { KeyDescriptor, KeyChange } from './key.ts'

@@ -278,3 +278,9 @@ function firstLine (s: string): string {
   const i = s.indexOf('\n')
   return (i === -1 ? s : s.slice(0, i)).replace(/ at line \d+, column \d+:?$/, '')
 }
+
+/** A shell script that runs `argv` as one command (for `strata exec -- CMD ARGS...`). */
+export function shellQuote (argv: readonly string[]): string {
+  if (argv.length === 0) throw new TypeError('shellQuote needs at least one word')
+  return argv.map((a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`)).join(' ')
+}

@@ -6,7 +6,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { CID } from 'multiformats/cid'
 import { openStore } from '@strata/store'
-import { createRunner, parsePipeline, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
+import { createRunner, parsePipeline, shellQuote, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
 import type { RunnerEvent } from '../src/index.ts'
 import { harness, mountsMentioning, processesMatching, sideChannel, statuses, tempDir, writeTree } from './helpers.ts'
 
@@ -321,4 +321,16 @@ test('a runner process that dies mid-step takes the step with it; the next runne
   await createRunner({ store })
   assert.deepEqual(readdirSync(`${dataDir}/runner/run`), [])
   assert.deepEqual(side.lines(), ['started'])
+})
+
+test('a missing cwd fails with 125; a base without /bin/sh is a sandbox error; argv runs as quoted', async (t) => {
+  const h = await harness(t)
+  await assert.rejects(h.runner.exec({ name: 'nocwd', cwd: '/no/such/dir', run: 'true' }), (err: StepFailedError) => err.exitCode === 125)
+  assert.match(h.out.text, /nocwd \| strata: cwd \/no\/such\/dir does not exist/)
+  const empty = tempDir(t)
+  await assert.rejects(h.runner.exec({ name: 'nosh', base: { kind: 'dir', path: empty }, run: 'true' }), { code: 'ERR_SANDBOX', detail: /no \/bin\/sh/ })
+  const side = sideChannel(t)
+  await h.runner.exec({ name: 'argv', run: shellQuote(['sh', '-c', `printf '%s\\n' "$1" > ${side.dir}/arg`, 'x', "it's a $HOME `x`"]) })
+  assert.equal(readFileSync(`${side.dir}/arg`, 'utf8'), "it's a $HOME `x`\n")
+  assert.deepEqual(await h.store.listLayers().then((l) => l.length), 1)
 })
