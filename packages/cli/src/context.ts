@@ -1,11 +1,12 @@
 import { pino } from 'pino'
 import type { Logger } from 'pino'
+import type { Writable } from 'node:stream'
 
 /** What every command gets: its arguments, where to print, a logger and the run's cancel signal. */
 export interface CommandContext {
   argv: string[]
-  stdout: NodeJS.WritableStream
-  stderr: NodeJS.WritableStream
+  stdout: Writable
+  stderr: Writable
   logger: Logger
   signal: AbortSignal
 }
@@ -28,7 +29,7 @@ export function defaultDataDir (): string {
 }
 
 /** Logs go to stderr as JSON lines; STRATA_LOG_LEVEL sets the level (default warn). */
-export function createLogger (stream: NodeJS.WritableStream = process.stderr): Logger {
+export function createLogger (stream: Writable = process.stderr): Logger {
   return pino({ level: process.env.STRATA_LOG_LEVEL ?? 'warn', base: { pid: process.pid } }, stream === process.stderr ? pino.destination({ dest: 2, sync: true }) : stream)
 }
 

@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util'
 import { resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
-import { openStore } from '@strata/store'
 import type { Command, CommandContext } from '../context.ts'
 import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+import { openStoreFor } from '../open.ts'
 
 const common = {
   'data-dir': { type: 'string' },
@@ -39,7 +39,7 @@ export const pack: Command = {
   usage: 'strata pack DIR [--data-dir D] [--keep-source] [--json]',
   async run (ctx) {
     const { values, positionals } = parse(ctx, { 'keep-source': { type: 'boolean', default: false } }, 1)
-    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
     try {
       const started = performance.now()
       const info = await store.commit(resolve(positionals[0]!), { keepSource: values['keep-source'], signal: ctx.signal })
@@ -63,7 +63,7 @@ export const unpack: Command = {
   async run (ctx) {
     const { values, positionals } = parse(ctx, {}, 2)
     const root = parseCid(positionals[0]!)
-    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
     try {
       const started = performance.now()
       const result = await store.unpack(root, resolve(positionals[1]!), { signal: ctx.signal })
@@ -91,7 +91,7 @@ export const ls: Command = {
   async run (ctx) {
     const { values, positionals } = parse(ctx, {}, 1)
     const root = parseCid(positionals[0]!)
-    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
     try {
       if (!(await store.has(root))) throw new UsageError(`no layer ${root.toString()} in the store`)
       for await (const e of store.entries(root)) {
@@ -121,7 +121,7 @@ export const layers: Command = {
   usage: 'strata layers [--data-dir D] [--json]',
   async run (ctx) {
     const { values } = parse(ctx, {}, 0)
-    const store = await openStore({ dataDir: values['data-dir'] ?? defaultDataDir(), logger: ctx.logger, signal: ctx.signal })
+    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
     try {
       const list = (await store.listLayers()).sort((a, b) => a.created - b.created)
       for (const l of list) {

@@ -1,0 +1,178 @@
+import { parseArgs } from 'node:util'
+import type { ParseArgsOptionsConfig } from 'node:util'
+import { resolve } from 'node:path'
+import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
+import type { EnvDecl, ExecStep, RunnerEvent, RunOptions } from '@strata/runner'
+import type { Command, CommandContext } from '../context.ts'
+import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+import { openStoreFor } from '../open.ts'
+import { Progress } from '../progress.ts'
+
+type Values = Record<string, string | boolean | Array<string | boolean> | undefined>
+
+function parse (ctx: CommandContext, options: ParseArgsOptionsConfig, opts: { positionals: number | 'any' }): { values: Values, positionals: string[] } {
+  let parsed: { values: Values, positionals: string[] }
+  try {
+    parsed = parseArgs({ args: ctx.argv, options: { 'data-dir': { type: 'string' }, json: { type: 'boolean', default: false }, ...options }, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (opts.positionals !== 'any' && parsed.positionals.length !== opts.positionals) {
+    throw new UsageError(`expected ${opts.positionals} argument${opts.positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
+  }
+  return parsed
+}
+
+const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
+
+/** Renders runner events as one status line per step (or JSON lines), with a progress bar on a TTY. */
+function reporter (ctx: CommandContext, json: boolean): RunOptions['onEvent'] {
+  const progress = new Progress(ctx.stderr)
+  const ran = new Map<string, number>()
+  const line = (step: string, text: string): void => {
+    progress.stop()
+    ctx.stderr.write(`${step}: ${text}\n`)
+  }
+  return (e: RunnerEvent) => {
+    if (json) {
+      if (e.type === 'capture-progress') return
+      const { error, ...rest } = e as RunnerEvent & { error?: Error }
+      ctx.stdout.write(JSON.stringify(error !== undefined ? { ...rest, error: { message: error.message, code: (error as Error & { code?: string }).code } } : rest) + '\n')
+      return
+    }
+    switch (e.type) {
+      case 'hit':
+        line(e.step, `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
+        break
+      case 'ran':
+        ran.set(e.step, e.durationMs)
+        break
+      case 'capture-progress':
+        progress.update(`${e.step}: capturing`, e.unit, e.done, e.total)
+        break
+      case 'captured':
+        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
+        break
+      case 'failed': {
+        const why = e.reason === 'exit' ? (e.signal !== null ? `killed by ${e.signal}` : `exit ${e.exitCode ?? '?'}`)
+          : e.reason === 'timeout' ? 'timed out' : e.reason === 'cancel' ? 'cancelled' : e.error.message
+        line(e.step, `FAILED (${why})`)
+        break
+      }
+      default:
+        break
+    }
+  }
+}
+
+/** The exit code for a runner failure: the step's own, 124 for a timeout, 130 for a cancel. */
+function exitCodeOf (err: unknown): number | undefined {
+  const e = err as { code?: string, exitCode?: number }
+  if (e.code === 'ERR_STEP_FAILED' || e.code === 'ERR_STEP_TIMEOUT' || e.code === 'ERR_STEP_CANCELLED') {
+    return typeof e.exitCode === 'number' && e.exitCode > 0 ? e.exitCode : 1
+  }
+  return undefined
+}
+
+async function withRunner<T> (ctx: CommandContext, dataDir: string | undefined, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>) => Promise<T>): Promise<T> {
+  const store = await openStoreFor(ctx, dataDir ?? defaultDataDir())
+  try {
+    // With --json, stdout carries events only: step output goes to stderr.
+    const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
+    const runner = await createRunner({ store, logger: ctx.logger, ...(output !== undefined ? { output } : {}) })
+    return await fn(runner)
+  } finally {
+    await store.close()
+  }
+}
+
+export const run: Command = {
+  name: 'run',
+  summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
+  usage: 'strata run [-f strata.yml] [--data-dir D] [--no-cache] [--json]',
+  async run (ctx) {
+    const { values } = parse(ctx, { file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, { positionals: 0 })
+    const json = values.json === true
+    const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
+    try {
+      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner) =>
+        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: reporter(ctx, json) }))
+      if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
+      else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
+      return 0
+    } catch (err) {
+      const code = exitCodeOf(err)
+      if (code === undefined) throw err
+      return code
+    }
+  }
+}
+
+export const exec: Command = {
+  name: 'exec',
+  summary: 'run one command as a cached step; prints its key last, to chain with --parent',
+  usage: 'strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] [--json] -- CMD...',
+  async run (ctx) {
+    const { values, positionals } = parse(ctx, {
+      name: { type: 'string' },
+      input: { type: 'string', multiple: true },
+      env: { type: 'string', multiple: true },
+      parent: { type: 'string' },
+      cwd: { type: 'string' },
+      timeout: { type: 'string' },
+      'no-cache': { type: 'boolean', default: false }
+    }, { positionals: 'any' })
+    if (typeof values.name !== 'string') throw new UsageError('--name is required')
+    if (positionals.length === 0) throw new UsageError('no command given after --')
+    const json = values.json === true
+    const env: EnvDecl[] = ((values.env ?? []) as string[]).map((decl) => {
+      const eq = decl.indexOf('=')
+      return eq < 0 ? { name: decl } : { name: decl.slice(0, eq), value: decl.slice(eq + 1) }
+    })
+    // The command is one shell script: quote each word so that `-- sh -c "a b"` means what it says.
+    const script = positionals.length === 1 ? positionals[0]! : positionals.map(shellQuote).join(' ')
+    const step: ExecStep = { name: values.name, run: script, env, inputs: (values.input ?? []) as string[], cwd: resolve((values.cwd as string | undefined) ?? process.cwd()) }
+    if (typeof values.parent === 'string') step.parent = values.parent
+    if (values['no-cache'] === true) step.cache = false
+    if (typeof values.timeout === 'string') {
+      step.timeoutMs = parseDuration(values.timeout)
+    }
+    try {
+      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner) =>
+        await runner.exec(step, { signal: ctx.signal, onEvent: reporter(ctx, json) }))
+      if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
+      else ctx.stdout.write(result.key + '\n')
+      return 0
+    } catch (err) {
+      const code = exitCodeOf(err)
+      if (code === undefined) throw err
+      return code
+    }
+  }
+}
+
+export const why: Command = {
+  name: 'why',
+  summary: 'say which part of a step\'s cache key changed since it last ran or hit',
+  usage: 'strata why STEP [-f strata.yml] [--data-dir D] [--json]',
+  async run (ctx) {
+    const { values, positionals } = parse(ctx, { file: { type: 'string', short: 'f', default: 'strata.yml' } }, { positionals: 1 })
+    const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
+    const report = await withRunner(ctx, values['data-dir'] as string | undefined, false, async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
+    if (values.json === true) {
+      ctx.stdout.write(JSON.stringify(report) + '\n')
+      return 0
+    }
+    for (const s of report.steps) {
+      const head = s.hit ? 'would HIT' : s.previousKey === null ? 'would MISS: never ran here' : 'would MISS'
+      ctx.stdout.write(`${s.name}: ${head}${s.approximate ? ' (approximate: a step below would run first)' : ''}\n`)
+      for (const r of s.reasons) ctx.stdout.write(`  - ${r}\n`)
+    }
+    return 0
+  }
+}
+
+function shellQuote (word: string): string {
+  return /^[A-Za-z0-9_./:=@%+-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`
+}
+

@@ -1,0 +1,91 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
+
+function strata (args: string[], cwd: string): { status: number | null, stdout: string, stderr: string } {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd, timeout: 120_000 })
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+// Steps get a fresh /tmp, so their working directory lives under /var/tmp.
+function workDir (t: { after: (fn: () => void) => void }): string {
+  const dir = mkdtempSync('/var/tmp/strata-cli-run-')
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+test('strata run prints a status line per step, hits on the second run, and why explains a miss', (t) => {
+  const dir = workDir(t)
+  const data = join(dir, 'data')
+  writeFileSync(join(dir, 'input.txt'), 'one\n')
+  writeFileSync(join(dir, 'strata.yml'), [
+    'base: host',
+    'steps:',
+    '  - name: make',
+    `    run: mkdir -p /opt/strata-cli-test && echo made > /opt/strata-cli-test/out && echo STAGE=made >> "$STRATA_ENV"`,
+    '  - name: use',
+    '    run: test "$STAGE" = made && cat /opt/strata-cli-test/out input.txt > /opt/strata-cli-test/both',
+    '    inputs: [input.txt]',
+    ''
+  ].join('\n'))
+  const first = strata(['run', '--data-dir', data], dir)
+  assert.equal(first.status, 0, first.stderr)
+  assert.match(first.stderr, /^make: MISS → ran in [\d.]+s, captured \d+ B in [\d.]+s$/m)
+  assert.match(first.stderr, /^use: MISS → ran in/m)
+  const second = strata(['run', '--data-dir', data], dir)
+  assert.equal(second.status, 0, second.stderr)
+  assert.match(second.stderr, /^make: HIT local/m)
+  assert.match(second.stderr, /^use: HIT local/m)
+  assert.match(second.stderr, /2 steps, 2 cached/)
+
+  writeFileSync(join(dir, 'input.txt'), 'two\n')
+  const why = strata(['why', 'use', '--data-dir', data], dir)
+  assert.equal(why.status, 0, why.stderr)
+  assert.match(why.stdout, /^make: would HIT$/m)
+  assert.match(why.stdout, /^use: would MISS$/m)
+  assert.match(why.stdout, /input .*input\.txt changed content/)
+
+  const json = strata(['run', '--data-dir', data, '--json'], dir)
+  assert.equal(json.status, 0, json.stderr)
+  const events = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as { type: string, step?: string })
+  assert.deepEqual(events.filter((e) => e.type === 'hit' || e.type === 'captured').map((e) => `${e.type}:${e.step}`), ['hit:make', 'captured:use'])
+  assert.equal(events.at(-1)!.type, 'done')
+})
+
+test('strata run exits with the failing step\'s code and commits nothing', (t) => {
+  const dir = workDir(t)
+  const data = join(dir, 'data')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: ok\n    run: "true"\n  - name: broken\n    run: echo partial > /opt/partial; exit 3\n')
+  const r = strata(['run', '--data-dir', data], dir)
+  assert.equal(r.status, 3)
+  assert.match(r.stderr, /^broken: FAILED \(exit 3\)$/m)
+  const layers = strata(['layers', '--data-dir', data, '--json'], dir)
+  assert.equal(layers.stdout.trim().split('\n').length, 1, 'only the successful step left a layer')
+})
+
+test('strata run names file, line and column of a bad strata.yml and runs nothing', (t) => {
+  const dir = workDir(t)
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: a\n    run: touch /should-not-exist\n    colour: blue\n')
+  const r = strata(['run', '--data-dir', join(dir, 'data')], dir)
+  assert.equal(r.status, 1)
+  assert.match(r.stderr, /strata\.yml:5:5.*colour/)
+})
+
+test('strata exec prints a key that chains the next step', (t) => {
+  const dir = workDir(t)
+  const data = join(dir, 'data')
+  const a = strata(['exec', '--name', 'a', '--data-dir', data, '--', 'sh', '-c', 'echo from-a > /opt/strata-exec-a'], dir)
+  assert.equal(a.status, 0, a.stderr)
+  const keyA = a.stdout.trim().split('\n').at(-1)!
+  assert.match(keyA, /^bafy/)
+  const b = strata(['exec', '--name', 'b', '--parent', keyA, '--data-dir', data, '--', 'cat /opt/strata-exec-a'], dir)
+  assert.equal(b.status, 0, b.stderr)
+  assert.match(b.stdout, /from-a/)
+  const again = strata(['exec', '--name', 'a', '--data-dir', data, '--', 'sh', '-c', 'echo from-a > /opt/strata-exec-a'], dir)
+  assert.equal(again.stdout.trim().split('\n').at(-1), keyA)
+  assert.match(again.stderr, /^a: HIT local/m)
+})
