@@ -42,6 +42,8 @@ export interface RunnerInit {
   killGraceMs?: number
   /** Bounds on what a step's inputs may make the runner read. Default 100 000 files, 8 GiB. */
   inputLimits?: InputLimits
+  /** Aborts creating the runner (loading the identity). */
+  signal?: AbortSignal
 }
 
 export interface RunOptions {
@@ -164,7 +166,7 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 export async function createRunner (init: RunnerInit): Promise<Runner> {
   const dataDir = init.dataDir ?? init.store.dataDir
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
-  const identity = await loadIdentity(dataDir)
+  const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
   runner.sweep()
   return runner

@@ -266,19 +266,30 @@ async function exists (p: string): Promise<boolean> {
   }
 }
 
-/** Copies `from` to `to`, prefixing each line; does not end `to`. */
+/** Copies `from` to `to`, prefixing each line, with backpressure; does not end `to`. */
 function pump (from: NodeJS.ReadableStream, to: Writable, prefix: string): void {
   let partial = ''
   from.setEncoding('utf8')
+  const write = (text: string): void => {
+    if (!to.write(text)) {
+      from.pause()
+      to.once('drain', () => from.resume())
+    }
+  }
   from.on('data', (chunk: string) => {
     if (prefix === '') {
-      to.write(chunk)
+      write(chunk)
       return
     }
     const text = partial + chunk
     const lines = text.split('\n')
     partial = lines.pop()!
-    if (lines.length > 0) to.write(lines.map((l) => `${prefix}${l}\n`).join(''))
+    // A line with no newline in sight is flushed at 64 KiB rather than held without bound.
+    if (partial.length > 65536) {
+      lines.push(partial)
+      partial = ''
+    }
+    if (lines.length > 0) write(lines.map((l) => `${prefix}${l}\n`).join(''))
   })
   from.on('end', () => {
     if (partial !== '') to.write(`${prefix}${partial}\n`)
