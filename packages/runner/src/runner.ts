@@ -247,7 +247,10 @@ class StepRunner implements Runner {
       inputs: (step.inputs ?? []).map((p) => isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p)),
       cache: step.cache ?? true
     }
-    for (const e of spec.env) if (!ENV_NAME.test(e.name)) throw new TypeError(`"${e.name}" is not an environment variable name`)
+    for (const e of spec.env) {
+      if (!ENV_NAME.test(e.name)) throw new TypeError(`"${e.name}" is not an environment variable name`)
+      if (e.name === 'STRATA_ENV' || e.name.startsWith('STRATA_SB_')) throw new TypeError(`${e.name} is reserved by strata`)
+    }
     if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
     const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const base = await this.#baseIdentity(chain, opts)
@@ -394,9 +397,11 @@ class StepRunner implements Runner {
         chain.layers.unshift(found.layer.path)
         chain.envLines.push(...found.record.env)
         const durationMs = performance.now() - t0
+        this.#log.debug({ step: step.name, key: keyString, layer: found.layer.root.toString() }, 'hit')
         emit({ type: 'hit', step: step.name, key: keyString, layer: found.layer.root.toString(), size: found.layer.size, source: 'local', durationMs })
         return { name: step.name, key: keyString, layer: found.layer.root.toString(), status: 'hit', size: found.layer.size, env: found.record.env, durationMs }
       }
+      this.#log.debug({ step: step.name, key: keyString, reason: found.reason }, 'miss')
       emit({ type: 'miss', step: step.name, key: keyString, reason: found.reason })
     } else {
       emit({ type: 'miss', step: step.name, key: keyString, reason: step.cache ? 'no-cache' : 'uncached-step' })
