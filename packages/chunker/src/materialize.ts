@@ -33,6 +33,8 @@ export interface MaterializeOptions {
   prefetchBytes?: number
   /** Blocks fetched at once. Default 32. */
   concurrency?: number
+  /** Worker threads to write with; by default a pool made and closed for this call. */
+  pool?: FsPool
   signal?: AbortSignal
   onProgress?: (event: { entries: number, bytes: number, totalEntries: number, totalBytes: number }) => void
 }
@@ -120,7 +122,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     lutimens(abs, e.mtime, e.mtime)
   }
 
-  const pool = new FsPool()
+  const pool = opts.pool ?? new FsPool()
   const inFlight: Array<Promise<void>> = []
   let items: WriteItem[] = []
   let itemBytes = 0
@@ -250,7 +252,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   } finally {
     // Let every request settle before the workers go, so none writes after cleanup.
     await Promise.allSettled(inFlight)
-    await pool.close()
+    if (opts.pool === undefined) await pool.close()
   }
 
   for (const e of hardlinks) {

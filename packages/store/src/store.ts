@@ -6,7 +6,7 @@ import { ClassicLevel } from 'classic-level'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
-import { decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR } from '@strata/chunker'
+import { decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, FsPool } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
 import { BlockCorruptError, BlockNotFoundError, CommitError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
@@ -84,6 +84,7 @@ class LayerStore implements Store, LocalStore {
   readonly #log: Logger
   readonly #release: () => void
   #closed = false
+  #pool: FsPool | undefined
 
   constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void) {
     this.dataDir = dataDir
@@ -125,7 +126,7 @@ class LayerStore implements Store, LocalStore {
       if (known.has(name)) continue
       const path = `${this.dataDir}/layers/${name}`
       try {
-        const packed = await packTree(path)
+        const packed = await packTree(path, { pool: this.#workers })
         if (packed.root.toString() === name) {
           await this.#index(name, path, packed.blocks, packed.contentBlocks)
           this.#log.info({ layer: name }, 'indexed a layer committed just before a crash')
@@ -145,6 +146,12 @@ class LayerStore implements Store, LocalStore {
     return dir
   }
 
+  /** Worker threads for file I/O, started on first use and kept until close(). */
+  get #workers (): FsPool {
+    this.#pool ??= new FsPool()
+    return this.#pool
+  }
+
   layerDir (root: string): string {
     return `${this.dataDir}/layers/${root}`
   }
@@ -161,6 +168,7 @@ class LayerStore implements Store, LocalStore {
       }
       opts.signal?.throwIfAborted()
       const packed = await packTree(src, {
+        pool: this.#workers,
         signal: opts.signal,
         onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
         onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
@@ -347,6 +355,7 @@ class LayerStore implements Store, LocalStore {
       }
       const tree = `${staging}/tree`
       await materialize(root, tree, content, {
+        pool: this.#workers,
         untrusted: opts.untrusted,
         signal: opts.signal,
         onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
@@ -377,7 +386,7 @@ class LayerStore implements Store, LocalStore {
       getBlock: (cid, o) => this.getBlock(cid, o),
       localFile: (e) => `${info.path}/${e.path}`
     }
-    return await materialize(root, dest, source, opts)
+    return await materialize(root, dest, source, { pool: this.#workers, ...opts })
   }
 
   async * entries (root: CID): AsyncGenerator<Entry, void, undefined> {
@@ -397,6 +406,7 @@ class LayerStore implements Store, LocalStore {
     if (this.#closed) return
     this.#closed = true
     try {
+      await this.#pool?.close()
       await this.#db.close()
     } finally {
       this.#release()

@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync, openSync, readdirSync, writeSync, closeSync } from 'node:fs'
+import { existsSync, openSync, readdirSync, rmSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
 import { execFileSync, spawn } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -178,15 +178,36 @@ test('stays consistent when a commit is killed at random moments', async (t) => 
   buildTree(template, tree)
   const node = process.execPath
   const child = join(import.meta.dirname, 'fixtures', 'commit-child.ts')
+  // Starts a commit and resolves once the store is open, so that kill times are
+  // measured from the start of the commit itself, not from process start-up.
+  const start = async (src: string): Promise<{ kill: () => void, exited: Promise<number | null> }> => {
+    const p = spawn(node, [child, data, src], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)))
+    await new Promise<void>((resolve, reject) => {
+      p.stdout.on('data', (b: Buffer) => { if (b.toString().includes('open')) resolve() })
+      p.on('exit', () => reject(new Error('the commit child exited before opening the store')))
+    })
+    return { kill: () => p.kill('SIGKILL'), exited }
+  }
+  // One uninterrupted commit gives the time span to kill within.
+  execFileSync('cp', ['-a', template, join(dir, 'src-timing')])
+  const began = performance.now()
+  const timing = await start(join(dir, 'src-timing'))
+  assert.equal(await timing.exited, 0)
+  const span = performance.now() - began
+  rmSync(join(data, 'layers'), { recursive: true })
+  const reset = await openStore({ dataDir: data })
+  await reset.close()
+
   let completed = 0
-  for (let i = 0; i < 16; i++) {
+  const kills = 10
+  for (let i = 0; i < kills; i++) {
     const src = join(dir, `src${i}`)
     execFileSync('cp', ['-a', template, src]) // same times, so every commit is the same layer
-    const p = spawn(node, [child, data, src], { stdio: ['ignore', 'pipe', 'pipe'] })
-    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)))
-    await sleep(50 + ((i * 37) % 16) * 40)
-    p.kill('SIGKILL')
-    if ((await exited) === 0) completed++
+    const p = await start(src)
+    await sleep(Math.round((span * (i + 0.5)) / kills))
+    p.kill()
+    if ((await p.exited) === 0) completed++
     const store = await openStore({ dataDir: data })
     try {
       assert.deepEqual(readdirSync(join(data, 'staging')), [], 'staging was not cleaned')
@@ -197,10 +218,13 @@ test('stays consistent when a commit is killed at random moments', async (t) => 
         const out = join(dir, `out${i}`)
         await store.unpack(l.root, out)
         assert.deepEqual(describeTree(out), describeTree(template))
+        rmSync(out, { recursive: true })
+        // Start the next round from an empty store, so each kill lands on a real commit.
+        await store.removeLayer(l.root)
       }
     } finally {
       await store.close()
     }
   }
-  t.diagnostic(`${completed} of 16 commits finished before the kill`)
+  t.diagnostic(`commit took ${span.toFixed(0)} ms; ${completed} of ${kills} commits finished before their kill`)
 })
