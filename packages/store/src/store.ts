@@ -43,6 +43,8 @@ interface Location {
 
 export interface OpenStoreInit extends StoreInit {
   logger?: Logger
+  /** Files up to this size are packed into the manifest. Default: the format's DEFAULT_INLINE_MAX. */
+  inlineMax?: number
 }
 
 /** Opens (creating if needed) the store under `dataDir`. */
@@ -55,7 +57,7 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
   try {
     const db = new ClassicLevel<string, Uint8Array>(`${dataDir}/index`, { keyEncoding: 'utf8', valueEncoding: 'view' })
     await db.open()
-    const store = new LayerStore(dataDir, db, log, release)
+    const store = new LayerStore(dataDir, db, log, release, init.inlineMax)
     try {
       await store.checkVersion()
       await store.recover()
@@ -85,9 +87,11 @@ class LayerStore implements Store, LocalStore {
   readonly #release: () => void
   #closed = false
   #pool: FsPool | undefined
+  readonly #inlineMax: number | undefined
 
-  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void) {
+  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined) {
     this.dataDir = dataDir
+    this.#inlineMax = inlineMax
     this.#db = db
     this.#log = log
     this.#release = release
@@ -169,6 +173,7 @@ class LayerStore implements Store, LocalStore {
       opts.signal?.throwIfAborted()
       const packed = await packTree(src, {
         pool: this.#workers,
+        ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
         signal: opts.signal,
         onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
         onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
