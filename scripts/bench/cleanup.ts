@@ -5,9 +5,17 @@
 import { rmSync } from 'node:fs'
 
 const paths = new Set<string>()
+const hooks = new Set<() => void>()
 let installed = false
 
 function removeAll (): void {
+  for (const hook of hooks) {
+    try {
+      hook()
+    } catch {
+      // Best effort, as below.
+    }
+  }
   for (const p of paths) {
     try {
       rmSync(p, { recursive: true, force: true })
@@ -18,8 +26,7 @@ function removeAll (): void {
   paths.clear()
 }
 
-/** Removes `path` on exit or on a terminating signal unless released first. */
-export function removeOnExit (path: string): string {
+function install (): void {
   if (!installed) {
     installed = true
     process.on('exit', removeAll)
@@ -30,8 +37,23 @@ export function removeOnExit (path: string): string {
       })
     }
   }
+}
+
+/** Removes `path` on exit or on a terminating signal unless released first. */
+export function removeOnExit (path: string): string {
+  install()
   paths.add(path)
   return path
+}
+
+/**
+ * Runs `hook` (synchronously) before the paths are removed on exit or signal, e.g.
+ * to kill a child still writing into them. Returns a function that unregisters it.
+ */
+export function beforeRemoval (hook: () => void): () => void {
+  install()
+  hooks.add(hook)
+  return () => hooks.delete(hook)
 }
 
 /** Removes `path` now and forgets it. */

@@ -31,7 +31,8 @@ export function fixtureDir (name: FixtureName): string {
   return fileURLToPath(new URL(`./fixtures/${name}/`, import.meta.url))
 }
 
-function cacheRoot (): string {
+/** Where fixtures and benchmark scratch space live: `$STRATA_BENCH_CACHE` or /var/tmp/strata-bench. */
+export function cacheRoot (): string {
   return process.env.STRATA_BENCH_CACHE ?? DEFAULT_CACHE_DIR
 }
 
