@@ -1,11 +1,12 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { openSync, readSync, closeSync, lstatSync, statSync } from 'node:fs'
+import { openSync, readSync, closeSync, lstatSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import type { CID } from 'multiformats/cid'
 import { mknod, S_IFCHR } from '@strata/sys'
-import { packTree, materialize, verifyBlock } from '../src/index.ts'
+import { createServer } from 'node:net'
+import { packTree, materialize, verifyBlock, readManifest, MAX_BLOCK_SIZE } from '../src/index.ts'
 import type { ContentSource, PackOptions } from '../src/index.ts'
 import { buildTree, describeTree, tempDir } from './helpers.ts'
 import type { Tree } from './helpers.ts'
@@ -115,4 +116,46 @@ test('refuses a tree with a non-UTF-8 name, naming it', async (t) => {
   const bad = Buffer.concat([Buffer.from(src + '/bad-'), Buffer.from([0xff, 0xfe])])
   closeSync(openSync(bad, 'w'))
   await assert.rejects(packTree(src), { code: 'ERR_UNSUPPORTED_ENTRY', message: /not valid UTF-8.*bad-/ })
+})
+
+test('skips sockets with a warning, like tar', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, { 'kept': 'x' })
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(join(src, 'app.sock'), resolve))
+  t.after(() => server.close())
+  const warnings: string[] = []
+  const packed = await packTree(src, { onWarning: (w) => warnings.push(w.path) })
+  assert.deepEqual(warnings, ['app.sock'])
+  assert.equal(packed.count, 1)
+})
+
+test('splits a large manifest into entry blocks under the block limit, and reads it back', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  const tree: Tree = {}
+  for (let d = 0; d < 20; d++) {
+    const files: Tree = {}
+    for (let f = 0; f < 250; f++) files[`${'long-name-'.repeat(8)}${f}`] = { symlink: `${'../target/'.repeat(30)}${f}` }
+    tree[`dir-${d}`] = { dir: files }
+  }
+  buildTree(src, tree)
+  const packed = await packTree(src)
+  assert.equal(packed.count, 20 * 251)
+  assert.ok(packed.blocks.length > 3, `only ${packed.blocks.length} blocks`)
+  for (const b of packed.blocks) assert.ok(b.bytes.length <= MAX_BLOCK_SIZE, `a block of ${b.bytes.length} bytes`)
+  const blocks = new Map(packed.blocks.map((b) => [b.cid.toString(), b.bytes]))
+  let n = 0
+  for await (const e of readManifest(packed.root, async (cid) => blocks.get(cid.toString())!)) {
+    if (e.type === 'symlink') assert.match(e.target!, /^(\.\.\/target\/){30}\d+$/)
+    n++
+  }
+  assert.equal(n, packed.count)
+  // Changing one entry changes only the entry block holding it (and the root).
+  writeFileSync(join(src, 'dir-10', 'extra'), 'x')
+  const again = await packTree(src)
+  const before = new Set(packed.blocks.map((b) => b.cid.toString()))
+  const changed = again.blocks.filter((b) => !before.has(b.cid.toString())).length
+  assert.ok(changed <= 3, `${changed} of ${again.blocks.length} blocks changed`)
 })
