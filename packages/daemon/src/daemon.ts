@@ -1,0 +1,479 @@
+import { createHash } from 'node:crypto'
+import type { PeerId, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import { lpStream } from '@libp2p/utils'
+import { CID } from 'multiformats/cid'
+import { pino } from 'pino'
+import type { Logger } from 'pino'
+import { openStore } from '@strata/store'
+import type { CommitOptions, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
+import { RecordInvalidError } from '@strata/runner'
+import type { StepRecord } from '@strata/runner'
+import { DaemonConfigError, NoProvidersError, RecordNotFoundError } from './errors.ts'
+import { BlockExchange } from './exchange.ts'
+import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
+import { DaemonMetrics } from './metrics.ts'
+import { createNode, loadPrivateKey } from './node.ts'
+import type { StrataNode } from './node.ts'
+import { MAX_RECORD_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, recordKey, verifyEnvelope } from './records.ts'
+
+export interface DaemonInit {
+  /** Where the store, the identity key and the control socket live. */
+  dataDir: string
+  /** Multiaddrs to listen on. Default `/ip4/0.0.0.0/tcp/7401`. */
+  listen?: string[]
+  /** Multiaddrs (with `/p2p/<peer id>`) to join the fleet through. Default none. */
+  bootstrap?: string[]
+  /** Find peers on the LAN by mDNS. Default false. */
+  mdns?: boolean
+  /** Peers (besides the producer) that pull each new layer. Default 2. */
+  replicas?: number
+  /** Peer ids whose records are accepted; default: anyone whose signature checks out. This node is always trusted. */
+  trustedWriters?: string[]
+  /** Peer ids allowed to connect at all (connection gater); default: any. */
+  allowPeers?: string[]
+  /** How long a provider search (DHT) may take. Default 5 000 ms. */
+  providerTimeoutMs?: number
+  /** Once one provider of a layer is known, how much longer to wait for others. Default 300 ms. */
+  providerGraceMs?: number
+  /** Providers asked for one layer at most. Default 16. */
+  maxProviders?: number
+  exchange?: ExchangeInit
+  logger?: Logger
+  /** An already open store (the daemon then does not close it). Default: the store in `dataDir`, opened without waiting. */
+  store?: Store & LocalStore
+}
+
+export interface LookupResult {
+  record: StepRecord
+  /** The signed envelope, as the producer signed it. */
+  envelope: Uint8Array
+  source: 'local' | 'gossip' | 'dht'
+}
+
+export interface FetchResult {
+  layer: LayerInfo
+  /** Providers that sent at least one block (0 when the layer was already here). */
+  providers: number
+  /** Bytes of blocks that came from peers. */
+  bytes: number
+  durationMs: number
+}
+
+export interface ResolveResult extends FetchResult {
+  record: StepRecord
+  envelope: Uint8Array
+  recordSource: LookupResult['source']
+}
+
+export interface LayerStatus {
+  root: string
+  size: number
+  entries: number
+  /** Peers the DHT knows to hold it, this one included. */
+  copies: number
+}
+
+export interface DaemonStatus {
+  peerId: string
+  addresses: string[]
+  peers: string[]
+  banned: string[]
+  layers: LayerStatus[]
+  counters: ExchangeCounters & { recordsLearned: number, recordsRejected: number, replicated: number }
+  trustedWriters: string[] | null
+}
+
+export interface FetchOptions {
+  signal?: AbortSignal
+  /** Peers believed to hold the layer, asked besides the DHT's providers. */
+  hints?: readonly PeerId[]
+  onProgress?: (event: ProgressEvent) => void
+}
+
+/** A strata node: the store, a libp2p host, the block exchange, records and replication. */
+export class Daemon {
+  readonly dataDir: string
+  readonly store: Store & LocalStore
+  readonly node: StrataNode
+  readonly exchange: BlockExchange
+  readonly trust: TrustPolicy
+  readonly metrics: DaemonMetrics
+  readonly #log: Logger
+  readonly #ownsStore: boolean
+  readonly #replicas: number
+  readonly #providerTimeoutMs: number
+  readonly #maxProviders: number
+  readonly #providerGraceMs: number
+  readonly #bootstrap: string[]
+  readonly #tasks = new Set<Promise<unknown>>()
+  readonly #stopping = new AbortController()
+  readonly #replicating = new Set<string>()
+  readonly counters = { recordsLearned: 0, recordsRejected: 0, replicated: 0 }
+  #started = false
+
+  constructor (init: DaemonInit, store: Store & LocalStore, ownsStore: boolean, node: StrataNode, log: Logger) {
+    this.dataDir = init.dataDir
+    this.store = store
+    this.node = node
+    this.#log = log
+    this.#ownsStore = ownsStore
+    this.#replicas = init.replicas ?? 2
+    this.#providerTimeoutMs = init.providerTimeoutMs ?? 5000
+    this.#maxProviders = init.maxProviders ?? 16
+    this.#providerGraceMs = init.providerGraceMs ?? 300
+    this.#bootstrap = init.bootstrap ?? []
+    this.trust = new TrustPolicy(node.peerId.toString(), init.trustedWriters)
+    this.exchange = new BlockExchange({
+      store,
+      registrar: { handle: async (p, h, o) => { await node.handle(p, h, o) }, unhandle: async (p) => { await node.unhandle(p) } },
+      dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
+      logger: log
+    }, init.exchange)
+    this.metrics = new DaemonMetrics(this)
+  }
+
+  get peerId (): string {
+    return this.node.peerId.toString()
+  }
+
+  get addresses (): string[] {
+    return this.node.getMultiaddrs().map((a) => a.toString())
+  }
+
+  async start (): Promise<void> {
+    if (this.#started) return
+    await this.node.start()
+    await this.exchange.start()
+    await this.node.handle(RECORDS_PROTOCOL, (stream) => { void this.#serveRecord(stream) }, { maxInboundStreams: 8 })
+    const pubsub = this.node.services.pubsub
+    pubsub.addEventListener('message', (evt) => {
+      if (evt.detail.topic !== RECORDS_TOPIC) return
+      void this.#onAnnouncement(evt.detail.data).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
+    })
+    pubsub.subscribe(RECORDS_TOPIC)
+    this.#started = true
+    // Bootstrap discovery dials eventually; dialing now makes a fresh node useful at once.
+    for (const addr of this.#bootstrap) {
+      this.#background(this.node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) }).then(() => {}))
+    }
+    this.#log.info({ peerId: this.peerId, addresses: this.addresses }, 'daemon started')
+  }
+
+  async stop (): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    this.#stopping.abort(new Error('daemon stopping'))
+    await Promise.allSettled([...this.#tasks])
+    await this.exchange.stop()
+    await this.node.stop()
+    if (this.#ownsStore) await this.store.close()
+  }
+
+  #background (p: Promise<unknown>): void {
+    const t = p.catch((err: unknown) => this.#log.debug({ err }, 'background task failed'))
+    this.#tasks.add(t)
+    void t.finally(() => this.#tasks.delete(t))
+  }
+
+  #signal (signal?: AbortSignal, ms?: number): AbortSignal {
+    const list = [this.#stopping.signal]
+    if (signal !== undefined) list.push(signal)
+    if (ms !== undefined) list.push(AbortSignal.timeout(ms))
+    return AbortSignal.any(list)
+  }
+
+  // ---- records ----
+
+  /** Looks a key up: local store (records learned by gossip are stored there too), then DHT providers of the key. */
+  async lookup (key: CID, opts: { signal?: AbortSignal } = {}): Promise<LookupResult> {
+    const local = await this.store.getRecord(recordKey(key))
+    let rejected: string | undefined
+    if (local !== undefined) {
+      try {
+        const record = verifyEnvelope(local, this.trust, key)
+        return { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local' }
+      } catch (err) {
+        if (!(err instanceof RecordInvalidError)) throw err
+        rejected = err.message
+        this.#log.warn({ err, key: key.toString() }, 'ignoring a stored record')
+      }
+    }
+    const signal = this.#signal(opts.signal, this.#providerTimeoutMs)
+    let asked = 0
+    try {
+      for await (const provider of this.#providers(key, signal)) {
+        if (asked++ >= this.#maxProviders) break
+        let bytes: Uint8Array | undefined
+        try {
+          bytes = await this.#askRecord(provider, key, signal)
+        } catch (err) {
+          this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
+          continue
+        }
+        if (bytes === undefined) continue
+        try {
+          const record = verifyEnvelope(bytes, this.trust, key)
+          await this.store.putRecord(recordKey(key), bytes)
+          return { record, envelope: bytes, source: 'dht' }
+        } catch (err) {
+          if (!(err instanceof RecordInvalidError)) throw err
+          rejected = err.message
+          this.counters.recordsRejected++
+          this.#log.warn({ err, key: key.toString(), peer: provider.toString() }, 'ignoring a record from a peer')
+        }
+      }
+    } catch (err) {
+      if (opts.signal?.aborted === true) throw err
+      this.#log.debug({ err, key: key.toString() }, 'provider search ended')
+    }
+    throw new RecordNotFoundError(key.toString(), rejected ?? (asked === 0 ? 'no peer provides it' : `none of ${asked} providers had a usable one`))
+  }
+
+  readonly #gossiped = new Set<string>()
+
+  async #onAnnouncement (data: Uint8Array): Promise<void> {
+    if (data.length > MAX_RECORD_SIZE) return
+    let record: StepRecord
+    try {
+      record = verifyEnvelope(data, this.trust)
+    } catch (err) {
+      this.counters.recordsRejected++
+      this.#log.warn({ err }, 'ignoring an announced record')
+      return
+    }
+    const k = record.key.toString()
+    if (await this.store.getRecord(recordKey(k)) === undefined) await this.store.putRecord(recordKey(k), data)
+    this.#gossiped.add(k)
+    this.counters.recordsLearned++
+    this.#log.debug({ key: k, layer: record.layer.toString(), producer: record.producer }, 'record learned by gossip')
+    this.#maybeReplicate(record)
+  }
+
+  /** Signs nothing: announces a record the runner already signed and stored, and provides its key and layer. */
+  async publish (key: CID, opts: { signal?: AbortSignal } = {}): Promise<StepRecord> {
+    const bytes = await this.store.getRecord(recordKey(key))
+    if (bytes === undefined) throw new RecordNotFoundError(key.toString(), 'not in the local store')
+    const record = verifyEnvelope(bytes, this.trust, key)
+    await this.node.services.pubsub.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
+    this.#background(this.#provide(key, opts.signal))
+    if (await this.store.has(record.layer)) this.#background(this.#provide(record.layer, opts.signal))
+    return record
+  }
+
+  async #provide (cid: CID, signal?: AbortSignal): Promise<void> {
+    await this.node.contentRouting.provide(cid, { signal: this.#signal(signal, 30_000) })
+  }
+
+  async * #providers (cid: CID, signal: AbortSignal): AsyncGenerator<PeerId> {
+    const self = this.peerId
+    const seen = new Set<string>()
+    for await (const p of this.node.contentRouting.findProviders(cid, { signal })) {
+      const k = p.id.toString()
+      if (k === self || seen.has(k)) continue
+      seen.add(k)
+      if (p.multiaddrs.length > 0) await this.node.peerStore.merge(p.id, { multiaddrs: p.multiaddrs }).catch(() => {})
+      yield p.id
+    }
+  }
+
+  async #askRecord (peer: PeerId, key: CID, signal: AbortSignal): Promise<Uint8Array | undefined> {
+    const stream = await this.node.dialProtocol(peer, RECORDS_PROTOCOL, { signal })
+    try {
+      const lp = lpStream(stream, { maxDataLength: MAX_RECORD_SIZE })
+      await lp.write(key.bytes, { signal })
+      const answer = (await lp.read({ signal })).subarray()
+      await stream.close({ signal }).catch(() => {})
+      return answer.length === 0 ? undefined : answer
+    } catch (err) {
+      stream.abort(err as Error)
+      throw err
+    }
+  }
+
+  async #serveRecord (stream: Stream): Promise<void> {
+    try {
+      const signal = AbortSignal.timeout(10_000)
+      const lp = lpStream(stream, { maxDataLength: 128 })
+      const key = CID.decode((await lp.read({ signal })).subarray())
+      const bytes = await this.store.getRecord(recordKey(key))
+      await lp.write(bytes ?? new Uint8Array(0), { signal })
+      await stream.close({ signal })
+    } catch (err) {
+      this.#log.debug({ err }, 'record stream aborted')
+      stream.abort(err as Error)
+    }
+  }
+
+  // ---- layers ----
+
+  /** Restores a layer from the fleet: every provider is asked, local blocks are taken locally. */
+  async fetchLayer (root: CID, opts: FetchOptions = {}): Promise<FetchResult> {
+    const t0 = performance.now()
+    const have = await this.store.getLayer(root)
+    if (have !== undefined) return { layer: have, providers: 0, bytes: 0, durationMs: performance.now() - t0 }
+    const providers: PeerId[] = []
+    const seen = new Set<string>([this.peerId])
+    for (const h of opts.hints ?? []) {
+      if (seen.has(h.toString()) || this.exchange.isBanned(h)) continue
+      seen.add(h.toString())
+      providers.push(h)
+    }
+    // A DHT query runs until its own timeout; once someone is known to hold the
+    // layer, the others that answer within a short grace are enough.
+    const enough = new AbortController()
+    let grace: NodeJS.Timeout | undefined
+    const startGrace = (): void => { grace ??= setTimeout(() => enough.abort(new Error('enough providers')), this.#providerGraceMs) }
+    if (providers.length > 0) startGrace()
+    try {
+      for await (const p of this.#providers(root, AbortSignal.any([this.#signal(opts.signal, this.#providerTimeoutMs), enough.signal]))) {
+        if (seen.has(p.toString()) || this.exchange.isBanned(p)) continue
+        seen.add(p.toString())
+        providers.push(p)
+        startGrace()
+        if (providers.length >= this.#maxProviders) break
+      }
+    } catch (err) {
+      if (opts.signal?.aborted === true) throw err
+      this.#log.debug({ err, layer: root.toString() }, 'provider search ended')
+    } finally {
+      clearTimeout(grace)
+    }
+    if (providers.length === 0) throw new NoProvidersError(root.toString())
+    const source = this.exchange.source(providers)
+    const end = this.metrics.fetchDuration.startTimer()
+    try {
+      const layer = await this.store.restore(root, source, { untrusted: true, signal: this.#signal(opts.signal), onProgress: opts.onProgress })
+      end()
+      this.#background(this.#provide(root))
+      this.#log.info({ layer: root.toString(), providers: source.stats.providersUsed, bytes: source.stats.bytes }, 'layer fetched from peers')
+      return { layer, providers: source.stats.providersUsed, bytes: source.stats.bytes, durationMs: performance.now() - t0 }
+    } finally {
+      source.close()
+    }
+  }
+
+  /** Lookup, then fetch: what the runner asks for on a local miss. */
+  async resolve (key: CID, opts: FetchOptions = {}): Promise<ResolveResult> {
+    const t0 = performance.now()
+    const found = await this.lookup(key, opts)
+    const hints = [...(opts.hints ?? [])]
+    const producer = parsePeerId(found.record.producer)
+    if (producer !== undefined) hints.push(producer)
+    const fetched = await this.fetchLayer(found.record.layer, { ...opts, hints })
+    return { ...fetched, record: found.record, envelope: found.envelope, recordSource: found.source, durationMs: performance.now() - t0 }
+  }
+
+  /** Pull a newly announced layer when this node is among the `replicas` peers it hashes to. */
+  #maybeReplicate (record: StepRecord): void {
+    if (this.#replicas <= 0) return
+    const root = record.layer.toString()
+    if (this.#replicating.has(root)) return
+    const candidates = new Set(this.node.services.pubsub.getSubscribers(RECORDS_TOPIC).map((p) => p.toString()))
+    candidates.add(this.peerId)
+    candidates.delete(record.producer)
+    const rank = (p: string): string => createHash('sha256').update(`${root}\0${p}`).digest('hex')
+    const chosen = [...candidates].sort((a, b) => (rank(a) < rank(b) ? -1 : 1)).slice(0, this.#replicas)
+    if (!chosen.includes(this.peerId)) return
+    this.#replicating.add(root)
+    const hint = parsePeerId(record.producer)
+    this.#background((async () => {
+      try {
+        if (await this.store.has(record.layer)) return
+        await this.fetchLayer(record.layer, { hints: hint !== undefined ? [hint] : [] })
+        this.counters.replicated++
+        this.#log.info({ layer: root }, 'replicated')
+      } finally {
+        this.#replicating.delete(root)
+      }
+    })())
+  }
+
+  // ---- the store, for the runner over the control socket ----
+
+  async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
+    const end = this.metrics.captureDuration.startTimer()
+    const layer = await this.store.commit(dir, opts)
+    end()
+    this.#background(this.#provide(layer.root))
+    return layer
+  }
+
+  /** Stores a record; the runner's signed records are announced and provided at once. */
+  async putRecord (key: string, value: Uint8Array): Promise<void> {
+    if (key.startsWith(RECORD_PREFIX)) {
+      const cid = claimedKey(value)
+      if (recordKey(cid) !== key) throw new RecordInvalidError(key, 'is stored under another key')
+    }
+    await this.store.putRecord(key, value)
+    if (key.startsWith(RECORD_PREFIX)) {
+      const cid = CID.parse(key.slice(RECORD_PREFIX.length))
+      await this.publish(cid)
+    }
+  }
+
+  /** Peers the DHT knows to hold `root`, this node included when it does. */
+  async copies (root: CID, opts: { signal?: AbortSignal } = {}): Promise<number> {
+    let n = (await this.store.has(root)) ? 1 : 0
+    try {
+      for await (const _ of this.#providers(root, this.#signal(opts.signal, Math.min(this.#providerTimeoutMs, 2000)))) n++
+    } catch {
+      // The search timed out: the count so far is what the fleet is known to hold.
+    }
+    return n
+  }
+
+  async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus> {
+    const layers: LayerStatus[] = []
+    const list = await this.store.listLayers()
+    const counts = opts.copies === false ? list.map(() => -1) : await Promise.all(list.slice(0, 64).map(async (l) => await this.copies(l.root, opts)))
+    for (const [i, l] of list.entries()) layers.push({ root: l.root.toString(), size: l.size, entries: l.entries, copies: counts[i] ?? -1 })
+    return {
+      peerId: this.peerId,
+      addresses: this.addresses,
+      peers: this.node.getPeers().map((p) => p.toString()),
+      banned: this.exchange.banned,
+      layers,
+      counters: { ...this.exchange.counters, ...this.counters },
+      trustedWriters: this.trust.writers !== undefined ? [...this.trust.writers] : null
+    }
+  }
+}
+
+function parsePeerId (s: string): PeerId | undefined {
+  try {
+    return peerIdFromString(s)
+  } catch {
+    return undefined
+  }
+}
+
+/** Opens the store and builds the node; call start(). */
+export async function createDaemon (init: DaemonInit): Promise<Daemon> {
+  if (typeof init.dataDir !== 'string' || init.dataDir === '') throw new TypeError('dataDir is required')
+  if (init.replicas !== undefined && (!Number.isInteger(init.replicas) || init.replicas < 0)) throw new DaemonConfigError(`replicas must be a whole number >= 0, got ${init.replicas}`)
+  for (const p of [...(init.trustedWriters ?? []), ...(init.allowPeers ?? [])]) {
+    try {
+      peerIdFromString(p)
+    } catch (err) {
+      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id`, { cause: err })
+    }
+  }
+  const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
+  const privateKey = await loadPrivateKey(init.dataDir)
+  const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false })
+  try {
+    const node = await createNode({
+      privateKey,
+      listen: init.listen ?? ['/ip4/0.0.0.0/tcp/7401'],
+      bootstrap: init.bootstrap ?? [],
+      mdns: init.mdns ?? false,
+      allowPeers: init.allowPeers
+    })
+    return new Daemon(init, store, init.store === undefined, node, log)
+  } catch (err) {
+    if (init.store === undefined) await store.close()
+    throw new DaemonConfigError(`cannot create the libp2p node: ${(err as Error).message}`, { cause: err })
+  }
+}

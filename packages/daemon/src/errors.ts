@@ -1,0 +1,86 @@
+/** Base of every error this package throws; callers branch on `code`, never on the message. */
+export class DaemonError extends Error {
+  readonly code: string
+  constructor (code: string, message: string, opts?: { cause?: unknown }) {
+    super(message, opts)
+    this.code = code
+  }
+}
+
+/** A peer sent bytes that are not a well-formed block-exchange or record message. */
+export class ProtocolViolationError extends DaemonError {
+  override name = 'ProtocolViolationError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_PROTOCOL_VIOLATION', message, opts)
+  }
+}
+
+/** A peer exceeded one of the limits (message size, wants, streams). */
+export class PeerLimitError extends DaemonError {
+  override name = 'PeerLimitError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_PEER_LIMIT', message, opts)
+  }
+}
+
+/** A peer took longer than allowed to answer, or went idle. */
+export class PeerTimeoutError extends DaemonError {
+  override name = 'PeerTimeoutError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_PEER_TIMEOUT', message, opts)
+  }
+}
+
+/** No provider could give a block (all said "don't have", failed, or are banned). */
+export class BlockUnavailableError extends DaemonError {
+  override name = 'BlockUnavailableError'
+  readonly cid: string
+  constructor (cid: string, tried: number, opts?: { cause?: unknown }) {
+    super('ERR_BLOCK_UNAVAILABLE', `no provider could give block ${cid} (${tried} tried)`, opts)
+    this.cid = cid
+  }
+}
+
+/** No record for a key anywhere the daemon looked, or none that it trusts. */
+export class RecordNotFoundError extends DaemonError {
+  override name = 'RecordNotFoundError'
+  readonly reason: string
+  constructor (key: string, reason: string, opts?: { cause?: unknown }) {
+    super('ERR_RECORD_NOT_FOUND', `no usable record for key ${key}: ${reason}`, opts)
+    this.reason = reason
+  }
+}
+
+/** No peer is known to hold the layer. */
+export class NoProvidersError extends DaemonError {
+  override name = 'NoProvidersError'
+  constructor (root: string, opts?: { cause?: unknown }) {
+    super('ERR_NO_PROVIDERS', `no peer is known to hold layer ${root}`, opts)
+  }
+}
+
+/** The identity key in the data dir cannot be turned into a libp2p key. */
+export class DaemonIdentityError extends DaemonError {
+  override name = 'DaemonIdentityError'
+  constructor (path: string, opts?: { cause?: unknown }) {
+    super('ERR_DAEMON_IDENTITY', `cannot use ${path} as the node identity`, opts)
+  }
+}
+
+/** A daemon option is invalid. */
+export class DaemonConfigError extends DaemonError {
+  override name = 'DaemonConfigError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_DAEMON_CONFIG', message, opts)
+  }
+}
+
+/** The control socket answered with an error, or could not be reached. */
+export class ControlError extends DaemonError {
+  override name = 'ControlError'
+  readonly status: number
+  constructor (code: string, status: number, message: string, opts?: { cause?: unknown }) {
+    super(code, message, opts)
+    this.status = status
+  }
+}

@@ -1,0 +1,354 @@
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import { lpStream } from '@libp2p/utils'
+import type { CID } from 'multiformats/cid'
+import type { Logger } from 'pino'
+import { Uint8ArrayList } from 'uint8arraylist'
+import { verifyBlock, BlockMismatchError } from '@strata/chunker'
+import type { BlockSource, Store } from '@strata/store'
+import {
+  BLOCKS_PROTOCOL, MAX_MESSAGE_SIZE, MAX_WANTS_PER_MESSAGE, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant
+} from './codec.ts'
+import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
+
+/** What the block exchange needs from the libp2p node. */
+export interface ExchangeComponents {
+  store: Pick<Store, 'getBlock'>
+  registrar: {
+    handle(protocol: string, handler: (stream: Stream, connection: Connection) => void | Promise<void>, opts?: { maxInboundStreams?: number, maxOutboundStreams?: number }): Promise<void>
+    unhandle(protocol: string): Promise<void>
+  }
+  dialProtocol(peer: PeerId, protocol: string, opts?: { signal?: AbortSignal }): Promise<Stream>
+  logger: Logger
+}
+
+export interface ExchangeInit {
+  /** CIDs the fetching side puts in one WANT. Default 32. */
+  wantBatch?: number
+  /** Streams open at once to one provider, fetching side. Default 4. */
+  streamsPerProvider?: number
+  /** Inbound block streams one peer may hold open at once. Default 8. */
+  maxInboundStreams?: number
+  /** Wants one peer may have outstanding with us at once, over all its streams. Default 1024. */
+  maxOutstandingWants?: number
+  /** Time from sending a WANT to its first answer, and the server's wait for the WANT. Default 10 000 ms. */
+  firstByteTimeoutMs?: number
+  /** Longest silence between two messages of one stream. Default 10 000 ms. */
+  idleTimeoutMs?: number
+  /** How long a peer that sent a wrong block stays banned. Default 10 minutes. */
+  banMs?: number
+  /** Times one block is asked for before giving up. Default 6. */
+  maxAttempts?: number
+}
+
+export interface ExchangeCounters {
+  bytesFromPeers: number
+  bytesToPeers: number
+  blocksFromPeers: number
+  blocksToPeers: number
+  blocksRejected: number
+}
+
+export interface FetchStats {
+  /** Providers that sent at least one block. */
+  providersUsed: number
+  bytes: number
+  blocks: number
+}
+
+/** Serves `/strata/blocks/1.0.0` from the store and fetches blocks from providers. */
+export class BlockExchange {
+  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0 }
+  readonly #c: ExchangeComponents
+  readonly #log: Logger
+  readonly #outstanding = new Map<string, number>()
+  readonly #bans = new Map<string, number>()
+  readonly init: Required<ExchangeInit>
+  #started = false
+
+  constructor (components: ExchangeComponents, init: ExchangeInit = {}) {
+    this.#c = components
+    this.#log = components.logger.child({ component: 'exchange' })
+    this.init = {
+      wantBatch: init.wantBatch ?? 32,
+      streamsPerProvider: init.streamsPerProvider ?? 4,
+      maxInboundStreams: init.maxInboundStreams ?? 8,
+      maxOutstandingWants: init.maxOutstandingWants ?? 1024,
+      firstByteTimeoutMs: init.firstByteTimeoutMs ?? 10_000,
+      idleTimeoutMs: init.idleTimeoutMs ?? 10_000,
+      banMs: init.banMs ?? 10 * 60_000,
+      maxAttempts: init.maxAttempts ?? 6
+    }
+    if (this.init.wantBatch < 1 || this.init.wantBatch > MAX_WANTS_PER_MESSAGE) throw new TypeError(`wantBatch must be 1..${MAX_WANTS_PER_MESSAGE}`)
+  }
+
+  async start (): Promise<void> {
+    await this.#c.registrar.handle(BLOCKS_PROTOCOL, (stream, connection) => { void this.#serve(stream, connection) }, {
+      maxInboundStreams: this.init.maxInboundStreams,
+      maxOutboundStreams: this.init.streamsPerProvider * 4
+    })
+    this.#started = true
+  }
+
+  async stop (): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    await this.#c.registrar.unhandle(BLOCKS_PROTOCOL)
+  }
+
+  isBanned (peer: PeerId | string): boolean {
+    const key = peer.toString()
+    const until = this.#bans.get(key)
+    if (until === undefined) return false
+    if (until > Date.now()) return true
+    this.#bans.delete(key)
+    return false
+  }
+
+  ban (peer: PeerId, reason: string): void {
+    this.#bans.set(peer.toString(), Date.now() + this.init.banMs)
+    this.#log.warn({ peer: peer.toString(), reason }, 'peer banned')
+  }
+
+  get banned (): string[] {
+    return [...this.#bans.keys()].filter((p) => this.isBanned(p))
+  }
+
+  /** Answers one WANT: a BLOCK or a DONT_HAVE per CID, then closes. Any misbehaviour aborts the stream. */
+  async #serve (stream: Stream, connection: Connection): Promise<void> {
+    const peer = connection.remotePeer.toString()
+    let counted = 0
+    try {
+      if (this.isBanned(peer)) throw new PeerLimitError(`peer ${peer} is banned`)
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+      const first = await lp.read({ signal: AbortSignal.timeout(this.init.firstByteTimeoutMs) })
+      const msg = decodeMessage(first.subarray())
+      if (msg.type !== 'want') throw new ProtocolViolationError(`expected a want-list, got ${msg.type}`)
+      const outstanding = this.#outstanding.get(peer) ?? 0
+      if (outstanding + msg.cids.length > this.init.maxOutstandingWants) {
+        throw new PeerLimitError(`peer ${peer} has ${outstanding} wants outstanding, limit ${this.init.maxOutstandingWants}`)
+      }
+      counted = msg.cids.length
+      this.#outstanding.set(peer, outstanding + counted)
+      for (const cid of msg.cids) {
+        // A write that cannot drain within the idle time means the peer stopped reading.
+        const signal = AbortSignal.timeout(this.init.idleTimeoutMs)
+        let bytes: Uint8Array | undefined
+        try {
+          bytes = await this.#c.store.getBlock(cid, { signal })
+        } catch (err) {
+          this.#log.debug({ err, cid: cid.toString(), peer }, 'not serving a block')
+        }
+        if (bytes === undefined) {
+          await lp.write(encodeDontHave(cid), { signal })
+        } else {
+          await lp.write(new Uint8ArrayList(encodeBlockHeader(cid), bytes), { signal })
+          this.counters.bytesToPeers += bytes.length
+          this.counters.blocksToPeers++
+        }
+        this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? 1) - 1)
+        counted--
+      }
+      await stream.close({ signal: AbortSignal.timeout(this.init.idleTimeoutMs) })
+    } catch (err) {
+      this.#log.debug({ err, peer }, 'block stream aborted')
+      stream.abort(err as Error)
+    } finally {
+      if (counted > 0) {
+        const left = (this.#outstanding.get(peer) ?? counted) - counted
+        if (left <= 0) this.#outstanding.delete(peer)
+        else this.#outstanding.set(peer, left)
+      } else if (this.#outstanding.get(peer) === 0) {
+        this.#outstanding.delete(peer)
+      }
+    }
+  }
+
+  /** A BlockSource that spreads wants over `providers`, verifying every block. */
+  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void } = {}): PeerBlockSource {
+    return new PeerBlockSource(this, providers, this.#c, this.#log, opts.onBlock)
+  }
+}
+
+interface Want {
+  cid: CID
+  key: string
+  tried: Set<string>
+  attempts: number
+  waiters: Array<{ resolve: (b: Uint8Array) => void, reject: (e: Error) => void }>
+}
+
+/** Fetches blocks for one restore from a fixed set of providers. */
+export class PeerBlockSource implements BlockSource {
+  readonly stats: FetchStats = { providersUsed: 0, bytes: 0, blocks: 0 }
+  readonly #ex: BlockExchange
+  readonly #providers: PeerId[]
+  readonly #c: ExchangeComponents
+  readonly #log: Logger
+  readonly #onBlock: ((bytes: number) => void) | undefined
+  readonly #queue: Want[] = []
+  readonly #pending = new Map<string, Want>()
+  readonly #streams = new Map<string, number>()
+  readonly #used = new Set<string>()
+  readonly #abort = new AbortController()
+  #scheduled = false
+
+  constructor (ex: BlockExchange, providers: readonly PeerId[], c: ExchangeComponents, log: Logger, onBlock: ((bytes: number) => void) | undefined) {
+    this.#ex = ex
+    const seen = new Set<string>()
+    this.#providers = providers.filter((p) => !seen.has(p.toString()) && seen.add(p.toString()) !== undefined)
+    this.#c = c
+    this.#log = log
+    this.#onBlock = onBlock
+  }
+
+  /** Ends every stream this source has open. */
+  close (): void {
+    this.#abort.abort(new Error('block source closed'))
+  }
+
+  async getBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    opts.signal?.throwIfAborted()
+    const key = cid.toString()
+    const { promise, resolve, reject } = Promise.withResolvers<Uint8Array>()
+    let want = this.#pending.get(key)
+    if (want === undefined) {
+      want = { cid, key, tried: new Set(), attempts: 0, waiters: [] }
+      this.#pending.set(key, want)
+      this.#queue.push(want)
+      this.#schedule()
+    }
+    want.waiters.push({ resolve, reject })
+    if (opts.signal === undefined) return await promise
+    const signal = opts.signal
+    const onAbort = (): void => reject(signal.reason as Error)
+    signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      return await promise
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  #schedule (): void {
+    if (this.#scheduled) return
+    this.#scheduled = true
+    // Gather the wants of one tick into batches.
+    setImmediate(() => {
+      this.#scheduled = false
+      this.#dispatch()
+    })
+  }
+
+  #eligible (w: Want, peer: string): boolean {
+    return !w.tried.has(peer)
+  }
+
+  #dispatch (): void {
+    while (this.#queue.length > 0) {
+      // Drop wants that no provider is left to answer.
+      for (let i = 0; i < this.#queue.length; i++) {
+        const w = this.#queue[i]!
+        const left = this.#providers.some((p) => !this.#ex.isBanned(p) && this.#eligible(w, p.toString()))
+        if (!left || w.attempts >= this.#ex.init.maxAttempts) {
+          this.#queue.splice(i--, 1)
+          this.#fail(w, new BlockUnavailableError(w.key, w.tried.size))
+        }
+      }
+      let best: PeerId | undefined
+      let bestLoad = Infinity
+      for (const p of this.#providers) {
+        const k = p.toString()
+        const load = this.#streams.get(k) ?? 0
+        if (this.#ex.isBanned(p) || load >= this.#ex.init.streamsPerProvider || load >= bestLoad) continue
+        if (!this.#queue.some((w) => this.#eligible(w, k))) continue
+        best = p
+        bestLoad = load
+      }
+      if (best === undefined) return
+      const k = best.toString()
+      const batch: Want[] = []
+      for (let i = 0; i < this.#queue.length && batch.length < this.#ex.init.wantBatch; i++) {
+        const w = this.#queue[i]!
+        if (!this.#eligible(w, k)) continue
+        batch.push(w)
+        this.#queue.splice(i--, 1)
+      }
+      this.#streams.set(k, bestLoad + 1)
+      void this.#run(best, batch).finally(() => {
+        this.#streams.set(k, (this.#streams.get(k) ?? 1) - 1)
+        this.#dispatch()
+      })
+    }
+  }
+
+  #fail (w: Want, err: Error): void {
+    this.#pending.delete(w.key)
+    for (const x of w.waiters) x.reject(err)
+  }
+
+  #requeue (w: Want, peer: string): void {
+    w.tried.add(peer)
+    this.#queue.push(w)
+  }
+
+  async #run (peer: PeerId, batch: Want[]): Promise<void> {
+    const k = peer.toString()
+    const left = new Map(batch.map((w) => [w.key, w]))
+    for (const w of batch) w.attempts++
+    let stream: Stream | undefined
+    try {
+      const dialSignal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#ex.init.firstByteTimeoutMs)])
+      stream = await this.#c.dialProtocol(peer, BLOCKS_PROTOCOL, { signal: dialSignal })
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+      await lp.write(encodeWant(batch.map((w) => w.cid)), { signal: dialSignal })
+      let first = true
+      while (left.size > 0) {
+        const ms = first ? this.#ex.init.firstByteTimeoutMs : this.#ex.init.idleTimeoutMs
+        let frame: Uint8ArrayList
+        try {
+          frame = await lp.read({ signal: AbortSignal.any([this.#abort.signal, AbortSignal.timeout(ms)]) })
+        } catch (err) {
+          if ((err as Error).name === 'TimeoutError') throw new PeerTimeoutError(`peer ${k} sent nothing for ${ms} ms`, { cause: err })
+          throw err
+        }
+        first = false
+        const msg = decodeMessage(frame.subarray())
+        if (msg.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
+        const w = left.get(msg.cid.toString())
+        if (w === undefined) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
+        left.delete(w.key)
+        if (msg.type === 'dont-have') {
+          this.#requeue(w, k)
+          continue
+        }
+        try {
+          verifyBlock(w.cid, msg.bytes)
+        } catch (err) {
+          if (!(err instanceof BlockMismatchError)) throw err
+          this.#ex.counters.blocksRejected++
+          this.#ex.ban(peer, `sent wrong bytes for ${w.key}`)
+          this.#requeue(w, k)
+          throw err
+        }
+        // Copy: the frame may share memory with the stream's buffers.
+        const bytes = Uint8Array.prototype.slice.call(msg.bytes)
+        this.#ex.counters.bytesFromPeers += bytes.length
+        this.#ex.counters.blocksFromPeers++
+        this.stats.bytes += bytes.length
+        this.stats.blocks++
+        if (!this.#used.has(k)) {
+          this.#used.add(k)
+          this.stats.providersUsed = this.#used.size
+        }
+        this.#onBlock?.(bytes.length)
+        this.#pending.delete(w.key)
+        for (const x of w.waiters) x.resolve(bytes)
+      }
+      await stream.close({ signal: AbortSignal.timeout(this.#ex.init.idleTimeoutMs) }).catch(() => {})
+    } catch (err) {
+      this.#log.debug({ err, peer: k, left: left.size }, 'want batch failed; asking elsewhere')
+      stream?.abort(err as Error)
+      for (const w of left.values()) this.#requeue(w, k)
+    }
+  }
+}

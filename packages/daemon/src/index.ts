@@ -1,0 +1,8 @@
+export { createDaemon, Daemon } from './daemon.ts'
+export type { DaemonInit, DaemonStatus, LayerStatus, LookupResult, FetchResult, ResolveResult, FetchOptions } from './daemon.ts'
+export { BlockExchange, PeerBlockSource } from './exchange.ts'
+export type { ExchangeInit, ExchangeCounters, FetchStats } from './exchange.ts'
+export * from './codec.ts'
+export { RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, verifyEnvelope } from './records.ts'
+export { loadPrivateKey, PROTOCOL_PREFIX } from './node.ts'
+export * from './errors.ts'

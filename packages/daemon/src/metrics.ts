@@ -1,0 +1,33 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { Daemon } from './daemon.ts'
+
+/** The daemon's Prometheus metrics, in a registry of its own (several daemons may share a process). */
+export class DaemonMetrics {
+  readonly registry = new Registry()
+  readonly hits: Counter<'source'>
+  readonly fetchDuration: Histogram
+  readonly captureDuration: Histogram
+
+  constructor (daemon: Daemon) {
+    const registers = [this.registry]
+    this.hits = new Counter({ name: 'strata_hits_total', help: 'Step lookups by outcome: local hit, peer hit, miss', labelNames: ['source'], registers })
+    const buckets = [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300]
+    this.fetchDuration = new Histogram({ name: 'strata_fetch_duration_seconds', help: 'Restoring a layer from peers', buckets, registers })
+    this.captureDuration = new Histogram({ name: 'strata_capture_duration_seconds', help: 'Committing a captured layer into the store', buckets, registers })
+    const c = daemon.exchange.counters
+    const counter = (name: string, help: string, read: () => number): void => {
+      // prom-client counters only go up by inc(); a collect() that sets the running total keeps one source of truth.
+      new Gauge({ name, help, registers, collect () { this.set(read()) } })
+    }
+    counter('strata_bytes_from_peers_total', 'Block bytes received from peers', () => c.bytesFromPeers)
+    counter('strata_bytes_to_peers_total', 'Block bytes served to peers', () => c.bytesToPeers)
+    counter('strata_blocks_rejected_total', 'Blocks from peers that did not match their CID', () => c.blocksRejected)
+    counter('strata_records_rejected_total', 'Records refused (bad signature, untrusted writer, malformed)', () => daemon.counters.recordsRejected)
+    counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => daemon.counters.replicated)
+    counter('strata_peers_connected', 'Peers with an open connection', () => daemon.node.getPeers().length)
+  }
+
+  async text (): Promise<string> {
+    return await this.registry.metrics()
+  }
+}

@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { openStore } from '@strata/store'
+import { RecordNotFoundError } from '../src/index.ts'
+import { digestTree, bytes, connect, memoryLogger, publishLayer, startDaemon, tempDir, wrapStore, writeTree } from './helpers.ts'
+
+test('a layer committed on A is restored on B byte-identically', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const tree = { 'big.bin': bytes('big', 3 * 1024 * 1024), small: 'hello', dir: { 'x.txt': 'x', 'y.bin': bytes('y', 200_000) } }
+  const { key, layer } = await publishLayer(t, a, tree)
+  const got = await b.resolve(key)
+  assert.equal(got.layer.root.toString(), layer.root.toString())
+  assert.deepEqual(digestTree(got.layer.path), digestTree(layer.path))
+  assert.equal(got.providers, 1)
+  assert.ok(got.bytes > 3 * 1024 * 1024)
+  assert.equal(a.exchange.counters.bytesToPeers, b.exchange.counters.bytesFromPeers)
+  assert.ok((await b.store.getRecord(`runner/record/${key.toString()}`)) !== undefined, 'the record is stored on B')
+})
+
+test('a node that holds most blocks asks only for the missing ones', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const shared = bytes('shared', 4 * 1024 * 1024)
+  const fresh = bytes('fresh', 100_000)
+  const upper = `${tempDir(t)}/u`
+  writeTree(upper, { 'shared.bin': shared })
+  await b.commit(upper)
+  const { key } = await publishLayer(t, a, { 'shared.bin': shared, 'new.bin': fresh })
+  const got = await b.resolve(key)
+  assert.equal(got.layer.size, shared.length + fresh.length)
+  const fromPeers = b.exchange.counters.bytesFromPeers
+  // The new file plus the manifest blocks; none of the 4 MiB already here.
+  assert.ok(fromPeers >= fresh.length, `got ${fromPeers} bytes`)
+  assert.ok(fromPeers < fresh.length + 16 * 1024, `got ${fromPeers} bytes`)
+  assert.equal(got.bytes, fromPeers)
+})
+
+test('a peer that serves corrupted bytes is banned and the fetch completes from another', async (t) => {
+  const a = await startDaemon(t)
+  const evilDir = tempDir(t)
+  const real = await openStore({ dataDir: evilDir })
+  t.after(async () => { await real.close() })
+  const evilStore = wrapStore(real, {
+    getBlock: async (cid, opts) => {
+      const good = await real.getBlock(cid, opts)
+      const bad = Uint8Array.from(good)
+      bad[0] = (bad[0] ?? 0) ^ 0xff
+      return bad
+    }
+  })
+  const evil = await startDaemon(t, { dataDir: evilDir, store: evilStore })
+  const b = await startDaemon(t)
+  await connect([a, evil, b])
+  const tree = { 'big.bin': bytes('corrupt-test', 2 * 1024 * 1024) }
+  const upper = `${tempDir(t)}/u`
+  writeTree(upper, tree)
+  const onEvil = await evil.commit(upper)
+  const { key, layer } = await publishLayer(t, a, tree)
+  assert.equal(onEvil.root.toString(), layer.root.toString())
+  const got = await b.resolve(key, { hints: [evil.node.peerId] })
+  assert.deepEqual(digestTree(got.layer.path), digestTree(layer.path))
+  assert.ok(b.exchange.isBanned(evil.node.peerId), 'the corrupting peer is banned')
+  assert.ok(b.exchange.counters.blocksRejected >= 1)
+  assert.ok(!b.exchange.isBanned(a.node.peerId))
+})
+
+test('a record signed by an untrusted key is a miss with the reason logged', async (t) => {
+  const a = await startDaemon(t)
+  const other = await startDaemon(t)
+  const { logger, lines } = memoryLogger()
+  const b = await startDaemon(t, { trustedWriters: [other.peerId], logger })
+  await connect([a, b])
+  const { key } = await publishLayer(t, a, { f: 'untrusted' })
+  await assert.rejects(b.resolve(key), (err: Error) => {
+    assert.ok(err instanceof RecordNotFoundError)
+    assert.match(err.reason, /not trusted/)
+    return true
+  })
+  assert.ok(lines.some((l) => typeof l.msg === 'string' && /ignoring/.test(l.msg) && JSON.stringify(l.err).includes('not trusted')), 'the reason is logged')
+  assert.equal(await b.store.has((await a.lookup(key)).record.layer), false)
+})
+
+test('a key nobody has is a miss, quickly', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const { key } = await publishLayer(t, a, { f: 'x' })
+  await a.store.putRecord(`runner/record/${key.toString()}`, new Uint8Array(0))
+  const t0 = performance.now()
+  const { CID } = await import('multiformats/cid')
+  const unknown = CID.parse('bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy')
+  await assert.rejects(b.resolve(unknown), RecordNotFoundError)
+  assert.ok(performance.now() - t0 < 3000)
+})

@@ -1,0 +1,116 @@
+import { createCipheriv, createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import type { TestContext } from 'node:test'
+import * as dagCbor from '@ipld/dag-cbor'
+import type { CID } from 'multiformats/cid'
+import { pino } from 'pino'
+import type { Logger } from 'pino'
+import { cidOf, DAG_CBOR } from '@strata/chunker'
+import { loadIdentity, RECORD_FORMAT, signRecord } from '@strata/runner'
+import type { LayerInfo } from '@strata/store'
+import { createDaemon } from '../src/index.ts'
+import type { Daemon, DaemonInit } from '../src/index.ts'
+
+export interface Tree { [name: string]: string | Uint8Array | Tree }
+
+/** Writes `tree` with fixed times, so that the same tree gives the same layer on every node. */
+export function writeTree (dir: string, tree: Tree): void {
+  mkdirSync(dir, { recursive: true })
+  for (const [name, v] of Object.entries(tree)) {
+    const p = `${dir}/${name}`
+    if (typeof v === 'string' || v instanceof Uint8Array) {
+      writeFileSync(p, v)
+      utimesSync(p, 1_000_000, 1_000_000)
+    } else {
+      writeTree(p, v)
+    }
+  }
+  utimesSync(dir, 1_000_000, 1_000_000)
+}
+
+/** Path -> sha256 of every regular file (and '<dir>' for dirs) under `dir`. */
+export function digestTree (dir: string, prefix = ''): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const name of readdirSync(dir).sort()) {
+    const p = `${dir}/${name}`
+    const rel = `${prefix}${name}`
+    const st = statSync(p)
+    if (st.isDirectory()) {
+      out[rel] = '<dir>'
+      Object.assign(out, digestTree(p, `${rel}/`))
+    } else {
+      out[rel] = createHash('sha256').update(readFileSync(p)).digest('hex')
+    }
+  }
+  return out
+}
+
+/** Seeded pseudo-random bytes: the same seed gives the same content on every node. */
+export function bytes (seed: string, n: number): Uint8Array {
+  const key = createHash('sha256').update(seed).digest()
+  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(n))
+}
+
+export function tempDir (t: TestContext, prefix = 'strata-daemon-'): string {
+  const dir = mkdtempSync(`/var/tmp/${prefix}`)
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** Collects log lines so a test can assert what was logged. */
+export function memoryLogger (): { logger: Logger, lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = []
+  const logger = pino({ level: 'debug' }, { write: (s: string) => { lines.push(JSON.parse(s) as Record<string, unknown>) } })
+  return { logger, lines }
+}
+
+/** A started daemon on 127.0.0.1 with an ephemeral port and its own data dir, stopped after the test. */
+export async function startDaemon (t: TestContext, init: Partial<DaemonInit> = {}): Promise<Daemon> {
+  const dataDir = init.dataDir ?? tempDir(t)
+  const daemon = await createDaemon({ listen: ['/ip4/127.0.0.1/tcp/0'], replicas: 0, providerTimeoutMs: 2000, ...init, dataDir })
+  t.after(async () => { await daemon.stop() })
+  await daemon.start()
+  return daemon
+}
+
+/** Connects every daemon to the first, then waits until each sees the others' DHT and gossip. */
+export async function connect (daemons: Daemon[]): Promise<void> {
+  const [first, ...rest] = daemons
+  for (const d of rest) await d.node.dial(first!.node.getMultiaddrs()[0]!)
+  for (let i = 1; i < rest.length; i++) await rest[i]!.node.dial(rest[0]!.node.getMultiaddrs()[0]!)
+  const deadline = Date.now() + 10_000
+  for (const d of daemons) {
+    while (d.node.services.pubsub.getSubscribers('/strata/records/1').length < daemons.length - 1 ||
+      (d.node.services.dht as unknown as { routingTable: { size: number } }).routingTable.size < daemons.length - 1) {
+      if (Date.now() > deadline) throw new Error('peers did not see each other')
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+}
+
+/** Commits `tree` on `daemon` as a layer and signs, stores and announces a record for a fresh key. */
+export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree): Promise<{ key: CID, layer: LayerInfo }> {
+  const dir = `${tempDir(t)}/upper`
+  writeTree(dir, tree)
+  const layer = await daemon.commit(dir)
+  const key = cidOf(DAG_CBOR, dagCbor.encode({ test: randomBytes(16) }))
+  const identity = await loadIdentity(daemon.dataDir)
+  const envelope = signRecord({ v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId }, identity)
+  await daemon.putRecord(`runner/record/${key.toString()}`, envelope)
+  return { key, layer }
+}
+
+/** `store` with some methods replaced (the store's methods need their own `this`, so each is bound). */
+export function wrapStore<T extends object> (store: T, overrides: Partial<T>): T {
+  const out: Record<string, unknown> = {}
+  let proto: object | null = store
+  while (proto !== null && proto !== Object.prototype) {
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      if (name === 'constructor' || name in out) continue
+      const v = (store as Record<string, unknown>)[name]
+      out[name] = typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(store) : v
+    }
+    proto = Object.getPrototypeOf(proto) as object | null
+  }
+  return Object.assign(out, overrides) as T
+}
