@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -88,4 +88,24 @@ test('strata exec prints a key that chains the next step', (t) => {
   const again = strata(['exec', '--name', 'a', '--data-dir', data, '--', 'sh', '-c', 'echo from-a > /opt/strata-exec-a'], dir)
   assert.equal(again.stdout.trim().split('\n').at(-1), keyA)
   assert.match(again.stderr, /^a: HIT local/m)
+})
+
+test('two strata runs at once on one store both succeed: the second waits for the first', async (t) => {
+  const dir = workDir(t)
+  const data = join(dir, 'data')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: slow\n    run: sleep 1; echo done > /opt/strata-concurrent\n  - name: after\n    run: cat /opt/strata-concurrent\n')
+  const start = (): Promise<{ status: number | null, stderr: string }> => new Promise((resolve) => {
+    const p = spawn(process.execPath, [bin, 'run', '--data-dir', data], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    p.stderr.on('data', (b: Buffer) => { stderr += b.toString() })
+    p.on('exit', (status) => resolve({ status, stderr }))
+  })
+  const [a, b] = await Promise.all([start(), start()])
+  assert.equal(a.status, 0, a.stderr)
+  assert.equal(b.status, 0, b.stderr)
+  const both = a.stderr + b.stderr
+  assert.match(both, /waiting for another strata process/)
+  // One ran the steps, the other then found them cached.
+  assert.equal((both.match(/^slow: MISS/mg) ?? []).length, 1, both)
+  assert.equal((both.match(/^slow: HIT local/mg) ?? []).length, 1, both)
 })
