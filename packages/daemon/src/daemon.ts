@@ -1,4 +1,7 @@
 import { createHash } from 'node:crypto'
+import { rmSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { Server } from 'node:http'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -10,6 +13,7 @@ import { openStore } from '@strata/store'
 import type { CommitOptions, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
 import { RecordInvalidError } from '@strata/runner'
 import type { StepRecord } from '@strata/runner'
+import { SOCKET_NAME, startControl } from './control.ts'
 import { DaemonConfigError, NoProvidersError, RecordNotFoundError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
 import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
@@ -41,6 +45,10 @@ export interface DaemonInit {
   maxProviders?: number
   exchange?: ExchangeInit
   logger?: Logger
+  /** Control socket path, or false for none. Default `<dataDir>/strata.sock`. */
+  socket?: string | false
+  /** `host:port` for the Prometheus text endpoint (GET /metrics). Default: none. */
+  metricsListen?: string
   /** An already open store (the daemon then does not close it). Default: the store in `dataDir`, opened without waiting. */
   store?: Store & LocalStore
 }
@@ -112,6 +120,10 @@ export class Daemon {
   readonly #replicating = new Set<string>()
   readonly counters = { recordsLearned: 0, recordsRejected: 0, replicated: 0 }
   #started = false
+  readonly #socket: string | false
+  readonly #metricsListen: string | undefined
+  #control: Server | undefined
+  #metricsServer: Server | undefined
 
   constructor (init: DaemonInit, store: Store & LocalStore, ownsStore: boolean, node: StrataNode, log: Logger) {
     this.dataDir = init.dataDir
@@ -124,6 +136,8 @@ export class Daemon {
     this.#maxProviders = init.maxProviders ?? 16
     this.#providerGraceMs = init.providerGraceMs ?? 300
     this.#bootstrap = init.bootstrap ?? []
+    this.#socket = init.socket ?? `${init.dataDir}/${SOCKET_NAME}`
+    this.#metricsListen = init.metricsListen
     this.trust = new TrustPolicy(node.peerId.toString(), init.trustedWriters)
     this.exchange = new BlockExchange({
       store,
@@ -154,6 +168,8 @@ export class Daemon {
     })
     pubsub.subscribe(RECORDS_TOPIC)
     this.#started = true
+    if (this.#socket !== false) this.#control = await startControl(this, this.#socket, this.#log)
+    if (this.#metricsListen !== undefined) this.#metricsServer = await this.#serveMetrics(this.#metricsListen)
     // Bootstrap discovery dials eventually; dialing now makes a fresh node useful at once.
     for (const addr of this.#bootstrap) {
       this.#background(this.node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) }).then(() => {}))
@@ -165,10 +181,44 @@ export class Daemon {
     if (!this.#started) return
     this.#started = false
     this.#stopping.abort(new Error('daemon stopping'))
+    for (const server of [this.#control, this.#metricsServer]) {
+      if (server === undefined) continue
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    }
+    if (this.#socket !== false) rmSync(this.#socket, { force: true })
     await Promise.allSettled([...this.#tasks])
     await this.exchange.stop()
     await this.node.stop()
     if (this.#ownsStore) await this.store.close()
+  }
+
+  /** The port the metrics endpoint listens on (useful with port 0). */
+  get metricsPort (): number | undefined {
+    const a = this.#metricsServer?.address()
+    return typeof a === 'object' && a !== null ? a.port : undefined
+  }
+
+  async #serveMetrics (listen: string): Promise<Server> {
+    const i = listen.lastIndexOf(':')
+    const host = listen.slice(0, i)
+    const port = Number(listen.slice(i + 1))
+    if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new DaemonConfigError(`--metrics-listen wants HOST:PORT, got ${JSON.stringify(listen)}`)
+    const server = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end()
+        return
+      }
+      this.metrics.text().then((text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text), (err: unknown) => {
+        this.#log.warn({ err }, 'metrics failed')
+        res.writeHead(500).end()
+      })
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, host.replace(/^\[|\]$/g, ''), () => resolve())
+    })
+    return server
   }
 
   #background (p: Promise<unknown>): void {

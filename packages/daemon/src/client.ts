@@ -1,0 +1,181 @@
+import { request, Agent } from 'node:http'
+import { existsSync } from 'node:fs'
+import { CID } from 'multiformats/cid'
+import type { BlockSource, CommitOptions, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
+import { ControlError } from './errors.ts'
+import { SOCKET_NAME } from './control.ts'
+import type { LayerJson } from './control.ts'
+import type { DaemonStatus } from './daemon.ts'
+
+export interface RemoteResolve {
+  layer: LayerInfo
+  providers: number
+  bytes: number
+  durationMs: number
+}
+
+function layerOf (j: LayerJson): LayerInfo {
+  return { root: CID.parse(j.root), path: j.path, size: j.size, entries: j.entries, blocks: j.blocks, created: j.created }
+}
+
+/**
+ * Talks to a running daemon over its control socket. It is a `Store` (the daemon
+ * holds the store's lock, so the runner reaches the store through it) plus the
+ * fleet operations: lookup, resolve (lookup + fetch), publish, status.
+ */
+export class DaemonClient implements Store {
+  readonly dataDir: string
+  readonly socketPath: string
+  readonly trustedWriters: readonly string[] | null
+  readonly #agent = new Agent({ keepAlive: true, maxSockets: 8 })
+
+  constructor (socketPath: string, dataDir: string, trustedWriters: readonly string[] | null) {
+    this.socketPath = socketPath
+    this.dataDir = dataDir
+    this.trustedWriters = trustedWriters
+  }
+
+  /** Whether the daemon accepts records signed by `peer` (it checked them before storing). */
+  trusts (peer: string): boolean {
+    return this.trustedWriters === null || this.trustedWriters.includes(peer)
+  }
+
+  async #call (path: string, body: object, opts: { signal?: AbortSignal, onLine?: (line: Record<string, unknown>) => void } = {}): Promise<Record<string, unknown>> {
+    return await new Promise((resolve, reject) => {
+      const data = Buffer.from(JSON.stringify(body))
+      const req = request({
+        socketPath: this.socketPath,
+        path,
+        method: 'POST',
+        agent: this.#agent,
+        headers: { 'content-type': 'application/json', 'content-length': data.length },
+        signal: opts.signal
+      }, (res) => {
+        const ndjson = (res.headers['content-type'] ?? '').includes('ndjson')
+        let buf = ''
+        let last: Record<string, unknown> | undefined
+        res.setEncoding('utf8')
+        res.on('data', (chunk: string) => {
+          buf += chunk
+          if (!ndjson) return
+          let nl: number
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const line = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>
+            buf = buf.slice(nl + 1)
+            if (line.type === 'progress') opts.onLine?.(line)
+            else last = line
+          }
+        })
+        res.on('error', reject)
+        res.on('end', () => {
+          try {
+            const out = ndjson ? last : JSON.parse(buf) as Record<string, unknown>
+            if (out === undefined) throw new ControlError('ERR_CONTROL', res.statusCode ?? 0, `no answer to ${path}`)
+            const err = out.error as { code?: string, message?: string } | undefined
+            if (err !== undefined || (res.statusCode ?? 500) >= 400) {
+              reject(new ControlError(err?.code ?? 'ERR_CONTROL', res.statusCode ?? 0, err?.message ?? `${path} failed`))
+              return
+            }
+            resolve(out)
+          } catch (e) {
+            reject(e instanceof ControlError ? e : new ControlError('ERR_CONTROL', res.statusCode ?? 0, `bad answer to ${path}`, { cause: e }))
+          }
+        })
+      })
+      req.on('error', (err) => reject(opts.signal?.aborted === true ? err : new ControlError('ERR_CONTROL_UNREACHABLE', 0, `cannot reach the daemon at ${this.socketPath}: ${err.message}`, { cause: err })))
+      req.end(data)
+    })
+  }
+
+  async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus & { dataDir: string }> {
+    return await this.#call('/v1/status', { copies: opts.copies ?? true }, opts) as unknown as DaemonStatus & { dataDir: string }
+  }
+
+  async lookup (key: string, opts: { signal?: AbortSignal } = {}): Promise<{ layer: string, producer: string, source: string }> {
+    return await this.#call('/v1/lookup', { key }, opts) as { layer: string, producer: string, source: string }
+  }
+
+  /** Looks `key` up in the fleet and fetches its layer into the daemon's store. */
+  async resolve (key: string, opts: { signal?: AbortSignal, onProgress?: (e: ProgressEvent) => void } = {}): Promise<RemoteResolve> {
+    const out = await this.#call('/v1/resolve', { key }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) })
+    return { layer: layerOf(out.layer as LayerJson), providers: out.providers as number, bytes: out.bytes as number, durationMs: out.durationMs as number }
+  }
+
+  async publish (key: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.#call('/v1/publish', { key }, opts)
+  }
+
+  /** Counts a lookup outcome in the daemon's metrics. */
+  async report (source: 'local' | 'peer' | 'miss', opts: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.#call('/v1/event', { source }, opts)
+  }
+
+  // ---- Store ----
+
+  async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
+    return layerOf(await this.#call('/v1/store/commit', { dir, keepSource: opts.keepSource === true }, opts) as unknown as LayerJson)
+  }
+
+  async has (root: CID): Promise<boolean> {
+    return (await this.getLayer(root)) !== undefined
+  }
+
+  async getLayer (root: CID): Promise<LayerInfo | undefined> {
+    const out = await this.#call('/v1/store/layer', { root: root.toString() })
+    return out.layer === null ? undefined : layerOf(out.layer as LayerJson)
+  }
+
+  async listLayers (): Promise<LayerInfo[]> {
+    return ((await this.#call('/v1/store/layers', {})).layers as LayerJson[]).map(layerOf)
+  }
+
+  async removeLayer (root: CID): Promise<void> {
+    await this.#call('/v1/store/remove', { root: root.toString() })
+  }
+
+  async getBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    return Buffer.from((await this.#call('/v1/store/block', { cid: cid.toString() }, opts)).bytes as string, 'base64')
+  }
+
+  async hasBlock (cid: CID): Promise<boolean> {
+    return (await this.#call('/v1/store/has-block', { cid: cid.toString() })).has === true
+  }
+
+  /** The daemon restores from the fleet, not from `source` (a source cannot cross the socket). */
+  async restore (root: CID, _source: BlockSource, opts: RestoreOptions = {}): Promise<LayerInfo> {
+    const out = await this.#call('/v1/fetch', { root: root.toString() }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) })
+    return layerOf(out.layer as LayerJson)
+  }
+
+  async putRecord (key: string, value: Uint8Array): Promise<void> {
+    await this.#call('/v1/store/record/put', { key, value: Buffer.from(value).toString('base64') })
+  }
+
+  async getRecord (key: string): Promise<Uint8Array | undefined> {
+    const v = (await this.#call('/v1/store/record/get', { key })).value
+    return typeof v === 'string' ? Buffer.from(v, 'base64') : undefined
+  }
+
+  async close (): Promise<void> {
+    this.#agent.destroy()
+  }
+}
+
+/**
+ * A client for the daemon serving `dataDir`, or undefined when none answers there
+ * (no socket, or a stale one left by a daemon that died).
+ */
+export async function connectDaemon (dataDir: string, opts: { signal?: AbortSignal } = {}): Promise<DaemonClient | undefined> {
+  const socketPath = `${dataDir}/${SOCKET_NAME}`
+  if (!existsSync(socketPath)) return undefined
+  const probe = new DaemonClient(socketPath, dataDir, null)
+  try {
+    const status = await probe.status({ copies: false, signal: AbortSignal.any([AbortSignal.timeout(5000), ...(opts.signal !== undefined ? [opts.signal] : [])]) })
+    return new DaemonClient(socketPath, status.dataDir, status.trustedWriters)
+  } catch (err) {
+    if (err instanceof ControlError && err.code === 'ERR_CONTROL_UNREACHABLE') return undefined
+    throw err
+  } finally {
+    await probe.close()
+  }
+}

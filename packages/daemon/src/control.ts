@@ -1,0 +1,163 @@
+import { createServer } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { chmodSync, rmSync } from 'node:fs'
+import { CID } from 'multiformats/cid'
+import type { Logger } from 'pino'
+import type { LayerInfo } from '@strata/store'
+import type { Daemon } from './daemon.ts'
+
+/** The control API: HTTP + JSON on a unix socket, for the runner and the CLI on this machine. */
+export const SOCKET_NAME = 'strata.sock'
+/** Largest request body: a record or a path, never block data. */
+export const MAX_REQUEST_BYTES = 1024 * 1024
+
+export interface LayerJson { root: string, path: string, size: number, entries: number, blocks: number, created: number }
+
+export function layerJson (l: LayerInfo): LayerJson {
+  return { root: l.root.toString(), path: l.path, size: l.size, entries: l.entries, blocks: l.blocks, created: l.created }
+}
+
+class BadRequestError extends Error {
+  override name = 'BadRequestError'
+  readonly code = 'ERR_BAD_REQUEST'
+}
+
+type Body = Record<string, unknown>
+type Handler = (body: Body, res: ServerResponse, signal: AbortSignal) => Promise<unknown>
+
+const str = (body: Body, name: string): string => {
+  const v = body[name]
+  if (typeof v !== 'string' || v === '') throw new BadRequestError(`"${name}" must be a non-empty string`)
+  return v
+}
+const cid = (body: Body, name: string): CID => {
+  try {
+    return CID.parse(str(body, name))
+  } catch (err) {
+    throw new BadRequestError(`"${name}" is not a CID`, { cause: err })
+  }
+}
+
+/** Writes NDJSON: progress lines while `work` runs, then its result or error as the last line. */
+async function streamed (res: ServerResponse, work: (progress: (e: unknown) => void) => Promise<unknown>): Promise<undefined> {
+  res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+  let last = 0
+  const progress = (e: unknown): void => {
+    const now = Date.now()
+    if (now - last < 100) return
+    last = now
+    res.write(JSON.stringify({ type: 'progress', ...(e as object) }) + '\n')
+  }
+  try {
+    const result = await work(progress)
+    res.end(JSON.stringify({ type: 'done', ...(result as object) }) + '\n')
+  } catch (err) {
+    const e = err as Error & { code?: string }
+    res.end(JSON.stringify({ type: 'error', error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } }) + '\n')
+  }
+  return undefined
+}
+
+export function routes (daemon: Daemon): Map<string, Handler> {
+  const store = daemon.store
+  const r = new Map<string, Handler>()
+  r.set('/v1/status', async (b, _res, signal) => ({ ...await daemon.status({ signal, copies: b.copies !== false }), dataDir: daemon.dataDir }))
+  r.set('/v1/lookup', async (b, _res, signal) => {
+    const found = await daemon.lookup(cid(b, 'key'), { signal })
+    return { layer: found.record.layer.toString(), producer: found.record.producer, envelope: Buffer.from(found.envelope).toString('base64'), source: found.source }
+  })
+  r.set('/v1/resolve', async (b, res, signal) => await streamed(res, async (progress) => {
+    const got = await daemon.resolve(cid(b, 'key'), { signal, onProgress: progress })
+    daemon.metrics.hits.inc({ source: 'peer' })
+    return { layer: layerJson(got.layer), providers: got.providers, bytes: got.bytes, durationMs: got.durationMs, recordSource: got.recordSource }
+  }))
+  r.set('/v1/fetch', async (b, res, signal) => await streamed(res, async (progress) => {
+    const got = await daemon.fetchLayer(cid(b, 'root'), { signal, onProgress: progress })
+    return { layer: layerJson(got.layer), providers: got.providers, bytes: got.bytes, durationMs: got.durationMs }
+  }))
+  r.set('/v1/publish', async (b, _res, signal) => {
+    const record = await daemon.publish(cid(b, 'key'), { signal })
+    return { key: record.key.toString(), layer: record.layer.toString() }
+  })
+  r.set('/v1/event', async (b) => {
+    const source = str(b, 'source')
+    if (source !== 'local' && source !== 'peer' && source !== 'miss') throw new BadRequestError('"source" must be local, peer or miss')
+    daemon.metrics.hits.inc({ source })
+    return {}
+  })
+  r.set('/v1/store/commit', async (b, _res, signal) => layerJson(await daemon.commit(str(b, 'dir'), { keepSource: b.keepSource === true, signal })))
+  r.set('/v1/store/layer', async (b) => {
+    const l = await store.getLayer(cid(b, 'root'))
+    return { layer: l !== undefined ? layerJson(l) : null }
+  })
+  r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
+  r.set('/v1/store/remove', async (b) => {
+    await store.removeLayer(cid(b, 'root'))
+    return {}
+  })
+  r.set('/v1/store/block', async (b, _res, signal) => ({ bytes: Buffer.from(await store.getBlock(cid(b, 'cid'), { signal })).toString('base64') }))
+  r.set('/v1/store/has-block', async (b) => ({ has: await store.hasBlock(cid(b, 'cid')) }))
+  r.set('/v1/store/record/get', async (b) => {
+    const v = await store.getRecord(str(b, 'key'))
+    return { value: v !== undefined ? Buffer.from(v).toString('base64') : null }
+  })
+  r.set('/v1/store/record/put', async (b) => {
+    await daemon.putRecord(str(b, 'key'), Buffer.from(str(b, 'value'), 'base64'))
+    return {}
+  })
+  return r
+}
+
+async function readBody (req: IncomingMessage): Promise<Body> {
+  let size = 0
+  const chunks: Buffer[] = []
+  for await (const c of req) {
+    size += (c as Buffer).length
+    if (size > MAX_REQUEST_BYTES) throw new BadRequestError(`request body over ${MAX_REQUEST_BYTES} bytes`)
+    chunks.push(c as Buffer)
+  }
+  if (size === 0) return {}
+  try {
+    const v = JSON.parse(Buffer.concat(chunks).toString()) as unknown
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object')
+    return v as Body
+  } catch (err) {
+    throw new BadRequestError('the body is not a JSON object', { cause: err })
+  }
+}
+
+/** Listens on `socketPath` (mode 0600: only root talks to the daemon). */
+export async function startControl (daemon: Daemon, socketPath: string, log: Logger): Promise<Server> {
+  const table = routes(daemon)
+  const server = createServer((req, res) => {
+    const ac = new AbortController()
+    res.on('close', () => { if (!res.writableFinished) ac.abort(new Error('client went away')) })
+    void (async () => {
+      try {
+        const handler = table.get(req.url ?? '')
+        if (req.method !== 'POST' || handler === undefined) {
+          res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'ERR_NOT_FOUND', message: `no ${req.method ?? ''} ${req.url ?? ''}` } }))
+          return
+        }
+        const result = await handler(await readBody(req), res, ac.signal)
+        if (result !== undefined) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(result))
+      } catch (err) {
+        const e = err as Error & { code?: string }
+        const status = err instanceof BadRequestError ? 400 : /NOT_FOUND|NO_PROVIDERS/.test(e.code ?? '') ? 404 : 500
+        log.debug({ err, url: req.url }, 'control request failed')
+        if (!res.headersSent) res.writeHead(status, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } }))
+      }
+    })()
+  })
+  rmSync(socketPath, { force: true })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(socketPath, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  chmodSync(socketPath, 0o600)
+  return server
+}
