@@ -1,6 +1,6 @@
 export { createRunner } from './runner.ts'
 export type {
-  Runner, RunnerInit, RunOptions, RunResult, RunnerEvent, MissReason, StepResult, ExecStep, WhyReport, WhyStep
+  Runner, RunnerInit, RemoteCache, RunOptions, RunResult, RunnerEvent, MissReason, StepResult, ExecStep, WhyReport, WhyStep
 } from './runner.ts'
 export { loadPipeline, parsePipeline, parseDuration, shellQuote } from './pipeline.ts'
 export type { Pipeline, StepSpec, EnvDecl, BaseSpec, ParseOptions } from './pipeline.ts'

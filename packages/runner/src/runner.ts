@@ -44,6 +44,19 @@ export interface RunnerInit {
   inputLimits?: InputLimits
   /** Aborts creating the runner (loading the identity). */
   signal?: AbortSignal
+  /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
+  remote?: RemoteCache
+}
+
+/** What the runner needs from the fleet: find a key's record and bring its layer into the store. */
+export interface RemoteCache {
+  /**
+   * Looks `key` up among peers and fetches its layer into the store; afterwards
+   * the store holds the record and the layer. Throws when it cannot.
+   */
+  resolve (key: string, opts: { signal?: AbortSignal }): Promise<{ providers: number, bytes: number, durationMs: number }>
+  /** Whether the fleet accepts records signed by `peer` (on top of the runner's own trusted peers). */
+  trusts (peer: string): boolean
 }
 
 export interface RunOptions {
@@ -59,6 +72,7 @@ export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
   | { type: 'key', step: string, key: string, durationMs: number }
   | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'local', durationMs: number }
+  | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'peer', durationMs: number, providers: number, bytes: number }
   | { type: 'miss', step: string, key: string, reason: MissReason }
   | { type: 'ran', step: string, key: string, exitCode: 0, durationMs: number }
   | { type: 'capture-progress', step: string, unit: 'entries' | 'bytes', done: number, total: number }
@@ -177,7 +191,8 @@ class StepRunner implements Runner {
   readonly #dataDir: string
   readonly #log: Logger
   readonly #identity: Identity
-  readonly #trusted: Set<string>
+  readonly #trusted: ReadonlySet<string>
+  readonly #remote: RemoteCache | undefined
   readonly #env: Readonly<Record<string, string | undefined>>
   readonly #output: OutputOptions
   readonly #killGraceMs: number
@@ -188,7 +203,11 @@ class StepRunner implements Runner {
     this.#dataDir = realpathSync(dataDir)
     this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
     this.#identity = identity
-    this.#trusted = new Set([identity.peerId, ...(init.trustedPeers ?? [])])
+    const own = new Set([identity.peerId, ...(init.trustedPeers ?? [])])
+    const remote = init.remote
+    this.#remote = remote
+    // openRecord asks only `has`: with a fleet, its writers are trusted too.
+    this.#trusted = remote === undefined ? own : { has: (p: string) => own.has(p) || remote.trusts(p) } as unknown as ReadonlySet<string>
     this.#env = init.env ?? process.env
     this.#output = {
       stdout: init.output?.stdout ?? process.stdout,
@@ -390,7 +409,16 @@ class StepRunner implements Runner {
     this.#log.debug({ step: step.name, key: keyString }, 'key computed')
 
     if (step.cache && opts.noCache !== true) {
-      const found = await this.#lookup(key)
+      let found = await this.#lookup(key)
+      let fromPeers: { providers: number, bytes: number } | undefined
+      if (!('record' in found) && (found.reason === 'no-record' || found.reason === 'layer-missing') && this.#remote !== undefined) {
+        fromPeers = await this.#fromFleet(step.name, key, opts)
+        if (fromPeers !== undefined) {
+          const again = await this.#lookup(key)
+          if ('record' in again) found = again
+          else fromPeers = undefined
+        }
+      }
       if ('record' in found) {
         await this.#remember(lastId, key, described.bytes)
         chain.parent = key
@@ -398,7 +426,8 @@ class StepRunner implements Runner {
         chain.envLines.push(...found.record.env)
         const durationMs = performance.now() - t0
         this.#log.debug({ step: step.name, key: keyString, layer: found.layer.root.toString() }, 'hit')
-        emit({ type: 'hit', step: step.name, key: keyString, layer: found.layer.root.toString(), size: found.layer.size, source: 'local', durationMs })
+        const hit = { type: 'hit' as const, step: step.name, key: keyString, layer: found.layer.root.toString(), size: found.layer.size, durationMs }
+        emit(fromPeers !== undefined ? { ...hit, source: 'peer', providers: fromPeers.providers, bytes: fromPeers.bytes } : { ...hit, source: 'local' })
         return { name: step.name, key: keyString, layer: found.layer.root.toString(), status: 'hit', size: found.layer.size, env: found.record.env, durationMs }
       }
       this.#log.debug({ step: step.name, key: keyString, reason: found.reason }, 'miss')
@@ -492,6 +521,19 @@ class StepRunner implements Runner {
     } finally {
       closeSync(lockFd)
       await rm(runDir, { recursive: true, force: true })
+    }
+  }
+
+  /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */
+  async #fromFleet (step: string, key: CID, opts: RunOptions): Promise<{ providers: number, bytes: number } | undefined> {
+    try {
+      const got = await this.#remote!.resolve(key.toString(), { signal: opts.signal })
+      this.#log.debug({ step, key: key.toString(), providers: got.providers, bytes: got.bytes, ms: got.durationMs }, 'fetched from peers')
+      return { providers: got.providers, bytes: got.bytes }
+    } catch (err) {
+      // A cancel surfaces when the step would run: the run dir and events are handled there.
+      this.#log.info({ err, step, key: key.toString() }, 'not in the fleet: running the step')
+      return undefined
     }
   }
 
