@@ -5,6 +5,7 @@ import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
 import type { EnvDecl, ExecStep, RunnerEvent, RunOptions } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+import { connectDaemon } from '@strata/daemon'
 import { openStoreFor } from '../open.ts'
 import { Progress } from '../progress.ts'
 
@@ -42,7 +43,9 @@ function reporter (ctx: CommandContext, json: boolean): RunOptions['onEvent'] {
     }
     switch (e.type) {
       case 'hit':
-        line(e.step, `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
+        line(e.step, e.source === 'peer'
+          ? `HIT peer (${e.providers} provider${e.providers === 1 ? '' : 's'}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
+          : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
         break
       case 'ran':
         ran.set(e.step, e.durationMs)
@@ -74,12 +77,15 @@ function exitCodeOf (err: unknown): number | undefined {
   return undefined
 }
 
+/** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
 async function withRunner<T> (ctx: CommandContext, dataDir: string | undefined, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>) => Promise<T>): Promise<T> {
-  const store = await openStoreFor(ctx, dataDir ?? defaultDataDir())
+  const dir = dataDir ?? defaultDataDir()
+  const daemon = await connectDaemon(dir, { signal: ctx.signal })
+  const store = daemon ?? await openStoreFor(ctx, dir)
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
-    const runner = await createRunner({ store, logger: ctx.logger, ...(output !== undefined ? { output } : {}) })
+    const runner = await createRunner({ store, logger: ctx.logger, ...(output !== undefined ? { output } : {}), ...(daemon !== undefined ? { remote: daemon } : {}) })
     return await fn(runner)
   } finally {
     await store.close()

@@ -1,0 +1,119 @@
+import { parseArgs } from 'node:util'
+import type { ParseArgsOptionsConfig } from 'node:util'
+import { connectDaemon, createDaemon, loadPrivateKey } from '@strata/daemon'
+import type { Command, CommandContext } from '../context.ts'
+import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+
+function parse (ctx: CommandContext, options: ParseArgsOptionsConfig): Record<string, string | boolean | Array<string | boolean> | undefined> {
+  try {
+    const { values, positionals } = parseArgs({ args: ctx.argv, options: { 'data-dir': { type: 'string' }, ...options }, allowPositionals: true, strict: true })
+    if (positionals.length > 0) throw new Error(`unexpected argument ${JSON.stringify(positionals[0])}`)
+    return values
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+}
+
+const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [])
+
+export const daemon: Command = {
+  name: 'daemon',
+  summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
+  usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--trusted-writer PEERID]... [--mdns]',
+  async run (ctx) {
+    const v = parse(ctx, {
+      listen: { type: 'string', multiple: true },
+      bootstrap: { type: 'string', multiple: true },
+      replicas: { type: 'string' },
+      'metrics-listen': { type: 'string' },
+      'trusted-writer': { type: 'string', multiple: true },
+      mdns: { type: 'boolean', default: false }
+    })
+    let replicas: number | undefined
+    if (typeof v.replicas === 'string') {
+      replicas = Number(v.replicas)
+      if (!Number.isInteger(replicas) || replicas < 0) throw new UsageError(`--replicas wants a whole number, got ${JSON.stringify(v.replicas)}`)
+    }
+    const envBootstrap = (process.env.STRATA_BOOTSTRAP ?? '').split(/[\s,]+/).filter((s) => s !== '')
+    const listen = list(v.listen)
+    const trusted = list(v['trusted-writer'])
+    const node = await createDaemon({
+      dataDir: (v['data-dir'] as string | undefined) ?? defaultDataDir(),
+      ...(listen.length > 0 ? { listen } : {}),
+      bootstrap: [...list(v.bootstrap), ...envBootstrap],
+      mdns: v.mdns === true,
+      ...(replicas !== undefined ? { replicas } : {}),
+      ...(typeof v['metrics-listen'] === 'string' ? { metricsListen: v['metrics-listen'] } : {}),
+      ...(trusted.length > 0 ? { trustedWriters: trusted } : {}),
+      logger: ctx.logger
+    })
+    await node.start()
+    ctx.stderr.write(`strata daemon: peer ${node.peerId}\n`)
+    for (const a of node.addresses) ctx.stderr.write(`  listening on ${a}/p2p/${node.peerId}\n`)
+    if (node.metricsPort !== undefined) ctx.stderr.write(`  metrics on port ${node.metricsPort}\n`)
+    if (!ctx.signal.aborted) await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }))
+    ctx.stderr.write('strata daemon: stopping\n')
+    await node.stop()
+    return 0
+  }
+}
+
+export const id: Command = {
+  name: 'id',
+  summary: 'print this node\'s peer id and, when the daemon runs, its listen addresses',
+  usage: 'strata id [--data-dir D] [--json]',
+  async run (ctx) {
+    const v = parse(ctx, { json: { type: 'boolean', default: false } })
+    const dataDir = (v['data-dir'] as string | undefined) ?? defaultDataDir()
+    const client = await connectDaemon(dataDir, { signal: ctx.signal })
+    let peerId: string
+    let addresses: string[] = []
+    if (client !== undefined) {
+      try {
+        const s = await client.status({ copies: false, signal: ctx.signal })
+        peerId = s.peerId
+        addresses = s.addresses.map((a) => `${a}/p2p/${s.peerId}`)
+      } finally {
+        await client.close()
+      }
+    } else {
+      peerId = (await loadPrivateKey(dataDir, { signal: ctx.signal })).publicKey.toString()
+    }
+    if (v.json === true) ctx.stdout.write(JSON.stringify({ peerId, addresses }) + '\n')
+    else ctx.stdout.write([peerId, ...addresses].join('\n') + '\n')
+    return 0
+  }
+}
+
+export const status: Command = {
+  name: 'status',
+  summary: 'show the daemon\'s peers, layers with the copies the fleet holds, and counters',
+  usage: 'strata status [--data-dir D] [--json]',
+  async run (ctx) {
+    const v = parse(ctx, { json: { type: 'boolean', default: false } })
+    const dataDir = (v['data-dir'] as string | undefined) ?? defaultDataDir()
+    const client = await connectDaemon(dataDir, { signal: ctx.signal })
+    if (client === undefined) {
+      ctx.stderr.write(`strata status: no daemon answers on ${dataDir}/strata.sock (start one with strata daemon)\n`)
+      return 1
+    }
+    try {
+      const s = await client.status({ signal: ctx.signal })
+      if (v.json === true) {
+        ctx.stdout.write(JSON.stringify(s) + '\n')
+        return 0
+      }
+      const c = s.counters
+      ctx.stdout.write(`peer ${s.peerId}\n`)
+      ctx.stdout.write(`peers: ${s.peers.length}${s.banned.length > 0 ? ` (${s.banned.length} banned)` : ''}\n`)
+      for (const p of s.peers) ctx.stdout.write(`  ${p}\n`)
+      ctx.stdout.write(`layers: ${s.layers.length}\n`)
+      for (const l of s.layers) ctx.stdout.write(`  ${l.root}  ${formatBytes(l.size).padStart(8)}  ${l.copies < 0 ? '?' : l.copies} cop${l.copies === 1 ? 'y' : 'ies'}\n`)
+      ctx.stdout.write(`from peers: ${formatBytes(c.bytesFromPeers)} (${c.blocksFromPeers} blocks), to peers: ${formatBytes(c.bytesToPeers)} (${c.blocksToPeers} blocks)\n`)
+      ctx.stdout.write(`blocks rejected: ${c.blocksRejected}, records learned: ${c.recordsLearned}, rejected: ${c.recordsRejected}, layers replicated: ${c.replicated}\n`)
+      return 0
+    } finally {
+      await client.close()
+    }
+  }
+}
