@@ -1,0 +1,90 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { createCluster } from '../scripts/netns.ts'
+import type { Cluster, Host } from '../scripts/netns.ts'
+
+const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
+
+function digestTree (dir: string, prefix = ''): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const name of readdirSync(dir).sort()) {
+    const p = `${dir}/${name}`
+    const st = statSync(p)
+    if (st.isDirectory()) Object.assign(out, { [`${prefix}${name}/`]: st.mode.toString(8) }, digestTree(p, `${prefix}${name}/`))
+    else out[`${prefix}${name}`] = `${st.mode.toString(8)} ${createHash('sha256').update(readFileSync(p)).digest('hex')}`
+  }
+  return out
+}
+
+async function strata (host: Host, args: string[], cwd: string): Promise<{ exitCode: number | null, stdout: string, stderr: string }> {
+  return await host.exec(process.execPath, [bin, ...args], { cwd, reject: false, timeout: 120_000 })
+}
+
+/** Waits until the daemon on `dataDir` answers and, if given, is connected to `peer`. */
+async function ready (host: Host, dataDir: string, cwd: string, peer?: string): Promise<{ peerId: string, addresses: string[] }> {
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    const r = await strata(host, ['status', '--json', '--data-dir', dataDir], cwd)
+    if (r.exitCode === 0) {
+      const s = JSON.parse(r.stdout) as { peerId: string, addresses: string[], peers: string[] }
+      if (peer === undefined || s.peers.includes(peer)) return s
+    }
+    if (Date.now() > deadline) throw new Error(`daemon on ${host.name} not ready: ${r.stderr}`)
+    await delay(200)
+  }
+}
+
+test('host 1 runs a pipeline (MISS); host 2 runs it and every step HITs from peers with a byte-identical tree', async (t) => {
+  const cluster: Cluster = await createCluster({ hosts: 2 })
+  t.after(() => cluster.destroy())
+  const dir = mkdtempSync('/var/tmp/strata-fleet-netns-')
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const [h1, h2] = cluster.hosts as [Host, Host]
+  const d1 = join(dir, 'h1')
+  const d2 = join(dir, 'h2')
+  mkdirSync(d1)
+  mkdirSync(d2)
+  const tag = `strata-fleet-${process.pid}-${Date.now()}`
+  writeFileSync(join(dir, 'strata.yml'), [
+    'base: host',
+    `salt: ${tag}`,
+    'steps:',
+    '  - name: make',
+    `    run: mkdir -p /opt/${tag} && head -c 3000000 /dev/urandom > /opt/${tag}/blob && echo STAGE=made >> "$STRATA_ENV"`,
+    '  - name: use',
+    `    run: test "$STAGE" = made && sha256sum /opt/${tag}/blob > /opt/${tag}/sum && mkdir /opt/${tag}/d && echo x > /opt/${tag}/d/x`,
+    ''
+  ].join('\n'))
+
+  const stdio = { stdio: ['ignore', 'ignore', 'pipe'] as ['ignore', 'ignore', 'pipe'] }
+  const p1 = h1.spawn(process.execPath, [bin, 'daemon', '--data-dir', d1, '--listen', `/ip4/${h1.address}/tcp/4001`, '--replicas', '0'], stdio)
+  let err1 = ''
+  p1.stderr?.on('data', (c: Buffer) => { err1 += c.toString() })
+  const s1 = await ready(h1, d1, dir)
+  const p2 = h2.spawn(process.execPath, [bin, 'daemon', '--data-dir', d2, '--listen', `/ip4/${h2.address}/tcp/4001`, '--replicas', '0', '--bootstrap', `/ip4/${h1.address}/tcp/4001/p2p/${s1.peerId}`], stdio)
+  let err2 = ''
+  p2.stderr?.on('data', (c: Buffer) => { err2 += c.toString() })
+  await ready(h2, d2, dir, s1.peerId)
+
+  const first = await strata(h1, ['run', '--data-dir', d1], dir)
+  assert.equal(first.exitCode, 0, first.stderr + err1)
+  assert.match(first.stderr, /^make: MISS/m)
+  assert.match(first.stderr, /^use: MISS/m)
+
+  const second = await strata(h2, ['run', '--data-dir', d2], dir)
+  assert.equal(second.exitCode, 0, second.stderr + err2)
+  assert.match(second.stderr, /^make: HIT peer \(1 provider, [\d.]+ [kM]B in [\d.]+s\)$/m)
+  assert.match(second.stderr, /^use: HIT peer \(1 provider, /m)
+  assert.match(second.stderr, /2 steps, 2 cached/)
+
+  const status1 = JSON.parse((await strata(h1, ['status', '--json', '--data-dir', d1], dir)).stdout) as { layers: Array<{ root: string, copies: number }> }
+  const status2 = JSON.parse((await strata(h2, ['status', '--json', '--data-dir', d2], dir)).stdout) as { layers: Array<{ root: string }>, counters: { bytesFromPeers: number } }
+  assert.deepEqual(status2.layers.map((l) => l.root).sort(), status1.layers.map((l) => l.root).sort())
+  for (const l of status1.layers) assert.deepEqual(digestTree(join(d2, 'layers', l.root)), digestTree(join(d1, 'layers', l.root)))
+  assert.ok(status2.counters.bytesFromPeers >= 3_000_000)
+  assert.ok(status1.layers.every((l) => l.copies === 2), `copies: ${JSON.stringify(status1.layers)}`)
+})
