@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict'
+import { request } from 'node:http'
+import { test } from 'node:test'
+import { setTimeout as delay } from 'node:timers/promises'
+import { bytes, connect, publishLayer, startDaemon } from './helpers.ts'
+
+test('a new layer is pulled by `replicas` other peers and status counts the copies', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t, { replicas: 1 })
+  const c = await startDaemon(t, { replicas: 1 })
+  await connect([a, b, c])
+  const { layer } = await publishLayer(t, a, { 'r.bin': bytes('replicate', 500_000) })
+  const deadline = Date.now() + 10_000
+  const holders = async (): Promise<number> => Number(await b.store.has(layer.root)) + Number(await c.store.has(layer.root))
+  while (await holders() < 1 && Date.now() < deadline) await delay(50)
+  await delay(300)
+  assert.equal(await holders(), 1, 'exactly one of the two other peers replicated it')
+  const replica = (await b.store.has(layer.root)) ? b : c
+  assert.equal(replica.counters.replicated, 1)
+  let copies = 0
+  while (copies < 2 && Date.now() < deadline) {
+    copies = (await a.status()).layers.find((l) => l.root === layer.root.toString())?.copies ?? 0
+    if (copies < 2) await delay(100)
+  }
+  assert.equal(copies, 2)
+})
+
+test('the metrics endpoint reports bytes exchanged, peers and hits', async (t) => {
+  const a = await startDaemon(t, { metricsListen: '127.0.0.1:0' })
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const { key } = await publishLayer(t, a, { 'm.bin': bytes('metrics', 300_000) })
+  await b.resolve(key)
+  a.metrics.hits.inc({ source: 'local' })
+  const text = await new Promise<string>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: a.metricsPort, path: '/metrics' }, (res) => {
+      let s = ''
+      res.on('data', (c: Buffer) => { s += c.toString() })
+      res.on('end', () => resolve(s))
+    }).on('error', reject).end()
+  })
+  const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1])
+  assert.ok(value('strata_bytes_to_peers_total') >= 300_000, text)
+  assert.equal(value('strata_peers_connected'), 1)
+  assert.equal(value('strata_blocks_rejected_total'), 0)
+  assert.match(text, /^strata_hits_total\{source="local"\} 1$/m)
+})
