@@ -1,0 +1,61 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { lpStream } from '@libp2p/utils'
+import { cidOf, RAW } from '@strata/chunker'
+import { BLOCKS_PROTOCOL, decodeMessage, encodeWant, MAX_MESSAGE_SIZE } from '../src/index.ts'
+import { bytes, connect, digestTree, publishLayer, startDaemon } from './helpers.ts'
+
+test('a want-list over the outstanding limit gets the stream aborted; the server keeps serving', async (t) => {
+  const a = await startDaemon(t, { exchange: { maxOutstandingWants: 4 } })
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const { layer } = await publishLayer(t, a, { f: 'limits' })
+  const tooMany = Array.from({ length: 5 }, (_, i) => cidOf(RAW, Buffer.from(String(i))))
+  const stream = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
+  const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+  await lp.write(encodeWant(tooMany))
+  await assert.rejects(lp.read({ signal: AbortSignal.timeout(5000) }))
+  // Within the limit, the same peer is answered: a block it has, a dont-have for one it lacks.
+  const ok = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
+  const lp2 = lpStream(ok, { maxDataLength: MAX_MESSAGE_SIZE })
+  await lp2.write(encodeWant([layer.root, tooMany[0]!]))
+  const first = decodeMessage((await lp2.read()).subarray())
+  const second = decodeMessage((await lp2.read()).subarray())
+  assert.equal(first.type, 'block')
+  assert.equal(second.type, 'dont-have')
+})
+
+test('an oversized or malformed message aborts only its stream', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const { key } = await publishLayer(t, a, { f: bytes('after-abuse', 100_000) })
+  for (const junk of [Uint8Array.of(0x09, 1, 2, 3), new Uint8Array(MAX_MESSAGE_SIZE + 10)]) {
+    const stream = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
+    const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE + 100 })
+    await lp.write(junk).catch(() => {})
+    await assert.rejects(lp.read({ signal: AbortSignal.timeout(5000) }))
+  }
+  const got = await b.resolve(key)
+  assert.equal(got.layer.size, 100_000)
+})
+
+test('a provider that never answers times out and the fetch completes from another, without a ban', async (t) => {
+  const a = await startDaemon(t)
+  const silent = await startDaemon(t)
+  await silent.exchange.stop()
+  // Reads the want-list and never answers.
+  await silent.node.handle(BLOCKS_PROTOCOL, (stream) => {
+    void (async () => {
+      for await (const _ of stream) { /* swallow */ }
+    })().catch(() => { /* the fetcher resets the stream when it gives up */ })
+  })
+  const b = await startDaemon(t, { exchange: { firstByteTimeoutMs: 500 } })
+  await connect([a, silent, b])
+  const { key, layer } = await publishLayer(t, a, { 'f.bin': bytes('silent', 1_500_000) })
+  const t0 = performance.now()
+  const got = await b.resolve(key, { hints: [silent.node.peerId] })
+  assert.deepEqual(digestTree(got.layer.path), digestTree(layer.path))
+  assert.ok(performance.now() - t0 < 8000)
+  assert.equal(b.exchange.isBanned(silent.node.peerId), false)
+})
