@@ -68,7 +68,6 @@ export function routes (daemon: Daemon): Map<string, Handler> {
   })
   r.set('/v1/resolve', async (b, res, signal) => await streamed(res, async (progress) => {
     const got = await daemon.resolve(cid(b, 'key'), { signal, onProgress: progress })
-    daemon.metrics.hits.inc({ source: 'peer' })
     return { layer: layerJson(got.layer), providers: got.providers, bytes: got.bytes, durationMs: got.durationMs, recordSource: got.recordSource }
   }))
   r.set('/v1/fetch', async (b, res, signal) => await streamed(res, async (progress) => {

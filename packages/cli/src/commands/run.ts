@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { resolve } from 'node:path'
 import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
-import type { EnvDecl, ExecStep, RunnerEvent, RunOptions } from '@strata/runner'
+import type { EnvDecl, ExecStep, RunnerEvent } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
 import { connectDaemon } from '@strata/daemon'
@@ -27,7 +27,7 @@ function parse (ctx: CommandContext, options: ParseArgsOptionsConfig, opts: { po
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
 
 /** Renders runner events as one status line per step (or JSON lines), with a progress bar on a TTY. */
-function reporter (ctx: CommandContext, json: boolean): RunOptions['onEvent'] {
+function reporter (ctx: CommandContext, json: boolean): (e: RunnerEvent) => void {
   const progress = new Progress(ctx.stderr)
   const ran = new Map<string, number>()
   const line = (step: string, text: string): void => {
@@ -68,6 +68,13 @@ function reporter (ctx: CommandContext, json: boolean): RunOptions['onEvent'] {
   }
 }
 
+function both (a: (e: RunnerEvent) => void, b: (e: RunnerEvent) => void): (e: RunnerEvent) => void {
+  return (e) => {
+    a(e)
+    b(e)
+  }
+}
+
 /** The exit code for a runner failure: the step's own, 124 for a timeout, 130 for a cancel. */
 function exitCodeOf (err: unknown): number | undefined {
   const e = err as { code?: string, exitCode?: number }
@@ -78,7 +85,7 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dataDir: string | undefined, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>) => Promise<T>): Promise<T> {
+async function withRunner<T> (ctx: CommandContext, dataDir: string | undefined, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const dir = dataDir ?? defaultDataDir()
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   const store = daemon ?? await openStoreFor(ctx, dir)
@@ -86,7 +93,12 @@ async function withRunner<T> (ctx: CommandContext, dataDir: string | undefined, 
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
     const runner = await createRunner({ store, logger: ctx.logger, ...(output !== undefined ? { output } : {}), ...(daemon !== undefined ? { remote: daemon } : {}) })
-    return await fn(runner)
+    // The daemon counts hits by source and misses for its metrics.
+    const observe = (e: RunnerEvent): void => {
+      if (daemon === undefined || (e.type !== 'hit' && e.type !== 'miss')) return
+      daemon.report(e.type === 'hit' ? e.source : 'miss').catch((err: unknown) => ctx.logger.debug({ err }, 'could not report to the daemon'))
+    }
+    return await fn(runner, observe)
   } finally {
     await store.close()
   }
@@ -101,8 +113,8 @@ export const run: Command = {
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
-      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner) =>
-        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: reporter(ctx, json) }))
+      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner, observe) =>
+        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
       return 0
@@ -144,8 +156,8 @@ export const exec: Command = {
       step.timeoutMs = parseDuration(values.timeout)
     }
     try {
-      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner) =>
-        await runner.exec(step, { signal: ctx.signal, onEvent: reporter(ctx, json) }))
+      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner, observe) =>
+        await runner.exec(step, { signal: ctx.signal, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
       else ctx.stdout.write(result.key + '\n')
       return 0
