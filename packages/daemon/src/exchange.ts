@@ -113,53 +113,61 @@ export class BlockExchange {
     return [...this.#bans.keys()].filter((p) => this.isBanned(p))
   }
 
-  /** Answers one WANT: a BLOCK or a DONT_HAVE per CID, then closes. Any misbehaviour aborts the stream. */
+  /**
+   * Answers want-lists until the client closes its side: a BLOCK or a DONT_HAVE per
+   * CID, in order. Any misbehaviour or silence past the limits aborts the stream.
+   */
   async #serve (stream: Stream, connection: Connection): Promise<void> {
     const peer = connection.remotePeer.toString()
     let counted = 0
     try {
       if (this.isBanned(peer)) throw new PeerLimitError(`peer ${peer} is banned`)
       const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
-      const first = await lp.read({ signal: AbortSignal.timeout(this.init.firstByteTimeoutMs) })
-      const msg = decodeMessage(first.subarray())
-      if (msg.type !== 'want') throw new ProtocolViolationError(`expected a want-list, got ${msg.type}`)
-      const outstanding = this.#outstanding.get(peer) ?? 0
-      if (outstanding + msg.cids.length > this.init.maxOutstandingWants) {
-        throw new PeerLimitError(`peer ${peer} has ${outstanding} wants outstanding, limit ${this.init.maxOutstandingWants}`)
-      }
-      counted = msg.cids.length
-      this.#outstanding.set(peer, outstanding + counted)
-      for (const cid of msg.cids) {
-        // A write that cannot drain within the idle time means the peer stopped reading.
-        const signal = AbortSignal.timeout(this.init.idleTimeoutMs)
-        let bytes: Uint8Array | undefined
+      for (let first = true; ; first = false) {
+        let frame: Uint8ArrayList
         try {
-          bytes = await this.#c.store.getBlock(cid, { signal })
+          frame = await lp.read({ signal: AbortSignal.timeout(first ? this.init.firstByteTimeoutMs : this.init.idleTimeoutMs) })
         } catch (err) {
-          this.#log.debug({ err, cid: cid.toString(), peer }, 'not serving a block')
+          // The client closed its side: it wants nothing more.
+          if (!first && stream.readStatus !== 'readable' && (err as Error).name !== 'TimeoutError') break
+          throw err
         }
-        if (bytes === undefined) {
-          await lp.write(encodeDontHave(cid), { signal })
-        } else {
-          await lp.write(new Uint8ArrayList(encodeBlockHeader(cid), bytes), { signal })
-          this.counters.bytesToPeers += bytes.length
-          this.counters.blocksToPeers++
+        const msg = decodeMessage(frame.subarray())
+        if (msg.type !== 'want') throw new ProtocolViolationError(`expected a want-list, got ${msg.type}`)
+        const outstanding = this.#outstanding.get(peer) ?? 0
+        if (outstanding + msg.cids.length > this.init.maxOutstandingWants) {
+          throw new PeerLimitError(`peer ${peer} has ${outstanding} wants outstanding, limit ${this.init.maxOutstandingWants}`)
         }
-        this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? 1) - 1)
-        counted--
+        counted += msg.cids.length
+        this.#outstanding.set(peer, outstanding + msg.cids.length)
+        for (const cid of msg.cids) {
+          // A write that cannot drain within the idle time means the peer stopped reading.
+          const signal = AbortSignal.timeout(this.init.idleTimeoutMs)
+          let bytes: Uint8Array | undefined
+          try {
+            bytes = await this.#c.store.getBlock(cid, { signal })
+          } catch (err) {
+            this.#log.debug({ err, cid: cid.toString(), peer }, 'not serving a block')
+          }
+          if (bytes === undefined) {
+            await lp.write(encodeDontHave(cid), { signal })
+          } else {
+            await lp.write(new Uint8ArrayList(encodeBlockHeader(cid), bytes), { signal })
+            this.counters.bytesToPeers += bytes.length
+            this.counters.blocksToPeers++
+          }
+          this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? 1) - 1)
+          counted--
+        }
       }
       await stream.close({ signal: AbortSignal.timeout(this.init.idleTimeoutMs) })
     } catch (err) {
       this.#log.debug({ err, peer }, 'block stream aborted')
       stream.abort(err as Error)
     } finally {
-      if (counted > 0) {
-        const left = (this.#outstanding.get(peer) ?? counted) - counted
-        if (left <= 0) this.#outstanding.delete(peer)
-        else this.#outstanding.set(peer, left)
-      } else if (this.#outstanding.get(peer) === 0) {
-        this.#outstanding.delete(peer)
-      }
+      const left = (this.#outstanding.get(peer) ?? 0) - counted
+      if (left <= 0) this.#outstanding.delete(peer)
+      else this.#outstanding.set(peer, left)
     }
   }
 
@@ -177,7 +185,20 @@ interface Want {
   waiters: Array<{ resolve: (b: Uint8Array) => void, reject: (e: Error) => void }>
 }
 
-/** Fetches blocks for one restore from a fixed set of providers. */
+/** One stream to one provider, carrying many want-lists; answers come back in order. */
+interface Session {
+  peer: PeerId
+  key: string
+  inflight: Map<string, Want>
+  send: (wants: Want[]) => void
+  dead: boolean
+}
+
+/**
+ * Fetches blocks for one restore from a fixed set of providers. Each provider gets
+ * up to `streamsPerProvider` long-lived streams; wants go to the least-loaded one
+ * in batches, pipelined (the next want-list travels while the last is answered).
+ */
 export class PeerBlockSource implements BlockSource {
   readonly stats: FetchStats = { providersUsed: 0, bytes: 0, blocks: 0 }
   readonly #ex: BlockExchange
@@ -187,7 +208,8 @@ export class PeerBlockSource implements BlockSource {
   readonly #onBlock: ((bytes: number) => void) | undefined
   readonly #queue: Want[] = []
   readonly #pending = new Map<string, Want>()
-  readonly #streams = new Map<string, number>()
+  readonly #sessions = new Map<string, Session[]>()
+  readonly #opening = new Map<string, number>()
   readonly #used = new Set<string>()
   readonly #abort = new AbortController()
   #scheduled = false
@@ -195,7 +217,12 @@ export class PeerBlockSource implements BlockSource {
   constructor (ex: BlockExchange, providers: readonly PeerId[], c: ExchangeComponents, log: Logger, onBlock: ((bytes: number) => void) | undefined) {
     this.#ex = ex
     const seen = new Set<string>()
-    this.#providers = providers.filter((p) => !seen.has(p.toString()) && seen.add(p.toString()) !== undefined)
+    this.#providers = []
+    for (const p of providers) {
+      if (seen.has(p.toString())) continue
+      seen.add(p.toString())
+      this.#providers.push(p)
+    }
     this.#c = c
     this.#log = log
     this.#onBlock = onBlock
@@ -239,45 +266,47 @@ export class PeerBlockSource implements BlockSource {
     })
   }
 
-  #eligible (w: Want, peer: string): boolean {
-    return !w.tried.has(peer)
+  /** Wants a session may have unanswered: one batch being answered, one waiting behind it. */
+  get #window (): number {
+    return this.#ex.init.wantBatch * 2
   }
 
   #dispatch (): void {
-    while (this.#queue.length > 0) {
-      // Drop wants that no provider is left to answer.
-      for (let i = 0; i < this.#queue.length; i++) {
-        const w = this.#queue[i]!
-        const left = this.#providers.some((p) => !this.#ex.isBanned(p) && this.#eligible(w, p.toString()))
-        if (!left || w.attempts >= this.#ex.init.maxAttempts) {
-          this.#queue.splice(i--, 1)
-          this.#fail(w, new BlockUnavailableError(w.key, w.tried.size))
-        }
+    if (this.#abort.signal.aborted) return
+    // Drop wants that no provider is left to answer.
+    for (let i = 0; i < this.#queue.length; i++) {
+      const w = this.#queue[i]!
+      const left = this.#providers.some((p) => !this.#ex.isBanned(p) && !w.tried.has(p.toString()))
+      if (!left || w.attempts >= this.#ex.init.maxAttempts) {
+        this.#queue.splice(i--, 1)
+        this.#fail(w, new BlockUnavailableError(w.key, w.tried.size))
       }
-      let best: PeerId | undefined
-      let bestLoad = Infinity
+    }
+    while (this.#queue.length > 0) {
+      let best: Session | undefined
       for (const p of this.#providers) {
         const k = p.toString()
-        const load = this.#streams.get(k) ?? 0
-        if (this.#ex.isBanned(p) || load >= this.#ex.init.streamsPerProvider || load >= bestLoad) continue
-        if (!this.#queue.some((w) => this.#eligible(w, k))) continue
-        best = p
-        bestLoad = load
+        if (this.#ex.isBanned(p) || !this.#queue.some((w) => !w.tried.has(k))) continue
+        const sessions = (this.#sessions.get(k) ?? []).filter((x) => !x.dead)
+        const open = sessions.length + (this.#opening.get(k) ?? 0)
+        const idle = sessions.find((x) => x.inflight.size === 0)
+        if (idle === undefined && open < this.#ex.init.streamsPerProvider) {
+          this.#open(p)
+          continue
+        }
+        for (const x of sessions) if (x.inflight.size < this.#window && (best === undefined || x.inflight.size < best.inflight.size)) best = x
       }
       if (best === undefined) return
-      const k = best.toString()
       const batch: Want[] = []
-      for (let i = 0; i < this.#queue.length && batch.length < this.#ex.init.wantBatch; i++) {
+      const room = Math.min(this.#ex.init.wantBatch, this.#window - best.inflight.size)
+      for (let i = 0; i < this.#queue.length && batch.length < room; i++) {
         const w = this.#queue[i]!
-        if (!this.#eligible(w, k)) continue
+        if (w.tried.has(best.key)) continue
         batch.push(w)
         this.#queue.splice(i--, 1)
       }
-      this.#streams.set(k, bestLoad + 1)
-      void this.#run(best, batch).finally(() => {
-        this.#streams.set(k, (this.#streams.get(k) ?? 1) - 1)
-        this.#dispatch()
-      })
+      if (batch.length === 0) return
+      best.send(batch)
     }
   }
 
@@ -291,19 +320,51 @@ export class PeerBlockSource implements BlockSource {
     this.#queue.push(w)
   }
 
-  async #run (peer: PeerId, batch: Want[]): Promise<void> {
+  /** Opens a session to `peer`; it joins the pool once the stream is up. */
+  #open (peer: PeerId): void {
     const k = peer.toString()
-    const left = new Map(batch.map((w) => [w.key, w]))
-    for (const w of batch) w.attempts++
+    this.#opening.set(k, (this.#opening.get(k) ?? 0) + 1)
+    void this.#session(peer).finally(() => this.#dispatch())
+  }
+
+  async #session (peer: PeerId): Promise<void> {
+    const k = peer.toString()
+    const session: Session = { peer, key: k, inflight: new Map(), send: () => {}, dead: false }
     let stream: Stream | undefined
+    let opened = false
     try {
       const dialSignal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#ex.init.firstByteTimeoutMs)])
       stream = await this.#c.dialProtocol(peer, BLOCKS_PROTOCOL, { signal: dialSignal })
       const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
-      await lp.write(encodeWant(batch.map((w) => w.cid)), { signal: dialSignal })
-      let first = true
-      while (left.size > 0) {
-        const ms = first ? this.#ex.init.firstByteTimeoutMs : this.#ex.init.idleTimeoutMs
+      let wake: (() => void) | undefined
+      let writing = Promise.resolve()
+      session.send = (wants) => {
+        for (const w of wants) {
+          w.attempts++
+          session.inflight.set(w.key, w)
+        }
+        const bytes = encodeWant(wants.map((w) => w.cid))
+        writing = writing.then(async () => { await lp.write(bytes, { signal: this.#abort.signal }) })
+        writing.catch(() => {})
+        wake?.()
+      }
+      this.#opening.set(k, (this.#opening.get(k) ?? 1) - 1)
+      opened = true
+      this.#sessions.set(k, [...(this.#sessions.get(k) ?? []), session])
+      this.#dispatch()
+      while (!this.#abort.signal.aborted) {
+        if (session.inflight.size === 0) {
+          // Nothing asked: wait for wants, or end the session when there is nothing left to do for it.
+          if (!this.#queue.some((w) => !w.tried.has(k))) break
+          const { promise, resolve } = Promise.withResolvers<void>()
+          wake = resolve
+          const timer = setTimeout(resolve, 50)
+          await promise
+          clearTimeout(timer)
+          wake = undefined
+          continue
+        }
+        const ms = this.#ex.init.firstByteTimeoutMs
         let frame: Uint8ArrayList
         try {
           frame = await lp.read({ signal: AbortSignal.any([this.#abort.signal, AbortSignal.timeout(ms)]) })
@@ -311,14 +372,14 @@ export class PeerBlockSource implements BlockSource {
           if ((err as Error).name === 'TimeoutError') throw new PeerTimeoutError(`peer ${k} sent nothing for ${ms} ms`, { cause: err })
           throw err
         }
-        first = false
         const msg = decodeMessage(frame.subarray())
         if (msg.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
-        const w = left.get(msg.cid.toString())
+        const w = session.inflight.get(msg.cid.toString())
         if (w === undefined) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
-        left.delete(w.key)
+        session.inflight.delete(w.key)
         if (msg.type === 'dont-have') {
           this.#requeue(w, k)
+          this.#schedule()
           continue
         }
         try {
@@ -343,12 +404,22 @@ export class PeerBlockSource implements BlockSource {
         this.#onBlock?.(bytes.length)
         this.#pending.delete(w.key)
         for (const x of w.waiters) x.resolve(bytes)
+        if (session.inflight.size < this.#ex.init.wantBatch) this.#schedule()
       }
+      session.dead = true
+      await writing
       await stream.close({ signal: AbortSignal.timeout(this.#ex.init.idleTimeoutMs) }).catch(() => {})
     } catch (err) {
-      this.#log.debug({ err, peer: k, left: left.size }, 'want batch failed; asking elsewhere')
+      this.#log.debug({ err, peer: k, left: session.inflight.size }, 'block session failed; asking elsewhere')
       stream?.abort(err as Error)
-      for (const w of left.values()) this.#requeue(w, k)
+      // A provider that cannot even open a stream is tried no more for what is queued.
+      if (!opened) for (const w of this.#queue) w.tried.add(k)
+    } finally {
+      session.dead = true
+      if (!opened) this.#opening.set(k, (this.#opening.get(k) ?? 1) - 1)
+      for (const w of session.inflight.values()) this.#requeue(w, k)
+      session.inflight.clear()
+      this.#sessions.set(k, (this.#sessions.get(k) ?? []).filter((x) => x !== session))
     }
   }
 }
