@@ -45,3 +45,23 @@ test('the metrics endpoint reports bytes exchanged, peers and hits', async (t) =
   assert.equal(value('strata_blocks_rejected_total'), 0)
   assert.match(text, /^strata_hits_total\{source="local"\} 1$/m)
 })
+
+test('the producer stops mid-transfer while a replica exists: the fetch completes from the replica', async (t) => {
+  const a = await startDaemon(t)
+  const c = await startDaemon(t, { replicas: 2 })
+  const b = await startDaemon(t)
+  await connect([a, c, b])
+  const { key, layer } = await publishLayer(t, a, { 'p.bin': bytes('producer-dies', 6 * 1024 * 1024) })
+  const deadline = Date.now() + 10_000
+  while (!(await c.store.has(layer.root)) && Date.now() < deadline) await delay(50)
+  assert.ok(await c.store.has(layer.root), 'C replicated the layer')
+  let stopping: Promise<void> | undefined
+  const got = await b.resolve(key, {
+    hints: [a.node.peerId, c.node.peerId],
+    onProgress: (e) => { if (e.done > 0) stopping ??= a.stop() }
+  })
+  await stopping
+  assert.ok(stopping !== undefined, 'A was stopped during the transfer')
+  assert.equal(got.layer.root.toString(), layer.root.toString())
+  assert.equal(got.layer.size, 6 * 1024 * 1024)
+})
