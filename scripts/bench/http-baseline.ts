@@ -3,25 +3,28 @@
 // hosts fetch it at once with `curl | zstd -d | tar -x` into their own directories.
 //
 //   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,4,8] [--reps 3]
-//                                       [--hosts 4] [--server node|python] [--json]
+//                                       [--hosts 4] [--server node|python] [--no-strata] [--json]
 //
 // Timed per consumer: from its start to the end of `sync` after tar (the data is on
 // disk, as a restore must leave it). Untimed: creating the archive (reported apart),
 // removing the previous rep's directories and an `sync` before each rep. Consumers
 // are spread round-robin over `--hosts` consumer hosts; the server has a host alone.
-// The strata side (restoreWithStrata) is measured in the same run once the daemon
-// exists; until then it is reported as not measured.
+// The strata side runs in the same reps, alternating with the baseline: `strata daemon`
+// on the server's host holds the tree as a layer (packed untimed), one daemon per
+// consumer fetches it from the fleet into its own store (restoreWithStrata), then sync.
 
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { rmSync } from 'node:fs'
+import { existsSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { mkdir, rm, stat } from 'node:fs/promises'
+import { request } from 'node:http'
 import { cpus, loadavg } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
+import { setTimeout as delay } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { createCluster, terminate } from '../netns.ts'
-import type { Cluster, Host } from '../netns.ts'
+import type { Host } from '../netns.ts'
 import { bigTree, DEFAULT_CACHE_DIR, treeStats } from './fixture.ts'
 import type { TreeStats } from './fixture.ts'
 import { formatTable, parseFlags, summarize } from './measure.ts'
@@ -37,39 +40,127 @@ export class StrataNotReadyError extends Error {
   code = 'BENCH_STRATA_NOT_READY'
 }
 
-/** What restoreWithStrata needs: the cluster with a daemon per host and the packed layer. */
+const STRATA_BIN = fileURLToPath(new URL('../../packages/cli/bin/strata.js', import.meta.url))
+const STRATA_PORT = 4001
+
+/** The CLI run as `npx strata` would: this node with the flags of the CLI's shebang. */
+function strataCommand (): string[] {
+  const shebang = readFileSync(STRATA_BIN, 'utf8').split('\n', 1)[0] ?? ''
+  const words = shebang.replace(/^#!\s*/, '').split(/\s+/)
+  const at = words.indexOf('node')
+  return [...(at === -1 ? [] : words.slice(at + 1)), STRATA_BIN]
+}
+
+/**
+ * POSTs to a daemon's control socket (a unix socket: no network involved). NDJSON
+ * answers (fetch) resolve with their last line, and an `error` line rejects.
+ */
+async function control (dataDir: string, path: string, body: object): Promise<Record<string, unknown>> {
+  return await new Promise((resolve, reject) => {
+    const req = request({ socketPath: join(dataDir, 'strata.sock'), method: 'POST', path, headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = ''
+      res.setEncoding('utf8').on('data', (s: string) => { text += s })
+      res.on('end', () => {
+        try {
+          const last = JSON.parse(text.trim().split('\n').at(-1) ?? '{}') as Record<string, unknown>
+          const error = last.error as { code?: string, message?: string } | undefined
+          if (res.statusCode !== 200 || last.type === 'error' || error !== undefined) reject(new Error(`${path} on ${dataDir}: ${error?.code ?? res.statusCode} ${error?.message ?? text}`))
+          else resolve(last)
+        } catch (err) {
+          reject(err)
+        }
+      })
+    })
+    req.on('error', reject)
+    req.end(JSON.stringify(body))
+  })
+}
+
+/** What restoreWithStrata needs: a daemon per consumer, and the layer on the producer. */
 export interface StrataFleet {
-  cluster: Cluster
-  producer: Host
-  /** Root CID of the tree's layer, packed on the producer. */
+  producer: { host: Host, dataDir: string, peerId: string }
+  /** Consumer i's daemon: its own data dir (and port), so consumers sharing a host stay apart. */
+  consumers: Array<{ host: Host, dataDir: string }>
+  /** Root CID of the tree's layer. */
   layer: string
+  packSeconds: number
+}
+
+async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<string> {
+  await mkdir(dataDir, { recursive: true })
+  const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
+  const child = host.spawn(process.execPath, [...strataCommand(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)
+    try {
+      const s = await control(dataDir, '/v1/status', { copies: false }) as { peerId: string, peers: string[] }
+      if (bootstrap.length === 0 || s.peers.length > 0) return s.peerId
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) throw new Error(`strata daemon on ${host.name} not ready after 60 s; see ${log}`)
+    await delay(200)
+  }
 }
 
 /**
- * The strata side, to be wired when packages/daemon lands: start `strata daemon` in
- * every host (`node packages/cli/bin/strata.js daemon --data-dir <work>/<host>
- * --listen /ip4/<address>/tcp/4001 --bootstrap <producer's multiaddr>`), pack the
- * tree on the producer and return its layer.
+ * Starts `strata daemon` on the producer host and one per consumer (on the consumer
+ * hosts, round-robin, bootstrapped from the producer), and packs the tree on the
+ * producer through its daemon (a copy of the tree is committed into its store,
+ * which provides the layer on the DHT).
  */
-export async function startStrataFleet (_cluster: Cluster, _producer: Host, _tree: string, _work: string): Promise<StrataFleet> {
-  throw new StrataNotReadyError('needs the daemon (packages/daemon)')
+export async function startStrataFleet (producer: Host, consumerHosts: (i: number) => Host, consumers: number, tree: string, work: string): Promise<StrataFleet> {
+  if (!existsSync(join(dirname(STRATA_BIN), '..', '..', 'daemon', 'package.json'))) throw new StrataNotReadyError('needs the daemon (packages/daemon)')
+  await mkdir(work, { recursive: true })
+  const producerDir = join(work, 'producer')
+  const peerId = await startDaemon(producer, producerDir, STRATA_PORT, [], join(work, 'producer.log'))
+  const bootstrap = [`/ip4/${producer.address}/tcp/${STRATA_PORT}/p2p/${peerId}`]
+  const list = Array.from({ length: consumers }, (_, i) => ({ host: consumerHosts(i), dataDir: join(work, `consumer-${i}`), i }))
+  // One per host at a time: a host's daemons differ in port, counted per host.
+  const perHost = new Map<string, number>()
+  const ports = list.map((c) => { const n = perHost.get(c.host.name) ?? 0; perHost.set(c.host.name, n + 1); return STRATA_PORT + n })
+  await Promise.all(list.map(async (c, k) => await startDaemon(c.host, c.dataDir, ports[k]!, bootstrap, join(work, `consumer-${c.i}.log`))))
+  const src = join(work, 'src')
+  run('cp', ['-a', '--reflink=auto', tree, src])
+  run('sync', [])
+  let layer = ''
+  const packSeconds = await timed(async () => { layer = (await control(producerDir, '/v1/store/commit', { dir: src }) as { root: string }).root })
+  return { producer: { host: producer, dataDir: producerDir, peerId }, consumers: list, layer, packSeconds }
+}
+
+/** Untimed, before each rep: consumer i no longer holds the layer. */
+async function forgetLayer (fleet: StrataFleet, i: number): Promise<void> {
+  const c = fleet.consumers[i]!
+  const has = await control(c.dataDir, '/v1/store/layer', { root: fleet.layer }) as { layer: unknown }
+  if (has.layer !== null) await control(c.dataDir, '/v1/store/remove', { root: fleet.layer })
 }
 
 /**
- * Restores the fleet's layer into `dest` on `host` through that host's daemon, fetching
- * from peers, and returns once the tree is on disk (after `sync`).
+ * Consumer i's daemon fetches the layer from the fleet into its store (the layer
+ * directory is the restored tree, as the runner mounts it), then `sync`. Returns
+ * the layer directory.
  */
-export async function restoreWithStrata (_fleet: StrataFleet, _host: Host, _dest: string): Promise<void> {
-  throw new StrataNotReadyError('needs the daemon (packages/daemon)')
+export async function restoreWithStrata (fleet: StrataFleet, i: number): Promise<string> {
+  const c = fleet.consumers[i]!
+  const done = await control(c.dataDir, '/v1/fetch', { root: fleet.layer }) as { layer: { path: string }, providers: number, bytes: number }
+  await c.host.exec('sync', [])
+  return done.layer.path
 }
 
 /** The baseline consumer: fetch, decompress and extract in one pipeline, then sync. */
-async function restoreWithHttp (url: string, host: Host, dest: string): Promise<void> {
+async function restoreWithHttp (url: string, host: Host, dest: string): Promise<string> {
   const script = 'set -o pipefail; curl -sSf --max-time 900 "$1" | zstd -d -q | tar -xf - -C "$2" && sync'
   await host.exec('bash', ['-c', script, 'restore', url, dest])
+  return dest
 }
 
-type Restore = (host: Host, dest: string) => Promise<void>
+interface Method {
+  /** Untimed, before each rep with `n` consumers. */
+  prepare: (n: number) => Promise<void>
+  /** Consumer i's restore; resolves with the restored tree's directory. */
+  restore: (i: number) => Promise<string>
+}
 
 interface MethodResult {
   consumers: number
@@ -126,7 +217,7 @@ function sameTree (a: TreeStats, b: TreeStats): boolean {
 }
 
 async function main (): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false })
+  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false, strata: true })
   const reps = Number(flags.reps)
   const consumerHosts = Number(flags.hosts)
   const counts = flags.consumers.split(',').map(Number)
@@ -162,39 +253,54 @@ async function main (): Promise<void> {
     stopServer = await startServer(server, flags.server, serveDir)
     const url = `http://${server.address}:${PORT}/${ARCHIVE}`
 
-    const methods = new Map<string, Restore>([['http', async (host, dest) => await restoreWithHttp(url, host, dest)]])
+    const most = Math.max(...counts)
+    const dest = (i: number): string => join(work, `dest-${i}`)
+    const methods = new Map<string, Method>([['http', {
+      prepare: async (n) => {
+        await Promise.all(Array.from({ length: most }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
+        await Promise.all(Array.from({ length: n }, async (_, i) => await mkdir(dest(i), { recursive: true })))
+      },
+      restore: async (i) => await restoreWithHttp(url, hostFor(i), dest(i))
+    }]])
     let strataStatus = 'measured'
-    try {
-      const fleet = await startStrataFleet(cluster, server, tree, join(work, 'strata'))
-      methods.set('strata', async (host, dest) => await restoreWithStrata(fleet, host, dest))
-    } catch (err) {
-      if (!(err instanceof StrataNotReadyError)) throw err
-      strataStatus = `not measured: ${err.message}`
-      progress(`strata: ${strataStatus}`)
-    }
+    let strataPackSeconds: number | null = null
+    if (flags.strata) {
+      try {
+        const fleet = await startStrataFleet(server, hostFor, most, tree, join(work, 'strata'))
+        strataPackSeconds = fleet.packSeconds
+        progress(`strata: layer ${fleet.layer} packed on ${server.name} in ${fleet.packSeconds.toFixed(1)} s; ${most} consumer daemons`)
+        methods.set('strata', {
+          prepare: async () => { for (let i = 0; i < most; i++) await forgetLayer(fleet, i) },
+          restore: async (i) => await restoreWithStrata(fleet, i)
+        })
+      } catch (err) {
+        if (!(err instanceof StrataNotReadyError)) throw err
+        strataStatus = `not measured: ${err.message}`
+        progress(`strata: ${strataStatus}`)
+      }
+    } else strataStatus = 'not measured (--no-strata)'
 
     const samples = new Map<string, Map<number, number[][]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
-    const dest = (i: number): string => join(work, `dest-${i}`)
     const verified = new Set<string>()
     for (const n of counts) {
       for (let rep = 0; rep < reps; rep++) {
         // Methods alternate within a rep, so that drift over the run hits both alike.
-        for (const [method, restore] of methods) {
-          await Promise.all(Array.from({ length: Math.max(...counts) }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
-          await Promise.all(Array.from({ length: n }, async (_, i) => await mkdir(dest(i), { recursive: true })))
+        for (const [name, method] of methods) {
+          await method.prepare(n)
           run('sync', [])
-          const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => await restore(hostFor(i), dest(i)))))
-          samples.get(method)!.get(n)!.push(seconds)
-          progress(`${method} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s`)
-          if (!verified.has(method)) {
-            const got = await treeStats(dest(0))
-            if (!sameTree(got, stats)) throw new Error(`${method} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
-            verified.add(method)
+          const restored: string[] = []
+          const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
+          samples.get(name)!.get(n)!.push(seconds)
+          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s`)
+          if (!verified.has(name)) {
+            const got = await treeStats(restored[0]!)
+            if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
+            verified.add(name)
           }
         }
       }
     }
-    await Promise.all(Array.from({ length: Math.max(...counts) }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
+    await Promise.all(Array.from({ length: most }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
 
     const results: Record<string, MethodResult[]> = {}
     for (const [method, byCount] of samples) {
@@ -215,6 +321,7 @@ async function main (): Promise<void> {
       cpus: cpus().length,
       loadAverage: { before: loadBefore, after: loadavg()[0]! },
       strata: strataStatus,
+      strataPackSeconds,
       results
     }
     if (flags.json) {
