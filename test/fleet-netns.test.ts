@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { createCluster } from '../scripts/netns.ts'
@@ -38,27 +38,32 @@ async function ready (host: Host, dataDir: string, cwd: string, peer?: string): 
   }
 }
 
-test('host 1 runs a pipeline (MISS); host 2 runs it and every step HITs from peers with a byte-identical tree', async (t) => {
-  const cluster: Cluster = await createCluster({ hosts: 2 })
+test('host 1 runs a pipeline (MISS); host 2 HITs every step from peers with a byte-identical tree; host 3, holding most blocks, fetches only the rest', async (t) => {
+  const cluster: Cluster = await createCluster({ hosts: 3 })
   t.after(() => cluster.destroy())
   const dir = mkdtempSync('/var/tmp/strata-fleet-netns-')
   t.after(() => rmSync(dir, { recursive: true, force: true }))
-  const [h1, h2] = cluster.hosts as [Host, Host]
+  const [h1, h2, h3] = cluster.hosts as [Host, Host, Host]
   const d1 = join(dir, 'h1')
   const d2 = join(dir, 'h2')
   mkdirSync(d1)
   mkdirSync(d2)
+  const d3 = join(dir, 'h3')
+  mkdirSync(d3)
   const tag = `strata-fleet-${process.pid}-${Date.now()}`
-  writeFileSync(join(dir, 'strata.yml'), [
+  // The blob is the same bytes wherever it is made: host 3 makes it under another key.
+  const pipeline = (salt: string): string => [
     'base: host',
-    `salt: ${tag}`,
+    `salt: ${salt}`,
     'steps:',
     '  - name: make',
-    `    run: mkdir -p /opt/${tag} && head -c 3000000 /dev/urandom > /opt/${tag}/blob && echo STAGE=made >> "$STRATA_ENV"`,
+    `    run: mkdir -p /opt/${tag} && seq 1 450000 > /opt/${tag}/blob && echo STAGE=made >> "$STRATA_ENV"`,
     '  - name: use',
     `    run: test "$STAGE" = made && sha256sum /opt/${tag}/blob > /opt/${tag}/sum && mkdir /opt/${tag}/d && echo x > /opt/${tag}/d/x`,
     ''
-  ].join('\n'))
+  ].join('\n')
+  writeFileSync(join(dir, 'strata.yml'), pipeline(tag))
+  writeFileSync(join(dir, 'other.yml'), pipeline(`${tag}-other`))
 
   const stdio = { stdio: ['ignore', 'ignore', 'pipe'] as ['ignore', 'ignore', 'pipe'] }
   const p1 = h1.spawn(process.execPath, [bin, 'daemon', '--data-dir', d1, '--listen', `/ip4/${h1.address}/tcp/4001`, '--replicas', '0'], stdio)
@@ -69,6 +74,10 @@ test('host 1 runs a pipeline (MISS); host 2 runs it and every step HITs from pee
   let err2 = ''
   p2.stderr?.on('data', (c: Buffer) => { err2 += c.toString() })
   await ready(h2, d2, dir, s1.peerId)
+  const p3 = h3.spawn(process.execPath, [bin, 'daemon', '--data-dir', d3, '--listen', `/ip4/${h3.address}/tcp/4001`, '--replicas', '0', '--bootstrap', `/ip4/${h1.address}/tcp/4001/p2p/${s1.peerId}`], stdio)
+  let err3 = ''
+  p3.stderr?.on('data', (c: Buffer) => { err3 += c.toString() })
+  await ready(h3, d3, dir, s1.peerId)
 
   const first = await strata(h1, ['run', '--data-dir', d1], dir)
   assert.equal(first.exitCode, 0, first.stderr + err1)
@@ -87,4 +96,18 @@ test('host 1 runs a pipeline (MISS); host 2 runs it and every step HITs from pee
   for (const l of status1.layers) assert.deepEqual(digestTree(join(d2, 'layers', l.root)), digestTree(join(d1, 'layers', l.root)))
   assert.ok(status2.counters.bytesFromPeers >= 3_000_000)
   assert.ok(status1.layers.every((l) => l.copies === 2), `copies: ${JSON.stringify(status1.layers)}`)
+
+  // Host 3 makes the same blob under another key, then runs host 1's pipeline.
+  const own = await strata(h3, ['run', '-f', 'other.yml', '--data-dir', d3], dir)
+  assert.equal(own.exitCode, 0, own.stderr + err3)
+  assert.match(own.stderr, /^make: MISS/m)
+  const third = await strata(h3, ['run', '--data-dir', d3], dir)
+  assert.equal(third.exitCode, 0, third.stderr + err3)
+  assert.match(third.stderr, /^make: HIT peer/m)
+  assert.match(third.stderr, /^use: HIT peer/m)
+  const status3 = JSON.parse((await strata(h3, ['status', '--json', '--data-dir', d3], dir)).stdout) as { counters: { bytesFromPeers: number } }
+  const blob = statSync(join(d1, 'layers', status1.layers.map((l) => l.root).find((r) => existsSync(join(d1, 'layers', r, 'opt', tag, 'blob')))!, 'opt', tag, 'blob')).size
+  assert.ok(blob > 2_000_000)
+  // The blob's blocks were local: what crossed is the small files and the manifests.
+  assert.ok(status3.counters.bytesFromPeers < 100_000, `host 3 fetched ${status3.counters.bytesFromPeers} bytes`)
 })
