@@ -14,6 +14,9 @@ function parse (ctx: CommandContext, options: ParseArgsOptionsConfig): Record<st
   }
 }
 
+/** A dialable address: libp2p already ends its own with /p2p/<id>. */
+const withPeer = (addr: string, peerId: string): string => (addr.includes('/p2p/') ? addr : `${addr}/p2p/${peerId}`)
+
 const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [])
 
 export const daemon: Command = {
@@ -49,7 +52,7 @@ export const daemon: Command = {
     })
     await node.start()
     ctx.stderr.write(`strata daemon: peer ${node.peerId}\n`)
-    for (const a of node.addresses) ctx.stderr.write(`  listening on ${a}/p2p/${node.peerId}\n`)
+    for (const a of node.addresses) ctx.stderr.write(`  listening on ${withPeer(a, node.peerId)}\n`)
     if (node.metricsPort !== undefined) ctx.stderr.write(`  metrics on port ${node.metricsPort}\n`)
     if (!ctx.signal.aborted) await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }))
     ctx.stderr.write('strata daemon: stopping\n')
@@ -72,7 +75,7 @@ export const id: Command = {
       try {
         const s = await client.status({ copies: false, signal: ctx.signal })
         peerId = s.peerId
-        addresses = s.addresses.map((a) => `${a}/p2p/${s.peerId}`)
+        addresses = s.addresses.map((a) => withPeer(a, s.peerId))
       } finally {
         await client.close()
       }
