@@ -15,8 +15,11 @@ export class DaemonMetrics {
     this.fetchDuration = new Histogram({ name: 'strata_fetch_duration_seconds', help: 'Restoring a layer from peers', buckets, registers })
     this.captureDuration = new Histogram({ name: 'strata_capture_duration_seconds', help: 'Committing a captured layer into the store', buckets, registers })
     const c = daemon.exchange.counters
+    // The exchange keeps the running totals; collect() copies them at scrape time.
     const counter = (name: string, help: string, read: () => number): void => {
-      // prom-client counters only go up by inc(); a collect() that sets the running total keeps one source of truth.
+      new Counter({ name, help, registers, collect () { this.reset(); this.inc(read()) } })
+    }
+    const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({ name, help, registers, collect () { this.set(read()) } })
     }
     counter('strata_bytes_from_peers_total', 'Block bytes received from peers', () => c.bytesFromPeers)
@@ -24,7 +27,7 @@ export class DaemonMetrics {
     counter('strata_blocks_rejected_total', 'Blocks from peers that did not match their CID', () => c.blocksRejected)
     counter('strata_records_rejected_total', 'Records refused (bad signature, untrusted writer, malformed)', () => daemon.counters.recordsRejected)
     counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => daemon.counters.replicated)
-    counter('strata_peers_connected', 'Peers with an open connection', () => daemon.node.getPeers().length)
+    gauge('strata_peers_connected', 'Peers with an open connection', () => daemon.node.getPeers().length)
   }
 
   async text (): Promise<string> {

@@ -2,7 +2,10 @@ import assert from 'node:assert/strict'
 import { request } from 'node:http'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
-import { bytes, connect, publishLayer, startDaemon } from './helpers.ts'
+import { bytes, connect, publishLayer, startDaemon, tempDir } from './helpers.ts'
+import { connectDaemon } from '../src/index.ts'
+import { spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
 
 test('a new layer is pulled by `replicas` other peers and status counts the copies', async (t) => {
   const a = await startDaemon(t)
@@ -64,4 +67,20 @@ test('the producer stops mid-transfer while a replica exists: the fetch complete
   assert.ok(stopping !== undefined, 'A was stopped during the transfer')
   assert.equal(got.layer.root.toString(), layer.root.toString())
   assert.equal(got.layer.size, 6 * 1024 * 1024)
+})
+
+test('connectDaemon finds a running daemon, and nothing on a stale socket', async (t) => {
+  const a = await startDaemon(t)
+  const client = await connectDaemon(a.dataDir)
+  assert.ok(client !== undefined)
+  t.after(async () => { await client.close() })
+  assert.equal((await client.status({ copies: false })).peerId, a.peerId)
+  assert.equal(client.dataDir, a.dataDir)
+  const dir = tempDir(t)
+  // A socket file nobody listens on, as a daemon killed with SIGKILL leaves it.
+  const bound = spawnSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(`${dir}/strata.sock`)})`])
+  assert.equal(bound.status, 0)
+  assert.ok(existsSync(`${dir}/strata.sock`))
+  assert.equal(await connectDaemon(dir), undefined)
+  assert.equal(await connectDaemon(`${dir}/nowhere`), undefined)
 })
