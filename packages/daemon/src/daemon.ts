@@ -296,6 +296,8 @@ export class Daemon {
     const k = record.key.toString()
     if (await this.store.getRecord(recordKey(k)) === undefined) await this.store.putRecord(recordKey(k), data)
     this.#gossiped.add(k)
+    // Only a hint for lookup's `source`: keep the newest keys, not all of them.
+    if (this.#gossiped.size > 100_000) this.#gossiped.delete(this.#gossiped.values().next().value!)
     this.counters.recordsLearned++
     this.#log.debug({ key: k, layer: record.layer.toString(), producer: record.producer }, 'record learned by gossip')
     this.#maybeReplicate(record)

@@ -95,3 +95,14 @@ test('a key nobody has is a miss, quickly', async (t) => {
   await assert.rejects(b.resolve(unknown), RecordNotFoundError)
   assert.ok(performance.now() - t0 < 3000)
 })
+
+test('with allowPeers, a peer not on the list cannot connect', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  const c = await startDaemon(t, { allowPeers: [a.peerId] })
+  await a.node.dial(c.node.getMultiaddrs()[0]!)
+  // The gater refuses b once Noise has told c who it is; b may see the dial succeed first.
+  await b.node.dial(c.node.getMultiaddrs()[0]!).catch(() => {})
+  await assert.rejects(b.node.dialProtocol(c.node.peerId, '/strata/blocks/1.0.0', { signal: AbortSignal.timeout(3000) }))
+  assert.deepEqual(c.node.getPeers().map(String), [a.peerId])
+})
