@@ -16,11 +16,12 @@ import type { StepRecord } from '@strata/runner'
 import { SOCKET_NAME, startControl } from './control.ts'
 import { DaemonConfigError, NoProvidersError, RecordNotFoundError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
+import type { PeerBlockSource } from './exchange.ts'
 import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
 import { DaemonMetrics } from './metrics.ts'
 import { createNode, loadPrivateKey } from './node.ts'
 import type { StrataNode } from './node.ts'
-import { MAX_RECORD_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, recordKey, verifyEnvelope } from './records.ts'
+import { FETCHING_TOPIC, MAX_RECORD_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, recordKey, verifyEnvelope } from './records.ts'
 
 export interface DaemonInit {
   /** Where the store, the identity key and the control socket live. */
@@ -163,10 +164,13 @@ export class Daemon {
     await this.node.handle(RECORDS_PROTOCOL, (stream) => { void this.#serveRecord(stream) }, { maxInboundStreams: 8 })
     const pubsub = this.node.services.pubsub
     pubsub.addEventListener('message', (evt) => {
-      if (evt.detail.topic !== RECORDS_TOPIC) return
-      void this.#onAnnouncement(evt.detail.data).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
+      const msg = evt.detail
+      if (msg.topic === FETCHING_TOPIC && msg.type === 'signed') this.#onFetching(msg.from, msg.data)
+      if (msg.topic !== RECORDS_TOPIC) return
+      void this.#onAnnouncement(msg.data).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
     })
     pubsub.subscribe(RECORDS_TOPIC)
+    pubsub.subscribe(FETCHING_TOPIC)
     this.#started = true
     if (this.#socket !== false) this.#control = await startControl(this, this.#socket, this.#log)
     if (this.#metricsListen !== undefined) this.#metricsServer = await this.#serveMetrics(this.#metricsListen)
@@ -360,8 +364,23 @@ export class Daemon {
 
   // ---- layers ----
 
-  /** Restores a layer from the fleet: every provider is asked, local blocks are taken locally. */
+  readonly #inflight = new Map<string, Promise<FetchResult>>()
+
+  /** Restores a layer from the fleet: every provider is asked, local blocks are taken locally. One fetch per layer at a time. */
   async fetchLayer (root: CID, opts: FetchOptions = {}): Promise<FetchResult> {
+    const key = root.toString()
+    const running = this.#inflight.get(key)
+    if (running !== undefined) return await running
+    const p = this.#fetchLayer(root, opts)
+    this.#inflight.set(key, p)
+    try {
+      return await p
+    } finally {
+      this.#inflight.delete(key)
+    }
+  }
+
+  async #fetchLayer (root: CID, opts: FetchOptions): Promise<FetchResult> {
     const t0 = performance.now()
     const have = await this.store.getLayer(root)
     if (have !== undefined) return { layer: have, providers: 0, bytes: 0, durationMs: performance.now() - t0 }
@@ -394,6 +413,10 @@ export class Daemon {
     }
     if (providers.length === 0) throw new NoProvidersError(root.toString())
     const source = this.exchange.source(providers)
+    const key = root.toString()
+    this.#fetching.set(key, source)
+    // Peers fetching the same layer serve each other the blocks that have landed.
+    this.#announceFetch(root)
     const end = this.metrics.fetchDuration.startTimer()
     try {
       const layer = await this.store.restore(root, source, { untrusted: true, signal: this.#signal(opts.signal), onProgress: opts.onProgress })
@@ -402,8 +425,36 @@ export class Daemon {
       this.#log.info({ layer: root.toString(), providers: source.stats.providersUsed, bytes: source.stats.bytes }, 'layer fetched from peers')
       return { layer, providers: source.stats.providersUsed, bytes: source.stats.bytes, durationMs: performance.now() - t0 }
     } finally {
+      this.#fetching.delete(key)
       source.close()
     }
+  }
+
+  readonly #fetching = new Map<string, PeerBlockSource>()
+  readonly #announced = new Map<string, number>()
+
+  #announceFetch (root: CID): void {
+    const key = root.toString()
+    const last = this.#announced.get(key) ?? 0
+    if (Date.now() - last < 1000) return
+    this.#announced.set(key, Date.now())
+    if (this.#announced.size > 1000) this.#announced.delete(this.#announced.keys().next().value!)
+    this.node.services.pubsub.publish(FETCHING_TOPIC, root.bytes).catch((err: unknown) => this.#log.debug({ err }, 'fetch announcement not sent'))
+  }
+
+  #onFetching (from: PeerId, data: Uint8Array): void {
+    if (data.length > 128) return
+    let root: CID
+    try {
+      root = CID.decode(data)
+    } catch {
+      return
+    }
+    const source = this.#fetching.get(root.toString())
+    if (source === undefined || this.exchange.isBanned(from)) return
+    source.addProvider(from)
+    // The newcomer learns about us in turn.
+    this.#announceFetch(root)
   }
 
   /** Lookup, then fetch: what the runner asks for on a local miss. */

@@ -38,6 +38,8 @@ export interface ExchangeInit {
   banMs?: number
   /** Times one block is asked for before giving up. Default 6. */
   maxAttempts?: number
+  /** Bytes of recently fetched blocks kept to serve peers fetching the same layer. Default 64 MiB. */
+  landedBytes?: number
 }
 
 export interface ExchangeCounters {
@@ -62,6 +64,9 @@ export class BlockExchange {
   readonly #log: Logger
   readonly #outstanding = new Map<string, number>()
   readonly #bans = new Map<string, number>()
+  /** Blocks fetched lately, newest last: a layer still being fetched serves what has landed. */
+  readonly #landed = new Map<string, Uint8Array>()
+  #landedSize = 0
   readonly init: Required<ExchangeInit>
   #started = false
 
@@ -76,7 +81,8 @@ export class BlockExchange {
       firstByteTimeoutMs: init.firstByteTimeoutMs ?? 10_000,
       idleTimeoutMs: init.idleTimeoutMs ?? 10_000,
       banMs: init.banMs ?? 10 * 60_000,
-      maxAttempts: init.maxAttempts ?? 6
+      maxAttempts: init.maxAttempts ?? 6,
+      landedBytes: init.landedBytes ?? 64 * 1024 * 1024
     }
     if (this.init.wantBatch < 1 || this.init.wantBatch > MAX_WANTS_PER_MESSAGE) throw new TypeError(`wantBatch must be 1..${MAX_WANTS_PER_MESSAGE}`)
   }
@@ -107,6 +113,18 @@ export class BlockExchange {
   ban (peer: PeerId, reason: string): void {
     this.#bans.set(peer.toString(), Date.now() + this.init.banMs)
     this.#log.warn({ peer: peer.toString(), reason }, 'peer banned')
+  }
+
+  /** Keeps a verified block for peers fetching the same layer (bounded, oldest dropped first). */
+  landed (key: string, bytes: Uint8Array): void {
+    if (this.init.landedBytes <= 0 || this.#landed.has(key)) return
+    this.#landed.set(key, bytes)
+    this.#landedSize += bytes.length
+    while (this.#landedSize > this.init.landedBytes) {
+      const [k, v] = this.#landed.entries().next().value!
+      this.#landed.delete(k)
+      this.#landedSize -= v.length
+    }
   }
 
   get banned (): string[] {
@@ -147,7 +165,8 @@ export class BlockExchange {
           try {
             bytes = await this.#c.store.getBlock(cid, { signal })
           } catch (err) {
-            this.#log.debug({ err, cid: cid.toString(), peer }, 'not serving a block')
+            bytes = this.#landed.get(cid.toString())
+            if (bytes === undefined) this.#log.debug({ err, cid: cid.toString(), peer }, 'not serving a block')
           }
           if (bytes === undefined) {
             await lp.write(encodeDontHave(cid), { signal })
@@ -226,6 +245,13 @@ export class PeerBlockSource implements BlockSource {
     this.#c = c
     this.#log = log
     this.#onBlock = onBlock
+  }
+
+  /** Adds a provider learned during the fetch (a peer fetching the same layer). */
+  addProvider (peer: PeerId): void {
+    if (this.#abort.signal.aborted || this.#providers.some((p) => p.equals(peer))) return
+    this.#providers.push(peer)
+    this.#schedule()
   }
 
   /** Ends every stream this source has open. */
@@ -402,6 +428,7 @@ export class PeerBlockSource implements BlockSource {
           this.stats.providersUsed = this.#used.size
         }
         this.#onBlock?.(bytes.length)
+        this.#ex.landed(w.key, bytes)
         this.#pending.delete(w.key)
         for (const x of w.waiters) x.resolve(bytes)
         if (session.inflight.size < this.#ex.init.wantBatch) this.#schedule()

@@ -6,6 +6,8 @@ import { ProtocolViolationError } from './errors.ts'
 
 export const RECORDS_PROTOCOL = '/strata/records/1.0.0'
 export const RECORDS_TOPIC = '/strata/records/1'
+/** "I am fetching layer <root>": peers fetching the same layer serve each other. */
+export const FETCHING_TOPIC = '/strata/fetching/1'
 /** A signed record is a few hundred bytes plus its env lines; anything over this is not one. */
 export const MAX_RECORD_SIZE = 256 * 1024
 

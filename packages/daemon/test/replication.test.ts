@@ -84,3 +84,22 @@ test('connectDaemon finds a running daemon, and nothing on a stale socket', asyn
   assert.equal(await connectDaemon(dir), undefined)
   assert.equal(await connectDaemon(`${dir}/nowhere`), undefined)
 })
+
+test('peers fetching the same layer at once serve each other what has landed', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  const c = await startDaemon(t)
+  const d = await startDaemon(t)
+  await connect([a, b, c, d])
+  for (const x of [b, c, d]) {
+    const deadline = Date.now() + 5000
+    while (x.node.services.pubsub.getSubscribers('/strata/fetching/1').length < 3 && Date.now() < deadline) await delay(50)
+  }
+  const { layer } = await publishLayer(t, a, { 'fan.bin': bytes('fan-out', 12 * 1024 * 1024) })
+  const results = await Promise.all([b, c, d].map(async (x) => await x.fetchLayer(layer.root, { hints: [a.node.peerId] })))
+  for (const r of results) assert.equal(r.layer.root.toString(), layer.root.toString())
+  const served = b.exchange.counters.bytesToPeers + c.exchange.counters.bytesToPeers + d.exchange.counters.bytesToPeers
+  const fromA = a.exchange.counters.bytesToPeers
+  assert.ok(served > 0, `consumers served each other ${served} bytes; the producer ${fromA}`)
+  assert.ok(fromA < 3 * 12 * 1024 * 1024, `the producer served ${fromA} bytes`)
+})
