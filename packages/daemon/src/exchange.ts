@@ -36,7 +36,7 @@ export interface ExchangeInit {
   idleTimeoutMs?: number
   /** How long a peer that sent a wrong block stays banned. Default 10 minutes. */
   banMs?: number
-  /** Times one block is asked for before giving up. Default 6. */
+  /** Failed requests (timeout, broken stream) for one block before giving up; DONT_HAVEs do not count. Default 6. */
   maxAttempts?: number
   /** Bytes of recently fetched blocks kept to serve peers fetching the same layer. Default 64 MiB. */
   landedBytes?: number
@@ -365,10 +365,7 @@ export class PeerBlockSource implements BlockSource {
       let wake: (() => void) | undefined
       let writing = Promise.resolve()
       session.send = (wants) => {
-        for (const w of wants) {
-          w.attempts++
-          session.inflight.set(w.key, w)
-        }
+        for (const w of wants) session.inflight.set(w.key, w)
         const bytes = encodeWant(wants.map((w) => w.cid))
         writing = writing.then(async () => { await lp.write(bytes, { signal: this.#abort.signal }) })
         writing.catch(() => {})
@@ -444,7 +441,11 @@ export class PeerBlockSource implements BlockSource {
     } finally {
       session.dead = true
       if (!opened) this.#opening.set(k, (this.#opening.get(k) ?? 1) - 1)
-      for (const w of session.inflight.values()) this.#requeue(w, k)
+      // Only failures count against a block: a DONT_HAVE just sends it elsewhere.
+      for (const w of session.inflight.values()) {
+        w.attempts++
+        this.#requeue(w, k)
+      }
       session.inflight.clear()
       this.#sessions.set(k, (this.#sessions.get(k) ?? []).filter((x) => x !== session))
     }
