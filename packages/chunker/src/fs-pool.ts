@@ -56,40 +56,52 @@ interface Slot {
 
 /**
  * A few worker threads for per-file system calls. Requests go to the least busy
- * worker; each answer resolves its own promise. Workers are unref'd and ended by
- * close(), so a pool never keeps the process alive.
+ * worker; each answer resolves its own promise. A worker that dies fails only the
+ * requests it held and is replaced, so one bad file never disables a long-lived
+ * pool. Workers are unref'd and ended by close(), so a pool never keeps the
+ * process alive.
  */
 export class FsPool {
   readonly #slots: Slot[] = []
   readonly #waiting = new Map<number, { resolve: (r: WorkerResponse) => void, reject: (e: Error) => void, slot: Slot }>()
   #next = 0
-  #failed: Error | undefined
+  #closed = false
 
   constructor (size = Math.max(1, Math.min(4, availableParallelism()))) {
     for (let i = 0; i < size; i++) {
-      // A small young generation: these workers allocate little, and RSS matters on a CI VM.
-      const worker = new Worker(new URL('./fs-worker.ts', import.meta.url), { resourceLimits: { maxYoungGenerationSizeMb: 8 } })
-      worker.unref()
-      const slot: Slot = { worker, pending: 0 }
-      worker.on('message', (res: WorkerResponse) => {
-        const w = this.#waiting.get(res.id)
-        if (w === undefined) return
-        this.#waiting.delete(res.id)
-        slot.pending--
-        w.resolve(res)
-      })
-      worker.on('error', (err) => this.#fail(err))
-      worker.on('exit', (code) => { if (code !== 0) this.#fail(new Error(`fs worker exited with code ${code}`)) })
+      const slot = { pending: 0 } as Slot
+      this.#start(slot)
       this.#slots.push(slot)
     }
   }
 
-  #fail (err: Error): void {
-    this.#failed ??= err
-    for (const [id, w] of this.#waiting) {
-      this.#waiting.delete(id)
-      w.reject(err)
+  #start (slot: Slot): void {
+    // A small young generation: these workers allocate little, and RSS matters on a CI VM.
+    const worker = new Worker(new URL('./fs-worker.ts', import.meta.url), { resourceLimits: { maxYoungGenerationSizeMb: 8 } })
+    worker.unref()
+    slot.worker = worker
+    worker.on('message', (res: WorkerResponse) => {
+      const w = this.#waiting.get(res.id)
+      if (w === undefined) return
+      this.#waiting.delete(res.id)
+      slot.pending--
+      w.resolve(res)
+    })
+    let failed = false
+    const fail = (err: Error): void => {
+      if (failed || this.#closed) return
+      failed = true
+      for (const [id, w] of this.#waiting) {
+        if (w.slot !== slot) continue
+        this.#waiting.delete(id)
+        w.reject(err)
+      }
+      slot.pending = 0
+      void worker.terminate()
+      this.#start(slot)
     }
+    worker.on('error', fail)
+    worker.on('exit', (code) => fail(new Error(`fs worker exited with code ${code}`)))
   }
 
   /** Requests not yet answered, over all workers. */
@@ -98,7 +110,7 @@ export class FsPool {
   }
 
   request (req: PoolRequest, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
-    if (this.#failed !== undefined) return Promise.reject(this.#failed)
+    if (this.#closed) return Promise.reject(new Error('the fs worker pool is closed'))
     const id = ++this.#next
     const slot = this.#slots.reduce((a, b) => (b.pending < a.pending ? b : a))
     slot.pending++
@@ -109,6 +121,7 @@ export class FsPool {
   }
 
   async close (): Promise<void> {
+    this.#closed = true
     await Promise.all(this.#slots.map((s) => s.worker.terminate()))
   }
 }

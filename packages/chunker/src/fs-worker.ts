@@ -16,7 +16,8 @@ function failure (err: unknown, path: string): { error: { code: string, message:
 }
 
 function hashFile (item: HashItem, inlineMax: number): HashResult {
-  const fd = openSync(item.abs, constants.O_RDONLY | constants.O_NOFOLLOW)
+  // O_NONBLOCK: a file swapped for a FIFO since the walk must not block the open.
+  const fd = openSync(item.abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
   try {
     if (item.size <= inlineMax || item.size < scratch.length - 1) {
       // Reading size + 1 bytes both takes the content and proves the end of file:
@@ -87,7 +88,9 @@ function copyVerified (from: string, fd: number, item: WriteItem): void {
 }
 
 function writeFile (item: WriteItem, opts: WriteOptions): void {
-  const wanted = item.mode & 0o777
+  // Attributes go owner, xattrs, mode: chown clears setuid/setgid and file
+  // capabilities, and setting a user.* xattr needs write permission on the file.
+  const wanted = item.xattrs !== undefined ? 0o600 : item.mode & 0o777
   const fd = openSync(item.abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, wanted)
   try {
     if (item.data !== undefined) writeAll(fd, item.data)
@@ -95,12 +98,12 @@ function writeFile (item: WriteItem, opts: WriteOptions): void {
     else if (item.src !== undefined) copyVerified(item.src, fd, item)
     const chown = opts.preserveOwner && (item.uid !== opts.euid || item.gid !== opts.egid)
     if (chown) fchownSync(fd, item.uid, item.gid)
-    // open() applied the umask, and chown() clears setuid/setgid: chmod only when either matters.
+    if (item.xattrs !== undefined) for (const [n, v] of item.xattrs) lsetxattr(item.abs, n, v)
+    // open() applied the umask and chown() cleared setuid/setgid: chmod only when either matters.
     if ((wanted & opts.umask) !== 0 || item.mode !== wanted) fchmodSync(fd, item.mode)
   } finally {
     closeSync(fd)
   }
-  if (item.xattrs !== undefined) for (const [n, v] of item.xattrs) lsetxattr(item.abs, n, v)
   lutimens(item.abs, item.mtime, item.mtime)
 }
 

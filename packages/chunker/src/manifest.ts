@@ -1,9 +1,10 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW, SHA2_256 } from './cid.ts'
+import { MAX_CHUNK, MIN_CHUNK } from './fastcdc.ts'
 import { comparePaths, parentOf } from './entry.ts'
 import type { Entry, EntryType, RootAttributes, Chunk } from './entry.ts'
-import { InvalidManifestError } from './errors.ts'
+import { InvalidManifestError, UnsupportedEntryError } from './errors.ts'
 
 /**
  * The layer manifest format, version 1 (doc/FORMAT.md describes it in full).
@@ -25,8 +26,16 @@ export const LIMITS = {
   xattrNameBytes: 255,
   xattrValueBytes: 64 * 1024,
   fileSize: 2 ** 48,
-  inlineBytes: 64 * 1024
+  inlineBytes: 64 * 1024,
+  /** All manifest blocks of one layer together. */
+  manifestBytes: 256 * 1024 * 1024
 } as const
+
+/** The overlay filesystem's own attributes: a layer expresses them as entry types and flags only. */
+export const OVERLAY_XATTR = /^(trusted|user)\.overlay\./
+
+const ROOT_KEYS = new Set(['format', 'version', 'count', 'size', 'root', 'entries'])
+const ROOT_ATTR_KEYS = new Set(['m', 'u', 'g', 'mt', 'x', 'o'])
 
 const TYPE_CODES: EntryType[] = ['file', 'dir', 'symlink', 'hardlink', 'whiteout', 'fifo', 'chardev', 'blockdev']
 const CODE_OF = new Map<EntryType, number>(TYPE_CODES.map((t, i) => [t, i]))
@@ -97,6 +106,8 @@ export class ManifestBuilder {
       throw new InvalidManifestError('entries out of order or duplicated', { path: entry.path })
     }
     const est = estimateSize(entry)
+    // One entry must fit one block: ~22k chunk references, a file of 1.4 GiB or so.
+    if (est > MAX_BLOCK_SIZE - 64 * 1024) throw new UnsupportedEntryError(`entry too large for a manifest block (${entry.chunks?.length ?? 0} chunks); format 1 carries files up to about 1.4 GiB`, { path: entry.path })
     if (this.#currentSize + est > BLOCK_SOFT_MAX && this.#current.length > 0) this.#flush()
     this.#current.push(encodeEntry(entry))
     this.#currentSize += est
@@ -169,7 +180,7 @@ export function checkPath (path: unknown, what = 'path'): string {
   for (const part of parts) {
     if (part === '') fail(`${what} has an empty component`, path)
     if (part === '.' || part === '..') fail(`${what} has a '${part}' component`, path)
-    if (part.length > LIMITS.nameBytes && utf8Length(part) > LIMITS.nameBytes) fail(`${what} has a component longer than ${LIMITS.nameBytes} bytes`, path)
+    if (part.length * 3 > LIMITS.nameBytes && utf8Length(part) > LIMITS.nameBytes) fail(`${what} has a component longer than ${LIMITS.nameBytes} bytes`, path)
   }
   return path
 }
@@ -192,6 +203,7 @@ function decodeXattrs (v: unknown, path?: string): Array<[string, Uint8Array]> |
     if (typeof name !== 'string' || name.length === 0 || utf8Length(name) > LIMITS.xattrNameBytes || name.includes('\0')) fail('bad xattr name', path)
     if (!(value instanceof Uint8Array) || value.length > LIMITS.xattrValueBytes) fail(`xattr ${name} value must be bytes of at most ${LIMITS.xattrValueBytes}`, path)
     if (prev !== undefined && !(prev < name)) fail('xattrs out of order or duplicated', path)
+    if (OVERLAY_XATTR.test(name)) fail(`xattr ${name} belongs to the overlay filesystem and is never stored`, path)
     prev = name
     out.push([name, value])
   }
@@ -208,10 +220,12 @@ export function decodeRoot (bytes: Uint8Array): ManifestRoot {
   if (!isMap(v)) fail('the manifest root must be a map')
   if (v.format !== FORMAT) fail(`not a strata layer manifest (format ${JSON.stringify(v.format)})`)
   if (v.version !== VERSION) fail(`unsupported manifest version ${JSON.stringify(v.version)} (this strata reads ${VERSION})`)
+  for (const k of Object.keys(v)) if (!ROOT_KEYS.has(k)) fail(`unexpected field ${JSON.stringify(k)} in the manifest root`)
   const count = uint(v.count, LIMITS.entries, 'count')
   const size = uint(v.size, Number.MAX_SAFE_INTEGER, 'size')
   if (!isMap(v.root)) fail('root attributes must be a map')
   const r = v.root
+  for (const k of Object.keys(r)) if (!ROOT_ATTR_KEYS.has(k)) fail(`unexpected field ${JSON.stringify(k)} in the root attributes`)
   const root: RootAttributes = {
     mode: uint(r.m, 0o7777, 'root mode'),
     uid: uint(r.u, 0xffffffff, 'root uid'),
@@ -262,12 +276,14 @@ function decodeEntry (v: unknown): Entry {
       if (v.d !== undefined) {
         if (!(v.d instanceof Uint8Array) || v.d.length > LIMITS.inlineBytes) fail(`inline data must be bytes of at most ${LIMITS.inlineBytes}`, path)
         if (v.d.length !== e.size) fail('inline data length differs from size', path)
+        if (e.size === 0) fail('an empty file carries no inline data', path)
         e.data = v.d
         allowed.add('d')
       }
       if (v.c !== undefined) {
         if (e.data !== undefined) fail('a file has both inline data and chunks', path)
-        if (!Array.isArray(v.c) || v.c.length === 0 || v.c.length > Math.ceil(e.size / 1) + 1) fail('chunks must be a non-empty list', path)
+        // FastCDC never cuts below MIN_CHUNK except at the end: that bounds the count.
+        if (!Array.isArray(v.c) || v.c.length === 0 || v.c.length > Math.floor(e.size / MIN_CHUNK) + 1) fail('chunks must be a non-empty list of at most size / 16 KiB + 1', path)
         let total = 0
         const chunks: Chunk[] = []
         for (const c of v.c as unknown[]) {
@@ -275,7 +291,8 @@ function decodeEntry (v: unknown): Entry {
           const cid = CID.asCID(c[0])
           if (cid === null || cid.version !== 1 || cid.code !== RAW || cid.multihash.code !== SHA2_256 || cid.multihash.size !== 32) fail('a chunk CID must be raw sha2-256 CIDv1', path)
           const length = uint(c[1], MAX_BLOCK_SIZE, 'chunk length', path)
-          if (length === 0) fail('a chunk is empty', path)
+          if (length === 0 || length > MAX_CHUNK) fail(`a chunk length must be 1..${MAX_CHUNK}`, path)
+          if (length < MIN_CHUNK && chunks.length < (v.c as unknown[]).length - 1) fail(`only the last chunk may be shorter than ${MIN_CHUNK}`, path)
           total += length
           chunks.push({ cid, length })
         }
@@ -334,10 +351,13 @@ export class EntryChecker {
   readonly #files = new Set<string>()
   #last: string | undefined
   #count = 0
+  #size = 0
   readonly #expected: number
+  readonly #expectedSize: number | undefined
 
-  constructor (expected: number) {
+  constructor (expected: number, expectedSize?: number) {
     this.#expected = expected
+    this.#expectedSize = expectedSize
   }
 
   check (e: Entry): void {
@@ -348,19 +368,24 @@ export class EntryChecker {
     if (++this.#count > this.#expected) fail(`more entries than the ${this.#expected} the root declares`, e.path)
     if (!this.#dirs.has(parentOf(e.path))) fail('the parent is not a directory of this layer', e.path)
     if (e.type === 'dir') this.#dirs.add(e.path)
-    if (e.type === 'file') this.#files.add(e.path)
+    if (e.type === 'file') {
+      this.#files.add(e.path)
+      this.#size += e.size
+      if (this.#expectedSize !== undefined && this.#size > this.#expectedSize) fail(`files add up to more than the ${this.#expectedSize} bytes the root declares`, e.path)
+    }
     if (e.type === 'hardlink' && !this.#files.has(e.target!)) fail('a hardlink must point at an earlier regular file of the layer', e.path)
   }
 
   end (): void {
     if (this.#count !== this.#expected) fail(`the root declares ${this.#expected} entries, found ${this.#count}`)
+    if (this.#expectedSize !== undefined && this.#size !== this.#expectedSize) fail(`the root declares ${this.#expectedSize} bytes of files, found ${this.#size}`)
   }
 }
 
 /** Yields a manifest's entries, checked, fetching entry-list blocks through `getBlock`. */
 export async function * readManifest (root: CID, getBlock: (cid: CID) => Promise<Uint8Array>): AsyncGenerator<Entry, void, undefined> {
   const decoded = decodeRoot(await getBlock(root))
-  const checker = new EntryChecker(decoded.count)
+  const checker = new EntryChecker(decoded.count, decoded.size)
   for (const cid of decoded.entries) {
     const list = decodeEntryList(await getBlock(cid))
     if (list.length === 0) fail('an entry-list block is empty')

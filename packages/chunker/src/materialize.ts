@@ -1,10 +1,12 @@
-import { chmodSync, lchownSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs'
+import { chmodSync, closeSync, constants, fchmodSync, fchownSync, lchownSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, writeSync } from 'node:fs'
 import type { CID } from 'multiformats/cid'
 import { lsetxattr, lutimens, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '@strata/sys'
 import { FsPool } from './fs-pool.ts'
 import type { WriteItem, WriteOptions } from './fs-pool.ts'
 import type { Entry, RootAttributes } from './entry.ts'
 import { decodeEntryList, decodeRoot, EntryChecker } from './manifest.ts'
+import { verifyBlock } from './cid.ts'
+import { removeTree } from './remove.ts'
 import { AbortError, BlockMismatchError, ChunkerError, InvalidManifestError, MaterializeError, PolicyError } from './errors.ts'
 
 /** Where materialization takes its bytes from. Every block it yields is verified. */
@@ -64,8 +66,8 @@ export async function materialize (root: CID, target: string, source: ContentSou
     return await write(root, target, source, opts)
   } catch (err) {
     try {
-      if (created) rmSync(target, { recursive: true, force: true })
-      else for (const name of readdirSync(target)) rmSync(`${target}/${name}`, { recursive: true, force: true })
+      if (created) removeTree(target)
+      else for (const name of readdirSync(target)) removeTree(`${target}/${name}`)
     } catch {
       // Cleanup is best effort; the original error is the one to report.
     }
@@ -90,6 +92,8 @@ function ensureEmptyTarget (target: string): boolean {
 const WRITE_BATCH_FILES = 256
 const WRITE_BATCH_BYTES = 16 * 1024 * 1024
 const MAX_WRITES_IN_FLIGHT = 4
+/** Files larger than this, from a remote source, are streamed rather than prefetched whole. */
+const STREAM_BYTES = 8 * 1024 * 1024
 
 async function write (root: CID, target: string, source: ContentSource, opts: MaterializeOptions): Promise<MaterializeResult> {
   const untrusted = opts.untrusted === true
@@ -100,11 +104,16 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const prefetchBytes = opts.prefetchBytes ?? 64 * 1024 * 1024
   const concurrency = opts.concurrency ?? 32
   const signal = opts.signal
-  const getBlock = (cid: CID): Promise<Uint8Array> => source.getBlock(cid, { signal })
+  // Every block is checked here, whatever the source promises.
+  const getBlock = async (cid: CID): Promise<Uint8Array> => {
+    const bytes = await source.getBlock(cid, { signal })
+    verifyBlock(cid, bytes)
+    return bytes
+  }
   const writeOptions: WriteOptions = { preserveOwner, umask: currentUmask(), euid, egid: process.getegid?.() ?? 0 }
 
   const manifest = decodeRoot(await getBlock(root))
-  const checker = new EntryChecker(manifest.count)
+  const checker = new EntryChecker(manifest.count, manifest.size)
   const dirs: DeferredDir[] = []
   const hardlinks: Entry[] = []
   let done = 0
@@ -119,6 +128,39 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const finishNode = (abs: string, e: Entry): void => {
     if (preserveOwner) lchownSync(abs, e.uid, e.gid)
     for (const [n, v] of xattrsOf(e.xattrs) ?? []) lsetxattr(abs, n, v)
+    lutimens(abs, e.mtime, e.mtime)
+  }
+
+  // A large file from a remote source is written from the main thread a window
+  // of blocks at a time, so that memory stays bounded whatever the file's size.
+  const writeStreamed = async (abs: string, e: Entry): Promise<void> => {
+    const fd = openSync(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+    try {
+      const chunks = e.chunks!
+      for (let k = 0; k < chunks.length;) {
+        if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
+        let windowBytes = 0
+        const window: CID[] = []
+        let end = k
+        while (end < chunks.length && (end === k || windowBytes < STREAM_BYTES)) {
+          window.push(chunks[end]!.cid)
+          windowBytes += chunks[end]!.length
+          end++
+        }
+        const got = await fetchAll(window, getBlock, concurrency)
+        for (; k < end; k++) {
+          const c = chunks[k]!
+          const block = got.get(c.cid.toString())!
+          if (block.length !== c.length) throw new BlockMismatchError(`block ${c.cid.toString()} is ${block.length} bytes, the manifest says ${c.length}`, { path: e.path })
+          for (let off = 0; off < block.length;) off += writeSync(fd, block, off, block.length - off)
+        }
+      }
+      if (preserveOwner) fchownSync(fd, e.uid, e.gid)
+      for (const [n, v] of xattrsOf(e.xattrs) ?? []) lsetxattr(abs, n, v)
+      fchmodSync(fd, mode(e.mode))
+    } finally {
+      closeSync(fd)
+    }
     lutimens(abs, e.mtime, e.mtime)
   }
 
@@ -160,7 +202,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
         const seen = new Set<string>()
         while (j < list.length && (j === i || batchBytes < prefetchBytes)) {
           const e = list[j++]!
-          if (e.type === 'file' && e.chunks !== undefined && source.localFile?.(e) === undefined) {
+          if (e.type === 'file' && e.chunks !== undefined && source.localFile?.(e) === undefined && e.size <= STREAM_BYTES) {
             for (const c of e.chunks) {
               const key = c.cid.toString()
               if (seen.has(key)) continue
@@ -185,6 +227,10 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
                 break
               }
               case 'file': {
+                if (e.chunks !== undefined && e.size > STREAM_BYTES && source.localFile?.(e) === undefined) {
+                  await writeStreamed(abs, e)
+                  break
+                }
                 const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
                 const xattrs = xattrsOf(e.xattrs)
                 if (xattrs !== undefined) item.xattrs = xattrs
@@ -268,10 +314,11 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   dirs.push({ abs: target, attrs: manifest.root })
   for (let k = dirs.length - 1; k >= 0; k--) {
     const { abs, attrs } = dirs[k]!
+    // Owner, xattrs, then mode: a read-only mode would refuse the xattrs.
     if (preserveOwner) lchownSync(abs, attrs.uid, attrs.gid)
-    chmodSync(abs, mode(attrs.mode))
     for (const [n, v] of xattrsOf(attrs.xattrs) ?? []) lsetxattr(abs, n, v)
     if (attrs.opaque === true) lsetxattr(abs, opaqueXattr, Uint8Array.of(0x79))
+    chmodSync(abs, mode(attrs.mode))
     lutimens(abs, attrs.mtime, attrs.mtime)
   }
   return { entries: done, bytes }

@@ -7,7 +7,7 @@ import { FsPool } from './fs-pool.ts'
 import type { HashItem, WorkerResponse } from './fs-pool.ts'
 import { compareNames } from './entry.ts'
 import type { Chunk, Entry, RootAttributes } from './entry.ts'
-import { ManifestBuilder, LIMITS } from './manifest.ts'
+import { checkPath, ManifestBuilder, LIMITS, OVERLAY_XATTR } from './manifest.ts'
 import type { EncodedManifest } from './manifest.ts'
 import { AbortError, ChunkerError, UnsupportedEntryError } from './errors.ts'
 
@@ -43,7 +43,6 @@ export const DEFAULT_INLINE_MAX = 0
 // The overlay filesystem's own bookkeeping: the opaque marker becomes the entry's
 // `opaque` flag, the rest (origin file handles, impure, redirect...) only means
 // something to the mount that wrote it.
-const OVERLAY_XATTR = /^(trusted|user)\.overlay\./
 const OPAQUE_XATTRS = new Set(['trusted.overlay.opaque', 'user.overlay.opaque'])
 
 function splitTime (ns: bigint): [number, number] {
@@ -69,6 +68,22 @@ function readXattrs (abs: string): { xattrs: Array<[string, Uint8Array]> | undef
     kept.push([name, new Uint8Array(value)])
   }
   return { xattrs: kept.length > 0 ? kept : undefined, opaque }
+}
+
+/** The format's limits, enforced while walking so that a tree the format cannot carry is refused before it moves. */
+function checkLimits (rel: string): void {
+  try {
+    checkPath(rel)
+  } catch (err) {
+    throw new UnsupportedEntryError(`the layer format cannot carry this path (${(err as Error).message.replace(/: ".*$/, '')})`, { path: rel.slice(0, 300), cause: err })
+  }
+}
+
+function checkXattrs (xattrs: Array<[string, Uint8Array]>, rel: string): void {
+  if (xattrs.length > LIMITS.xattrs) throw new UnsupportedEntryError(`more than ${LIMITS.xattrs} extended attributes`, { path: rel })
+  for (const [name, value] of xattrs) {
+    if (value.length > LIMITS.xattrValueBytes) throw new UnsupportedEntryError(`extended attribute ${name} is larger than ${LIMITS.xattrValueBytes} bytes`, { path: rel })
+  }
 }
 
 function major (rdev: bigint): number {
@@ -194,6 +209,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
       while (batches.length >= MAX_IN_FLIGHT) await applyOldest()
       const childRel = rel === '' ? name : `${rel}/${name}`
       checkName(name, childRel)
+      checkLimits(childRel)
       const childAbs = `${abs}/${name}`
       const st = lstatSync(childAbs, { bigint: true })
       const x = readXattrs(childAbs)
@@ -206,7 +222,10 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
         mtime: splitTime(st.mtimeNs),
         size: 0
       }
-      if (x.xattrs !== undefined) e.xattrs = x.xattrs
+      if (x.xattrs !== undefined) {
+        checkXattrs(x.xattrs, childRel)
+        e.xattrs = x.xattrs
+      }
       if (st.isDirectory()) {
         e.type = 'dir'
         if (x.opaque) e.opaque = true
@@ -234,6 +253,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
         e.type = 'symlink'
         const target = readlinkSync(childAbs)
         if (target.includes('\ufffd')) throw new UnsupportedEntryError('symlink target is not valid UTF-8', { path: childRel })
+        if (Buffer.byteLength(target) > LIMITS.symlinkBytes) throw new UnsupportedEntryError(`symlink target longer than ${LIMITS.symlinkBytes} bytes`, { path: childRel })
         e.target = target
       } else if (st.isCharacterDevice() && st.rdev === 0n) {
         e.type = 'whiteout'

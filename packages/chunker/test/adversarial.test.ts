@@ -28,7 +28,8 @@ function craft (lists: Raw[][], root: Raw = {}): { root: CID, source: ContentSou
   }
   const listCids = lists.map((entries) => put(dagCbor.encode({ entries })))
   const count = lists.reduce((n, l) => n + l.length, 0)
-  const rootCid = put(dagCbor.encode({ format: 'strata/layer', version: 1, count, size: 0, root: { m: 0o755, u: 0, g: 0, mt: [0, 0] }, entries: listCids, ...root }))
+  const size = lists.flat().reduce((n, e) => n + (e.t === T.file && typeof e.s === 'number' && e.s < 2 ** 40 ? e.s : 0), 0)
+  const rootCid = put(dagCbor.encode({ format: 'strata/layer', version: 1, count, size, root: { m: 0o755, u: 0, g: 0, mt: [0, 0] }, entries: listCids, ...root }))
   return {
     root: rootCid,
     put: (bytes) => put(bytes, RAW),
@@ -62,6 +63,8 @@ function sandbox (t: { after: (fn: () => void) => void }): { target: string, che
   }
 }
 
+const FAKE = cidOf(RAW, new Uint8Array([1]))
+
 const cases: Array<{ name: string, lists: Raw[][], root?: Raw, code: string, message: RegExp }> = [
   { name: 'a .. component', lists: [[dir('a'), file('a/../../canary')]], code: 'ERR_INVALID_MANIFEST', message: /'\.\.' component/ },
   { name: 'a bare .. path', lists: [[file('..')]], code: 'ERR_INVALID_MANIFEST', message: /'\.\.' component/ },
@@ -91,6 +94,12 @@ const cases: Array<{ name: string, lists: Raw[][], root?: Raw, code: string, mes
   { name: 'a symlink target with NUL', lists: [[{ p: 'l', t: T.symlink, ...attrs, l: 'a\0b' }]], code: 'ERR_INVALID_MANIFEST', message: /symlink target/ },
   { name: 'a mode with file type bits', lists: [[{ ...file('a'), m: 0o100644 }]], code: 'ERR_INVALID_MANIFEST', message: /mode must be/ },
   { name: 'another format version', lists: [[file('a')]], root: { version: 2 }, code: 'ERR_INVALID_MANIFEST', message: /unsupported manifest version 2/ },
+  { name: 'a root size that is not the sum of the files', lists: [[file('a'), file('b')]], root: { size: 1 }, code: 'ERR_INVALID_MANIFEST', message: /add up to more than the 1 bytes/ },
+  { name: 'an unknown field in the root', lists: [[file('a')]], root: { extra: true }, code: 'ERR_INVALID_MANIFEST', message: /unexpected field "extra" in the manifest root/ },
+  { name: 'an overlay xattr', lists: [[{ ...file('a'), x: [['trusted.overlay.redirect', new Uint8Array([1])]] }]], code: 'ERR_INVALID_MANIFEST', message: /belongs to the overlay/ },
+  { name: 'a 600-byte name', lists: [[file('\u20ac'.repeat(200))]], code: 'ERR_INVALID_MANIFEST', message: /longer than 255 bytes/ },
+  { name: 'a tiny chunk before the last', lists: [[{ p: 'f', t: T.file, ...attrs, s: 20, c: [[FAKE, 10], [FAKE, 10]] }]], code: 'ERR_INVALID_MANIFEST', message: /chunks must be|shorter than/ },
+  { name: 'an oversized chunk', lists: [[{ p: 'f', t: T.file, ...attrs, s: 300_000, c: [[FAKE, 300_000]] }]], code: 'ERR_INVALID_MANIFEST', message: /chunk length must be/ },
   { name: 'an unknown type', lists: [[{ ...file('a'), t: 42 }]], code: 'ERR_INVALID_MANIFEST', message: /type must be/ }
 ]
 

@@ -1,4 +1,4 @@
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync } from 'node:fs'
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, statSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -6,11 +6,12 @@ import { ClassicLevel } from 'classic-level'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
-import { decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, FsPool } from '@strata/chunker'
+import { decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, EntryChecker, FsPool, LIMITS, removeTree } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
 import { BlockCorruptError, BlockNotFoundError, CommitError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
 import { acquireLock } from './lock.ts'
+
 
 const execFileP = promisify(execFile)
 
@@ -24,6 +25,7 @@ const kLayer = (root: string): string => `layer:${root}`
 const kManifestBlock = (cid: string): string => `mblock:${cid}`
 const kBlock = (cid: string, layer: string): string => `block:${cid}:${layer}`
 const kRecord = (key: string): string => `record:${key}`
+const kPending = (root: string): string => `pending:${root}`
 const BATCH = 5000
 
 interface LayerMeta {
@@ -32,6 +34,51 @@ interface LayerMeta {
   blocks: number
   created: number
   corrupt?: boolean
+  /** Restored from a peer under the peer policy. */
+  untrusted?: boolean
+}
+
+/** Written before a layer dir is renamed into place; lets recover() finish the index. */
+interface PendingMeta {
+  untrusted?: boolean
+}
+
+interface ManifestBlock {
+  cid: CID
+  bytes: Uint8Array
+}
+
+/** What indexing a layer writes, worked out (and the manifest checked) before anything moves. */
+interface IndexPlan {
+  locations: Array<[string, Uint8Array]>
+  entries: number
+  size: number
+  blocks: number
+}
+
+function planIndex (root: string, blocks: ManifestBlock[]): IndexPlan {
+  const decoded = decodeRoot(blocks[0]!.bytes)
+  if (blocks.length !== decoded.entries.length + 1) throw new CommitError(`manifest of ${root} is incomplete`)
+  const checker = new EntryChecker(decoded.count, decoded.size)
+  const locations: Array<[string, Uint8Array]> = []
+  const distinct = new Set<string>()
+  decoded.entries.forEach((cid, i) => {
+    const list = blocks[i + 1]!
+    if (!list.cid.equals(cid)) throw new CommitError(`manifest of ${root} has its blocks out of order`)
+    for (const e of decodeEntryList(list.bytes)) {
+      checker.check(e)
+      if (e.type !== 'file' || e.chunks === undefined) continue
+      let offset = 0
+      for (const c of e.chunks) {
+        const key = c.cid.toString()
+        distinct.add(key)
+        locations.push([kBlock(key, root), encodeLocation(e.path, offset, c.length)])
+        offset += c.length
+      }
+    }
+  })
+  checker.end()
+  return { locations, entries: decoded.count, size: decoded.size, blocks: distinct.size }
 }
 
 interface Location {
@@ -87,6 +134,7 @@ class LayerStore implements Store, LocalStore {
   readonly #release: () => void
   #closed = false
   #pool: FsPool | undefined
+  readonly #rootLocks = new Map<string, Promise<void>>()
   readonly #inlineMax: number | undefined
 
   constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined) {
@@ -108,18 +156,26 @@ class LayerStore implements Store, LocalStore {
   }
 
   /**
-   * Makes the store consistent after a crash: staging is emptied, a layer dir the
-   * index does not know is indexed if it packs to its name (the crash fell between
-   * the rename and the index write) or removed, and index entries whose dir is
-   * gone are dropped.
+   * Makes the store consistent after a crash: staging is emptied; a layer dir the
+   * index does not know is indexed from the manifest its commit stored first (the
+   * crash fell between the rename and the index write), or else removed; index
+   * entries whose dir is gone are dropped.
    */
   async recover (): Promise<void> {
     for (const name of readdirSync(`${this.dataDir}/staging`)) {
-      rmSync(`${this.dataDir}/staging/${name}`, { recursive: true, force: true })
+      try {
+        removeTree(`${this.dataDir}/staging/${name}`)
+      } catch (err) {
+        this.#log.warn({ err, path: name }, 'cannot remove a staging dir; will try again at the next open')
+      }
     }
     const dirs = new Set(readdirSync(`${this.dataDir}/layers`))
     const known = new Set<string>()
     for await (const key of this.#db.keys({ gte: 'layer:', lt: 'layer;' })) known.add(key.slice('layer:'.length))
+    const pending = new Map<string, PendingMeta>()
+    for await (const [key, value] of this.#db.iterator({ gte: 'pending:', lt: 'pending;' })) {
+      pending.set(key.slice('pending:'.length), JSON.parse(Buffer.from(value).toString()) as PendingMeta)
+    }
     for (const root of known) {
       if (!dirs.has(root)) {
         this.#log.warn({ layer: root }, 'layer dir missing: dropping it from the index')
@@ -128,20 +184,39 @@ class LayerStore implements Store, LocalStore {
     }
     for (const name of dirs) {
       if (known.has(name)) continue
-      const path = `${this.dataDir}/layers/${name}`
-      try {
-        const packed = await packTree(path, { pool: this.#workers })
-        if (packed.root.toString() === name) {
-          await this.#index(name, path, packed.blocks, packed.contentBlocks)
+      const marker = pending.get(name)
+      if (marker !== undefined) {
+        try {
+          const blocks = await this.#storedManifest(name)
+          await this.#writeIndex(name, planIndex(name, blocks), marker)
           this.#log.info({ layer: name }, 'indexed a layer committed just before a crash')
           continue
+        } catch (err) {
+          this.#log.warn({ err, layer: name }, 'the manifest of an interrupted commit is unreadable')
         }
-      } catch (err) {
-        this.#log.warn({ err, layer: name }, 'unreadable layer dir left by a crash')
       }
       this.#log.warn({ layer: name }, 'removing a layer dir that is not a complete layer')
-      rmSync(path, { recursive: true, force: true })
+      try {
+        removeTree(this.layerDir(name))
+      } catch (err) {
+        this.#log.warn({ err, layer: name }, 'cannot remove an incomplete layer dir')
+      }
     }
+    for (const name of pending.keys()) {
+      if (!dirs.has(name) && !known.has(name)) await this.#db.del(kPending(name))
+    }
+  }
+
+  async #storedManifest (root: string): Promise<ManifestBlock[]> {
+    const rootBytes = await this.#db.get(kManifestBlock(root))
+    if (rootBytes === undefined) throw new BlockNotFoundError(root)
+    const blocks: ManifestBlock[] = [{ cid: CID.parse(root), bytes: rootBytes }]
+    for (const cid of decodeRoot(rootBytes).entries) {
+      const bytes = await this.#db.get(kManifestBlock(cid.toString()))
+      if (bytes === undefined) throw new BlockNotFoundError(cid.toString())
+      blocks.push({ cid, bytes })
+    }
+    return blocks
   }
 
   #stagingDir (): string {
@@ -158,6 +233,73 @@ class LayerStore implements Store, LocalStore {
 
   layerDir (root: string): string {
     return `${this.dataDir}/layers/${root}`
+  }
+
+  /** Runs `fn` alone for this root within this process: two commits or restores of one layer never race. */
+  async #exclusive<T> (root: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.#rootLocks.get(root) ?? Promise.resolve()
+    const run = before.then(fn, fn)
+    const tail = run.then(() => {}, () => {})
+    this.#rootLocks.set(root, tail)
+    try {
+      return await run
+    } finally {
+      if (this.#rootLocks.get(root) === tail) this.#rootLocks.delete(root)
+    }
+  }
+
+  /**
+   * Moves a complete tree into the store as the layer `blocks` describe. The
+   * manifest is checked first (a tree the format cannot carry is refused before
+   * anything moves); its blocks and a pending marker are written before the
+   * rename, which is the commit point; block locations and the layer key after.
+   * A layer already in the store is kept and the new tree discarded.
+   */
+  async #install (tree: string, blocks: ManifestBlock[], meta: PendingMeta, ownsTree: boolean): Promise<LayerInfo> {
+    const root = blocks[0]!.cid.toString()
+    const plan = planIndex(root, blocks)
+    return await this.#exclusive(root, async () => {
+      const existing = await this.getLayer(blocks[0]!.cid)
+      if (existing !== undefined) {
+        if (ownsTree) removeTree(tree)
+        return existing
+      }
+      // Not indexed, or corrupt: whatever is there is not a layer anyone may use.
+      if (existsSync(this.layerDir(root))) await this.#discard(root)
+      const batch = this.#db.batch()
+      for (const b of blocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
+      batch.put(kPending(root), Buffer.from(JSON.stringify(meta)))
+      await batch.write()
+      renameSync(tree, this.layerDir(root))
+      await this.#writeIndex(root, plan, meta)
+      return (await this.getLayer(blocks[0]!.cid))!
+    })
+  }
+
+  async #writeIndex (root: string, plan: IndexPlan, meta: PendingMeta): Promise<void> {
+    for (let i = 0; i < plan.locations.length; i += BATCH) {
+      const batch = this.#db.batch()
+      for (const [key, value] of plan.locations.slice(i, i + BATCH)) batch.put(key, value)
+      await batch.write()
+    }
+    const layer: LayerMeta = { size: plan.size, entries: plan.entries, blocks: plan.blocks, created: Date.now() }
+    if (meta.untrusted === true) layer.untrusted = true
+    const batch = this.#db.batch()
+    batch.put(kLayer(root), Buffer.from(JSON.stringify(layer)))
+    batch.del(kPending(root))
+    await batch.write()
+  }
+
+  /** Takes a layer dir out of sight, out of the index, then off the disk. */
+  async #discard (root: string): Promise<void> {
+    const dir = this.layerDir(root)
+    let moved: string | undefined
+    if (existsSync(dir)) {
+      moved = this.#stagingDir()
+      renameSync(dir, `${moved}/removed`)
+    }
+    await this.#dropIndex(root)
+    if (moved !== undefined) removeTree(moved)
   }
 
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
@@ -178,55 +320,15 @@ class LayerStore implements Store, LocalStore {
         onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
         onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
       })
-      const root = packed.root.toString()
-      const existing = await this.getLayer(packed.root)
-      if (existing !== undefined) {
-        if (src === dir) rmSync(dir, { recursive: true, force: true })
-        return existing
-      }
-      const dest = this.layerDir(root)
-      if (existsSync(dest)) rmSync(dest, { recursive: true, force: true })
-      // The commit point: after this rename the layer is complete on disk; the
-      // index write that follows makes it visible (recover() redoes it after a crash).
-      renameSync(src, dest)
-      await this.#index(root, dest, packed.blocks, packed.contentBlocks)
-      this.#log.debug({ layer: root, entries: packed.count, bytes: packed.size }, 'committed')
-      return (await this.getLayer(packed.root))!
+      const info = await this.#install(src, packed.blocks, {}, true)
+      this.#log.debug({ layer: info.root.toString(), entries: packed.count, bytes: packed.size }, 'committed')
+      return info
     } catch (err) {
       if (err instanceof StoreError) throw err
       throw new CommitError(`cannot commit ${dir}: ${(err as Error).message}`, { cause: err })
     } finally {
-      rmSync(staging, { recursive: true, force: true })
+      removeTree(staging)
     }
-  }
-
-  /** Writes manifest blocks, block locations and the layer record in atomic batches, the record last. */
-  async #index (root: string, dir: string, manifestBlocks: Array<{ cid: CID, bytes: Uint8Array }>, contentBlocks: number): Promise<void> {
-    let batch = this.#db.batch()
-    for (const b of manifestBlocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
-    let entries = 0
-    let size = 0
-    const decoded = decodeRoot(manifestBlocks[0]!.bytes)
-    for (const listBlock of manifestBlocks.slice(1)) {
-      for (const e of decodeEntryList(listBlock.bytes)) {
-        entries++
-        if (e.type !== 'file' || e.chunks === undefined) continue
-        size += e.size
-        let offset = 0
-        for (const c of e.chunks) {
-          batch.put(kBlock(c.cid.toString(), root), encodeLocation(e.path, offset, c.length))
-          offset += c.length
-          if (batch.length >= BATCH) {
-            await batch.write()
-            batch = this.#db.batch()
-          }
-        }
-      }
-    }
-    if (entries !== decoded.count) throw new CommitError(`manifest of ${dir} declares ${decoded.count} entries, found ${entries}`)
-    const meta: LayerMeta = { size, entries, blocks: contentBlocks, created: Date.now() }
-    batch.put(kLayer(root), Buffer.from(JSON.stringify(meta)))
-    await batch.write()
   }
 
   async #dropIndex (root: string): Promise<void> {
@@ -259,12 +361,15 @@ class LayerStore implements Store, LocalStore {
     return (await this.getLayer(root)) !== undefined
   }
 
+  async #meta (root: string): Promise<LayerMeta | undefined> {
+    const raw = await this.#db.get(kLayer(root))
+    return raw === undefined ? undefined : JSON.parse(Buffer.from(raw).toString()) as LayerMeta
+  }
+
   async getLayer (root: CID): Promise<LayerInfo | undefined> {
     const key = root.toString()
-    const raw = await this.#db.get(kLayer(key))
-    if (raw === undefined) return undefined
-    const meta = JSON.parse(Buffer.from(raw).toString()) as LayerMeta
-    if (meta.corrupt === true) return undefined
+    const meta = await this.#meta(key)
+    if (meta === undefined || meta.corrupt === true) return undefined
     const path = this.layerDir(key)
     if (!existsSync(path)) return undefined
     return { root, path, size: meta.size, entries: meta.entries, blocks: meta.blocks, created: meta.created }
@@ -281,15 +386,7 @@ class LayerStore implements Store, LocalStore {
 
   async removeLayer (root: CID): Promise<void> {
     const key = root.toString()
-    const dir = this.layerDir(key)
-    // Out of sight first (has() needs the dir), then out of the index, then off the disk.
-    let moved: string | undefined
-    if (existsSync(dir)) {
-      moved = `${this.#stagingDir()}/removed`
-      renameSync(dir, moved)
-    }
-    await this.#dropIndex(key)
-    if (moved !== undefined) rmSync(moved.slice(0, -'/removed'.length), { recursive: true, force: true })
+    await this.#exclusive(key, async () => await this.#discard(key))
   }
 
   async hasBlock (cid: CID): Promise<boolean> {
@@ -326,9 +423,8 @@ class LayerStore implements Store, LocalStore {
   }
 
   async #markCorrupt (root: string): Promise<void> {
-    const raw = await this.#db.get(kLayer(root))
-    if (raw === undefined) return
-    const meta = JSON.parse(Buffer.from(raw).toString()) as LayerMeta
+    const meta = await this.#meta(root)
+    if (meta === undefined) return
     meta.corrupt = true
     await this.#db.put(kLayer(root), Buffer.from(JSON.stringify(meta)))
     this.#log.error({ layer: root }, 'layer marked corrupt: a block read from it did not match its hash')
@@ -340,21 +436,25 @@ class LayerStore implements Store, LocalStore {
     const key = root.toString()
     const staging = this.#stagingDir()
     try {
-      const manifestBlocks: Array<{ cid: CID, bytes: Uint8Array }> = []
+      const manifestBlocks = new Map<string, ManifestBlock>()
+      let manifestBytes = 0
       const content: ContentSource = {
+        // materialize() verifies every block it is given.
         getBlock: async (cid, o) => {
-          let bytes: Uint8Array
+          let bytes: Uint8Array | undefined
           if (await this.hasBlock(cid)) {
             try {
               bytes = await this.getBlock(cid, o)
             } catch {
-              bytes = await source.getBlock(cid, o)
+              bytes = undefined
             }
-          } else {
-            bytes = await source.getBlock(cid, o)
           }
-          verifyBlock(cid, bytes)
-          if (cid.code === DAG_CBOR) manifestBlocks.push({ cid, bytes })
+          bytes ??= await source.getBlock(cid, o)
+          if (cid.code === DAG_CBOR) {
+            manifestBytes += bytes.length
+            if (manifestBytes > LIMITS.manifestBytes) throw new CommitError(`layer ${key} has more than ${LIMITS.manifestBytes} bytes of manifest`)
+            manifestBlocks.set(cid.toString(), { cid, bytes })
+          }
           return bytes
         }
       }
@@ -365,22 +465,14 @@ class LayerStore implements Store, LocalStore {
         signal: opts.signal,
         onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
       })
-      const dest = this.layerDir(key)
-      if (existsSync(dest)) rmSync(dest, { recursive: true, force: true })
-      renameSync(tree, dest)
-      // Manifest blocks in manifest order: the root first.
-      manifestBlocks.sort((a, b) => (a.cid.equals(root) ? -1 : b.cid.equals(root) ? 1 : 0))
-      const decoded = decodeRoot(manifestBlocks[0]!.bytes)
-      const contentBlocks = new Set<string>()
-      for (const m of manifestBlocks.slice(1)) for (const e of decodeEntryList(m.bytes)) for (const c of e.chunks ?? []) contentBlocks.add(c.cid.toString())
-      const ordered = [manifestBlocks[0]!, ...decoded.entries.map((c) => manifestBlocks.find((m) => m.cid.equals(c))!)]
-      await this.#index(key, dest, ordered, contentBlocks.size)
-      return (await this.getLayer(root))!
+      const rootBlock = manifestBlocks.get(key)!
+      const ordered = [rootBlock, ...decodeRoot(rootBlock.bytes).entries.map((c) => manifestBlocks.get(c.toString())!)]
+      return await this.#install(tree, ordered, opts.untrusted === true ? { untrusted: true } : {}, true)
     } catch (err) {
       if (err instanceof StoreError) throw err
       throw new CommitError(`cannot restore layer ${key}: ${(err as Error).message}`, { cause: err })
     } finally {
-      rmSync(staging, { recursive: true, force: true })
+      removeTree(staging)
     }
   }
 
@@ -391,7 +483,9 @@ class LayerStore implements Store, LocalStore {
       getBlock: (cid, o) => this.getBlock(cid, o),
       localFile: (e) => `${info.path}/${e.path}`
     }
-    return await materialize(root, dest, source, { pool: this.#workers, ...opts })
+    // The manifest of a layer from a peer still says what the peer sent: its policy applies again.
+    const untrusted = opts.untrusted === true || (await this.#meta(root.toString()))?.untrusted === true
+    return await materialize(root, dest, source, { pool: this.#workers, ...opts, untrusted })
   }
 
   async * entries (root: CID): AsyncGenerator<Entry, void, undefined> {

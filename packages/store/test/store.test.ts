@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync, openSync, readdirSync, rmSync, writeSync, closeSync } from 'node:fs'
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
 import { execFileSync, spawn } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -227,4 +227,63 @@ test('stays consistent when a commit is killed at random moments', async (t) => 
     }
   }
   t.diagnostic(`commit took ${span.toFixed(0)} ms; ${completed} of ${kills} commits finished before their kill`)
+})
+
+test('a layer restored under the peer policy keeps it when unpacked, and after a crash before its index', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'peer'), { 'suid': { file: 'x', mode: 0o4755, xattrs: { 'trusted.evil': '1', 'user.ok': '2' } } })
+  const producer = await openStore({ dataDir: join(dir, 'producer') })
+  t.after(() => producer.close())
+  const layer = await producer.commit(join(dir, 'peer'))
+  const data = join(dir, 'consumer')
+  let consumer = await openStore({ dataDir: data })
+  await consumer.restore(layer.root, producer, { untrusted: true })
+  const check = async (out: string): Promise<void> => {
+    await consumer.unpack(layer.root, out)
+    const d = describeTree(out) as Record<string, { mode: string, xattrs: string[] }>
+    assert.equal(d['suid']!.mode, '100755')
+    assert.deepEqual(d['suid']!.xattrs.map((x) => x.split('=')[0]), ['user.ok'])
+  }
+  await check(join(dir, 'out1'))
+  await consumer.close()
+  // A crash between the rename and the index write: the pending marker survives, the layer key does not.
+  const db = new ClassicLevel<string, string>(join(data, 'index'))
+  await db.del(`layer:${layer.root.toString()}`)
+  await db.put(`pending:${layer.root.toString()}`, JSON.stringify({ untrusted: true }))
+  await db.close()
+  consumer = await openStore({ dataDir: data })
+  t.after(() => consumer.close())
+  assert.equal(await consumer.has(layer.root), true, 'the interrupted restore was indexed from its stored manifest')
+  await check(join(dir, 'out2'))
+})
+
+test('a tree the format cannot carry is refused before it moves: the source stays', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  const deep = join(src, ...Array<string>(520).fill('d'))
+  mkdirSync(deep, { recursive: true })
+  writeFileSync(join(src, 'precious.txt'), 'keep me')
+  const store = await openStore({ dataDir: join(dir, 'data') })
+  t.after(() => store.close())
+  await assert.rejects(store.commit(src), { code: 'ERR_COMMIT', message: /cannot carry this path.*deeper than 512/ })
+  assert.equal(readFileSync(join(src, 'precious.txt'), 'utf8'), 'keep me')
+  assert.deepEqual(readdirSync(join(dir, 'data', 'layers')), [])
+})
+
+test('two restores of one layer at once give one layer dir that never changes under its users', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'b'), { 'f': bigText('same-root', 60_000) })
+  const producer = await openStore({ dataDir: join(dir, 'producer') })
+  t.after(() => producer.close())
+  const consumer = await openStore({ dataDir: join(dir, 'consumer') })
+  t.after(() => consumer.close())
+  const b = await producer.commit(join(dir, 'b'))
+  const slow: BlockSource = { getBlock: async (cid, o) => { await sleep(20); return await producer.getBlock(cid, o) } }
+  const later = consumer.restore(b.root, slow)
+  const first = await consumer.restore(b.root, producer)
+  const inode = statSync(first.path).ino
+  const second = await later
+  assert.equal(second.path, first.path)
+  assert.equal(statSync(first.path).ino, inode, 'the second restore replaced the layer dir')
+  assert.deepEqual(readdirSync(join(dir, 'consumer', 'layers')), [b.root.toString()])
 })
