@@ -90,8 +90,8 @@ export function routes (daemon: Daemon): Map<string, Handler> {
     return { layer: l !== undefined ? layerJson(l) : null }
   })
   r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
-  r.set('/v1/store/remove', async (b) => {
-    await store.removeLayer(cid(b, 'root'))
+  r.set('/v1/store/remove', async (b, _res, signal) => {
+    await daemon.removeLayer(cid(b, 'root'), { signal })
     return {}
   })
   r.set('/v1/store/block', async (b, _res, signal) => ({ bytes: Buffer.from(await store.getBlock(cid(b, 'cid'), { signal })).toString('base64') }))

@@ -503,6 +503,12 @@ export class Daemon {
     return layer
   }
 
+  /** Removes a layer from the store and stops providing it (other peers' DHT entries expire on their own). */
+  async removeLayer (root: CID, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.store.removeLayer(root)
+    await this.node.contentRouting.cancelReprovide(root, { signal: this.#signal(opts.signal, 5000) }).catch((err: unknown) => this.#log.debug({ err }, 'cancelReprovide failed'))
+  }
+
   /** Stores a record; the runner's signed records are announced and provided at once. */
   async putRecord (key: string, value: Uint8Array): Promise<void> {
     if (key.startsWith(RECORD_PREFIX)) {

@@ -76,6 +76,10 @@ test('connectDaemon finds a running daemon, and nothing on a stale socket', asyn
   t.after(async () => { await client.close() })
   assert.equal((await client.status({ copies: false })).peerId, a.peerId)
   assert.equal(client.dataDir, a.dataDir)
+  const { layer } = await publishLayer(t, a, { f: 'to remove' })
+  assert.equal((await client.getLayer(layer.root))?.size, layer.size)
+  await client.removeLayer(layer.root)
+  assert.equal(await a.store.has(layer.root), false)
   const dir = tempDir(t)
   // A socket file nobody listens on, as a daemon killed with SIGKILL leaves it.
   const bound = spawnSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(`${dir}/strata.sock`)})`])
