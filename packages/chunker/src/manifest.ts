@@ -95,6 +95,8 @@ function estimateSize (e: Entry): number {
 /** Builds a manifest from entries given in order. */
 export class ManifestBuilder {
   readonly #lists: ManifestBlock[] = []
+  // The same checks a reader makes, so that what a writer builds always reads back.
+  readonly #checker = new EntryChecker(LIMITS.entries)
   #current: Array<Record<string, unknown>> = []
   #currentSize = 0
   #last: string | undefined
@@ -102,9 +104,7 @@ export class ManifestBuilder {
   #size = 0
 
   add (entry: Entry): void {
-    if (this.#last !== undefined && comparePaths(this.#last, entry.path) >= 0) {
-      throw new InvalidManifestError('entries out of order or duplicated', { path: entry.path })
-    }
+    this.#checker.check(entry)
     const est = estimateSize(entry)
     // One entry must fit one block: ~22k chunk references, a file of 1.4 GiB or so.
     if (est > MAX_BLOCK_SIZE - 64 * 1024) throw new UnsupportedEntryError(`entry too large for a manifest block (${entry.chunks?.length ?? 0} chunks); format 1 carries files up to about 1.4 GiB`, { path: entry.path })

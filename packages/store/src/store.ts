@@ -255,9 +255,9 @@ class LayerStore implements Store, LocalStore {
    * rename, which is the commit point; block locations and the layer key after.
    * A layer already in the store is kept and the new tree discarded.
    */
-  async #install (tree: string, blocks: ManifestBlock[], meta: PendingMeta, ownsTree: boolean): Promise<LayerInfo> {
+  async #install (tree: string, blocks: ManifestBlock[], meta: PendingMeta, ownsTree: boolean, known?: IndexPlan): Promise<LayerInfo> {
     const root = blocks[0]!.cid.toString()
-    const plan = planIndex(root, blocks)
+    const plan = known ?? planIndex(root, blocks)
     return await this.#exclusive(root, async () => {
       const existing = await this.getLayer(blocks[0]!.cid)
       if (existing !== undefined) {
@@ -313,14 +313,25 @@ class LayerStore implements Store, LocalStore {
         await execFileP('cp', ['-a', '--reflink=auto', '--', dir, src], { signal: opts.signal, maxBuffer: 1 << 20 })
       }
       opts.signal?.throwIfAborted()
+      // The builder checks entries as a reader would, and the walk the format's
+      // limits: the locations reported here need no second decode of the manifest.
+      const found: Array<{ cid: string, path: string, offset: number, length: number }> = []
       const packed = await packTree(src, {
         pool: this.#workers,
         ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
         signal: opts.signal,
+        onBlock: (b) => found.push(b),
         onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
         onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
       })
-      const info = await this.#install(src, packed.blocks, {}, true)
+      const root = packed.root.toString()
+      const plan: IndexPlan = {
+        locations: found.map((b) => [kBlock(b.cid, root), encodeLocation(b.path, b.offset, b.length)]),
+        entries: packed.count,
+        size: packed.size,
+        blocks: packed.contentBlocks
+      }
+      const info = await this.#install(src, packed.blocks, {}, true, plan)
       this.#log.debug({ layer: info.root.toString(), entries: packed.count, bytes: packed.size }, 'committed')
       return info
     } catch (err) {
