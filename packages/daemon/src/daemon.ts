@@ -172,8 +172,13 @@ export class Daemon {
     pubsub.subscribe(RECORDS_TOPIC)
     pubsub.subscribe(FETCHING_TOPIC)
     this.#started = true
-    if (this.#socket !== false) this.#control = await startControl(this, this.#socket, this.#log)
-    if (this.#metricsListen !== undefined) this.#metricsServer = await this.#serveMetrics(this.#metricsListen)
+    try {
+      if (this.#socket !== false) this.#control = await startControl(this, this.#socket, this.#log)
+      if (this.#metricsListen !== undefined) this.#metricsServer = await this.#serveMetrics(this.#metricsListen)
+    } catch (err) {
+      await this.stop()
+      throw err instanceof DaemonConfigError ? err : new DaemonConfigError(`cannot listen: ${(err as Error).message}`, { cause: err })
+    }
     // Bootstrap discovery dials eventually; dialing now makes a fresh node useful at once.
     for (const addr of this.#bootstrap) {
       this.#background(this.node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) }).then(() => {}))
