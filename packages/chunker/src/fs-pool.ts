@@ -77,7 +77,7 @@ export class FsPool {
 
   #start (slot: Slot): void {
     // A small young generation: these workers allocate little, and RSS matters on a CI VM.
-    const worker = new Worker(new URL('./fs-worker.ts', import.meta.url), { resourceLimits: { maxYoungGenerationSizeMb: 8 } })
+    const worker = new Worker(new URL('./fs-worker.ts', import.meta.url), { resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 } })
     worker.unref()
     slot.worker = worker
     worker.on('message', (res: WorkerResponse) => {
