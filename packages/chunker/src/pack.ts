@@ -1,7 +1,7 @@
 import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
-import { lgetxattrs } from '@strata/sys'
+import { lgetxattrs, lstatx, X } from '@strata/sys'
 import { RAW, SHA2_256 } from './cid.ts'
 import { FsPool } from './fs-pool.ts'
 import type { HashItem, WorkerResponse } from './fs-pool.ts'
@@ -55,6 +55,16 @@ function splitTime (ns: bigint): [number, number] {
   return [Number(sec), Number(nsec)]
 }
 
+const S_IFMT = 0o170000
+const S_IFSOCK = 0o140000
+const S_IFLNK = 0o120000
+const S_IFREG = 0o100000
+const S_IFBLK = 0o060000
+const S_IFDIR = 0o040000
+const S_IFCHR = 0o020000
+const S_IFIFO = 0o010000
+const NO_XATTRS = { xattrs: undefined, opaque: false }
+
 function readXattrs (abs: string): { xattrs: Array<[string, Uint8Array]> | undefined, opaque: boolean } {
   const all = lgetxattrs(abs)
   if (all.length === 0) return { xattrs: undefined, opaque: false }
@@ -95,14 +105,6 @@ function checkXattrs (xattrs: Array<[string, Uint8Array]>, rel: string): void {
 function flat (s: string): string {
   s.charCodeAt(0)
   return s
-}
-
-function major (rdev: bigint): number {
-  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn))
-}
-
-function minor (rdev: bigint): number {
-  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn))
 }
 
 function checkName (name: string, rel: string): void {
@@ -213,6 +215,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   if (rootX.xattrs !== undefined) root.xattrs = rootX.xattrs
   if (rootX.opaque) root.opaque = true
 
+  const st = new Float64Array(12)
   const visit = async (abs: string, rel: string): Promise<void> => {
     const names = readdirSync(abs).sort(compareNames)
     for (const name of names) {
@@ -222,36 +225,38 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
       checkName(name, childRel)
       checkLimits(childRel)
       const childAbs = flat(`${abs}/${name}`)
-      const st = lstatSync(childAbs, { bigint: true })
-      const x = readXattrs(childAbs)
+      // One native call per entry, no Stats object: this walk is the main thread's whole job.
+      lstatx(childAbs, st)
+      const fmt = st[X.mode]! & S_IFMT
+      const x = st[X.hasXattrs] === 1 ? readXattrs(childAbs) : NO_XATTRS
       const e: Entry = {
         path: childRel,
         type: 'file',
-        mode: Number(st.mode & 0o7777n),
-        uid: Number(st.uid),
-        gid: Number(st.gid),
-        mtime: splitTime(st.mtimeNs),
+        mode: st[X.mode]! & 0o7777,
+        uid: st[X.uid]!,
+        gid: st[X.gid]!,
+        mtime: [st[X.mtimeSec]!, st[X.mtimeNsec]!],
         size: 0
       }
       if (x.xattrs !== undefined) {
         checkXattrs(x.xattrs, childRel)
         e.xattrs = x.xattrs
       }
-      if (st.isDirectory()) {
+      if (fmt === S_IFDIR) {
         e.type = 'dir'
         if (x.opaque) e.opaque = true
         entries.push(e)
         await visit(childAbs, childRel)
         continue
-      } else if (st.isFile()) {
-        const inode = st.nlink > 1n ? `${st.dev}:${st.ino}` : undefined
+      } else if (fmt === S_IFREG) {
+        const inode = st[X.nlink]! > 1 ? `${st[X.dev]}:${st[X.ino]}` : undefined
         const first = inode !== undefined ? links.get(inode) : undefined
         if (first !== undefined) {
           e.type = 'hardlink'
           e.target = first
         } else {
           if (inode !== undefined) links.set(inode, childRel)
-          e.size = Number(st.size)
+          e.size = st[X.size]!
           if (e.size > LIMITS.fileSize) throw new UnsupportedEntryError(`file larger than ${LIMITS.fileSize} bytes`, { path: childRel })
           bytes += e.size
           if (e.size > 0) {
@@ -260,20 +265,20 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
             batchBytes += e.size
           }
         }
-      } else if (st.isSymbolicLink()) {
+      } else if (fmt === S_IFLNK) {
         e.type = 'symlink'
         const target = readlinkSync(childAbs)
         if (target.includes('\ufffd')) throw new UnsupportedEntryError('symlink target is not valid UTF-8', { path: childRel })
         if (Buffer.byteLength(target) > LIMITS.symlinkBytes) throw new UnsupportedEntryError(`symlink target longer than ${LIMITS.symlinkBytes} bytes`, { path: childRel })
         e.target = target
-      } else if (st.isCharacterDevice() && st.rdev === 0n) {
+      } else if (fmt === S_IFCHR && st[X.rdevMajor] === 0 && st[X.rdevMinor] === 0) {
         e.type = 'whiteout'
-      } else if (st.isCharacterDevice() || st.isBlockDevice()) {
-        e.type = st.isCharacterDevice() ? 'chardev' : 'blockdev'
-        e.rdev = [major(st.rdev), minor(st.rdev)]
-      } else if (st.isFIFO()) {
+      } else if (fmt === S_IFCHR || fmt === S_IFBLK) {
+        e.type = fmt === S_IFCHR ? 'chardev' : 'blockdev'
+        e.rdev = [st[X.rdevMajor]!, st[X.rdevMinor]!]
+      } else if (fmt === S_IFIFO) {
         e.type = 'fifo'
-      } else if (st.isSocket()) {
+      } else if (fmt === S_IFSOCK) {
         opts.onWarning?.({ path: childRel, message: 'socket skipped: a socket has no meaning outside the process that bound it' })
         continue
       } else {

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync, symlinkSync, lstatSync, rmSync, openSync, c
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { lgetxattrs, lsetxattr, mknod, lutimens, flock, S_IFCHR, S_IFIFO } from '../src/index.ts'
+import { lgetxattrs, lsetxattr, lstatx, mknod, lutimens, flock, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
 
 function tempDir (t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'strata-sys-'))
@@ -69,4 +69,31 @@ test('reports a held lock without blocking', (t) => {
 test('names the failing path in system errors', () => {
   assert.throws(() => lgetxattrs('/nonexistent/strata'), (err: NodeJS.ErrnoException) =>
     err.code === 'ENOENT' && err.path === '/nonexistent/strata' && err.syscall === 'llistxattr')
+})
+
+test('lstatx reports what lstat does, without following a symlink', (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'f')
+  writeFileSync(file, 'hello')
+  lutimens(file, [0, 0], [1_700_000_000, 987_654_321])
+  symlinkSync('f', join(dir, 'l'))
+  const out = new Float64Array(12)
+  lstatx(file, out)
+  const st = lstatSync(file, { bigint: true })
+  assert.equal(out[X.mode], Number(st.mode))
+  assert.equal(out[X.size], 5)
+  assert.equal(out[X.mtimeSec], 1_700_000_000)
+  assert.equal(out[X.mtimeNsec], 987_654_321)
+  assert.equal(out[X.ino], Number(st.ino))
+  assert.equal(out[X.nlink], 1)
+  assert.equal(out[X.hasXattrs], 0)
+  lsetxattr(file, 'user.k', Buffer.from('v'))
+  lstatx(file, out)
+  assert.equal(out[X.hasXattrs], 1)
+  lstatx(join(dir, 'l'), out)
+  assert.equal(out[X.mode]! & 0o170000, 0o120000)
+  mknod(join(dir, 'wh'), S_IFCHR, 0, 0)
+  lstatx(join(dir, 'wh'), out)
+  assert.deepEqual([out[X.rdevMajor], out[X.rdevMinor]], [0, 0])
+  assert.throws(() => lstatx(join(dir, 'missing'), out), { code: 'ENOENT', syscall: 'lstat' })
 })
