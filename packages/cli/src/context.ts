@@ -1,6 +1,8 @@
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import type { Writable } from 'node:stream'
+import { parseArgs } from 'node:util'
+import type { ParseArgsOptionsConfig } from 'node:util'
 
 /** What every command gets: its arguments, where to print, a logger and the run's cancel signal. */
 export interface CommandContext {
@@ -43,4 +45,30 @@ export function formatBytes (n: number): string {
     u++
   }
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[u]}`
+}
+
+export type ArgValues = Record<string, string | boolean | Array<string | boolean> | undefined>
+
+/**
+ * Parses a command's arguments (every command takes `--data-dir`): an unknown
+ * option or a wrong number of positionals is a UsageError.
+ */
+export function parseCommandArgs (ctx: CommandContext, options: ParseArgsOptionsConfig, positionals: number | 'any'): { values: ArgValues, positionals: string[] } {
+  let parsed: { values: ArgValues, positionals: string[] }
+  try {
+    parsed = parseArgs({ args: ctx.argv, options: { 'data-dir': { type: 'string' }, ...options }, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (positionals !== 'any' && parsed.positionals.length !== positionals) {
+    throw new UsageError(positionals === 0
+      ? `unexpected argument ${JSON.stringify(parsed.positionals[0])}`
+      : `expected ${positionals} argument${positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
+  }
+  return parsed
+}
+
+/** The store directory a command was given, or the default. */
+export function dataDirOf (values: ArgValues): string {
+  return typeof values['data-dir'] === 'string' ? values['data-dir'] : defaultDataDir()
 }

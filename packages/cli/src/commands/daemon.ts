@@ -1,17 +1,11 @@
-import { parseArgs } from 'node:util'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { connectDaemon, createDaemon, loadPrivateKey } from '@strata/daemon'
 import type { Command, CommandContext } from '../context.ts'
-import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
+import type { ArgValues } from '../context.ts'
 
-function parse (ctx: CommandContext, options: ParseArgsOptionsConfig): Record<string, string | boolean | Array<string | boolean> | undefined> {
-  try {
-    const { values, positionals } = parseArgs({ args: ctx.argv, options: { 'data-dir': { type: 'string' }, ...options }, allowPositionals: true, strict: true })
-    if (positionals.length > 0) throw new Error(`unexpected argument ${JSON.stringify(positionals[0])}`)
-    return values
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
+function parse (ctx: CommandContext, options: ParseArgsOptionsConfig): ArgValues {
+  return parseCommandArgs(ctx, options, 0).values
 }
 
 /** A dialable address: libp2p already ends its own with /p2p/<id>. */
@@ -41,7 +35,7 @@ export const daemon: Command = {
     const listen = list(v.listen)
     const trusted = list(v['trusted-writer'])
     const node = await createDaemon({
-      dataDir: (v['data-dir'] as string | undefined) ?? defaultDataDir(),
+      dataDir: dataDirOf(v),
       ...(listen.length > 0 ? { listen } : {}),
       bootstrap: [...list(v.bootstrap), ...envBootstrap],
       mdns: v.mdns === true,
@@ -67,7 +61,7 @@ export const id: Command = {
   usage: 'strata id [--data-dir D] [--json]',
   async run (ctx) {
     const v = parse(ctx, { json: { type: 'boolean', default: false } })
-    const dataDir = (v['data-dir'] as string | undefined) ?? defaultDataDir()
+    const dataDir = dataDirOf(v)
     const client = await connectDaemon(dataDir, { signal: ctx.signal })
     let peerId: string
     let addresses: string[] = []
@@ -94,7 +88,7 @@ export const status: Command = {
   usage: 'strata status [--data-dir D] [--json]',
   async run (ctx) {
     const v = parse(ctx, { json: { type: 'boolean', default: false } })
-    const dataDir = (v['data-dir'] as string | undefined) ?? defaultDataDir()
+    const dataDir = dataDirOf(v)
     const client = await connectDaemon(dataDir, { signal: ctx.signal })
     if (client === undefined) {
       ctx.stderr.write(`strata status: no daemon answers on ${dataDir}/strata.sock (start one with strata daemon)\n`)

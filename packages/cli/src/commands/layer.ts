@@ -1,25 +1,10 @@
-import { parseArgs } from 'node:util'
 import { resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
 import type { Command, CommandContext } from '../context.ts'
-import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import { openStoreFor } from '../open.ts'
 
-const common = {
-  'data-dir': { type: 'string' },
-  json: { type: 'boolean', default: false }
-} as const
-
-function parse<T extends Record<string, { type: 'string' | 'boolean', default?: string | boolean }>> (ctx: CommandContext, options: T, positionals: number) {
-  let parsed
-  try {
-    parsed = parseArgs({ args: ctx.argv, options: { ...common, ...options }, allowPositionals: true, strict: true })
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
-  if (parsed.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument${positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
-  return parsed
-}
+const json = { json: { type: 'boolean', default: false } } as const
 
 function parseCid (text: string): CID {
   try {
@@ -38,13 +23,13 @@ export const pack: Command = {
   summary: 'commit a directory (an OverlayFS upper dir) to the store as a layer',
   usage: 'strata pack DIR [--data-dir D] [--keep-source] [--json]',
   async run (ctx) {
-    const { values, positionals } = parse(ctx, { 'keep-source': { type: 'boolean', default: false } }, 1)
-    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
+    const { values, positionals } = parseCommandArgs(ctx, { ...json, 'keep-source': { type: 'boolean', default: false } }, 1)
+    const store = await openStoreFor(ctx, dataDirOf(values))
     try {
       const started = performance.now()
-      const info = await store.commit(resolve(positionals[0]!), { keepSource: values['keep-source'], signal: ctx.signal })
+      const info = await store.commit(resolve(positionals[0]!), { keepSource: values['keep-source'] === true, signal: ctx.signal })
       const seconds = (performance.now() - started) / 1000
-      if (values.json) print(ctx, JSON.stringify({ root: info.root.toString(), path: info.path, entries: info.entries, size: info.size, blocks: info.blocks, seconds }))
+      if (values.json === true) print(ctx, JSON.stringify({ root: info.root.toString(), path: info.path, entries: info.entries, size: info.size, blocks: info.blocks, seconds }))
       else {
         ctx.stderr.write(`packed ${info.entries} entries, ${formatBytes(info.size)} in ${seconds.toFixed(2)}s\n`)
         print(ctx, info.root.toString())
@@ -61,14 +46,14 @@ export const unpack: Command = {
   summary: 'write a layer into an empty directory, in upper-dir form',
   usage: 'strata unpack CID DEST [--data-dir D] [--json]',
   async run (ctx) {
-    const { values, positionals } = parse(ctx, {}, 2)
+    const { values, positionals } = parseCommandArgs(ctx, json, 2)
     const root = parseCid(positionals[0]!)
-    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
+    const store = await openStoreFor(ctx, dataDirOf(values))
     try {
       const started = performance.now()
       const result = await store.unpack(root, resolve(positionals[1]!), { signal: ctx.signal })
       const seconds = (performance.now() - started) / 1000
-      if (values.json) print(ctx, JSON.stringify({ root: root.toString(), entries: result.entries, size: result.bytes, seconds }))
+      if (values.json === true) print(ctx, JSON.stringify({ root: root.toString(), entries: result.entries, size: result.bytes, seconds }))
       else ctx.stderr.write(`unpacked ${result.entries} entries, ${formatBytes(result.bytes)} in ${seconds.toFixed(2)}s\n`)
       return 0
     } finally {
@@ -89,13 +74,13 @@ export const ls: Command = {
   summary: 'list the entries of a layer',
   usage: 'strata ls CID [--data-dir D] [--json]',
   async run (ctx) {
-    const { values, positionals } = parse(ctx, {}, 1)
+    const { values, positionals } = parseCommandArgs(ctx, json, 1)
     const root = parseCid(positionals[0]!)
-    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
+    const store = await openStoreFor(ctx, dataDirOf(values))
     try {
       if (!(await store.has(root))) throw new UsageError(`no layer ${root.toString()} in the store`)
       for await (const e of store.entries(root)) {
-        if (values.json) {
+        if (values.json === true) {
           print(ctx, JSON.stringify({
             path: e.path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, size: e.size,
             ...(e.target !== undefined ? { target: e.target } : {}),
@@ -120,12 +105,12 @@ export const layers: Command = {
   summary: 'list the layers in the store',
   usage: 'strata layers [--data-dir D] [--json]',
   async run (ctx) {
-    const { values } = parse(ctx, {}, 0)
-    const store = await openStoreFor(ctx, values['data-dir'] ?? defaultDataDir())
+    const { values } = parseCommandArgs(ctx, json, 0)
+    const store = await openStoreFor(ctx, dataDirOf(values))
     try {
       const list = (await store.listLayers()).sort((a, b) => a.created - b.created)
       for (const l of list) {
-        if (values.json) print(ctx, JSON.stringify({ root: l.root.toString(), entries: l.entries, size: l.size, blocks: l.blocks, created: new Date(l.created).toISOString() }))
+        if (values.json === true) print(ctx, JSON.stringify({ root: l.root.toString(), entries: l.entries, size: l.size, blocks: l.blocks, created: new Date(l.created).toISOString() }))
         else print(ctx, `${l.root.toString()}  ${String(l.entries).padStart(8)} entries  ${formatBytes(l.size).padStart(8)}  ${new Date(l.created).toISOString()}`)
       }
       return 0

@@ -1,28 +1,13 @@
-import { parseArgs } from 'node:util'
-import type { ParseArgsOptionsConfig } from 'node:util'
 import { resolve } from 'node:path'
 import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
 import type { EnvDecl, ExecStep, RunnerEvent } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
-import { defaultDataDir, formatBytes, UsageError } from '../context.ts'
+import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import { connectDaemon } from '@strata/daemon'
 import { openStoreFor } from '../open.ts'
 import { Progress } from '../progress.ts'
 
-type Values = Record<string, string | boolean | Array<string | boolean> | undefined>
-
-function parse (ctx: CommandContext, options: ParseArgsOptionsConfig, opts: { positionals: number | 'any' }): { values: Values, positionals: string[] } {
-  let parsed: { values: Values, positionals: string[] }
-  try {
-    parsed = parseArgs({ args: ctx.argv, options: { 'data-dir': { type: 'string' }, json: { type: 'boolean', default: false }, ...options }, allowPositionals: true, strict: true })
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
-  if (opts.positionals !== 'any' && parsed.positionals.length !== opts.positionals) {
-    throw new UsageError(`expected ${opts.positionals} argument${opts.positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
-  }
-  return parsed
-}
+const jsonFlag = { json: { type: 'boolean', default: false } } as const
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
 
@@ -85,8 +70,7 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dataDir: string | undefined, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
-  const dir = dataDir ?? defaultDataDir()
+async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   const store = daemon ?? await openStoreFor(ctx, dir)
   try {
@@ -109,11 +93,11 @@ export const run: Command = {
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
   usage: 'strata run [-f strata.yml] [--data-dir D] [--no-cache] [--json]',
   async run (ctx) {
-    const { values } = parse(ctx, { file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, { positionals: 0 })
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
-      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, async (runner, observe) =>
         await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
@@ -131,7 +115,8 @@ export const exec: Command = {
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
   usage: 'strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] [--json] -- CMD...',
   async run (ctx) {
-    const { values, positionals } = parse(ctx, {
+    const { values, positionals } = parseCommandArgs(ctx, {
+      ...jsonFlag,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -139,7 +124,7 @@ export const exec: Command = {
       cwd: { type: 'string' },
       timeout: { type: 'string' },
       'no-cache': { type: 'boolean', default: false }
-    }, { positionals: 'any' })
+    }, 'any')
     if (typeof values.name !== 'string') throw new UsageError('--name is required')
     if (positionals.length === 0) throw new UsageError('no command given after --')
     const json = values.json === true
@@ -156,7 +141,7 @@ export const exec: Command = {
       step.timeoutMs = parseDuration(values.timeout)
     }
     try {
-      const result = await withRunner(ctx, values['data-dir'] as string | undefined, json, async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, async (runner, observe) =>
         await runner.exec(step, { signal: ctx.signal, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
       else ctx.stdout.write(result.key + '\n')
@@ -174,9 +159,9 @@ export const why: Command = {
   summary: 'say which part of a step\'s cache key changed since it last ran or hit',
   usage: 'strata why STEP [-f strata.yml] [--data-dir D] [--json]',
   async run (ctx) {
-    const { values, positionals } = parse(ctx, { file: { type: 'string', short: 'f', default: 'strata.yml' } }, { positionals: 1 })
+    const { values, positionals } = parseCommandArgs(ctx, { ...jsonFlag, file: { type: 'string', short: 'f', default: 'strata.yml' } }, 1)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
-    const report = await withRunner(ctx, values['data-dir'] as string | undefined, false, async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
+    const report = await withRunner(ctx, dataDirOf(values), false, async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
     if (values.json === true) {
       ctx.stdout.write(JSON.stringify(report) + '\n')
       return 0
