@@ -1,5 +1,5 @@
 import type { ParseArgsOptionsConfig } from 'node:util'
-import { connectDaemon, createDaemon, loadPrivateKey } from '@strata/daemon'
+import { connectDaemon } from '@strata/daemon/client'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
@@ -34,6 +34,8 @@ export const daemon: Command = {
     const envBootstrap = (process.env.STRATA_BOOTSTRAP ?? '').split(/[\s,]+/).filter((s) => s !== '')
     const listen = list(v.listen)
     const trusted = list(v['trusted-writer'])
+    // libp2p loads only for the commands that run a node.
+    const { createDaemon } = await import('@strata/daemon')
     const node = await createDaemon({
       dataDir: dataDirOf(v),
       ...(listen.length > 0 ? { listen } : {}),
@@ -74,6 +76,7 @@ export const id: Command = {
         await client.close()
       }
     } else {
+      const { loadPrivateKey } = await import('@strata/daemon')
       peerId = (await loadPrivateKey(dataDir, { signal: ctx.signal })).publicKey.toString()
     }
     if (v.json === true) ctx.stdout.write(JSON.stringify({ peerId, addresses }) + '\n')

@@ -3,7 +3,8 @@ import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
 import type { EnvDecl, ExecStep, RunnerEvent } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
-import { connectDaemon } from '@strata/daemon'
+// The client alone: importing the whole daemon package would load libp2p on every run.
+import { connectDaemon } from '@strata/daemon/client'
 import { openStoreFor } from '../open.ts'
 import { Progress } from '../progress.ts'
 
