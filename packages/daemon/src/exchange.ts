@@ -9,6 +9,7 @@ import {
   BLOCKS_PROTOCOL, MAX_MESSAGE_SIZE, MAX_WANTS_PER_MESSAGE, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant
 } from './codec.ts'
 import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
+import { RateLimiter } from './rate.ts'
 
 /** What the block exchange needs from the libp2p node. */
 export interface ExchangeComponents {
@@ -40,6 +41,10 @@ export interface ExchangeInit {
   maxAttempts?: number
   /** Bytes of recently fetched blocks kept to serve peers fetching the same layer. Default 64 MiB. */
   landedBytes?: number
+  /** Block bytes a second served to one peer, over all its streams. Default 256 MiB/s (above what one Noise connection carries). */
+  servePeerBytesPerSecond?: number
+  /** Bytes one peer may be sent at once after a quiet spell. Default 8 MiB. */
+  servePeerBurstBytes?: number
 }
 
 export interface ExchangeCounters {
@@ -48,6 +53,8 @@ export interface ExchangeCounters {
   blocksFromPeers: number
   blocksToPeers: number
   blocksRejected: number
+  /** Blocks whose sending was delayed by a peer's serving rate. */
+  blocksThrottled: number
 }
 
 export interface FetchStats {
@@ -59,11 +66,14 @@ export interface FetchStats {
 
 /** Serves `/strata/blocks/1.0.0` from the store and fetches blocks from providers. */
 export class BlockExchange {
-  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0 }
+  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0, blocksThrottled: 0 }
   readonly #c: ExchangeComponents
   readonly #log: Logger
   readonly #outstanding = new Map<string, number>()
   readonly #bans = new Map<string, number>()
+  /** Block streams each peer has open with us, over all its connections. */
+  readonly #streams = new Map<string, number>()
+  readonly #rate: RateLimiter
   /** Blocks fetched lately, newest last: a layer still being fetched serves what has landed. */
   readonly #landed = new Map<string, Uint8Array>()
   #landedSize = 0
@@ -82,8 +92,11 @@ export class BlockExchange {
       idleTimeoutMs: init.idleTimeoutMs ?? 10_000,
       banMs: init.banMs ?? 10 * 60_000,
       maxAttempts: init.maxAttempts ?? 6,
-      landedBytes: init.landedBytes ?? 64 * 1024 * 1024
+      landedBytes: init.landedBytes ?? 64 * 1024 * 1024,
+      servePeerBytesPerSecond: init.servePeerBytesPerSecond ?? 256 * 1024 * 1024,
+      servePeerBurstBytes: init.servePeerBurstBytes ?? 8 * 1024 * 1024
     }
+    this.#rate = new RateLimiter(this.init.servePeerBytesPerSecond, Math.max(this.init.servePeerBurstBytes, MAX_MESSAGE_SIZE))
     if (this.init.wantBatch < 1 || this.init.wantBatch > MAX_WANTS_PER_MESSAGE) throw new TypeError(`wantBatch must be 1..${MAX_WANTS_PER_MESSAGE}`)
   }
 
@@ -138,8 +151,12 @@ export class BlockExchange {
   async #serve (stream: Stream, connection: Connection): Promise<void> {
     const peer = connection.remotePeer.toString()
     let counted = 0
+    const streams = (this.#streams.get(peer) ?? 0) + 1
+    this.#streams.set(peer, streams)
     try {
       if (this.isBanned(peer)) throw new PeerLimitError(`peer ${peer} is banned`)
+      // libp2p counts streams per connection; a peer with several connections is held to the same total.
+      if (streams > this.init.maxInboundStreams) throw new PeerLimitError(`peer ${peer} has ${streams} block streams open, limit ${this.init.maxInboundStreams}`)
       const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
       for (let first = true; ; first = false) {
         let frame: Uint8ArrayList
@@ -171,6 +188,11 @@ export class BlockExchange {
           if (bytes === undefined) {
             await lp.write(encodeDontHave(cid), { signal })
           } else {
+            const wait = this.#rate.take(peer, bytes.length)
+            if (wait > 0) {
+              this.counters.blocksThrottled++
+              await new Promise<void>((resolve) => setTimeout(resolve, wait))
+            }
             await lp.write(new Uint8ArrayList(encodeBlockHeader(cid), bytes), { signal })
             this.counters.bytesToPeers += bytes.length
             this.counters.blocksToPeers++
@@ -184,6 +206,9 @@ export class BlockExchange {
       this.#log.debug({ err, peer }, 'block stream aborted')
       stream.abort(err as Error)
     } finally {
+      const open = (this.#streams.get(peer) ?? 1) - 1
+      if (open <= 0) this.#streams.delete(peer)
+      else this.#streams.set(peer, open)
       const left = (this.#outstanding.get(peer) ?? 0) - counted
       if (left <= 0) this.#outstanding.delete(peer)
       else this.#outstanding.set(peer, left)

@@ -8,7 +8,7 @@ import { gossipsub } from '@libp2p/gossipsub'
 import type { GossipSub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import type { Identify } from '@libp2p/identify'
-import type { PrivateKey } from '@libp2p/interface'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { kadDHT, removePublicAddressesMapper } from '@libp2p/kad-dht'
 import type { KadDHT } from '@libp2p/kad-dht'
 import { mdns } from '@libp2p/mdns'
@@ -25,6 +25,33 @@ export type StrataNode = Libp2p<StrataServices>
 
 /** Protocol prefix of every libp2p service strata runs, so that a strata fleet is its own DHT. */
 export const PROTOCOL_PREFIX = '/strata'
+
+/**
+ * What one peer, or the network, may hold of this node at most (doc/LIMITS.md).
+ * Streams are counted per connection by libp2p; with `connectionsPerPeer` that
+ * bounds them per peer too.
+ */
+export const NODE_LIMITS = {
+  /** Open connections; past this libp2p prunes the least useful. */
+  connections: 256,
+  /** Connections one peer may have open to us at once; more are refused after the handshake. */
+  connectionsPerPeer: 4,
+  /** Inbound connections still in their handshake (Noise, yamux). */
+  pendingInboundConnections: 16,
+  /** New connections per second from one host before the rest are refused. */
+  inboundConnectionsPerSecond: 5,
+  /** Streams of any protocol the remote may have open on one connection (yamux). */
+  streamsPerConnection: 256,
+  /** Bytes a stream buffers unread before it is reset (yamux); one block frame is ~1 MiB. */
+  streamReadBuffer: 4 * 1024 * 1024,
+  /** DHT streams per connection, inbound / outbound. */
+  dhtInboundStreams: 16,
+  dhtOutboundStreams: 32,
+  /** Largest gossipsub RPC frame accepted: a few records (each at most 256 KiB). */
+  gossipMessageBytes: 1024 * 1024,
+  /** Gossipsub streams per connection, each way. */
+  gossipStreams: 4
+} as const
 
 /**
  * The runner's identity key (`<dataDir>/identity.key`, ed25519 PKCS#8 PEM, created
@@ -61,15 +88,29 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     ...(init.mdns ? [mdns({ serviceTag: 'strata.local' })] : [])
   ]
   const allow = init.allowPeers !== undefined ? new Set(init.allowPeers) : undefined
-  return await createLibp2p({
+  // The gater runs before the node exists; it looks at the node once there is one.
+  const self: { node?: StrataNode } = {}
+  const tooMany = (p: PeerId): boolean => (self.node?.getConnections(p).length ?? 0) >= NODE_LIMITS.connectionsPerPeer
+  const node: StrataNode = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [yamux({
+      maxInboundStreams: NODE_LIMITS.streamsPerConnection,
+      streamOptions: { maxReadBufferLength: NODE_LIMITS.streamReadBuffer }
+    })],
+    connectionManager: {
+      maxConnections: NODE_LIMITS.connections,
+      maxIncomingPendingConnections: NODE_LIMITS.pendingInboundConnections,
+      inboundConnectionThreshold: NODE_LIMITS.inboundConnectionsPerSecond
+    },
     peerDiscovery: discovery,
-    ...(allow !== undefined ? { connectionGater: { denyDialPeer: (p) => !allow.has(p.toString()), denyInboundEncryptedConnection: (p) => !allow.has(p.toString()) } } : {}),
+    connectionGater: {
+      ...(allow !== undefined ? { denyDialPeer: (p: PeerId) => !allow.has(p.toString()) } : {}),
+      denyInboundEncryptedConnection: (p) => (allow !== undefined && !allow.has(p.toString())) || tooMany(p)
+    },
     services: {
       identify: identify({ protocolPrefix: PROTOCOL_PREFIX.slice(1) }),
       ping: ping({ protocolPrefix: PROTOCOL_PREFIX.slice(1) }),
@@ -78,9 +119,19 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
         peerInfoMapper: removePublicAddressesMapper,
         clientMode: false,
         logPrefix: 'libp2p:dht-strata',
-        datastorePrefix: '/dht-strata'
+        datastorePrefix: '/dht-strata',
+        maxInboundStreams: NODE_LIMITS.dhtInboundStreams,
+        maxOutboundStreams: NODE_LIMITS.dhtOutboundStreams
       }),
-      pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, emitSelf: false })
+      pubsub: gossipsub({
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        maxInboundDataLength: NODE_LIMITS.gossipMessageBytes,
+        maxInboundStreams: NODE_LIMITS.gossipStreams,
+        maxOutboundStreams: NODE_LIMITS.gossipStreams
+      })
     }
   })
+  self.node = node
+  return node
 }
