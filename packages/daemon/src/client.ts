@@ -27,12 +27,15 @@ export class DaemonClient implements Store {
   readonly dataDir: string
   readonly socketPath: string
   readonly trustedWriters: readonly string[] | null
+  /** The daemon's trust epoch: the runner writes its records in it and refuses older ones. */
+  readonly epoch: number
   readonly #agent = new Agent({ keepAlive: true, maxSockets: 8 })
 
-  constructor (socketPath: string, dataDir: string, trustedWriters: readonly string[] | null) {
+  constructor (socketPath: string, dataDir: string, trustedWriters: readonly string[] | null, epoch = 0) {
     this.socketPath = socketPath
     this.dataDir = dataDir
     this.trustedWriters = trustedWriters
+    this.epoch = epoch
   }
 
   /** Whether the daemon accepts records signed by `peer` (it checked them before storing). */
@@ -91,13 +94,13 @@ export class DaemonClient implements Store {
     return await this.#call('/v1/status', { copies: opts.copies ?? true }, opts) as unknown as DaemonStatus & { dataDir: string }
   }
 
-  async lookup (key: string, opts: { signal?: AbortSignal } = {}): Promise<{ layer: string, producer: string, source: string }> {
-    return await this.#call('/v1/lookup', { key }, opts) as { layer: string, producer: string, source: string }
+  async lookup (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<{ layer: string, producer: string, source: string }> {
+    return await this.#call('/v1/lookup', { key, scopes: opts.scopes }, opts) as { layer: string, producer: string, source: string }
   }
 
-  /** Looks `key` up in the fleet and fetches its layer into the daemon's store. */
-  async resolve (key: string, opts: { signal?: AbortSignal, onProgress?: (e: ProgressEvent) => void } = {}): Promise<RemoteResolve> {
-    const out = await this.#call('/v1/resolve', { key }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) })
+  /** Looks `key` up in the fleet (in `scopes`, in order; default the daemon's) and fetches its layer into the daemon's store. */
+  async resolve (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[], onProgress?: (e: ProgressEvent) => void } = {}): Promise<RemoteResolve> {
+    const out = await this.#call('/v1/resolve', { key, scopes: opts.scopes }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) })
     return { layer: layerOf(out.layer as LayerJson), providers: out.providers as number, bytes: out.bytes as number, durationMs: out.durationMs as number }
   }
 
@@ -171,7 +174,7 @@ export async function connectDaemon (dataDir: string, opts: { signal?: AbortSign
   const probe = new DaemonClient(socketPath, dataDir, null)
   try {
     const status = await probe.status({ copies: false, signal: AbortSignal.any([AbortSignal.timeout(5000), ...(opts.signal !== undefined ? [opts.signal] : [])]) })
-    return new DaemonClient(socketPath, status.dataDir, status.trustedWriters)
+    return new DaemonClient(socketPath, status.dataDir, status.trustedWriters, status.epoch)
   } catch (err) {
     if (err instanceof ControlError && err.code === 'ERR_CONTROL_UNREACHABLE') return undefined
     throw err

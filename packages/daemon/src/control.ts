@@ -4,6 +4,7 @@ import { chmodSync, rmSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import type { LayerInfo } from '@strata/store'
+import { checkScope, MAX_READ_SCOPES } from '@strata/runner'
 import type { Daemon } from './daemon.ts'
 
 /** The control API: HTTP + JSON on a unix socket, for the runner and the CLI on this machine. */
@@ -39,6 +40,18 @@ const cid = (body: Body, name: string): CID => {
 }
 
 /** Writes NDJSON: progress lines while `work` runs, then its result or error as the last line. */
+/** An optional list of scopes (`scopes`), each checked; undefined when absent. */
+function scopes (body: Record<string, unknown>): string[] | undefined {
+  const v = body.scopes
+  if (v === undefined) return undefined
+  if (!Array.isArray(v) || v.length === 0 || v.length > MAX_READ_SCOPES) throw new BadRequestError(`"scopes" must be a list of 1 to ${MAX_READ_SCOPES} scopes`)
+  try {
+    return v.map(checkScope)
+  } catch (err) {
+    throw new BadRequestError((err as Error).message, { cause: err })
+  }
+}
+
 async function streamed (res: ServerResponse, work: (progress: (e: unknown) => void) => Promise<unknown>): Promise<undefined> {
   res.writeHead(200, { 'content-type': 'application/x-ndjson' })
   let last = 0
@@ -63,11 +76,11 @@ export function routes (daemon: Daemon): Map<string, Handler> {
   const r = new Map<string, Handler>()
   r.set('/v1/status', async (b, _res, signal) => ({ ...await daemon.status({ signal, copies: b.copies !== false }), dataDir: daemon.dataDir }))
   r.set('/v1/lookup', async (b, _res, signal) => {
-    const found = await daemon.lookup(cid(b, 'key'), { signal })
+    const found = await daemon.lookup(cid(b, 'key'), { signal, scopes: scopes(b) })
     return { layer: found.record.layer.toString(), producer: found.record.producer, envelope: Buffer.from(found.envelope).toString('base64'), source: found.source }
   })
   r.set('/v1/resolve', async (b, res, signal) => await streamed(res, async (progress) => {
-    const got = await daemon.resolve(cid(b, 'key'), { signal, onProgress: progress })
+    const got = await daemon.resolve(cid(b, 'key'), { signal, onProgress: progress, scopes: scopes(b) })
     return { layer: layerJson(got.layer), providers: got.providers, bytes: got.bytes, durationMs: got.durationMs, recordSource: got.recordSource }
   }))
   r.set('/v1/fetch', async (b, res, signal) => await streamed(res, async (progress) => {
@@ -75,7 +88,7 @@ export function routes (daemon: Daemon): Map<string, Handler> {
     return { layer: layerJson(got.layer), providers: got.providers, bytes: got.bytes, durationMs: got.durationMs }
   }))
   r.set('/v1/publish', async (b, _res, signal) => {
-    const record = await daemon.publish(cid(b, 'key'), { signal })
+    const record = await daemon.publish(cid(b, 'key'), { signal, scope: scopes(b)?.[0] })
     return { key: record.key.toString(), layer: record.layer.toString() }
   })
   r.set('/v1/event', async (b) => {

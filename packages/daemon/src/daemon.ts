@@ -11,8 +11,8 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
 import type { CommitOptions, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
-import { RecordInvalidError } from '@strata/runner'
-import type { StepRecord } from '@strata/runner'
+import { checkEpoch, checkScope, DEFAULT_SCOPE, MAX_READ_SCOPES, RecordInvalidError } from '@strata/runner'
+import type { RecordRejectReason, StepRecord } from '@strata/runner'
 import { SOCKET_NAME, startControl } from './control.ts'
 import { DaemonConfigError, NoProvidersError, RecordNotFoundError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
@@ -21,7 +21,11 @@ import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
 import { DaemonMetrics } from './metrics.ts'
 import { createNode, loadPrivateKey } from './node.ts'
 import type { StrataNode } from './node.ts'
-import { FETCHING_TOPIC, MAX_RECORD_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, recordKey, verifyEnvelope } from './records.ts'
+import {
+  FETCHING_TOPIC, MAX_RECORD_SIZE, MAX_REQUEST_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, decodeRecordRequest,
+  encodeRecordRequest, recordKey, verifyEnvelope
+} from './records.ts'
+import { readPeerList, readPsk } from './trust.ts'
 
 export interface DaemonInit {
   /** Where the store, the identity key and the control socket live. */
@@ -36,8 +40,18 @@ export interface DaemonInit {
   replicas?: number
   /** Peer ids whose records are accepted; default: anyone whose signature checks out. This node is always trusted. */
   trustedWriters?: string[]
-  /** Peer ids allowed to connect at all (connection gater); default: any. */
+  /** Records written in an earlier trust epoch are refused. Default 0. */
+  epoch?: number
+  /** Scopes a lookup uses when the caller names none, in order. Default `['default']`. */
+  readScopes?: string[]
+  /** Peer ids allowed to connect at all (connection gater, after the handshake); default: any. */
   allowPeers?: string[]
+  /** A file of allowed peer ids, one a line (`#` comments), added to `allowPeers`. */
+  allowPeersFile?: string
+  /** A libp2p private network key (swarm.key format): only peers with the same key can connect. Default none. */
+  pskFile?: string
+  /** Refuse to start without `pskFile`. Default false. */
+  requirePsk?: boolean
   /** How long a provider search (DHT) may take. Default 5 000 ms. */
   providerTimeoutMs?: number
   /** Once one provider of a layer is known, how much longer to wait for others. Default 300 ms. */
@@ -91,7 +105,12 @@ export interface DaemonStatus {
   banned: string[]
   layers: LayerStatus[]
   counters: ExchangeCounters & { recordsLearned: number, recordsRejected: number, replicated: number }
+  /** Records refused, by reason. */
+  recordsRejected: Partial<Record<RecordRejectReason, number>>
   trustedWriters: string[] | null
+  epoch: number
+  readScopes: string[]
+  privateNetwork: boolean
 }
 
 export interface FetchOptions {
@@ -120,6 +139,10 @@ export class Daemon {
   readonly #stopping = new AbortController()
   readonly #replicating = new Set<string>()
   readonly counters = { recordsLearned: 0, recordsRejected: 0, replicated: 0 }
+  /** Records refused, by reason (the metric's labels). */
+  readonly rejected: Partial<Record<RecordRejectReason, number>> = {}
+  readonly readScopes: string[]
+  readonly privateNetwork: boolean
   #started = false
   readonly #socket: string | false
   readonly #metricsListen: string | undefined
@@ -139,7 +162,9 @@ export class Daemon {
     this.#bootstrap = init.bootstrap ?? []
     this.#socket = init.socket ?? `${init.dataDir}/${SOCKET_NAME}`
     this.#metricsListen = init.metricsListen
-    this.trust = new TrustPolicy(node.peerId.toString(), init.trustedWriters)
+    this.trust = new TrustPolicy(node.peerId.toString(), init.trustedWriters, init.epoch ?? 0)
+    this.readScopes = init.readScopes ?? [DEFAULT_SCOPE]
+    this.privateNetwork = init.pskFile !== undefined
     this.exchange = new BlockExchange({
       store,
       registrar: { handle: async (p, h, o) => { await node.handle(p, h, o) }, unhandle: async (p) => { await node.unhandle(p) } },
@@ -245,18 +270,32 @@ export class Daemon {
 
   // ---- records ----
 
-  /** Looks a key up: local store (records learned by gossip are stored there too), then DHT providers of the key. */
-  async lookup (key: CID, opts: { signal?: AbortSignal } = {}): Promise<LookupResult> {
-    const local = await this.store.getRecord(recordKey(key))
+  /** Counts and logs a refused record: every refusal is a miss with its reason. */
+  #rejected (err: RecordInvalidError, context: Record<string, unknown>, msg: string): void {
+    this.counters.recordsRejected++
+    this.rejected[err.reason] = (this.rejected[err.reason] ?? 0) + 1
+    this.#log.warn({ err, reason: err.reason, ...context }, msg)
+  }
+
+  /**
+   * Looks a key up in `scopes` (default the daemon's read scopes), in order: the
+   * local store (records learned by gossip are stored there too), then the DHT
+   * providers of the key, each asked for every scope at once. The order of scopes
+   * holds within each place asked.
+   */
+  async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
+    const scopes = opts.scopes ?? this.readScopes
     let rejected: string | undefined
-    if (local !== undefined) {
+    for (const scope of scopes) {
+      const local = await this.store.getRecord(recordKey(key, scope))
+      if (local === undefined) continue
       try {
-        const record = verifyEnvelope(local, this.trust, key)
+        const record = verifyEnvelope(local, this.trust.reading([scope]), key)
         return { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local' }
       } catch (err) {
         if (!(err instanceof RecordInvalidError)) throw err
         rejected = err.message
-        this.#log.warn({ err, key: key.toString() }, 'ignoring a stored record')
+        this.#rejected(err, { key: key.toString(), scope }, 'ignoring a stored record')
       }
     }
     const signal = this.#signal(opts.signal, this.#providerTimeoutMs)
@@ -264,23 +303,25 @@ export class Daemon {
     try {
       for await (const provider of this.#providers(key, signal)) {
         if (asked++ >= this.#maxProviders) break
-        let bytes: Uint8Array | undefined
+        let answers: Uint8Array[]
         try {
-          bytes = await this.#askRecord(provider, key, signal)
+          answers = await this.#askRecord(provider, key, scopes, signal)
         } catch (err) {
           this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
           continue
         }
-        if (bytes === undefined) continue
-        try {
-          const record = verifyEnvelope(bytes, this.trust, key)
-          await this.store.putRecord(recordKey(key), bytes)
-          return { record, envelope: bytes, source: 'dht' }
-        } catch (err) {
-          if (!(err instanceof RecordInvalidError)) throw err
-          rejected = err.message
-          this.counters.recordsRejected++
-          this.#log.warn({ err, key: key.toString(), peer: provider.toString() }, 'ignoring a record from a peer')
+        for (const [i, bytes] of answers.entries()) {
+          const scope = scopes[i]!
+          if (bytes.length === 0) continue
+          try {
+            const record = verifyEnvelope(bytes, this.trust.reading([scope]), key)
+            await this.store.putRecord(recordKey(key, scope), bytes)
+            return { record, envelope: bytes, source: 'dht' }
+          } catch (err) {
+            if (!(err instanceof RecordInvalidError)) throw err
+            rejected = err.message
+            this.#rejected(err, { key: key.toString(), scope, peer: provider.toString() }, 'ignoring a record from a peer')
+          }
         }
       }
     } catch (err) {
@@ -296,14 +337,17 @@ export class Daemon {
     if (data.length > MAX_RECORD_SIZE) return
     let record: StepRecord
     try {
+      // Any scope: the scope is checked when a lookup reads the record.
       record = verifyEnvelope(data, this.trust)
     } catch (err) {
-      this.counters.recordsRejected++
-      this.#log.warn({ err }, 'ignoring an announced record')
+      if (!(err instanceof RecordInvalidError)) throw err
+      this.#rejected(err, {}, 'ignoring an announced record')
       return
     }
     const k = record.key.toString()
-    if (await this.store.getRecord(recordKey(k)) === undefined) await this.store.putRecord(recordKey(k), data)
+    const slot = recordKey(k, record.scope)
+    const held = await this.store.getRecord(slot)
+    if (held === undefined || !this.#verifies(held, record.key, record.scope)) await this.store.putRecord(slot, data)
     this.#gossiped.add(k)
     // Only a hint for lookup's `source`: keep the newest keys, not all of them.
     if (this.#gossiped.size > 100_000) this.#gossiped.delete(this.#gossiped.values().next().value!)
@@ -312,11 +356,21 @@ export class Daemon {
     this.#maybeReplicate(record)
   }
 
+  #verifies (bytes: Uint8Array, key: CID, scope: string): boolean {
+    try {
+      verifyEnvelope(bytes, this.trust.reading([scope]), key)
+      return true
+    } catch {
+      return false
+    }
+  }
+
   /** Signs nothing: announces a record the runner already signed and stored, and provides its key and layer. */
-  async publish (key: CID, opts: { signal?: AbortSignal } = {}): Promise<StepRecord> {
-    const bytes = await this.store.getRecord(recordKey(key))
-    if (bytes === undefined) throw new RecordNotFoundError(key.toString(), 'not in the local store')
-    const record = verifyEnvelope(bytes, this.trust, key)
+  async publish (key: CID, opts: { signal?: AbortSignal, scope?: string } = {}): Promise<StepRecord> {
+    const scope = opts.scope ?? DEFAULT_SCOPE
+    const bytes = await this.store.getRecord(recordKey(key, scope))
+    if (bytes === undefined) throw new RecordNotFoundError(key.toString(), `not in the local store in scope ${scope}`)
+    const record = verifyEnvelope(bytes, this.trust.reading([scope]), key)
     await this.node.services.pubsub.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
     this.#background(this.#provide(key, opts.signal))
     if (await this.store.has(record.layer)) this.#background(this.#provide(record.layer, opts.signal))
@@ -339,14 +393,16 @@ export class Daemon {
     }
   }
 
-  async #askRecord (peer: PeerId, key: CID, signal: AbortSignal): Promise<Uint8Array | undefined> {
+  /** The peer's envelopes for `key` in each of `scopes` (empty where it has none). */
+  async #askRecord (peer: PeerId, key: CID, scopes: readonly string[], signal: AbortSignal): Promise<Uint8Array[]> {
     const stream = await this.node.dialProtocol(peer, RECORDS_PROTOCOL, { signal })
     try {
       const lp = lpStream(stream, { maxDataLength: MAX_RECORD_SIZE })
-      await lp.write(key.bytes, { signal })
-      const answer = (await lp.read({ signal })).subarray()
+      await lp.write(encodeRecordRequest({ key, scopes: [...scopes] }), { signal })
+      const answers: Uint8Array[] = []
+      for (let i = 0; i < scopes.length; i++) answers.push((await lp.read({ signal })).subarray())
       await stream.close({ signal }).catch(() => {})
-      return answer.length === 0 ? undefined : answer
+      return answers
     } catch (err) {
       stream.abort(err as Error)
       throw err
@@ -356,10 +412,12 @@ export class Daemon {
   async #serveRecord (stream: Stream): Promise<void> {
     try {
       const signal = AbortSignal.timeout(10_000)
-      const lp = lpStream(stream, { maxDataLength: 128 })
-      const key = CID.decode((await lp.read({ signal })).subarray())
-      const bytes = await this.store.getRecord(recordKey(key))
-      await lp.write(bytes ?? new Uint8Array(0), { signal })
+      const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_SIZE })
+      const req = decodeRecordRequest((await lp.read({ signal })).subarray())
+      for (const scope of req.scopes) {
+        const bytes = await this.store.getRecord(recordKey(req.key, scope))
+        await lp.write(bytes ?? new Uint8Array(0), { signal })
+      }
       await stream.close({ signal })
     } catch (err) {
       this.#log.debug({ err }, 'record stream aborted')
@@ -463,9 +521,9 @@ export class Daemon {
   }
 
   /** Lookup, then fetch: what the runner asks for on a local miss. */
-  async resolve (key: CID, opts: FetchOptions = {}): Promise<ResolveResult> {
+  async resolve (key: CID, opts: FetchOptions & { scopes?: readonly string[] } = {}): Promise<ResolveResult> {
     const t0 = performance.now()
-    const found = await this.lookup(key, opts)
+    const found = await this.lookup(key, { signal: opts.signal, scopes: opts.scopes })
     const hints = [...(opts.hints ?? [])]
     const producer = parsePeerId(found.record.producer)
     if (producer !== undefined) hints.push(producer)
@@ -516,15 +574,14 @@ export class Daemon {
 
   /** Stores a record; the runner's signed records are announced and provided at once. */
   async putRecord (key: string, value: Uint8Array): Promise<void> {
-    if (key.startsWith(RECORD_PREFIX)) {
-      const cid = claimedKey(value)
-      if (recordKey(cid) !== key) throw new RecordInvalidError(key, 'is stored under another key')
+    if (!key.startsWith(RECORD_PREFIX)) {
+      await this.store.putRecord(key, value)
+      return
     }
+    const claimed = claimedKey(value)
+    if (recordKey(claimed.key, claimed.scope) !== key) throw new RecordInvalidError(key, 'wrong-key', `is about ${recordKey(claimed.key, claimed.scope)}`)
     await this.store.putRecord(key, value)
-    if (key.startsWith(RECORD_PREFIX)) {
-      const cid = CID.parse(key.slice(RECORD_PREFIX.length))
-      await this.publish(cid)
-    }
+    await this.publish(claimed.key, { scope: claimed.scope })
   }
 
   /** Peers the DHT knows to hold `root`, this node included when it does. */
@@ -550,7 +607,11 @@ export class Daemon {
       banned: this.exchange.banned,
       layers,
       counters: { ...this.exchange.counters, ...this.counters },
-      trustedWriters: this.trust.writers !== undefined ? [...this.trust.writers] : null
+      recordsRejected: { ...this.rejected },
+      trustedWriters: this.trust.writers !== undefined ? [...this.trust.writers] : null,
+      epoch: this.trust.epoch,
+      readScopes: this.readScopes,
+      privateNetwork: this.privateNetwork
     }
   }
 }
@@ -574,6 +635,18 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
       throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id`, { cause: err })
     }
   }
+  try {
+    if (init.epoch !== undefined) checkEpoch(init.epoch)
+    if (init.readScopes !== undefined) {
+      init.readScopes.forEach(checkScope)
+      if (init.readScopes.length === 0 || init.readScopes.length > MAX_READ_SCOPES) throw new TypeError(`read scopes must be 1 to ${MAX_READ_SCOPES}, got ${init.readScopes.length}`)
+    }
+  } catch (err) {
+    throw new DaemonConfigError((err as Error).message, { cause: err })
+  }
+  if (init.requirePsk === true && init.pskFile === undefined) throw new DaemonConfigError('a pre-shared key is required (--require-psk) but none was given (--psk-file FILE)')
+  const psk = init.pskFile !== undefined ? await readPsk(init.pskFile) : undefined
+  const allowPeers = init.allowPeersFile !== undefined ? [...(init.allowPeers ?? []), ...await readPeerList(init.allowPeersFile)] : init.allowPeers
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   const privateKey = await loadPrivateKey(init.dataDir)
   const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false })
@@ -583,7 +656,8 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
       listen: init.listen ?? ['/ip4/0.0.0.0/tcp/7401'],
       bootstrap: init.bootstrap ?? [],
       mdns: init.mdns ?? false,
-      allowPeers: init.allowPeers
+      ...(allowPeers !== undefined ? { allowPeers } : {}),
+      ...(psk !== undefined ? { psk } : {})
     })
     return new Daemon(init, store, init.store === undefined, node, log)
   } catch (err) {

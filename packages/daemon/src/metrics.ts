@@ -25,7 +25,17 @@ export class DaemonMetrics {
     counter('strata_bytes_from_peers_total', 'Block bytes received from peers', () => c.bytesFromPeers)
     counter('strata_bytes_to_peers_total', 'Block bytes served to peers', () => c.bytesToPeers)
     counter('strata_blocks_rejected_total', 'Blocks from peers that did not match their CID', () => c.blocksRejected)
-    counter('strata_records_rejected_total', 'Records refused (bad signature, untrusted writer, malformed)', () => daemon.counters.recordsRejected)
+    // One series per reason a record was refused (untrusted-signer, old-epoch, wrong-scope, bad-signature, ...).
+    new Counter({
+      name: 'strata_records_rejected_total',
+      help: 'Records refused, by reason: each is a miss',
+      labelNames: ['reason'],
+      registers,
+      collect () {
+        this.reset()
+        for (const [reason, n] of Object.entries(daemon.rejected)) this.inc({ reason }, n)
+      }
+    })
     counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => daemon.counters.replicated)
     gauge('strata_peers_connected', 'Peers with an open connection', () => daemon.node.getPeers().length)
   }

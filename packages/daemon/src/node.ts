@@ -12,6 +12,7 @@ import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { kadDHT, removePublicAddressesMapper } from '@libp2p/kad-dht'
 import type { KadDHT } from '@libp2p/kad-dht'
 import { mdns } from '@libp2p/mdns'
+import { preSharedKey } from '@libp2p/pnet'
 import { ping } from '@libp2p/ping'
 import type { Ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
@@ -80,6 +81,8 @@ export interface NodeInit {
   mdns: boolean
   /** Peer ids allowed to connect; undefined: any. */
   allowPeers?: readonly string[]
+  /** A private network key (swarm.key bytes): every connection is wrapped in XSalsa20 under it before Noise. */
+  psk?: Uint8Array
 }
 
 export async function createNode (init: NodeInit): Promise<StrataNode> {
@@ -107,8 +110,12 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
       inboundConnectionThreshold: NODE_LIMITS.inboundConnectionsPerSecond
     },
     peerDiscovery: discovery,
+    ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: init.psk }) } : {}),
+    // The encrypted-connection hooks see the remote peer id once Noise has proved it,
+    // before the muxer and any protocol: a peer off the allow-list never reaches
+    // identify, the DHT, gossip or the block exchange.
     connectionGater: {
-      ...(allow !== undefined ? { denyDialPeer: (p: PeerId) => !allow.has(p.toString()) } : {}),
+      ...(allow !== undefined ? { denyDialPeer: (p: PeerId) => !allow.has(p.toString()), denyOutboundEncryptedConnection: (p: PeerId) => !allow.has(p.toString()) } : {}),
       denyInboundEncryptedConnection: (p) => (allow !== undefined && !allow.has(p.toString())) || tooMany(p)
     },
     services: {

@@ -16,7 +16,7 @@ test('a layer committed on A is restored on B byte-identically', async (t) => {
   assert.equal(got.providers, 1)
   assert.ok(got.bytes > 3 * 1024 * 1024)
   assert.equal(a.exchange.counters.bytesToPeers, b.exchange.counters.bytesFromPeers)
-  assert.ok((await b.store.getRecord(`runner/record/${key.toString()}`)) !== undefined, 'the record is stored on B')
+  assert.ok((await b.store.getRecord(`runner/record/${key.toString()}/default`)) !== undefined, 'the record is stored on B')
 })
 
 test('a node that holds most blocks asks only for the missing ones', async (t) => {
@@ -88,7 +88,7 @@ test('a key nobody has is a miss, quickly', async (t) => {
   const b = await startDaemon(t)
   await connect([a, b])
   const { key } = await publishLayer(t, a, { f: 'x' })
-  await a.store.putRecord(`runner/record/${key.toString()}`, new Uint8Array(0))
+  await a.store.putRecord(`runner/record/${key.toString()}/default`, new Uint8Array(0))
   const t0 = performance.now()
   const { CID } = await import('multiformats/cid')
   const unknown = CID.parse('bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy')

@@ -6,7 +6,7 @@ import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
-import { loadIdentity, RECORD_FORMAT, signRecord } from '@strata/runner'
+import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/runner'
 import type { LayerInfo } from '@strata/store'
 import { createDaemon } from '../src/index.ts'
 import type { Daemon, DaemonInit } from '../src/index.ts'
@@ -88,15 +88,18 @@ export async function connect (daemons: Daemon[]): Promise<void> {
   }
 }
 
-/** Commits `tree` on `daemon` as a layer and signs, stores and announces a record for a fresh key. */
-export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree): Promise<{ key: CID, layer: LayerInfo }> {
+/** Commits `tree` on `daemon` as a layer and signs, stores and announces a record for `key` (default a fresh one) in `scope` (default `default`). */
+export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree, opts: { key?: CID, scope?: string, epoch?: number } = {}): Promise<{ key: CID, layer: LayerInfo }> {
   const dir = `${tempDir(t)}/upper`
   writeTree(dir, tree)
   const layer = await daemon.commit(dir)
-  const key = cidOf(DAG_CBOR, dagCbor.encode({ test: randomBytes(16) }))
+  const key = opts.key ?? cidOf(DAG_CBOR, dagCbor.encode({ test: randomBytes(16) }))
+  const scope = opts.scope ?? 'default'
   const identity = await loadIdentity(daemon.dataDir)
-  const envelope = signRecord({ v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId }, identity)
-  await daemon.putRecord(`runner/record/${key.toString()}`, envelope)
+  const envelope = signRecord({
+    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch
+  }, identity)
+  await daemon.putRecord(recordKey(key, scope), envelope)
   return { key, layer }
 }
 

@@ -232,13 +232,19 @@ export class IdentityError extends RunnerError {
   }
 }
 
-/** A stored record or descriptor does not decode, verify or match its key. */
+/** Why a record was refused; stable, used as a metric label. */
+export type RecordRejectReason =
+  | 'malformed' | 'too-large' | 'unsigned' | 'version' | 'bad-signature' | 'untrusted-signer' | 'wrong-key' | 'old-epoch' | 'wrong-scope'
+
+/** A stored record or descriptor does not decode, verify or match its key, or the reader's policy refuses it. */
 export class RecordInvalidError extends RunnerError {
   override name = 'RecordInvalidError'
   readonly key: string
-  constructor (key: string, reason: string, opts?: { cause?: unknown }) {
-    super('ERR_RECORD_INVALID', `record for ${key}: ${reason}`, opts)
+  readonly reason: RecordRejectReason
+  constructor (key: string, reason: RecordRejectReason, detail: string, opts?: { cause?: unknown }) {
+    super('ERR_RECORD_INVALID', `record for ${key}: ${detail} (${reason})`, opts)
     this.key = key
+    this.reason = reason
   }
 }
 

@@ -1,13 +1,22 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { RecordInvalidError } from './errors.ts'
+import type { RecordRejectReason } from './errors.ts'
 import { publicKeyFromPeerId, verifySignature } from './identity.ts'
 import type { Identity } from './identity.ts'
 
-/** Bumped when the record body layout changes. */
-export const RECORD_FORMAT = 1
+/**
+ * Bumped when the record body layout changes. Format 2 added `scope` and `epoch`;
+ * format 1 records are refused (reason `version`), the step then runs and writes a
+ * format 2 record.
+ */
+export const RECORD_FORMAT = 2
 /** Domain separation: a signature over a record can never be mistaken for one over anything else. */
-export const RECORD_DOMAIN = 'strata/record/v1\n'
+export const RECORD_DOMAIN = 'strata/record/v2\n'
+/** The scope a record is written in when none is configured. */
+export const DEFAULT_SCOPE = 'default'
+/** Scopes a reader may name at most (its own, then fallbacks). */
+export const MAX_READ_SCOPES = 16
 
 /** What a step's key resolves to: the layer it produced and its $STRATA_ENV lines. */
 export interface StepRecord {
@@ -22,64 +31,117 @@ export interface StepRecord {
   size: number
   /** NAME=value lines the step appended to $STRATA_ENV (its own, not inherited ones). */
   env: string[]
-  /** Milliseconds since the epoch. */
+  /** Milliseconds since the epoch (informational: trust decisions use `epoch`, not clocks). */
   created: number
   /** Peer id of the signer. */
   producer: string
+  /** Where the record was written, e.g. a branch: `main`, `pr/123`. */
+  scope: string
+  /** The trust epoch its writer was configured with; readers refuse records older than theirs. */
+  epoch: number
+}
+
+/** What a reader accepts. */
+export interface RecordPolicy {
+  /** Whether records signed by `peer` are accepted. */
+  trusts (peer: string): boolean
+  /** Records written in an earlier epoch are refused. Default 0. */
+  epoch?: number
+  /** Scopes the reader uses; undefined: any (the daemon checks scope when it reads, not when it learns). */
+  scopes?: readonly string[]
+}
+
+const SCOPE = /^[A-Za-z0-9._+-]+(?:\/[A-Za-z0-9._+-]+)*$/
+
+/** A scope is 1-128 characters of letters, digits, `._+-`, with `/` between non-empty parts. Throws TypeError otherwise. */
+export function checkScope (scope: unknown): string {
+  if (typeof scope !== 'string' || scope.length > 128 || !SCOPE.test(scope) || scope.split('/').some((p) => p === '.' || p === '..')) {
+    throw new TypeError(`scope ${JSON.stringify(scope)} must be 1-128 characters of letters, digits, ".", "_", "+", "-", with "/" between parts (e.g. main, pr/123)`)
+  }
+  return scope
+}
+
+/** An epoch is a whole number from 0 to 2^32 - 1. Throws TypeError otherwise. */
+export function checkEpoch (epoch: unknown): number {
+  if (typeof epoch !== 'number' || !Number.isInteger(epoch) || epoch < 0 || epoch > 0xffffffff) {
+    throw new TypeError(`epoch must be a whole number from 0 to 4294967295, got ${JSON.stringify(epoch)}`)
+  }
+  return epoch
 }
 
 // Keys under which the runner keeps things in the store's record space.
-export const recordKey = (key: CID | string): string => `runner/record/${key.toString()}`
+/** One record per (key, scope): `runner/record/<key>/<scope>`. */
+export const recordKey = (key: CID | string, scope: string): string => `runner/record/${key.toString()}/${scope}`
+export const RECORD_PREFIX = 'runner/record/'
 export const descriptorKey = (key: CID | string): string => `runner/desc/${key.toString()}`
 export const lastKey = (chain: string): string => `runner/last/${chain}`
 
+/** The exact bytes a record's signature covers: utf8(RECORD_DOMAIN) || body. */
+export function signedBytes (body: Uint8Array): Uint8Array {
+  const prefix = Buffer.from(RECORD_DOMAIN, 'utf8')
+  const out = new Uint8Array(prefix.length + body.length)
+  out.set(prefix)
+  out.set(body, prefix.length)
+  return out
+}
+
 /**
- * Signed envelope: dag-cbor `{ body, sig }` where `body` is the dag-cbor encoding of
- * the StepRecord and `sig` is the producer's ed25519 signature over
- * utf8(RECORD_DOMAIN) || body. The signer's public key is inside its peer id.
+ * Signed envelope: dag-cbor `{ body, sig }` where `body` is the dag-cbor encoding
+ * (canonical: map keys sorted) of the StepRecord and `sig` is the producer's
+ * ed25519 signature over utf8(RECORD_DOMAIN) || body. The signer's public key is
+ * inside its peer id, so verifying needs nothing but the envelope.
  */
 export function signRecord (record: StepRecord, identity: Identity): Uint8Array {
   if (record.producer !== identity.peerId) throw new TypeError('record.producer must be the signing identity')
+  if (record.v !== RECORD_FORMAT) throw new TypeError(`record.v must be ${RECORD_FORMAT}`)
+  checkScope(record.scope)
+  checkEpoch(record.epoch)
   const body = dagCbor.encode(record)
   const sig = identity.sign(signedBytes(body))
   return dagCbor.encode({ body, sig })
 }
 
 /**
- * Decodes and verifies an envelope for `key`: well-formed, signed by its producer,
- * the producer trusted, and about `key`. Throws RecordInvalidError otherwise.
+ * Decodes and verifies an envelope for `key` under `policy`, in this order:
+ * decodes (`malformed`), carries a signature (`unsigned`), has this format
+ * (`version`), the signature verifies against the producer's key (`bad-signature`),
+ * the producer is trusted (`untrusted-signer`), it is about `key` (`wrong-key`), it
+ * was written in the policy's epoch or later (`old-epoch`), in one of its scopes
+ * (`wrong-scope`). Throws RecordInvalidError with that `reason`.
  */
-export function openRecord (key: CID, bytes: Uint8Array, trusted: ReadonlySet<string>): StepRecord {
+export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): StepRecord {
   const k = key.toString()
-  let body: Uint8Array
-  let sig: Uint8Array
+  const fail = (reason: RecordRejectReason, detail: string, cause?: unknown): RecordInvalidError =>
+    new RecordInvalidError(k, reason, detail, cause !== undefined ? { cause } : undefined)
+  let env: { body?: unknown, sig?: unknown }
+  try {
+    env = dagCbor.decode<{ body?: unknown, sig?: unknown }>(bytes)
+  } catch (err) {
+    throw fail('malformed', 'does not decode', err)
+  }
+  if (typeof env !== 'object' || env === null || !(env.body instanceof Uint8Array)) throw fail('malformed', 'is not a signed envelope')
+  if (!(env.sig instanceof Uint8Array) || env.sig.length === 0) throw fail('unsigned', 'carries no signature')
+  const body = env.body
   let record: StepRecord
   try {
-    const env = dagCbor.decode<{ body: unknown, sig: unknown }>(bytes)
-    if (!(env.body instanceof Uint8Array) || !(env.sig instanceof Uint8Array)) throw new Error('not a signed envelope')
-    body = env.body
-    sig = env.sig
     record = dagCbor.decode<StepRecord>(body)
   } catch (err) {
-    throw new RecordInvalidError(k, 'does not decode', { cause: err })
+    throw fail('malformed', 'body does not decode', err)
   }
-  if (record.v !== RECORD_FORMAT) throw new RecordInvalidError(k, `has format ${String(record.v)}, expected ${RECORD_FORMAT}`)
-  if (typeof record.producer !== 'string') throw new RecordInvalidError(k, 'has no producer')
+  if (typeof record !== 'object' || record === null) throw fail('malformed', 'body is not a map')
+  if (record.v !== RECORD_FORMAT) throw fail('version', `has format ${String(record.v)}, this reader reads format ${RECORD_FORMAT} only`)
+  if (typeof record.producer !== 'string') throw fail('malformed', 'has no producer')
   const pub = publicKeyFromPeerId(record.producer)
-  if (pub === undefined) throw new RecordInvalidError(k, `producer ${record.producer} is not an ed25519 peer id`)
-  if (!verifySignature(pub, signedBytes(body), sig)) throw new RecordInvalidError(k, 'bad signature')
-  if (!trusted.has(record.producer)) throw new RecordInvalidError(k, `signed by ${record.producer}, who is not trusted`)
-  if (CID.asCID(record.key)?.equals(key) !== true) throw new RecordInvalidError(k, 'is about another key')
-  if (CID.asCID(record.layer) === null || !Array.isArray(record.env) || !record.env.every((l) => typeof l === 'string')) {
-    throw new RecordInvalidError(k, 'is malformed')
+  if (pub === undefined) throw fail('malformed', `producer ${record.producer} is not an ed25519 peer id`)
+  if (!verifySignature(pub, signedBytes(body), env.sig)) throw fail('bad-signature', `signature does not verify for ${record.producer}`)
+  if (!policy.trusts(record.producer)) throw fail('untrusted-signer', `signed by ${record.producer}, who is not trusted`)
+  if (CID.asCID(record.key)?.equals(key) !== true) throw fail('wrong-key', 'is about another key')
+  if (CID.asCID(record.layer) === null || !Array.isArray(record.env) || !record.env.every((l) => typeof l === 'string') ||
+    typeof record.scope !== 'string' || typeof record.epoch !== 'number' || !Number.isInteger(record.epoch)) {
+    throw fail('malformed', 'is malformed')
   }
+  const epoch = policy.epoch ?? 0
+  if (record.epoch < epoch) throw fail('old-epoch', `was written in epoch ${record.epoch}, before epoch ${epoch}`)
+  if (policy.scopes !== undefined && !policy.scopes.includes(record.scope)) throw fail('wrong-scope', `is in scope ${JSON.stringify(record.scope)}, not in ${policy.scopes.join(', ')}`)
   return record
-}
-
-function signedBytes (body: Uint8Array): Uint8Array {
-  const prefix = Buffer.from(RECORD_DOMAIN, 'utf8')
-  const out = new Uint8Array(prefix.length + body.length)
-  out.set(prefix)
-  out.set(body, prefix.length)
-  return out
 }

@@ -21,8 +21,8 @@ import type { InputLimits } from './inputs.ts'
 import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, encodeDescriptor, envValueDigest } from './key.ts'
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
-import { RECORD_FORMAT, descriptorKey, lastKey, openRecord, recordKey, signRecord } from './record.ts'
-import type { StepRecord } from './record.ts'
+import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord } from './record.ts'
+import type { RecordPolicy, StepRecord } from './record.ts'
 import { normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { LayeredView } from './view.ts'
@@ -34,6 +34,12 @@ export interface RunnerInit {
   logger?: Logger
   /** Peer ids (besides this node's own) whose records count as hits. Default none. */
   trustedPeers?: readonly string[]
+  /** The scope this runner's records are written in (e.g. the branch: `main`, `pr/123`). Default `default`. */
+  scope?: string
+  /** Scopes whose records count as hits, in order of preference. Default `[scope]`. */
+  readScopes?: readonly string[]
+  /** The trust epoch: records are written in it, and records of earlier epochs are refused. Default the remote's, else 0. */
+  epoch?: number
   /** Where env names declared without a value are read. Default process.env. */
   env?: Readonly<Record<string, string | undefined>>
   /** Where step output goes. Default process.stdout/stderr, prefixed with the step name unless stdout is a TTY. */
@@ -54,9 +60,11 @@ export interface RemoteCache {
    * Looks `key` up among peers and fetches its layer into the store; afterwards
    * the store holds the record and the layer. Throws when it cannot.
    */
-  resolve (key: string, opts: { signal?: AbortSignal }): Promise<{ providers: number, bytes: number, durationMs: number }>
+  resolve (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] }): Promise<{ providers: number, bytes: number, durationMs: number }>
   /** Whether the fleet accepts records signed by `peer` (on top of the runner's own trusted peers). */
   trusts (peer: string): boolean
+  /** The fleet's trust epoch, when it has one. */
+  readonly epoch?: number
 }
 
 export interface RunOptions {
@@ -191,7 +199,8 @@ class StepRunner implements Runner {
   readonly #dataDir: string
   readonly #log: Logger
   readonly #identity: Identity
-  readonly #trusted: ReadonlySet<string>
+  readonly #policy: RecordPolicy & { scopes: readonly string[], epoch: number }
+  readonly #scope: string
   readonly #remote: RemoteCache | undefined
   readonly #env: Readonly<Record<string, string | undefined>>
   readonly #output: OutputOptions
@@ -206,8 +215,15 @@ class StepRunner implements Runner {
     const own = new Set([identity.peerId, ...(init.trustedPeers ?? [])])
     const remote = init.remote
     this.#remote = remote
-    // openRecord asks only `has`: with a fleet, its writers are trusted too.
-    this.#trusted = remote === undefined ? own : { has: (p: string) => own.has(p) || remote.trusts(p) } as unknown as ReadonlySet<string>
+    this.#scope = checkScope(init.scope ?? DEFAULT_SCOPE)
+    const scopes = [...new Set((init.readScopes ?? [this.#scope]).map(checkScope))]
+    if (scopes.length === 0 || scopes.length > MAX_READ_SCOPES) throw new TypeError(`readScopes must name 1 to ${MAX_READ_SCOPES} scopes, got ${scopes.length}`)
+    // With a fleet, the writers it trusts are trusted too.
+    this.#policy = {
+      trusts: (p) => own.has(p) || (remote !== undefined && remote.trusts(p)),
+      epoch: checkEpoch(init.epoch ?? remote?.epoch ?? 0),
+      scopes
+    }
     this.#env = init.env ?? process.env
     this.#output = {
       stdout: init.output?.stdout ?? process.stdout,
@@ -376,20 +392,30 @@ class StepRunner implements Runner {
     return { descriptor, key, bytes }
   }
 
+  /** The first record, in read-scope order, that verifies under the policy and whose layer is here. */
   async #lookup (key: CID): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
-    const bytes = await this.#store.getRecord(recordKey(key))
-    if (bytes === undefined) return { reason: 'no-record' }
-    let record: StepRecord
-    try {
-      record = openRecord(key, bytes, this.#trusted)
-    } catch (err) {
-      if (!(err instanceof RecordInvalidError)) throw err
-      this.#log.warn({ err, key: key.toString() }, 'ignoring a record')
-      return { reason: 'invalid-record' }
+    let reason: MissReason = 'no-record'
+    for (const scope of this.#policy.scopes) {
+      const bytes = await this.#store.getRecord(recordKey(key, scope))
+      if (bytes === undefined) continue
+      let record: StepRecord
+      try {
+        record = openRecord(key, bytes, this.#policy)
+        if (record.scope !== scope) throw new RecordInvalidError(key.toString(), 'wrong-scope', `is in scope ${record.scope} but stored under ${scope}`)
+      } catch (err) {
+        if (!(err instanceof RecordInvalidError)) throw err
+        this.#log.warn({ err, key: key.toString(), scope, reason: err.reason }, 'ignoring a record')
+        if (reason === 'no-record') reason = 'invalid-record'
+        continue
+      }
+      const layer = await this.#store.getLayer(record.layer)
+      if (layer === undefined) {
+        reason = 'layer-missing'
+        continue
+      }
+      return { record, layer }
     }
-    const layer = await this.#store.getLayer(record.layer)
-    if (layer === undefined) return { reason: 'layer-missing' }
-    return { record, layer }
+    return { reason }
   }
 
   async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions): Promise<StepResult> {
@@ -411,7 +437,7 @@ class StepRunner implements Runner {
     if (step.cache && opts.noCache !== true) {
       let found = await this.#lookup(key)
       let fromPeers: { providers: number, bytes: number } | undefined
-      if (!('record' in found) && (found.reason === 'no-record' || found.reason === 'layer-missing') && this.#remote !== undefined) {
+      if (!('record' in found) && this.#remote !== undefined) {
         fromPeers = await this.#fromFleet(step.name, key, opts)
         if (fromPeers !== undefined) {
           const again = await this.#lookup(key)
@@ -499,9 +525,11 @@ class StepRunner implements Runner {
         size: layer.size,
         env: ownEnv,
         created: Date.now(),
-        producer: this.#identity.peerId
+        producer: this.#identity.peerId,
+        scope: this.#scope,
+        epoch: this.#policy.epoch
       }
-      await this.#store.putRecord(recordKey(key), signRecord(record, this.#identity))
+      await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#identity))
       await this.#remember(lastId, key, bytes)
       const capMs = performance.now() - capAt
       emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
@@ -527,7 +555,7 @@ class StepRunner implements Runner {
   /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */
   async #fromFleet (step: string, key: CID, opts: RunOptions): Promise<{ providers: number, bytes: number } | undefined> {
     try {
-      const got = await this.#remote!.resolve(key.toString(), { signal: opts.signal })
+      const got = await this.#remote!.resolve(key.toString(), { signal: opts.signal, scopes: this.#policy.scopes })
       this.#log.debug({ step, key: key.toString(), providers: got.providers, bytes: got.bytes, ms: got.durationMs }, 'fetched from peers')
       return { providers: got.providers, bytes: got.bytes }
     } catch (err) {

@@ -144,7 +144,7 @@ steps:
   assert.equal(failed.exitCode, 3)
   assert.equal(failed.reason, 'exit')
   assert.equal((await h.store.listLayers()).length, 1, 'only the successful step made a layer')
-  assert.equal(await h.store.getRecord(`runner/record/${failed.key!}`), undefined)
+  assert.equal(await h.store.getRecord(`runner/record/${failed.key!}/default`), undefined)
   assert.deepEqual(readdirSync(`${h.dataDir}/runner/run`), [], 'no scratch dir is left')
 
   h.events.length = 0
