@@ -54,3 +54,11 @@ export class CommitError extends StoreError {
     super('ERR_COMMIT', message, opts)
   }
 }
+
+/** The index cannot be opened or read, or contradicts itself; openStore quarantines it and rebuilds from the layer dirs. */
+export class IndexCorruptError extends StoreError {
+  override name = 'IndexCorruptError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_INDEX_CORRUPT', message, opts)
+  }
+}

@@ -1,4 +1,4 @@
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, statSync } from 'node:fs'
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -8,8 +8,10 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, EntryChecker, FsPool, LIMITS, removeTree } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
-import type { BlockSource, CommitOptions, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
-import { BlockCorruptError, BlockNotFoundError, CommitError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
+import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
+import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
+import { failpoint } from './failpoint.ts'
+import { removeEnded, scanLeases } from './lease.ts'
 import { acquireLock } from './lock.ts'
 
 
@@ -26,6 +28,16 @@ const kManifestBlock = (cid: string): string => `mblock:${cid}`
 const kBlock = (cid: string, layer: string): string => `block:${cid}:${layer}`
 const kRecord = (key: string): string => `record:${key}`
 const kPending = (root: string): string => `pending:${root}`
+/** Written (with the layer key deleted) before a layer's dir and index entries go; open() finishes the removal. */
+const kRemoving = (root: string): string => `removing:${root}`
+/** Last use of a layer, ms since the epoch as decimal text; absent means its `created`. */
+const kUsed = (root: string): string => `used:${root}`
+/** Present while a process has the store open: found at open, the last one died, and orphans are swept. */
+const K_OPEN = 'meta:open'
+/** A layer's last use is written at most this often (serving blocks touches it on every read). */
+const TOUCH_EVERY_MS = 60_000
+/** Quarantined indexes kept for inspection; older ones are deleted. */
+const KEEP_QUARANTINED = 3
 const BATCH = 5000
 
 interface LayerMeta {
@@ -94,7 +106,11 @@ export interface OpenStoreInit extends StoreInit {
   inlineMax?: number
 }
 
-/** Opens (creating if needed) the store under `dataDir`. */
+/**
+ * Opens (creating if needed) the store under `dataDir`. An index that cannot be
+ * opened or read, or that contradicts itself, is moved aside (kept for
+ * inspection, its path logged) and rebuilt from the layer dirs.
+ */
 export async function openStore (init: OpenStoreInit): Promise<Store & LocalStore> {
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'store' })
   const dataDir = init.dataDir
@@ -102,21 +118,48 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
   mkdirSync(`${dataDir}/staging`, { recursive: true })
   const release = await acquireLock(dataDir, { wait: init.wait ?? true, signal: init.signal, log })
   try {
-    const db = new ClassicLevel<string, Uint8Array>(`${dataDir}/index`, { keyEncoding: 'utf8', valueEncoding: 'view' })
-    await db.open()
-    const store = new LayerStore(dataDir, db, log, release, init.inlineMax)
     try {
-      await store.checkVersion()
-      await store.recover()
+      return await openIndex(dataDir, log, release, init.inlineMax)
     } catch (err) {
-      await store.close()
-      throw err
+      if (!isCorruption(err)) throw err
+      const aside = quarantine(dataDir)
+      log.error({ err, quarantined: aside }, 'the store index is corrupt: moved it aside and rebuilding it from the layer dirs')
+      return await openIndex(dataDir, log, release, init.inlineMax)
     }
-    return store
   } catch (err) {
     release()
     throw err
   }
+}
+
+async function openIndex (dataDir: string, log: Logger, release: () => void, inlineMax: number | undefined): Promise<LayerStore> {
+  const db = new ClassicLevel<string, Uint8Array>(`${dataDir}/index`, { keyEncoding: 'utf8', valueEncoding: 'view' })
+  await db.open()
+  const store = new LayerStore(dataDir, db, log, release, inlineMax)
+  try {
+    const fresh = await store.checkVersion()
+    await store.recover(fresh && readdirSync(`${dataDir}/layers`).length > 0)
+  } catch (err) {
+    await store.closeIndex()
+    throw err
+  }
+  return store
+}
+
+function isCorruption (err: unknown): boolean {
+  for (let e = err as { code?: unknown, cause?: unknown } | undefined, depth = 0; e !== undefined && e !== null && depth < 4; e = e.cause as typeof e, depth++) {
+    if (e.code === 'LEVEL_CORRUPTION' || e.code === 'ERR_INDEX_CORRUPT') return true
+  }
+  return false
+}
+
+/** Moves the index aside as `index.corrupt-<time>`, keeping the newest few, and returns where it went. */
+function quarantine (dataDir: string): string {
+  const aside = `${dataDir}/index.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`
+  renameSync(`${dataDir}/index`, aside)
+  const old = readdirSync(dataDir).filter((n) => n.startsWith('index.corrupt-')).sort()
+  for (const n of old.slice(0, Math.max(0, old.length - KEEP_QUARANTINED))) rmSync(`${dataDir}/${n}`, { recursive: true, force: true })
+  return aside
 }
 
 /** What the store offers beyond the shared interface, for the CLI and the runner on this machine. */
@@ -125,6 +168,12 @@ export interface LocalStore {
   unpack(root: CID, dest: string, opts?: MaterializeOptions): Promise<{ entries: number, bytes: number }>
   /** The layer's entries, in manifest order. */
   entries(root: CID): AsyncGenerator<Entry, void, undefined>
+  /** Records a use of the layer, for the collector's least-recently-used order (written at most once a minute). */
+  touch(root: CID | string, at?: number): void
+  /** Removes least recently used layers until the store fits `maxSize`; see doc/STORE.md. */
+  gc(opts: GcOptions): Promise<GcReport>
+  /** Deletes index keys that belong to no layer (open runs it after a crash). */
+  sweep(): Promise<{ blocks: number, manifestBlocks: number, used: number }>
 }
 
 class LayerStore implements Store, LocalStore {
@@ -133,7 +182,12 @@ class LayerStore implements Store, LocalStore {
   readonly #log: Logger
   readonly #release: () => void
   #closed = false
+  #sweepAtNextOpen = false
   #pool: FsPool | undefined
+  /** Last use of each layer as last written (or about to be), so that a use is written at most once a minute. */
+  readonly #touched = new Map<string, number>()
+  readonly #writes = new Set<Promise<void>>()
+  #collecting: Promise<unknown> = Promise.resolve()
   readonly #rootLocks = new Map<string, Promise<void>>()
   readonly #inlineMax: number | undefined
 
@@ -145,23 +199,33 @@ class LayerStore implements Store, LocalStore {
     this.#release = release
   }
 
-  async checkVersion (): Promise<void> {
+  /**
+   * Refuses another format version. Returns whether the index is new; an index
+   * with entries but no version key is corrupt (a lost CURRENT file opens as empty
+   * only after LevelDB made a new one, so "new" is also checked against the layer dirs).
+   */
+  async checkVersion (): Promise<boolean> {
     const found = await this.#db.get(K_VERSION)
     if (found === undefined) {
+      for await (const _ of this.#db.keys({ limit: 1 })) throw new IndexCorruptError(`the index of ${this.dataDir} has entries but no format version`)
       await this.#db.put(K_VERSION, Buffer.from(STORE_FORMAT))
-      return
+      return true
     }
     const text = Buffer.from(found).toString()
     if (text !== STORE_FORMAT) throw new StoreVersionError(this.dataDir, text, STORE_FORMAT)
+    return false
   }
 
   /**
-   * Makes the store consistent after a crash: staging is emptied; a layer dir the
-   * index does not know is indexed from the manifest its commit stored first (the
-   * crash fell between the rename and the index write), or else removed; index
-   * entries whose dir is gone are dropped.
+   * Makes the store consistent after a crash: staging is emptied; removals that
+   * were marked are finished; a layer dir the index does not know is indexed from
+   * the manifest its commit stored first (the crash fell between the rename and the
+   * index write) once its content verifies, or else removed; index entries whose
+   * dir is gone are dropped. After a process died with the store open, orphan
+   * index keys are swept. With `rebuild` (the index is new but layer dirs exist),
+   * every layer dir is re-packed and indexed when it still packs to its name.
    */
-  async recover (): Promise<void> {
+  async recover (rebuild = false): Promise<void> {
     for (const name of readdirSync(`${this.dataDir}/staging`)) {
       try {
         removeTree(`${this.dataDir}/staging/${name}`)
@@ -169,9 +233,27 @@ class LayerStore implements Store, LocalStore {
         this.#log.warn({ err, path: name }, 'cannot remove a staging dir; will try again at the next open')
       }
     }
+    if (rebuild) {
+      await this.#rebuild()
+      await this.#db.put(K_OPEN, Buffer.from(String(process.pid)))
+      return
+    }
+    const dirty = (await this.#db.get(K_OPEN)) !== undefined
+    for await (const key of this.#db.keys({ gte: 'removing:', lt: 'removing;' })) {
+      const root = key.slice('removing:'.length)
+      this.#log.warn({ layer: root }, 'finishing the removal of a layer interrupted by a crash')
+      await this.#finishRemoval(root)
+    }
     const dirs = new Set(readdirSync(`${this.dataDir}/layers`))
     const known = new Set<string>()
-    for await (const key of this.#db.keys({ gte: 'layer:', lt: 'layer;' })) known.add(key.slice('layer:'.length))
+    for await (const [key, value] of this.#db.iterator({ gte: 'layer:', lt: 'layer;' })) {
+      try {
+        JSON.parse(Buffer.from(value).toString())
+      } catch (err) {
+        throw new IndexCorruptError(`the index entry ${key} is not JSON`, { cause: err })
+      }
+      known.add(key.slice('layer:'.length))
+    }
     const pending = new Map<string, PendingMeta>()
     for await (const [key, value] of this.#db.iterator({ gte: 'pending:', lt: 'pending;' })) {
       pending.set(key.slice('pending:'.length), JSON.parse(Buffer.from(value).toString()) as PendingMeta)
@@ -187,17 +269,18 @@ class LayerStore implements Store, LocalStore {
       const marker = pending.get(name)
       if (marker !== undefined) {
         try {
-          const blocks = await this.#storedManifest(name)
-          await this.#writeIndex(name, planIndex(name, blocks), marker)
+          const plan = planIndex(name, await this.#storedManifest(name))
+          this.#verifyContent(name, plan)
+          await this.#writeIndex(name, plan, marker, 'commit')
           this.#log.info({ layer: name }, 'indexed a layer committed just before a crash')
           continue
         } catch (err) {
-          this.#log.warn({ err, layer: name }, 'the manifest of an interrupted commit is unreadable')
+          this.#log.warn({ err, layer: name }, 'an interrupted commit left a layer dir that does not verify')
         }
       }
       this.#log.warn({ layer: name }, 'removing a layer dir that is not a complete layer')
       try {
-        removeTree(this.layerDir(name))
+        this.#hide(name)
       } catch (err) {
         this.#log.warn({ err, layer: name }, 'cannot remove an incomplete layer dir')
       }
@@ -205,6 +288,125 @@ class LayerStore implements Store, LocalStore {
     for (const name of pending.keys()) {
       if (!dirs.has(name) && !known.has(name)) await this.#db.del(kPending(name))
     }
+    if (dirty) await this.sweep()
+    await this.#db.put(K_OPEN, Buffer.from(String(process.pid)))
+  }
+
+  /**
+   * Deletes index keys that belong to no layer: block locations and last-use
+   * entries of layers that are gone, manifest blocks no layer links to. Runs at
+   * open after a process died with the store open (a crash can leave them between
+   * the writes of a commit or a removal); it reads every such key once.
+   */
+  async sweep (): Promise<{ blocks: number, manifestBlocks: number, used: number }> {
+    const live = new Set<string>()
+    for await (const key of this.#db.keys({ gte: 'layer:', lt: 'layer;' })) live.add(key.slice('layer:'.length))
+    for await (const key of this.#db.keys({ gte: 'pending:', lt: 'pending;' })) live.add(key.slice('pending:'.length))
+    const linked = await this.#linkedManifestBlocks(live)
+    const counts = { blocks: 0, manifestBlocks: 0, used: 0 }
+    let batch = this.#db.batch()
+    const flush = async (): Promise<void> => {
+      if (batch.length < BATCH) return
+      await batch.write()
+      batch = this.#db.batch()
+    }
+    for await (const key of this.#db.keys({ gte: 'block:', lt: 'block;' })) {
+      if (live.has(key.slice(key.lastIndexOf(':') + 1))) continue
+      batch.del(key)
+      counts.blocks++
+      await flush()
+    }
+    for await (const key of this.#db.keys({ gte: 'mblock:', lt: 'mblock;' })) {
+      if (linked.has(key.slice('mblock:'.length))) continue
+      batch.del(key)
+      counts.manifestBlocks++
+      await flush()
+    }
+    for await (const key of this.#db.keys({ gte: 'used:', lt: 'used;' })) {
+      if (live.has(key.slice('used:'.length))) continue
+      batch.del(key)
+      counts.used++
+      await flush()
+    }
+    await batch.write()
+    if (counts.blocks + counts.manifestBlocks + counts.used > 0) this.#log.warn(counts, 'swept index keys that belonged to no layer')
+    return counts
+  }
+
+  /** Manifest block CIDs (roots and entry lists) the layers in `roots` link to. */
+  async #linkedManifestBlocks (roots: Iterable<string>): Promise<Set<string>> {
+    const linked = new Set<string>()
+    for (const root of roots) {
+      const bytes = await this.#db.get(kManifestBlock(root))
+      if (bytes === undefined) continue
+      linked.add(root)
+      try {
+        for (const c of decodeRoot(bytes).entries) linked.add(c.toString())
+      } catch (err) {
+        this.#log.warn({ err, layer: root }, 'a stored manifest root does not decode')
+      }
+    }
+    return linked
+  }
+
+  /** Reads every content block of a layer dir at its planned location and checks its hash. */
+  #verifyContent (root: string, plan: IndexPlan): void {
+    for (const [key, value] of plan.locations) {
+      const loc = decodeLocation(root, value)
+      const cid = CID.parse(key.slice('block:'.length, key.lastIndexOf(':')))
+      const bytes = readRange(`${this.layerDir(root)}/${loc.path}`, loc.offset, loc.length)
+      verifyBlock(cid, bytes)
+    }
+  }
+
+  /**
+   * Indexes the layer dirs from scratch: a dir that packs to its own name is a
+   * layer (its origin is no longer known, so the peer policy applies to it from
+   * now on); any other is removed.
+   */
+  async #rebuild (): Promise<void> {
+    let kept = 0
+    let dropped = 0
+    for (const name of readdirSync(`${this.dataDir}/layers`)) {
+      try {
+        const found: Array<{ cid: string, path: string, offset: number, length: number }> = []
+        const packed = await packTree(this.layerDir(name), {
+          pool: this.#workers,
+          ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
+          onBlock: (b) => found.push(b)
+        })
+        if (packed.root.toString() !== name) throw new CommitError(`its content packs to ${packed.root.toString()}`)
+        const batch = this.#db.batch()
+        for (const b of packed.blocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
+        await batch.write()
+        const plan: IndexPlan = {
+          locations: found.map((b) => [kBlock(b.cid, name), encodeLocation(b.path, b.offset, b.length)]),
+          entries: packed.count,
+          size: packed.size,
+          blocks: packed.contentBlocks
+        }
+        await this.#writeIndex(name, plan, { untrusted: true }, 'commit')
+        kept++
+      } catch (err) {
+        dropped++
+        this.#log.warn({ err, layer: name }, 'dropping a layer dir that does not verify while rebuilding the index')
+        try {
+          this.#hide(name)
+        } catch (e) {
+          this.#log.warn({ err: e, layer: name }, 'cannot remove a layer dir')
+        }
+      }
+    }
+    this.#log.warn({ kept, dropped }, 'rebuilt the index from the layer dirs')
+  }
+
+  /** Takes a layer dir out of `layers/` and deletes it. */
+  #hide (root: string): void {
+    const dir = this.layerDir(root)
+    if (!existsSync(dir)) return
+    const moved = this.#stagingDir()
+    renameSync(dir, `${moved}/removed`)
+    removeTree(moved)
   }
 
   async #storedManifest (root: string): Promise<ManifestBlock[]> {
@@ -253,9 +455,10 @@ class LayerStore implements Store, LocalStore {
    * manifest is checked first (a tree the format cannot carry is refused before
    * anything moves); its blocks and a pending marker are written before the
    * rename, which is the commit point; block locations and the layer key after.
+   * When the index write fails (a full disk), the tree is moved back where it was.
    * A layer already in the store is kept and the new tree discarded.
    */
-  async #install (tree: string, blocks: ManifestBlock[], meta: PendingMeta, ownsTree: boolean, known?: IndexPlan): Promise<LayerInfo> {
+  async #install (op: 'commit' | 'restore', tree: string, blocks: ManifestBlock[], meta: PendingMeta, ownsTree: boolean, known?: IndexPlan): Promise<LayerInfo> {
     const root = blocks[0]!.cid.toString()
     const plan = known ?? planIndex(root, blocks)
     return await this.#exclusive(root, async () => {
@@ -265,41 +468,108 @@ class LayerStore implements Store, LocalStore {
         return existing
       }
       // Not indexed, or corrupt: whatever is there is not a layer anyone may use.
-      if (existsSync(this.layerDir(root))) await this.#discard(root)
+      if (existsSync(this.layerDir(root)) || (await this.#meta(root)) !== undefined) await this.#discard(root)
       const batch = this.#db.batch()
       for (const b of blocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
       batch.put(kPending(root), Buffer.from(JSON.stringify(meta)))
       await batch.write()
+      failpoint(`${op}:manifest-written`)
       renameSync(tree, this.layerDir(root))
-      await this.#writeIndex(root, plan, meta)
+      failpoint(`${op}:renamed`)
+      try {
+        await this.#writeIndex(root, plan, meta, op)
+      } catch (err) {
+        await this.#unrename(root, tree, plan)
+        throw err
+      }
       return (await this.getLayer(blocks[0]!.cid))!
     })
   }
 
-  async #writeIndex (root: string, plan: IndexPlan, meta: PendingMeta): Promise<void> {
+  /** Undoes an install whose index write failed: the tree goes back, its keys go (or the next open sweeps them). */
+  async #unrename (root: string, tree: string, plan: IndexPlan): Promise<void> {
+    this.#sweepAtNextOpen = true
+    try {
+      renameSync(this.layerDir(root), tree)
+    } catch (err) {
+      this.#log.warn({ err, layer: root }, 'cannot move a layer whose index write failed back out of the store')
+      return
+    }
+    try {
+      for (let i = 0; i < plan.locations.length; i += BATCH) {
+        const batch = this.#db.batch()
+        for (const [key] of plan.locations.slice(i, i + BATCH)) batch.del(key)
+        await batch.write()
+      }
+      await this.#db.del(kPending(root))
+    } catch (err) {
+      this.#log.warn({ err, layer: root }, 'cannot drop the index keys of a failed commit; the next open sweeps them')
+    }
+  }
+
+  async #writeIndex (root: string, plan: IndexPlan, meta: PendingMeta, op: 'commit' | 'restore'): Promise<void> {
     for (let i = 0; i < plan.locations.length; i += BATCH) {
       const batch = this.#db.batch()
       for (const [key, value] of plan.locations.slice(i, i + BATCH)) batch.put(key, value)
       await batch.write()
     }
-    const layer: LayerMeta = { size: plan.size, entries: plan.entries, blocks: plan.blocks, created: Date.now() }
+    failpoint(`${op}:located`)
+    const now = Date.now()
+    const layer: LayerMeta = { size: plan.size, entries: plan.entries, blocks: plan.blocks, created: now }
     if (meta.untrusted === true) layer.untrusted = true
     const batch = this.#db.batch()
     batch.put(kLayer(root), Buffer.from(JSON.stringify(layer)))
+    batch.put(kUsed(root), Buffer.from(String(now)))
     batch.del(kPending(root))
     await batch.write()
+    this.#touched.set(root, now)
   }
 
-  /** Takes a layer dir out of sight, out of the index, then off the disk. */
-  async #discard (root: string): Promise<void> {
+  /**
+   * Removes a layer so that a crash at any moment leaves it either whole or on its
+   * way out: the layer key is replaced by a `removing:` mark (it is invisible from
+   * then on), its dir is moved into staging, its index keys are dropped, the mark
+   * goes, the dir is deleted. open() finishes a marked removal. With `unlessLeased`,
+   * a lease taken on the layer before the mark was visible rolls the removal back.
+   */
+  async #discard (root: string, opts: { unlessLeased?: boolean } = {}): Promise<boolean> {
+    const raw = await this.#db.get(kLayer(root))
+    const mark = this.#db.batch()
+    mark.put(kRemoving(root), raw ?? Buffer.from('{}'))
+    mark.del(kLayer(root))
+    await mark.write()
+    failpoint('gc:marked')
+    if (opts.unlessLeased === true && raw !== undefined && this.#leased(root).has(root)) {
+      const back = this.#db.batch()
+      back.put(kLayer(root), raw)
+      back.del(kRemoving(root))
+      await back.write()
+      return false
+    }
+    await this.#finishRemoval(root)
+    this.#touched.delete(root)
+    return true
+  }
+
+  async #finishRemoval (root: string): Promise<void> {
     const dir = this.layerDir(root)
     let moved: string | undefined
     if (existsSync(dir)) {
       moved = this.#stagingDir()
       renameSync(dir, `${moved}/removed`)
     }
+    failpoint('gc:moved')
     await this.#dropIndex(root)
+    failpoint('gc:unindexed')
+    await this.#db.del(kRemoving(root))
     if (moved !== undefined) removeTree(moved)
+  }
+
+  /** Roots no collection may remove now: leased by a live process, or being committed or restored here. */
+  #leased (except?: string): Set<string> {
+    const held = scanLeases(this.dataDir).held
+    for (const root of this.#rootLocks.keys()) if (root !== except) held.add(root)
+    return held
   }
 
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
@@ -331,7 +601,7 @@ class LayerStore implements Store, LocalStore {
         size: packed.size,
         blocks: packed.contentBlocks
       }
-      const info = await this.#install(src, packed.blocks, {}, true, plan)
+      const info = await this.#install('commit', src, packed.blocks, {}, true, plan)
       this.#log.debug({ layer: info.root.toString(), entries: packed.count, bytes: packed.size }, 'committed')
       return info
     } catch (err) {
@@ -342,15 +612,18 @@ class LayerStore implements Store, LocalStore {
     }
   }
 
+  /** Drops a layer's keys: its block locations, then the manifest blocks no other layer links to. */
   async #dropIndex (root: string): Promise<void> {
     const rootBytes = await this.#db.get(kManifestBlock(root))
     let batch = this.#db.batch()
     batch.del(kLayer(root))
     await batch.write()
     batch = this.#db.batch()
+    const own = [root]
     if (rootBytes !== undefined) {
       try {
         for (const listCid of decodeRoot(rootBytes).entries) {
+          own.push(listCid.toString())
           const list = await this.#db.get(kManifestBlock(listCid.toString()))
           if (list === undefined) continue
           for (const e of decodeEntryList(list)) {
@@ -362,9 +635,18 @@ class LayerStore implements Store, LocalStore {
           }
         }
       } catch (err) {
-        this.#log.warn({ err, layer: root }, 'could not read the manifest of a dropped layer; its block locations stay until they fail a read')
+        this.#sweepAtNextOpen = true
+        this.#log.warn({ err, layer: root }, 'could not read the manifest of a dropped layer; the next open sweeps its block locations')
       }
     }
+    await batch.write()
+    const others: string[] = []
+    for await (const key of this.#db.keys({ gte: 'layer:', lt: 'layer;' })) others.push(key.slice('layer:'.length))
+    for await (const key of this.#db.keys({ gte: 'pending:', lt: 'pending;' })) others.push(key.slice('pending:'.length))
+    const linked = await this.#linkedManifestBlocks(others.filter((o) => o !== root))
+    batch = this.#db.batch()
+    for (const cid of own) if (!linked.has(cid)) batch.del(kManifestBlock(cid))
+    batch.del(kUsed(root))
     await batch.write()
   }
 
@@ -423,6 +705,7 @@ class LayerStore implements Store, LocalStore {
       try {
         const bytes = readRange(`${this.layerDir(loc.layer)}/${loc.path}`, loc.offset, loc.length)
         verifyBlock(cid, bytes)
+        this.touch(loc.layer)
         return bytes
       } catch (err) {
         if (!(err instanceof BlockMismatchError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
@@ -443,7 +726,10 @@ class LayerStore implements Store, LocalStore {
 
   async restore (root: CID, source: BlockSource, opts: RestoreOptions = {}): Promise<LayerInfo> {
     const have = await this.getLayer(root)
-    if (have !== undefined) return have
+    if (have !== undefined) {
+      this.touch(root)
+      return have
+    }
     const key = root.toString()
     const staging = this.#stagingDir()
     try {
@@ -478,7 +764,8 @@ class LayerStore implements Store, LocalStore {
       })
       const rootBlock = manifestBlocks.get(key)!
       const ordered = [rootBlock, ...decodeRoot(rootBlock.bytes).entries.map((c) => manifestBlocks.get(c.toString())!)]
-      return await this.#install(tree, ordered, opts.untrusted === true ? { untrusted: true } : {}, true)
+      failpoint('restore:materialized')
+      return await this.#install('restore', tree, ordered, opts.untrusted === true ? { untrusted: true } : {}, true)
     } catch (err) {
       if (err instanceof StoreError) throw err
       throw new CommitError(`cannot restore layer ${key}: ${(err as Error).message}`, { cause: err })
@@ -512,16 +799,146 @@ class LayerStore implements Store, LocalStore {
     return await this.#db.get(kRecord(key))
   }
 
+  /** Records a use of the layer (a hit, a mount, a block served) for the collector's least-recently-used order. */
+  touch (root: CID | string, at = Date.now()): void {
+    const key = root.toString()
+    if (at - (this.#touched.get(key) ?? 0) < TOUCH_EVERY_MS) return
+    this.#touched.set(key, at)
+    const w = this.#db.put(kUsed(key), Buffer.from(String(at))).catch((err: unknown) => {
+      this.#log.debug({ err, layer: key }, 'could not record a layer use')
+    })
+    this.#writes.add(w)
+    void w.finally(() => this.#writes.delete(w))
+  }
+
+  async #lastUsed (root: string, created: number): Promise<number> {
+    const raw = await this.#db.get(kUsed(root))
+    const stored = raw === undefined ? created : Number(Buffer.from(raw).toString())
+    return Math.max(Number.isFinite(stored) ? stored : created, this.#touched.get(root) ?? 0)
+  }
+
+  async gc (opts: GcOptions): Promise<GcReport> {
+    checkSize('maxSize', opts.maxSize)
+    if (opts.hardLimit !== undefined) {
+      checkSize('hardLimit', opts.hardLimit)
+      if (opts.hardLimit < opts.maxSize) throw new TypeError(`hardLimit (${opts.hardLimit}) must not be below maxSize (${opts.maxSize})`)
+    }
+    const run = this.#collecting.then(async () => await this.#gc(opts))
+    this.#collecting = run.catch(() => {})
+    return await run
+  }
+
+  async #gc (opts: GcOptions): Promise<GcReport> {
+    const now = Date.now()
+    const graceMs = opts.graceMs ?? 60_000
+    const dryRun = opts.dryRun === true
+    // Ended leases are records of use: fold them in, then forget them.
+    const scan = scanLeases(this.dataDir)
+    for (const [root, at] of scan.used) this.touch(root, at)
+    await Promise.all([...this.#writes])
+    if (!dryRun) removeEnded(scan)
+    const layers: GcLayer[] = []
+    for (const l of await this.listLayers()) {
+      const root = l.root.toString()
+      layers.push({ root, size: l.size, lastUsed: await this.#lastUsed(root, l.created) })
+    }
+    layers.sort((a, b) => a.lastUsed - b.lastUsed || (a.root < b.root ? -1 : 1))
+    const before = layers.reduce((n, l) => n + l.size, 0)
+    let total = before
+    const report: GcReport = { dryRun, maxSize: opts.maxSize, hardLimit: opts.hardLimit ?? null, before, after: before, removed: [], kept: [] }
+    const held = new Set([...scan.held, ...this.#rootLocks.keys()])
+    const copies = new Map<string, number | undefined>()
+    const copiesOf = async (root: string): Promise<number | undefined> => {
+      if (!copies.has(root)) {
+        let n: number | undefined
+        try {
+          n = await opts.copies?.(CID.parse(root), { signal: opts.signal })
+        } catch (err) {
+          this.#log.debug({ err, layer: root }, 'copy count unknown')
+        }
+        copies.set(root, n)
+      }
+      return copies.get(root)
+    }
+    const kept = new Map<string, GcKept>()
+    const remove = async (l: GcLayer, lastCopy: boolean): Promise<boolean> => {
+      opts.signal?.throwIfAborted()
+      if (!dryRun) {
+        const gone = await this.#exclusive(l.root, async () => await this.#discard(l.root, { unlessLeased: true }))
+        if (!gone) {
+          kept.set(l.root, { root: l.root, size: l.size, reason: 'leased' })
+          return false
+        }
+      }
+      if (lastCopy) this.#log.warn({ layer: l.root, size: l.size, dryRun }, 'removing the last known copy of a layer in the fleet: the store is over its hard limit')
+      else this.#log.info({ layer: l.root, size: l.size, lastUsed: l.lastUsed, dryRun }, 'removing a least recently used layer')
+      report.removed.push({ root: l.root, size: l.size, lastUsed: l.lastUsed, lastCopy })
+      kept.delete(l.root)
+      total -= l.size
+      return true
+    }
+    const removed = new Set<string>()
+    // First the layers others hold copies of (or nobody knows), down to maxSize.
+    for (const l of layers) {
+      if (total <= opts.maxSize) break
+      if (held.has(l.root)) {
+        kept.set(l.root, { root: l.root, size: l.size, reason: 'leased' })
+        continue
+      }
+      if (now - l.lastUsed < graceMs) {
+        kept.set(l.root, { root: l.root, size: l.size, reason: 'recent' })
+        continue
+      }
+      if (await copiesOf(l.root) === 1) {
+        kept.set(l.root, { root: l.root, size: l.size, reason: 'last-copy' })
+        continue
+      }
+      if (await remove(l, false)) removed.add(l.root)
+    }
+    // Over the hard limit: recent layers and last copies go too, still least recently used first.
+    if (opts.hardLimit !== undefined) {
+      for (const l of layers) {
+        if (total <= opts.hardLimit) break
+        if (removed.has(l.root) || held.has(l.root) || kept.get(l.root)?.reason === 'leased') continue
+        if (await remove(l, await copiesOf(l.root) === 1)) removed.add(l.root)
+      }
+    }
+    report.after = total
+    report.kept = [...kept.values()]
+    if (total > opts.maxSize) this.#log.warn({ size: total, maxSize: opts.maxSize, kept: report.kept.length }, 'the store stays over its size budget: the rest is leased, recent or the last copy in the fleet')
+    return report
+  }
+
+  /** Closes the index only (the lock stays), for openStore to retry on a rebuilt index. */
+  async closeIndex (): Promise<void> {
+    await this.#pool?.close()
+    this.#pool = undefined
+    await this.#db.close()
+  }
+
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
     try {
+      await this.#collecting
+      await Promise.all([...this.#writes])
       await this.#pool?.close()
+      if (!this.#sweepAtNextOpen) await this.#db.del(K_OPEN).catch((err: unknown) => this.#log.warn({ err }, 'could not mark the store closed'))
       await this.#db.close()
     } finally {
       this.#release()
     }
   }
+}
+
+function checkSize (name: string, v: number): void {
+  if (!Number.isSafeInteger(v) || v < 0) throw new TypeError(`${name} must be a whole number of bytes >= 0, got ${v}`)
+}
+
+interface GcLayer {
+  root: string
+  size: number
+  lastUsed: number
 }
 
 function encodeLocation (path: string, offset: number, length: number): Uint8Array {

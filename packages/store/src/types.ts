@@ -64,3 +64,36 @@ export interface StoreInit {
   wait?: boolean
   signal?: AbortSignal
 }
+
+export interface GcOptions {
+  /** Remove least recently used layers until the layers' content adds up to at most this many bytes. */
+  maxSize: number
+  /** Above this many bytes, layers used recently and the last copies in the fleet go too. Default: none (they are kept). */
+  hardLimit?: number
+  /** Report what would go, remove nothing. Default false. */
+  dryRun?: boolean
+  /** Copies the fleet holds of a layer, this node's included; undefined when unknown. Default: unknown for all. */
+  copies?: (root: CID, opts: { signal?: AbortSignal }) => Promise<number | undefined>
+  /** A layer used (committed, restored, leased, served) less than this long ago is kept unless over the hard limit. Default 60 000 ms. */
+  graceMs?: number
+  signal?: AbortSignal
+}
+
+export interface GcKept {
+  root: string
+  size: number
+  /** Why a layer that would have gone by age stayed. */
+  reason: 'leased' | 'recent' | 'last-copy'
+}
+
+export interface GcReport {
+  dryRun: boolean
+  maxSize: number
+  hardLimit: number | null
+  /** Bytes of layer content before and after. */
+  before: number
+  after: number
+  /** Removed (or, in a dry run, to be removed), least recently used first. */
+  removed: Array<{ root: string, size: number, lastUsed: number, lastCopy: boolean }>
+  kept: GcKept[]
+}
