@@ -2,8 +2,9 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW, SHA2_256 } from './cid.ts'
 import { MAX_CHUNK, MIN_CHUNK } from './fastcdc.ts'
+import { EntryListWriter, TYPE_CODES } from './cbor.ts'
 import { comparePaths, parentOf } from './entry.ts'
-import type { Entry, EntryType, RootAttributes, Chunk } from './entry.ts'
+import type { Entry, RootAttributes, Chunk } from './entry.ts'
 import { InvalidManifestError, UnsupportedEntryError } from './errors.ts'
 
 /**
@@ -37,8 +38,6 @@ export const OVERLAY_XATTR = /^(trusted|user)\.overlay\./
 const ROOT_KEYS = new Set(['format', 'version', 'count', 'size', 'root', 'entries'])
 const ROOT_ATTR_KEYS = new Set(['m', 'u', 'g', 'mt', 'x', 'o'])
 
-const TYPE_CODES: EntryType[] = ['file', 'dir', 'symlink', 'hardlink', 'whiteout', 'fifo', 'chardev', 'blockdev']
-const CODE_OF = new Map<EntryType, number>(TYPE_CODES.map((t, i) => [t, i]))
 
 // Entry-list blocks end where a path's hash says so (once past a minimum), so that
 // two layers sharing a run of entries share the blocks holding them; a block is
@@ -75,17 +74,6 @@ function encodeAttrs (o: Record<string, unknown>, a: { mode: number, uid: number
   if (a.opaque === true) o.o = true
 }
 
-function encodeEntry (e: Entry): Record<string, unknown> {
-  const o: Record<string, unknown> = { p: e.path, t: CODE_OF.get(e.type) }
-  encodeAttrs(o, e)
-  if (e.type === 'file') o.s = e.size
-  if (e.target !== undefined) o.l = e.target
-  if (e.chunks !== undefined && e.chunks.length > 0) o.c = e.chunks.map((c) => [c.cid, c.length])
-  if (e.data !== undefined) o.d = e.data
-  if (e.rdev !== undefined) o.r = e.rdev
-  return o
-}
-
 function estimateSize (e: Entry): number {
   let n = 64 + e.path.length * 3 + (e.target?.length ?? 0) * 3 + (e.data?.length ?? 0) + (e.chunks?.length ?? 0) * 48
   for (const [k, v] of e.xattrs ?? []) n += k.length + v.length + 8
@@ -97,7 +85,7 @@ export class ManifestBuilder {
   readonly #lists: ManifestBlock[] = []
   // The same checks a reader makes, so that what a writer builds always reads back.
   readonly #checker = new EntryChecker(LIMITS.entries)
-  #current: Array<Record<string, unknown>> = []
+  readonly #current = new EntryListWriter()
   #currentSize = 0
   #last: string | undefined
   #count = 0
@@ -108,8 +96,8 @@ export class ManifestBuilder {
     const est = estimateSize(entry)
     // One entry must fit one block: ~22k chunk references, a file of 1.4 GiB or so.
     if (est > MAX_BLOCK_SIZE - 64 * 1024) throw new UnsupportedEntryError(`entry too large for a manifest block (${entry.chunks?.length ?? 0} chunks); format 1 carries files up to about 1.4 GiB`, { path: entry.path })
-    if (this.#currentSize + est > BLOCK_SOFT_MAX && this.#current.length > 0) this.#flush()
-    this.#current.push(encodeEntry(entry))
+    if (this.#currentSize + est > BLOCK_SOFT_MAX && this.#current.count > 0) this.#flush()
+    this.#current.add(entry)
     this.#currentSize += est
     this.#last = entry.path
     this.#count++
@@ -118,11 +106,10 @@ export class ManifestBuilder {
   }
 
   #flush (): void {
-    if (this.#current.length === 0) return
-    const bytes = dagCbor.encode({ entries: this.#current })
+    if (this.#current.count === 0) return
+    const bytes = this.#current.finish()
     if (bytes.length > MAX_BLOCK_SIZE) throw new InvalidManifestError(`an entry-list block would be ${bytes.length} bytes`, { path: this.#last })
     this.#lists.push({ cid: cidOf(DAG_CBOR, bytes), bytes })
-    this.#current = []
     this.#currentSize = 0
   }
 
