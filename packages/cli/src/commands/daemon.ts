@@ -16,7 +16,8 @@ const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is st
 export const daemon: Command = {
   name: 'daemon',
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
-  usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--trusted-writer PEERID]... [--mdns]',
+  usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
+    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID]... [--epoch N] [--read-scope S]...',
   async run (ctx) {
     const v = parse(ctx, {
       listen: { type: 'string', multiple: true },
@@ -24,7 +25,13 @@ export const daemon: Command = {
       replicas: { type: 'string' },
       'metrics-listen': { type: 'string' },
       'trusted-writer': { type: 'string', multiple: true },
-      mdns: { type: 'boolean', default: false }
+      mdns: { type: 'boolean', default: false },
+      'psk-file': { type: 'string' },
+      'require-psk': { type: 'boolean', default: false },
+      'allow-peer': { type: 'string', multiple: true },
+      'allow-peers-file': { type: 'string' },
+      epoch: { type: 'string' },
+      'read-scope': { type: 'string', multiple: true }
     })
     let replicas: number | undefined
     if (typeof v.replicas === 'string') {
@@ -34,6 +41,14 @@ export const daemon: Command = {
     const envBootstrap = (process.env.STRATA_BOOTSTRAP ?? '').split(/[\s,]+/).filter((s) => s !== '')
     const listen = list(v.listen)
     const trusted = list(v['trusted-writer'])
+    const allow = list(v['allow-peer'])
+    const readScopes = list(v['read-scope'])
+    const pskFile = typeof v['psk-file'] === 'string' ? v['psk-file'] : process.env.STRATA_PSK_FILE
+    let epoch: number | undefined
+    if (typeof v.epoch === 'string') {
+      epoch = /^\d+$/.test(v.epoch) ? Number(v.epoch) : NaN
+      if (!Number.isSafeInteger(epoch) || epoch > 0xffffffff) throw new UsageError(`--epoch wants a whole number from 0 to 4294967295, got ${JSON.stringify(v.epoch)}`)
+    }
     // libp2p loads only for the commands that run a node.
     const { createDaemon } = await import('@strata/daemon')
     const node = await createDaemon({
@@ -44,12 +59,19 @@ export const daemon: Command = {
       ...(replicas !== undefined ? { replicas } : {}),
       ...(typeof v['metrics-listen'] === 'string' ? { metricsListen: v['metrics-listen'] } : {}),
       ...(trusted.length > 0 ? { trustedWriters: trusted } : {}),
+      ...(allow.length > 0 ? { allowPeers: allow } : {}),
+      ...(typeof v['allow-peers-file'] === 'string' ? { allowPeersFile: v['allow-peers-file'] } : {}),
+      ...(pskFile !== undefined && pskFile !== '' ? { pskFile } : {}),
+      requirePsk: v['require-psk'] === true,
+      ...(epoch !== undefined ? { epoch } : {}),
+      ...(readScopes.length > 0 ? { readScopes } : {}),
       logger: ctx.logger
     })
     await node.start()
     ctx.stderr.write(`strata daemon: peer ${node.peerId}\n`)
     for (const a of node.addresses) ctx.stderr.write(`  listening on ${withPeer(a, node.peerId)}\n`)
     if (node.metricsPort !== undefined) ctx.stderr.write(`  metrics on port ${node.metricsPort}\n`)
+    if (node.privateNetwork) ctx.stderr.write(`  private network (pre-shared key ${pskFile ?? ''})\n`)
     if (!ctx.signal.aborted) await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }))
     ctx.stderr.write('strata daemon: stopping\n')
     await node.stop()
@@ -111,9 +133,28 @@ export const status: Command = {
       for (const l of s.layers) ctx.stdout.write(`  ${l.root}  ${formatBytes(l.size).padStart(8)}  ${l.copies < 0 ? '?' : l.copies} cop${l.copies === 1 ? 'y' : 'ies'}\n`)
       ctx.stdout.write(`from peers: ${formatBytes(c.bytesFromPeers)} (${c.blocksFromPeers} blocks), to peers: ${formatBytes(c.bytesToPeers)} (${c.blocksToPeers} blocks)\n`)
       ctx.stdout.write(`blocks rejected: ${c.blocksRejected}, records learned: ${c.recordsLearned}, rejected: ${c.recordsRejected}, layers replicated: ${c.replicated}\n`)
+      const reasons = Object.entries(s.recordsRejected ?? {}).map(([r, n]) => `${r} ${n}`)
+      if (reasons.length > 0) ctx.stdout.write(`  records rejected by reason: ${reasons.join(', ')}\n`)
+      ctx.stdout.write(`trust: epoch ${s.epoch ?? 0}, writers ${s.trustedWriters === null ? 'any' : s.trustedWriters.length}, ${s.privateNetwork === true ? 'private network' : 'open network'}\n`)
       return 0
     } finally {
       await client.close()
     }
+  }
+}
+
+export const keygenPsk: Command = {
+  name: 'keygen-psk',
+  summary: 'write a new private-network key (swarm.key format, mode 0600) for strata daemon --psk-file; never overwrites',
+  usage: 'strata keygen-psk [FILE] [--data-dir D]   (FILE defaults to <data-dir>/swarm.key)',
+  async run (ctx) {
+    const { values, positionals } = parseCommandArgs(ctx, {}, 'any')
+    if (positionals.length > 1) throw new UsageError(`expected at most one FILE, got ${positionals.length}`)
+    const file = positionals[0] ?? `${dataDirOf(values)}/swarm.key`
+    const { writePsk } = await import('@strata/daemon')
+    await writePsk(file)
+    ctx.stderr.write(`strata keygen-psk: wrote ${file}; copy it (mode 0600) to every VM of the fleet and start each daemon with --psk-file ${file}\n`)
+    ctx.stdout.write(`${file}\n`)
+    return 0
   }
 }

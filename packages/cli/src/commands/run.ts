@@ -1,14 +1,39 @@
 import { resolve } from 'node:path'
-import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
-import type { EnvDecl, ExecStep, RunnerEvent } from '@strata/runner'
+import { checkEpoch, checkScope, createRunner, loadPipeline, parseDuration } from '@strata/runner'
+import type { EnvDecl, ExecStep, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
+import type { ArgValues } from '../context.ts'
 // The client alone: importing the whole daemon package would load libp2p on every run.
 import { connectDaemon } from '@strata/daemon/client'
 import { openStoreFor } from '../open.ts'
 import { Progress } from '../progress.ts'
 
 const jsonFlag = { json: { type: 'boolean', default: false } } as const
+/** Where records are written and read: flags, else STRATA_SCOPE / STRATA_READ_SCOPES / STRATA_EPOCH. */
+const trustFlags = {
+  scope: { type: 'string' },
+  'read-scope': { type: 'string', multiple: true },
+  epoch: { type: 'string' }
+} as const
+const TRUST_USAGE = '[--scope S] [--read-scope S]... [--epoch N]'
+
+/** The runner's scope options from flags, then the environment; bad values are usage errors. */
+export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = process.env): Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'> {
+  const out: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'> = {}
+  try {
+    const scope = typeof values.scope === 'string' ? values.scope : env.STRATA_SCOPE
+    if (scope !== undefined && scope !== '') out.scope = checkScope(scope)
+    const flagged = Array.isArray(values['read-scope']) ? values['read-scope'].filter((x): x is string => typeof x === 'string') : []
+    const read = flagged.length > 0 ? flagged : (env.STRATA_READ_SCOPES ?? '').split(/[\s,]+/).filter((x) => x !== '')
+    if (read.length > 0) out.readScopes = read.map(checkScope)
+    const epoch = typeof values.epoch === 'string' ? values.epoch : env.STRATA_EPOCH
+    if (epoch !== undefined && epoch !== '') out.epoch = checkEpoch(/^\d+$/.test(epoch) ? Number(epoch) : epoch)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  return out
+}
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
 
@@ -71,13 +96,13 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
+async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   const store = daemon ?? await openStoreFor(ctx, dir)
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
-    const runner = await createRunner({ store, logger: ctx.logger, ...(output !== undefined ? { output } : {}), ...(daemon !== undefined ? { remote: daemon } : {}) })
+    const runner = await createRunner({ store, logger: ctx.logger, ...trust, ...(output !== undefined ? { output } : {}), ...(daemon !== undefined ? { remote: daemon } : {}) })
     // The daemon counts hits by source and misses for its metrics.
     const observe = (e: RunnerEvent): void => {
       if (daemon === undefined || (e.type !== 'hit' && e.type !== 'miss')) return
@@ -92,13 +117,13 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, f
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: 'strata run [-f strata.yml] [--data-dir D] [--no-cache] [--json]',
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, trustOptions(values), async (runner, observe) =>
         await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
@@ -114,10 +139,11 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: 'strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] [--json] -- CMD...',
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] ${TRUST_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
+      ...trustFlags,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -142,7 +168,7 @@ export const exec: Command = {
       step.timeoutMs = parseDuration(values.timeout)
     }
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, trustOptions(values), async (runner, observe) =>
         await runner.exec(step, { signal: ctx.signal, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
       else ctx.stdout.write(result.key + '\n')
@@ -158,11 +184,11 @@ export const exec: Command = {
 export const why: Command = {
   name: 'why',
   summary: 'say which part of a step\'s cache key changed since it last ran or hit',
-  usage: 'strata why STEP [-f strata.yml] [--data-dir D] [--json]',
+  usage: `strata why STEP [-f strata.yml] [--data-dir D] ${TRUST_USAGE} [--json]`,
   async run (ctx) {
-    const { values, positionals } = parseCommandArgs(ctx, { ...jsonFlag, file: { type: 'string', short: 'f', default: 'strata.yml' } }, 1)
+    const { values, positionals } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, file: { type: 'string', short: 'f', default: 'strata.yml' } }, 1)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
-    const report = await withRunner(ctx, dataDirOf(values), false, async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
+    const report = await withRunner(ctx, dataDirOf(values), false, trustOptions(values), async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
     if (values.json === true) {
       ctx.stdout.write(JSON.stringify(report) + '\n')
       return 0
