@@ -34,7 +34,7 @@ const kRemoving = (root: string): string => `removing:${root}`
 const kUsed = (root: string): string => `used:${root}`
 /** Present while a process has the store open: found at open, the last one died, and orphans are swept. */
 const K_OPEN = 'meta:open'
-/** A layer's last use is written at most this often (serving blocks touches it on every read). */
+/** By default a layer's last use is written at most this often (serving blocks touches it on every read). */
 const TOUCH_EVERY_MS = 60_000
 /** Quarantined indexes kept for inspection; older ones are deleted. */
 const KEEP_QUARANTINED = 3
@@ -104,6 +104,8 @@ export interface OpenStoreInit extends StoreInit {
   logger?: Logger
   /** Files up to this size are packed into the manifest. Default: the format's DEFAULT_INLINE_MAX. */
   inlineMax?: number
+  /** A layer's last use is written at most this often. Default 60 000 ms. */
+  touchEveryMs?: number
 }
 
 /**
@@ -119,12 +121,12 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
   const release = await acquireLock(dataDir, { wait: init.wait ?? true, signal: init.signal, log })
   try {
     try {
-      return await openIndex(dataDir, log, release, init.inlineMax)
+      return await openIndex(dataDir, log, release, init)
     } catch (err) {
       if (!isCorruption(err)) throw err
       const aside = quarantine(dataDir)
       log.error({ err, quarantined: aside }, 'the store index is corrupt: moved it aside and rebuilding it from the layer dirs')
-      return await openIndex(dataDir, log, release, init.inlineMax)
+      return await openIndex(dataDir, log, release, init)
     }
   } catch (err) {
     release()
@@ -132,10 +134,10 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
   }
 }
 
-async function openIndex (dataDir: string, log: Logger, release: () => void, inlineMax: number | undefined): Promise<LayerStore> {
+async function openIndex (dataDir: string, log: Logger, release: () => void, init: OpenStoreInit): Promise<LayerStore> {
   const db = new ClassicLevel<string, Uint8Array>(`${dataDir}/index`, { keyEncoding: 'utf8', valueEncoding: 'view' })
   await db.open()
-  const store = new LayerStore(dataDir, db, log, release, inlineMax)
+  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS)
   try {
     const fresh = await store.checkVersion()
     await store.recover(fresh && readdirSync(`${dataDir}/layers`).length > 0)
@@ -191,8 +193,11 @@ class LayerStore implements Store, LocalStore {
   readonly #rootLocks = new Map<string, Promise<void>>()
   readonly #inlineMax: number | undefined
 
-  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined) {
+  readonly #touchEveryMs: number
+
+  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number) {
     this.dataDir = dataDir
+    this.#touchEveryMs = touchEveryMs
     this.#inlineMax = inlineMax
     this.#db = db
     this.#log = log
@@ -281,6 +286,7 @@ class LayerStore implements Store, LocalStore {
       this.#log.warn({ layer: name }, 'removing a layer dir that is not a complete layer')
       try {
         this.#hide(name)
+        dirs.delete(name)
       } catch (err) {
         this.#log.warn({ err, layer: name }, 'cannot remove an incomplete layer dir')
       }
@@ -802,7 +808,7 @@ class LayerStore implements Store, LocalStore {
   /** Records a use of the layer (a hit, a mount, a block served) for the collector's least-recently-used order. */
   touch (root: CID | string, at = Date.now()): void {
     const key = root.toString()
-    if (at - (this.#touched.get(key) ?? 0) < TOUCH_EVERY_MS) return
+    if (at - (this.#touched.get(key) ?? 0) < this.#touchEveryMs) return
     this.#touched.set(key, at)
     const w = this.#db.put(kUsed(key), Buffer.from(String(at))).catch((err: unknown) => {
       this.#log.debug({ err, layer: key }, 'could not record a layer use')

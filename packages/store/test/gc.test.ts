@@ -1,0 +1,131 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { existsSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { CID } from 'multiformats/cid'
+import { openStore, parseSize, takeLease } from '../src/index.ts'
+import type { LayerInfo, LocalStore, Store } from '../src/index.ts'
+import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
+import { assertConsistent, runChild } from './helpers.ts'
+
+const text = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} ${i} ${(i * 2654435761) % 1000003}\n`).join('')
+
+/** Commits `names.length` layers of the same size, one after the other (so their last use is in that order). */
+async function layers (t: { after: (fn: () => void) => void }, names: string[]): Promise<{ dir: string, data: string, store: Store & LocalStore, by: Map<string, LayerInfo>, expected: Map<string, unknown> }> {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  const store = await openStore({ dataDir: data, touchEveryMs: 0 })
+  const by = new Map<string, LayerInfo>()
+  const expected = new Map<string, unknown>()
+  for (const name of names) {
+    const src = join(dir, `src-${name}`)
+    buildTree(src, { [`${name}.txt`]: text(name, 10_000) })
+    const d = describeTree(src)
+    const l = await store.commit(src)
+    by.set(name, l)
+    expected.set(l.root.toString(), d)
+    await sleep(5)
+  }
+  return { dir, data, store, by, expected }
+}
+
+const rootsOf = (list: Array<{ root: string }>): string[] => list.map((l) => l.root)
+
+test('collects least recently used layers first, down to the size asked', async (t) => {
+  const { dir, data, store, by, expected } = await layers(t, ['a', 'b', 'c'])
+  let closed = false
+  t.after(async () => { if (!closed) await store.close() })
+  const [a, b, c] = ['a', 'b', 'c'].map((n) => by.get(n)!)
+  // Serving a block of a counts as a use: a becomes the most recently used.
+  const [entry] = await Array.fromAsync(store.entries(a!.root))
+  await sleep(5)
+  await store.getBlock(entry!.chunks![0]!.cid)
+  const size = a!.size
+  assert.equal(b!.size, size)
+  const dry = await store.gc({ maxSize: 2 * size, graceMs: 0, dryRun: true })
+  assert.deepEqual(rootsOf(dry.removed), [b!.root.toString()])
+  assert.equal(await store.has(b!.root), true, 'a dry run removed a layer')
+  const report = await store.gc({ maxSize: 2 * size, graceMs: 0 })
+  assert.deepEqual(rootsOf(report.removed), [b!.root.toString()])
+  assert.equal(report.before, 3 * size)
+  assert.equal(report.after, 2 * size)
+  assert.equal(await store.has(b!.root), false)
+  assert.equal(await store.has(a!.root), true)
+  assert.equal(await store.has(c!.root), true)
+  // Nothing to do when under the budget.
+  assert.deepEqual((await store.gc({ maxSize: 2 * size, graceMs: 0 })).removed, [])
+  await store.close()
+  closed = true
+  expected.delete(b!.root.toString())
+  assert.deepEqual(await assertConsistent(data, expected, dir), [a!.root.toString(), c!.root.toString()].sort())
+})
+
+test('never collects a leased layer; a lease whose holder died pins nothing and is cleared', async (t) => {
+  const { data, store, by } = await layers(t, ['a', 'b', 'c'])
+  t.after(() => store.close())
+  const lease = takeLease(data)
+  t.after(() => lease.release())
+  lease.add(by.get('a')!.root.toString())
+  const died = await runChild(join(import.meta.dirname, 'fixtures', 'lease-child.ts'), [data, by.get('b')!.root.toString()])
+  assert.equal(died.signal, 'SIGKILL')
+  assert.equal(readdirSync(join(data, 'leases')).length, 2)
+  const report = await store.gc({ maxSize: 0, graceMs: 0 })
+  assert.deepEqual(report.kept.map((k) => [k.root, k.reason]), [[by.get('a')!.root.toString(), 'leased']])
+  assert.deepEqual(rootsOf(report.removed).sort(), [by.get('b')!.root.toString(), by.get('c')!.root.toString()].sort())
+  assert.equal(await store.has(by.get('a')!.root), true)
+  assert.deepEqual(readdirSync(join(data, 'leases')), [lease.path.split('/').pop()], 'the dead holder\'s lease file was not cleared')
+  // Released, the lease no longer protects (it now only says when the layer was last used).
+  lease.release()
+  assert.deepEqual(rootsOf((await store.gc({ maxSize: 0, graceMs: 0 })).removed), [by.get('a')!.root.toString()])
+})
+
+test('a lease file counts as a use of its layers at the time it was last written', async (t) => {
+  const { data, store, by } = await layers(t, ['a', 'b'])
+  t.after(() => store.close())
+  await sleep(5)
+  const lease = takeLease(data)
+  lease.add(by.get('a')!.root.toString())
+  lease.release()
+  // a was committed first, but used since: b goes first.
+  const report = await store.gc({ maxSize: by.get('a')!.size, graceMs: 0 })
+  assert.deepEqual(rootsOf(report.removed), [by.get('b')!.root.toString()])
+})
+
+test('keeps recently used layers and the last copy in the fleet, unless over the hard limit', async (t) => {
+  const { store, by } = await layers(t, ['a', 'b', 'c'])
+  t.after(() => store.close())
+  const a = by.get('a')!.root.toString()
+  const size = by.get('a')!.size
+  const copies = async (root: CID): Promise<number | undefined> => (root.toString() === a ? 1 : root.toString() === by.get('b')!.root.toString() ? 3 : undefined)
+  // Everything was used just now: the default grace keeps it all.
+  const recent = await store.gc({ maxSize: 0, copies })
+  assert.deepEqual(recent.removed, [])
+  assert.deepEqual(new Set(recent.kept.map((k) => k.reason)), new Set(['recent']))
+  // Without the grace: a is the only copy and stays; b (3 copies) and c (unknown) go.
+  const soft = await store.gc({ maxSize: 0, graceMs: 0, copies })
+  assert.deepEqual(rootsOf(soft.removed), [by.get('b')!.root.toString(), by.get('c')!.root.toString()])
+  assert.deepEqual(soft.kept, [{ root: a, size, reason: 'last-copy' }])
+  assert.equal(await store.has(by.get('a')!.root), true)
+  // Under the hard limit it stays; over it, it goes, reported as the last copy.
+  assert.deepEqual((await store.gc({ maxSize: 0, hardLimit: size, graceMs: 0, copies })).removed, [])
+  const hard = await store.gc({ maxSize: 0, hardLimit: size - 1, graceMs: 0, copies })
+  assert.deepEqual(hard.removed.map((r) => [r.root, r.lastCopy]), [[a, true]])
+  assert.equal(existsSync(by.get('a')!.path), false)
+})
+
+test('refuses sizes that make no sense, naming them', async (t) => {
+  const { store } = await layers(t, [])
+  t.after(() => store.close())
+  await assert.rejects(store.gc({ maxSize: -1 }), { name: 'TypeError', message: /maxSize/ })
+  await assert.rejects(store.gc({ maxSize: 10, hardLimit: 5 }), { name: 'TypeError', message: /hardLimit \(5\) must not be below maxSize \(10\)/ })
+})
+
+test('parses sizes as users write them', () => {
+  assert.equal(parseSize('20G'), 20 * 1024 ** 3)
+  assert.equal(parseSize('500M'), 500 * 1024 ** 2)
+  assert.equal(parseSize('1.5k'), 1536)
+  assert.equal(parseSize('2GiB'), 2 * 1024 ** 3)
+  assert.equal(parseSize('4096'), 4096)
+  for (const bad of ['', 'G', '-1G', '10X', '1e9', 'twenty']) assert.throws(() => parseSize(bad), { name: 'TypeError', message: new RegExp(`^${JSON.stringify(bad)} is not a size`) })
+})
