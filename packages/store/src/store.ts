@@ -1,4 +1,4 @@
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync } from 'node:fs'
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -126,7 +126,9 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
       if (!isCorruption(err)) throw err
       const aside = quarantine(dataDir)
       log.error({ err, quarantined: aside }, 'the store index is corrupt: moved it aside and rebuilding it from the layer dirs')
-      return await openIndex(dataDir, log, release, init)
+      const store = await openIndex(dataDir, log, release, init)
+      await store.salvageRecords(aside)
+      return store
     }
   } catch (err) {
     release()
@@ -135,8 +137,16 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
 }
 
 async function openIndex (dataDir: string, log: Logger, release: () => void, init: OpenStoreInit): Promise<LayerStore> {
+  // Opened without CURRENT, LevelDB would start a new index over the old files and delete them.
+  const files = existsSync(`${dataDir}/index`) ? readdirSync(`${dataDir}/index`) : []
+  if (files.some((f) => /\.(ldb|sst|log)$/.test(f)) && !files.includes('CURRENT')) throw new IndexCorruptError('the index has table files but no CURRENT file')
   const db = new ClassicLevel<string, Uint8Array>(`${dataDir}/index`, { keyEncoding: 'utf8', valueEncoding: 'view' })
-  await db.open()
+  try {
+    await db.open()
+  } catch (err) {
+    if (manifestMissing(`${dataDir}/index`)) throw new IndexCorruptError('the index names a MANIFEST file that is not there', { cause: err })
+    throw err
+  }
   const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS)
   try {
     const fresh = await store.checkVersion()
@@ -148,6 +158,16 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
   return store
 }
 
+/** LevelDB reports a CURRENT file naming a missing MANIFEST as an I/O error; it is damage all the same. */
+function manifestMissing (index: string): boolean {
+  try {
+    const name = readFileSync(`${index}/CURRENT`, 'utf8').trim()
+    return /^MANIFEST-\d+$/.test(name) && !existsSync(`${index}/${name}`)
+  } catch {
+    return false
+  }
+}
+
 function isCorruption (err: unknown): boolean {
   for (let e = err as { code?: unknown, cause?: unknown } | undefined, depth = 0; e !== undefined && e !== null && depth < 4; e = e.cause as typeof e, depth++) {
     if (e.code === 'LEVEL_CORRUPTION' || e.code === 'ERR_INDEX_CORRUPT') return true
@@ -157,7 +177,7 @@ function isCorruption (err: unknown): boolean {
 
 /** Moves the index aside as `index.corrupt-<time>`, keeping the newest few, and returns where it went. */
 function quarantine (dataDir: string): string {
-  const aside = `${dataDir}/index.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`
+  const aside = `${dataDir}/index.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(3).toString('hex')}`
   renameSync(`${dataDir}/index`, aside)
   const old = readdirSync(dataDir).filter((n) => n.startsWith('index.corrupt-')).sort()
   for (const n of old.slice(0, Math.max(0, old.length - KEEP_QUARANTINED))) rmSync(`${dataDir}/${n}`, { recursive: true, force: true })
@@ -404,6 +424,42 @@ class LayerStore implements Store, LocalStore {
       }
     }
     this.#log.warn({ kept, dropped }, 'rebuilt the index from the layer dirs')
+  }
+
+  /**
+   * Copies the records (signed, checked by whoever reads them) that LevelDB's
+   * repair can still find in a quarantined index, working on a copy so that the
+   * quarantined files stay as they were found. Best effort: what cannot be read is lost.
+   */
+  async salvageRecords (quarantined: string): Promise<number> {
+    const copy = `${this.#stagingDir()}/index`
+    let n = 0
+    try {
+      await execFileP('cp', ['-a', '--', quarantined, copy])
+      await ClassicLevel.repair(copy)
+      const old = new ClassicLevel<string, Uint8Array>(copy, { keyEncoding: 'utf8', valueEncoding: 'view', createIfMissing: false })
+      await old.open()
+      try {
+        let batch = this.#db.batch()
+        for await (const [key, value] of old.iterator({ gte: 'record:', lt: 'record;' })) {
+          batch.put(key, value)
+          n++
+          if (batch.length >= BATCH) {
+            await batch.write()
+            batch = this.#db.batch()
+          }
+        }
+        await batch.write()
+      } finally {
+        await old.close()
+      }
+      this.#log.warn({ records: n, from: quarantined }, 'salvaged records from the quarantined index')
+    } catch (err) {
+      this.#log.warn({ err, records: n, from: quarantined }, 'could not salvage the records of the quarantined index')
+    } finally {
+      removeTree(copy.slice(0, -'/index'.length))
+    }
+    return n
   }
 
   /** Takes a layer dir out of `layers/` and deletes it. */
