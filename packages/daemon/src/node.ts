@@ -54,6 +54,8 @@ export const NODE_LIMITS = {
   gossipStreams: 4
 } as const
 
+export type NodeLimits = { -readonly [K in keyof typeof NODE_LIMITS]: number }
+
 /**
  * The runner's identity key (`<dataDir>/identity.key`, ed25519 PKCS#8 PEM, created
  * on first use) as a libp2p private key: the daemon's peer id is the runner's, so
@@ -75,6 +77,8 @@ export async function loadPrivateKey (dataDir: string, opts: { signal?: AbortSig
 }
 
 export interface NodeInit {
+  /** Overrides of NODE_LIMITS (tests cross them with small values). */
+  limits?: Partial<NodeLimits>
   privateKey: PrivateKey
   listen: string[]
   bootstrap: string[]
@@ -93,7 +97,8 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
   const allow = init.allowPeers !== undefined ? new Set(init.allowPeers) : undefined
   // The gater runs before the node exists; it looks at the node once there is one.
   const self: { node?: StrataNode } = {}
-  const tooMany = (p: PeerId): boolean => (self.node?.getConnections(p).length ?? 0) >= NODE_LIMITS.connectionsPerPeer
+  const limits: NodeLimits = { ...NODE_LIMITS, ...init.limits }
+  const tooMany = (p: PeerId): boolean => (self.node?.getConnections(p).length ?? 0) >= limits.connectionsPerPeer
   const node: StrataNode = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
@@ -101,13 +106,13 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({
-      maxInboundStreams: NODE_LIMITS.streamsPerConnection,
-      streamOptions: { maxReadBufferLength: NODE_LIMITS.streamReadBuffer }
+      maxInboundStreams: limits.streamsPerConnection,
+      streamOptions: { maxReadBufferLength: limits.streamReadBuffer }
     })],
     connectionManager: {
-      maxConnections: NODE_LIMITS.connections,
-      maxIncomingPendingConnections: NODE_LIMITS.pendingInboundConnections,
-      inboundConnectionThreshold: NODE_LIMITS.inboundConnectionsPerSecond
+      maxConnections: limits.connections,
+      maxIncomingPendingConnections: limits.pendingInboundConnections,
+      inboundConnectionThreshold: limits.inboundConnectionsPerSecond
     },
     peerDiscovery: discovery,
     ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: init.psk }) } : {}),
@@ -127,15 +132,15 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
         clientMode: false,
         logPrefix: 'libp2p:dht-strata',
         datastorePrefix: '/dht-strata',
-        maxInboundStreams: NODE_LIMITS.dhtInboundStreams,
-        maxOutboundStreams: NODE_LIMITS.dhtOutboundStreams
+        maxInboundStreams: limits.dhtInboundStreams,
+        maxOutboundStreams: limits.dhtOutboundStreams
       }),
       pubsub: gossipsub({
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
-        maxInboundDataLength: NODE_LIMITS.gossipMessageBytes,
-        maxInboundStreams: NODE_LIMITS.gossipStreams,
-        maxOutboundStreams: NODE_LIMITS.gossipStreams
+        maxInboundDataLength: limits.gossipMessageBytes,
+        maxInboundStreams: limits.gossipStreams,
+        maxOutboundStreams: limits.gossipStreams
       })
     }
   })
