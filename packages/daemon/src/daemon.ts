@@ -278,56 +278,73 @@ export class Daemon {
   }
 
   /**
-   * Looks a key up in `scopes` (default the daemon's read scopes), in order: the
-   * local store (records learned by gossip are stored there too), then the DHT
-   * providers of the key, each asked for every scope at once. The order of scopes
-   * holds within each place asked.
+   * Looks a key up in `scopes` (default the daemon's read scopes), most preferred
+   * first. The local store (records learned by gossip are stored there too) is
+   * read first; unless it holds a record in the first scope, the DHT providers of
+   * the key are asked for the scopes before the best local one. A record in the
+   * first scope ends the search; once any usable record is known (here or from a
+   * provider) the search ends `providerGraceMs` later; the best record found wins.
    */
   async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
     const scopes = opts.scopes ?? this.readScopes
     let rejected: string | undefined
-    for (const scope of scopes) {
+    let best: (LookupResult & { rank: number }) | undefined
+    for (const [rank, scope] of scopes.entries()) {
       const local = await this.store.getRecord(recordKey(key, scope))
       if (local === undefined) continue
       try {
         const record = verifyEnvelope(local, this.trust.reading([scope]), key)
-        return { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local' }
+        best = { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local', rank }
+        break
       } catch (err) {
         if (!(err instanceof RecordInvalidError)) throw err
         rejected = err.message
         this.#rejected(err, { key: key.toString(), scope }, 'ignoring a stored record')
       }
     }
-    const signal = this.#signal(opts.signal, this.#providerTimeoutMs)
+    const result = (b: LookupResult & { rank: number }): LookupResult => ({ record: b.record, envelope: b.envelope, source: b.source })
+    if (best?.rank === 0) return result(best)
+    const wanted = scopes.slice(0, best?.rank ?? scopes.length)
+    const enough = new AbortController()
+    let grace: NodeJS.Timeout | undefined
+    const signal = AbortSignal.any([this.#signal(opts.signal, this.#providerTimeoutMs), enough.signal])
+    const startGrace = (): void => { grace ??= setTimeout(() => enough.abort(new Error('a usable record is known')), this.#providerGraceMs) }
+    // With a record here already, a better scope elsewhere is worth a short wait only.
+    if (best !== undefined) startGrace()
     let asked = 0
     try {
       for await (const provider of this.#providers(key, signal)) {
         if (asked++ >= this.#maxProviders) break
         let answers: Uint8Array[]
         try {
-          answers = await this.#askRecord(provider, key, scopes, signal)
+          answers = await this.#askRecord(provider, key, wanted, signal)
         } catch (err) {
           this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
           continue
         }
-        for (const [i, bytes] of answers.entries()) {
-          const scope = scopes[i]!
-          if (bytes.length === 0) continue
+        for (const [rank, bytes] of answers.entries()) {
+          const scope = wanted[rank]!
+          if (bytes.length === 0 || (best !== undefined && best.rank <= rank)) continue
           try {
             const record = verifyEnvelope(bytes, this.trust.reading([scope]), key)
             await this.store.putRecord(recordKey(key, scope), bytes)
-            return { record, envelope: bytes, source: 'dht' }
+            best = { record, envelope: bytes, source: 'dht', rank }
           } catch (err) {
             if (!(err instanceof RecordInvalidError)) throw err
             rejected = err.message
             this.#rejected(err, { key: key.toString(), scope, peer: provider.toString() }, 'ignoring a record from a peer')
           }
         }
+        if (best?.rank === 0) break
+        if (best !== undefined) startGrace()
       }
     } catch (err) {
       if (opts.signal?.aborted === true) throw err
       this.#log.debug({ err, key: key.toString() }, 'provider search ended')
+    } finally {
+      clearTimeout(grace)
     }
+    if (best !== undefined) return result(best)
     throw new RecordNotFoundError(key.toString(), rejected ?? (asked === 0 ? 'no peer provides it' : `none of ${asked} providers had a usable one`))
   }
 

@@ -1,0 +1,185 @@
+import assert from 'node:assert/strict'
+import { readFileSync, statSync, writeFileSync } from 'node:fs'
+import { test } from 'node:test'
+import type { TestContext } from 'node:test'
+import * as dagCbor from '@ipld/dag-cbor'
+import type { CID } from 'multiformats/cid'
+import { cidOf, DAG_CBOR } from '@strata/chunker'
+import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/runner'
+import type { StepRecord } from '@strata/runner'
+import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk } from '../src/index.ts'
+import type { Daemon } from '../src/index.ts'
+import { connect, memoryLogger, publishLayer, startDaemon, tempDir, writeTree } from './helpers.ts'
+
+const freshKey = (tag: string): CID => cidOf(DAG_CBOR, dagCbor.encode({ trust: tag, at: process.hrtime.bigint().toString() }))
+
+async function pskFile (t: TestContext): Promise<string> {
+  const path = `${tempDir(t)}/swarm.key`
+  await writePsk(path)
+  return path
+}
+
+test('keygen writes a 0600 swarm.key that parses, and never overwrites one', async (t) => {
+  const path = await pskFile(t)
+  assert.equal(statSync(path).mode & 0o777, 0o600)
+  assert.equal(parsePsk(readFileSync(path, 'utf8'), path).length, 95)
+  await assert.rejects(writePsk(path), (err: Error) => err instanceof DaemonConfigError && /exists: not overwriting/.test(err.message))
+})
+
+test('a bad key file or peer list is an error naming the file (and line) and the problem', () => {
+  assert.throws(() => parsePsk('/key/swarm/psk/1.0.0/\n/base16/\nabc\n', '/etc/k'), { code: 'ERR_DAEMON_CONFIG', message: /^\/etc\/k: .*line 3 must be 64 hex digits/ })
+  assert.throws(() => parsePsk('/key/swarm/psk/1.0.0/\n/base64/\n' + 'a'.repeat(64), '/etc/k'), { message: /line 2 must be \/base16\// })
+  assert.throws(() => parsePsk('hello', '/etc/k'), { message: /line 1 must be/ })
+  const good = '12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf'
+  assert.deepEqual(parsePeerList(`# the fleet\n${good}  # ci-1\n\n`, '/etc/peers'), [good])
+  assert.throws(() => parsePeerList(`${good}\nnot-a-peer\n`, '/etc/peers'), { code: 'ERR_DAEMON_CONFIG', message: /^\/etc\/peers:2: "not-a-peer" is not a peer id/ })
+})
+
+test('--require-psk without a key refuses to start', async (t) => {
+  await assert.rejects(startDaemon(t, { requirePsk: true }), (err: Error) => err instanceof DaemonConfigError && /pre-shared key is required/.test(err.message))
+})
+
+test('a peer without the fleet\'s pre-shared key cannot connect; one with it can', async (t) => {
+  const psk = await pskFile(t)
+  const a = await startDaemon(t, { pskFile: psk, requirePsk: true })
+  const b = await startDaemon(t, { pskFile: psk })
+  const outsider = await startDaemon(t)
+  const otherKey = await startDaemon(t, { pskFile: await pskFile(t) })
+  await connect([a, b])
+  assert.ok(a.node.getPeers().map(String).includes(b.peerId))
+  const { key } = await publishLayer(t, a, { f: 'private' })
+  assert.ok((await b.resolve(key)).layer !== undefined, 'a member fetches from the private fleet')
+  for (const d of [outsider, otherKey]) {
+    await assert.rejects(d.node.dial(a.node.getMultiaddrs()[0]!, { signal: AbortSignal.timeout(5000) }))
+    assert.ok(!a.node.getPeers().map(String).includes(d.peerId))
+  }
+  assert.equal((await a.status({ copies: false })).privateNetwork, true)
+})
+
+test('a peer not on the allow-list is refused after the handshake, before any protocol', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  const list = `${tempDir(t)}/peers`
+  writeFileSync(list, `# allowed\n${a.peerId}\n`)
+  const c = await startDaemon(t, { allowPeersFile: list })
+  const seen: string[] = []
+  c.node.addEventListener('connection:open', (e) => seen.push(e.detail.remotePeer.toString()))
+  c.node.addEventListener('peer:identify', (e) => seen.push(`identify:${e.detail.peerId.toString()}`))
+  await a.node.dial(c.node.getMultiaddrs()[0]!)
+  await b.node.dial(c.node.getMultiaddrs()[0]!, { signal: AbortSignal.timeout(3000) }).catch(() => {})
+  await assert.rejects(b.node.dialProtocol(c.node.peerId, '/strata/records/2.0.0', { signal: AbortSignal.timeout(3000) }))
+  assert.ok(seen.includes(a.peerId))
+  assert.ok(!seen.some((s) => s.includes(b.peerId)), `c saw ${seen.join(', ')}`)
+  assert.deepEqual(c.node.getPeers().map(String), [a.peerId])
+  // c's peer store learned no protocol of b: identify never ran over a gated connection.
+  const known = await c.node.peerStore.get(b.node.peerId).catch(() => undefined)
+  assert.deepEqual(known?.protocols ?? [], [])
+})
+
+/** A record as `signer` would sign it, for `key` in `scope`. */
+function recordFor (signer: { peerId: string }, key: CID, layer: CID, over: Partial<StepRecord> = {}): StepRecord {
+  return { v: RECORD_FORMAT, key, parent: null, layer, size: 1, env: [], created: Date.now(), producer: signer.peerId, scope: 'main', epoch: 5, ...over }
+}
+
+/**
+ * The adversarial rows for records: `evil` serves `bytes` as the record of a fresh
+ * key in scope `main`, holds the layer, and provides the key on the DHT; the reader
+ * trusts only `writer`, reads `main`, and is in epoch 5.
+ */
+test('bad records are each a miss with the reason logged and counted, and their layer is never fetched', async (t) => {
+  const writer = await startDaemon(t, { epoch: 5 })
+  const evil = await startDaemon(t)
+  const { logger, lines } = memoryLogger()
+  const reader = await startDaemon(t, { trustedWriters: [writer.peerId], epoch: 5, readScopes: ['main'], logger, metricsListen: '127.0.0.1:0' })
+  await connect([writer, evil, reader])
+  const w = await loadIdentity(writer.dataDir)
+  const e = await loadIdentity(evil.dataDir)
+  const upper = `${tempDir(t)}/u`
+  writeTree(upper, { 'payload.sh': 'echo owned' })
+  const layer = (await evil.commit(upper)).root
+  const envelope = (body: unknown, sig?: Uint8Array): Uint8Array => dagCbor.encode(sig === undefined ? { body: dagCbor.encode(body) } : { body: dagCbor.encode(body), sig })
+  const sigOf = (bytes: Uint8Array): Uint8Array => dagCbor.decode<{ sig: Uint8Array }>(bytes).sig
+
+  const cases: Array<{ reason: string, bytes: (key: CID) => Uint8Array }> = [
+    { reason: 'unsigned', bytes: (key) => envelope(recordFor(w, key, layer)) },
+    { reason: 'untrusted-signer', bytes: (key) => signRecord(recordFor(e, key, layer), e) },
+    {
+      // The writer's real signature over another key's record, replayed for this key.
+      reason: 'bad-signature',
+      bytes: (key) => envelope(recordFor(w, key, layer, { created: 1 }), sigOf(signRecord(recordFor(w, freshKey('other'), layer, { created: 1 }), w)))
+    },
+    {
+      // ...and over the same key with another layer.
+      reason: 'bad-signature',
+      bytes: (key) => envelope(recordFor(w, key, layer, { created: 1 }), sigOf(signRecord(recordFor(w, key, freshKey('layer'), { created: 1 }), w)))
+    },
+    { reason: 'wrong-scope', bytes: (key) => signRecord(recordFor(w, key, layer, { scope: 'pr/666' }), w) },
+    { reason: 'old-epoch', bytes: (key) => signRecord(recordFor(w, key, layer, { epoch: 4 }), w) },
+    { reason: 'version', bytes: (key) => envelope({ v: 1, key, parent: null, layer, size: 1, env: [], created: 1, producer: w.peerId }, new Uint8Array(64)) }
+  ]
+  for (const c of cases) {
+    const key = freshKey(c.reason)
+    await evil.store.putRecord(recordKey(key, 'main'), c.bytes(key))
+    await evil.node.contentRouting.provide(key)
+    await assert.rejects(reader.resolve(key), (err: Error) => {
+      assert.ok(err instanceof RecordNotFoundError, String(err))
+      assert.match(err.reason, new RegExp(`\\(${c.reason}\\)`))
+      return true
+    }, c.reason)
+    assert.ok(lines.some((l) => l.reason === c.reason && l.key === key.toString()), `the ${c.reason} refusal is logged with its reason`)
+    assert.equal(await reader.store.getRecord(recordKey(key, 'main')), undefined, 'the refused record is not kept')
+  }
+  assert.equal(await reader.store.has(layer), false, 'no refused record made the reader fetch its layer')
+  const metrics = await (await fetch(`http://127.0.0.1:${reader.metricsPort!}/metrics`)).text()
+  for (const [reason, n] of [['unsigned', 1], ['untrusted-signer', 1], ['bad-signature', 2], ['wrong-scope', 1], ['old-epoch', 1], ['version', 1]] as const) {
+    assert.match(metrics, new RegExp(`^strata_records_rejected_total\\{reason="${reason}"\\} ${n}$`, 'm'), reason)
+  }
+  // A good record from the trusted writer still resolves.
+  const { key } = await publishLayer(t, writer, { ok: 'fine' }, { scope: 'main' })
+  assert.equal((await reader.resolve(key)).record.producer, writer.peerId)
+})
+
+test('a reader uses its read scopes in order: its own branch first, then main', async (t) => {
+  const writer = await startDaemon(t)
+  const reader = await startDaemon(t, { trustedWriters: [writer.peerId] })
+  await connect([writer, reader])
+  const key = freshKey('scoped')
+  const onMain = await publishLayer(t, writer, { f: 'built on main' }, { key, scope: 'main' })
+  const onPr = await publishLayer(t, writer, { f: 'built on pr/123' }, { key, scope: 'pr/123' })
+  assert.notEqual(onMain.layer.root.toString(), onPr.layer.root.toString())
+  await writer.node.contentRouting.provide(key)
+  const check = async (d: Daemon): Promise<void> => {
+    const pr = await d.resolve(key, { scopes: ['pr/123', 'main'] })
+    assert.equal(pr.record.scope, 'pr/123')
+    assert.equal(pr.layer.root.toString(), onPr.layer.root.toString())
+    const other = await d.resolve(key, { scopes: ['pr/7', 'main'] })
+    assert.equal(other.record.scope, 'main', 'a branch with no record of its own falls back to main')
+    assert.equal(other.layer.root.toString(), onMain.layer.root.toString())
+    await assert.rejects(d.resolve(key, { scopes: ['pr/7'] }), RecordNotFoundError)
+  }
+  // The reader learned both records by gossip: the order holds in its own store.
+  const deadline = Date.now() + 10_000
+  while (await reader.store.getRecord(recordKey(key, 'pr/123')) === undefined || await reader.store.getRecord(recordKey(key, 'main')) === undefined) {
+    if (Date.now() > deadline) throw new Error('the records did not arrive by gossip')
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  await check(reader)
+  // A reader that joins later has only the DHT: the order holds there too.
+  const late = await startDaemon(t, { trustedWriters: [writer.peerId] })
+  await connect([writer, late])
+  assert.equal(await late.store.getRecord(recordKey(key, 'main')), undefined)
+  await check(late)
+})
+
+test('a node without writer trust may read, but its records are ignored by others', async (t) => {
+  const writer = await startDaemon(t)
+  const guest = await startDaemon(t, { trustedWriters: [writer.peerId] })
+  const reader = await startDaemon(t, { trustedWriters: [writer.peerId] })
+  await connect([writer, guest, reader])
+  const { key } = await publishLayer(t, writer, { f: 'trusted' })
+  assert.equal((await guest.resolve(key)).record.producer, writer.peerId, 'the guest reads the fleet\'s records')
+  const own = await publishLayer(t, guest, { f: 'guest' })
+  await assert.rejects(reader.resolve(own.key), (err: Error) => err instanceof RecordNotFoundError && /untrusted-signer/.test(err.reason))
+  assert.ok((reader.rejected['untrusted-signer'] ?? 0) >= 1)
+  assert.equal(await reader.store.has(own.layer.root), false)
+})
