@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { closeSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
 import { mkdir, readFile, rm, stat } from 'node:fs/promises'
 import { machine } from 'node:os'
 import { isAbsolute, posix } from 'node:path'
@@ -7,7 +7,8 @@ import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { flock } from '@strata/sys'
-import type { LayerInfo, Store } from '@strata/store'
+import { takeLease } from '@strata/store'
+import type { LayerInfo, Lease, Store } from '@strata/store'
 import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
 import {
@@ -85,13 +86,15 @@ export type RunnerEvent =
   | { type: 'ran', step: string, key: string, exitCode: 0, durationMs: number }
   | { type: 'capture-progress', step: string, unit: 'entries' | 'bytes', done: number, total: number }
   | { type: 'captured', step: string, key: string, layer: string, size: number, entries: number, durationMs: number }
+  /** The step ran but its result could not be stored (a full disk): later steps of this run still see its changes. */
+  | { type: 'capture-failed', step: string, key: string, error: Error }
   | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
 
 export interface StepResult {
   name: string
   /** The step's cache key (CID string): pass it as `parent` to exec() to chain. */
   key: string
-  /** Root CID of the step's layer. */
+  /** Root CID of the step's layer; empty when the step ran but its capture failed. */
   layer: string
   status: 'hit' | 'ran'
   /** Bytes of file content in the layer. */
@@ -262,10 +265,15 @@ class StepRunner implements Runner {
     const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const results: StepResult[] = []
     const base = await this.#baseIdentity(chain, opts)
-    for (const [index, step] of pipeline.steps.entries()) {
-      if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
-      opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
-      results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts))
+    const hold = this.#hold()
+    try {
+      for (const [index, step] of pipeline.steps.entries()) {
+        if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
+        opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
+        results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts, hold))
+      }
+    } finally {
+      await dropHold(hold)
     }
     return { steps: results, env: envObject(chain.envLines), durationMs: performance.now() - started }
   }
@@ -289,9 +297,14 @@ class StepRunner implements Runner {
     if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
     const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const base = await this.#baseIdentity(chain, opts)
-    if (step.parent !== undefined) await this.#loadChain(chain, base, step.parent)
-    opts.onEvent?.({ type: 'start', step: step.name, index: 0, total: 1 })
-    return await this.#step(chain, base, spec, step.salt ?? null, chainId(undefined, step.name), opts)
+    const hold = this.#hold()
+    try {
+      if (step.parent !== undefined) await this.#loadChain(chain, base, step.parent, hold)
+      opts.onEvent?.({ type: 'start', step: step.name, index: 0, total: 1 })
+      return await this.#step(chain, base, spec, step.salt ?? null, chainId(undefined, step.name), opts, hold)
+    } finally {
+      await dropHold(hold)
+    }
   }
 
   async why (pipeline: Pipeline, stepName: string, opts: { signal?: AbortSignal } = {}): Promise<WhyReport> {
@@ -338,7 +351,7 @@ class StepRunner implements Runner {
   }
 
   /** Fills `chain` from the records of `parent` and the steps below it, down to the base. */
-  async #loadChain (chain: Chain, base: BaseIdentity, parent: string): Promise<void> {
+  async #loadChain (chain: Chain, base: BaseIdentity, parent: string, hold: Hold): Promise<void> {
     let key: CID
     try {
       key = CID.parse(parent)
@@ -349,7 +362,7 @@ class StepRunner implements Runner {
     const envGroups: string[][] = []
     for (let depth = 0; ; depth++) {
       if (depth > 10_000) throw new ParentNotFoundError(parent, 'the chain of records does not end')
-      const found = await this.#lookup(key)
+      const found = await this.#lookup(key, hold)
       if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : 'no valid record in the store')
       chain.layers.push(found.layer.path)
       envGroups.unshift(found.record.env)
@@ -393,7 +406,8 @@ class StepRunner implements Runner {
   }
 
   /** The first record, in read-scope order, that verifies under the policy and whose layer is here. */
-  async #lookup (key: CID): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
+  /** With `hold`, the layer is leased before it is looked for, so that a collection cannot take it between the check and the mount. */
+  async #lookup (key: CID, hold?: Hold): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
     let reason: MissReason = 'no-record'
     for (const scope of this.#policy.scopes) {
       const bytes = await this.#store.getRecord(recordKey(key, scope))
@@ -408,6 +422,7 @@ class StepRunner implements Runner {
         if (reason === 'no-record') reason = 'invalid-record'
         continue
       }
+      hold?.lease.add(record.layer.toString())
       const layer = await this.#store.getLayer(record.layer)
       if (layer === undefined) {
         reason = 'layer-missing'
@@ -418,7 +433,12 @@ class StepRunner implements Runner {
     return { reason }
   }
 
-  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions): Promise<StepResult> {
+  /** A lease on the layers this run mounts (under the store's data dir, where its collector looks). */
+  #hold (): Hold {
+    return { lease: takeLease(this.#store.dataDir), dirs: [] }
+  }
+
+  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
     const emit = opts.onEvent ?? ((): void => {})
     const t0 = performance.now()
     let described: Described
@@ -435,12 +455,12 @@ class StepRunner implements Runner {
     this.#log.debug({ step: step.name, key: keyString }, 'key computed')
 
     if (step.cache && opts.noCache !== true) {
-      let found = await this.#lookup(key)
+      let found = await this.#lookup(key, hold)
       let fromPeers: { providers: number, bytes: number } | undefined
       if (!('record' in found) && this.#remote !== undefined) {
         fromPeers = await this.#fromFleet(step.name, key, opts)
         if (fromPeers !== undefined) {
-          const again = await this.#lookup(key)
+          const again = await this.#lookup(key, hold)
           if ('record' in again) found = again
           else fromPeers = undefined
         }
@@ -466,6 +486,7 @@ class StepRunner implements Runner {
     await mkdir(runDir, { recursive: true })
     const lockFd = openSync(`${runDir}/lock`, 'w')
     flock(lockFd, { exclusive: true, wait: false })
+    let kept = false
     try {
       const basePath = chain.base.kind === 'host' ? '/' : chain.base.path
       const lowerOption = await prepareRunDir(runDir, chain.layers, basePath)
@@ -505,10 +526,25 @@ class StepRunner implements Runner {
 
       const capAt = performance.now()
       await normalizeUpperRoot(runDir)
-      const layer = await this.#store.commit(`${runDir}/u`, {
-        signal: opts.signal,
-        onProgress: (p) => emit({ type: 'capture-progress', step: step.name, unit: p.type, done: p.done, total: p.total })
-      })
+      let layer: LayerInfo
+      try {
+        layer = await this.#store.commit(`${runDir}/u`, {
+          signal: opts.signal,
+          onProgress: (p) => emit({ type: 'capture-progress', step: step.name, unit: p.type, done: p.done, total: p.total })
+        })
+      } catch (err) {
+        // The cache never fails a build: the step ran, and its changes stay mounted for the rest of this run, uncached.
+        if (opts.signal?.aborted === true || !existsSync(`${runDir}/u`)) throw err
+        this.#log.error({ err, step: step.name, key: keyString }, 'capture failed: the step ran, its result is not cached')
+        emit({ type: 'capture-failed', step: step.name, key: keyString, error: err as Error })
+        hold.dirs.push({ dir: runDir, fd: lockFd })
+        kept = true
+        chain.parent = key
+        chain.layers.unshift(`${runDir}/u`)
+        chain.envLines.push(...ownEnv)
+        return { name: step.name, key: keyString, layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - t0 }
+      }
+      hold.lease.add(layer.root.toString())
       let bytes = described.bytes
       if (!step.cache) {
         // Known only now: the key of an uncached step names what it produced, so the steps above it hit when it produced the same.
@@ -547,8 +583,10 @@ class StepRunner implements Runner {
       }
       throw err
     } finally {
-      closeSync(lockFd)
-      await rm(runDir, { recursive: true, force: true })
+      if (!kept) {
+        closeSync(lockFd)
+        await rm(runDir, { recursive: true, force: true })
+      }
     }
   }
 
@@ -569,6 +607,20 @@ class StepRunner implements Runner {
   async #remember (lastId: string, key: CID, descriptorBytes: Uint8Array): Promise<void> {
     await this.#store.putRecord(descriptorKey(key), descriptorBytes)
     await this.#store.putRecord(lastKey(lastId), Buffer.from(key.toString()))
+  }
+}
+
+/** What a run holds until it ends: a lease on its layers, and the run dirs of steps whose capture failed (mounted as lower dirs). */
+interface Hold {
+  lease: Lease
+  dirs: Array<{ dir: string, fd: number }>
+}
+
+async function dropHold (hold: Hold): Promise<void> {
+  hold.lease.release()
+  for (const { dir, fd } of hold.dirs) {
+    closeSync(fd)
+    await rm(dir, { recursive: true, force: true })
   }
 }
 

@@ -100,14 +100,14 @@ for (const [name, harm] of Object.entries({
   'CURRENT deleted': (index: string) => rmSync(join(index, 'CURRENT'))
 })) {
   test(`records LevelDB repair can still read are salvaged from the quarantined index (${name})`, async (t) => {
-  const dir = tempDir(t)
-  const { data, expected, roots } = await twoLayers(dir)
-  harm(join(data, 'index'))
-  assert.deepEqual(await assertConsistent(data, expected, dir), roots)
-  const store = await openStore({ dataDir: data })
-  t.after(() => store.close())
-  assert.deepEqual([...(await store.getRecord('record:k'))!], [1, 2, 3])
-  const [aside] = readdirSync(data).filter((n) => n.startsWith('index.corrupt-'))
-  assert.ok(readdirSync(join(data, aside!)).some((f) => f.endsWith('.ldb')), 'the quarantined index lost its table files')
+    const dir = tempDir(t)
+    const { data, expected, roots } = await twoLayers(dir)
+    harm(join(data, 'index'))
+    assert.deepEqual(await assertConsistent(data, expected, dir), roots)
+    const store = await openStore({ dataDir: data })
+    t.after(() => store.close())
+    assert.deepEqual([...(await store.getRecord('record:k'))!], [1, 2, 3])
+    const [aside] = readdirSync(data).filter((n) => n.startsWith('index.corrupt-'))
+    assert.ok(readdirSync(join(data, aside!)).some((f) => f.endsWith('.ldb')), 'the quarantined index lost its table files')
   })
 }

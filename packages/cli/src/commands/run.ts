@@ -67,6 +67,9 @@ function reporter (ctx: CommandContext, json: boolean): (e: RunnerEvent) => void
       case 'captured':
         line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
         break
+      case 'capture-failed':
+        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${e.error.message}`)
+        break
       case 'failed': {
         const why = e.reason === 'exit' ? (e.signal !== null ? `killed by ${e.signal}` : `exit ${e.exitCode ?? '?'}`)
           : e.reason === 'timeout' ? 'timed out' : e.reason === 'cancel' ? 'cancelled' : e.error.message
