@@ -3,9 +3,10 @@ import { createLogger, UsageError } from './context.ts'
 import { layers, ls, pack, unpack } from './commands/layer.ts'
 import { exec, run, why } from './commands/run.ts'
 import { daemon, id, keygenPsk, status } from './commands/daemon.ts'
+import { gc } from './commands/gc.ts'
 
 /** Every command, in the order `strata help` lists them. */
-export const commands: Command[] = [run, exec, why, daemon, id, status, keygenPsk, pack, unpack, ls, layers]
+export const commands: Command[] = [run, exec, why, daemon, id, status, gc, keygenPsk, pack, unpack, ls, layers]
 
 function help (out: NodeJS.WritableStream): void {
   out.write('strata: layer caching for CI steps, shared peer-to-peer\n\nusage: strata COMMAND [options]\n\n')

@@ -1,7 +1,7 @@
 import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
-import type { BlockSource, CommitOptions, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
+import type { BlockSource, CommitOptions, GcReport, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME } from './control.ts'
 import type { LayerJson } from './control.ts'
@@ -106,6 +106,12 @@ export class DaemonClient implements Store {
 
   async publish (key: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     await this.#call('/v1/publish', { key }, opts)
+  }
+
+  /** One collection in the daemon's store; sizes default to the daemon's budget. */
+  async gc (opts: { maxSize?: number, hardLimit?: number, dryRun?: boolean, signal?: AbortSignal } = {}): Promise<GcReport> {
+    const { signal, ...body } = opts
+    return await this.#call('/v1/gc', body, { signal }) as unknown as GcReport
   }
 
   /** Counts a lookup outcome in the daemon's metrics. */

@@ -107,6 +107,22 @@ export function routes (daemon: Daemon): Map<string, Handler> {
     await daemon.removeLayer(cid(b, 'root'), { signal })
     return {}
   })
+  r.set('/v1/gc', async (b, _res, signal) => {
+    const size = (name: string): number | undefined => {
+      const v = b[name]
+      if (v === undefined) return undefined
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new BadRequestError(`"${name}" must be a whole number of bytes`)
+      return v
+    }
+    const maxSize = size('maxSize') ?? daemon.budget?.init.maxSize
+    if (maxSize === undefined) throw new BadRequestError('"maxSize" is required: this daemon has no size budget')
+    const hardLimit = size('hardLimit') ?? (b.maxSize === undefined ? daemon.budget?.init.hardLimit : undefined)
+    try {
+      return await daemon.gc({ maxSize, hardLimit, dryRun: b.dryRun === true, signal })
+    } catch (err) {
+      throw err instanceof TypeError ? new BadRequestError(err.message, { cause: err }) : err
+    }
+  })
   r.set('/v1/store/block', async (b, _res, signal) => ({ bytes: Buffer.from(await store.getBlock(cid(b, 'cid'), { signal })).toString('base64') }))
   r.set('/v1/store/has-block', async (b) => ({ has: await store.hasBlock(cid(b, 'cid')) }))
   r.set('/v1/store/record/get', async (b) => {

@@ -10,10 +10,12 @@ import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
-import type { CommitOptions, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
+import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
 import { checkEpoch, checkScope, DEFAULT_SCOPE, MAX_READ_SCOPES, RecordInvalidError } from '@strata/runner'
 import type { RecordRejectReason, StepRecord } from '@strata/runner'
 import { SOCKET_NAME, startControl } from './control.ts'
+import { GcBudget } from './gc.ts'
+import type { GcBudgetInit } from './gc.ts'
 import { DaemonConfigError, NoProvidersError, RecordNotFoundError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
 import type { PeerBlockSource } from './exchange.ts'
@@ -64,6 +66,8 @@ export interface DaemonInit {
   socket?: string | false
   /** `host:port` for the Prometheus text endpoint (GET /metrics). Default: none. */
   metricsListen?: string
+  /** Keep the store within a size budget (LRU, leases, fleet copies; see doc/STORE.md). Default: no budget. */
+  gc?: GcBudgetInit
   /** An already open store (the daemon then does not close it). Default: the store in `dataDir`, opened without waiting. */
   store?: Store & LocalStore
 }
@@ -128,6 +132,8 @@ export class Daemon {
   readonly exchange: BlockExchange
   readonly trust: TrustPolicy
   readonly metrics: DaemonMetrics
+  /** The store's size budget, when one was given. */
+  readonly budget: GcBudget | undefined
   readonly #log: Logger
   readonly #ownsStore: boolean
   readonly #replicas: number
@@ -172,6 +178,7 @@ export class Daemon {
       logger: log
     }, init.exchange)
     this.metrics = new DaemonMetrics(this)
+    this.budget = init.gc !== undefined ? new GcBudget({ collect: async (o) => await this.gc(o), logger: log }, init.gc) : undefined
   }
 
   get peerId (): string {
@@ -208,6 +215,8 @@ export class Daemon {
     for (const addr of this.#bootstrap) {
       this.#background(this.node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) }).then(() => {}))
     }
+    this.budget?.start()
+    this.budget?.check()
     this.#log.info({ peerId: this.peerId, addresses: this.addresses }, 'daemon started')
   }
 
@@ -215,6 +224,7 @@ export class Daemon {
     if (!this.#started) return
     this.#started = false
     this.#stopping.abort(new Error('daemon stopping'))
+    await this.budget?.stop()
     for (const server of [this.#control, this.#metricsServer]) {
       if (server === undefined) continue
       server.closeAllConnections()
@@ -501,6 +511,7 @@ export class Daemon {
     try {
       const layer = await this.store.restore(root, source, { untrusted: true, signal: this.#signal(opts.signal), onProgress: opts.onProgress })
       end()
+      this.budget?.check()
       this.#background(this.#provide(root))
       this.#log.info({ layer: root.toString(), providers: source.stats.providersUsed, bytes: source.stats.bytes }, 'layer fetched from peers')
       return { layer, providers: source.stats.providersUsed, bytes: source.stats.bytes, durationMs: performance.now() - t0 }
@@ -579,6 +590,7 @@ export class Daemon {
     const end = this.metrics.captureDuration.startTimer()
     const layer = await this.store.commit(dir, opts)
     end()
+    this.budget?.check()
     this.#background(this.#provide(layer.root))
     return layer
   }
@@ -610,6 +622,17 @@ export class Daemon {
       // The search timed out: the count so far is what the fleet is known to hold.
     }
     return n
+  }
+
+  /** One collection of the store; a layer's copies are what the DHT knows (1: this is the last one). */
+  async gc (opts: { maxSize: number, hardLimit?: number | undefined, dryRun?: boolean, signal?: AbortSignal }): Promise<GcReport> {
+    return await this.store.gc({
+      maxSize: opts.maxSize,
+      ...(opts.hardLimit !== undefined ? { hardLimit: opts.hardLimit } : {}),
+      dryRun: opts.dryRun === true,
+      signal: this.#signal(opts.signal),
+      copies: async (root, o) => await this.copies(root, o)
+    })
   }
 
   async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus> {

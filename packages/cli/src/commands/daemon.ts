@@ -3,6 +3,7 @@ import { connectDaemon } from '@strata/daemon/client'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
+import { sizeOption } from './gc.ts'
 
 function parse (ctx: CommandContext, options: ParseArgsOptionsConfig): ArgValues {
   return parseCommandArgs(ctx, options, 0).values
@@ -17,7 +18,8 @@ export const daemon: Command = {
   name: 'daemon',
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
   usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
-    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID]... [--epoch N] [--read-scope S]...',
+    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID]... [--epoch N] [--read-scope S]... ' +
+    '[--max-size SIZE [--hard-limit SIZE]]',
   async run (ctx) {
     const v = parse(ctx, {
       listen: { type: 'string', multiple: true },
@@ -31,8 +33,13 @@ export const daemon: Command = {
       'allow-peer': { type: 'string', multiple: true },
       'allow-peers-file': { type: 'string' },
       epoch: { type: 'string' },
-      'read-scope': { type: 'string', multiple: true }
+      'read-scope': { type: 'string', multiple: true },
+      'max-size': { type: 'string' },
+      'hard-limit': { type: 'string' }
     })
+    const maxSize = sizeOption(v, 'max-size')
+    const hardLimit = sizeOption(v, 'hard-limit')
+    if (hardLimit !== undefined && (maxSize === undefined || hardLimit < maxSize)) throw new UsageError('--hard-limit needs --max-size, and must not be below it')
     let replicas: number | undefined
     if (typeof v.replicas === 'string') {
       replicas = Number(v.replicas)
@@ -57,6 +64,7 @@ export const daemon: Command = {
       bootstrap: [...list(v.bootstrap), ...envBootstrap],
       mdns: v.mdns === true,
       ...(replicas !== undefined ? { replicas } : {}),
+      ...(maxSize !== undefined ? { gc: { maxSize, ...(hardLimit !== undefined ? { hardLimit } : {}) } } : {}),
       ...(typeof v['metrics-listen'] === 'string' ? { metricsListen: v['metrics-listen'] } : {}),
       ...(trusted.length > 0 ? { trustedWriters: trusted } : {}),
       ...(allow.length > 0 ? { allowPeers: allow } : {}),
