@@ -1,5 +1,5 @@
 export { MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, cutPoint, cutAll, chunkReader } from './fastcdc.ts'
-export { RAW, DAG_CBOR, MAX_BLOCK_SIZE, cidOf, sha256, isStrataCid, verifyBlock } from './cid.ts'
+export { RAW, DAG_CBOR, MAX_BLOCK_SIZE, cidOf, cidString, sha256, isStrataCid, verifyBlock } from './cid.ts'
 export { compareNames, comparePaths, parentOf } from './entry.ts'
 export type { Entry, EntryType, Chunk, RootAttributes } from './entry.ts'
 export { FORMAT, VERSION, LIMITS, ManifestBuilder, decodeRoot, decodeEntryList, readManifest, checkPath, EntryChecker } from './manifest.ts'

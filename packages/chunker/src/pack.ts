@@ -2,7 +2,7 @@ import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { lgetxattrs, lstatx, X } from '@strata/sys'
-import { RAW, SHA2_256 } from './cid.ts'
+import { cidString, RAW, SHA2_256 } from './cid.ts'
 import { FsPool } from './fs-pool.ts'
 import type { HashItem, WorkerResponse } from './fs-pool.ts'
 import { compareNames } from './entry.ts'
@@ -97,13 +97,11 @@ function checkXattrs (xattrs: Array<[string, Uint8Array]>, rel: string): void {
 }
 
 /**
- * Strings built by concatenation are ropes in V8 that keep every piece alive; a
- * CID's base32 text is built a character at a time, and 69k of them held ~100 MB
- * of heap while a commit indexed an 85k-entry tree. Reading a character flattens
- * the string in place.
+ * Strings built by concatenation are ropes in V8 that keep every piece alive.
+ * Converting one to a number flattens it in place (reading a character does not).
  */
 function flat (s: string): string {
-  s.charCodeAt(0)
+  void Number(s)
   return s
 }
 
@@ -195,7 +193,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
           seen.add(key)
           contentBlocks++
         }
-        if (opts.onBlock !== undefined) opts.onBlock({ cid: flat(cid.toString()), path: e.path, offset, length })
+        if (opts.onBlock !== undefined) opts.onBlock({ cid: cidString(cid), path: e.path, offset, length })
         offset += length
       })
       e.chunks = chunks
