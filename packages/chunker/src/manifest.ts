@@ -325,6 +325,8 @@ export function decodeEntryList (bytes: Uint8Array): Entry[] {
     throw new InvalidManifestError('an entry-list block is not valid dag-cbor', { cause: err })
   }
   if (!isMap(v) || !Array.isArray(v.entries)) fail('an entry-list block must be { entries: [...] }')
+  // One encoding per list: padding would give the same layer another CID, and cost the reader bytes for nothing.
+  for (const k of Object.keys(v)) if (k !== 'entries') fail(`unexpected field ${JSON.stringify(k)} in an entry-list block`)
   return (v.entries as unknown[]).map(decodeEntry)
 }
 

@@ -132,6 +132,18 @@ test('the manifest decoders throw only InvalidManifestError on arbitrary dag-cbo
   }), params(1000))
 })
 
+test('an entry-list block or root with any field beside the format\'s is refused', () => {
+  const reserved = new Set(['format', 'version', 'count', 'size', 'root', 'entries'])
+  fc.assert(fc.property(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !reserved.has(k)), fc.oneof(fc.integer(), fc.uint8Array({ maxLength: 64 }), fc.string()), (k, v) => {
+    const entry = { p: 'a', t: 0, m: 0o644, u: 0, g: 0, mt: [0, 0], s: 0 }
+    assert.doesNotThrow(() => decodeEntryList(dagCbor.encode({ entries: [entry] })))
+    assert.throws(() => decodeEntryList(dagCbor.encode({ entries: [entry], [k]: v })), { code: 'ERR_INVALID_MANIFEST', message: /unexpected field/ })
+    const root = { format: 'strata/layer', version: 1, count: 0, size: 0, root: { m: 0o755, u: 0, g: 0, mt: [0, 0] }, entries: [] }
+    assert.doesNotThrow(() => decodeRoot(dagCbor.encode(root)))
+    assert.throws(() => decodeRoot(dagCbor.encode({ ...root, [k]: v })), { code: 'ERR_INVALID_MANIFEST', message: /unexpected field/ })
+  }), params(300))
+})
+
 test('a deeply nested dag-cbor block is a typed error, not a stack overflow', () => {
   // 200k nested one-element arrays in well under one block.
   const depth = 200_000
