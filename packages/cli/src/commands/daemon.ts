@@ -1,3 +1,4 @@
+import { mkdir } from 'node:fs/promises'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { connectDaemon } from '@strata/daemon/client'
 import type { Command, CommandContext } from '../context.ts'
@@ -159,6 +160,7 @@ export const keygenPsk: Command = {
     const { values, positionals } = parseCommandArgs(ctx, {}, 'any')
     if (positionals.length > 1) throw new UsageError(`expected at most one FILE, got ${positionals.length}`)
     const file = positionals[0] ?? `${dataDirOf(values)}/swarm.key`
+    if (positionals[0] === undefined) await mkdir(dataDirOf(values), { recursive: true })
     const { writePsk } = await import('@strata/daemon')
     await writePsk(file)
     ctx.stderr.write(`strata keygen-psk: wrote ${file}; copy it (mode 0600) to every VM of the fleet and start each daemon with --psk-file ${file}\n`)

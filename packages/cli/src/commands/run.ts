@@ -101,6 +101,11 @@ function exitCodeOf (err: unknown): number | undefined {
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
 async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
+  // The daemon re-verifies what the runner writes in its own epoch: two epochs would refuse each other's records.
+  if (daemon !== undefined && trust.epoch !== undefined && trust.epoch !== daemon.epoch) {
+    await daemon.close()
+    throw new UsageError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
+  }
   const store = daemon ?? await openStoreFor(ctx, dir)
   try {
     // With --json, stdout carries events only: step output goes to stderr.
