@@ -28,12 +28,12 @@ async function ready (host: Host, dataDir: string, cwd: string, peer?: string): 
   }
 }
 
-test('a private fleet: members with the key share the cache across scopes; a host without it gets nothing', async (t) => {
-  const cluster: Cluster = await createCluster({ hosts: 3 })
+test('a private fleet: members with the key share the cache across scopes; a host without the key, or off the allow-list, gets nothing', async (t) => {
+  const cluster: Cluster = await createCluster({ hosts: 4 })
   t.after(() => cluster.destroy())
   const dir = mkdtempSync('/var/tmp/strata-trust-netns-')
   t.after(() => rmSync(dir, { recursive: true, force: true }))
-  const [h1, h2, h3] = cluster.hosts as [Host, Host, Host]
+  const [h1, h2, h3, h4] = cluster.hosts as [Host, Host, Host, Host]
   const data = (h: Host): string => join(dir, h.name)
   for (const h of cluster.hosts) mkdirSync(data(h))
   const tag = `strata-trust-${process.pid}-${Date.now()}`
@@ -64,7 +64,11 @@ test('a private fleet: members with the key share the cache across scopes; a hos
     const p = h.spawn(process.execPath, [bin, 'daemon', '--data-dir', data(h), '--listen', `/ip4/${h.address}/tcp/4001`, '--replicas', '0', ...extra], stdio)
     p.stderr?.resume()
   }
-  daemon(h1, ['--psk-file', key, '--require-psk'])
+  // h1 lets only h2 in; h4 has the key but is not on the list.
+  const idOf = async (h: Host): Promise<string> => (await strata(h, ['id', '--data-dir', data(h)], dir)).stdout.trim()
+  const allowed = join(dir, 'allowed-peers')
+  writeFileSync(allowed, `# the fleet\n${await idOf(h2)}  # h2\n`)
+  daemon(h1, ['--psk-file', key, '--require-psk', '--allow-peers-file', allowed])
   const s1 = await ready(h1, data(h1), dir)
   assert.equal(s1.privateNetwork, true)
   const boot = ['--bootstrap', `/ip4/${h1.address}/tcp/4001/p2p/${s1.peerId}`]
@@ -72,6 +76,8 @@ test('a private fleet: members with the key share the cache across scopes; a hos
   await ready(h2, data(h2), dir, s1.peerId)
   daemon(h3, boot)
   await ready(h3, data(h3), dir)
+  daemon(h4, ['--psk-file', key, ...boot])
+  await ready(h4, data(h4), dir)
 
   const first = await strata(h1, ['run', '--data-dir', data(h1), '--scope', 'main'], dir)
   assert.equal(first.exitCode, 0, first.stderr)
@@ -94,5 +100,12 @@ test('a private fleet: members with the key share the cache across scopes; a hos
   assert.match(outsider.stderr, /^make: MISS/m)
   const s3 = await ready(h3, data(h3), dir)
   assert.ok(!s3.peers.includes(s1.peerId), 'the outsider is not connected to the fleet')
-  assert.ok(!(await ready(h1, data(h1), dir)).peers.includes(s3.peerId))
+  // Nor does the host with the key that is not on h1's allow-list.
+  const unlisted = await strata(h4, ['run', '--data-dir', data(h4), '--scope', 'main'], dir)
+  assert.equal(unlisted.exitCode, 0, unlisted.stderr)
+  assert.match(unlisted.stderr, /^make: MISS/m)
+  const s4 = await ready(h4, data(h4), dir)
+  assert.ok(!s4.peers.includes(s1.peerId), 'the unlisted host is not connected to h1')
+  const peers1 = (await ready(h1, data(h1), dir)).peers
+  assert.ok(!peers1.includes(s3.peerId) && !peers1.includes(s4.peerId), `h1 is connected to ${peers1.join(', ')}`)
 })
