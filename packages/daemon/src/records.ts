@@ -46,15 +46,20 @@ export class TrustPolicy implements RecordPolicy {
   }
 }
 
+function claimed (bytes: Uint8Array): { key: CID, scope: unknown } {
+  const env = dagCbor.decode<{ body?: unknown }>(bytes)
+  if (!(env.body instanceof Uint8Array)) throw new Error('no body')
+  const body = dagCbor.decode<{ key?: unknown, scope?: unknown }>(env.body)
+  const key = CID.asCID(body.key)
+  if (key === null) throw new Error('no key')
+  return { key, scope: body.scope }
+}
+
 /** The key and scope a signed envelope claims, before any check. */
 export function claimedKey (bytes: Uint8Array): { key: CID, scope: string } {
   try {
-    const env = dagCbor.decode<{ body?: unknown }>(bytes)
-    if (!(env.body instanceof Uint8Array)) throw new Error('no body')
-    const body = dagCbor.decode<{ key?: unknown, scope?: unknown }>(env.body)
-    const key = CID.asCID(body.key)
-    if (key === null) throw new Error('no key')
-    return { key, scope: checkScope(body.scope) }
+    const c = claimed(bytes)
+    return { key: c.key, scope: checkScope(c.scope) }
   } catch (err) {
     throw new ProtocolViolationError('not a signed record', { cause: err })
   }
@@ -65,10 +70,11 @@ export function verifyEnvelope (bytes: Uint8Array, policy: RecordPolicy, key?: C
   if (bytes.length > MAX_RECORD_SIZE) throw new RecordInvalidError(key?.toString() ?? '?', 'too-large', `is ${bytes.length} bytes, over ${MAX_RECORD_SIZE}`)
   let k = key
   if (k === undefined) {
+    // Only the key is needed here: openRecord gives the precise reason for the rest (a format 1 record has no scope: `version`).
     try {
-      k = claimedKey(bytes).key
+      k = claimed(bytes).key
     } catch (err) {
-      throw new RecordInvalidError('?', 'malformed', 'names no key and scope', { cause: err })
+      throw new RecordInvalidError('?', 'malformed', 'names no key', { cause: err })
     }
   }
   return openRecord(k, bytes, policy)

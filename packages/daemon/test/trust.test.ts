@@ -183,3 +183,26 @@ test('a node without writer trust may read, but its records are ignored by other
   assert.ok((reader.rejected['untrusted-signer'] ?? 0) >= 1)
   assert.equal(await reader.store.has(own.layer.root), false)
 })
+
+test('records announced by gossip are verified before they are stored, and refusals counted by reason', async (t) => {
+  const writer = await startDaemon(t)
+  const evil = await startDaemon(t)
+  const reader = await startDaemon(t, { trustedWriters: [writer.peerId] })
+  await connect([writer, evil, reader])
+  const w = await loadIdentity(writer.dataDir)
+  const e = await loadIdentity(evil.dataDir)
+  const layer = freshKey('gossip-layer')
+  const v1Key = freshKey('v1')
+  const v1 = dagCbor.encode({ body: dagCbor.encode({ v: 1, key: v1Key, parent: null, layer, size: 1, env: [], created: 1, producer: w.peerId }), sig: new Uint8Array(64) })
+  const foreignKey = freshKey('foreign')
+  const foreign = signRecord(recordFor(e, foreignKey, layer, { epoch: 0 }), e)
+  for (const bytes of [v1, foreign]) await evil.node.services.pubsub.publish('/strata/records/1', bytes)
+  const deadline = Date.now() + 10_000
+  while ((reader.rejected.version ?? 0) < 1 || (reader.rejected['untrusted-signer'] ?? 0) < 1) {
+    if (Date.now() > deadline) throw new Error(`refusals seen: ${JSON.stringify(reader.rejected)}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  assert.equal(await reader.store.getRecord(recordKey(foreignKey, 'main')), undefined)
+  assert.equal(await reader.store.getRecord(recordKey(v1Key, 'main')), undefined)
+  assert.equal(reader.counters.recordsLearned, 0)
+})
