@@ -27,7 +27,7 @@ import {
   FETCHING_TOPIC, MAX_RECORD_SIZE, MAX_REQUEST_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, decodeRecordRequest,
   encodeRecordRequest, recordKey, verifyEnvelope
 } from './records.ts'
-import { readPeerList, readPsk } from './trust.ts'
+import { peerIdOf, readPeerList, readPsk } from './trust.ts'
 
 export interface DaemonInit {
   /** Where the store, the identity key and the control socket live. */
@@ -40,8 +40,10 @@ export interface DaemonInit {
   mdns?: boolean
   /** Peers (besides the producer) that pull each new layer. Default 2. */
   replicas?: number
-  /** Peer ids whose records are accepted; default: anyone whose signature checks out. This node is always trusted. */
+  /** Peer ids (or ed25519 public keys, 64 hex digits) whose records are accepted; default: anyone whose signature checks out. This node is always trusted. */
   trustedWriters?: string[]
+  /** A file of trusted writers, one a line (`#` comments), added to `trustedWriters`. */
+  trustedWritersFile?: string
   /** Records written in an earlier trust epoch are refused. Default 0. */
   epoch?: number
   /** Scopes a lookup uses when the caller names none, in order. Default `['default']`. */
@@ -668,13 +670,15 @@ function parsePeerId (s: string): PeerId | undefined {
 export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   if (typeof init.dataDir !== 'string' || init.dataDir === '') throw new TypeError('dataDir is required')
   if (init.replicas !== undefined && (!Number.isInteger(init.replicas) || init.replicas < 0)) throw new DaemonConfigError(`replicas must be a whole number >= 0, got ${init.replicas}`)
-  for (const p of [...(init.trustedWriters ?? []), ...(init.allowPeers ?? [])]) {
+  const peers = (list: readonly string[] | undefined): string[] | undefined => list?.map((p) => {
     try {
-      peerIdFromString(p)
+      return peerIdOf(p)
     } catch (err) {
-      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id`, { cause: err })
+      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id or an ed25519 public key`, { cause: err })
     }
-  }
+  })
+  let trustedWriters = peers(init.trustedWriters)
+  let allowPeers = peers(init.allowPeers)
   try {
     if (init.epoch !== undefined) checkEpoch(init.epoch)
     if (init.readScopes !== undefined) {
@@ -686,7 +690,8 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   }
   if (init.requirePsk === true && init.pskFile === undefined) throw new DaemonConfigError('a pre-shared key is required (--require-psk) but none was given (--psk-file FILE)')
   const psk = init.pskFile !== undefined ? await readPsk(init.pskFile) : undefined
-  const allowPeers = init.allowPeersFile !== undefined ? [...(init.allowPeers ?? []), ...await readPeerList(init.allowPeersFile)] : init.allowPeers
+  if (init.allowPeersFile !== undefined) allowPeers = [...(allowPeers ?? []), ...await readPeerList(init.allowPeersFile)]
+  if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile)]
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   const privateKey = await loadPrivateKey(init.dataDir)
   const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false })
@@ -699,7 +704,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
       ...(allowPeers !== undefined ? { allowPeers } : {}),
       ...(psk !== undefined ? { psk } : {})
     })
-    return new Daemon(init, store, init.store === undefined, node, log)
+    return new Daemon({ ...init, ...(trustedWriters !== undefined ? { trustedWriters } : {}) }, store, init.store === undefined, node, log)
   } catch (err) {
     if (init.store === undefined) await store.close()
     throw new DaemonConfigError(`cannot create the libp2p node: ${(err as Error).message}`, { cause: err })

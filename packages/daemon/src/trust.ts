@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPublicKey } from '@strata/runner'
 import { DaemonConfigError } from './errors.ts'
 
 /** The header of a libp2p private network key file (the go-ipfs / js-libp2p `swarm.key` format, v1). */
@@ -57,18 +58,26 @@ export async function writePsk (path: string): Promise<void> {
   }
 }
 
-/** Peer ids, one a line; `#` starts a comment; blank lines are skipped. A bad line is named as path:line. */
+/**
+ * A peer id as libp2p prints it, from a peer id or a raw ed25519 public key in hex
+ * (64 digits). Throws Error for anything else.
+ */
+export function peerIdOf (s: string): string {
+  if (/^[0-9a-fA-F]{64}$/.test(s)) return peerIdFromPublicKey(Buffer.from(s, 'hex'))
+  return peerIdFromString(s).toString()
+}
+
+/** Peer ids (or ed25519 public keys in hex), one a line; `#` starts a comment; blank lines are skipped. A bad line is named as path:line. */
 export function parsePeerList (text: string, path: string): string[] {
   const out: string[] = []
   for (const [i, raw] of text.split(/\r?\n/).entries()) {
     const line = raw.replace(/#.*$/, '').trim()
     if (line === '') continue
     try {
-      peerIdFromString(line)
+      out.push(peerIdOf(line))
     } catch (err) {
       throw new DaemonConfigError(`${path}:${i + 1}: ${JSON.stringify(line.slice(0, 80))} is not a peer id`, { cause: err })
     }
-    out.push(line)
   }
   return out
 }

@@ -26,13 +26,17 @@ test('keygen writes a 0600 swarm.key that parses, and never overwrites one', asy
   await assert.rejects(writePsk(path), (err: Error) => err instanceof DaemonConfigError && /exists: not overwriting/.test(err.message))
 })
 
-test('a bad key file or peer list is an error naming the file (and line) and the problem', () => {
+test('a bad key file or peer list is an error naming the file (and line) and the problem', async (t) => {
   assert.throws(() => parsePsk('/key/swarm/psk/1.0.0/\n/base16/\nabc\n', '/etc/k'), { code: 'ERR_DAEMON_CONFIG', message: /^\/etc\/k: .*line 3 must be 64 hex digits/ })
   assert.throws(() => parsePsk('/key/swarm/psk/1.0.0/\n/base64/\n' + 'a'.repeat(64), '/etc/k'), { message: /line 2 must be \/base16\// })
   assert.throws(() => parsePsk('hello', '/etc/k'), { message: /line 1 must be/ })
   const good = '12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf'
   assert.deepEqual(parsePeerList(`# the fleet\n${good}  # ci-1\n\n`, '/etc/peers'), [good])
   assert.throws(() => parsePeerList(`${good}\nnot-a-peer\n`, '/etc/peers'), { code: 'ERR_DAEMON_CONFIG', message: /^\/etc\/peers:2: "not-a-peer" is not a peer id/ })
+  // A raw ed25519 public key (hex) names the same peer as its peer id.
+  const me = await loadIdentity(tempDir(t))
+  assert.deepEqual(parsePeerList(Buffer.from(me.publicKey).toString('hex'), '/etc/peers'), [me.peerId])
+  await assert.rejects(startDaemon(t, { trustedWriters: ['nobody'] }), { code: 'ERR_DAEMON_CONFIG', message: /"nobody" is not a peer id or an ed25519 public key/ })
 })
 
 test('--require-psk without a key refuses to start', async (t) => {
@@ -141,7 +145,10 @@ test('bad records are each a miss with the reason logged and counted, and their 
 
 test('a reader uses its read scopes in order: its own branch first, then main', async (t) => {
   const writer = await startDaemon(t)
-  const reader = await startDaemon(t, { trustedWriters: [writer.peerId] })
+  const writers = `${tempDir(t)}/writers`
+  writeFileSync(writers, `# who may write\n${Buffer.from((await loadIdentity(writer.dataDir)).publicKey).toString('hex')}\n`)
+  const reader = await startDaemon(t, { trustedWritersFile: writers })
+  assert.deepEqual((await reader.status({ copies: false })).trustedWriters, [writer.peerId])
   await connect([writer, reader])
   const key = freshKey('scoped')
   const onMain = await publishLayer(t, writer, { f: 'built on main' }, { key, scope: 'main' })

@@ -19,7 +19,7 @@ export const daemon: Command = {
   name: 'daemon',
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
   usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
-    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID]... [--epoch N] [--read-scope S]... ' +
+    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID]... [--trusted-writers-file FILE] [--epoch N] [--read-scope S]... ' +
     '[--max-size SIZE [--hard-limit SIZE]]',
   async run (ctx) {
     const v = parse(ctx, {
@@ -33,6 +33,7 @@ export const daemon: Command = {
       'require-psk': { type: 'boolean', default: false },
       'allow-peer': { type: 'string', multiple: true },
       'allow-peers-file': { type: 'string' },
+      'trusted-writers-file': { type: 'string' },
       epoch: { type: 'string' },
       'read-scope': { type: 'string', multiple: true },
       'max-size': { type: 'string' },
@@ -70,6 +71,7 @@ export const daemon: Command = {
       ...(trusted.length > 0 ? { trustedWriters: trusted } : {}),
       ...(allow.length > 0 ? { allowPeers: allow } : {}),
       ...(typeof v['allow-peers-file'] === 'string' ? { allowPeersFile: v['allow-peers-file'] } : {}),
+      ...(typeof v['trusted-writers-file'] === 'string' ? { trustedWritersFile: v['trusted-writers-file'] } : {}),
       ...(pskFile !== undefined && pskFile !== '' ? { pskFile } : {}),
       requirePsk: v['require-psk'] === true,
       ...(epoch !== undefined ? { epoch } : {}),
