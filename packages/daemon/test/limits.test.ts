@@ -259,7 +259,7 @@ const FLOOD_HEAP_MB = 256
 test('a want-list flood of 10^6 CIDs: streams reset, daemon RSS bounded, another peer served', async (t) => {
   const dir = tempDir(t)
   writeTree(`${dir}/upper`, { f: bytes('flood', 600_000) })
-  const child = spawn(process.execPath, [`--max-old-space-size=${FLOOD_HEAP_MB}`, new URL('./fixtures/limits-daemon.ts', import.meta.url).pathname, `${dir}/data`, `${dir}/upper`, JSON.stringify({ idleTimeoutMs: 2000 })], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [`--max-old-space-size=${FLOOD_HEAP_MB}`, new URL('./fixtures/limits-daemon.ts', import.meta.url).pathname, `${dir}/data`, `${dir}/upper`, JSON.stringify({ idleTimeoutMs: 2000 }), `${dir}/daemon.log`], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.after(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   const [line] = await once(createInterface({ input: child.stdout }), 'line') as [string]
   const info = JSON.parse(line) as { peerId: string, addresses: string[], root: string }
@@ -299,7 +299,10 @@ test('a want-list flood of 10^6 CIDs: streams reset, daemon RSS bounded, another
   // wants at once, and the rest at the idle timeout once the client stops asking.
   assert.ok(results.every((e) => e !== undefined), 'a flooded stream ended cleanly')
   assert.ok(cutOff > 0, 'no stream was cut off while flooding')
-  t.diagnostic(`${wanted} CIDs sent, ${cutOff} of ${perStream} streams cut off mid-flood, daemon RSS ${(before / 1048576).toFixed(0)} -> peak ${(peak / 1048576).toFixed(0)} MiB`)
+  const log = readFileSync(`${dir}/daemon.log`, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { msg?: string, err?: { code?: string } })
+  const limited = log.filter((l) => l.msg === 'block stream aborted' && l.err?.code === 'ERR_PEER_LIMIT').length
+  assert.ok(limited > 0, 'no stream was reset for its outstanding wants')
+  t.diagnostic(`${wanted} CIDs sent, ${cutOff} of ${perStream} streams cut off mid-flood (${limited} for outstanding wants), daemon RSS ${(before / 1048576).toFixed(0)} -> peak ${(peak / 1048576).toFixed(0)} MiB`)
   const c = await startDaemon(t)
   await fetchFrom(c, info, CID.parse(info.root))
   clearInterval(sampler)
