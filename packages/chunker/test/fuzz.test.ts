@@ -153,6 +153,20 @@ test('a deeply nested dag-cbor block is a typed error, not a stack overflow', ()
   assert.throws(() => decodeEntryList(bytes), { code: 'ERR_INVALID_MANIFEST' })
 })
 
+test('a peer layer keeps user.* xattrs only: security.capability and trusted.* are stripped, setuid and setgid too', async (t) => {
+  const base = tempDir(t)
+  const x = (n: string): [string, Uint8Array] => [n, Uint8Array.of(1, 2, 3)]
+  const { root, source } = craft([
+    { p: 'bin', t: T.file, m: 0o6755, u: 0, g: 0, mt: [0, 0], s: 2, d: Uint8Array.of(1, 2), x: [x('security.capability'), x('security.selinux'), x('trusted.md5'), x('user.kept')] },
+    { p: 'd', t: T.dir, m: 0o2755, u: 0, g: 0, mt: [0, 0], x: [x('security.capability'), x('user.kept')] }
+  ], false)
+  await materialize(root, join(base, 'out'), source, { untrusted: true })
+  for (const p of ['bin', 'd']) {
+    assert.deepEqual(lgetxattrs(join(base, 'out', p)).map(([n]) => n), ['user.kept'])
+    assert.equal(lstatSync(join(base, 'out', p)).mode & 0o6000, 0)
+  }
+})
+
 test('materializing random hostile trees: typed errors only, nothing outside the target, peer policy held', async (t) => {
   const base = tempDir(t)
   const pool = new FsPool()

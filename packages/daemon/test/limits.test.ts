@@ -15,7 +15,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
-import { BlockUnavailableError, BLOCKS_PROTOCOL, encodeWant, MAX_WANTS_PER_MESSAGE } from '../src/index.ts'
+import { BlockUnavailableError, BLOCKS_PROTOCOL, createDaemon, encodeWant, MAX_WANTS_PER_MESSAGE } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
 import { NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import { RateLimiter } from '../src/rate.ts'
@@ -148,6 +148,17 @@ test('a provider that stalls after the first byte, and no other: the fetch fails
     return true
   })
   assert.equal(await b.store.getLayer(root), undefined)
+})
+
+test('a second daemon on the same data dir refuses to start, saying another process holds the store', async (t) => {
+  const a = await startDaemon(t)
+  await assert.rejects(createDaemon({ dataDir: a.dataDir, listen: ['/ip4/127.0.0.1/tcp/0'], socket: false }), {
+    code: 'ERR_STORE_LOCKED',
+    message: `another strata process is using the store at ${a.dataDir}`
+  })
+  // The first one is unaffected.
+  const root = await commitTree(t, a, { f: 'still here' })
+  assert.ok(await a.store.getLayer(root))
 })
 
 test('10 000 block streams from one peer: those past the limit are refused, another peer is served', async (t) => {
