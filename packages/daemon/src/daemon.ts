@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { rmSync } from 'node:fs'
+import { rmSync, statSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { Server } from 'node:http'
 import type { PeerId, Stream } from '@libp2p/interface'
@@ -693,6 +693,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   if (init.allowPeersFile !== undefined) allowPeers = [...(allowPeers ?? []), ...await readPeerList(init.allowPeersFile)]
   if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile)]
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
+  if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
   const privateKey = await loadPrivateKey(init.dataDir)
   const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false })
   try {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { test } from 'node:test'
 import type { TestContext } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
@@ -46,7 +46,13 @@ test('--require-psk without a key refuses to start', async (t) => {
 test('a peer without the fleet\'s pre-shared key cannot connect; one with it can', async (t) => {
   const psk = await pskFile(t)
   const a = await startDaemon(t, { pskFile: psk, requirePsk: true })
-  const b = await startDaemon(t, { pskFile: psk })
+  // b's copy of the key is readable by everyone: it works, with a warning.
+  const loose = `${tempDir(t)}/swarm.key`
+  writeFileSync(loose, readFileSync(psk), { mode: 0o644 })
+  chmodSync(loose, 0o644)
+  const { logger, lines } = memoryLogger()
+  const b = await startDaemon(t, { pskFile: loose, logger })
+  assert.ok(lines.some((l) => l.level === 40 && /readable by other users/.test(String(l.msg))))
   const outsider = await startDaemon(t)
   const otherKey = await startDaemon(t, { pskFile: await pskFile(t) })
   await connect([a, b])
