@@ -142,6 +142,18 @@ test('DHT streams per connection: those past the limit are reset', async (t) => 
   assert.equal(await openAfterClosing(streams, streams.length - limit), limit)
 })
 
+test('gossipsub streams per connection: those past the limit are reset', async (t) => {
+  const limit = NODE_LIMITS.gossipStreams
+  const server = await strataNode(t, {})
+  const client = await rawClient(t)
+  const conn = await ready(client, server)
+  const results = await Promise.allSettled(Array.from({ length: limit + 6 }, async () => await conn.newStream('/meshsub/1.2.0', { maxOutboundStreams: 1000 })))
+  const streams = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))
+  t.after(() => { for (const s of streams) s.abort(new Error('test over')) })
+  assert.ok(streams.length >= limit, `only ${streams.length} streams negotiated`)
+  assert.equal(await openAfterClosing(streams, streams.length - limit), limit)
+})
+
 test('a gossip frame over the limit is dropped; the receiver keeps its other peers', async (t) => {
   const topic = '/strata/records/1'
   const limit = 64 * 1024

@@ -59,3 +59,24 @@ test('an answer over the record size limit is refused: the lookup is a miss, not
   assert.ok(asked > 0, 'the liar was never asked')
   assert.equal(await b.store.getRecord(recordKey(key, 'default')), undefined)
 })
+
+test('record streams per connection: those past 8 are reset, the others wait for their request', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  await b.node.dial(a.node.getMultiaddrs()[0]!)
+  const conn = b.node.getConnections(a.node.peerId)[0]!
+  ;(await conn.newStream(RECORDS_PROTOCOL)).abort(new Error('probe'))
+  const results = await Promise.allSettled(Array.from({ length: 18 }, async () => await conn.newStream(RECORDS_PROTOCOL, { maxOutboundStreams: 1000 })))
+  const streams = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))
+  t.after(() => { for (const s of streams) s.abort(new Error('test over')) })
+  let closed = 0
+  await new Promise<void>((resolve) => {
+    const done = (): void => { if (++closed === streams.length - 8) resolve() }
+    if (streams.length <= 8) resolve()
+    for (const s of streams) {
+      if (s.status !== 'open') done()
+      else s.addEventListener('close', done, { once: true })
+    }
+  })
+  assert.equal(streams.filter((s) => s.status === 'open').length, 8)
+})
