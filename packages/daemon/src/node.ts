@@ -41,6 +41,8 @@ export const NODE_LIMITS = {
   pendingInboundConnections: 16,
   /** New connections per second from one host before the rest are refused. */
   inboundConnectionsPerSecond: 5,
+  /** Milliseconds an inbound connection may take to finish its handshake (PSK, Noise, yamux). */
+  handshakeMs: 10_000,
   /** Streams of any protocol the remote may have open on one connection (yamux). */
   streamsPerConnection: 256,
   /** Bytes a stream buffers unread before it is reset (yamux); one block frame is ~1 MiB. */
@@ -112,7 +114,8 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     connectionManager: {
       maxConnections: limits.connections,
       maxIncomingPendingConnections: limits.pendingInboundConnections,
-      inboundConnectionThreshold: limits.inboundConnectionsPerSecond
+      inboundConnectionThreshold: limits.inboundConnectionsPerSecond,
+      inboundUpgradeTimeout: limits.handshakeMs
     },
     peerDiscovery: discovery,
     ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: init.psk }) } : {}),

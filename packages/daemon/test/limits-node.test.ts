@@ -106,6 +106,14 @@ test('pending inbound connections: sockets that never finish the handshake hold 
   assert.equal(verdict, 'accepted')
 })
 
+test('the handshake time: a socket that connects and says nothing is closed by the node', async (t) => {
+  const server = await strataNode(t, { handshakeMs: 300 })
+  const silent = await rawSocket(t, server, { hello: false })
+  assert.equal(await silent.verdict, 'refused')
+  // The slot it held is free again.
+  assert.equal(await (await rawSocket(t, server, { hello: true })).verdict, 'accepted')
+})
+
 test('inbound connections per second from one host: a burst past the threshold is refused, another host is not', async (t) => {
   const server = await strataNode(t, { inboundConnectionsPerSecond: 2 })
   const burst = await Promise.all(Array.from({ length: 12 }, async () => await rawSocket(t, server, { hello: true, localAddress: '127.0.0.1' })))
