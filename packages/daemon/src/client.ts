@@ -1,6 +1,7 @@
 import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
+import { writerTrust } from '@strata/runner'
 import type { BlockSource, CommitOptions, GcReport, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME } from './control.ts'
@@ -38,10 +39,14 @@ export class DaemonClient implements Store {
     this.epoch = epoch
   }
 
-  /** Whether the daemon accepts records signed by `peer` (it checked them before storing). */
-  trusts (peer: string): boolean {
-    return this.trustedWriters === null || this.trustedWriters.includes(peer)
+  /** Whether the daemon accepts records signed by `peer` in `scope` (it checked them before storing). */
+  trusts (peer: string, scope: string): boolean {
+    if (this.trustedWriters === null) return true
+    this.#writers ??= writerTrust(this.trustedWriters)
+    return this.#writers(peer, scope)
   }
+
+  #writers: ((peer: string, scope: string) => boolean) | undefined
 
   async #call (path: string, body: object, opts: { signal?: AbortSignal, onLine?: (line: Record<string, unknown>) => void } = {}): Promise<Record<string, unknown>> {
     return await new Promise((resolve, reject) => {

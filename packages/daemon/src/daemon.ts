@@ -27,7 +27,7 @@ import {
   FETCHING_TOPIC, MAX_RECORD_SIZE, MAX_REQUEST_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, decodeRecordRequest,
   encodeRecordRequest, recordKey, verifyEnvelope
 } from './records.ts'
-import { peerIdOf, readPeerList, readPsk } from './trust.ts'
+import { peerIdOf, readPeerList, readPsk, writerOf } from './trust.ts'
 
 export interface DaemonInit {
   /** Where the store, the identity key and the control socket live. */
@@ -40,7 +40,11 @@ export interface DaemonInit {
   mdns?: boolean
   /** Peers (besides the producer) that pull each new layer. Default 2. */
   replicas?: number
-  /** Peer ids (or ed25519 public keys, 64 hex digits) whose records are accepted; default: anyone whose signature checks out. This node is always trusted. */
+  /**
+   * Whose records are accepted: peer ids (or ed25519 public keys, 64 hex digits),
+   * each optionally `@GLOB` to trust it only in the scopes GLOB matches (`ID@pr/*`).
+   * Default: anyone whose signature checks out. This node is always trusted.
+   */
   trustedWriters?: string[]
   /** A file of trusted writers, one a line (`#` comments), added to `trustedWriters`. */
   trustedWritersFile?: string
@@ -670,15 +674,15 @@ function parsePeerId (s: string): PeerId | undefined {
 export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   if (typeof init.dataDir !== 'string' || init.dataDir === '') throw new TypeError('dataDir is required')
   if (init.replicas !== undefined && (!Number.isInteger(init.replicas) || init.replicas < 0)) throw new DaemonConfigError(`replicas must be a whole number >= 0, got ${init.replicas}`)
-  const peers = (list: readonly string[] | undefined): string[] | undefined => list?.map((p) => {
+  const peers = (list: readonly string[] | undefined, normalize: (s: string) => string): string[] | undefined => list?.map((p) => {
     try {
-      return peerIdOf(p)
+      return normalize(p)
     } catch (err) {
-      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id or an ed25519 public key`, { cause: err })
+      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id or an ed25519 public key${normalize === writerOf ? ', optionally with @SCOPE-PATTERN' : ''}`, { cause: err })
     }
   })
-  let trustedWriters = peers(init.trustedWriters)
-  let allowPeers = peers(init.allowPeers)
+  let trustedWriters = peers(init.trustedWriters, writerOf)
+  let allowPeers = peers(init.allowPeers, peerIdOf)
   try {
     if (init.epoch !== undefined) checkEpoch(init.epoch)
     if (init.readScopes !== undefined) {
@@ -691,7 +695,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   if (init.requirePsk === true && init.pskFile === undefined) throw new DaemonConfigError('a pre-shared key is required (--require-psk) but none was given (--psk-file FILE)')
   const psk = init.pskFile !== undefined ? await readPsk(init.pskFile) : undefined
   if (init.allowPeersFile !== undefined) allowPeers = [...(allowPeers ?? []), ...await readPeerList(init.allowPeersFile)]
-  if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile)]
+  if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile, writerOf)]
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
   const privateKey = await loadPrivateKey(init.dataDir)

@@ -1,6 +1,6 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
-import { checkScope, MAX_READ_SCOPES, openRecord, RECORD_PREFIX, recordKey, RecordInvalidError } from '@strata/runner'
+import { checkScope, MAX_READ_SCOPES, openRecord, RECORD_PREFIX, recordKey, RecordInvalidError, writerTrust } from '@strata/runner'
 import type { RecordPolicy, StepRecord } from '@strata/runner'
 import { ProtocolViolationError } from './errors.ts'
 
@@ -22,27 +22,31 @@ export const MAX_REQUEST_SIZE = 4096
 export { RECORD_PREFIX, recordKey }
 
 /**
- * Who may write records, and since when: a fixed list of signers (undefined:
- * anyone whose signature checks out; this node always) and an epoch (records of
- * earlier epochs are disowned).
+ * Who may write records, where, and since when: a fixed list of writer entries
+ * (`PEERID`, or `PEERID@GLOB` for the scopes GLOB matches; undefined: anyone whose
+ * signature checks out; this node always) and an epoch (records of earlier epochs
+ * are disowned).
  */
 export class TrustPolicy implements RecordPolicy {
-  readonly writers: ReadonlySet<string> | undefined
+  /** The writer entries as given, or undefined for "any signer". */
+  readonly writers: readonly string[] | undefined
   readonly self: string
   readonly epoch: number
+  readonly #trusts: ((peer: string, scope: string) => boolean) | undefined
   constructor (self: string, writers: readonly string[] | undefined, epoch = 0) {
     this.self = self
-    this.writers = writers !== undefined ? new Set(writers) : undefined
+    this.writers = writers !== undefined ? [...new Set(writers)] : undefined
+    this.#trusts = writers !== undefined ? writerTrust(writers) : undefined
     this.epoch = epoch
   }
 
-  trusts (peer: string): boolean {
-    return peer === this.self || this.writers === undefined || this.writers.has(peer)
+  trusts (peer: string, scope: string): boolean {
+    return peer === this.self || this.#trusts === undefined || this.#trusts(peer, scope)
   }
 
   /** This policy, for a reader that uses only `scopes`. */
   reading (scopes: readonly string[]): RecordPolicy {
-    return { trusts: (p) => this.trusts(p), epoch: this.epoch, scopes }
+    return { trusts: (p, s) => this.trusts(p, s), epoch: this.epoch, scopes }
   }
 }
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { peerIdFromPublicKey } from '@strata/runner'
+import { parseWriter, peerIdFromPublicKey } from '@strata/runner'
 import { DaemonConfigError } from './errors.ts'
 
 /** The header of a libp2p private network key file (the go-ipfs / js-libp2p `swarm.key` format, v1). */
@@ -67,14 +67,24 @@ export function peerIdOf (s: string): string {
   return peerIdFromString(s).toString()
 }
 
+/**
+ * A trusted-writer entry with its peer normalized: `ID` or `ID@GLOB`, where ID is a
+ * peer id or an ed25519 public key in hex and GLOB limits it to matching scopes.
+ */
+export function writerOf (entry: string): string {
+  const w = parseWriter(entry)
+  const peer = peerIdOf(w.peer)
+  return w.scopes === null ? peer : `${peer}@${w.scopes}`
+}
+
 /** Peer ids (or ed25519 public keys in hex), one a line; `#` starts a comment; blank lines are skipped. A bad line is named as path:line. */
-export function parsePeerList (text: string, path: string): string[] {
+export function parsePeerList (text: string, path: string, normalize: (line: string) => string = peerIdOf): string[] {
   const out: string[] = []
   for (const [i, raw] of text.split(/\r?\n/).entries()) {
     const line = raw.replace(/#.*$/, '').trim()
     if (line === '') continue
     try {
-      out.push(peerIdOf(line))
+      out.push(normalize(line))
     } catch (err) {
       throw new DaemonConfigError(`${path}:${i + 1}: ${JSON.stringify(line.slice(0, 80))} is not a peer id`, { cause: err })
     }
@@ -82,7 +92,7 @@ export function parsePeerList (text: string, path: string): string[] {
   return out
 }
 
-export async function readPeerList (path: string): Promise<string[]> {
+export async function readPeerList (path: string, normalize: (line: string) => string = peerIdOf): Promise<string[]> {
   let buf: Buffer
   try {
     buf = await readFile(path)
@@ -90,5 +100,5 @@ export async function readPeerList (path: string): Promise<string[]> {
     throw new DaemonConfigError(`cannot read the peer list ${path}: ${(err as Error).message}`, { cause: err })
   }
   if (buf.length > MAX_PEER_FILE) throw new DaemonConfigError(`${path}: ${buf.length} bytes, over the ${MAX_PEER_FILE} a peer list may have`)
-  return parsePeerList(buf.toString('utf8'), path)
+  return parsePeerList(buf.toString('utf8'), path, normalize)
 }

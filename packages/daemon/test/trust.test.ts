@@ -195,6 +195,17 @@ test('a node without writer trust may read, but its records are ignored by other
   await assert.rejects(reader.resolve(own.key), (err: Error) => err instanceof RecordNotFoundError && /untrusted-signer/.test(err.reason))
   assert.ok((reader.rejected['untrusted-signer'] ?? 0) >= 1)
   assert.equal(await reader.store.has(own.layer.root), false)
+
+  // A writer trusted for pull-request scopes only: its pr/9 record counts, its main record does not.
+  const prReader = await startDaemon(t, { trustedWriters: [writer.peerId, `${guest.peerId}@pr/*`] })
+  await connect([writer, guest, reader, prReader])
+  const prKey = freshKey('pr-writer')
+  await publishLayer(t, guest, { f: 'pr build' }, { key: prKey, scope: 'pr/9' })
+  const onMain = await publishLayer(t, guest, { f: 'claims main' }, { key: prKey, scope: 'main' })
+  await guest.node.contentRouting.provide(prKey)
+  assert.equal((await prReader.resolve(prKey, { scopes: ['pr/9', 'main'] })).record.scope, 'pr/9')
+  await assert.rejects(prReader.resolve(prKey, { scopes: ['main'] }), (err: Error) => err instanceof RecordNotFoundError && /not trusted to write scope main/.test(err.reason))
+  assert.equal(await prReader.store.has(onMain.layer.root), false)
 })
 
 test('records announced by gossip are verified before they are stored, and refusals counted by reason', async (t) => {

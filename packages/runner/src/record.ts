@@ -1,3 +1,4 @@
+import { posix } from 'node:path'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { RecordInvalidError } from './errors.ts'
@@ -43,8 +44,8 @@ export interface StepRecord {
 
 /** What a reader accepts. */
 export interface RecordPolicy {
-  /** Whether records signed by `peer` are accepted. */
-  trusts (peer: string): boolean
+  /** Whether records signed by `peer` in `scope` are accepted. */
+  trusts (peer: string, scope: string): boolean
   /** Records written in an earlier epoch are refused. Default 0. */
   epoch?: number
   /** Scopes the reader uses; undefined: any (the daemon checks scope when it reads, not when it learns). */
@@ -59,6 +60,31 @@ export function checkScope (scope: unknown): string {
     throw new TypeError(`scope ${JSON.stringify(scope)} must be 1-128 characters of letters, digits, ".", "_", "+", "-", with "/" between parts (e.g. main, pr/123)`)
   }
   return scope
+}
+
+const SCOPE_GLOB = /^[A-Za-z0-9._+*-]+(?:\/[A-Za-z0-9._+*-]+)*$/
+
+/**
+ * A trusted-writer entry: `PEERID` (trusted in every scope) or `PEERID@GLOB`
+ * (trusted in the scopes GLOB matches: `*` within one `/`-part, `**` across parts,
+ * e.g. `pr/*`). Throws TypeError for a malformed glob.
+ */
+export function parseWriter (entry: string): { peer: string, scopes: string | null } {
+  const at = entry.indexOf('@')
+  if (at < 0) return { peer: entry, scopes: null }
+  const glob = entry.slice(at + 1)
+  if (glob.length > 128 || !SCOPE_GLOB.test(glob) || glob.split('/').some((p) => p === '.' || p === '..')) throw new TypeError(`writer ${JSON.stringify(entry)}: the scope pattern after @ must be scope characters and *, e.g. pr/*`)
+  return { peer: entry.slice(0, at), scopes: glob }
+}
+
+/** `trusts(peer, scope)` for a list of trusted-writer entries (see parseWriter). */
+export function writerTrust (entries: readonly string[]): (peer: string, scope: string) => boolean {
+  const byPeer = new Map<string, Array<string | null>>()
+  for (const e of entries) {
+    const w = parseWriter(e)
+    byPeer.set(w.peer, [...(byPeer.get(w.peer) ?? []), w.scopes])
+  }
+  return (peer, scope) => byPeer.get(peer)?.some((g) => g === null || posix.matchesGlob(scope, g)) ?? false
 }
 
 /** An epoch is a whole number from 0 to 2^32 - 1. Throws TypeError otherwise. */
@@ -105,7 +131,8 @@ export function signRecord (record: StepRecord, identity: Identity): Uint8Array 
  * Decodes and verifies an envelope for `key` under `policy`, in this order:
  * decodes (`malformed`), carries a signature (`unsigned`), has this format
  * (`version`), the signature verifies against the producer's key (`bad-signature`),
- * the producer is trusted (`untrusted-signer`), it is about `key` (`wrong-key`), it
+ * its fields have their types (`malformed`), the producer is trusted to write its
+ * scope (`untrusted-signer`), it is about `key` (`wrong-key`), it
  * was written in the policy's epoch or later (`old-epoch`), in one of its scopes
  * (`wrong-scope`). Throws RecordInvalidError with that `reason`.
  */
@@ -134,12 +161,12 @@ export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): 
   const pub = publicKeyFromPeerId(record.producer)
   if (pub === undefined) throw fail('malformed', `producer ${record.producer} is not an ed25519 peer id`)
   if (!verifySignature(pub, signedBytes(body), env.sig)) throw fail('bad-signature', `signature does not verify for ${record.producer}`)
-  if (!policy.trusts(record.producer)) throw fail('untrusted-signer', `signed by ${record.producer}, who is not trusted`)
-  if (CID.asCID(record.key)?.equals(key) !== true) throw fail('wrong-key', 'is about another key')
   if (CID.asCID(record.layer) === null || !Array.isArray(record.env) || !record.env.every((l) => typeof l === 'string') ||
     typeof record.scope !== 'string' || typeof record.epoch !== 'number' || !Number.isInteger(record.epoch)) {
     throw fail('malformed', 'is malformed')
   }
+  if (!policy.trusts(record.producer, record.scope)) throw fail('untrusted-signer', `signed by ${record.producer}, who is not trusted to write scope ${record.scope}`)
+  if (CID.asCID(record.key)?.equals(key) !== true) throw fail('wrong-key', 'is about another key')
   const epoch = policy.epoch ?? 0
   if (record.epoch < epoch) throw fail('old-epoch', `was written in epoch ${record.epoch}, before epoch ${epoch}`)
   if (policy.scopes !== undefined && !policy.scopes.includes(record.scope)) throw fail('wrong-scope', `is in scope ${JSON.stringify(record.scope)}, not in ${policy.scopes.join(', ')}`)

@@ -22,7 +22,7 @@ import type { InputLimits } from './inputs.ts'
 import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, encodeDescriptor, envValueDigest } from './key.ts'
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
-import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord } from './record.ts'
+import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord, writerTrust } from './record.ts'
 import type { RecordPolicy, StepRecord } from './record.ts'
 import { normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
@@ -33,7 +33,7 @@ export interface RunnerInit {
   /** Where the runner keeps its identity and scratch dirs. Default: the store's data dir (must be the same filesystem). */
   dataDir?: string
   logger?: Logger
-  /** Peer ids (besides this node's own) whose records count as hits. Default none. */
+  /** Peer ids (besides this node's own) whose records count as hits; `ID@GLOB` limits one to the scopes GLOB matches. Default none. */
   trustedPeers?: readonly string[]
   /** The scope this runner's records are written in (e.g. the branch: `main`, `pr/123`). Default `default`. */
   scope?: string
@@ -62,8 +62,8 @@ export interface RemoteCache {
    * the store holds the record and the layer. Throws when it cannot.
    */
   resolve (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] }): Promise<{ providers: number, bytes: number, durationMs: number }>
-  /** Whether the fleet accepts records signed by `peer` (on top of the runner's own trusted peers). */
-  trusts (peer: string): boolean
+  /** Whether the fleet accepts records signed by `peer` in `scope` (on top of the runner's own trusted peers). */
+  trusts (peer: string, scope: string): boolean
   /** The fleet's trust epoch, when it has one. */
   readonly epoch?: number
 }
@@ -215,7 +215,7 @@ class StepRunner implements Runner {
     this.#dataDir = realpathSync(dataDir)
     this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
     this.#identity = identity
-    const own = new Set([identity.peerId, ...(init.trustedPeers ?? [])])
+    const own = writerTrust(init.trustedPeers ?? [])
     const remote = init.remote
     this.#remote = remote
     this.#scope = checkScope(init.scope ?? DEFAULT_SCOPE)
@@ -223,7 +223,7 @@ class StepRunner implements Runner {
     if (scopes.length === 0 || scopes.length > MAX_READ_SCOPES) throw new TypeError(`readScopes must name 1 to ${MAX_READ_SCOPES} scopes, got ${scopes.length}`)
     // With a fleet, the writers it trusts are trusted too.
     this.#policy = {
-      trusts: (p) => own.has(p) || (remote !== undefined && remote.trusts(p)),
+      trusts: (p, scope) => p === identity.peerId || own(p, scope) || (remote !== undefined && remote.trusts(p, scope)),
       epoch: checkEpoch(init.epoch ?? remote?.epoch ?? 0),
       scopes
     }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { statSync } from 'node:fs'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
-import { checkScope, loadIdentity, openRecord, publicKeyFromPeerId, RECORD_DOMAIN, RECORD_FORMAT, recordKey, signRecord, signedBytes } from '../src/index.ts'
+import { checkScope, loadIdentity, openRecord, parseWriter, writerTrust, publicKeyFromPeerId, RECORD_DOMAIN, RECORD_FORMAT, recordKey, signRecord, signedBytes } from '../src/index.ts'
 import type { Identity, RecordPolicy, StepRecord } from '../src/index.ts'
 import { tempDir } from './helpers.ts'
 
@@ -105,4 +105,22 @@ test('signing checks the record it is given', async (t) => {
   assert.throws(() => signRecord(recordOf(me, { v: 1 }), me), TypeError)
   for (const ok of ['main', 'pr/123', 'release-1.2', 'feature/a_b+c']) assert.equal(checkScope(ok), ok)
   for (const bad of ['/main', 'main/', 'a//b', 'a b', 'x'.repeat(129), 'a/../b', 'é']) assert.throws(() => checkScope(bad), TypeError, bad)
+})
+
+test('trusted-writer entries limit a writer to the scopes its pattern matches', async (t) => {
+  const me = await loadIdentity(tempDir(t))
+  const trusts = writerTrust(['12D3KooWA', '12D3KooWB@pr/*', '12D3KooWC@release/**'])
+  assert.equal(trusts('12D3KooWA', 'main'), true)
+  assert.equal(trusts('12D3KooWB', 'pr/12'), true)
+  assert.equal(trusts('12D3KooWB', 'main'), false)
+  assert.equal(trusts('12D3KooWB', 'pr/12/x'), false, '* stays within one part')
+  assert.equal(trusts('12D3KooWC', 'release/1/rc'), true)
+  assert.equal(trusts('12D3KooWD', 'main'), false)
+  assert.deepEqual(parseWriter('12D3KooWB@pr/*'), { peer: '12D3KooWB', scopes: 'pr/*' })
+  for (const bad of ['x@', 'x@pr/', 'x@a b', 'x@../main']) assert.throws(() => parseWriter(bad), TypeError, bad)
+  // In a record check, a writer limited to pr/* cannot write main.
+  const onMain = signRecord(recordOf(me), me)
+  const policy = { trusts: writerTrust([`${me.peerId}@pr/*`]) }
+  assert.throws(() => openRecord(KEY, onMain, policy), { reason: 'untrusted-signer', message: /not trusted to write scope main/ })
+  assert.equal(openRecord(KEY, signRecord(recordOf(me, { scope: 'pr/4' }), me), policy).scope, 'pr/4')
 })
