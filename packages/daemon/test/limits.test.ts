@@ -128,7 +128,7 @@ test('a provider that stalls after the first byte: the fetch goes to another pro
   const tree = { 'f.bin': bytes('stall', 1_200_000) }
   const root = await commitTree(t, a, tree)
   await commitTree(t, staller, tree)
-  const b = await startDaemon(t, { exchange: { firstByteTimeoutMs: 500 } })
+  const b = await startDaemon(t, { exchange: { firstByteTimeoutMs: 2000 } })
   for (const d of [a, staller]) await b.node.peerStore.merge(d.node.peerId, { multiaddrs: d.node.getMultiaddrs() })
   const got = await b.fetchLayer(root, { hints: [staller.node.peerId, a.node.peerId] })
   assert.deepEqual(digestTree(got.layer.path), digestTree((await a.store.getLayer(root))!.path))
@@ -138,7 +138,7 @@ test('a provider that stalls after the first byte: the fetch goes to another pro
 test('a provider that stalls after the first byte, and no other: the fetch fails cleanly', async (t) => {
   const staller = await stallingProvider(t)
   const root = await commitTree(t, staller, { 'f.bin': bytes('stall-alone', 400_000) })
-  const b = await startDaemon(t, { exchange: { firstByteTimeoutMs: 500 } })
+  const b = await startDaemon(t, { exchange: { firstByteTimeoutMs: 2000 } })
   await b.node.peerStore.merge(staller.node.peerId, { multiaddrs: staller.node.getMultiaddrs() })
   await assert.rejects(b.fetchLayer(root, { hints: [staller.node.peerId] }), (err: Error) => {
     // The store wraps it (restore failed); the reason is kept as the cause.
