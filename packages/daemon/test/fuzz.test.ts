@@ -5,9 +5,9 @@ import fc from 'fast-check'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord } from '@strata/runner'
-import { decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant, MAX_WANTS_PER_MESSAGE, ProtocolViolationError } from '../src/index.ts'
+import { BLOCKS_PROTOCOL, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant, MAX_WANTS_PER_MESSAGE, ProtocolViolationError } from '../src/index.ts'
 import { claimedKey, decodeRecordRequest, TrustPolicy, verifyEnvelope } from '../src/records.ts'
-import { tempDir } from './helpers.ts'
+import { bytes, startDaemon, tempDir, writeTree } from './helpers.ts'
 
 /**
  * Property tests over what a peer can send: block-exchange frames and signed
@@ -105,4 +105,49 @@ test('a record request with hostile scopes or keys is a ProtocolViolationError',
       assert.ok(CID.asCID(req.key) !== null && req.scopes.length > 0)
     })
   }), params(1000))
+})
+
+function varint (n: number): Uint8Array {
+  const out: number[] = []
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80)
+    n = Math.floor(n / 0x80)
+  }
+  out.push(n)
+  return Uint8Array.from(out)
+}
+
+test('random frames sent to a live daemon: every stream ends, answered or reset, and the daemon keeps serving', async (t) => {
+  const a = await startDaemon(t, { exchange: { firstByteTimeoutMs: 1000, idleTimeoutMs: 1000 } })
+  const upper = `${tempDir(t)}/upper`
+  writeTree(upper, { f: bytes('fuzz-live', 200_000) })
+  const layer = await a.commit(upper)
+  const b = await startDaemon(t)
+  await b.node.dial(a.node.getMultiaddrs()[0]!)
+  // Some frames want what the daemon has, so that BLOCK answers are part of it too.
+  const wanted = fc.constantFrom(layer.root, cidOf(RAW, Uint8Array.of(1)))
+  const frames = fc.array(fc.oneof(
+    mutated.map((m) => Buffer.concat([varint(m.length), m])),
+    fc.array(wanted, { minLength: 1, maxLength: 4 }).map((c) => { const m = encodeWant(c); return Buffer.concat([varint(m.length), m]) }),
+    fc.uint8Array({ maxLength: 64 })
+  ), { minLength: 1, maxLength: 4 })
+  let answered = 0
+  await fc.assert(fc.asyncProperty(frames, async (list) => {
+    const stream = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
+    const ended = new Promise<void>((resolve) => { stream.addEventListener('close', () => resolve(), { once: true }) })
+    stream.addEventListener('message', (evt) => { answered += evt.data.byteLength })
+    try {
+      for (const f of list) stream.send(f)
+      await stream.close()
+    } catch {
+      // The daemon may reset the stream while we still write: that is one of the two outcomes.
+    }
+    await ended
+  }), params(100))
+  t.diagnostic(`${answered} bytes of answers`)
+  // Still serving.
+  const fresh = await startDaemon(t)
+  await fresh.node.peerStore.merge(a.node.peerId, { multiaddrs: a.node.getMultiaddrs() })
+  const got = await fresh.fetchLayer(layer.root, { hints: [a.node.peerId] })
+  assert.equal(got.layer.size, 200_000)
 })
