@@ -161,6 +161,17 @@ test('a second daemon on the same data dir refuses to start, saying another proc
   assert.ok(await a.store.getLayer(root))
 })
 
+test('outbound block streams per connection: past 4 × streamsPerProvider the node refuses to open more', async (t) => {
+  const a = await startDaemon(t, { exchange: { maxInboundStreams: 100, firstByteTimeoutMs: 60_000 } })
+  const b = await startDaemon(t)
+  await b.node.dial(a.node.getMultiaddrs()[0]!)
+  const limit = b.exchange.init.streamsPerProvider * 4
+  const streams: Stream[] = []
+  t.after(() => { for (const s of streams) s.abort(new Error('test over')) })
+  for (let i = 0; i < limit; i++) streams.push(await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL))
+  await assert.rejects(b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL), { name: 'TooManyOutboundProtocolStreamsError' })
+})
+
 test('10 000 block streams from one peer: those past the limit are refused, another peer is served', async (t) => {
   const a = await startDaemon(t)
   const root = await commitTree(t, a, { f: bytes('streams', 500_000) })
