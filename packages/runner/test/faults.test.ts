@@ -113,6 +113,11 @@ test('a fetch that fills the disk falls back to running the step', async (t) => 
   t.after(() => producer.close())
   writeTree(`${scratch}/big`, { 'a.bin': randomBytes(3 << 20).toString('latin1'), 'b.bin': randomBytes(3 << 20).toString('latin1') })
   const big = await producer.commit(`${scratch}/big`)
+  const p = pipelineIn(`${scratch}/proj`, `base: host
+steps:
+  - name: small
+    run: echo ran >> ${side.dir}/ran
+`)
   await withSmallDisk('4m', async (disk) => {
     const store = await openStore({ dataDir: `${disk}/data` })
     try {
@@ -130,11 +135,6 @@ test('a fetch that fills the disk falls back to running the step', async (t) => 
         },
         trusts: () => true
       }
-      const p = pipelineIn(`${scratch}/proj`, `base: host
-    steps:
-      - name: small
-        run: echo ran >> ${side.dir}/ran
-    `)
       const result = await (await runnerOn(store, new Sink(), remote)).run(p)
       assert.equal((fetchError as Error & { code?: string } | undefined)?.code, 'ERR_COMMIT')
       assert.match(fetchError!.message, /ENOSPC/)
