@@ -1,7 +1,7 @@
 export { openStore, STORE_FORMAT } from './store.ts'
 export type { OpenStoreInit, LocalStore } from './store.ts'
 export type { Store, StoreInit, LayerInfo, BlockSource, CommitOptions, RestoreOptions, ProgressEvent, GcOptions, GcReport, GcKept } from './types.ts'
-export { takeLease, scanLeases, leaseDir } from './lease.ts'
+export { takeLease, scanLeases, leaseDir, MAX_LEASE_FILES } from './lease.ts'
 export type { Lease, LeaseScan } from './lease.ts'
 export { failpoint, FAILPOINTS } from './failpoint.ts'
 export type { FailpointName } from './failpoint.ts'

@@ -21,10 +21,18 @@ export function leaseDir (dataDir: string): string {
   return `${dataDir}/leases`
 }
 
+/**
+ * Lease files of ended holders kept at most, for a store that is not collected or
+ * reopened for a long time (a daemon without a budget): beyond this, taking a lease
+ * deletes them, losing only their record of use.
+ */
+export const MAX_LEASE_FILES = 1000
+
 /** Takes a new lease under `dataDir`. The file is locked before it is visible, so no collector sees it unheld. */
 export function takeLease (dataDir: string): Lease {
   const dir = leaseDir(dataDir)
   mkdirSync(dir, { recursive: true })
+  if (readdirSync(dir).length >= MAX_LEASE_FILES) removeEnded(scanLeases(dataDir))
   const name = `${process.pid}-${randomBytes(6).toString('hex')}`
   const tmp = `${dir}/.${name}`
   const fd = openSync(tmp, 'w', 0o600)

@@ -94,6 +94,6 @@ export interface GcReport {
   before: number
   after: number
   /** Removed (or, in a dry run, to be removed), least recently used first. */
-  removed: Array<{ root: string, size: number, lastUsed: number, lastCopy: boolean }>
+  removed: Array<{ root: string, size: number, lastUsed: number, lastCopy: boolean, corrupt?: true }>
   kept: GcKept[]
 }

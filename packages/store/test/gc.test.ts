@@ -1,10 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { CID } from 'multiformats/cid'
-import { openStore, parseSize, takeLease } from '../src/index.ts'
+import { MAX_LEASE_FILES, openStore, parseSize, takeLease } from '../src/index.ts'
 import type { LayerInfo, LocalStore, Store } from '../src/index.ts'
 import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import { assertConsistent, runChild } from './helpers.ts'
@@ -128,4 +128,32 @@ test('parses sizes as users write them', () => {
   assert.equal(parseSize('2GiB'), 2 * 1024 ** 3)
   assert.equal(parseSize('4096'), 4096)
   for (const bad of ['', 'G', '-1G', '10X', '1e9', 'twenty']) assert.throws(() => parseSize(bad), { name: 'TypeError', message: new RegExp(`^${JSON.stringify(bad)} is not a size`) })
+})
+
+test('collects layers marked corrupt first, whatever the budget', async (t) => {
+  const { store, by } = await layers(t, ['a', 'b'])
+  t.after(() => store.close())
+  const a = by.get('a')!
+  const [entry] = await Array.fromAsync(store.entries(a.root))
+  writeFileSync(join(a.path, 'a.txt'), 'changed under the store')
+  await assert.rejects(store.getBlock(entry!.chunks![0]!.cid), { code: 'ERR_BLOCK_CORRUPT' })
+  const report = await store.gc({ maxSize: 1e12 })
+  assert.deepEqual(report.removed.map((r) => [r.root, r.corrupt]), [[a.root.toString(), true]])
+  assert.equal(existsSync(a.path), false)
+  assert.equal(await store.has(by.get('b')!.root), true)
+})
+
+test('ended leases are folded in and deleted when the store opens; taking a lease bounds how many pile up', async (t) => {
+  const { data, store, by } = await layers(t, ['a'])
+  await store.close()
+  for (let i = 0; i < 3; i++) takeLease(data).release()
+  const held = takeLease(data)
+  t.after(() => held.release())
+  const reopened = await openStore({ dataDir: data })
+  t.after(() => reopened.close())
+  assert.deepEqual(readdirSync(join(data, 'leases')), [held.path.split('/').pop()])
+  for (let i = 0; i < MAX_LEASE_FILES + 5; i++) takeLease(data).release()
+  assert.ok(readdirSync(join(data, 'leases')).length <= MAX_LEASE_FILES + 1)
+  assert.ok(readdirSync(join(data, 'leases')).includes(held.path.split('/').pop()!), 'a held lease was deleted')
+  assert.equal(await reopened.has(by.get('a')!.root), true)
 })
