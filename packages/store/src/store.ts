@@ -12,7 +12,6 @@ import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerInfo
 import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
 import { failpoint } from './failpoint.ts'
 import { removeEnded, scanLeases } from './lease.ts'
-import type { LeaseScan } from './lease.ts'
 import { acquireLock } from './lock.ts'
 
 
@@ -40,6 +39,11 @@ const TOUCH_EVERY_MS = 60_000
 /** Quarantined indexes kept for inspection; older ones are deleted. */
 const KEEP_QUARANTINED = 3
 const BATCH = 5000
+/** Block lookups answered by one index read, and the most layers a read spans as exact keys. */
+const LOOKUP_BATCH = 1024
+const LOOKUP_MAX_LAYERS = 32
+/** Blocks a restore asks its source for at once. */
+const RESTORE_CONCURRENCY = 512
 
 interface LayerMeta {
   size: number
@@ -316,7 +320,6 @@ class LayerStore implements Store, LocalStore {
       if (!dirs.has(name) && !known.has(name)) await this.#db.del(kPending(name))
     }
     if (dirty) await this.sweep()
-    await this.#harvestLeases()
     await this.#db.put(K_OPEN, Buffer.from(String(process.pid)))
   }
 
@@ -749,23 +752,76 @@ class LayerStore implements Store, LocalStore {
   async hasBlock (cid: CID): Promise<boolean> {
     const key = cid.toString()
     if (cid.code === DAG_CBOR) return (await this.#db.get(kManifestBlock(key))) !== undefined
-    for await (const _ of this.#db.keys({ gte: `block:${key}:`, lt: `block:${key};`, limit: 1 })) return true
-    return false
+    return (await this.#locate(key)).length > 0
+  }
+
+  /**
+   * Where a content block lies, in every layer that holds it. Lookups made in the
+   * same turn of the event loop (a peer's want-list, a restore's window of blocks)
+   * share one index read: a `getMany` of (block, layer) keys when the store holds
+   * few layers, a range scan per block otherwise.
+   */
+  async #locate (key: string): Promise<Location[]> {
+    const { promise, resolve, reject } = Promise.withResolvers<Location[]>()
+    this.#lookups.push({ key, resolve, reject })
+    if (!this.#lookupScheduled) {
+      this.#lookupScheduled = true
+      setImmediate(() => { void this.#runLookups() })
+    }
+    return await promise
+  }
+
+  readonly #lookups: Array<{ key: string, resolve: (locs: Location[]) => void, reject: (err: Error) => void }> = []
+  #lookupScheduled = false
+
+  async #runLookups (): Promise<void> {
+    const batch = this.#lookups.splice(0, LOOKUP_BATCH)
+    if (this.#lookups.length > 0) setImmediate(() => { void this.#runLookups() })
+    else this.#lookupScheduled = false
+    try {
+      const layers: string[] = []
+      for await (const k of this.#db.keys({ gte: 'layer:', lt: 'layer;', limit: LOOKUP_MAX_LAYERS + 1 })) layers.push(k.slice('layer:'.length))
+      if (layers.length <= LOOKUP_MAX_LAYERS) {
+        const values = layers.length === 0 ? [] : await this.#db.getMany(batch.flatMap((b) => layers.map((l) => kBlock(b.key, l))))
+        batch.forEach((b, i) => {
+          const locs: Location[] = []
+          layers.forEach((l, j) => {
+            const v = values[i * layers.length + j]
+            if (v !== undefined) locs.push(decodeLocation(l, v))
+          })
+          b.resolve(locs)
+        })
+        return
+      }
+      await Promise.all(batch.map(async (b) => {
+        const locs: Location[] = []
+        for await (const [k, v] of this.#db.iterator({ gte: `block:${b.key}:`, lt: `block:${b.key};` })) locs.push(decodeLocation(k.slice(`block:${b.key}:`.length), v))
+        b.resolve(locs)
+      }))
+    } catch (err) {
+      for (const b of batch) b.reject(err as Error)
+    }
   }
 
   async getBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    const found = await this.#findBlock(cid, opts)
+    if (found instanceof Uint8Array) return found
+    throw found ?? new BlockNotFoundError(cid.toString())
+  }
+
+  /** The block's verified bytes; else why not (undefined: no layer here has it). */
+  async #findBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array | BlockCorruptError | undefined> {
     opts.signal?.throwIfAborted()
     const key = cid.toString()
-    if (!isStrataCid(cid)) throw new BlockNotFoundError(key)
+    if (!isStrataCid(cid)) return undefined
     if (cid.code === DAG_CBOR) {
       const bytes = await this.#db.get(kManifestBlock(key))
-      if (bytes === undefined) throw new BlockNotFoundError(key)
+      if (bytes === undefined) return undefined
       verifyBlock(cid, bytes)
       return bytes
     }
     let corrupt: BlockCorruptError | undefined
-    for await (const [k, v] of this.#db.iterator({ gte: `block:${key}:`, lt: `block:${key};` })) {
-      const loc = decodeLocation(k.slice(`block:${key}:`.length), v)
+    for (const loc of await this.#locate(key)) {
       try {
         const bytes = readRange(`${this.layerDir(loc.layer)}/${loc.path}`, loc.offset, loc.length)
         verifyBlock(cid, bytes)
@@ -777,7 +833,7 @@ class LayerStore implements Store, LocalStore {
         await this.#markCorrupt(loc.layer)
       }
     }
-    throw corrupt ?? new BlockNotFoundError(key)
+    return corrupt
   }
 
   async #markCorrupt (root: string): Promise<void> {
@@ -802,15 +858,8 @@ class LayerStore implements Store, LocalStore {
       const content: ContentSource = {
         // materialize() verifies every block it is given.
         getBlock: async (cid, o) => {
-          let bytes: Uint8Array | undefined
-          if (await this.hasBlock(cid)) {
-            try {
-              bytes = await this.getBlock(cid, o)
-            } catch {
-              bytes = undefined
-            }
-          }
-          bytes ??= await source.getBlock(cid, o)
+          const local = await this.#findBlock(cid, o).catch(() => undefined)
+          const bytes = local instanceof Uint8Array ? local : await source.getBlock(cid, o)
           if (cid.code === DAG_CBOR) {
             manifestBytes += bytes.length
             if (manifestBytes > LIMITS.manifestBytes) throw new CommitError(`layer ${key} has more than ${LIMITS.manifestBytes} bytes of manifest`)
@@ -822,6 +871,8 @@ class LayerStore implements Store, LocalStore {
       const tree = `${staging}/tree`
       await materialize(root, tree, content, {
         pool: this.#workers,
+        // Blocks from peers arrive with a round trip each: keep many asked at once.
+        concurrency: RESTORE_CONCURRENCY,
         untrusted: opts.untrusted,
         signal: opts.signal,
         onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
@@ -875,15 +926,6 @@ class LayerStore implements Store, LocalStore {
     void w.finally(() => this.#writes.delete(w))
   }
 
-  /** Folds the leases of ended holders into the layers' last use and deletes them. */
-  async #harvestLeases (): Promise<LeaseScan> {
-    const scan = scanLeases(this.dataDir)
-    for (const [root, at] of scan.used) this.touch(root, at)
-    await Promise.all([...this.#writes])
-    removeEnded(scan)
-    return scan
-  }
-
   async #lastUsed (root: string, created: number): Promise<number> {
     const raw = await this.#db.get(kUsed(root))
     const stored = raw === undefined ? created : Number(Buffer.from(raw).toString())
@@ -906,19 +948,10 @@ class LayerStore implements Store, LocalStore {
     const graceMs = opts.graceMs ?? 60_000
     const dryRun = opts.dryRun === true
     // Ended leases are records of use: fold them in, then forget them.
-    const scan = await this.#harvestLeases()
-    // A layer marked corrupt is never offered again: it only takes room.
-    const corrupt: Array<{ root: string, size: number, lastUsed: number }> = []
-    for await (const [key, value] of this.#db.iterator({ gte: 'layer:', lt: 'layer;' })) {
-      const meta = JSON.parse(Buffer.from(value).toString()) as LayerMeta
-      if (meta.corrupt === true) corrupt.push({ root: key.slice('layer:'.length), size: meta.size, lastUsed: meta.created })
-    }
-    const corruptRemoved: GcReport['removed'] = []
-    for (const c of corrupt) {
-      if (!dryRun && !(await this.#exclusive(c.root, async () => await this.#discard(c.root, { unlessLeased: true })))) continue
-      this.#log.info({ layer: c.root, dryRun }, 'removing a layer marked corrupt')
-      corruptRemoved.push({ ...c, lastCopy: false, corrupt: true })
-    }
+    const scan = scanLeases(this.dataDir)
+    for (const [root, at] of scan.used) this.touch(root, at)
+    await Promise.all([...this.#writes])
+    if (!dryRun) removeEnded(scan)
     const layers: GcLayer[] = []
     for (const l of await this.listLayers()) {
       const root = l.root.toString()
@@ -927,7 +960,7 @@ class LayerStore implements Store, LocalStore {
     layers.sort((a, b) => a.lastUsed - b.lastUsed || (a.root < b.root ? -1 : 1))
     const before = layers.reduce((n, l) => n + l.size, 0)
     let total = before
-    const report: GcReport = { dryRun, maxSize: opts.maxSize, hardLimit: opts.hardLimit ?? null, before, after: before, removed: corruptRemoved, kept: [] }
+    const report: GcReport = { dryRun, maxSize: opts.maxSize, hardLimit: opts.hardLimit ?? null, before, after: before, removed: [], kept: [] }
     const held = new Set([...scan.held, ...this.#rootLocks.keys()])
     const copies = new Map<string, number | undefined>()
     const copiesOf = async (root: string): Promise<number | undefined> => {
