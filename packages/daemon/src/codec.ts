@@ -30,6 +30,19 @@ export type Message =
   | { type: 'block', cid: CID, bytes: Uint8Array }
   | { type: 'dont-have', cid: CID }
 
+/** The unsigned varint that prefixes a frame of `length` bytes (as lpStream reads it). */
+export function encodeFrameLength (length: number): Uint8Array {
+  if (!Number.isInteger(length) || length < 0 || length > MAX_MESSAGE_SIZE) throw new TypeError(`a frame is 0 to ${MAX_MESSAGE_SIZE} bytes, got ${length}`)
+  const out: number[] = []
+  let n = length
+  while (n >= 0x80) {
+    out.push((n & 0x7f) | 0x80)
+    n >>>= 7
+  }
+  out.push(n)
+  return Uint8Array.from(out)
+}
+
 export function encodeWant (cids: readonly CID[]): Uint8Array {
   if (cids.length === 0 || cids.length > MAX_WANTS_PER_MESSAGE) throw new TypeError(`a want-list holds 1 to ${MAX_WANTS_PER_MESSAGE} CIDs`)
   let size = 1

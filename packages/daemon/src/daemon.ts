@@ -508,14 +508,20 @@ export class Daemon {
       clearTimeout(grace)
     }
     if (providers.length === 0) throw new NoProvidersError(root.toString())
-    const source = this.exchange.source(providers)
+    const source = this.exchange.source(providers, { self: this.node.peerId })
     const key = root.toString()
     this.#fetching.set(key, source)
-    // Peers fetching the same layer serve each other the blocks that have landed.
+    // Peers fetching the same layer split it and serve each other what has landed:
+    // those that announced it lately, and those that will (they hear us announce).
+    for (const peer of this.#fetchers.get(key)?.values() ?? []) if (!this.exchange.isBanned(peer)) source.addProvider(peer)
     this.#announceFetch(root)
+    // Later fetchers find this node on the DHT while the layer is still coming.
+    this.#background(this.#provide(root))
     const end = this.metrics.fetchDuration.startTimer()
+    let fetched = false
     try {
       const layer = await this.store.restore(root, source, { untrusted: true, signal: this.#signal(opts.signal), onProgress: opts.onProgress })
+      fetched = true
       end()
       this.budget?.check()
       this.#background(this.#provide(root))
@@ -524,10 +530,14 @@ export class Daemon {
     } finally {
       this.#fetching.delete(key)
       source.close()
+      this.#log.debug({ layer: key, providers: source.providerStats }, 'fetch ended')
+      if (!fetched) this.#background(this.node.contentRouting.cancelReprovide(root, { signal: this.#signal(undefined, 5000) }))
     }
   }
 
   readonly #fetching = new Map<string, PeerBlockSource>()
+  /** Peers that announced a fetch lately, per layer (bounded: the newest layers, the newest peers). */
+  readonly #fetchers = new Map<string, Map<string, PeerId>>()
   readonly #announced = new Map<string, number>()
 
   #announceFetch (root: CID): void {
@@ -547,7 +557,17 @@ export class Daemon {
     } catch {
       return
     }
-    const source = this.#fetching.get(root.toString())
+    const key = root.toString()
+    let peers = this.#fetchers.get(key)
+    if (peers === undefined) {
+      peers = new Map()
+      this.#fetchers.set(key, peers)
+      if (this.#fetchers.size > 64) this.#fetchers.delete(this.#fetchers.keys().next().value!)
+    }
+    peers.delete(from.toString())
+    peers.set(from.toString(), from)
+    if (peers.size > 64) peers.delete(peers.keys().next().value!)
+    const source = this.#fetching.get(key)
     if (source === undefined || this.exchange.isBanned(from)) return
     source.addProvider(from)
     // The newcomer learns about us in turn.

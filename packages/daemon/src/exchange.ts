@@ -6,7 +6,7 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { verifyBlock, BlockMismatchError } from '@strata/chunker'
 import type { BlockSource, Store } from '@strata/store'
 import {
-  BLOCKS_PROTOCOL, MAX_MESSAGE_SIZE, MAX_WANTS_PER_MESSAGE, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant
+  BLOCKS_PROTOCOL, MAX_MESSAGE_SIZE, MAX_WANTS_PER_MESSAGE, decodeMessage, encodeBlockHeader, encodeDontHave, encodeFrameLength, encodeWant
 } from './codec.ts'
 import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
 import { RateLimiter } from './rate.ts'
@@ -23,7 +23,7 @@ export interface ExchangeComponents {
 }
 
 export interface ExchangeInit {
-  /** CIDs the fetching side puts in one WANT. Default 32. */
+  /** CIDs the fetching side puts in one WANT. Default 64. */
   wantBatch?: number
   /** Streams open at once to one provider, fetching side. Default 4. */
   streamsPerProvider?: number
@@ -41,6 +41,8 @@ export interface ExchangeInit {
   maxAttempts?: number
   /** Bytes of recently fetched blocks kept to serve peers fetching the same layer. Default 64 MiB. */
   landedBytes?: number
+  /** How long a peer's want waits for a block this node is fetching at that moment. Default 3 000 ms. */
+  landingWaitMs?: number
   /** Block bytes a second served to one peer, over all its streams. Default 256 MiB/s (above what one Noise connection carries). */
   servePeerBytesPerSecond?: number
   /** Bytes one peer may be sent at once after a quiet spell. Default 8 MiB. */
@@ -74,6 +76,8 @@ export class BlockExchange {
   /** Block streams each peer has open with us, over all its connections. */
   readonly #streams = new Map<string, number>()
   readonly #rate: RateLimiter
+  /** Fetches running on this node: a peer asking for a block one of them is fetching waits for it. */
+  readonly #sources = new Set<PeerBlockSource>()
   /** Blocks fetched lately, newest last: a layer still being fetched serves what has landed. */
   readonly #landed = new Map<string, Uint8Array>()
   #landedSize = 0
@@ -84,7 +88,7 @@ export class BlockExchange {
     this.#c = components
     this.#log = components.logger.child({ component: 'exchange' })
     this.init = {
-      wantBatch: init.wantBatch ?? 32,
+      wantBatch: init.wantBatch ?? 64,
       streamsPerProvider: init.streamsPerProvider ?? 4,
       maxInboundStreams: init.maxInboundStreams ?? 8,
       maxOutstandingWants: init.maxOutstandingWants ?? 1024,
@@ -93,6 +97,7 @@ export class BlockExchange {
       banMs: init.banMs ?? 10 * 60_000,
       maxAttempts: init.maxAttempts ?? 6,
       landedBytes: init.landedBytes ?? 64 * 1024 * 1024,
+      landingWaitMs: init.landingWaitMs ?? 3000,
       servePeerBytesPerSecond: init.servePeerBytesPerSecond ?? 256 * 1024 * 1024,
       servePeerBurstBytes: init.servePeerBurstBytes ?? 8 * 1024 * 1024
     }
@@ -175,25 +180,21 @@ export class BlockExchange {
         }
         counted += msg.cids.length
         this.#outstanding.set(peer, outstanding + msg.cids.length)
-        for (const cid of msg.cids) {
-          // A write that cannot drain within the idle time means the peer stopped reading.
-          const signal = AbortSignal.timeout(this.init.idleTimeoutMs)
-          let bytes: Uint8Array | undefined
-          try {
-            bytes = await this.#c.store.getBlock(cid, { signal })
-          } catch (err) {
-            bytes = this.#landed.get(cid.toString())
-            if (bytes === undefined) this.#log.debug({ err, cid: cid.toString(), peer }, 'not serving a block')
-          }
+        // The whole want-list is looked up at once (the store answers it with one index
+        // read), then answered in order.
+        const found = await Promise.all(msg.cids.map(async (cid) => await this.#lookup(cid, peer)))
+        for (let i = 0; i < msg.cids.length; i++) {
+          const cid = msg.cids[i]!
+          const bytes = found[i]
           if (bytes === undefined) {
-            await lp.write(encodeDontHave(cid), { signal })
+            await send(stream, encodeDontHave(cid), this.init.idleTimeoutMs)
           } else {
             const wait = this.#rate.take(peer, bytes.length)
             if (wait > 0) {
               this.counters.blocksThrottled++
               await new Promise<void>((resolve) => setTimeout(resolve, wait))
             }
-            await lp.write(new Uint8ArrayList(encodeBlockHeader(cid), bytes), { signal })
+            await send(stream, new Uint8ArrayList(encodeBlockHeader(cid), bytes), this.init.idleTimeoutMs)
             this.counters.bytesToPeers += bytes.length
             this.counters.blocksToPeers++
           }
@@ -215,73 +216,175 @@ export class BlockExchange {
     }
   }
 
+  /** A block from the blocks landed lately, else from the store (which verifies it); undefined when neither has it. */
+  async #lookup (cid: CID, peer: string): Promise<Uint8Array | undefined> {
+    const key = cid.toString()
+    const landed = this.#landed.get(key)
+    if (landed !== undefined) return landed
+    try {
+      return await this.#c.store.getBlock(cid)
+    } catch (err) {
+      // A block this node is fetching right now is worth a short wait: peers fetching
+      // the same layer split its blocks between them (see PeerBlockSource).
+      for (const source of this.#sources) {
+        const coming = source.landing(key)
+        if (coming === undefined) continue
+        const { promise, resolve } = Promise.withResolvers<undefined>()
+        const timer = setTimeout(() => { resolve(undefined) }, this.init.landingWaitMs)
+        try {
+          const bytes = await Promise.race([coming, promise])
+          if (bytes !== undefined) return bytes
+        } catch {
+          // That fetch failed: the asking peer goes elsewhere.
+        } finally {
+          clearTimeout(timer)
+        }
+      }
+      this.#log.debug({ err, cid: key, peer }, 'not serving a block')
+      return undefined
+    }
+  }
+
   /** A BlockSource that spreads wants over `providers`, verifying every block. */
-  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void } = {}): PeerBlockSource {
-    return new PeerBlockSource(this, providers, this.#c, this.#log, opts.onBlock)
+  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId } = {}): PeerBlockSource {
+    const source = new PeerBlockSource(this, providers, this.#c, this.#log, opts.onBlock, opts.self, () => this.#sources.delete(source))
+    this.#sources.add(source)
+    return source
   }
 }
 
 interface Want {
   cid: CID
   key: string
+  /** Providers that answered DONT_HAVE for it. */
   tried: Set<string>
+  /** Failed requests (timeout, broken stream): they do not rule a provider out. */
   attempts: number
+  /** Providers whose stream failed while it was asked: others are asked first. */
+  failed: Set<string>
+  done: boolean
   waiters: Array<{ resolve: (b: Uint8Array) => void, reject: (e: Error) => void }>
+  /** Who fetches it from a full provider when peers fetching the same layer split it (a peer id, or '' for this node). */
+  owner: string
+  ownerVersion: number
+  /** Made when a peer asks this node for the block while it is on its way. */
+  landing?: PromiseWithResolvers<Uint8Array>
 }
 
 /** One stream to one provider, carrying many want-lists; answers come back in order. */
 interface Session {
-  peer: PeerId
-  key: string
+  provider: Provider
   inflight: Map<string, Want>
   send: (wants: Want[]) => void
   dead: boolean
 }
 
+/** What one fetch knows of one provider. */
+interface Provider {
+  peer: PeerId
+  key: string
+  sessions: Session[]
+  opening: number
+  blocks: number
+  dontHaves: number
+  /** Streams that could not be opened, or failed, in a row. */
+  failures: number
+  /** Not asked again during this fetch: it has none of the layer, or cannot be reached. */
+  dropped: boolean
+  /** Fetching the same layer itself: asked only for the blocks it owns. */
+  partial: boolean
+}
+
+/** DONT_HAVEs without a single block after which a provider is taken to hold none of the layer. */
+const DROP_AFTER_DONT_HAVES = 64
+/** Streams to a provider that sent nothing which failed in a row before it is given up for the fetch. */
+const MAX_FAILURES = 3
+
 /**
- * Fetches blocks for one restore from a fixed set of providers. Each provider gets
- * up to `streamsPerProvider` long-lived streams; wants go to the least-loaded one
- * in batches, pipelined (the next want-list travels while the last is answered).
+ * Fetches blocks for one restore from a changing set of providers. Each provider
+ * gets up to `streamsPerProvider` long-lived streams; wants go to the least-loaded
+ * stream in batches, pipelined (`2 * wantBatch` unanswered per stream), so every
+ * provider's pipeline stays full. A provider that answers only DONT_HAVE is dropped
+ * for this fetch; a timeout or broken stream sends its wants elsewhere without ruling
+ * the provider out (it counts against the block's attempts).
+ *
+ * Peers fetching the same layer at once (announced by gossip) split it: each block
+ * has an owner among them and this node, by rendezvous hash, the same on every
+ * peer. A block is asked from full providers by its owner only; the others ask the
+ * owner, whose server waits a moment for the block to land. So each block crosses
+ * the producer's link about once however many peers fetch it, and a DONT_HAVE from
+ * the owner just sends the block to the full providers.
  */
 export class PeerBlockSource implements BlockSource {
   readonly stats: FetchStats = { providersUsed: 0, bytes: 0, blocks: 0 }
   readonly #ex: BlockExchange
-  readonly #providers: PeerId[]
+  readonly #providers = new Map<string, Provider>()
   readonly #c: ExchangeComponents
   readonly #log: Logger
   readonly #onBlock: ((bytes: number) => void) | undefined
-  readonly #queue: Want[] = []
+  #queue: Want[] = []
   readonly #pending = new Map<string, Want>()
-  readonly #sessions = new Map<string, Session[]>()
-  readonly #opening = new Map<string, number>()
-  readonly #used = new Set<string>()
   readonly #abort = new AbortController()
   #scheduled = false
+  readonly #self: string
+  readonly #onClose: () => void
+  /** Bumped when the set of peers sharing the fetch changes: owners are worked out again. */
+  #sharing = 0
 
-  constructor (ex: BlockExchange, providers: readonly PeerId[], c: ExchangeComponents, log: Logger, onBlock: ((bytes: number) => void) | undefined) {
+  constructor (ex: BlockExchange, providers: readonly PeerId[], c: ExchangeComponents, log: Logger, onBlock: ((bytes: number) => void) | undefined, self: PeerId | undefined, onClose: () => void) {
     this.#ex = ex
-    const seen = new Set<string>()
-    this.#providers = []
-    for (const p of providers) {
-      if (seen.has(p.toString())) continue
-      seen.add(p.toString())
-      this.#providers.push(p)
-    }
     this.#c = c
     this.#log = log
     this.#onBlock = onBlock
+    this.#self = self?.toString() ?? ''
+    this.#onClose = onClose
+    for (const p of providers) this.#add(p)
   }
 
-  /** Adds a provider learned during the fetch (a peer fetching the same layer). */
+  #add (peer: PeerId): boolean {
+    const key = peer.toString()
+    if (this.#providers.has(key)) return false
+    this.#providers.set(key, { peer, key, sessions: [], opening: 0, blocks: 0, dontHaves: 0, failures: 0, dropped: false, partial: false })
+    return true
+  }
+
+  /** Adds a peer fetching the same layer: it is asked for the blocks it owns. */
   addProvider (peer: PeerId): void {
-    if (this.#abort.signal.aborted || this.#providers.some((p) => p.equals(peer))) return
-    this.#providers.push(peer)
+    if (this.#abort.signal.aborted || peer.toString() === this.#self) return
+    this.#add(peer)
+    const p = this.#providers.get(peer.toString())!
+    if (p.partial) return
+    p.partial = true
+    this.#sharing++
     this.#schedule()
+  }
+
+  /** The bytes of a block this fetch is waiting for, when they land; undefined when it is not waiting for it. */
+  landing (key: string): Promise<Uint8Array> | undefined {
+    const w = this.#pending.get(key)
+    if (w === undefined || w.done) return undefined
+    if (w.landing === undefined) {
+      w.landing = Promise.withResolvers<Uint8Array>()
+      w.landing.promise.catch(() => {})
+    }
+    return w.landing.promise
+  }
+
+  /** Peers this fetch still asks. */
+  get providers (): PeerId[] {
+    return [...this.#providers.values()].filter((p) => !p.dropped).map((p) => p.peer)
+  }
+
+  /** Blocks each provider sent, and the providers dropped for holding none of the layer. */
+  get providerStats (): Array<{ peer: string, blocks: number, dontHaves: number, dropped: boolean }> {
+    return [...this.#providers.values()].map((p) => ({ peer: p.key, blocks: p.blocks, dontHaves: p.dontHaves, dropped: p.dropped }))
   }
 
   /** Ends every stream this source has open. */
   close (): void {
     this.#abort.abort(new Error('block source closed'))
+    for (const w of this.#pending.values()) w.landing?.reject(new Error('block source closed'))
+    this.#onClose()
   }
 
   async getBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
@@ -290,7 +393,7 @@ export class PeerBlockSource implements BlockSource {
     const { promise, resolve, reject } = Promise.withResolvers<Uint8Array>()
     let want = this.#pending.get(key)
     if (want === undefined) {
-      want = { cid, key, tried: new Set(), attempts: 0, waiters: [] }
+      want = { cid, key, tried: new Set(), attempts: 0, failed: new Set(), done: false, waiters: [], owner: '', ownerVersion: -1 }
       this.#pending.set(key, want)
       this.#queue.push(want)
       this.#schedule()
@@ -322,88 +425,131 @@ export class PeerBlockSource implements BlockSource {
     return this.#ex.init.wantBatch * 2
   }
 
+  #usable (p: Provider): boolean {
+    return !p.dropped && !this.#ex.isBanned(p.peer)
+  }
+
+  /** The peer sharing this fetch that asks full providers for `w` ('' for this node). */
+  #owner (w: Want, usable: Provider[]): string {
+    if (w.ownerVersion === this.#sharing) return w.owner
+    let best = ''
+    let bestScore = rank(w.key, this.#self)
+    for (const p of usable) {
+      if (!p.partial) continue
+      const score = rank(w.key, p.key)
+      if (score > bestScore) {
+        best = p.key
+        bestScore = score
+      }
+    }
+    w.owner = best
+    w.ownerVersion = this.#sharing
+    return best
+  }
+
+  /**
+   * Whether `w` may go to `p` now: never after p's DONT_HAVE; after p failed only
+   * when no one else is left; a peer sharing the fetch only for the blocks it owns
+   * (or when no full provider is left); full providers only once the owner, if it
+   * is another peer, has had its chance.
+   */
+  #canAsk (w: Want, p: Provider, usable: Provider[]): boolean {
+    if (w.tried.has(p.key)) return false
+    if (w.failed.has(p.key) && usable.some((q) => !q.partial && !w.tried.has(q.key) && !w.failed.has(q.key))) return false
+    const owner = this.#owner(w, usable)
+    const ownerWaiting = owner !== '' && !w.tried.has(owner) && !w.failed.has(owner)
+    if (p.partial) return (owner === p.key && ownerWaiting) || !usable.some((q) => !q.partial && !w.tried.has(q.key))
+    return !ownerWaiting
+  }
+
   #dispatch (): void {
     if (this.#abort.signal.aborted) return
-    // Drop wants that no provider is left to answer.
-    for (let i = 0; i < this.#queue.length; i++) {
-      const w = this.#queue[i]!
-      const left = this.#providers.some((p) => !this.#ex.isBanned(p) && !w.tried.has(p.toString()))
-      if (!left || w.attempts >= this.#ex.init.maxAttempts) {
-        this.#queue.splice(i--, 1)
-        this.#fail(w, new BlockUnavailableError(w.key, w.tried.size))
+    const usable = [...this.#providers.values()].filter((p) => this.#usable(p))
+    // Fail the wants that no provider is left to answer.
+    const hopeless = (w: Want): boolean => w.attempts >= this.#ex.init.maxAttempts || !usable.some((p) => !w.tried.has(p.key))
+    if (this.#queue.some(hopeless)) {
+      const keep: Want[] = []
+      for (const w of this.#queue) {
+        if (hopeless(w)) this.#fail(w, new BlockUnavailableError(w.key, w.tried.size))
+        else keep.push(w)
       }
+      this.#queue = keep
     }
     while (this.#queue.length > 0) {
       let best: Session | undefined
-      for (const p of this.#providers) {
-        const k = p.toString()
-        if (this.#ex.isBanned(p) || !this.#queue.some((w) => !w.tried.has(k))) continue
-        const sessions = (this.#sessions.get(k) ?? []).filter((x) => !x.dead)
-        const open = sessions.length + (this.#opening.get(k) ?? 0)
+      for (const p of usable) {
+        if (p.dropped || !this.#queue.some((w) => this.#canAsk(w, p, usable))) continue
+        const sessions = p.sessions.filter((x) => !x.dead)
         const idle = sessions.find((x) => x.inflight.size === 0)
-        if (idle === undefined && open < this.#ex.init.streamsPerProvider) {
+        if (idle === undefined && sessions.length + p.opening < this.#ex.init.streamsPerProvider) {
           this.#open(p)
           continue
         }
         for (const x of sessions) if (x.inflight.size < this.#window && (best === undefined || x.inflight.size < best.inflight.size)) best = x
       }
       if (best === undefined) return
-      const batch: Want[] = []
       const room = Math.min(this.#ex.init.wantBatch, this.#window - best.inflight.size)
-      for (let i = 0; i < this.#queue.length && batch.length < room; i++) {
-        const w = this.#queue[i]!
-        if (w.tried.has(best.key)) continue
-        batch.push(w)
-        this.#queue.splice(i--, 1)
+      const batch: Want[] = []
+      const rest: Want[] = []
+      for (const w of this.#queue) {
+        if (batch.length < room && this.#canAsk(w, best.provider, usable)) batch.push(w)
+        else rest.push(w)
       }
       if (batch.length === 0) return
+      this.#queue = rest
       best.send(batch)
     }
   }
 
   #fail (w: Want, err: Error): void {
+    w.done = true
+    w.landing?.reject(err)
     this.#pending.delete(w.key)
     for (const x of w.waiters) x.reject(err)
   }
 
-  #requeue (w: Want, peer: string): void {
-    w.tried.add(peer)
-    this.#queue.push(w)
+  /** Opens a session to `p`; it joins the pool once the stream is up. */
+  #open (p: Provider): void {
+    p.opening++
+    void this.#session(p).finally(() => this.#dispatch())
   }
 
-  /** Opens a session to `peer`; it joins the pool once the stream is up. */
-  #open (peer: PeerId): void {
-    const k = peer.toString()
-    this.#opening.set(k, (this.#opening.get(k) ?? 0) + 1)
-    void this.#session(peer).finally(() => this.#dispatch())
-  }
-
-  async #session (peer: PeerId): Promise<void> {
-    const k = peer.toString()
-    const session: Session = { peer, key: k, inflight: new Map(), send: () => {}, dead: false }
+  async #session (p: Provider): Promise<void> {
+    const k = p.key
+    const session: Session = { provider: p, inflight: new Map(), send: () => {}, dead: false }
     let stream: Stream | undefined
     let opened = false
+    const ms = this.#ex.init.firstByteTimeoutMs
+    // One watchdog per session instead of a timer per frame: it fires when wants
+    // are out and nothing has come back for `ms`.
+    let lastAnswer = performance.now()
+    const idle = new AbortController()
+    const watchdog = setInterval(() => {
+      if (session.inflight.size > 0 && performance.now() - lastAnswer > ms) idle.abort(new PeerTimeoutError(`peer ${k} sent nothing for ${ms} ms`))
+    }, Math.max(10, Math.min(1000, ms / 4)))
+    const readSignal = AbortSignal.any([this.#abort.signal, idle.signal])
     try {
-      const dialSignal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#ex.init.firstByteTimeoutMs)])
-      stream = await this.#c.dialProtocol(peer, BLOCKS_PROTOCOL, { signal: dialSignal })
+      const dialSignal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(ms)])
+      stream = await this.#c.dialProtocol(p.peer, BLOCKS_PROTOCOL, { signal: dialSignal })
       const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
       let wake: (() => void) | undefined
       let writing = Promise.resolve()
       session.send = (wants) => {
+        if (session.inflight.size === 0) lastAnswer = performance.now()
         for (const w of wants) session.inflight.set(w.key, w)
         const bytes = encodeWant(wants.map((w) => w.cid))
         writing = writing.then(async () => { await lp.write(bytes, { signal: this.#abort.signal }) })
         writing.catch(() => {})
         wake?.()
       }
-      this.#opening.set(k, (this.#opening.get(k) ?? 1) - 1)
+      p.opening--
       opened = true
-      this.#sessions.set(k, [...(this.#sessions.get(k) ?? []), session])
+      p.sessions.push(session)
       this.#dispatch()
       while (!this.#abort.signal.aborted) {
         if (session.inflight.size === 0) {
           // Nothing asked: wait for wants, or end the session when there is nothing left to do for it.
-          if (!this.#queue.some((w) => !w.tried.has(k))) break
+          if (p.dropped || !this.#queue.some((w) => !w.tried.has(k))) break
           const { promise, resolve } = Promise.withResolvers<void>()
           wake = resolve
           const timer = setTimeout(resolve, 50)
@@ -412,21 +558,23 @@ export class PeerBlockSource implements BlockSource {
           wake = undefined
           continue
         }
-        const ms = this.#ex.init.firstByteTimeoutMs
-        let frame: Uint8ArrayList
-        try {
-          frame = await lp.read({ signal: AbortSignal.any([this.#abort.signal, AbortSignal.timeout(ms)]) })
-        } catch (err) {
-          if ((err as Error).name === 'TimeoutError') throw new PeerTimeoutError(`peer ${k} sent nothing for ${ms} ms`, { cause: err })
-          throw err
-        }
+        const frame = await lp.read({ signal: readSignal })
+        lastAnswer = performance.now()
         const msg = decodeMessage(frame.subarray())
         if (msg.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
         const w = session.inflight.get(msg.cid.toString())
         if (w === undefined) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
         session.inflight.delete(w.key)
         if (msg.type === 'dont-have') {
-          this.#requeue(w, k)
+          p.dontHaves++
+          if (p.blocks === 0 && p.dontHaves >= DROP_AFTER_DONT_HAVES && !p.dropped && !p.partial) {
+            p.dropped = true
+            this.#log.debug({ peer: k, dontHaves: p.dontHaves }, 'provider holds none of the layer; not asking it again')
+          }
+          if (!w.done) {
+            w.tried.add(k)
+            this.#queue.push(w)
+          }
           this.#schedule()
           continue
         }
@@ -435,25 +583,28 @@ export class PeerBlockSource implements BlockSource {
         } catch (err) {
           if (!(err instanceof BlockMismatchError)) throw err
           this.#ex.counters.blocksRejected++
-          this.#ex.ban(peer, `sent wrong bytes for ${w.key}`)
-          this.#requeue(w, k)
+          this.#ex.ban(p.peer, `sent wrong bytes for ${w.key}`)
+          w.tried.add(k)
+          this.#queue.push(w)
           throw err
         }
+        p.blocks++
+        p.failures = 0
+        if (w.done) continue
         // Copy: the frame may share memory with the stream's buffers.
         const bytes = Uint8Array.prototype.slice.call(msg.bytes)
         this.#ex.counters.bytesFromPeers += bytes.length
         this.#ex.counters.blocksFromPeers++
         this.stats.bytes += bytes.length
         this.stats.blocks++
-        if (!this.#used.has(k)) {
-          this.#used.add(k)
-          this.stats.providersUsed = this.#used.size
-        }
+        if (p.blocks === 1) this.stats.providersUsed++
         this.#onBlock?.(bytes.length)
         this.#ex.landed(w.key, bytes)
+        w.done = true
         this.#pending.delete(w.key)
+        w.landing?.resolve(bytes)
         for (const x of w.waiters) x.resolve(bytes)
-        if (session.inflight.size < this.#ex.init.wantBatch) this.#schedule()
+        if (session.inflight.size <= this.#ex.init.wantBatch) this.#schedule()
       }
       session.dead = true
       await writing
@@ -461,18 +612,46 @@ export class PeerBlockSource implements BlockSource {
     } catch (err) {
       this.#log.debug({ err, peer: k, left: session.inflight.size }, 'block session failed; asking elsewhere')
       stream?.abort(err as Error)
-      // A provider that cannot even open a stream is tried no more for what is queued.
-      if (!opened) for (const w of this.#queue) w.tried.add(k)
+      if (p.blocks === 0 && ++p.failures >= MAX_FAILURES && !p.dropped) {
+        p.dropped = true
+        this.#log.debug({ peer: k }, 'provider keeps failing; not asking it again')
+      }
     } finally {
+      clearInterval(watchdog)
       session.dead = true
-      if (!opened) this.#opening.set(k, (this.#opening.get(k) ?? 1) - 1)
+      if (!opened) p.opening--
       // Only failures count against a block: a DONT_HAVE just sends it elsewhere.
       for (const w of session.inflight.values()) {
+        if (w.done) continue
         w.attempts++
-        this.#requeue(w, k)
+        w.failed.add(k)
+        this.#queue.push(w)
       }
       session.inflight.clear()
-      this.#sessions.set(k, (this.#sessions.get(k) ?? []).filter((x) => x !== session))
+      p.sessions = p.sessions.filter((x) => x !== session)
     }
   }
+}
+
+/** Writes one length-prefixed frame, waiting for the stream to drain (at most `drainMs`) only when its buffer is full. */
+async function send (stream: Stream, body: Uint8Array | Uint8ArrayList, drainMs: number): Promise<void> {
+  const frame = new Uint8ArrayList(encodeFrameLength(body.byteLength))
+  frame.append(body)
+  if (!stream.send(frame)) await stream.onDrain({ signal: AbortSignal.timeout(drainMs) })
+}
+
+/** A rendezvous score of (block, peer): every peer ranks the same way. FNV-1a over both strings. */
+function rank (block: string, peer: string): number {
+  let h = 0x811c9dc5
+  for (const str of [block, peer]) {
+    for (let i = 0; i < str.length; i++) {
+      h ^= str.charCodeAt(i)
+      h = Math.imul(h, 0x01000193)
+    }
+  }
+  // A final mix: peer ids share long prefixes.
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  return h >>> 0
 }
