@@ -12,6 +12,7 @@ import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerInfo
 import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
 import { failpoint } from './failpoint.ts'
 import { removeEnded, scanLeases } from './lease.ts'
+import type { LeaseScan } from './lease.ts'
 import { acquireLock } from './lock.ts'
 
 
@@ -320,6 +321,7 @@ class LayerStore implements Store, LocalStore {
       if (!dirs.has(name) && !known.has(name)) await this.#db.del(kPending(name))
     }
     if (dirty) await this.sweep()
+    await this.#harvestLeases()
     await this.#db.put(K_OPEN, Buffer.from(String(process.pid)))
   }
 
@@ -926,6 +928,15 @@ class LayerStore implements Store, LocalStore {
     void w.finally(() => this.#writes.delete(w))
   }
 
+  /** Folds the leases of ended holders into the layers' last use and deletes them. */
+  async #harvestLeases (): Promise<LeaseScan> {
+    const scan = scanLeases(this.dataDir)
+    for (const [root, at] of scan.used) this.touch(root, at)
+    await Promise.all([...this.#writes])
+    removeEnded(scan)
+    return scan
+  }
+
   async #lastUsed (root: string, created: number): Promise<number> {
     const raw = await this.#db.get(kUsed(root))
     const stored = raw === undefined ? created : Number(Buffer.from(raw).toString())
@@ -948,10 +959,19 @@ class LayerStore implements Store, LocalStore {
     const graceMs = opts.graceMs ?? 60_000
     const dryRun = opts.dryRun === true
     // Ended leases are records of use: fold them in, then forget them.
-    const scan = scanLeases(this.dataDir)
-    for (const [root, at] of scan.used) this.touch(root, at)
-    await Promise.all([...this.#writes])
-    if (!dryRun) removeEnded(scan)
+    const scan = await this.#harvestLeases()
+    // A layer marked corrupt is never offered again: it only takes room.
+    const corrupt: Array<{ root: string, size: number, lastUsed: number }> = []
+    for await (const [key, value] of this.#db.iterator({ gte: 'layer:', lt: 'layer;' })) {
+      const meta = JSON.parse(Buffer.from(value).toString()) as LayerMeta
+      if (meta.corrupt === true) corrupt.push({ root: key.slice('layer:'.length), size: meta.size, lastUsed: meta.created })
+    }
+    const corruptRemoved: GcReport['removed'] = []
+    for (const c of corrupt) {
+      if (!dryRun && !(await this.#exclusive(c.root, async () => await this.#discard(c.root, { unlessLeased: true })))) continue
+      this.#log.info({ layer: c.root, dryRun }, 'removing a layer marked corrupt')
+      corruptRemoved.push({ ...c, lastCopy: false, corrupt: true })
+    }
     const layers: GcLayer[] = []
     for (const l of await this.listLayers()) {
       const root = l.root.toString()
@@ -960,7 +980,7 @@ class LayerStore implements Store, LocalStore {
     layers.sort((a, b) => a.lastUsed - b.lastUsed || (a.root < b.root ? -1 : 1))
     const before = layers.reduce((n, l) => n + l.size, 0)
     let total = before
-    const report: GcReport = { dryRun, maxSize: opts.maxSize, hardLimit: opts.hardLimit ?? null, before, after: before, removed: [], kept: [] }
+    const report: GcReport = { dryRun, maxSize: opts.maxSize, hardLimit: opts.hardLimit ?? null, before, after: before, removed: corruptRemoved, kept: [] }
     const held = new Set([...scan.held, ...this.#rootLocks.keys()])
     const copies = new Map<string, number | undefined>()
     const copiesOf = async (root: string): Promise<number | undefined> => {
