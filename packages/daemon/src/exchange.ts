@@ -11,6 +11,9 @@ import {
 import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
 import { RateLimiter } from './rate.ts'
 
+/** Unread bytes a serving stream buffers before it is reset (the library default is 4 MiB). */
+export const SERVE_READ_BUFFER = 256 * 1024
+
 /** What the block exchange needs from the libp2p node. */
 export interface ExchangeComponents {
   store: Pick<Store, 'getBlock'>
@@ -162,7 +165,8 @@ export class BlockExchange {
       if (this.isBanned(peer)) throw new PeerLimitError(`peer ${peer} is banned`)
       // libp2p counts streams per connection; a peer with several connections is held to the same total.
       if (streams > this.init.maxInboundStreams) throw new PeerLimitError(`peer ${peer} has ${streams} block streams open, limit ${this.init.maxInboundStreams}`)
-      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+      // A client sends only want-lists (~16 KiB each, two in flight): more unread bytes than this is a flood.
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE, maxBufferSize: SERVE_READ_BUFFER })
       for (let first = true; ; first = false) {
         let frame: Uint8ArrayList
         try {

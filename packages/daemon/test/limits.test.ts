@@ -19,6 +19,7 @@ import { BlockUnavailableError, BLOCKS_PROTOCOL, createDaemon, encodeWant, MAX_W
 import type { Daemon } from '../src/index.ts'
 import { NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import { RateLimiter } from '../src/rate.ts'
+import { SERVE_READ_BUFFER } from '../src/exchange.ts'
 import { bytes, digestTree, startDaemon, tempDir, writeTree } from './helpers.ts'
 import type { Tree } from './helpers.ts'
 
@@ -100,6 +101,25 @@ test('a DHT message past the 4 MiB read buffer resets the DHT stream; the node k
   assert.ok(await end, 'the DHT stream ended without an error')
   const b = await startDaemon(t)
   await fetchFrom(b, a, root)
+})
+
+test('want-lists pushed far ahead of the answers: past the serving read buffer the stream is reset', async (t) => {
+  const a = await startDaemon(t)
+  const client = await rawClient(t)
+  const conn = await dialRaw(client, a)
+  const stream = await conn.newStream(BLOCKS_PROTOCOL)
+  const end = ended(stream)
+  let answered = 0
+  stream.addEventListener('message', (evt) => { answered += evt.data.byteLength })
+  const want = encodeWant(Array.from({ length: MAX_WANTS_PER_MESSAGE }, (_, i) => CID.decode(Uint8Array.of(0x01, 0x55, 0x12, 0x20, ...randomBytes(31), i))))
+  const framed = Buffer.concat([varint(want.length), want])
+  const frames = Math.ceil(2 * SERVE_READ_BUFFER / framed.length)
+  // Everything at once: twice what the serving side buffers unread.
+  stream.send(Buffer.concat(Array.from({ length: frames }, () => framed)))
+  assert.ok(await end, 'the stream ended without an error')
+  // A DONT_HAVE is 39 bytes framed: the daemon gave up long before answering them all.
+  const all = frames * MAX_WANTS_PER_MESSAGE * 39
+  assert.ok(answered < all / 2, `${answered} of ${all} answer bytes arrived`)
 })
 
 test('a client that stalls after the first byte of a want-list is cut off at the first-byte timeout', async (t) => {
@@ -271,7 +291,7 @@ function rssOf (pid: number): number {
  * RSS a want-list flood may add to the daemon (doc/LIMITS.md), which also runs
  * under a capped V8 heap: a daemon that kept what a flood sends would die of it.
  */
-const FLOOD_RSS_BOUND = 192 * 1024 * 1024
+const FLOOD_RSS_BOUND = 96 * 1024 * 1024
 const FLOOD_HEAP_MB = 256
 
 test('a want-list flood of 10^6 CIDs: streams reset, daemon RSS bounded, another peer served', async (t) => {
