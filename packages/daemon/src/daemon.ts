@@ -445,7 +445,8 @@ export class Daemon {
   async #serveRecord (stream: Stream): Promise<void> {
     try {
       const signal = AbortSignal.timeout(10_000)
-      const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_SIZE })
+      // One request of at most 4 KiB: buffering more of what a peer sends is a flood.
+      const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_SIZE, maxBufferSize: 16 * MAX_REQUEST_SIZE })
       const req = decodeRecordRequest((await lp.read({ signal })).subarray())
       for (const scope of req.scopes) {
         const bytes = await this.store.getRecord(recordKey(req.key, scope))
