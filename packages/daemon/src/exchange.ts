@@ -11,6 +11,9 @@ import {
 import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
 import { RateLimiter } from './rate.ts'
 
+/** Banned peers remembered at once. */
+export const MAX_BANS = 10_000
+
 /** Unread bytes a serving stream buffers before it is reset (the library default is 4 MiB). */
 export const SERVE_READ_BUFFER = 256 * 1024
 
@@ -131,9 +134,17 @@ export class BlockExchange {
     return false
   }
 
-  ban (peer: PeerId, reason: string): void {
-    this.#bans.set(peer.toString(), Date.now() + this.init.banMs)
-    this.#log.warn({ peer: peer.toString(), reason }, 'peer banned')
+  ban (peer: PeerId | string, reason: string): void {
+    const key = peer.toString()
+    const now = Date.now()
+    // Peer ids cost nothing to make: keep the list bounded, expired bans first, then the oldest.
+    if (!this.#bans.has(key) && this.#bans.size >= MAX_BANS) {
+      for (const [k, until] of this.#bans) if (until <= now) this.#bans.delete(k)
+      while (this.#bans.size >= MAX_BANS) this.#bans.delete(this.#bans.keys().next().value!)
+    }
+    this.#bans.delete(key)
+    this.#bans.set(key, now + this.init.banMs)
+    this.#log.warn({ peer: key, reason }, 'peer banned')
   }
 
   /** Keeps a verified block for peers fetching the same layer (bounded, oldest dropped first). */

@@ -12,6 +12,7 @@ import type { Connection, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
+import { pino } from 'pino'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
@@ -19,7 +20,7 @@ import { BlockUnavailableError, BLOCKS_PROTOCOL, createDaemon, encodeWant, MAX_W
 import type { Daemon } from '../src/index.ts'
 import { NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import { RateLimiter } from '../src/rate.ts'
-import { SERVE_READ_BUFFER } from '../src/exchange.ts'
+import { BlockExchange, MAX_BANS, SERVE_READ_BUFFER } from '../src/exchange.ts'
 import { bytes, digestTree, startDaemon, tempDir, writeTree } from './helpers.ts'
 import type { Tree } from './helpers.ts'
 
@@ -280,6 +281,19 @@ test('the token bucket: a burst, then the rate, per key and bounded in keys', ()
   r.take('c', 1)
   assert.ok(r.size <= 2)
   assert.throws(() => new RateLimiter(0, 1), TypeError)
+})
+
+test('the ban list is bounded: past its size the oldest bans go first', () => {
+  const ex = new BlockExchange({
+    store: { getBlock: async () => { throw new Error('no store') } },
+    registrar: { handle: async () => {}, unhandle: async () => {} },
+    dialProtocol: async () => { throw new Error('no network') },
+    logger: pino({ level: 'silent' })
+  })
+  for (let i = 0; i < MAX_BANS + 500; i++) ex.ban(`peer-${i}`, 'test')
+  assert.equal(ex.banned.length, MAX_BANS)
+  assert.equal(ex.isBanned('peer-0'), false, 'the oldest ban was kept')
+  assert.equal(ex.isBanned(`peer-${MAX_BANS + 499}`), true)
 })
 
 function rssOf (pid: number): number {
