@@ -1,0 +1,125 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { setTimeout as delay } from 'node:timers/promises'
+import type { CID } from 'multiformats/cid'
+import { BlockUnavailableError } from '../src/index.ts'
+import type { Daemon } from '../src/index.ts'
+import { bytes, connect, digestTree, publishLayer, startDaemon, tempDir, writeTree } from './helpers.ts'
+import type { Tree } from './helpers.ts'
+
+/** `n` files of 20 KB, one block each, named so that manifest order is file order. */
+function manyFiles (seed: string, n: number): Tree {
+  const tree: Tree = {}
+  for (let i = 0; i < n; i++) tree[`f${String(i).padStart(4, '0')}`] = bytes(`${seed}-${i}`, 20_000)
+  return tree
+}
+
+/** The content block CIDs of a committed layer, in manifest order. */
+async function contentBlocks (d: Daemon, root: CID): Promise<CID[]> {
+  const out: CID[] = []
+  for await (const e of d.store.entries(root)) for (const c of e.chunks ?? []) out.push(c.cid)
+  return out
+}
+
+test('a peer still fetching a layer serves the blocks that have landed, and waits a moment for one on its way', async (t) => {
+  // Opened before the daemons stop (after-hooks run in order), so that none waits on it.
+  const gate = Promise.withResolvers<void>()
+  t.after(() => gate.resolve())
+  const a = await startDaemon(t)
+  // One CID per want-list: A answers the first file without waiting for the gated ones.
+  const b = await startDaemon(t, { exchange: { landingWaitMs: 5000, wantBatch: 1 } })
+  const c = await startDaemon(t)
+  await connect([a, b, c])
+  const { layer } = await publishLayer(t, a, manyFiles('partial', 20))
+  const blocks = await contentBlocks(a, layer.root)
+  // A serves the first file's block at once and holds the rest until the gate opens.
+  const first = blocks[0]!.toString()
+  const getBlock = a.store.getBlock.bind(a.store)
+  a.store.getBlock = async (cid, opts) => {
+    if (cid.code === 0x55 && cid.toString() !== first) await gate.promise
+    return await getBlock(cid, opts)
+  }
+  const fetching = b.fetchLayer(layer.root, { hints: [a.node.peerId] })
+  while (b.exchange.counters.blocksFromPeers < 1 + 2) await delay(20) // the manifest's two blocks and the first file
+  assert.equal(await b.store.has(layer.root), false, 'B has not finished')
+
+  // C asks B alone: the landed block comes back; a block B is still waiting for comes once A lets it go.
+  const source = c.exchange.source([b.node.peerId])
+  t.after(() => source.close())
+  assert.deepEqual(await source.getBlock(blocks[0]!), await getBlock(blocks[0]!))
+  const later = source.getBlock(blocks[1]!)
+  await delay(200)
+  gate.resolve()
+  assert.deepEqual(await later, await getBlock(blocks[1]!))
+  assert.ok(b.exchange.counters.blocksToPeers >= 2)
+  const got = await fetching
+  assert.deepEqual(digestTree(got.layer.path), digestTree(layer.path))
+})
+
+test('a block no peer has fails with ERR_BLOCK_UNAVAILABLE once a peer still fetching has waited for it', async (t) => {
+  const gate = Promise.withResolvers<void>()
+  t.after(() => gate.resolve())
+  const a = await startDaemon(t)
+  const b = await startDaemon(t, { exchange: { landingWaitMs: 100 } })
+  const c = await startDaemon(t)
+  await connect([a, b, c])
+  const { layer } = await publishLayer(t, a, manyFiles('stuck', 4))
+  const blocks = await contentBlocks(a, layer.root)
+  const getBlock = a.store.getBlock.bind(a.store)
+  a.store.getBlock = async (cid, opts) => {
+    if (cid.code === 0x55) await gate.promise
+    return await getBlock(cid, opts)
+  }
+  const fetching = b.fetchLayer(layer.root, { hints: [a.node.peerId] })
+  while (b.exchange.counters.blocksFromPeers < 2) await delay(20)
+  const source = c.exchange.source([b.node.peerId])
+  t.after(() => source.close())
+  await assert.rejects(source.getBlock(blocks[0]!), (err: Error) => err instanceof BlockUnavailableError)
+  gate.resolve()
+  await fetching
+})
+
+test('a provider that holds none of the layer is dropped after a few DONT_HAVEs, not asked for every block', async (t) => {
+  const a = await startDaemon(t)
+  const empty = await startDaemon(t)
+  const b = await startDaemon(t, { exchange: { wantBatch: 8, streamsPerProvider: 1 } })
+  await connect([a, empty, b])
+  const n = 400
+  const { layer } = await publishLayer(t, a, manyFiles('dont-have', n))
+  const source = b.exchange.source([empty.node.peerId, a.node.peerId])
+  t.after(() => source.close())
+  const got = await b.store.restore(layer.root, source, { untrusted: true })
+  assert.deepEqual(digestTree(got.path), digestTree(layer.path))
+  const stats = new Map(source.providerStats.map((s) => [s.peer, s]))
+  const e = stats.get(empty.peerId)!
+  assert.equal(e.dropped, true)
+  assert.equal(e.blocks, 0)
+  // Dropped after 64 DONT_HAVEs, with at most one stream's window (2 x 8) more on the way.
+  assert.ok(e.dontHaves <= 64 + 16, `the empty provider was asked ${e.dontHaves} times for ${n} blocks`)
+  assert.ok(stats.get(a.peerId)!.blocks >= n)
+})
+
+test('a fetch from a slow and a fast provider completes, the fast one carrying most of it', async (t) => {
+  const a = await startDaemon(t)
+  const slowDir = tempDir(t)
+  const slow = await startDaemon(t, { dataDir: slowDir })
+  const b = await startDaemon(t, { exchange: { wantBatch: 8 } })
+  await connect([a, slow, b])
+  const tree = manyFiles('slow', 200)
+  const upper = `${tempDir(t)}/u`
+  writeTree(upper, tree)
+  await slow.commit(upper)
+  const { layer } = await publishLayer(t, a, tree)
+  const getBlock = slow.store.getBlock.bind(slow.store)
+  slow.store.getBlock = async (cid, opts) => {
+    await delay(100)
+    return await getBlock(cid, opts)
+  }
+  const source = b.exchange.source([slow.node.peerId, a.node.peerId])
+  t.after(() => source.close())
+  const got = await b.store.restore(layer.root, source, { untrusted: true })
+  assert.deepEqual(digestTree(got.path), digestTree(layer.path))
+  const stats = new Map(source.providerStats.map((s) => [s.peer, s]))
+  assert.ok(stats.get(a.peerId)!.blocks > stats.get(slow.peerId)!.blocks, JSON.stringify(source.providerStats))
+  assert.equal(b.exchange.isBanned(slow.node.peerId), false)
+})
