@@ -20,6 +20,7 @@ import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { loadIdentity } from '@strata/runner'
 import { DaemonIdentityError } from './errors.ts'
+import { noiseCrypto } from './noise-crypto.ts'
 
 export type StrataServices = { dht: KadDHT, pubsub: GossipSub, identify: Identify, ping: Ping }
 export type StrataNode = Libp2p<StrataServices>
@@ -106,7 +107,7 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
     transports: [tcp()],
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [noise({ crypto: noiseCrypto })],
     streamMuxers: [yamux({
       maxInboundStreams: limits.streamsPerConnection,
       streamOptions: { maxReadBufferLength: limits.streamReadBuffer }
