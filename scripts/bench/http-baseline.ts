@@ -57,7 +57,8 @@ function strataCommand (): string[] {
  */
 async function control (dataDir: string, path: string, body: object): Promise<Record<string, unknown>> {
   return await new Promise((resolve, reject) => {
-    const req = request({ socketPath: join(dataDir, 'strata.sock'), method: 'POST', path, headers: { 'content-type': 'application/json' } }, (res) => {
+    // No keep-alive: a pooled socket the daemon closed meanwhile would fail the next request with EPIPE.
+    const req = request({ socketPath: join(dataDir, 'strata.sock'), method: 'POST', path, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
       let text = ''
       res.setEncoding('utf8').on('data', (s: string) => { text += s })
       res.on('end', () => {
