@@ -1,12 +1,13 @@
 import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
+import { rm } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { ClassicLevel } from 'classic-level'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
-import { decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, EntryChecker, FsPool, LIMITS, removeTree } from '@strata/chunker'
+import { cidString, decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, EntryChecker, FsPool, LIMITS, removeTree } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
 import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
@@ -57,6 +58,14 @@ interface LayerMeta {
 }
 
 /** Written before a layer dir is renamed into place; lets recover() finish the index. */
+/** Where one content block of a layer lives: its CID's text, the file, the range. */
+interface Located {
+  cid: string
+  path: string
+  offset: number
+  length: number
+}
+
 interface PendingMeta {
   untrusted?: boolean
 }
@@ -68,7 +77,8 @@ interface ManifestBlock {
 
 /** What indexing a layer writes, worked out (and the manifest checked) before anything moves. */
 interface IndexPlan {
-  locations: Array<[string, Uint8Array]>
+  /** Kept as the pack reports them; keys and values are made a batch at a time (85k keys at once cost ~30 MB). */
+  locations: Located[]
   entries: number
   size: number
   blocks: number
@@ -78,7 +88,7 @@ function planIndex (root: string, blocks: ManifestBlock[]): IndexPlan {
   const decoded = decodeRoot(blocks[0]!.bytes)
   if (blocks.length !== decoded.entries.length + 1) throw new CommitError(`manifest of ${root} is incomplete`)
   const checker = new EntryChecker(decoded.count, decoded.size)
-  const locations: Array<[string, Uint8Array]> = []
+  const locations: Located[] = []
   const distinct = new Set<string>()
   decoded.entries.forEach((cid, i) => {
     const list = blocks[i + 1]!
@@ -88,9 +98,9 @@ function planIndex (root: string, blocks: ManifestBlock[]): IndexPlan {
       if (e.type !== 'file' || e.chunks === undefined) continue
       let offset = 0
       for (const c of e.chunks) {
-        const key = c.cid.toString()
+        const key = cidString(c.cid)
         distinct.add(key)
-        locations.push([kBlock(key, root), encodeLocation(e.path, offset, c.length)])
+        locations.push({ cid: key, path: e.path, offset, length: c.length })
         offset += c.length
       }
     }
@@ -384,11 +394,9 @@ class LayerStore implements Store, LocalStore {
 
   /** Reads every content block of a layer dir at its planned location and checks its hash. */
   #verifyContent (root: string, plan: IndexPlan): void {
-    for (const [key, value] of plan.locations) {
-      const loc = decodeLocation(root, value)
-      const cid = CID.parse(key.slice('block:'.length, key.lastIndexOf(':')))
+    for (const loc of plan.locations) {
       const bytes = readRange(`${this.layerDir(root)}/${loc.path}`, loc.offset, loc.length)
-      verifyBlock(cid, bytes)
+      verifyBlock(CID.parse(loc.cid), bytes)
     }
   }
 
@@ -402,7 +410,7 @@ class LayerStore implements Store, LocalStore {
     let dropped = 0
     for (const name of readdirSync(`${this.dataDir}/layers`)) {
       try {
-        const found: Array<{ cid: string, path: string, offset: number, length: number }> = []
+        const found: Located[] = []
         const packed = await packTree(this.layerDir(name), {
           pool: this.#workers,
           ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
@@ -413,7 +421,7 @@ class LayerStore implements Store, LocalStore {
         for (const b of packed.blocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
         await batch.write()
         const plan: IndexPlan = {
-          locations: found.map((b) => [kBlock(b.cid, name), encodeLocation(b.path, b.offset, b.length)]),
+          locations: found,
           entries: packed.count,
           size: packed.size,
           blocks: packed.contentBlocks
@@ -567,7 +575,7 @@ class LayerStore implements Store, LocalStore {
     try {
       for (let i = 0; i < plan.locations.length; i += BATCH) {
         const batch = this.#db.batch()
-        for (const [key] of plan.locations.slice(i, i + BATCH)) batch.del(key)
+        for (const loc of plan.locations.slice(i, i + BATCH)) batch.del(kBlock(loc.cid, root))
         await batch.write()
       }
       await this.#db.del(kPending(root))
@@ -579,7 +587,7 @@ class LayerStore implements Store, LocalStore {
   async #writeIndex (root: string, plan: IndexPlan, meta: PendingMeta, op: 'commit' | 'restore'): Promise<void> {
     for (let i = 0; i < plan.locations.length; i += BATCH) {
       const batch = this.#db.batch()
-      for (const [key, value] of plan.locations.slice(i, i + BATCH)) batch.put(key, value)
+      for (const loc of plan.locations.slice(i, i + BATCH)) batch.put(kBlock(loc.cid, root), encodeLocation(loc.path, loc.offset, loc.length))
       await batch.write()
     }
     failpoint(`${op}:located`)
@@ -631,7 +639,8 @@ class LayerStore implements Store, LocalStore {
     await this.#dropIndex(root)
     failpoint('gc:unindexed')
     await this.#db.del(kRemoving(root))
-    if (moved !== undefined) removeTree(moved)
+    // Out of sight already; deleting a big tree takes seconds, which must not stall a daemon's event loop.
+    if (moved !== undefined) await removeTreeAsync(moved)
   }
 
   /** Roots no collection may remove now: leased by a live process, or being committed or restored here. */
@@ -654,7 +663,7 @@ class LayerStore implements Store, LocalStore {
       opts.signal?.throwIfAborted()
       // The builder checks entries as a reader would, and the walk the format's
       // limits: the locations reported here need no second decode of the manifest.
-      const found: Array<{ cid: string, path: string, offset: number, length: number }> = []
+      const found: Located[] = []
       const packed = await packTree(src, {
         pool: this.#workers,
         ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
@@ -663,9 +672,8 @@ class LayerStore implements Store, LocalStore {
         onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
         onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
       })
-      const root = packed.root.toString()
       const plan: IndexPlan = {
-        locations: found.map((b) => [kBlock(b.cid, root), encodeLocation(b.path, b.offset, b.length)]),
+        locations: found,
         entries: packed.count,
         size: packed.size,
         blocks: packed.contentBlocks
@@ -1074,6 +1082,17 @@ interface GcLayer {
   root: string
   size: number
   lastUsed: number
+}
+
+/** removeTree off the event loop; a tree that needs its directories opened up first falls back to it. */
+async function removeTreeAsync (path: string): Promise<void> {
+  try {
+    await rm(path, { recursive: true, force: true })
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code !== 'EACCES' && code !== 'EPERM') throw err
+    removeTree(path)
+  }
 }
 
 function encodeLocation (path: string, offset: number, length: number): Uint8Array {
