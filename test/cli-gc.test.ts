@@ -1,0 +1,50 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { buildTree, tempDir } from '../packages/chunker/test/helpers.ts'
+
+const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
+
+function strata (args: string[]): { status: number | null, stdout: string, stderr: string } {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 })
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+test('strata gc on a store without a daemon: recent layers stay under the budget, go over the hard limit; bad sizes are usage errors', (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  buildTree(join(dir, 'src'), { 'f.txt': 'x'.repeat(100_000) })
+  const packed = strata(['pack', join(dir, 'src'), '--data-dir', data])
+  assert.equal(packed.status, 0, packed.stderr)
+  const root = packed.stdout.trim().split('\n').at(-1)!
+
+  const soft = strata(['gc', '--data-dir', data, '--max-size', '0', '--json'])
+  assert.equal(soft.status, 0, soft.stderr)
+  const kept = JSON.parse(soft.stdout) as { removed: unknown[], kept: Array<{ root: string, reason: string }> }
+  assert.deepEqual(kept.removed, [])
+  assert.deepEqual(kept.kept, [{ root, size: 100_000, reason: 'recent' }])
+
+  const dry = strata(['gc', '--data-dir', data, '--max-size', '0', '--hard-limit', '50K', '--dry-run'])
+  assert.equal(dry.status, 0, dry.stderr)
+  assert.match(dry.stdout, new RegExp(`^would remove ${root} `, 'm'))
+  assert.ok(existsSync(join(data, 'layers', root)), 'a dry run removed the layer')
+
+  const hard = strata(['gc', '--data-dir', data, '--max-size', '0', '--hard-limit', '50K'])
+  assert.equal(hard.status, 0, hard.stderr)
+  assert.match(hard.stdout, new RegExp(`^removed ${root} `, 'm'))
+  assert.match(hard.stderr, /100 kB -> 0 B of layers/)
+  assert.equal(existsSync(join(data, 'layers', root)), false)
+
+  for (const [args, message] of [
+    [['--max-size', '20X'], /--max-size: "20X" is not a size/],
+    [[], /--max-size is required/],
+    [['--max-size', '1G', '--hard-limit', '1M'], /--hard-limit must not be below --max-size/]
+  ] as const) {
+    const bad = strata(['gc', '--data-dir', data, ...args])
+    assert.equal(bad.status, 2)
+    assert.match(bad.stderr, message)
+    assert.match(bad.stderr, /usage: strata gc --max-size SIZE/)
+  }
+})
