@@ -157,3 +157,21 @@ test('ended leases are folded in and deleted when the store opens; taking a leas
   assert.ok(readdirSync(join(data, 'leases')).includes(held.path.split('/').pop()!), 'a held lease was deleted')
   assert.equal(await reopened.has(by.get('a')!.root), true)
 })
+
+test('a lease taken after the collection looked at the leases, but before the removal, still saves the layer', async (t) => {
+  const { data, store, by } = await layers(t, ['a', 'b'])
+  t.after(() => store.close())
+  const a = by.get('a')!.root.toString()
+  const late = takeLease(data)
+  t.after(() => late.release())
+  // The collection asks for copies just before removing a layer: lease it right then, as a runner would.
+  const copies = async (root: CID): Promise<number | undefined> => {
+    if (root.toString() === a) late.add(a)
+    return undefined
+  }
+  const report = await store.gc({ maxSize: 0, graceMs: 0, copies })
+  assert.deepEqual(report.kept.map((k) => [k.root, k.reason]), [[a, 'leased']])
+  assert.deepEqual(rootsOf(report.removed), [by.get('b')!.root.toString()])
+  assert.equal(await store.has(by.get('a')!.root), true, 'the layer leased late was removed')
+  assert.ok(existsSync(by.get('a')!.path))
+})
