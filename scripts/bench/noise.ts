@@ -124,7 +124,7 @@ async function sendLibp2p (sender: Libp2p, addr: string, total: number, chunk: U
 interface Row { stack: StackName, mbps: number[] }
 
 async function main (): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2), { mib: '512', reps: '3', 'write-kib': '256', json: false, 'profile-receiver': false, role: '', stack: '' })
+  const flags = parseFlags(process.argv.slice(2), { mib: '512', reps: '3', 'write-kib': '256', json: false as boolean, 'profile-receiver': false as boolean, role: '', stack: '' })
   if (flags.role === 'receiver') return await receive(flags.stack as StackName)
   const total = Number(flags.mib) * 1024 * 1024
   const reps = Number(flags.reps)
