@@ -188,12 +188,12 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
         const digest = r.digests.subarray(i * 32, i * 32 + 32)
         const cid = CID.createV1(RAW, Digest.create(SHA2_256, digest))
         chunks.push({ cid, length })
-        const key = Buffer.from(digest.buffer, digest.byteOffset, 32).toString('base64')
-        if (!seen.has(key)) {
-          seen.add(key)
+        const text = cidString(cid)
+        if (!seen.has(text)) {
+          seen.add(text)
           contentBlocks++
         }
-        if (opts.onBlock !== undefined) opts.onBlock({ cid: cidString(cid), path: e.path, offset, length })
+        if (opts.onBlock !== undefined) opts.onBlock({ cid: text, path: e.path, offset, length })
         offset += length
       })
       e.chunks = chunks
