@@ -31,7 +31,7 @@ export interface MaterializeOptions {
   preserveOwner?: boolean
   /** Which xattr marks an opaque directory: `trusted` (default as root) or `user` (for `userxattr` mounts). */
   opaqueNamespace?: 'trusted' | 'user'
-  /** Content bytes fetched ahead of writing, at most. Default 64 MiB. */
+  /** Content bytes of one window of files fetched ahead; two windows are in flight at most. Default 32 MiB. */
   prefetchBytes?: number
   /** Blocks fetched at once. Default 32. */
   concurrency?: number
@@ -101,7 +101,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const euid = process.geteuid?.() ?? 0
   const preserveOwner = opts.preserveOwner ?? euid === 0
   const opaqueXattr = `${opts.opaqueNamespace ?? (euid === 0 ? 'trusted' : 'user')}.overlay.opaque`
-  const prefetchBytes = opts.prefetchBytes ?? 64 * 1024 * 1024
+  const prefetchBytes = opts.prefetchBytes ?? 32 * 1024 * 1024
   const concurrency = opts.concurrency ?? 32
   const signal = opts.signal
   // Every block is checked here, whatever the source promises.
@@ -187,15 +187,17 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     while (inFlight.length > MAX_WRITES_IN_FLIGHT) await inFlight.shift()
   }
 
-  try {
+  // Windows of entries whose blocks are already on their way: the next window's
+  // blocks arrive while this one's files are written.
+  interface Window { list: Entry[], from: number, to: number, blocks: Promise<Map<string, Uint8Array>> }
+  async function * windows (): AsyncGenerator<Window, void, undefined> {
     for (const listCid of manifest.entries) {
       const list = decodeEntryList(await getBlock(listCid))
       if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
       for (const e of list) checker.check(e)
       let i = 0
       while (i < list.length) {
-        if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
-        // Fetch, concurrently, the blocks of the files ahead, up to prefetchBytes.
+        // The blocks of the files ahead, up to prefetchBytes, fetched concurrently.
         let j = i
         let batchBytes = 0
         const wanted: CID[] = []
@@ -212,91 +214,113 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
             }
           }
         }
-        const blocks = await fetchAll(wanted, getBlock, concurrency)
-        for (; i < j; i++) {
-          const e = list[i]!
-          const abs = `${target}/${e.path}`
-          try {
-            switch (e.type) {
-              case 'dir': {
-                mkdirSync(abs, { mode: 0o700 })
-                const attrs: RootAttributes = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime }
-                if (e.xattrs !== undefined) attrs.xattrs = e.xattrs
-                if (e.opaque === true) attrs.opaque = true
-                dirs.push({ abs, attrs })
-                break
-              }
-              case 'file': {
-                if (e.chunks !== undefined && e.size > STREAM_BYTES && source.localFile?.(e) === undefined) {
-                  await writeStreamed(abs, e)
-                  break
-                }
-                const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
-                const xattrs = xattrsOf(e.xattrs)
-                if (xattrs !== undefined) item.xattrs = xattrs
-                if (e.data !== undefined) item.data = e.data
-                else if (e.chunks !== undefined) {
-                  const local = source.localFile?.(e)
-                  if (local !== undefined) {
-                    item.src = local
-                    item.lengths = e.chunks.map((c) => c.length)
-                    const digests = new Uint8Array(32 * e.chunks.length)
-                    e.chunks.forEach((c, k) => digests.set(c.cid.multihash.digest, k * 32))
-                    item.digests = digests
-                  } else {
-                    item.blocks = e.chunks.map((c) => {
-                      const block = blocks.get(c.cid.toString())
-                      if (block === undefined) throw new MaterializeError('a block was not fetched', { path: e.path })
-                      if (block.length !== c.length) throw new BlockMismatchError(`block ${c.cid.toString()} is ${block.length} bytes, the manifest says ${c.length}`, { path: e.path })
-                      return block
-                    })
-                  }
-                }
-                items.push(item)
-                itemBytes += e.size
-                if (items.length >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
-                break
-              }
-              case 'symlink':
-                symlinkSync(e.target!, abs)
-                finishNode(abs, e)
-                break
-              case 'hardlink':
-                // Its target may still be in a worker's queue: links are made at the end.
-                hardlinks.push(e)
-                break
-              case 'whiteout':
-                mknod(abs, S_IFCHR, 0, 0)
-                finishNode(abs, e)
-                break
-              case 'fifo':
-                mknod(abs, S_IFIFO | 0o600)
-                chmodSync(abs, mode(e.mode))
-                finishNode(abs, e)
-                break
-              case 'chardev':
-              case 'blockdev':
-                if (untrusted) throw new PolicyError('device nodes are refused in layers from peers', { path: e.path })
-                mknod(abs, (e.type === 'chardev' ? S_IFCHR : S_IFBLK) | 0o600, e.rdev![0], e.rdev![1])
-                chmodSync(abs, mode(e.mode))
-                finishNode(abs, e)
-            }
-          } catch (err) {
-            if (err instanceof ChunkerError) throw err
-            const code = (err as NodeJS.ErrnoException).code ?? 'error'
-            throw new MaterializeError(`cannot write ${e.type} (${code})`, { path: e.path, cause: err })
-          }
-          done++
-          if (e.type === 'file') bytes += e.size
-        }
-        opts.onProgress?.({ entries: done, bytes, totalEntries: manifest.count, totalBytes: manifest.size })
+        const blocks = fetchAll(wanted, getBlock, concurrency)
+        blocks.catch(() => {}) // awaited when its window is written; an early failure is not unhandled
+        yield { list, from: i, to: j, blocks }
+        i = j
       }
+    }
+  }
+  const lookahead = windows()
+  let ahead = lookahead.next()
+  ahead.catch(() => {})
+
+  try {
+    for (;;) {
+      const w = await ahead
+      if (w.done === true) break
+      ahead = lookahead.next()
+      ahead.catch(() => {})
+      if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
+      const { list, to } = w.value
+      const blocks = await w.value.blocks
+      for (let i = w.value.from; i < to; i++) {
+        const e = list[i]!
+        const abs = `${target}/${e.path}`
+        try {
+          switch (e.type) {
+            case 'dir': {
+              mkdirSync(abs, { mode: 0o700 })
+              const attrs: RootAttributes = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime }
+              if (e.xattrs !== undefined) attrs.xattrs = e.xattrs
+              if (e.opaque === true) attrs.opaque = true
+              dirs.push({ abs, attrs })
+              break
+            }
+            case 'file': {
+              if (e.chunks !== undefined && e.size > STREAM_BYTES && source.localFile?.(e) === undefined) {
+                await writeStreamed(abs, e)
+                break
+              }
+              const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
+              const xattrs = xattrsOf(e.xattrs)
+              if (xattrs !== undefined) item.xattrs = xattrs
+              if (e.data !== undefined) item.data = e.data
+              else if (e.chunks !== undefined) {
+                const local = source.localFile?.(e)
+                if (local !== undefined) {
+                  item.src = local
+                  item.lengths = e.chunks.map((c) => c.length)
+                  const digests = new Uint8Array(32 * e.chunks.length)
+                  e.chunks.forEach((c, k) => digests.set(c.cid.multihash.digest, k * 32))
+                  item.digests = digests
+                } else {
+                  item.blocks = e.chunks.map((c) => {
+                    const block = blocks.get(c.cid.toString())
+                    if (block === undefined) throw new MaterializeError('a block was not fetched', { path: e.path })
+                    if (block.length !== c.length) throw new BlockMismatchError(`block ${c.cid.toString()} is ${block.length} bytes, the manifest says ${c.length}`, { path: e.path })
+                    return block
+                  })
+                }
+              }
+              items.push(item)
+              itemBytes += e.size
+              if (items.length >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
+              break
+            }
+            case 'symlink':
+              symlinkSync(e.target!, abs)
+              finishNode(abs, e)
+              break
+            case 'hardlink':
+              // Its target may still be in a worker's queue: links are made at the end.
+              hardlinks.push(e)
+              break
+            case 'whiteout':
+              mknod(abs, S_IFCHR, 0, 0)
+              finishNode(abs, e)
+              break
+            case 'fifo':
+              mknod(abs, S_IFIFO | 0o600)
+              chmodSync(abs, mode(e.mode))
+              finishNode(abs, e)
+              break
+            case 'chardev':
+            case 'blockdev':
+              if (untrusted) throw new PolicyError('device nodes are refused in layers from peers', { path: e.path })
+              mknod(abs, (e.type === 'chardev' ? S_IFCHR : S_IFBLK) | 0o600, e.rdev![0], e.rdev![1])
+              chmodSync(abs, mode(e.mode))
+              finishNode(abs, e)
+          }
+        } catch (err) {
+          if (err instanceof ChunkerError) throw err
+          const code = (err as NodeJS.ErrnoException).code ?? 'error'
+          throw new MaterializeError(`cannot write ${e.type} (${code})`, { path: e.path, cause: err })
+        }
+        done++
+        if (e.type === 'file') bytes += e.size
+      }
+      opts.onProgress?.({ entries: done, bytes, totalEntries: manifest.count, totalBytes: manifest.size })
     }
     checker.end()
     await send()
     while (inFlight.length > 0) await inFlight.shift()
   } finally {
-    // Let every request settle before the workers go, so none writes after cleanup.
+    // Let every request settle before the workers go, so none writes after cleanup,
+    // and no fetch of the window ahead outlives the call.
+    const next = await ahead.catch(() => undefined)
+    if (next?.done === false) await next.value.blocks.catch(() => {})
+    await lookahead.return(undefined).catch(() => {})
     await Promise.allSettled(inFlight)
     if (opts.pool === undefined) await pool.close()
   }

@@ -159,3 +159,34 @@ test('splits a large manifest into entry blocks under the block limit, and reads
   const changed = again.blocks.filter((b) => !before.has(b.cid.toString())).length
   assert.ok(changed <= 3, `${changed} of ${again.blocks.length} blocks changed`)
 })
+
+test('the blocks of the next window are asked for before the current window is written', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  // Three files of distinct content: with a 1-byte prefetch budget, one window each.
+  buildTree(src, { a: 'first file\n'.repeat(3000), b: 'second file\n'.repeat(3000), c: 'third file\n'.repeat(3000) })
+  const { root, source } = await packToMemory(src)
+  const fileOf = new Map<string, string>()
+  await packTree(src, { onBlock: (l) => fileOf.set(l.cid, l.path) })
+  // The block of window 1 is held back until a block of window 2 is asked for.
+  // Without a lookahead nothing asks for it, and only the fallback releases it.
+  let releasedBy: 'lookahead' | 'fallback' | undefined
+  let release!: () => void
+  const held = new Promise<void>((resolve) => { release = resolve })
+  const fallback = setTimeout(() => { releasedBy ??= 'fallback'; release() }, 10_000)
+  t.after(() => clearTimeout(fallback))
+  const slow: ContentSource = {
+    async getBlock (cid, o) {
+      const file = fileOf.get(cid.toString())
+      if (file === 'b') {
+        releasedBy ??= 'lookahead'
+        release()
+      }
+      if (file === 'a') await held
+      return await source.getBlock(cid, o)
+    }
+  }
+  await materialize(root, join(dir, 'out'), slow, { prefetchBytes: 1 })
+  assert.equal(releasedBy, 'lookahead')
+  assert.deepEqual(describeTree(join(dir, 'out')), describeTree(src))
+})
