@@ -175,3 +175,41 @@ test('a lease taken after the collection looked at the leases, but before the re
   assert.equal(await store.has(by.get('a')!.root), true, 'the layer leased late was removed')
   assert.ok(existsSync(by.get('a')!.path))
 })
+
+test('a collection during a restore leaves the layer being fetched alone, and the restore completes', { timeout: 120_000 }, async (t) => {
+  const dir = tempDir(t)
+  const producer = await openStore({ dataDir: join(dir, 'producer') })
+  t.after(() => producer.close())
+  const src = join(dir, 'src')
+  buildTree(src, { 'a.txt': text('a', 40_000), 'b.txt': text('b', 40_000), 'c.txt': text('c', 40_000) })
+  const expected = describeTree(src)
+  const layer = await producer.commit(src, { keepSource: true })
+  const { store: consumer, by } = await layers(t, ['old'])
+  // The source stops after its first content blocks until the collection has run.
+  let served = 0
+  let paused!: () => void
+  const reachedPause = new Promise<void>((resolve) => { paused = resolve })
+  let resume!: () => void
+  const resumed = new Promise<void>((resolve) => { resume = resolve })
+  const source = {
+    getBlock: async (cid: CID, o?: { signal?: AbortSignal }): Promise<Uint8Array> => {
+      if (++served === 4) {
+        paused()
+        await resumed
+      }
+      return await producer.getBlock(cid, o)
+    }
+  }
+  const restoring = consumer.restore(layer.root, source)
+  // A restore that fails before the pause must fail the test, not hang it.
+  await Promise.race([reachedPause, restoring.then(() => { throw new Error(`the restore ended after ${served} blocks, before the pause`) })])
+  const report = await consumer.gc({ maxSize: 0, hardLimit: 0, graceMs: 0 })
+  resume()
+  const restored = await restoring
+  // The collection did run: the old layer went, the one on its way did not.
+  assert.deepEqual(report.removed.map((r) => r.root), [by.get('old')!.root.toString()])
+  assert.equal(await consumer.getLayer(by.get('old')!.root), undefined)
+  assert.equal(restored.root.toString(), layer.root.toString())
+  assert.deepEqual(describeTree(restored.path), expected)
+  assert.ok(served > 4)
+})
