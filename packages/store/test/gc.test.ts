@@ -185,6 +185,7 @@ test('a collection during a restore leaves the layer being fetched alone, and th
   const expected = describeTree(src)
   const layer = await producer.commit(src, { keepSource: true })
   const { store: consumer, by } = await layers(t, ['old'])
+  t.after(() => consumer.close())
   // The source stops after its first content blocks until the collection has run.
   let served = 0
   let paused!: () => void
