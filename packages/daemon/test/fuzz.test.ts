@@ -7,7 +7,7 @@ import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord } from '@strata/runner'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant, MAX_WANTS_PER_MESSAGE, ProtocolViolationError } from '../src/index.ts'
 import { claimedKey, decodeRecordRequest, TrustPolicy, verifyEnvelope } from '../src/records.ts'
-import { bytes, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { bytes, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
 
 /**
  * Property tests over what a peer can send: block-exchange frames and signed
@@ -106,16 +106,6 @@ test('a record request with hostile scopes or keys is a ProtocolViolationError',
     })
   }), params(1000))
 })
-
-function varint (n: number): Uint8Array {
-  const out: number[] = []
-  while (n >= 0x80) {
-    out.push((n % 0x80) | 0x80)
-    n = Math.floor(n / 0x80)
-  }
-  out.push(n)
-  return Uint8Array.from(out)
-}
 
 test('random frames sent to a live daemon: every stream ends, answered or reset, and the daemon keeps serving', async (t) => {
   const a = await startDaemon(t, { exchange: { firstByteTimeoutMs: 1000, idleTimeoutMs: 1000 } })

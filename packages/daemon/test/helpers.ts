@@ -117,3 +117,14 @@ export function wrapStore<T extends object> (store: T, overrides: Partial<T>): T
   }
   return Object.assign(out, overrides) as T
 }
+
+/** An unsigned varint, as a length prefix on the wire: for frames made by hand. */
+export function varint (n: number): Uint8Array {
+  const out: number[] = []
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80)
+    n = Math.floor(n / 0x80)
+  }
+  out.push(n)
+  return Uint8Array.from(out)
+}

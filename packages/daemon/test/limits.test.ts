@@ -21,7 +21,7 @@ import type { Daemon } from '../src/index.ts'
 import { NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import { RateLimiter } from '../src/rate.ts'
 import { BlockExchange, MAX_BANS, SERVE_READ_BUFFER } from '../src/exchange.ts'
-import { bytes, digestTree, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { bytes, digestTree, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
 import type { Tree } from './helpers.ts'
 
 /** A bare libp2p node that speaks no strata protocol of its own: the hostile peer. */
@@ -45,16 +45,6 @@ async function ended (stream: Stream): Promise<Error | undefined> {
   if (stream.status === 'aborted' || stream.status === 'reset' || stream.status === 'closed') return new Error(stream.status)
   const [evt] = await once(stream, 'close') as [{ error?: Error }]
   return evt.error
-}
-
-function varint (n: number): Uint8Array {
-  const out: number[] = []
-  while (n >= 0x80) {
-    out.push((n % 0x80) | 0x80)
-    n = Math.floor(n / 0x80)
-  }
-  out.push(n)
-  return Uint8Array.from(out)
 }
 
 async function commitTree (t: TestContext, d: Daemon, tree: Tree): Promise<CID> {
