@@ -1,16 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildTree, tempDir } from '../packages/chunker/test/helpers.ts'
-
-const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
-
-function strata (args: string[]): { status: number | null, stdout: string, stderr: string } {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 })
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
-}
+import { strata } from './helpers.ts'
 
 test('strata gc on a store without a daemon: recent layers stay under the budget, go over the hard limit; bad sizes are usage errors', (t) => {
   const dir = tempDir(t)

@@ -1,16 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
-
-const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
-
-function strata (args: string[], env: Record<string, string> = {}): { status: number | null, stdout: string, stderr: string } {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, ...env } })
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
-}
+import { strata } from './helpers.ts'
 
 test('strata pack, ls, layers and unpack round-trip a tree', (t) => {
   const dir = tempDir(t)
@@ -36,7 +29,7 @@ test('strata pack, ls, layers and unpack round-trip a tree', (t) => {
   assert.equal(JSON.parse(layers.stdout.trim()).root, root)
 
   const out = join(dir, 'out')
-  const unpacked = strata(['unpack', root, out], { STRATA_DATA_DIR: data })
+  const unpacked = strata(['unpack', root, out], undefined, { STRATA_DATA_DIR: data })
   assert.equal(unpacked.status, 0, unpacked.stderr)
   assert.deepEqual(describeTree(out), expected)
 

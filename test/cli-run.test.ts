@@ -1,25 +1,12 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-
-const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
-
-function strata (args: string[], cwd: string): { status: number | null, stdout: string, stderr: string } {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd, timeout: 120_000 })
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
-}
-
-// Steps get a fresh /tmp, so their working directory lives under /var/tmp.
-function workDir (t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync('/var/tmp/strata-cli-run-')
-  t.after(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
+import { bin, strata, workDir } from './helpers.ts'
 
 test('strata run prints a status line per step, hits on the second run, and why explains a miss', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-run')
   const data = join(dir, 'data')
   writeFileSync(join(dir, 'input.txt'), 'one\n')
   writeFileSync(join(dir, 'strata.yml'), [
@@ -57,7 +44,7 @@ test('strata run prints a status line per step, hits on the second run, and why 
 })
 
 test('strata run exits with the failing step\'s code and commits nothing', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-run')
   const data = join(dir, 'data')
   writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: ok\n    run: "true"\n  - name: broken\n    run: echo partial > /opt/partial; exit 3\n')
   const r = strata(['run', '--data-dir', data], dir)
@@ -68,7 +55,7 @@ test('strata run exits with the failing step\'s code and commits nothing', (t) =
 })
 
 test('strata run names file, line and column of a bad strata.yml and runs nothing', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-run')
   writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: a\n    run: touch /should-not-exist\n    colour: blue\n')
   const r = strata(['run', '--data-dir', join(dir, 'data')], dir)
   assert.equal(r.status, 1)
@@ -76,7 +63,7 @@ test('strata run names file, line and column of a bad strata.yml and runs nothin
 })
 
 test('strata exec prints a key that chains the next step', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-run')
   const data = join(dir, 'data')
   const a = strata(['exec', '--name', 'a', '--data-dir', data, '--', 'sh', '-c', 'echo from-a > /opt/strata-exec-a'], dir)
   assert.equal(a.status, 0, a.stderr)
@@ -91,7 +78,7 @@ test('strata exec prints a key that chains the next step', (t) => {
 })
 
 test('two strata runs at once on one store both succeed: the second waits for the first', async (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-run')
   const data = join(dir, 'data')
   writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: slow\n    run: sleep 1; echo done > /opt/strata-concurrent\n  - name: after\n    run: cat /opt/strata-concurrent\n')
   const start = (): Promise<{ status: number | null, stderr: string }> => new Promise((resolve) => {

@@ -1,24 +1,11 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-
-const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
-
-function strata (args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): { status: number | null, stdout: string, stderr: string } {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd, timeout: 120_000, env: { ...process.env, STRATA_SCOPE: '', STRATA_READ_SCOPES: '', STRATA_EPOCH: '', ...env } })
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
-}
-
-function workDir (t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync('/var/tmp/strata-cli-trust-')
-  t.after(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
+import { strata, workDir } from './helpers.ts'
 
 test('strata run writes in --scope / STRATA_SCOPE and reads --read-scope / STRATA_READ_SCOPES in order', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-trust')
   const data = join(dir, 'data')
   writeFileSync(join(dir, 'strata.yml'), `base: host\nsalt: ${dir}\nsteps:\n  - name: make\n    run: echo made >> ${dir}/ran\n`)
   const onMain = strata(['run', '--data-dir', data, '--scope', 'main'], dir)
@@ -37,7 +24,7 @@ test('strata run writes in --scope / STRATA_SCOPE and reads --read-scope / STRAT
 })
 
 test('bad scope and epoch values are usage errors naming the value', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-trust')
   const data = join(dir, 'data')
   writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: s\n    run: "true"\n')
   for (const [args, env, what] of [
@@ -53,7 +40,7 @@ test('bad scope and epoch values are usage errors naming the value', (t) => {
 })
 
 test('keygen-psk writes <data-dir>/swarm.key by default, 0600, and does not overwrite it', (t) => {
-  const dir = workDir(t)
+  const dir = workDir(t, 'cli-trust')
   const data = join(dir, 'data')
   const r = strata(['keygen-psk', '--data-dir', data], dir)
   assert.equal(r.status, 0, r.stderr)

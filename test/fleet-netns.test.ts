@@ -3,11 +3,9 @@ import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { setTimeout as delay } from 'node:timers/promises'
 import { createCluster } from '../scripts/netns.ts'
 import type { Cluster, Host } from '../scripts/netns.ts'
-
-const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
+import { bin, daemonReady, strataOn } from './helpers.ts'
 
 function digestTree (dir: string, prefix = ''): Record<string, string> {
   const out: Record<string, string> = {}
@@ -18,24 +16,6 @@ function digestTree (dir: string, prefix = ''): Record<string, string> {
     else out[`${prefix}${name}`] = `${st.mode.toString(8)} ${createHash('sha256').update(readFileSync(p)).digest('hex')}`
   }
   return out
-}
-
-async function strata (host: Host, args: string[], cwd: string): Promise<{ exitCode: number | null, stdout: string, stderr: string }> {
-  return await host.exec(process.execPath, [bin, ...args], { cwd, reject: false, timeout: 120_000 })
-}
-
-/** Waits until the daemon on `dataDir` answers and, if given, is connected to `peer`. */
-async function ready (host: Host, dataDir: string, cwd: string, peer?: string): Promise<{ peerId: string, addresses: string[] }> {
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    const r = await strata(host, ['status', '--json', '--data-dir', dataDir], cwd)
-    if (r.exitCode === 0) {
-      const s = JSON.parse(r.stdout) as { peerId: string, addresses: string[], peers: string[] }
-      if (peer === undefined || s.peers.includes(peer)) return s
-    }
-    if (Date.now() > deadline) throw new Error(`daemon on ${host.name} not ready: ${r.stderr}`)
-    await delay(200)
-  }
 }
 
 test('host 1 runs a pipeline (MISS); host 2 HITs every step from peers with a byte-identical tree; host 3, holding most blocks, fetches only the rest', async (t) => {
@@ -69,43 +49,43 @@ test('host 1 runs a pipeline (MISS); host 2 HITs every step from peers with a by
   const p1 = h1.spawn(process.execPath, [bin, 'daemon', '--data-dir', d1, '--listen', `/ip4/${h1.address}/tcp/4001`, '--replicas', '0'], stdio)
   let err1 = ''
   p1.stderr?.on('data', (c: Buffer) => { err1 += c.toString() })
-  const s1 = await ready(h1, d1, dir)
+  const s1 = await daemonReady(h1, d1, dir)
   const p2 = h2.spawn(process.execPath, [bin, 'daemon', '--data-dir', d2, '--listen', `/ip4/${h2.address}/tcp/4001`, '--replicas', '0', '--bootstrap', `/ip4/${h1.address}/tcp/4001/p2p/${s1.peerId}`], stdio)
   let err2 = ''
   p2.stderr?.on('data', (c: Buffer) => { err2 += c.toString() })
-  await ready(h2, d2, dir, s1.peerId)
+  await daemonReady(h2, d2, dir, s1.peerId)
   const p3 = h3.spawn(process.execPath, [bin, 'daemon', '--data-dir', d3, '--listen', `/ip4/${h3.address}/tcp/4001`, '--replicas', '0', '--bootstrap', `/ip4/${h1.address}/tcp/4001/p2p/${s1.peerId}`], stdio)
   let err3 = ''
   p3.stderr?.on('data', (c: Buffer) => { err3 += c.toString() })
-  await ready(h3, d3, dir, s1.peerId)
+  await daemonReady(h3, d3, dir, s1.peerId)
 
-  const first = await strata(h1, ['run', '--data-dir', d1], dir)
+  const first = await strataOn(h1, ['run', '--data-dir', d1], dir)
   assert.equal(first.exitCode, 0, first.stderr + err1)
   assert.match(first.stderr, /^make: MISS/m)
   assert.match(first.stderr, /^use: MISS/m)
 
-  const second = await strata(h2, ['run', '--data-dir', d2], dir)
+  const second = await strataOn(h2, ['run', '--data-dir', d2], dir)
   assert.equal(second.exitCode, 0, second.stderr + err2)
   assert.match(second.stderr, /^make: HIT peer \(1 provider, [\d.]+ [kM]B in [\d.]+s\)$/m)
   assert.match(second.stderr, /^use: HIT peer \(1 provider, /m)
   assert.match(second.stderr, /2 steps, 2 cached/)
 
-  const status1 = JSON.parse((await strata(h1, ['status', '--json', '--data-dir', d1], dir)).stdout) as { layers: Array<{ root: string, copies: number }> }
-  const status2 = JSON.parse((await strata(h2, ['status', '--json', '--data-dir', d2], dir)).stdout) as { layers: Array<{ root: string }>, counters: { bytesFromPeers: number } }
+  const status1 = JSON.parse((await strataOn(h1, ['status', '--json', '--data-dir', d1], dir)).stdout) as { layers: Array<{ root: string, copies: number }> }
+  const status2 = JSON.parse((await strataOn(h2, ['status', '--json', '--data-dir', d2], dir)).stdout) as { layers: Array<{ root: string }>, counters: { bytesFromPeers: number } }
   assert.deepEqual(status2.layers.map((l) => l.root).sort(), status1.layers.map((l) => l.root).sort())
   for (const l of status1.layers) assert.deepEqual(digestTree(join(d2, 'layers', l.root)), digestTree(join(d1, 'layers', l.root)))
   assert.ok(status2.counters.bytesFromPeers >= 3_000_000)
   assert.ok(status1.layers.every((l) => l.copies === 2), `copies: ${JSON.stringify(status1.layers)}`)
 
   // Host 3 makes the same blob under another key, then runs host 1's pipeline.
-  const own = await strata(h3, ['run', '-f', 'other.yml', '--data-dir', d3], dir)
+  const own = await strataOn(h3, ['run', '-f', 'other.yml', '--data-dir', d3], dir)
   assert.equal(own.exitCode, 0, own.stderr + err3)
   assert.match(own.stderr, /^make: MISS/m)
-  const third = await strata(h3, ['run', '--data-dir', d3], dir)
+  const third = await strataOn(h3, ['run', '--data-dir', d3], dir)
   assert.equal(third.exitCode, 0, third.stderr + err3)
   assert.match(third.stderr, /^make: HIT peer/m)
   assert.match(third.stderr, /^use: HIT peer/m)
-  const status3 = JSON.parse((await strata(h3, ['status', '--json', '--data-dir', d3], dir)).stdout) as { counters: { bytesFromPeers: number } }
+  const status3 = JSON.parse((await strataOn(h3, ['status', '--json', '--data-dir', d3], dir)).stdout) as { counters: { bytesFromPeers: number } }
   const blob = statSync(join(d1, 'layers', status1.layers.map((l) => l.root).find((r) => existsSync(join(d1, 'layers', r, 'opt', tag, 'blob')))!, 'opt', tag, 'blob')).size
   assert.ok(blob > 2_000_000)
   // The blob's blocks were local: what crossed is the small files and the manifests.

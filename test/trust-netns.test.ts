@@ -2,31 +2,11 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { setTimeout as delay } from 'node:timers/promises'
 import { createCluster } from '../scripts/netns.ts'
 import type { Cluster, Host } from '../scripts/netns.ts'
-
-const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
-
-async function strata (host: Host, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): Promise<{ exitCode: number | null, stdout: string, stderr: string }> {
-  return await host.exec(process.execPath, [bin, ...args], { cwd, reject: false, timeout: 120_000, env: { ...process.env, ...env } })
-}
+import { bin, daemonReady, strataOn } from './helpers.ts'
 
 interface Status { peerId: string, peers: string[], privateNetwork: boolean }
-
-/** Waits until the daemon on `dataDir` answers and, if given, is connected to `peer`. */
-async function ready (host: Host, dataDir: string, cwd: string, peer?: string): Promise<Status> {
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    const r = await strata(host, ['status', '--json', '--data-dir', dataDir], cwd)
-    if (r.exitCode === 0) {
-      const s = JSON.parse(r.stdout) as Status
-      if (peer === undefined || s.peers.includes(peer)) return s
-    }
-    if (Date.now() > deadline) throw new Error(`daemon on ${host.name} not ready: ${r.stderr}`)
-    await delay(200)
-  }
-}
 
 test('a private fleet: members with the key share the cache across scopes; a host without the key, or off the allow-list, gets nothing', async (t) => {
   const cluster: Cluster = await createCluster({ hosts: 4 })
@@ -47,15 +27,15 @@ test('a private fleet: members with the key share the cache across scopes; a hos
   ].join('\n'))
 
   const key = join(dir, 'swarm.key')
-  const gen = await strata(h1, ['keygen-psk', key], dir)
+  const gen = await strataOn(h1, ['keygen-psk', key], dir)
   assert.equal(gen.exitCode, 0, gen.stderr)
   assert.equal(statSync(key).mode & 0o777, 0o600)
-  const again = await strata(h1, ['keygen-psk', key], dir)
+  const again = await strataOn(h1, ['keygen-psk', key], dir)
   assert.equal(again.exitCode, 1)
   assert.match(again.stderr, /exists: not overwriting/)
 
   // --require-psk without a key: one clear line, exit 1, nothing left running.
-  const refused = await strata(h3, ['daemon', '--data-dir', data(h3), '--require-psk', '--listen', `/ip4/${h3.address}/tcp/4001`], dir)
+  const refused = await strataOn(h3, ['daemon', '--data-dir', data(h3), '--require-psk', '--listen', `/ip4/${h3.address}/tcp/4001`], dir)
   assert.equal(refused.exitCode, 1)
   assert.match(refused.stderr, /^strata daemon: a pre-shared key is required \(--require-psk\) but none was given \(--psk-file FILE\) \(ERR_DAEMON_CONFIG\)\n$/)
 
@@ -65,47 +45,47 @@ test('a private fleet: members with the key share the cache across scopes; a hos
     p.stderr?.resume()
   }
   // h1 lets only h2 in; h4 has the key but is not on the list.
-  const idOf = async (h: Host): Promise<string> => (await strata(h, ['id', '--data-dir', data(h)], dir)).stdout.trim()
+  const idOf = async (h: Host): Promise<string> => (await strataOn(h, ['id', '--data-dir', data(h)], dir)).stdout.trim()
   const allowed = join(dir, 'allowed-peers')
   writeFileSync(allowed, `# the fleet\n${await idOf(h2)}  # h2\n`)
   daemon(h1, ['--psk-file', key, '--require-psk', '--allow-peers-file', allowed])
-  const s1 = await ready(h1, data(h1), dir)
+  const s1 = await daemonReady<Status>(h1, data(h1), dir)
   assert.equal(s1.privateNetwork, true)
   const boot = ['--bootstrap', `/ip4/${h1.address}/tcp/4001/p2p/${s1.peerId}`]
   daemon(h2, ['--psk-file', key, ...boot])
-  await ready(h2, data(h2), dir, s1.peerId)
+  await daemonReady(h2, data(h2), dir, s1.peerId)
   daemon(h3, boot)
-  await ready(h3, data(h3), dir)
+  await daemonReady(h3, data(h3), dir)
   daemon(h4, ['--psk-file', key, ...boot])
-  await ready(h4, data(h4), dir)
+  await daemonReady(h4, data(h4), dir)
 
-  const first = await strata(h1, ['run', '--data-dir', data(h1), '--scope', 'main'], dir)
+  const first = await strataOn(h1, ['run', '--data-dir', data(h1), '--scope', 'main'], dir)
   assert.equal(first.exitCode, 0, first.stderr)
   assert.match(first.stderr, /^make: MISS/m)
 
   // A branch that reads only its own scope does not see main's record.
-  const own = await strata(h2, ['run', '--data-dir', data(h2), '--no-cache', '--json'], dir, { STRATA_SCOPE: 'pr/6' })
+  const own = await strataOn(h2, ['run', '--data-dir', data(h2), '--no-cache', '--json'], dir, { STRATA_SCOPE: 'pr/6' })
   assert.equal(own.exitCode, 0, own.stderr)
-  const isolated = await strata(h2, ['why', 'make', '--data-dir', data(h2), '--json'], dir, { STRATA_SCOPE: 'pr/7' })
+  const isolated = await strataOn(h2, ['why', 'make', '--data-dir', data(h2), '--json'], dir, { STRATA_SCOPE: 'pr/7' })
   assert.equal(isolated.exitCode, 0, isolated.stderr)
   assert.equal((JSON.parse(isolated.stdout) as { steps: Array<{ hit: boolean }> }).steps[0]!.hit, false)
   // A branch that falls back to main hits it from the peer.
-  const branch = await strata(h2, ['run', '--data-dir', data(h2)], dir, { STRATA_SCOPE: 'pr/5', STRATA_READ_SCOPES: 'pr/5,main' })
+  const branch = await strataOn(h2, ['run', '--data-dir', data(h2)], dir, { STRATA_SCOPE: 'pr/5', STRATA_READ_SCOPES: 'pr/5,main' })
   assert.equal(branch.exitCode, 0, branch.stderr)
   assert.match(branch.stderr, /^make: HIT peer/m)
 
   // The host without the key never joins: it runs the step itself.
-  const outsider = await strata(h3, ['run', '--data-dir', data(h3), '--scope', 'main'], dir)
+  const outsider = await strataOn(h3, ['run', '--data-dir', data(h3), '--scope', 'main'], dir)
   assert.equal(outsider.exitCode, 0, outsider.stderr)
   assert.match(outsider.stderr, /^make: MISS/m)
-  const s3 = await ready(h3, data(h3), dir)
+  const s3 = await daemonReady<Status>(h3, data(h3), dir)
   assert.ok(!s3.peers.includes(s1.peerId), 'the outsider is not connected to the fleet')
   // Nor does the host with the key that is not on h1's allow-list.
-  const unlisted = await strata(h4, ['run', '--data-dir', data(h4), '--scope', 'main'], dir)
+  const unlisted = await strataOn(h4, ['run', '--data-dir', data(h4), '--scope', 'main'], dir)
   assert.equal(unlisted.exitCode, 0, unlisted.stderr)
   assert.match(unlisted.stderr, /^make: MISS/m)
-  const s4 = await ready(h4, data(h4), dir)
+  const s4 = await daemonReady<Status>(h4, data(h4), dir)
   assert.ok(!s4.peers.includes(s1.peerId), 'the unlisted host is not connected to h1')
-  const peers1 = (await ready(h1, data(h1), dir)).peers
+  const peers1 = (await daemonReady(h1, data(h1), dir)).peers
   assert.ok(!peers1.includes(s3.peerId) && !peers1.includes(s4.peerId), `h1 is connected to ${peers1.join(', ')}`)
 })
