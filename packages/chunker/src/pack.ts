@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
@@ -22,6 +23,8 @@ export interface BlockLocation {
 export interface PackOptions {
   /** Files up to this many bytes are carried inside the manifest. Default DEFAULT_INLINE_MAX. */
   inlineMax?: number
+  /** Inline bytes the whole layer carries at most. Default INLINE_BUDGET. */
+  inlineBudget?: number
   /** Called once per content chunk, in order. */
   onBlock?: (location: BlockLocation) => void
   /** Things skipped with a reason (sockets). */
@@ -37,8 +40,19 @@ export interface PackResult extends EncodedManifest {
   contentBlocks: number
 }
 
-/** Files this small travel inside the manifest; see doc/FORMAT.md for the measurement behind it. */
-export const DEFAULT_INLINE_MAX = 0
+/**
+ * Files this small travel inside the manifest instead of as blocks of their own;
+ * doc/DECISIONS.md has the measurement behind the figure.
+ */
+export const DEFAULT_INLINE_MAX = 4096
+
+/**
+ * Inline bytes one layer carries at most. Past it, small files become blocks as
+ * larger ones do, so a tree of many small files cannot push its manifest past
+ * LIMITS.manifestBytes. Counted in manifest order, so the same tree always
+ * inlines the same files.
+ */
+export const INLINE_BUDGET = 64 * 1024 * 1024
 
 // The overlay filesystem's own bookkeeping: the opaque marker becomes the entry's
 // `opaque` flag, the rest (origin file handles, impure, redirect...) only means
@@ -149,6 +163,26 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   let bytes = 0
   const seen = new Set<string>()
   let contentBlocks = 0
+  let inlined = 0
+  const inlineBudget = opts.inlineBudget ?? INLINE_BUDGET
+
+  const addChunks = (e: Entry, lengths: ArrayLike<number>, digests: Uint8Array): void => {
+    const chunks: Chunk[] = []
+    let offset = 0
+    for (let i = 0; i < lengths.length; i++) {
+      const length = lengths[i]!
+      const cid = CID.createV1(RAW, Digest.create(SHA2_256, digests.subarray(i * 32, i * 32 + 32)))
+      chunks.push({ cid, length })
+      const text = cidString(cid)
+      if (!seen.has(text)) {
+        seen.add(text)
+        contentBlocks++
+      }
+      if (opts.onBlock !== undefined) opts.onBlock({ cid: text, path: e.path, offset, length })
+      offset += length
+    }
+    e.chunks = chunks
+  }
 
   const flush = (): void => {
     if (batch.length === 0) return
@@ -179,24 +213,16 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
         throw new ChunkerError(r.error.code, `cannot read file: ${r.error.message}`, { path: e.path })
       }
       if ('data' in r) {
-        e.data = r.data
+        if (inlined + r.data.length <= inlineBudget) {
+          inlined += r.data.length
+          e.data = r.data
+        } else {
+          // Smaller than MIN_CHUNK, so FastCDC makes it one chunk: the whole file.
+          addChunks(e, [r.data.length], createHash('sha256').update(r.data).digest())
+        }
         return
       }
-      const chunks: Chunk[] = []
-      let offset = 0
-      r.lengths.forEach((length, i) => {
-        const digest = r.digests.subarray(i * 32, i * 32 + 32)
-        const cid = CID.createV1(RAW, Digest.create(SHA2_256, digest))
-        chunks.push({ cid, length })
-        const text = cidString(cid)
-        if (!seen.has(text)) {
-          seen.add(text)
-          contentBlocks++
-        }
-        if (opts.onBlock !== undefined) opts.onBlock({ cid: text, path: e.path, offset, length })
-        offset += length
-      })
-      e.chunks = chunks
+      addChunks(e, r.lengths, r.digests)
     })
     emitReady()
   }

@@ -78,6 +78,30 @@ test('restores every entry type exactly', async (t) => {
   assert.equal(statSync(join(out, 'sparse')).size, 10 * 1024 * 1024)
 })
 
+test('small files travel inside the manifest up to the layer\'s inline budget, then as blocks', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  const files: Tree = {}
+  for (let i = 0; i < 10; i++) files[`f${i}`] = String(i).repeat(1000)
+  files['large'] = 'y'.repeat(5000) // over inlineMax: a block whatever the budget
+  buildTree(src, files)
+  const inlinedPaths = async (opts: PackOptions): Promise<{ inline: string[], blocks: string[] }> => {
+    const { root, source, blocks } = await packToMemory(src, opts)
+    const inline: string[] = []
+    for await (const e of readManifest(root, source.getBlock.bind(source))) if (e.data !== undefined) inline.push(e.path)
+    const out = join(dir, `out-${inline.length}`)
+    await materialize(root, out, source)
+    assert.deepEqual(describeTree(out), describeTree(src))
+    return { inline, blocks: [...blocks.keys()] }
+  }
+  const all = await inlinedPaths({ inlineMax: 4096 })
+  assert.deepEqual(all.inline, Array.from({ length: 10 }, (_, i) => `f${i}`))
+  // 3500 bytes of budget: the first three files in manifest order, the rest become blocks.
+  const some = await inlinedPaths({ inlineMax: 4096, inlineBudget: 3500 })
+  assert.deepEqual(some.inline, ['f0', 'f1', 'f2'])
+  assert.equal(some.blocks.length - all.blocks.length, 7)
+})
+
 test('packing the same tree twice gives the same root CID; any change gives another', async (t) => {
   const dir = tempDir(t)
   buildTree(join(dir, 'a'), everyType)
