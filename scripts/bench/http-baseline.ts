@@ -3,7 +3,7 @@
 // hosts fetch it at once with `curl | zstd -d | tar -x` into their own directories.
 //
 //   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,4,8] [--reps 3]
-//                                       [--hosts 4] [--server node|python] [--no-strata] [--json]
+//                                       [--hosts 4] [--server node|python] [--no-strata] [--json] [--keep]
 //
 // Timed per consumer: from its start to the end of `sync` after tar (the data is on
 // disk, as a restore must leave it). Untimed: creating the archive (reported apart),
@@ -79,15 +79,28 @@ async function control (dataDir: string, path: string, body: object): Promise<Re
 
 /** What restoreWithStrata needs: a daemon per consumer, and the layer on the producer. */
 export interface StrataFleet {
-  producer: { host: Host, dataDir: string, peerId: string }
+  producer: { host: Host, dataDir: string, peerId: string, pid: number | undefined }
   /** Consumer i's daemon: its own data dir (and port), so consumers sharing a host stay apart. */
-  consumers: Array<{ host: Host, dataDir: string }>
+  consumers: Array<{ host: Host, dataDir: string, pid: number | undefined }>
   /** Root CID of the tree's layer. */
   layer: string
   packSeconds: number
 }
 
-async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<string> {
+/** CPU seconds (user + system) a process has used so far, from /proc; 0 once it is gone. */
+export function cpuSeconds (pid: number | undefined): number {
+  if (pid === undefined) return 0
+  try {
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ').at(-1)!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+  } catch {
+    return 0
+  }
+}
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
+
+async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
   await mkdir(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
   const child = host.spawn(process.execPath, [...strataCommand(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
@@ -96,7 +109,7 @@ async function startDaemon (host: Host, dataDir: string, port: number, bootstrap
     if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)
     try {
       const s = await control(dataDir, '/v1/status', { copies: false }) as { peerId: string, peers: string[] }
-      if (bootstrap.length === 0 || s.peers.length > 0) return s.peerId
+      if (bootstrap.length === 0 || s.peers.length > 0) return { peerId: s.peerId, pid: child.pid }
     } catch {
       // Not listening yet.
     }
@@ -115,19 +128,19 @@ export async function startStrataFleet (producer: Host, consumerHosts: (i: numbe
   if (!existsSync(join(dirname(STRATA_BIN), '..', '..', 'daemon', 'package.json'))) throw new StrataNotReadyError('needs the daemon (packages/daemon)')
   await mkdir(work, { recursive: true })
   const producerDir = join(work, 'producer')
-  const peerId = await startDaemon(producer, producerDir, STRATA_PORT, [], join(work, 'producer.log'))
+  const { peerId, pid } = await startDaemon(producer, producerDir, STRATA_PORT, [], join(work, 'producer.log'))
   const bootstrap = [`/ip4/${producer.address}/tcp/${STRATA_PORT}/p2p/${peerId}`]
   const list = Array.from({ length: consumers }, (_, i) => ({ host: consumerHosts(i), dataDir: join(work, `consumer-${i}`), i }))
   // One per host at a time: a host's daemons differ in port, counted per host.
   const perHost = new Map<string, number>()
   const ports = list.map((c) => { const n = perHost.get(c.host.name) ?? 0; perHost.set(c.host.name, n + 1); return STRATA_PORT + n })
-  await Promise.all(list.map(async (c, k) => await startDaemon(c.host, c.dataDir, ports[k]!, bootstrap, join(work, `consumer-${c.i}.log`))))
+  const pids = await Promise.all(list.map(async (c, k) => (await startDaemon(c.host, c.dataDir, ports[k]!, bootstrap, join(work, `consumer-${c.i}.log`))).pid))
   const src = join(work, 'src')
   run('cp', ['-a', '--reflink=auto', tree, src])
   run('sync', [])
   let layer = ''
   const packSeconds = await timed(async () => { layer = (await control(producerDir, '/v1/store/commit', { dir: src }) as { root: string }).root })
-  return { producer: { host: producer, dataDir: producerDir, peerId }, consumers: list, layer, packSeconds }
+  return { producer: { host: producer, dataDir: producerDir, peerId, pid }, consumers: list.map((c, k) => ({ ...c, pid: pids[k] })), layer, packSeconds }
 }
 
 /** Untimed, before each rep: consumer i no longer holds the layer. */
@@ -161,7 +174,11 @@ interface Method {
   prepare: (n: number) => Promise<void>
   /** Consumer i's restore; resolves with the restored tree's directory. */
   restore: (i: number) => Promise<string>
+  /** CPU seconds its processes used since `prepare`, where it can tell. */
+  cpu?: (n: number) => Cpu
 }
+
+interface Cpu { producer: number, consumerMean: number, total: number }
 
 interface MethodResult {
   consumers: number
@@ -171,6 +188,8 @@ interface MethodResult {
   perConsumer: Summary
   /** The slowest consumer of each rep: when the last consumer is done. */
   slowest: Summary
+  /** The daemons' CPU seconds in each rep (strata only). */
+  cpu: Cpu[]
 }
 
 async function timed (fn: () => Promise<void>): Promise<number> {
@@ -218,7 +237,7 @@ function sameTree (a: TreeStats, b: TreeStats): boolean {
 }
 
 async function main (): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false, strata: true })
+  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false, strata: true, keep: false })
   const reps = Number(flags.reps)
   const consumerHosts = Number(flags.hosts)
   const counts = flags.consumers.split(',').map(Number)
@@ -239,7 +258,8 @@ async function main (): Promise<void> {
   // still extracting into it would leave debris), so it is created first.
   const cluster = await createCluster({ hosts: 1 + consumerHosts })
   const work = join(process.env.STRATA_BENCH_CACHE ?? DEFAULT_CACHE_DIR, `http-baseline-${process.pid}`)
-  const removeWork = (): void => rmSync(work, { recursive: true, force: true })
+  // --keep leaves the daemons' logs (and stores) for a look afterwards.
+  const removeWork = (): void => { if (!flags.keep) rmSync(work, { recursive: true, force: true }) }
   process.once('exit', removeWork)
   const [server, ...consumers] = cluster.hosts as [Host, ...Host[]]
   const hostFor = (i: number): Host => consumers[i % consumers.length]!
@@ -270,9 +290,20 @@ async function main (): Promise<void> {
         const fleet = await startStrataFleet(server, hostFor, most, tree, join(work, 'strata'))
         strataPackSeconds = fleet.packSeconds
         progress(`strata: layer ${fleet.layer} packed on ${server.name} in ${fleet.packSeconds.toFixed(1)} s; ${most} consumer daemons`)
+        const daemons = [fleet.producer.pid, ...fleet.consumers.map((c) => c.pid)]
+        let before: number[] = []
         methods.set('strata', {
-          prepare: async () => { for (let i = 0; i < most; i++) await forgetLayer(fleet, i) },
-          restore: async (i) => await restoreWithStrata(fleet, i)
+          prepare: async () => {
+            for (let i = 0; i < most; i++) await forgetLayer(fleet, i)
+            before = daemons.map(cpuSeconds)
+          },
+          restore: async (i) => await restoreWithStrata(fleet, i),
+          // Where a fan-out's time goes on a small host: the daemons' CPU seconds in the rep.
+          cpu: (n) => {
+            const used = daemons.map((pid, k) => cpuSeconds(pid) - before[k]!)
+            const consumersUsed = used.slice(1, n + 1)
+            return { producer: used[0]!, consumerMean: consumersUsed.reduce((a, b) => a + b, 0) / n, total: used.reduce((a, b) => a + b, 0) }
+          }
         })
       } catch (err) {
         if (!(err instanceof StrataNotReadyError)) throw err
@@ -282,6 +313,7 @@ async function main (): Promise<void> {
     } else strataStatus = 'not measured (--no-strata)'
 
     const samples = new Map<string, Map<number, number[][]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
+    const cpuUsed = new Map<string, Map<number, Cpu[]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
     const verified = new Set<string>()
     for (const n of counts) {
       for (let rep = 0; rep < reps; rep++) {
@@ -292,7 +324,9 @@ async function main (): Promise<void> {
           const restored: string[] = []
           const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
           samples.get(name)!.get(n)!.push(seconds)
-          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s`)
+          const cpu = method.cpu?.(n)
+          if (cpu !== undefined) cpuUsed.get(name)!.get(n)!.push(cpu)
+          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)}, all ${cpu.total.toFixed(1)}`}`)
           if (!verified.has(name)) {
             const got = await treeStats(restored[0]!)
             if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
@@ -309,7 +343,8 @@ async function main (): Promise<void> {
         consumers: consumersN,
         samples: s,
         perConsumer: summarize(s.flat()),
-        slowest: summarize(s.map((r) => Math.max(...r)))
+        slowest: summarize(s.map((r) => Math.max(...r))),
+        cpu: cpuUsed.get(method)!.get(consumersN)!
       }))
     }
     const report = {
@@ -332,7 +367,7 @@ async function main (): Promise<void> {
     console.log(`tree: ${tree} (${stats.entries} entries, ${(stats.bytes / 1e6).toFixed(1)} MB; archive ${(archiveBytes / 1e6).toFixed(1)} MB, packed in ${packSeconds.toFixed(1)} s)`)
     console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}`)
     console.log(`1-minute load average ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after (${cpus().length} CPUs)`)
-    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s']]
+    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each', 'CPU s all']]
     for (const [method, list] of Object.entries(results)) {
       const one = list.find((r) => r.consumers === 1)?.slowest.median
       for (const r of list) {
@@ -343,7 +378,9 @@ async function main (): Promise<void> {
           r.slowest.median.toFixed(2),
           `${r.slowest.min.toFixed(2)}-${r.slowest.max.toFixed(2)}`,
           one === undefined ? '' : (r.slowest.median / one).toFixed(2) + 'x',
-          (r.consumers * stats.bytes / 1e6 / r.slowest.median).toFixed(0)
+          (r.consumers * stats.bytes / 1e6 / r.slowest.median).toFixed(0),
+          r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.consumerMean)).median.toFixed(1),
+          r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.total)).median.toFixed(1)
         ])
       }
     }
