@@ -1,16 +1,46 @@
 import { Worker } from 'node:worker_threads'
 import { availableParallelism } from 'node:os'
 
-export interface HashItem {
-  abs: string
-  rel: string
-  size: number
+/**
+ * What a worker learns about each path of an 'entries' request, STAT_FIELDS
+ * numbers a path in `stats`: lstatx()'s fields (X of @strata/sys), then where the
+ * content of a regular file went. Numbers in one typed array, and the bytes of
+ * many files in one buffer, so a reply costs a few copies rather than one object
+ * per entry.
+ */
+export const STAT_FIELDS = 16
+/** Offset and length of a small file's bytes in `data`; length -1 when not there. */
+export const DATA_START = 12
+export const DATA_LENGTH = 13
+/** Index of a chunked file's first chunk in `lengths` (and `digests`, 32 bytes each), and how many. */
+export const CHUNK_START = 14
+export const CHUNK_COUNT = 15
+
+export interface Failure {
+  code: string
+  message: string
 }
 
-export type HashResult =
-  | { data: Uint8Array }
-  | { lengths: number[], digests: Uint8Array }
-  | { error: { code: string, message: string, path: string } }
+/** The rarer findings about one path, kept apart from the numbers. */
+export interface EntryExtra {
+  /** lstat, readlink or the xattrs failed: the entry cannot be described. */
+  error?: Failure
+  /** The content could not be read (it matters only if the path turns out not to be a hardlink). */
+  readError?: Failure
+  target?: string
+  /** Overlay attributes left out. */
+  xattrs?: Array<[string, Uint8Array]>
+  opaque?: true
+}
+
+export interface EntriesReply {
+  stats: Float64Array
+  data: Uint8Array
+  lengths: Uint32Array
+  digests: Uint8Array
+  /** By index in the request's paths, in order. */
+  extras: Array<[number, EntryExtra]>
+}
 
 export interface WriteItem {
   abs: string
@@ -38,14 +68,15 @@ export interface WriteOptions {
 }
 
 export type PoolRequest =
-  | { kind: 'hash', items: HashItem[], inlineMax: number }
+  /** Absolute paths joined by NUL; files up to inlineMax bytes come back whole, past maxFileSize not at all. */
+  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number }
   | { kind: 'write', items: WriteItem[], options: WriteOptions }
 
 export type WorkerRequest = PoolRequest & { id: number }
 
 export interface WorkerResponse {
   id: number
-  results: HashResult[]
+  entries?: EntriesReply
   error?: { code: string, message: string, path: string } | undefined
 }
 
@@ -54,16 +85,28 @@ interface Slot {
   pending: number
 }
 
+interface Waiting {
+  resolve: (r: WorkerResponse) => void
+  reject: (e: Error) => void
+  slot: Slot
+}
+
+// Requests one worker holds at most: one to work on and one to start right after
+// it. The rest wait in the pool for whichever worker frees up first, so a worker
+// busy with one large file does not sit on requests another could take.
+const PER_WORKER = 2
+
 /**
- * A few worker threads for per-file system calls. Requests go to the least busy
- * worker; each answer resolves its own promise. A worker that dies fails only the
- * requests it held and is replaced, so one bad file never disables a long-lived
- * pool. Workers are unref'd and ended by close(), so a pool never keeps the
- * process alive.
+ * A few worker threads for per-file system calls. Each request goes to the
+ * first worker with room for it; each answer resolves its own promise. A worker
+ * that dies fails only the requests it held and is replaced, so one bad file
+ * never disables a long-lived pool. Workers are unref'd and ended by close(), so
+ * a pool never keeps the process alive.
  */
 export class FsPool {
   readonly #slots: Slot[] = []
-  readonly #waiting = new Map<number, { resolve: (r: WorkerResponse) => void, reject: (e: Error) => void, slot: Slot }>()
+  readonly #waiting = new Map<number, Waiting>()
+  readonly #queue: Array<{ req: WorkerRequest, transfer: ArrayBuffer[], resolve: Waiting['resolve'], reject: Waiting['reject'] }> = []
   #next = 0
   #closed = false
 
@@ -85,6 +128,7 @@ export class FsPool {
       if (w === undefined) return
       this.#waiting.delete(res.id)
       slot.pending--
+      this.#dispatch()
       w.resolve(res)
     })
     let failed = false
@@ -99,29 +143,40 @@ export class FsPool {
       slot.pending = 0
       void worker.terminate()
       this.#start(slot)
+      this.#dispatch()
     }
     worker.on('error', fail)
     worker.on('exit', (code) => fail(new Error(`fs worker exited with code ${code}`)))
   }
 
+  #dispatch (): void {
+    while (this.#queue.length > 0) {
+      const slot = this.#slots.reduce((a, b) => (b.pending < a.pending ? b : a))
+      if (slot.pending >= PER_WORKER) return
+      const { req, transfer, resolve, reject } = this.#queue.shift()!
+      slot.pending++
+      this.#waiting.set(req.id, { resolve, reject, slot })
+      slot.worker.postMessage(req, transfer)
+    }
+  }
+
   /** Requests not yet answered, over all workers. */
   get pending (): number {
-    return this.#waiting.size
+    return this.#waiting.size + this.#queue.length
   }
 
   request (req: PoolRequest, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
     if (this.#closed) return Promise.reject(new Error('the fs worker pool is closed'))
     const id = ++this.#next
-    const slot = this.#slots.reduce((a, b) => (b.pending < a.pending ? b : a))
-    slot.pending++
     return new Promise((resolve, reject) => {
-      this.#waiting.set(id, { resolve, reject, slot })
-      slot.worker.postMessage({ ...req, id }, transfer)
+      this.#queue.push({ req: { ...req, id }, transfer, resolve, reject })
+      this.#dispatch()
     })
   }
 
   async close (): Promise<void> {
     this.#closed = true
+    for (const q of this.#queue.splice(0)) q.reject(new Error('the fs worker pool is closed'))
     await Promise.all(this.#slots.map((s) => s.worker.terminate()))
   }
 }

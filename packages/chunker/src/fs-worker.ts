@@ -2,59 +2,153 @@
 // small synchronous calls are cheapest off the main thread, and two of these
 // use both cores of a CI VM.
 import { parentPort } from 'node:worker_threads'
-import { closeSync, constants, fchmodSync, fchownSync, openSync, readSync, writeSync } from 'node:fs'
+import { closeSync, constants, fchmodSync, fchownSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
-import { lsetxattr, lutimens } from '@strata/sys'
+import { lsetxattr, lstatx, lutimens, X } from '@strata/sys'
 import { chunkReader, cutPoint, MAX_CHUNK } from './fastcdc.ts'
-import type { HashItem, HashResult, WorkerRequest, WorkerResponse, WriteItem, WriteOptions } from './fs-pool.ts'
+import { readXattrs } from './xattrs.ts'
+import { CHUNK_COUNT, CHUNK_START, DATA_LENGTH, DATA_START, STAT_FIELDS } from './fs-pool.ts'
+import type { EntriesReply, EntryExtra, Failure, WorkerRequest, WorkerResponse, WriteItem, WriteOptions } from './fs-pool.ts'
 
 const scratch = new Uint8Array(4 * MAX_CHUNK)
 
-function failure (err: unknown, path: string): { error: { code: string, message: string, path: string } } {
+const S_IFMT = 0o170000
+const S_IFREG = 0o100000
+const S_IFLNK = 0o120000
+
+function failure (err: unknown): Failure {
   const e = err as NodeJS.ErrnoException
-  return { error: { code: e.code ?? 'EIO', message: e.message, path } }
+  return { code: e.code ?? 'EIO', message: e.message }
 }
 
-function hashFile (item: HashItem, inlineMax: number): HashResult {
-  // O_NONBLOCK: a file swapped for a FIFO since the walk must not block the open.
-  const fd = openSync(item.abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+/** A byte buffer that grows by doubling; `take()` hands its bytes over and starts afresh. */
+class Bytes {
+  buf = new Uint8Array(64 * 1024)
+  length = 0
+  reserve (n: number): void {
+    if (this.length + n <= this.buf.length) return
+    const next = new Uint8Array(Math.max(this.buf.length * 2, this.length + n))
+    next.set(this.buf.subarray(0, this.length))
+    this.buf = next
+  }
+
+  push (bytes: Uint8Array): void {
+    this.reserve(bytes.length)
+    this.buf.set(bytes, this.length)
+    this.length += bytes.length
+  }
+
+  take (): Uint8Array {
+    const out = new Uint8Array(this.buf.buffer, 0, this.length)
+    this.buf = new Uint8Array(64 * 1024)
+    this.length = 0
+    return out
+  }
+}
+
+const CHANGED: Failure = { code: 'ERR_CHANGED', message: 'file changed size while packing' }
+
+/**
+ * Reads a regular file of `size` bytes: the whole of it into `data` when it is
+ * `inline`, otherwise its chunk lengths and digests. Returns a failure instead
+ * of throwing when the size no longer holds.
+ */
+function readFile (abs: string, size: number, inline: boolean, data: Bytes, lengths: number[], digests: Bytes): Failure | undefined {
+  // O_NONBLOCK: a file swapped for a FIFO since the lstat must not block the open.
+  const fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
   try {
-    if (item.size <= inlineMax || item.size < scratch.length - 1) {
-      // Reading size + 1 bytes both takes the content and proves the end of file:
-      // one system call for the many small files of a typical tree.
+    if (inline || size < scratch.length - 1) {
+      // Asking for size + 1 bytes both takes the content and proves the end of
+      // file: a regular file reads short only at its end, so reaching `size` with
+      // a short read is the end, and the many small files of a typical tree cost
+      // one read each. More than `size` means the file grew.
+      const into = inline ? (data.reserve(size + 1), data.buf) : scratch
+      const at = inline ? data.length : 0
       let n = 0
       for (;;) {
-        const got = readSync(fd, scratch, n, item.size + 1 - n, null)
-        if (got === 0) break
+        const got = readSync(fd, into, at + n, size + 1 - n, null)
         n += got
-        if (n > item.size) break
+        if (got === 0 || n >= size) break
       }
-      if (n !== item.size) return { error: { code: 'ERR_CHANGED', message: 'file changed size while packing', path: item.rel } }
-      if (item.size <= inlineMax) return { data: scratch.slice(0, n) }
-      let pos = 0
-      const lengths: number[] = []
-      const digests = new Uint8Array(32 * Math.ceil(n / (16 * 1024) + 1))
-      while (pos < n) {
+      if (n !== size) return CHANGED
+      if (inline) {
+        data.length += n
+        return undefined
+      }
+      for (let pos = 0; pos < n;) {
         const len = cutPoint(scratch, pos, n)
-        digests.set(createHash('sha256').update(scratch.subarray(pos, pos + len)).digest(), lengths.length * 32)
+        digests.push(createHash('sha256').update(scratch.subarray(pos, pos + len)).digest())
         lengths.push(len)
         pos += len
       }
-      return { lengths, digests: digests.slice(0, lengths.length * 32) }
+      return undefined
     }
-    const lengths: number[] = []
-    const parts: Buffer[] = []
     let total = 0
     chunkReader((buf, off, len) => readSync(fd, buf, off, len, null), (chunk) => {
-      parts.push(createHash('sha256').update(chunk).digest())
+      digests.push(createHash('sha256').update(chunk).digest())
       lengths.push(chunk.length)
       total += chunk.length
     }, scratch)
-    if (total !== item.size) return { error: { code: 'ERR_CHANGED', message: 'file changed size while packing', path: item.rel } }
-    return { lengths, digests: Buffer.concat(parts) }
+    return total === size ? undefined : CHANGED
   } finally {
     closeSync(fd)
   }
+}
+
+/** lstat, xattrs, symlink target and content of each path, in order. */
+function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: EntriesReply, transfer: ArrayBuffer[] } {
+  const paths = req.paths.split('\0')
+  const stats = new Float64Array(paths.length * STAT_FIELDS)
+  const data = new Bytes()
+  const digests = new Bytes()
+  const lengths: number[] = []
+  const extras: Array<[number, EntryExtra]> = []
+  for (let k = 0; k < paths.length; k++) {
+    const abs = paths[k]!
+    const st = stats.subarray(k * STAT_FIELDS, (k + 1) * STAT_FIELDS)
+    st[DATA_LENGTH] = -1
+    let extra: EntryExtra | undefined
+    try {
+      lstatx(abs, st)
+      if (st[X.hasXattrs] === 1) {
+        const x = readXattrs(abs)
+        if (x.xattrs !== undefined) (extra ??= {}).xattrs = x.xattrs
+        if (x.opaque) (extra ??= {}).opaque = true
+      }
+      if ((st[X.mode]! & S_IFMT) === S_IFLNK) (extra ??= {}).target = readlinkSync(abs)
+    } catch (err) {
+      extras.push([k, { error: failure(err) }])
+      continue
+    }
+    const size = st[X.size]!
+    if ((st[X.mode]! & S_IFMT) === S_IFREG && size > 0 && size <= req.maxFileSize) {
+      const inline = size <= req.inlineMax
+      const dataStart = data.length
+      const chunkStart = lengths.length
+      let readError: Failure | undefined
+      try {
+        readError = readFile(abs, size, inline, data, lengths, digests)
+      } catch (err) {
+        readError = failure(err)
+      }
+      if (readError !== undefined) {
+        (extra ??= {}).readError = readError
+        // What the failed read left behind.
+        data.length = dataStart
+        lengths.length = chunkStart
+        digests.length = chunkStart * 32
+      } else if (inline) {
+        st[DATA_START] = dataStart
+        st[DATA_LENGTH] = size
+      } else {
+        st[CHUNK_START] = chunkStart
+        st[CHUNK_COUNT] = lengths.length - chunkStart
+      }
+    }
+    if (extra !== undefined) extras.push([k, extra])
+  }
+  const reply = { stats, data: data.take(), lengths: Uint32Array.from(lengths), digests: digests.take(), extras }
+  return { reply, transfer: [reply.stats.buffer, reply.data.buffer, reply.lengths.buffer, reply.digests.buffer] as ArrayBuffer[] }
 }
 
 function writeAll (fd: number, data: Uint8Array): void {
@@ -108,29 +202,19 @@ function writeFile (item: WriteItem, opts: WriteOptions): void {
 }
 
 parentPort!.on('message', (req: WorkerRequest) => {
-  let res: WorkerResponse
-  if (req.kind === 'hash') {
-    res = {
-      id: req.id,
-      results: req.items.map((item) => {
-        try {
-          return hashFile(item, req.inlineMax)
-        } catch (err) {
-          return failure(err, item.rel)
-        }
-      })
-    }
-  } else {
-    let error: WorkerResponse['error']
-    for (const item of req.items) {
-      try {
-        writeFile(item, req.options)
-      } catch (err) {
-        error = failure(err, item.rel).error
-        break
-      }
-    }
-    res = { id: req.id, results: [], error }
+  if (req.kind === 'entries') {
+    const { reply, transfer } = describe(req)
+    parentPort!.postMessage({ id: req.id, entries: reply } satisfies WorkerResponse, transfer)
+    return
   }
-  parentPort!.postMessage(res)
+  let error: WorkerResponse['error']
+  for (const item of req.items) {
+    try {
+      writeFile(item, req.options)
+    } catch (err) {
+      error = { ...failure(err), path: item.rel }
+      break
+    }
+  }
+  parentPort!.postMessage({ id: req.id, error } satisfies WorkerResponse)
 })

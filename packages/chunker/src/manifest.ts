@@ -6,6 +6,7 @@ import { EntryListWriter, TYPE_CODES } from './cbor.ts'
 import { comparePaths, parentOf } from './entry.ts'
 import type { Entry, RootAttributes, Chunk } from './entry.ts'
 import { InvalidManifestError, UnsupportedEntryError } from './errors.ts'
+import { OVERLAY_XATTR } from './xattrs.ts'
 
 /**
  * The layer manifest format, version 1 (doc/FORMAT.md describes it in full).
@@ -32,8 +33,7 @@ export const LIMITS = {
   manifestBytes: 256 * 1024 * 1024
 } as const
 
-/** The overlay filesystem's own attributes: a layer expresses them as entry types and flags only. */
-export const OVERLAY_XATTR = /^(trusted|user)\.overlay\./
+export { OVERLAY_XATTR }
 
 const ROOT_KEYS = new Set(['format', 'version', 'count', 'size', 'root', 'entries'])
 const ROOT_ATTR_KEYS = new Set(['m', 'u', 'g', 'mt', 'x', 'o'])

@@ -1,14 +1,16 @@
 import { createHash } from 'node:crypto'
-import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
+import { lstatSync, readdirSync } from 'node:fs'
+import type { Dirent } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
-import { lgetxattrs, lstatx, X } from '@strata/sys'
+import { X } from '@strata/sys'
 import { cidString, RAW, SHA2_256 } from './cid.ts'
-import { FsPool } from './fs-pool.ts'
-import type { HashItem, WorkerResponse } from './fs-pool.ts'
+import { CHUNK_COUNT, CHUNK_START, DATA_LENGTH, DATA_START, FsPool, STAT_FIELDS } from './fs-pool.ts'
+import type { EntriesReply, EntryExtra, WorkerResponse } from './fs-pool.ts'
 import { compareNames } from './entry.ts'
 import type { Chunk, Entry, RootAttributes } from './entry.ts'
-import { checkPath, ManifestBuilder, LIMITS, OVERLAY_XATTR } from './manifest.ts'
+import { checkPath, ManifestBuilder, LIMITS } from './manifest.ts'
+import { readXattrs } from './xattrs.ts'
 import type { EncodedManifest } from './manifest.ts'
 import { AbortError, ChunkerError, UnsupportedEntryError } from './errors.ts'
 
@@ -54,11 +56,6 @@ export const DEFAULT_INLINE_MAX = 4096
  */
 export const INLINE_BUDGET = 64 * 1024 * 1024
 
-// The overlay filesystem's own bookkeeping: the opaque marker becomes the entry's
-// `opaque` flag, the rest (origin file handles, impure, redirect...) only means
-// something to the mount that wrote it.
-const OPAQUE_XATTRS = new Set(['trusted.overlay.opaque', 'user.overlay.opaque'])
-
 function splitTime (ns: bigint): [number, number] {
   let sec = ns / 1_000_000_000n
   let nsec = ns % 1_000_000_000n
@@ -77,22 +74,6 @@ const S_IFBLK = 0o060000
 const S_IFDIR = 0o040000
 const S_IFCHR = 0o020000
 const S_IFIFO = 0o010000
-const NO_XATTRS = { xattrs: undefined, opaque: false }
-
-function readXattrs (abs: string): { xattrs: Array<[string, Uint8Array]> | undefined, opaque: boolean } {
-  const all = lgetxattrs(abs)
-  if (all.length === 0) return { xattrs: undefined, opaque: false }
-  let opaque = false
-  const kept: Array<[string, Uint8Array]> = []
-  for (const [name, value] of all) {
-    if (OVERLAY_XATTR.test(name)) {
-      if (OPAQUE_XATTRS.has(name) && value.length === 1 && value[0] === 0x79 /* y */) opaque = true
-      continue
-    }
-    kept.push([name, new Uint8Array(value)])
-  }
-  return { xattrs: kept.length > 0 ? kept : undefined, opaque }
-}
 
 /** The format's limits, enforced while walking so that a tree the format cannot carry is refused before it moves. */
 function checkLimits (rel: string): void {
@@ -143,23 +124,29 @@ export async function packTree (dir: string, opts: PackOptions = {}): Promise<Pa
   }
 }
 
-const BATCH_FILES = 256
-const BATCH_BYTES = 16 * 1024 * 1024
+// Paths per request to a worker. Smaller batches spread the work more evenly;
+// each one costs a message both ways.
+const BATCH_PATHS = 256
 
-// Hash batches in flight at most: enough to keep every worker busy while the
-// main thread walks, few enough that entries do not pile up in memory.
+// Batches in flight at most: enough to keep every worker busy while the main
+// thread lists directories, few enough that replies do not pile up in memory.
 const MAX_IN_FLIGHT = 8
+
+interface Batch {
+  rels: string[]
+  /** Which paths the walk took for directories and listed. */
+  listed: boolean[]
+  reply: Promise<WorkerResponse>
+}
 
 async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: FsPool): Promise<PackResult> {
   const links = new Map<string, string>()
   const builder = new ManifestBuilder()
-  // Entries not yet handed to the builder, in order; file entries wait for their content.
-  const entries: Array<Entry | undefined> = []
-  let emitted = 0
-  const batches: Array<{ indexes: number[], reply: Promise<WorkerResponse> }> = []
-  let batch: HashItem[] = []
-  let batchIndexes: number[] = []
-  let batchBytes = 0
+  const batches: Batch[] = []
+  let paths: string[] = []
+  let rels: string[] = []
+  let listed: boolean[] = []
+  let entries = 0
   let bytes = 0
   const seen = new Set<string>()
   let contentBlocks = 0
@@ -185,46 +172,106 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   }
 
   const flush = (): void => {
-    if (batch.length === 0) return
-    const reply = pool.request({ kind: 'hash', items: batch, inlineMax })
+    if (paths.length === 0) return
+    const reply = pool.request({ kind: 'entries', paths: paths.join('\0'), inlineMax, maxFileSize: LIMITS.fileSize })
     reply.catch(() => {}) // awaited in order by applyOldest; this only keeps an early failure from counting as unhandled
-    batches.push({ indexes: batchIndexes, reply })
-    batch = []
-    batchIndexes = []
-    batchBytes = 0
+    batches.push({ rels, listed, reply })
+    paths = []
+    rels = []
+    listed = []
   }
 
-  const emitReady = (): void => {
-    const limit = batches[0]?.indexes[0] ?? batchIndexes[0] ?? entries.length
-    for (; emitted < limit; emitted++) {
-      builder.add(entries[emitted]!)
-      entries[emitted] = undefined
+  /** Turns what a worker found about one path into its entry; undefined for what a layer leaves out. */
+  const entryOf = (rel: string, wasListed: boolean, st: Float64Array, o: number, extra: EntryExtra | undefined, reply: EntriesReply): Entry | undefined => {
+    if (extra?.error !== undefined) throw new ChunkerError(extra.error.code, extra.error.message, { path: rel })
+    const fmt = st[o + X.mode]! & S_IFMT
+    // The walk listed what readdir() called a directory: anything else means the tree is changing under it.
+    if ((fmt === S_IFDIR) !== wasListed) throw new ChunkerError('ERR_CHANGED', 'changed to or from a directory while packing', { path: rel })
+    const e: Entry = {
+      path: rel,
+      type: 'file',
+      mode: st[o + X.mode]! & 0o7777,
+      uid: st[o + X.uid]!,
+      gid: st[o + X.gid]!,
+      mtime: [st[o + X.mtimeSec]!, st[o + X.mtimeNsec]!],
+      size: 0
     }
-  }
-
-  const applyOldest = async (): Promise<void> => {
-    const b = batches[0]!
-    const reply = await b.reply
-    batches.shift()
-    reply.results.forEach((r, k) => {
-      const e = entries[b.indexes[k]!]!
-      if ('error' in r) {
-        if (r.error.code === 'ERR_CHANGED') throw new ChunkerError('ERR_CHANGED', r.error.message, { path: e.path })
-        throw new ChunkerError(r.error.code, `cannot read file: ${r.error.message}`, { path: e.path })
+    if (extra?.xattrs !== undefined) {
+      checkXattrs(extra.xattrs, rel)
+      e.xattrs = extra.xattrs
+    }
+    if (fmt === S_IFDIR) {
+      e.type = 'dir'
+      if (extra?.opaque === true) e.opaque = true
+    } else if (fmt === S_IFREG) {
+      const inode = st[o + X.nlink]! > 1 ? `${st[o + X.dev]}:${st[o + X.ino]}` : undefined
+      const first = inode !== undefined ? links.get(inode) : undefined
+      if (first !== undefined) {
+        e.type = 'hardlink'
+        e.target = first
+        return e
       }
-      if ('data' in r) {
-        if (inlined + r.data.length <= inlineBudget) {
-          inlined += r.data.length
-          e.data = r.data
+      if (inode !== undefined) links.set(inode, rel)
+      e.size = st[o + X.size]!
+      if (e.size > LIMITS.fileSize) throw new UnsupportedEntryError(`file larger than ${LIMITS.fileSize} bytes`, { path: rel })
+      if (extra?.readError !== undefined) {
+        const { code, message } = extra.readError
+        if (code === 'ERR_CHANGED') throw new ChunkerError(code, message, { path: rel })
+        throw new ChunkerError(code, `cannot read file: ${message}`, { path: rel })
+      }
+      bytes += e.size
+      const dataLength = st[o + DATA_LENGTH]!
+      if (dataLength >= 0) {
+        const data = reply.data.subarray(st[o + DATA_START]!, st[o + DATA_START]! + dataLength)
+        if (inlined + data.length <= inlineBudget) {
+          inlined += data.length
+          e.data = data
         } else {
           // Smaller than MIN_CHUNK, so FastCDC makes it one chunk: the whole file.
-          addChunks(e, [r.data.length], createHash('sha256').update(r.data).digest())
+          addChunks(e, [data.length], createHash('sha256').update(data).digest())
         }
-        return
+      } else if (e.size > 0) {
+        const start = st[o + CHUNK_START]!
+        const end = start + st[o + CHUNK_COUNT]!
+        addChunks(e, reply.lengths.subarray(start, end), reply.digests.subarray(start * 32, end * 32))
       }
-      addChunks(e, r.lengths, r.digests)
-    })
-    emitReady()
+    } else if (fmt === S_IFLNK) {
+      e.type = 'symlink'
+      const target = extra!.target!
+      if (target.includes('\ufffd')) throw new UnsupportedEntryError('symlink target is not valid UTF-8', { path: rel })
+      if (Buffer.byteLength(target) > LIMITS.symlinkBytes) throw new UnsupportedEntryError(`symlink target longer than ${LIMITS.symlinkBytes} bytes`, { path: rel })
+      e.target = target
+    } else if (fmt === S_IFCHR && st[o + X.rdevMajor] === 0 && st[o + X.rdevMinor] === 0) {
+      e.type = 'whiteout'
+    } else if (fmt === S_IFCHR || fmt === S_IFBLK) {
+      e.type = fmt === S_IFCHR ? 'chardev' : 'blockdev'
+      e.rdev = [st[o + X.rdevMajor]!, st[o + X.rdevMinor]!]
+    } else if (fmt === S_IFIFO) {
+      e.type = 'fifo'
+    } else if (fmt === S_IFSOCK) {
+      opts.onWarning?.({ path: rel, message: 'socket skipped: a socket has no meaning outside the process that bound it' })
+      return undefined
+    } else {
+      throw new UnsupportedEntryError('unknown file type', { path: rel })
+    }
+    return e
+  }
+
+  // Replies are applied strictly in the order of the walk: that is manifest order,
+  // which decides which of several hardlinked paths is the file and which small
+  // files fit the inline budget.
+  const applyOldest = async (): Promise<void> => {
+    const b = batches[0]!
+    const reply = (await b.reply).entries!
+    batches.shift()
+    let x = 0
+    for (let k = 0; k < b.rels.length; k++) {
+      const extra = reply.extras[x]?.[0] === k ? reply.extras[x++]![1] : undefined
+      const e = entryOf(b.rels[k]!, b.listed[k]!, reply.stats, k * STAT_FIELDS, extra, reply)
+      if (e === undefined) continue
+      builder.add(e)
+      if ((++entries & 0x3ff) === 0) opts.onProgress?.({ entries, bytes })
+    }
   }
 
   const rootStat = lstatSync(dir, { bigint: true })
@@ -239,85 +286,39 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   if (rootX.xattrs !== undefined) root.xattrs = rootX.xattrs
   if (rootX.opaque) root.opaque = true
 
-  const st = new Float64Array(12)
+  // The main thread only lists directories, in manifest order; the workers do
+  // everything else per path (lstat, xattrs, readlink, read and hash).
   const visit = async (abs: string, rel: string): Promise<void> => {
-    const names = readdirSync(abs).sort(compareNames)
-    for (const name of names) {
+    const children = readdirSync(abs, { withFileTypes: true }).sort(byName)
+    for (const child of children) {
       if (opts.signal?.aborted === true) throw new AbortError({ cause: opts.signal.reason })
-      while (batches.length >= MAX_IN_FLIGHT) await applyOldest()
+      const name = child.name
       const childRel = flat(rel === '' ? name : `${rel}/${name}`)
       checkName(name, childRel)
       checkLimits(childRel)
-      const childAbs = flat(`${abs}/${name}`)
-      // One native call per entry, no Stats object: this walk is the main thread's whole job.
-      lstatx(childAbs, st)
-      const fmt = st[X.mode]! & S_IFMT
-      const x = st[X.hasXattrs] === 1 ? readXattrs(childAbs) : NO_XATTRS
-      const e: Entry = {
-        path: childRel,
-        type: 'file',
-        mode: st[X.mode]! & 0o7777,
-        uid: st[X.uid]!,
-        gid: st[X.gid]!,
-        mtime: [st[X.mtimeSec]!, st[X.mtimeNsec]!],
-        size: 0
+      const childAbs = `${abs}/${name}`
+      const isDir = child.isDirectory()
+      paths.push(childAbs)
+      rels.push(childRel)
+      listed.push(isDir)
+      if (paths.length >= BATCH_PATHS) {
+        flush()
+        while (batches.length >= MAX_IN_FLIGHT) await applyOldest()
       }
-      if (x.xattrs !== undefined) {
-        checkXattrs(x.xattrs, childRel)
-        e.xattrs = x.xattrs
-      }
-      if (fmt === S_IFDIR) {
-        e.type = 'dir'
-        if (x.opaque) e.opaque = true
-        entries.push(e)
-        await visit(childAbs, childRel)
-        continue
-      } else if (fmt === S_IFREG) {
-        const inode = st[X.nlink]! > 1 ? `${st[X.dev]}:${st[X.ino]}` : undefined
-        const first = inode !== undefined ? links.get(inode) : undefined
-        if (first !== undefined) {
-          e.type = 'hardlink'
-          e.target = first
-        } else {
-          if (inode !== undefined) links.set(inode, childRel)
-          e.size = st[X.size]!
-          if (e.size > LIMITS.fileSize) throw new UnsupportedEntryError(`file larger than ${LIMITS.fileSize} bytes`, { path: childRel })
-          bytes += e.size
-          if (e.size > 0) {
-            batch.push({ abs: childAbs, rel: childRel, size: e.size })
-            batchIndexes.push(entries.length)
-            batchBytes += e.size
-          }
-        }
-      } else if (fmt === S_IFLNK) {
-        e.type = 'symlink'
-        const target = readlinkSync(childAbs)
-        if (target.includes('\ufffd')) throw new UnsupportedEntryError('symlink target is not valid UTF-8', { path: childRel })
-        if (Buffer.byteLength(target) > LIMITS.symlinkBytes) throw new UnsupportedEntryError(`symlink target longer than ${LIMITS.symlinkBytes} bytes`, { path: childRel })
-        e.target = target
-      } else if (fmt === S_IFCHR && st[X.rdevMajor] === 0 && st[X.rdevMinor] === 0) {
-        e.type = 'whiteout'
-      } else if (fmt === S_IFCHR || fmt === S_IFBLK) {
-        e.type = fmt === S_IFCHR ? 'chardev' : 'blockdev'
-        e.rdev = [st[X.rdevMajor]!, st[X.rdevMinor]!]
-      } else if (fmt === S_IFIFO) {
-        e.type = 'fifo'
-      } else if (fmt === S_IFSOCK) {
-        opts.onWarning?.({ path: childRel, message: 'socket skipped: a socket has no meaning outside the process that bound it' })
-        continue
-      } else {
-        throw new UnsupportedEntryError('unknown file type', { path: childRel })
-      }
-      entries.push(e)
-      if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) flush()
-      if ((entries.length & 0x3ff) === 0) opts.onProgress?.({ entries: entries.length, bytes })
+      if (isDir) await visit(flat(childAbs), childRel)
     }
   }
 
   await visit(dir, '')
   flush()
-  while (batches.length > 0) await applyOldest()
-  emitReady()
-  opts.onProgress?.({ entries: entries.length, bytes })
+  while (batches.length > 0) {
+    if (opts.signal?.aborted === true) throw new AbortError({ cause: opts.signal.reason })
+    await applyOldest()
+  }
+  opts.onProgress?.({ entries, bytes })
   return { ...builder.finish(root), contentBlocks }
+}
+
+function byName (a: Dirent, b: Dirent): number {
+  return compareNames(a.name, b.name)
 }

@@ -1,0 +1,86 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
+import { FsPool, packTree, readManifest } from '../src/index.ts'
+import type { Entry, PackOptions } from '../src/index.ts'
+import { buildTree, tempDir } from './helpers.ts'
+import type { Tree } from './helpers.ts'
+
+async function entriesOf (dir: string, opts: PackOptions = {}): Promise<Entry[]> {
+  const packed = await packTree(dir, opts)
+  const blocks = new Map(packed.blocks.map((b) => [b.cid.toString(), b.bytes]))
+  const out: Entry[] = []
+  for await (const e of readManifest(packed.root, async (cid) => blocks.get(cid.toString())!)) out.push(e)
+  return out
+}
+
+/** `n` small files, enough to fill several of the batches the walk hands to workers. */
+function filler (n: number): Tree {
+  const files: Tree = {}
+  for (let i = 0; i < n; i++) files[`f${String(i).padStart(4, '0')}`] = `filler ${i}`
+  return files
+}
+
+test('hardlinks whose paths are read by different workers: the first path in manifest order is the file', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, {
+    'a': { dir: { 'first': 'x'.repeat(300_000) } },
+    'b': { dir: filler(700) },
+    'c': { dir: { 'second': { hardlink: 'a/first' } } },
+    'd': { dir: filler(700) },
+    'e': { dir: { 'third': { hardlink: 'a/first' } } }
+  })
+  const pool = new FsPool(3)
+  t.after(() => pool.close())
+  const entries = await entriesOf(src, { pool })
+  const byPath = new Map(entries.map((e) => [e.path, e]))
+  assert.equal(byPath.get('a/first')!.type, 'file')
+  assert.equal(byPath.get('a/first')!.size, 300_000)
+  for (const p of ['c/second', 'e/third']) {
+    assert.equal(byPath.get(p)!.type, 'hardlink')
+    assert.equal(byPath.get(p)!.target, 'a/first')
+  }
+  assert.equal(entries.length, 5 + 3 + 1400)
+  assert.deepEqual(entries.map((e) => e.path).slice(0, 4), ['a', 'a/first', 'b', 'b/f0000'])
+})
+
+test('a file that reads shorter than its size fails the pack with ERR_CHANGED, naming it', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, { 'a': { dir: filler(600) }, 'z': { dir: { 'short': '' } } })
+  // A sysfs file claims a page and holds a few bytes: a file that shrank after its lstat.
+  const short = join(src, 'z', 'short')
+  execFileSync('mount', ['--bind', '/sys/kernel/uevent_seqnum', short])
+  try {
+    await assert.rejects(packTree(src), { code: 'ERR_CHANGED', path: 'z/short' })
+  } finally {
+    execFileSync('umount', [short])
+  }
+})
+
+test('an entry the format cannot carry is named, wherever its batch ends up', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  const xattrs: Record<string, string> = {}
+  for (let i = 0; i < 65; i++) xattrs[`user.a${i}`] = 'v'
+  buildTree(src, { 'a': { dir: filler(600) }, 'm': { dir: { 'many-xattrs': { file: 'x', xattrs } } }, 'z': { dir: filler(600) } })
+  await assert.rejects(packTree(src), { code: 'ERR_UNSUPPORTED_ENTRY', path: 'm/many-xattrs', message: /more than 64 extended attributes/ })
+})
+
+test('stops with ABORT_ERR when the signal aborts partway', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, { 'a': { dir: filler(3000) } })
+  const controller = new AbortController()
+  const progress: number[] = []
+  await assert.rejects(packTree(src, {
+    signal: controller.signal,
+    onProgress: (p) => {
+      progress.push(p.entries)
+      controller.abort()
+    }
+  }), { code: 'ABORT_ERR' })
+  assert.equal(progress.length, 1)
+})
