@@ -10,8 +10,9 @@ import { ProtocolViolationError } from './errors.ts'
  * - BLOCK     0x02, u8 cid length, cid bytes, block bytes
  * - DONT_HAVE 0x03, u8 cid length, cid bytes
  *
- * A stream carries WANTs from the client, as many as it likes (pipelined), and back,
- * in order, exactly one BLOCK or DONT_HAVE per wanted CID. The client ends the stream
+ * A stream carries WANTs from the client, as many as it likes (pipelined), and back
+ * exactly one BLOCK or DONT_HAVE per wanted CID, in any order (the server answers
+ * as its lookups finish; the client matches answers by CID). The client ends the stream
  * by closing its side.
  */
 export const BLOCKS_PROTOCOL = '/strata/blocks/1.0.0'

@@ -16,6 +16,8 @@ export const MAX_BANS = 10_000
 
 /** Unread bytes a serving stream buffers before it is reset (the library default is 4 MiB). */
 export const SERVE_READ_BUFFER = 256 * 1024
+/** Answers are sent together once this many bytes wait (or the next lookup is not done yet). */
+const COALESCE_BYTES = 256 * 1024
 
 /** What the block exchange needs from the libp2p node. */
 export interface ExchangeComponents {
@@ -165,7 +167,7 @@ export class BlockExchange {
 
   /**
    * Answers want-lists until the client closes its side: a BLOCK or a DONT_HAVE per
-   * CID, in order. Any misbehaviour or silence past the limits aborts the stream.
+   * CID, in the order the lookups finish. Any misbehaviour or silence past the limits aborts the stream.
    */
   async #serve (stream: Stream, connection: Connection): Promise<void> {
     const peer = connection.remotePeer.toString()
@@ -196,26 +198,54 @@ export class BlockExchange {
         counted += msg.cids.length
         this.#outstanding.set(peer, outstanding + msg.cids.length)
         // The whole want-list is looked up at once (the store answers it with one index
-        // read), then answered in order.
-        const found = await Promise.all(msg.cids.map(async (cid) => await this.#lookup(cid, peer)))
-        for (let i = 0; i < msg.cids.length; i++) {
-          const cid = msg.cids[i]!
-          const bytes = found[i]
-          if (bytes === undefined) {
-            await send(stream, encodeDontHave(cid), this.init.idleTimeoutMs)
+        // read) and answered as the lookups finish: a block still landing here holds up
+        // no other answer.
+        const ready: Array<{ cid: CID, bytes: Uint8Array | undefined }> = []
+        let wake: (() => void) | undefined
+        for (const cid of msg.cids) {
+          const done = (bytes: Uint8Array | undefined): void => { ready.push({ cid, bytes }); wake?.() }
+          this.#lookup(cid, peer).then(done, () => { done(undefined) })
+        }
+        // Answers go out several to a write, so a muxer frame, a Noise message and a
+        // syscall carry many blocks (and the client sends fewer window updates).
+        const out = new Uint8ArrayList()
+        let answers = 0
+        const flush = async (): Promise<void> => {
+          if (out.byteLength === 0) return
+          await sendRaw(stream, out.sublist(), this.init.idleTimeoutMs)
+          out.consume(out.byteLength)
+          this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? answers) - answers)
+          counted -= answers
+          answers = 0
+        }
+        for (let left = msg.cids.length; left > 0;) {
+          const next = ready.shift()
+          if (next === undefined) {
+            await flush()
+            const { promise, resolve } = Promise.withResolvers<void>()
+            wake = resolve
+            if (ready.length === 0) await promise
+            wake = undefined
+            continue
+          }
+          left--
+          if (next.bytes === undefined) {
+            appendFrame(out, encodeDontHave(next.cid))
           } else {
-            const wait = this.#rate.take(peer, bytes.length)
+            const wait = this.#rate.take(peer, next.bytes.length)
             if (wait > 0) {
               this.counters.blocksThrottled++
+              await flush()
               await new Promise<void>((resolve) => setTimeout(resolve, wait))
             }
-            await send(stream, new Uint8ArrayList(encodeBlockHeader(cid), bytes), this.init.idleTimeoutMs)
-            this.counters.bytesToPeers += bytes.length
+            appendFrame(out, encodeBlockHeader(next.cid), next.bytes)
+            this.counters.bytesToPeers += next.bytes.length
             this.counters.blocksToPeers++
           }
-          this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? 1) - 1)
-          counted--
+          answers++
+          if (out.byteLength >= COALESCE_BYTES) await flush()
         }
+        await flush()
       }
       await stream.close({ signal: AbortSignal.timeout(this.init.idleTimeoutMs) })
     } catch (err) {
@@ -649,10 +679,14 @@ export class PeerBlockSource implements BlockSource {
 }
 
 /** Writes one length-prefixed frame, waiting for the stream to drain (at most `drainMs`) only when its buffer is full. */
-async function send (stream: Stream, body: Uint8Array | Uint8ArrayList, drainMs: number): Promise<void> {
-  const frame = new Uint8ArrayList(encodeFrameLength(body.byteLength))
-  frame.append(body)
-  if (!stream.send(frame)) await stream.onDrain({ signal: AbortSignal.timeout(drainMs) })
+/** Appends one length-prefixed message made of `parts`. */
+function appendFrame (out: Uint8ArrayList, ...parts: Array<Uint8Array | Uint8ArrayList>): void {
+  out.append(encodeFrameLength(parts.reduce((n, p) => n + p.byteLength, 0)))
+  for (const p of parts) out.append(p)
+}
+
+async function sendRaw (stream: Stream, bytes: Uint8ArrayList, drainMs: number): Promise<void> {
+  if (!stream.send(bytes)) await stream.onDrain({ signal: AbortSignal.timeout(drainMs) })
 }
 
 /** A rendezvous score of (block, peer): every peer ranks the same way. FNV-1a over both strings. */

@@ -109,6 +109,10 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     transports: [tcp()],
     connectionEncrypters: [noise({ crypto: noiseCrypto })],
     streamMuxers: [yamux({
+      // Frames of up to 256 KiB instead of 64: a block answer crosses in one frame,
+      // and the receiver, which sends a window update per data frame, sends a quarter
+      // as many. A peer still cannot send more than the receive window it was given.
+      maxMessageSize: 256 * 1024,
       maxInboundStreams: limits.streamsPerConnection,
       streamOptions: { maxReadBufferLength: limits.streamReadBuffer }
     })],

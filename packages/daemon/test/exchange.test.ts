@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { lpStream } from '@libp2p/utils'
+import type { CID } from 'multiformats/cid'
 import { cidOf, RAW } from '@strata/chunker'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeWant, MAX_MESSAGE_SIZE } from '../src/index.ts'
 import { bytes, connect, digestTree, publishLayer, startDaemon } from './helpers.ts'
@@ -19,10 +20,40 @@ test('a want-list over the outstanding limit gets the stream aborted; the server
   const ok = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
   const lp2 = lpStream(ok, { maxDataLength: MAX_MESSAGE_SIZE })
   await lp2.write(encodeWant([layer.root, tooMany[0]!]))
-  const first = decodeMessage((await lp2.read()).subarray())
-  const second = decodeMessage((await lp2.read()).subarray())
-  assert.equal(first.type, 'block')
-  assert.equal(second.type, 'dont-have')
+  const answers = new Map<string, string>()
+  for (let i = 0; i < 2; i++) {
+    const m = decodeMessage((await lp2.read()).subarray())
+    if (m.type === 'want') assert.fail('a server sent a want-list')
+    answers.set(m.cid.toString(), m.type)
+  }
+  assert.deepEqual(answers, new Map([[layer.root.toString(), 'block'], [tooMany[0]!.toString(), 'dont-have']]))
+})
+
+test('a want-list is answered as its lookups finish: a slow block holds up none behind it', async (t) => {
+  const gate = Promise.withResolvers<void>()
+  t.after(() => gate.resolve())
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  await connect([a, b])
+  const { layer } = await publishLayer(t, a, { slow: bytes('slow', 30_000), fast: bytes('fast', 30_000) })
+  const cids: Record<string, CID> = {}
+  for await (const e of a.store.entries(layer.root)) if (e.chunks !== undefined) cids[e.path] = e.chunks[0]!.cid
+  const slow = cids.slow!
+  const fast = cids.fast!
+  const getBlock = a.store.getBlock.bind(a.store)
+  a.store.getBlock = async (cid, opts) => {
+    if (cid.equals(slow)) await gate.promise
+    return await getBlock(cid, opts)
+  }
+  const stream = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
+  const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+  await lp.write(encodeWant([slow, fast]))
+  const first = decodeMessage((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray())
+  assert.ok(first.type === 'block' && first.cid.equals(fast), 'the ready block comes first')
+  gate.resolve()
+  const second = decodeMessage((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray())
+  assert.ok(second.type === 'block' && second.cid.equals(slow))
+  assert.deepEqual(second.bytes, await getBlock(slow))
 })
 
 test('an oversized or malformed message aborts only its stream', async (t) => {
