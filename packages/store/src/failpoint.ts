@@ -8,7 +8,7 @@ const armed = process.env.STRATA_FAILPOINT
 
 /** Every named point, for tests and doc/STORE.md. */
 export const FAILPOINTS = [
-  'commit:manifest-written', 'commit:renamed', 'commit:located',
+  'commit:manifest-partial', 'commit:manifest-written', 'commit:renamed', 'commit:located',
   'restore:materialized', 'restore:manifest-written', 'restore:renamed', 'restore:located',
   'gc:marked', 'gc:moved', 'gc:unindexed'
 ] as const

@@ -41,6 +41,8 @@ const TOUCH_EVERY_MS = 60_000
 /** Quarantined indexes kept for inspection; older ones are deleted. */
 const KEEP_QUARANTINED = 3
 const BATCH = 5000
+/** Bytes of manifest blocks written to the index per batch. */
+const MANIFEST_BATCH_BYTES = 4 * 1024 * 1024
 /** Block lookups answered by one index read, and the most layers a read spans as exact keys. */
 const LOOKUP_BATCH = 1024
 const LOOKUP_MAX_LAYERS = 32
@@ -546,8 +548,21 @@ class LayerStore implements Store, LocalStore {
       }
       // Not indexed, or corrupt: whatever is there is not a layer anyone may use.
       if (existsSync(this.layerDir(root)) || (await this.#meta(root)) !== undefined) await this.#discard(root)
-      const batch = this.#db.batch()
-      for (const b of blocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
+      // A few MiB a batch: one batch of a whole manifest (tens of MiB with inline
+      // files) is copied whole into LevelDB's write batch and memtable. Blocks
+      // written before a crash that leaves no pending marker are swept at open.
+      let batch = this.#db.batch()
+      let batchBytes = 0
+      for (const b of blocks) {
+        batch.put(kManifestBlock(b.cid.toString()), b.bytes)
+        batchBytes += b.bytes.length
+        if (batchBytes >= MANIFEST_BATCH_BYTES) {
+          await batch.write()
+          batch = this.#db.batch()
+          batchBytes = 0
+        }
+      }
+      if (op === 'commit') failpoint('commit:manifest-partial')
       batch.put(kPending(root), Buffer.from(JSON.stringify(meta)))
       await batch.write()
       failpoint(`${op}:manifest-written`)

@@ -20,6 +20,7 @@ const tree: Tree = {
 
 /** Whether the layer must be there after a kill at each point: after the rename a commit is complete; a removal, once marked, is finished. */
 const survives: Record<FailpointName, boolean> = {
+  'commit:manifest-partial': false,
   'commit:manifest-written': false,
   'commit:renamed': true,
   'commit:located': true,
@@ -66,7 +67,7 @@ for (const point of FAILPOINTS) {
     assert.equal(ended.signal, 'SIGKILL', `the child did not reach ${point}: ${ended.stderr}`)
     const roots = await assertConsistent(data, new Map([[root, expected]]), dir)
     assert.deepEqual(roots, survives[point] ? [root] : [])
-    if (point === 'commit:manifest-written') assert.deepEqual(describeTree(src), expected, 'the source of a commit killed before its rename moved or changed')
+    if (point === 'commit:manifest-written' || point === 'commit:manifest-partial') assert.deepEqual(describeTree(src), expected, 'the source of a commit killed before its rename moved or changed')
     // The same operation, run again without a failpoint, completes.
     if (op === 'commit' && !survives[point]) args[2] = src
     if (op === 'commit' && survives[point]) execFileSync('cp', ['-a', template, src])
@@ -92,4 +93,31 @@ test('a layer dir whose commit was interrupted after its rename is dropped at re
   closeSync(fd)
   assert.deepEqual(await assertConsistent(data, new Map(), dir), [])
   assert.equal(existsSync(join(data, 'layers', pending[0]!)), false)
+})
+
+test('a commit killed between the batches of a large manifest leaves no layer and no manifest block behind', async (t) => {
+  const dir = tempDir(t)
+  const data = join(dir, 'data')
+  // 1,500 files of 4,000 bytes go inline: ~6 MB of manifest, written in more than one batch.
+  const files: Tree = {}
+  for (let i = 0; i < 1500; i++) files[`f${String(i).padStart(4, '0')}`] = text(`small-${i}`, 400).slice(0, 4000)
+  buildTree(join(dir, 'template'), files)
+  const expected = describeTree(join(dir, 'template'))
+  execFileSync('cp', ['-a', join(dir, 'template'), join(dir, 'src')])
+  const ended = await runChild(child, ['commit', data, join(dir, 'src')], { STRATA_FAILPOINT: 'commit:manifest-partial' })
+  assert.equal(ended.signal, 'SIGKILL', ended.stderr)
+  const db = new ClassicLevel<string, string>(join(data, 'index'))
+  let written = 0
+  for await (const _ of db.keys({ gte: 'mblock:', lt: 'mblock;' })) written++
+  await db.close()
+  assert.ok(written > 0, 'the kill came after a first batch of manifest blocks')
+  // Reopening sweeps them (assertConsistent checks that no key is left without its layer).
+  assert.deepEqual(await assertConsistent(data, new Map(), dir), [])
+  const again = await runChild(child, ['commit', data, join(dir, 'src')])
+  assert.equal(again.code, 0, again.stderr)
+  const other = await openStore({ dataDir: join(dir, 'other') })
+  execFileSync('cp', ['-a', join(dir, 'template'), join(dir, 'src2')])
+  const root = (await other.commit(join(dir, 'src2'))).root.toString()
+  await other.close()
+  assert.deepEqual(await assertConsistent(data, new Map([[root, expected]]), dir), [root])
 })
