@@ -87,15 +87,15 @@ export interface StrataFleet {
   packSeconds: number
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc; 0 once it is gone. */
-export function cpuSeconds (pid: number | undefined): number {
-  if (pid === undefined) return 0
+/** CPU seconds a process has used so far, user and system apart, from /proc; 0 once it is gone. */
+export function cpuSeconds (pid: number | undefined): { user: number, sys: number } {
+  if (pid === undefined) return { user: 0, sys: 0 }
   try {
     // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ').at(-1)!.split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+    return { user: Number(fields[11]) / CLOCK_TICKS, sys: Number(fields[12]) / CLOCK_TICKS }
   } catch {
-    return 0
+    return { user: 0, sys: 0 }
   }
 }
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
@@ -178,7 +178,8 @@ interface Method {
   cpu?: (n: number) => Cpu
 }
 
-interface Cpu { producer: number, consumerMean: number, total: number }
+/** CPU seconds: the producer's, a consumer's on average (and of that, user time: the rest is the kernel's), all daemons'. */
+interface Cpu { producer: number, consumerMean: number, consumerUserMean: number, total: number }
 
 interface MethodResult {
   consumers: number
@@ -291,7 +292,7 @@ async function main (): Promise<void> {
         strataPackSeconds = fleet.packSeconds
         progress(`strata: layer ${fleet.layer} packed on ${server.name} in ${fleet.packSeconds.toFixed(1)} s; ${most} consumer daemons`)
         const daemons = [fleet.producer.pid, ...fleet.consumers.map((c) => c.pid)]
-        let before: number[] = []
+        let before: Array<{ user: number, sys: number }> = []
         methods.set('strata', {
           prepare: async () => {
             for (let i = 0; i < most; i++) await forgetLayer(fleet, i)
@@ -300,9 +301,15 @@ async function main (): Promise<void> {
           restore: async (i) => await restoreWithStrata(fleet, i),
           // Where a fan-out's time goes on a small host: the daemons' CPU seconds in the rep.
           cpu: (n) => {
-            const used = daemons.map((pid, k) => cpuSeconds(pid) - before[k]!)
+            const used = daemons.map((pid, k) => { const c = cpuSeconds(pid); return { user: c.user - before[k]!.user, sys: c.sys - before[k]!.sys } })
             const consumersUsed = used.slice(1, n + 1)
-            return { producer: used[0]!, consumerMean: consumersUsed.reduce((a, b) => a + b, 0) / n, total: used.reduce((a, b) => a + b, 0) }
+            const sum = (list: typeof used, f: (c: { user: number, sys: number }) => number): number => list.reduce((a, c) => a + f(c), 0)
+            return {
+              producer: used[0]!.user + used[0]!.sys,
+              consumerMean: sum(consumersUsed, (c) => c.user + c.sys) / n,
+              consumerUserMean: sum(consumersUsed, (c) => c.user) / n,
+              total: sum(used, (c) => c.user + c.sys)
+            }
           }
         })
       } catch (err) {
@@ -326,7 +333,7 @@ async function main (): Promise<void> {
           samples.get(name)!.get(n)!.push(seconds)
           const cpu = method.cpu?.(n)
           if (cpu !== undefined) cpuUsed.get(name)!.get(n)!.push(cpu)
-          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)}, all ${cpu.total.toFixed(1)}`}`)
+          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)} (user ${cpu.consumerUserMean.toFixed(1)}), all ${cpu.total.toFixed(1)}`}`)
           if (!verified.has(name)) {
             const got = await treeStats(restored[0]!)
             if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
@@ -367,7 +374,7 @@ async function main (): Promise<void> {
     console.log(`tree: ${tree} (${stats.entries} entries, ${(stats.bytes / 1e6).toFixed(1)} MB; archive ${(archiveBytes / 1e6).toFixed(1)} MB, packed in ${packSeconds.toFixed(1)} s)`)
     console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}`)
     console.log(`1-minute load average ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after (${cpus().length} CPUs)`)
-    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each', 'CPU s all']]
+    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each (user)', 'CPU s all']]
     for (const [method, list] of Object.entries(results)) {
       const one = list.find((r) => r.consumers === 1)?.slowest.median
       for (const r of list) {
@@ -379,7 +386,7 @@ async function main (): Promise<void> {
           `${r.slowest.min.toFixed(2)}-${r.slowest.max.toFixed(2)}`,
           one === undefined ? '' : (r.slowest.median / one).toFixed(2) + 'x',
           (r.consumers * stats.bytes / 1e6 / r.slowest.median).toFixed(0),
-          r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.consumerMean)).median.toFixed(1),
+          r.cpu.length === 0 ? '' : `${summarize(r.cpu.map((c) => c.consumerMean)).median.toFixed(1)} (${summarize(r.cpu.map((c) => c.consumerUserMean)).median.toFixed(1)})`,
           r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.total)).median.toFixed(1)
         ])
       }
