@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
+import { setTimeout as delay } from 'node:timers/promises'
 import { openStore } from '@strata/store'
 import { RecordNotFoundError } from '../src/index.ts'
 import { digestTree, bytes, connect, memoryLogger, publishLayer, startDaemon, tempDir, wrapStore, writeTree } from './helpers.ts'
@@ -52,7 +53,14 @@ test('a peer that serves corrupted bytes is banned and the fetch completes from 
     }
   })
   const evil = await startDaemon(t, { dataDir: evilDir, store: evilStore })
-  const b = await startDaemon(t)
+  // Two wants at a time per provider, and A slow to answer: the corrupting peer is
+  // asked for some of the blocks, however soon A's stream opens.
+  const b = await startDaemon(t, { exchange: { wantBatch: 1, streamsPerProvider: 1 } })
+  const getBlock = a.store.getBlock.bind(a.store)
+  a.store.getBlock = async (cid, opts) => {
+    if (cid.code === 0x55) await delay(20)
+    return await getBlock(cid, opts)
+  }
   await connect([a, evil, b])
   const tree = { 'big.bin': bytes('corrupt-test', 2 * 1024 * 1024) }
   const upper = `${tempDir(t)}/u`
