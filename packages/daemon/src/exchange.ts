@@ -167,7 +167,8 @@ export class BlockExchange {
 
   /**
    * Answers want-lists until the client closes its side: a BLOCK or a DONT_HAVE per
-   * CID, in the order the lookups finish. Any misbehaviour or silence past the limits aborts the stream.
+   * CID, in the order the lookups finish. Any misbehaviour or silence past the
+   * limits aborts the stream.
    */
   async #serve (stream: Stream, connection: Connection): Promise<void> {
     const peer = connection.remotePeer.toString()
@@ -678,13 +679,13 @@ export class PeerBlockSource implements BlockSource {
   }
 }
 
-/** Writes one length-prefixed frame, waiting for the stream to drain (at most `drainMs`) only when its buffer is full. */
 /** Appends one length-prefixed message made of `parts`. */
 function appendFrame (out: Uint8ArrayList, ...parts: Array<Uint8Array | Uint8ArrayList>): void {
   out.append(encodeFrameLength(parts.reduce((n, p) => n + p.byteLength, 0)))
   for (const p of parts) out.append(p)
 }
 
+/** Writes bytes, waiting for the stream to drain (at most `drainMs`) only when its buffer is full. */
 async function sendRaw (stream: Stream, bytes: Uint8ArrayList, drainMs: number): Promise<void> {
   if (!stream.send(bytes)) await stream.onDrain({ signal: AbortSignal.timeout(drainMs) })
 }

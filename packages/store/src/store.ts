@@ -4,6 +4,7 @@ import { rm } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { ClassicLevel } from 'classic-level'
+import type { ChainedBatch } from 'classic-level'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
@@ -419,9 +420,7 @@ class LayerStore implements Store, LocalStore {
           onBlock: (b) => found.push(b)
         })
         if (packed.root.toString() !== name) throw new CommitError(`its content packs to ${packed.root.toString()}`)
-        const batch = this.#db.batch()
-        for (const b of packed.blocks) batch.put(kManifestBlock(b.cid.toString()), b.bytes)
-        await batch.write()
+        await (await this.#putManifest(packed.blocks)).write()
         const plan: IndexPlan = {
           locations: found,
           entries: packed.count,
@@ -477,6 +476,27 @@ class LayerStore implements Store, LocalStore {
       removeTree(copy.slice(0, -'/index'.length))
     }
     return n
+  }
+
+  /**
+   * Writes manifest blocks to the index a few MiB a batch (one batch of a whole
+   * manifest, tens of MiB with inline files, is copied whole into LevelDB's write
+   * batch and memtable). Returns the last batch, not yet written, for the caller
+   * to add to and write.
+   */
+  async #putManifest (blocks: ManifestBlock[]): Promise<ChainedBatch<ClassicLevel<string, Uint8Array>, string, Uint8Array>> {
+    let batch = this.#db.batch()
+    let bytes = 0
+    for (const b of blocks) {
+      batch.put(kManifestBlock(b.cid.toString()), b.bytes)
+      bytes += b.bytes.length
+      if (bytes >= MANIFEST_BATCH_BYTES) {
+        await batch.write()
+        batch = this.#db.batch()
+        bytes = 0
+      }
+    }
+    return batch
   }
 
   /** Takes a layer dir out of `layers/` and deletes it. */
@@ -548,20 +568,8 @@ class LayerStore implements Store, LocalStore {
       }
       // Not indexed, or corrupt: whatever is there is not a layer anyone may use.
       if (existsSync(this.layerDir(root)) || (await this.#meta(root)) !== undefined) await this.#discard(root)
-      // A few MiB a batch: one batch of a whole manifest (tens of MiB with inline
-      // files) is copied whole into LevelDB's write batch and memtable. Blocks
-      // written before a crash that leaves no pending marker are swept at open.
-      let batch = this.#db.batch()
-      let batchBytes = 0
-      for (const b of blocks) {
-        batch.put(kManifestBlock(b.cid.toString()), b.bytes)
-        batchBytes += b.bytes.length
-        if (batchBytes >= MANIFEST_BATCH_BYTES) {
-          await batch.write()
-          batch = this.#db.batch()
-          batchBytes = 0
-        }
-      }
+      // Blocks written before a crash that leaves no pending marker are swept at open.
+      const batch = await this.#putManifest(blocks)
       if (op === 'commit') failpoint('commit:manifest-partial')
       batch.put(kPending(root), Buffer.from(JSON.stringify(meta)))
       await batch.write()
