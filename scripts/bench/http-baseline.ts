@@ -4,6 +4,7 @@
 //
 //   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,4,8] [--reps 3]
 //                                       [--hosts 4] [--server node|python] [--no-strata] [--json] [--keep]
+//                                       [--fs ext4|here]
 //
 // Timed per consumer: from its start to the end of `sync` after tar (the data is on
 // disk, as a restore must leave it). Untimed: creating the archive (reported apart),
@@ -12,10 +13,12 @@
 // The strata side runs in the same reps, alternating with the baseline: `strata daemon`
 // on the server's host holds the tree as a layer (packed untimed), one daemon per
 // consumer fetches it from the fleet into its own store (restoreWithStrata), then sync.
+// Everything is written to a journaled ext4 made for the run (scratch-fs.ts says
+// why); --fs here writes to the cache dir's own filesystem instead.
 
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, openSync, readFileSync } from 'node:fs'
 import { mkdir, rm, stat } from 'node:fs/promises'
 import { request } from 'node:http'
 import { cpus, loadavg } from 'node:os'
@@ -28,6 +31,7 @@ import type { Host } from '../netns.ts'
 import { bigTree, DEFAULT_CACHE_DIR, treeStats } from './fixture.ts'
 import type { TreeStats } from './fixture.ts'
 import { formatTable, parseFlags, summarize } from './measure.ts'
+import { scratchFs } from './scratch-fs.ts'
 import type { Summary } from './measure.ts'
 
 const SERVE_FILE = fileURLToPath(new URL('./serve-file.ts', import.meta.url))
@@ -238,7 +242,7 @@ function sameTree (a: TreeStats, b: TreeStats): boolean {
 }
 
 async function main (): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false, strata: true, keep: false })
+  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false, strata: true, keep: false, fs: 'ext4' })
   const reps = Number(flags.reps)
   const consumerHosts = Number(flags.hosts)
   const counts = flags.consumers.split(',').map(Number)
@@ -246,6 +250,7 @@ async function main (): Promise<void> {
   if (!Number.isInteger(consumerHosts) || consumerHosts < 1 || consumerHosts > 64) throw new TypeError(`--hosts must be 1 to 64, got ${flags.hosts}`)
   if (counts.some((n) => !Number.isInteger(n) || n < 1 || n > 64)) throw new TypeError(`--consumers must list counts from 1 to 64, got ${flags.consumers}`)
   if (flags.server !== 'node' && flags.server !== 'python') throw new TypeError(`--server must be node or python, got ${flags.server}`)
+  if (flags.fs !== 'ext4' && flags.fs !== 'here') throw new TypeError(`--fs must be ext4 or here, got ${flags.fs}`)
   const progress = (line: string): void => { process.stderr.write(line + '\n') }
   requireTools()
 
@@ -258,10 +263,20 @@ async function main (): Promise<void> {
   // The cluster's exit handler must run before the scratch space goes (a consumer
   // still extracting into it would leave debris), so it is created first.
   const cluster = await createCluster({ hosts: 1 + consumerHosts })
-  const work = join(process.env.STRATA_BENCH_CACHE ?? DEFAULT_CACHE_DIR, `http-baseline-${process.pid}`)
+  // A producer store, the archive, and a store and a directory per consumer.
+  const most = Math.max(...counts)
+  const scratch = scratchFs(process.env.STRATA_BENCH_CACHE ?? DEFAULT_CACHE_DIR, `http-baseline-${process.pid}`,
+    Math.max(8, Math.ceil((3 * most + 4) * stats.bytes / 2 ** 30)), flags.fs)
+  const work = scratch.dir
+  progress(`writing to ${work}: ${scratch.kind}`)
   // --keep leaves the daemons' logs (and stores) for a look afterwards.
-  const removeWork = (): void => { if (!flags.keep) rmSync(work, { recursive: true, force: true }) }
-  process.once('exit', removeWork)
+  const removeWork = (): void => {
+    if (!flags.keep) scratch.remove()
+    else {
+      scratch.keep()
+      progress(`kept ${work} (${scratch.kind}); unmount it and remove its image when done`)
+    }
+  }
   const [server, ...consumers] = cluster.hosts as [Host, ...Host[]]
   const hostFor = (i: number): Host => consumers[i % consumers.length]!
   let stopServer = async (): Promise<void> => {}
@@ -275,7 +290,6 @@ async function main (): Promise<void> {
     stopServer = await startServer(server, flags.server, serveDir)
     const url = `http://${server.address}:${PORT}/${ARCHIVE}`
 
-    const most = Math.max(...counts)
     const dest = (i: number): string => join(work, `dest-${i}`)
     const methods = new Map<string, Method>([['http', {
       prepare: async (n) => {
@@ -362,6 +376,7 @@ async function main (): Promise<void> {
       consumerHosts,
       reps,
       cpus: cpus().length,
+      filesystem: scratch.kind,
       loadAverage: { before: loadBefore, after: loadavg()[0]! },
       strata: strataStatus,
       strataPackSeconds,
@@ -373,6 +388,7 @@ async function main (): Promise<void> {
     }
     console.log(`tree: ${tree} (${stats.entries} entries, ${(stats.bytes / 1e6).toFixed(1)} MB; archive ${(archiveBytes / 1e6).toFixed(1)} MB, packed in ${packSeconds.toFixed(1)} s)`)
     console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}`)
+    console.log(`written to ${report.filesystem}`)
     console.log(`1-minute load average ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after (${cpus().length} CPUs)`)
     const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each (user)', 'CPU s all']]
     for (const [method, list] of Object.entries(results)) {

@@ -1,6 +1,6 @@
 // strata pack / unpack against GNU tar on the big tree (issue 2, benchmark 2).
 //
-//   node scripts/bench/pack-unpack.ts [--reps 3] [--json] [--tree DIR] [--keep-source] [--no-verify]
+//   node scripts/bench/pack-unpack.ts [--reps 3] [--json] [--tree DIR] [--keep-source] [--no-verify] [--fs ext4|here]
 //
 // Each measured command works on a fresh copy of the tree made just before it
 // (`strata pack` moves its source into the store), followed by an untimed `sync`, so
@@ -9,6 +9,8 @@
 // command's, from GNU time. The tar pair and the strata pair swap order every rep so
 // that drift in the machine's load (it is shared) falls on both alike.
 // --keep-source adds a row for `strata pack --keep-source` (copies instead of moving).
+// Everything runs on a journaled ext4 made for the run (scratch-fs.ts says why);
+// --fs here runs on the cache dir's own filesystem instead.
 
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
@@ -16,9 +18,9 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { removeNow, removeOnExit } from './cleanup.ts'
 import { bigTree, cacheRoot, treeStats } from './fixture.ts'
 import type { RunResult, Summary } from './measure.ts'
+import { scratchFs } from './scratch-fs.ts'
 import { formatTable, GNU_TIME, parseFlags, runMeasured, runQuiet, summarize } from './measure.ts'
 
 const STRATA_BIN = fileURLToPath(new URL('../../packages/cli/bin/strata.js', import.meta.url))
@@ -37,18 +39,19 @@ function strataCommand (): string[] {
 }
 
 async function main (): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2), { reps: '3', json: false, tree: '', 'keep-source': false, verify: true })
+  const flags = parseFlags(process.argv.slice(2), { reps: '3', json: false, tree: '', 'keep-source': false, verify: true, fs: 'ext4' })
   const reps = Number.parseInt(flags.reps, 10)
   if (!(reps >= 1)) throw new TypeError(`--reps must be a positive integer, got ${flags.reps}`)
+  if (flags.fs !== 'ext4' && flags.fs !== 'here') throw new TypeError(`--fs must be ext4 or here, got ${flags.fs}`)
   const log = (line: string): void => { if (!flags.json) console.log(line) }
   const progress = (line: string): void => { process.stderr.write(line + '\n') }
   if (!existsSync(GNU_TIME)) progress(`${GNU_TIME} not found (apt-get install time): peak RSS will not be reported`)
 
   const tree = flags.tree !== '' ? flags.tree : await bigTree()
   const stats = await treeStats(tree)
-  const work = removeOnExit(join(cacheRoot(), `pack-unpack-${process.pid}`))
-  await rm(work, { recursive: true, force: true })
-  await mkdir(work, { recursive: true })
+  // Four copies of the tree at most (source, archive, store, destination), twice over.
+  const scratch = scratchFs(cacheRoot(), `pack-unpack-${process.pid}`, Math.max(4, Math.ceil(8 * stats.bytes / 2 ** 30)), flags.fs)
+  const work = scratch.dir
   const strata = strataCommand()
   const paths = {
     src: join(work, 'src'),
@@ -152,7 +155,7 @@ async function main (): Promise<void> {
       memoryGB: Math.round(os.totalmem() / 1e9),
       kernel: os.release(),
       loadAverageAtEnd: os.loadavg()[0]!,
-      filesystem: runSync('stat', ['-f', '-c', '%T', work]),
+      filesystem: scratch.kind,
       tar: runSync('tar', ['--version']).split('\n')[0] ?? ''
     }
 
@@ -201,7 +204,7 @@ async function main (): Promise<void> {
       else log(`root CID (same in every rep): ${[...cids][0]}`)
     }
   } finally {
-    removeNow(work)
+    scratch.remove()
   }
 }
 
