@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads'
 import { availableParallelism } from 'node:os'
+import { D, DESCRIBE_FIELDS } from '@strata/sys'
 
 /**
  * What a worker learns about each path of an 'entries' request, STAT_FIELDS
@@ -8,13 +9,17 @@ import { availableParallelism } from 'node:os'
  * many files in one buffer, so a reply costs a few copies rather than one object
  * per entry.
  */
-export const STAT_FIELDS = 16
+export const STAT_FIELDS = DESCRIBE_FIELDS
 /** Offset and length of a small file's bytes in `data`; length -1 when not there. */
-export const DATA_START = 12
-export const DATA_LENGTH = 13
-/** Index of a chunked file's first chunk in `lengths` (and `digests`, 32 bytes each), and how many. */
-export const CHUNK_START = 14
-export const CHUNK_COUNT = 15
+export const DATA_START = D.dataStart
+export const DATA_LENGTH = D.dataLength
+/**
+ * Index of a chunked file's first chunk in `lengths` (and `digests`, 32 bytes
+ * each), and how many: in the places of describe()'s errno and failure, which the
+ * worker has taken out by then.
+ */
+export const CHUNK_START = D.errno
+export const CHUNK_COUNT = D.failed
 
 export interface Failure {
   code: string

@@ -4,7 +4,8 @@
 import { parentPort } from 'node:worker_threads'
 import { closeSync, constants, fchmodSync, fchownSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
-import { lsetxattr, lstatx, lutimens, X } from '@strata/sys'
+import { getSystemErrorMessage, getSystemErrorName } from 'node:util'
+import { D, D_FAILED, describe as describeNative, lsetxattr, lutimens, X } from '@strata/sys'
 import { chunkReader, cutPoint, MAX_CHUNK } from './fastcdc.ts'
 import { readXattrs } from './xattrs.ts'
 import { CHUNK_COUNT, CHUNK_START, DATA_LENGTH, DATA_START, STAT_FIELDS } from './fs-pool.ts'
@@ -95,33 +96,59 @@ function readFile (abs: string, size: number, inline: boolean, data: Bytes, leng
   }
 }
 
+// Where describe() puts small files and symlink targets for a batch; what does not
+// fit is read by readFile() instead. Its bytes are copied out, so it is reused.
+const found = new Uint8Array(2 * 1024 * 1024)
+
+function systemFailure (errno: number, what: string, abs: string): Failure {
+  const code = getSystemErrorName(-errno)
+  return { code, message: `${code}: ${getSystemErrorMessage(-errno)}, ${what} '${abs}'` }
+}
+
 /** lstat, xattrs, symlink target and content of each path, in order. */
 function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: EntriesReply, transfer: ArrayBuffer[] } {
   const paths = req.paths.split('\0')
   const stats = new Float64Array(paths.length * STAT_FIELDS)
+  // One call for the lstats, the xattr checks, the symlinks and the small files.
+  const used = describeNative(req.paths, stats, found, req.inlineMax)
   const data = new Bytes()
+  data.push(found.subarray(0, used))
   const digests = new Bytes()
   const lengths: number[] = []
   const extras: Array<[number, EntryExtra]> = []
   for (let k = 0; k < paths.length; k++) {
     const abs = paths[k]!
-    const st = stats.subarray(k * STAT_FIELDS, (k + 1) * STAT_FIELDS)
-    st[DATA_LENGTH] = -1
+    const o = k * STAT_FIELDS
+    const failed = stats[o + D.failed]!
+    const errno = stats[o + D.errno]!
+    stats[o + D.failed] = 0
+    stats[o + D.errno] = 0
+    if (failed === D_FAILED.lstat) {
+      extras.push([k, { error: systemFailure(errno, 'lstat', abs) }])
+      continue
+    }
     let extra: EntryExtra | undefined
+    const fmt = stats[o + X.mode]! & S_IFMT
     try {
-      lstatx(abs, st)
-      if (st[X.hasXattrs] === 1) {
+      if (stats[o + X.hasXattrs] === 1) {
         const x = readXattrs(abs)
         if (x.xattrs !== undefined) (extra ??= {}).xattrs = x.xattrs
         if (x.opaque) (extra ??= {}).opaque = true
       }
-      if ((st[X.mode]! & S_IFMT) === S_IFLNK) (extra ??= {}).target = readlinkSync(abs)
+      if (fmt === S_IFLNK) {
+        const at = stats[o + DATA_START]!
+        const length = stats[o + DATA_LENGTH]!
+        ;(extra ??= {}).target = length >= 0 ? Buffer.from(found.buffer, found.byteOffset + at, length).toString('utf8') : readlinkSync(abs)
+        stats[o + DATA_LENGTH] = -1
+      }
     } catch (err) {
       extras.push([k, { error: failure(err) }])
       continue
     }
-    const size = st[X.size]!
-    if ((st[X.mode]! & S_IFMT) === S_IFREG && size > 0 && size <= req.maxFileSize) {
+    if (failed === D_FAILED.read) (extra ??= {}).readError = systemFailure(errno, 'read', abs)
+    else if (failed === D_FAILED.changed) (extra ??= {}).readError = CHANGED
+    const size = stats[o + X.size]!
+    if (failed === D_FAILED.none && fmt === S_IFREG && stats[o + DATA_LENGTH] === -1 && size > 0 && size <= req.maxFileSize) {
       const inline = size <= req.inlineMax
       const dataStart = data.length
       const chunkStart = lengths.length
@@ -138,11 +165,11 @@ function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: E
         lengths.length = chunkStart
         digests.length = chunkStart * 32
       } else if (inline) {
-        st[DATA_START] = dataStart
-        st[DATA_LENGTH] = size
+        stats[o + DATA_START] = dataStart
+        stats[o + DATA_LENGTH] = size
       } else {
-        st[CHUNK_START] = chunkStart
-        st[CHUNK_COUNT] = lengths.length - chunkStart
+        stats[o + CHUNK_START] = chunkStart
+        stats[o + CHUNK_COUNT] = lengths.length - chunkStart
       }
     }
     if (extra !== undefined) extras.push([k, extra])

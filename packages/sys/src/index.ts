@@ -10,6 +10,7 @@ interface Binding {
   lutimens(path: SysPath, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
   lstatx(path: SysPath, out: Float64Array): void
+  describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
 }
 
 const require = createRequire(import.meta.url)
@@ -58,4 +59,28 @@ export const X = { mode: 0, uid: 1, gid: 2, size: 3, mtimeSec: 4, mtimeNsec: 5, 
  */
 export function lstatx (path: SysPath, out: Float64Array): void {
   binding.lstatx(path, out)
+}
+
+/** describe()'s numbers a path: X's fields, then D's. */
+export const DESCRIBE_FIELDS = 16
+
+/**
+ * Fields of describe()'s output past X's: where the content (or symlink target)
+ * went in `data` and its length (-1: not read), then an errno and what failed
+ * (D_FAILED: 0 nothing, 1 the lstat or readlink, 2 opening or reading the content,
+ * 3 the content was not the size lstat gave).
+ */
+export const D = { dataStart: 12, dataLength: 13, errno: 14, failed: 15 } as const
+export const D_FAILED = { none: 0, lstat: 1, read: 2, changed: 3 } as const
+
+/**
+ * lstatx() of many absolute paths (joined by NUL) in one call, plus the content of
+ * each regular file of 1..inlineMax bytes and the target of each symlink, read
+ * into `data` one after another. Siblings go through one descriptor of their
+ * directory. Content that does not fit in `data` is left unread (length -1) for
+ * the caller. Fills DESCRIBE_FIELDS numbers a path in `out` and returns the bytes
+ * of `data` used. Errors are reported per path, never thrown.
+ */
+export function describe (paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number {
+  return binding.describe(paths, out, data, inlineMax)
 }

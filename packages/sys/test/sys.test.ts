@@ -1,10 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, writeFileSync, symlinkSync, lstatSync, rmSync, openSync, closeSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, writeFileSync, symlinkSync, lstatSync, rmSync, openSync, closeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { lgetxattrs, lsetxattr, lstatx, mknod, lutimens, flock, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
+import { D, D_FAILED, DESCRIBE_FIELDS, describe, lgetxattrs, lsetxattr, lstatx, mknod, lutimens, flock, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
 
 function tempDir (t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'strata-sys-'))
@@ -96,4 +96,48 @@ test('lstatx reports what lstat does, without following a symlink', (t) => {
   lstatx(join(dir, 'wh'), out)
   assert.deepEqual([out[X.rdevMajor], out[X.rdevMinor]], [0, 0])
   assert.throws(() => lstatx(join(dir, 'missing'), out), { code: 'ENOENT', syscall: 'lstat' })
+})
+
+test('describe stats many paths in one call, reading small files and symlinks, with errors per path', (t) => {
+  const dir = tempDir(t)
+  mkdirSync(join(dir, 'd'))
+  writeFileSync(join(dir, 'd', 'small'), 'hello')
+  writeFileSync(join(dir, 'd', 'big'), Buffer.alloc(5000, 7))
+  writeFileSync(join(dir, 'd', 'empty'), '')
+  writeFileSync(join(dir, 'd', 'tagged'), 'xy')
+  lsetxattr(join(dir, 'd', 'tagged'), 'user.k', Buffer.from('v'))
+  symlinkSync('../target/ü', join(dir, 'd', 'link'))
+  writeFileSync(join(dir, 'top'), 'abc')
+  const names = ['d', 'd/small', 'd/big', 'd/empty', 'd/missing', 'd/tagged', 'd/link', 'top', 'nodir/x']
+  const out = new Float64Array(names.length * DESCRIBE_FIELDS)
+  const data = new Uint8Array(16 * 1024)
+  const used = describe(names.map((n) => join(dir, n)).join('\0'), out, data, 4096)
+  const at = (name: string, field: number): number => out[names.indexOf(name) * DESCRIBE_FIELDS + field]!
+  const content = (name: string): string => Buffer.from(data.subarray(at(name, D.dataStart), at(name, D.dataStart) + at(name, D.dataLength))).toString()
+  for (const name of ['d', 'd/small', 'd/big', 'd/tagged', 'top']) {
+    const st = lstatSync(join(dir, name))
+    assert.equal(at(name, X.mode), st.mode, name)
+    assert.equal(at(name, X.size), st.size, name)
+    assert.equal(at(name, X.ino), st.ino, name)
+    assert.equal(at(name, D.failed), D_FAILED.none, name)
+  }
+  assert.equal(content('d/small'), 'hello')
+  assert.equal(content('top'), 'abc')
+  assert.equal(content('d/tagged'), 'xy')
+  assert.equal(content('d/link'), '../target/ü')
+  assert.equal(at('d/big', D.dataLength), -1, 'past inlineMax: left to the caller')
+  assert.equal(at('d/empty', D.dataLength), -1)
+  assert.equal(at('d/tagged', X.hasXattrs), 1)
+  assert.equal(at('d/small', X.hasXattrs), 0)
+  assert.equal(at('d/missing', D.failed), D_FAILED.lstat)
+  assert.equal(at('d/missing', D.errno), 2) // ENOENT
+  assert.equal(at('nodir/x', D.failed), D_FAILED.lstat)
+  assert.equal(used, 5 + 2 + Buffer.byteLength('../target/ü') + 3)
+
+  // Content that does not fit what is left of `data` is not read, and not an error.
+  const tight = new Uint8Array(4)
+  describe(join(dir, 'd/small'), out, tight, 4096)
+  assert.equal(out[D.dataLength], -1)
+  assert.equal(out[D.failed], D_FAILED.none)
+  assert.equal(out[X.size], 5)
 })
