@@ -3,7 +3,7 @@ import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW, SHA2_256 } from './cid.ts'
 import { MAX_CHUNK, MIN_CHUNK } from './fastcdc.ts'
 import { EntryListWriter, TYPE_CODES } from './cbor.ts'
-import { comparePaths, parentOf } from './entry.ts'
+import { comparePaths } from './entry.ts'
 import type { Entry, RootAttributes, Chunk } from './entry.ts'
 import { InvalidManifestError, UnsupportedEntryError } from './errors.ts'
 import { OVERLAY_XATTR } from './xattrs.ts'
@@ -336,8 +336,11 @@ export function decodeEntryList (bytes: Uint8Array): Entry[] {
  * directory of the layer and every hardlink points at an earlier regular file.
  */
 export class EntryChecker {
-  readonly #dirs = new Set<string>([''])
-  readonly #files = new Set<string>()
+  // Entries come in comparePaths order, where a directory's descendants follow it
+  // at once: the directories that can still be a parent are the last entry's
+  // ancestors, a stack, and the regular files so far are a sorted list.
+  readonly #open: string[] = ['']
+  readonly #files: string[] = []
   #last: string | undefined
   #count = 0
   #size = 0
@@ -350,19 +353,40 @@ export class EntryChecker {
   }
 
   check (e: Entry): void {
-    if (this.#last !== undefined && comparePaths(this.#last, e.path) >= 0) {
-      fail(comparePaths(this.#last, e.path) === 0 ? 'duplicate path' : 'entries out of order', e.path)
+    const path = e.path
+    if (this.#last !== undefined && comparePaths(this.#last, path) >= 0) {
+      fail(comparePaths(this.#last, path) === 0 ? 'duplicate path' : 'entries out of order', path)
     }
-    this.#last = e.path
-    if (++this.#count > this.#expected) fail(`more entries than the ${this.#expected} the root declares`, e.path)
-    if (!this.#dirs.has(parentOf(e.path))) fail('the parent is not a directory of this layer', e.path)
-    if (e.type === 'dir') this.#dirs.add(e.path)
+    this.#last = path
+    if (++this.#count > this.#expected) fail(`more entries than the ${this.#expected} the root declares`, path)
+    const open = this.#open
+    let top = open[open.length - 1]!
+    while (top !== '' && !(path.length > top.length && path.charCodeAt(top.length) === 0x2f && path.startsWith(top))) {
+      open.pop()
+      top = open[open.length - 1]!
+    }
+    if (path.lastIndexOf('/') !== (top === '' ? -1 : top.length)) fail('the parent is not a directory of this layer', path)
+    if (e.type === 'dir') open.push(path)
     if (e.type === 'file') {
-      this.#files.add(e.path)
+      this.#files.push(path)
       this.#size += e.size
-      if (this.#expectedSize !== undefined && this.#size > this.#expectedSize) fail(`files add up to more than the ${this.#expectedSize} bytes the root declares`, e.path)
+      if (this.#expectedSize !== undefined && this.#size > this.#expectedSize) fail(`files add up to more than the ${this.#expectedSize} bytes the root declares`, path)
     }
-    if (e.type === 'hardlink' && !this.#files.has(e.target!)) fail('a hardlink must point at an earlier regular file of the layer', e.path)
+    if (e.type === 'hardlink' && !this.#isFile(e.target!)) fail('a hardlink must point at an earlier regular file of the layer', path)
+  }
+
+  #isFile (path: string): boolean {
+    const files = this.#files
+    let lo = 0
+    let hi = files.length - 1
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1
+      const c = comparePaths(files[mid]!, path)
+      if (c === 0) return true
+      if (c < 0) lo = mid + 1
+      else hi = mid - 1
+    }
+    return false
   }
 
   end (): void {
