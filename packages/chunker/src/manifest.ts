@@ -59,7 +59,7 @@ export interface ManifestBlock {
 
 export interface EncodedManifest {
   root: CID
-  /** Every block of the manifest, the root first. */
+  /** Every block of the manifest, the root first; the root alone when the entry lists went to an `onBlock`. */
   blocks: ManifestBlock[]
   count: number
   size: number
@@ -80,9 +80,16 @@ function estimateSize (e: Entry): number {
   return n
 }
 
-/** Builds a manifest from entries given in order. */
+/**
+ * Builds a manifest from entries given in order. With `onBlock`, each entry-list
+ * block is handed over as soon as it is complete instead of kept until finish():
+ * a large layer's manifest (tens of MB with its inline files) then never sits
+ * in memory whole.
+ */
 export class ManifestBuilder {
   readonly #lists: ManifestBlock[] = []
+  readonly #listCids: CID[] = []
+  readonly #onBlock: ((block: ManifestBlock) => void) | undefined
   // The same checks a reader makes, so that what a writer builds always reads back.
   readonly #checker = new EntryChecker(LIMITS.entries)
   readonly #current = new EntryListWriter()
@@ -90,6 +97,10 @@ export class ManifestBuilder {
   #last: string | undefined
   #count = 0
   #size = 0
+
+  constructor (opts: { onBlock?: (block: ManifestBlock) => void } = {}) {
+    this.#onBlock = opts.onBlock
+  }
 
   add (entry: Entry): void {
     this.#checker.check(entry)
@@ -109,13 +120,16 @@ export class ManifestBuilder {
     if (this.#current.count === 0) return
     const bytes = this.#current.finish()
     if (bytes.length > MAX_BLOCK_SIZE) throw new InvalidManifestError(`an entry-list block would be ${bytes.length} bytes`, { path: this.#last })
-    this.#lists.push({ cid: cidOf(DAG_CBOR, bytes), bytes })
+    const block = { cid: cidOf(DAG_CBOR, bytes), bytes }
+    this.#listCids.push(block.cid)
+    if (this.#onBlock !== undefined) this.#onBlock(block)
+    else this.#lists.push(block)
     this.#currentSize = 0
   }
 
   finish (root: RootAttributes): EncodedManifest {
     this.#flush()
-    if (this.#lists.length > LIMITS.entryBlocks) throw new InvalidManifestError(`too many entries (${this.#count})`)
+    if (this.#listCids.length > LIMITS.entryBlocks) throw new InvalidManifestError(`too many entries (${this.#count})`)
     const rootAttrs: Record<string, unknown> = {}
     encodeAttrs(rootAttrs, root)
     const bytes = dagCbor.encode({
@@ -124,7 +138,7 @@ export class ManifestBuilder {
       count: this.#count,
       size: this.#size,
       root: rootAttrs,
-      entries: this.#lists.map((b) => b.cid)
+      entries: this.#listCids
     })
     const rootBlock = { cid: cidOf(DAG_CBOR, bytes), bytes }
     return { root: rootBlock.cid, blocks: [rootBlock, ...this.#lists], count: this.#count, size: this.#size }

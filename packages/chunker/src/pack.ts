@@ -11,7 +11,7 @@ import { compareNames } from './entry.ts'
 import type { Chunk, Entry, RootAttributes } from './entry.ts'
 import { checkPath, ManifestBuilder, LIMITS } from './manifest.ts'
 import { readXattrs } from './xattrs.ts'
-import type { EncodedManifest } from './manifest.ts'
+import type { EncodedManifest, ManifestBlock } from './manifest.ts'
 import { AbortError, ChunkerError, UnsupportedEntryError } from './errors.ts'
 
 /** Where a content block's bytes live inside the packed tree. */
@@ -29,6 +29,11 @@ export interface PackOptions {
   inlineBudget?: number
   /** Called once per content chunk, in order. */
   onBlock?: (location: BlockLocation) => void
+  /**
+   * Takes each entry-list block of the manifest as soon as it is complete, in
+   * order; the result's `blocks` then holds the root alone.
+   */
+  onManifestBlock?: (block: ManifestBlock) => void
   /** Things skipped with a reason (sockets). */
   onWarning?: (warning: { path: string, message: string }) => void
   onProgress?: (event: { entries: number, bytes: number }) => void
@@ -141,7 +146,7 @@ interface Batch {
 
 async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: FsPool): Promise<PackResult> {
   const links = new Map<string, string>()
-  const builder = new ManifestBuilder()
+  const builder = new ManifestBuilder(opts.onManifestBlock !== undefined ? { onBlock: opts.onManifestBlock } : {})
   const batches: Batch[] = []
   let paths: string[] = []
   let rels: string[] = []

@@ -224,6 +224,12 @@ class LayerStore implements Store, LocalStore {
   readonly #release: () => void
   #closed = false
   #sweepAtNextOpen = false
+  /**
+   * Commits whose manifest blocks are being written ahead of their pending
+   * marker: while there are any, no manifest block is deleted (a removal or a
+   * sweep could take one that a commit shares), and the next open sweeps instead.
+   */
+  #manifestsInFlight = 0
   #pool: FsPool | undefined
   /** Last use of each layer as last written (or about to be), so that a use is written at most once a minute. */
   readonly #touched = new Map<string, number>()
@@ -363,6 +369,10 @@ class LayerStore implements Store, LocalStore {
       await flush()
     }
     for await (const key of this.#db.keys({ gte: 'mblock:', lt: 'mblock;' })) {
+      if (this.#manifestsInFlight > 0) {
+        this.#sweepAtNextOpen = true
+        break
+      }
       if (linked.has(key.slice('mblock:'.length))) continue
       batch.del(key)
       counts.manifestBlocks++
@@ -497,6 +507,50 @@ class LayerStore implements Store, LocalStore {
       }
     }
     return batch
+  }
+
+  /**
+   * Writes the manifest blocks given to `add` to the index a few MiB a batch, one
+   * batch at a time, while the caller goes on. `flush()` writes what is left and
+   * reports the first failure; `end(installed)` closes the stream whatever
+   * happened (the blocks of a commit that failed stay behind until the next open
+   * sweeps them).
+   */
+  #manifestStream (): { add: (block: ManifestBlock) => void, flush: () => Promise<void>, end: (installed: boolean) => Promise<void> } {
+    this.#manifestsInFlight++
+    let batch = this.#db.batch()
+    let bytes = 0
+    let failed: unknown
+    let writing: Promise<void> = Promise.resolve()
+    let wrote = false
+    const write = (): void => {
+      wrote = true
+      const full = batch
+      batch = this.#db.batch()
+      bytes = 0
+      writing = writing.then(async () => { if (failed === undefined) await full.write() }).catch((err: unknown) => { failed ??= err })
+    }
+    let ended = false
+    return {
+      add: (block) => {
+        batch.put(kManifestBlock(block.cid.toString()), block.bytes)
+        bytes += block.bytes.length
+        if (bytes >= MANIFEST_BATCH_BYTES) write()
+      },
+      flush: async () => {
+        if (batch.length > 0) write()
+        await writing
+        if (failed !== undefined) throw failed
+      },
+      end: async (installed) => {
+        if (ended) return
+        ended = true
+        await writing
+        if (batch.length > 0) await batch.close()
+        this.#manifestsInFlight--
+        if (!installed && wrote) this.#sweepAtNextOpen = true
+      }
+    }
   }
 
   /** Takes a layer dir out of `layers/` and deletes it. */
@@ -687,23 +741,35 @@ class LayerStore implements Store, LocalStore {
       // The builder checks entries as a reader would, and the walk the format's
       // limits: the locations reported here need no second decode of the manifest.
       const found: Located[] = []
-      const packed = await packTree(src, {
-        pool: this.#workers,
-        ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
-        signal: opts.signal,
-        onBlock: (b) => found.push(b),
-        onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
-        onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
-      })
-      const plan: IndexPlan = {
-        locations: found,
-        entries: packed.count,
-        size: packed.size,
-        blocks: packed.contentBlocks
+      // Entry-list blocks go to the index while the walk goes on, a few MiB a
+      // batch; the root goes with the pending marker in #install.
+      const lists = this.#manifestStream()
+      let installed = false
+      let packed
+      try {
+        packed = await packTree(src, {
+          pool: this.#workers,
+          ...(this.#inlineMax !== undefined ? { inlineMax: this.#inlineMax } : {}),
+          signal: opts.signal,
+          onBlock: (b) => found.push(b),
+          onManifestBlock: lists.add,
+          onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
+          onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
+        })
+        await lists.flush()
+        const plan: IndexPlan = {
+          locations: found,
+          entries: packed.count,
+          size: packed.size,
+          blocks: packed.contentBlocks
+        }
+        const info = await this.#install('commit', src, packed.blocks, {}, true, plan)
+        installed = true
+        this.#log.debug({ layer: info.root.toString(), entries: packed.count, bytes: packed.size }, 'committed')
+        return info
+      } finally {
+        await lists.end(installed)
       }
-      const info = await this.#install('commit', src, packed.blocks, {}, true, plan)
-      this.#log.debug({ layer: info.root.toString(), entries: packed.count, bytes: packed.size }, 'committed')
-      return info
     } catch (err) {
       if (err instanceof StoreError) throw err
       throw new CommitError(`cannot commit ${dir}: ${(err as Error).message}`, { cause: err })
@@ -745,7 +811,9 @@ class LayerStore implements Store, LocalStore {
     for await (const key of this.#db.keys({ gte: 'pending:', lt: 'pending;' })) others.push(key.slice('pending:'.length))
     const linked = await this.#linkedManifestBlocks(others.filter((o) => o !== root))
     batch = this.#db.batch()
-    for (const cid of own) if (!linked.has(cid)) batch.del(kManifestBlock(cid))
+    // A commit writing its manifest may share these blocks before it has a pending marker.
+    if (this.#manifestsInFlight > 0) this.#sweepAtNextOpen = true
+    else for (const cid of own) if (!linked.has(cid)) batch.del(kManifestBlock(cid))
     batch.del(kUsed(root))
     await batch.write()
   }
