@@ -75,7 +75,8 @@ export interface WriteOptions {
 export type PoolRequest =
   /** Absolute paths joined by NUL; files up to inlineMax bytes come back whole, past maxFileSize not at all. */
   | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number }
-  | { kind: 'write', items: WriteItem[], options: WriteOptions }
+  /** `small`: files with their content inline and no xattrs, for @strata/sys writeFiles(); `smallRels` names them. */
+  | { kind: 'write', items: WriteItem[], options: WriteOptions, small?: Uint8Array, smallRels?: string[] }
 
 export type WorkerRequest = PoolRequest & { id: number }
 

@@ -5,7 +5,7 @@ import { parentPort } from 'node:worker_threads'
 import { closeSync, constants, fchmodSync, fchownSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { getSystemErrorMessage, getSystemErrorName } from 'node:util'
-import { D, D_FAILED, describe as describeNative, lsetxattr, lutimens, X } from '@strata/sys'
+import { D, D_FAILED, describe as describeNative, lsetxattr, lutimens, writeFiles, X } from '@strata/sys'
 import { chunkReader, cutPoint, MAX_CHUNK } from './fastcdc.ts'
 import { readXattrs } from './xattrs.ts'
 import { CHUNK_COUNT, CHUNK_START, DATA_LENGTH, DATA_START, STAT_FIELDS } from './fs-pool.ts'
@@ -235,6 +235,15 @@ parentPort!.on('message', (req: WorkerRequest) => {
     return
   }
   let error: WorkerResponse['error']
+  if (req.small !== undefined) {
+    const failed = writeFiles(req.small, req.options.umask)
+    if (failed !== undefined) {
+      const code = getSystemErrorName(-failed.errno)
+      const path = req.smallRels![failed.index] ?? ''
+      parentPort!.postMessage({ id: req.id, error: { code, message: `${code}: ${getSystemErrorMessage(-failed.errno)}, ${failed.syscall}`, path } } satisfies WorkerResponse)
+      return
+    }
+  }
   for (const item of req.items) {
     try {
       writeFile(item, req.options)

@@ -1,8 +1,8 @@
 import { chmodSync, closeSync, constants, fchmodSync, fchownSync, lchownSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, writeSync } from 'node:fs'
 import type { CID } from 'multiformats/cid'
-import { lsetxattr, lutimens, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '@strata/sys'
+import { FileBatch, lsetxattr, lutimens, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '@strata/sys'
 import { FsPool } from './fs-pool.ts'
-import type { WriteItem, WriteOptions } from './fs-pool.ts'
+import type { PoolRequest, WriteItem, WriteOptions } from './fs-pool.ts'
 import type { Entry, RootAttributes } from './entry.ts'
 import { decodeEntryList, decodeRoot, EntryChecker } from './manifest.ts'
 import { verifyBlock } from './cid.ts'
@@ -167,14 +167,26 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const pool = opts.pool ?? new FsPool()
   const inFlight: Array<Promise<void>> = []
   let items: WriteItem[] = []
+  // Files whose content is inline and that carry no xattrs go in one buffer, made
+  // in one native call by the worker.
+  const small = new FileBatch()
+  let smallRels: string[] = []
   let itemBytes = 0
   const send = async (): Promise<void> => {
-    if (items.length > 0) {
+    if (items.length > 0 || small.count > 0) {
       const batch = items
       items = []
       itemBytes = 0
+      const req: PoolRequest = { kind: 'write', items: batch, options: writeOptions }
+      const transfer: ArrayBuffer[] = []
+      if (small.count > 0) {
+        req.small = small.take()
+        req.smallRels = smallRels
+        smallRels = []
+        transfer.push(req.small.buffer as ArrayBuffer)
+      }
       // Block bytes are copied to the worker, not transferred: they may sit in Buffer's shared pool.
-      const written = pool.request({ kind: 'write', items: batch, options: writeOptions }).then((res) => {
+      const written = pool.request(req, transfer).then((res) => {
         if (res.error !== undefined) {
           const { code, message, path } = res.error
           if (code === 'ERR_BLOCK_MISMATCH') throw new BlockMismatchError(message, { path })
@@ -252,8 +264,15 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
                 await writeStreamed(abs, e)
                 break
               }
-              const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
               const xattrs = xattrsOf(e.xattrs)
+              if (e.chunks === undefined && xattrs === undefined) {
+                small.add(abs, mode(e.mode), e.uid, e.gid, e.mtime, preserveOwner && (e.uid !== euid || e.gid !== writeOptions.egid), e.data)
+                smallRels.push(e.path)
+                itemBytes += e.size
+                if (items.length + small.count >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
+                break
+              }
+              const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
               if (xattrs !== undefined) item.xattrs = xattrs
               if (e.data !== undefined) item.data = e.data
               else if (e.chunks !== undefined) {
@@ -275,7 +294,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
               }
               items.push(item)
               itemBytes += e.size
-              if (items.length >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
+              if (items.length + small.count >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
               break
             }
             case 'symlink':

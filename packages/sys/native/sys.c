@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,6 +363,86 @@ static napi_value js_describe(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// writeFiles(req: Uint8Array, umask: number) -> undefined | { index, errno, syscall }
+//
+// Creates the small files a layer carries inline, one batch in one call. `req`
+// holds, per file, little-endian: u16 path length, the absolute path, u32 mode,
+// u32 uid, u32 gid, u32 flags (1: chown), i64 mtime seconds, u32 mtime
+// nanoseconds, u32 data length, the data. Each file is created exclusively
+// (O_EXCL, never through a symlink) through one descriptor of its directory,
+// written, chowned when asked, chmodded when the umask or special bits require it
+// and given its mtime (as atime too) on the open descriptor. Stops at the first
+// failure and says which file, why, and in which call.
+static napi_value js_write_files(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool is_ta = false;
+  if (argc == 2) napi_is_typedarray(env, argv[0], &is_ta);
+  if (!is_ta) return type_error(env, "writeFiles(req: Uint8Array, umask: number)");
+  napi_typedarray_type tt; size_t len; void *p; napi_value ab; size_t off;
+  napi_get_typedarray_info(env, argv[0], &tt, &len, &p, &ab, &off);
+  if (tt != napi_uint8_array) return type_error(env, "req must be a Uint8Array");
+  uint32_t umask_bits;
+  if (napi_get_value_uint32(env, argv[1], &umask_bits) != napi_ok) return type_error(env, "umask must be a number");
+  const unsigned char *req = p;
+  size_t at = 0;
+  uint32_t index = 0;
+  int dirfd = -1;
+  char dir[PATH_BUF] = "";
+  char path[PATH_BUF];
+  int err = 0;
+  const char *failed = NULL;
+  for (; at < len; index++) {
+    uint16_t plen; uint32_t mode, uid, gid, flags, nsec, dlen; int64_t sec;
+    if (len - at < 2) { err = EINVAL; failed = "request"; break; }
+    memcpy(&plen, req + at, 2); at += 2;
+    if (plen == 0 || plen >= PATH_BUF || len - at < (size_t)plen + 32) { err = EINVAL; failed = "request"; break; }
+    memcpy(path, req + at, plen); path[plen] = 0; at += plen;
+    memcpy(&mode, req + at, 4); memcpy(&uid, req + at + 4, 4); memcpy(&gid, req + at + 8, 4);
+    memcpy(&flags, req + at + 12, 4); memcpy(&sec, req + at + 16, 8); memcpy(&nsec, req + at + 24, 4);
+    memcpy(&dlen, req + at + 28, 4); at += 32;
+    if (len - at < dlen || memchr(path, 0, plen) || nsec >= 1000000000u) { err = EINVAL; failed = "request"; break; }
+    const unsigned char *data = req + at;
+    at += dlen;
+    char *slash = strrchr(path, '/');
+    if (!slash || slash == path || slash[1] == 0) { err = EINVAL; failed = "request"; break; }
+    *slash = 0;
+    if (dirfd < 0 || strcmp(dir, path) != 0) {
+      if (dirfd >= 0) close(dirfd);
+      strcpy(dir, path);
+      dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (dirfd < 0) { err = errno; failed = "open"; *slash = '/'; break; }
+    }
+    const char *name = slash + 1;
+    mode_t wanted = mode & 0777;
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, wanted);
+    *slash = '/';
+    if (fd < 0) { err = errno; failed = "open"; break; }
+    size_t done = 0;
+    while (done < dlen) {
+      ssize_t n = write(fd, data + done, dlen - done);
+      if (n < 0) { if (errno == EINTR) continue; err = errno; failed = "write"; break; }
+      done += (size_t)n;
+    }
+    // Owner, then mode: chown clears setuid and setgid.
+    if (!err && (flags & 1) && fchown(fd, uid, gid) != 0) { err = errno; failed = "fchown"; }
+    if (!err && ((wanted & umask_bits) != 0 || (mode & 07777) != wanted) && fchmod(fd, mode & 07777) != 0) { err = errno; failed = "fchmod"; }
+    struct timespec times[2] = { { (time_t)sec, (long)nsec }, { (time_t)sec, (long)nsec } };
+    if (!err && futimens(fd, times) != 0) { err = errno; failed = "futimens"; }
+    if (close(fd) != 0 && !err) { err = errno; failed = "close"; }
+    if (err) break;
+  }
+  if (dirfd >= 0) close(dirfd);
+  napi_value result;
+  if (!err) { napi_get_undefined(env, &result); return result; }
+  napi_value v;
+  napi_create_object(env, &result);
+  napi_create_uint32(env, index, &v); napi_set_named_property(env, result, "index", v);
+  napi_create_int32(env, err, &v); napi_set_named_property(env, result, "errno", v);
+  napi_create_string_utf8(env, failed, NAPI_AUTO_LENGTH, &v); napi_set_named_property(env, result, "syscall", v);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"lgetxattrs", NULL, js_lgetxattrs, NULL, NULL, NULL, napi_default, NULL},
@@ -371,6 +452,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"flock", NULL, js_flock, NULL, NULL, NULL, napi_default, NULL},
     {"lstatx", NULL, js_lstatx, NULL, NULL, NULL, napi_default, NULL},
     {"describe", NULL, js_describe, NULL, NULL, NULL, napi_default, NULL},
+    {"writeFiles", NULL, js_write_files, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

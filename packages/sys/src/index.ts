@@ -11,6 +11,7 @@ interface Binding {
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
   lstatx(path: SysPath, out: Float64Array): void
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
+  writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
 
 const require = createRequire(import.meta.url)
@@ -83,4 +84,81 @@ export const D_FAILED = { none: 0, lstat: 1, read: 2, changed: 3 } as const
  */
 export function describe (paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number {
   return binding.describe(paths, out, data, inlineMax)
+}
+
+/** Where writeFiles() stopped, and why. */
+export interface WriteFilesFailure {
+  /** Which file of the batch, in the order added. */
+  index: number
+  errno: number
+  syscall: string
+}
+
+/**
+ * Files for writeFiles(), encoded one after another into one buffer that can be
+ * transferred to a worker: per file, little-endian, u16 path length, the path,
+ * u32 mode, uid, gid, flags (1: chown), i64 mtime seconds, u32 nanoseconds, u32
+ * data length, the data.
+ */
+export class FileBatch {
+  #buf = Buffer.alloc(64 * 1024)
+  #view = new DataView(this.#buf.buffer, this.#buf.byteOffset, this.#buf.length)
+  #length = 0
+  count = 0
+
+  get bytes (): number {
+    return this.#length
+  }
+
+  add (abs: string, mode: number, uid: number, gid: number, mtime: readonly [number, number], chown: boolean, data: Uint8Array | undefined): void {
+    const pathBytes = Buffer.byteLength(abs)
+    if (pathBytes === 0 || pathBytes >= 4096) throw new RangeError(`path of ${pathBytes} bytes: ${abs.slice(0, 200)}`)
+    const dataLength = data?.length ?? 0
+    this.#reserve(2 + pathBytes + 32 + dataLength)
+    const v = this.#view
+    let at = this.#length
+    v.setUint16(at, pathBytes, true)
+    at += 2
+    this.#buf.write(abs, at, 'utf8')
+    at += pathBytes
+    v.setUint32(at, mode, true)
+    v.setUint32(at + 4, uid, true)
+    v.setUint32(at + 8, gid, true)
+    v.setUint32(at + 12, chown ? 1 : 0, true)
+    v.setBigInt64(at + 16, BigInt(mtime[0]), true)
+    v.setUint32(at + 24, mtime[1], true)
+    v.setUint32(at + 28, dataLength, true)
+    at += 32
+    if (data !== undefined) this.#buf.set(data, at)
+    this.#length = at + dataLength
+    this.count++
+  }
+
+  /** The encoded files; the batch starts afresh. */
+  take (): Uint8Array {
+    const out = new Uint8Array(this.#length)
+    out.set(this.#buf.subarray(0, this.#length))
+    this.#length = 0
+    this.count = 0
+    return out
+  }
+
+  #reserve (n: number): void {
+    if (this.#length + n <= this.#buf.length) return
+    const next = Buffer.alloc(Math.max(this.#buf.length * 2, this.#length + n))
+    next.set(this.#buf.subarray(0, this.#length))
+    this.#buf = next
+    this.#view = new DataView(next.buffer, next.byteOffset, next.length)
+  }
+}
+
+/**
+ * Creates the files of a FileBatch, each exclusively (never through a symlink or
+ * over an existing file), through one descriptor of its directory: content,
+ * owner (when flagged), mode (chmod only when the umask or special bits need it),
+ * and mtime as atime and mtime, on the open file. Returns undefined, or where it
+ * stopped at the first failure.
+ */
+export function writeFiles (batch: Uint8Array, umask: number): WriteFilesFailure | undefined {
+  return binding.writeFiles(batch, umask)
 }

@@ -1,10 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, writeFileSync, symlinkSync, lstatSync, rmSync, openSync, closeSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync, symlinkSync, lstatSync, rmSync, openSync, closeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { D, D_FAILED, DESCRIBE_FIELDS, describe, lgetxattrs, lsetxattr, lstatx, mknod, lutimens, flock, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
+import { D, D_FAILED, DESCRIBE_FIELDS, describe, FileBatch, writeFiles, lgetxattrs, lsetxattr, lstatx, mknod, lutimens, flock, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
 
 function tempDir (t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'strata-sys-'))
@@ -140,4 +140,41 @@ test('describe stats many paths in one call, reading small files and symlinks, w
   assert.equal(out[D.dataLength], -1)
   assert.equal(out[D.failed], D_FAILED.none)
   assert.equal(out[X.size], 5)
+})
+
+test('writeFiles creates a batch of files with content, mode, owner and nanosecond mtime, and stops at the first failure', (t) => {
+  const dir = tempDir(t)
+  mkdirSync(join(dir, 'a'))
+  mkdirSync(join(dir, 'b'))
+  writeFileSync(join(dir, 'b', 'taken'), 'old')
+  symlinkSync('/etc/passwd', join(dir, 'b', 'link'))
+  const batch = new FileBatch()
+  batch.add(join(dir, 'a', 'plain'), 0o644, 0, 0, [1_700_000_000, 123_456_789], false, Buffer.from('hello'))
+  batch.add(join(dir, 'a', 'setuid'), 0o4755, 1234, 5678, [1_600_000_000, 1], true, Buffer.from('#!/bin/sh\n'))
+  batch.add(join(dir, 'a', 'empty'), 0o600, 0, 0, [1, 0], false, undefined)
+  batch.add(join(dir, 'b', 'taken'), 0o644, 0, 0, [1, 0], false, Buffer.from('new'))
+  batch.add(join(dir, 'b', 'after'), 0o644, 0, 0, [1, 0], false, Buffer.from('x'))
+  assert.equal(batch.count, 5)
+  const failed = writeFiles(batch.take(), 0o022)
+  assert.deepEqual(failed, { index: 3, errno: 17, syscall: 'open' }) // EEXIST: never over an existing file
+  assert.equal(batch.count, 0)
+  const plain = statSync(join(dir, 'a', 'plain'), { bigint: true })
+  assert.equal(plain.mode & 0o7777n, 0o644n)
+  assert.equal(plain.mtimeNs, 1_700_000_000_123_456_789n)
+  assert.equal(plain.atimeNs, 1_700_000_000_123_456_789n)
+  assert.equal(readFileSync(join(dir, 'a', 'plain'), 'utf8'), 'hello')
+  const setuid = statSync(join(dir, 'a', 'setuid'))
+  assert.equal(setuid.mode & 0o7777, 0o4755, 'chmod after chown keeps setuid')
+  assert.equal(setuid.uid, 1234)
+  assert.equal(setuid.gid, 5678)
+  assert.equal(statSync(join(dir, 'a', 'empty')).size, 0)
+  assert.equal(statSync(join(dir, 'a', 'empty')).mode & 0o777, 0o600)
+  assert.equal(readFileSync(join(dir, 'b', 'taken'), 'utf8'), 'old')
+  assert.throws(() => statSync(join(dir, 'b', 'after')), { code: 'ENOENT' }, 'nothing written past the failure')
+
+  // Never through a symlink.
+  const through = new FileBatch()
+  through.add(join(dir, 'b', 'link'), 0o644, 0, 0, [1, 0], false, Buffer.from('x'))
+  assert.deepEqual(writeFiles(through.take(), 0o022), { index: 0, errno: 17, syscall: 'open' })
+  assert.notEqual(readFileSync('/etc/passwd', 'utf8'), 'x')
 })
