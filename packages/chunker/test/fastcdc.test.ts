@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { chunkReader, cutAll, MAX_CHUNK, MIN_CHUNK } from '../src/fastcdc.ts'
+import { AVG_CHUNK, chunkReader, cutAll, cutPoint, MAX_CHUNK, MIN_CHUNK } from '../src/fastcdc.ts'
 
 /** Deterministic pseudo-random bytes (sha256 in counter mode). */
 function bytes (n: number, seed: string): Uint8Array {
@@ -12,6 +12,73 @@ function bytes (n: number, seed: string): Uint8Array {
   }
   return out
 }
+
+/** gear[i] = first 4 bytes (big-endian) of sha256("strata/fastcdc/gear/v1" || i), as the format defines it. */
+const GEAR = Array.from({ length: 256 }, (_, i) =>
+  createHash('sha256').update('strata/fastcdc/gear/v1').update(Uint8Array.of(i)).digest().readInt32BE(0))
+
+/** The cut rule one byte at a time: the format's definition, against which the fast loop is held. */
+function referenceCut (buf: Uint8Array, start: number, end: number): number {
+  const n = Math.min(end - start, MAX_CHUNK)
+  if (n <= MIN_CHUNK) return end - start
+  let h = 0
+  for (let k = MIN_CHUNK; k < n; k++) {
+    h = ((h << 1) + GEAR[buf[start + k]!]!) | 0
+    const mask = k < AVG_CHUNK ? 0x7fffe000 : 0x7ffe0000
+    if ((h & mask) === 0) return k + 1
+  }
+  return n
+}
+
+/** Lengths up to `limit` from `start` at which the hash meets the 14-bit mask: the only places where either mask can cut. */
+function candidateCuts (buf: Uint8Array, start: number, limit: number): number[] {
+  const lengths: number[] = []
+  let h = 0
+  for (let k = MIN_CHUNK; k < limit; k++) {
+    h = ((h << 1) + GEAR[buf[start + k]!]!) | 0
+    if ((h & 0x7ffe0000) === 0) lengths.push(k + 1)
+  }
+  return lengths
+}
+
+test('cuts where the one-byte-at-a-time gear hash does', () => {
+  const text = Buffer.from(Array.from({ length: 40_000 }, (_, i) => `${i}: layer ${i % 7} chunk ${(i * 31) % 1000}\n`).join(''))
+  const pattern = new Uint8Array(3 * MAX_CHUNK).map((_, i) => [1, 2, 3, 5, 8, 13, 21][i % 7]!)
+  const inputs = { random: bytes(4 * 1024 * 1024, 'reference'), text, zeros: new Uint8Array(3 * MAX_CHUNK), pattern }
+  for (const [name, input] of Object.entries(inputs)) {
+    // An odd byteOffset, so that no read lines up with the underlying buffer.
+    const backing = new Uint8Array(input.length + 3)
+    backing.set(input, 3)
+    const buf = backing.subarray(3)
+    const expect = (start: number, end: number): void => {
+      assert.equal(cutPoint(buf, start, end), referenceCut(buf, start, end), `${name}, bytes ${start} to ${end}`)
+    }
+    for (let pos = 0; pos < buf.length;) {
+      const len = cutPoint(buf, pos, buf.length)
+      expect(pos, buf.length)
+      // Windows that end just before and after each place up to the cut where a mask
+      // could cut put that place in every position of the last, partly filled step.
+      for (const at of candidateCuts(buf, pos, len)) {
+        for (let k = -1; k <= 16; k++) if (pos + at + k <= buf.length) expect(pos, pos + at + k)
+        // Starts that put the same place just before and after the switch of masks.
+        for (let k = -2; k <= 2; k++) if (pos + at - AVG_CHUNK + k >= 0) expect(pos + at - AVG_CHUNK + k, buf.length)
+      }
+      pos += len
+    }
+    for (const size of [MIN_CHUNK, AVG_CHUNK, MAX_CHUNK]) {
+      for (let k = -9; k <= 9; k++) {
+        const start = 1 + (size + k) % 13
+        expect(start, Math.min(buf.length, start + size + k))
+      }
+    }
+  }
+})
+
+test('refuses a window that reaches outside the buffer', () => {
+  const buf = new Uint8Array(2 * MAX_CHUNK).subarray(0, MAX_CHUNK)
+  assert.throws(() => cutPoint(buf, 0, MAX_CHUNK + 1), RangeError)
+  assert.throws(() => cutPoint(buf, -1, MAX_CHUNK), RangeError)
+})
 
 test('covers every byte exactly once, within the size bounds', () => {
   const data = bytes(8 * 1024 * 1024 + 12345, 'cover')
