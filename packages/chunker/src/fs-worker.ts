@@ -24,8 +24,12 @@ function failure (err: unknown): Failure {
 
 /** A byte buffer that grows by doubling; `take()` hands its bytes over and starts afresh. */
 class Bytes {
-  buf = new Uint8Array(64 * 1024)
+  buf: Uint8Array
   length = 0
+  constructor (capacity: number) {
+    this.buf = new Uint8Array(capacity)
+  }
+
   reserve (n: number): void {
     if (this.length + n <= this.buf.length) return
     const next = new Uint8Array(Math.max(this.buf.length * 2, this.length + n))
@@ -41,7 +45,7 @@ class Bytes {
 
   take (): Uint8Array {
     const out = new Uint8Array(this.buf.buffer, 0, this.length)
-    this.buf = new Uint8Array(64 * 1024)
+    this.buf = new Uint8Array(0)
     this.length = 0
     return out
   }
@@ -111,9 +115,11 @@ function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: E
   const stats = new Float64Array(paths.length * STAT_FIELDS)
   // One call for the lstats, the xattr checks, the symlinks and the small files.
   const used = describeNative(req.paths, stats, found, req.inlineMax)
-  const data = new Bytes()
+  // Sized for what describe() read: most batches need no more, and every batch's
+  // buffers are allocated here and freed on the main thread, so waste adds up.
+  const data = new Bytes(used + 4096)
   data.push(found.subarray(0, used))
-  const digests = new Bytes()
+  const digests = new Bytes(32 * 64)
   const lengths: number[] = []
   const extras: Array<[number, EntryExtra]> = []
   for (let k = 0; k < paths.length; k++) {
