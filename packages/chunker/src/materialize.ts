@@ -17,6 +17,12 @@ export interface ContentSource {
    * Its bytes are still checked against every chunk CID as they are copied.
    */
   localFile?(entry: Entry): string | undefined
+  /**
+   * True when getBlock() already checks each block against its CID (an in-process
+   * source that verifies before anything else sees the bytes): materialize then
+   * does not hash them again. Every other source is verified here.
+   */
+  readonly verified?: boolean
 }
 
 export interface MaterializeOptions {
@@ -104,12 +110,14 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const prefetchBytes = opts.prefetchBytes ?? 32 * 1024 * 1024
   const concurrency = opts.concurrency ?? 32
   const signal = opts.signal
-  // Every block is checked here, whatever the source promises.
-  const getBlock = async (cid: CID): Promise<Uint8Array> => {
-    const bytes = await source.getBlock(cid, { signal })
-    verifyBlock(cid, bytes)
-    return bytes
-  }
+  // Every block is checked here unless the source checks it itself.
+  const getBlock = source.verified === true
+    ? async (cid: CID): Promise<Uint8Array> => await source.getBlock(cid, { signal })
+    : async (cid: CID): Promise<Uint8Array> => {
+      const bytes = await source.getBlock(cid, { signal })
+      verifyBlock(cid, bytes)
+      return bytes
+    }
   const writeOptions: WriteOptions = { preserveOwner, umask: currentUmask(), euid, egid: process.getegid?.() ?? 0 }
 
   const manifest = decodeRoot(await getBlock(root))

@@ -362,6 +362,8 @@ const MAX_FAILURES = 3
  * the owner just sends the block to the full providers.
  */
 export class PeerBlockSource implements BlockSource {
+  /** Every block is checked against its CID in #session, before it is handed out, written or counted. */
+  readonly verified = true
   readonly stats: FetchStats = { providersUsed: 0, bytes: 0, blocks: 0 }
   readonly #ex: BlockExchange
   readonly #providers = new Map<string, Provider>()

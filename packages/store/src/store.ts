@@ -957,7 +957,9 @@ class LayerStore implements Store, LocalStore {
       const manifestBlocks = new Map<string, ManifestBlock>()
       let manifestBytes = 0
       const content: ContentSource = {
-        // materialize() verifies every block it is given.
+        // Local blocks are verified as they are read; the source's are verified by
+        // materialize(), unless the source verifies them itself.
+        verified: source.verified === true,
         getBlock: async (cid, o) => {
           const local = await this.#findBlock(cid, o).catch(() => undefined)
           const bytes = local instanceof Uint8Array ? local : await source.getBlock(cid, o)

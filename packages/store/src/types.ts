@@ -19,6 +19,12 @@ export interface LayerInfo {
 /** Anything that yields block bytes already verified against their CID. */
 export interface BlockSource {
   getBlock(cid: CID, opts?: { signal?: AbortSignal }): Promise<Uint8Array>
+  /**
+   * True when getBlock() itself checks every block against its CID before
+   * returning it (the block exchange does, before it writes or bans): a restore
+   * then does not hash the bytes a second time.
+   */
+  readonly verified?: boolean
 }
 
 export interface CommitOptions {
