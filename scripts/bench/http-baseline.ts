@@ -263,10 +263,11 @@ async function main (): Promise<void> {
   // The cluster's exit handler must run before the scratch space goes (a consumer
   // still extracting into it would leave debris), so it is created first.
   const cluster = await createCluster({ hosts: 1 + consumerHosts })
-  // A producer store, the archive, and a store and a directory per consumer.
+  // A producer store, the archive, and a store and a directory per consumer, at
+  // twice the tree's bytes each: a small file takes a whole 4 KiB block.
   const most = Math.max(...counts)
   const scratch = scratchFs(process.env.STRATA_BENCH_CACHE ?? DEFAULT_CACHE_DIR, `http-baseline-${process.pid}`,
-    Math.max(8, Math.ceil((3 * most + 4) * stats.bytes / 2 ** 30)), flags.fs)
+    Math.max(8, Math.ceil((2 * most + 4) * 2 * stats.bytes / 2 ** 30)), flags.fs)
   const work = scratch.dir
   progress(`writing to ${work}: ${scratch.kind}`)
   // --keep leaves the daemons' logs (and stores) for a look afterwards.
