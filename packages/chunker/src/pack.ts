@@ -9,7 +9,7 @@ import { CHUNK_COUNT, CHUNK_START, DATA_LENGTH, DATA_START, FsPool, STAT_FIELDS 
 import type { EntriesReply, EntryExtra, WorkerResponse } from './fs-pool.ts'
 import { compareNames } from './entry.ts'
 import type { Chunk, Entry, RootAttributes } from './entry.ts'
-import { checkPath, ManifestBuilder, LIMITS } from './manifest.ts'
+import { ManifestBuilder, LIMITS } from './manifest.ts'
 import { readXattrs } from './xattrs.ts'
 import type { EncodedManifest, ManifestBlock } from './manifest.ts'
 import { AbortError, ChunkerError, UnsupportedEntryError } from './errors.ts'
@@ -80,13 +80,18 @@ const S_IFDIR = 0o040000
 const S_IFCHR = 0o020000
 const S_IFIFO = 0o010000
 
-/** The format's limits, enforced while walking so that a tree the format cannot carry is refused before it moves. */
-function checkLimits (rel: string): void {
-  try {
-    checkPath(rel)
-  } catch (err) {
-    throw new UnsupportedEntryError(`the layer format cannot carry this path (${(err as Error).message.replace(/: ".*$/, '')})`, { path: rel.slice(0, 300), cause: err })
-  }
+/**
+ * The format's limits, enforced while walking so that a tree the format cannot
+ * carry is refused before it moves. Only what the new name adds is checked: the
+ * parent's path passed already, and readdir() gives no empty, '.', '..' or NUL
+ * names. A UTF-16 unit is at most 3 bytes of UTF-8, so most paths need no count.
+ */
+function checkLimits (name: string, rel: string, depth: number): void {
+  let problem: string | undefined
+  if (depth > LIMITS.depth) problem = `path is deeper than ${LIMITS.depth} components`
+  else if (rel.length * 3 > LIMITS.pathBytes && Buffer.byteLength(rel) > LIMITS.pathBytes) problem = `path is longer than ${LIMITS.pathBytes} bytes`
+  else if (name.length * 3 > LIMITS.nameBytes && Buffer.byteLength(name) > LIMITS.nameBytes) problem = `path has a component longer than ${LIMITS.nameBytes} bytes`
+  if (problem !== undefined) throw new UnsupportedEntryError(`the layer format cannot carry this path (${problem})`, { path: rel.slice(0, 300) })
 }
 
 function checkXattrs (xattrs: Array<[string, Uint8Array]>, rel: string): void {
@@ -293,14 +298,14 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
 
   // The main thread only lists directories, in manifest order; the workers do
   // everything else per path (lstat, xattrs, readlink, read and hash).
-  const visit = async (abs: string, rel: string): Promise<void> => {
+  const visit = async (abs: string, rel: string, depth: number): Promise<void> => {
     const children = readdirSync(abs, { withFileTypes: true }).sort(byName)
     for (const child of children) {
       if (opts.signal?.aborted === true) throw new AbortError({ cause: opts.signal.reason })
       const name = child.name
       const childRel = flat(rel === '' ? name : `${rel}/${name}`)
       checkName(name, childRel)
-      checkLimits(childRel)
+      checkLimits(name, childRel, depth)
       const childAbs = `${abs}/${name}`
       const isDir = child.isDirectory()
       paths.push(childAbs)
@@ -310,11 +315,11 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
         flush()
         while (batches.length >= MAX_IN_FLIGHT) await applyOldest()
       }
-      if (isDir) await visit(flat(childAbs), childRel)
+      if (isDir) await visit(flat(childAbs), childRel, depth + 1)
     }
   }
 
-  await visit(dir, '')
+  await visit(dir, '', 1)
   flush()
   while (batches.length > 0) {
     if (opts.signal?.aborted === true) throw new AbortError({ cause: opts.signal.reason })
