@@ -37,6 +37,8 @@ export interface EntryExtra {
   /** Overlay attributes left out. */
   xattrs?: Array<[string, Uint8Array]>
   opaque?: true
+  /** Not read: the same worker read this inode (hardlinked) for an earlier path of the same walk. */
+  linkSeen?: true
 }
 
 export interface EntriesReply {
@@ -74,8 +76,12 @@ export interface WriteOptions {
 }
 
 export type PoolRequest =
-  /** Absolute paths joined by NUL; files up to inlineMax bytes come back whole, past maxFileSize not at all. */
-  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number }
+  /**
+   * Absolute paths joined by NUL; files up to inlineMax bytes come back whole, past
+   * maxFileSize not at all. `walk` names the walk the batch belongs to: a worker
+   * reads a hardlinked inode once per walk.
+   */
+  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number, walk: number }
   /** `small`: files with their content inline and no xattrs, for @strata/sys writeFiles(); `smallRels` names them. */
   | { kind: 'write', items: WriteItem[], options: WriteOptions, small?: Uint8Array, smallRels?: string[] }
 

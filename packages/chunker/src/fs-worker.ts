@@ -109,10 +109,21 @@ function systemFailure (errno: number, what: string, abs: string): Failure {
   return { code, message: `${code}: ${getSystemErrorMessage(-errno)}, ${what} '${abs}'` }
 }
 
+// The hardlinked inodes (dev:ino) this worker has read in the current walk. A
+// worker takes its batches in the walk's order, so an inode it has read was read
+// for an earlier path in manifest order: the later ones become hardlink entries,
+// whose content nobody uses. Another walk starts the set afresh.
+let linksWalk = -1
+const linksRead = new Set<string>()
+
 /** lstat, xattrs, symlink target and content of each path, in order. */
 function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: EntriesReply, transfer: ArrayBuffer[] } {
   const paths = req.paths.split('\0')
   const stats = new Float64Array(paths.length * STAT_FIELDS)
+  if (req.walk !== linksWalk) {
+    linksWalk = req.walk
+    linksRead.clear()
+  }
   // One call for the lstats, the xattr checks, the symlinks and the small files.
   const used = describeNative(req.paths, stats, found, req.inlineMax)
   // Sized for what describe() read: most batches need no more, and every batch's
@@ -154,6 +165,12 @@ function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: E
     if (failed === D_FAILED.read) (extra ??= {}).readError = systemFailure(errno, 'read', abs)
     else if (failed === D_FAILED.changed) (extra ??= {}).readError = CHANGED
     const size = stats[o + X.size]!
+    const inode = fmt === S_IFREG && stats[o + X.nlink]! > 1 ? `${stats[o + X.dev]}:${stats[o + X.ino]}` : undefined
+    if (inode !== undefined && stats[o + DATA_LENGTH] === -1 && linksRead.has(inode)) {
+      (extra ??= {}).linkSeen = true
+      extras.push([k, extra])
+      continue
+    }
     if (failed === D_FAILED.none && fmt === S_IFREG && stats[o + DATA_LENGTH] === -1 && size > 0 && size <= req.maxFileSize) {
       const inline = size <= req.inlineMax
       const dataStart = data.length
@@ -177,6 +194,7 @@ function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: E
         stats[o + CHUNK_START] = chunkStart
         stats[o + CHUNK_COUNT] = lengths.length - chunkStart
       }
+      if (readError === undefined && inode !== undefined) linksRead.add(inode)
     }
     if (extra !== undefined) extras.push([k, extra])
   }

@@ -149,7 +149,11 @@ interface Batch {
   reply: Promise<WorkerResponse>
 }
 
+// Numbers the walks of this process, for the workers' record of hardlinks read.
+let walks = 0
+
 async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: FsPool): Promise<PackResult> {
+  const walk = ++walks
   const links = new Map<string, string>()
   const builder = new ManifestBuilder(opts.onManifestBlock !== undefined ? { onBlock: opts.onManifestBlock } : {})
   const batches: Batch[] = []
@@ -183,7 +187,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
 
   const flush = (): void => {
     if (paths.length === 0) return
-    const reply = pool.request({ kind: 'entries', paths: paths.join('\0'), inlineMax, maxFileSize: LIMITS.fileSize })
+    const reply = pool.request({ kind: 'entries', paths: paths.join('\0'), inlineMax, maxFileSize: LIMITS.fileSize, walk })
     reply.catch(() => {}) // awaited in order by applyOldest; this only keeps an early failure from counting as unhandled
     batches.push({ rels, listed, reply })
     paths = []
@@ -222,6 +226,8 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
         return e
       }
       if (inode !== undefined) links.set(inode, rel)
+      // A worker leaves unread only an inode it read for an earlier path of this walk.
+      if (extra?.linkSeen === true) throw new ChunkerError('ERR_CHANGED', 'a hardlinked file was first seen at a later path than a worker read it at', { path: rel })
       e.size = st[o + X.size]!
       if (e.size > LIMITS.fileSize) throw new UnsupportedEntryError(`file larger than ${LIMITS.fileSize} bytes`, { path: rel })
       if (extra?.readError !== undefined) {

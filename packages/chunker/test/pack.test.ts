@@ -1,6 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { FsPool, packTree, readManifest } from '../src/index.ts'
 import type { Entry, PackOptions } from '../src/index.ts'
@@ -44,6 +45,40 @@ test('hardlinks whose paths are read by different workers: the first path in man
   }
   assert.equal(entries.length, 5 + 3 + 1400)
   assert.deepEqual(entries.map((e) => e.path).slice(0, 4), ['a', 'a/first', 'b', 'b/f0000'])
+})
+
+/** Bytes this process has read through read(2) and the like, from /proc/self/io. */
+function bytesRead (): number {
+  return Number(/^rchar: (\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'))![1])
+}
+
+test('a hardlinked file is read once by a worker, not once for each of its paths', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  const size = 16 * 1024 * 1024
+  // Its paths in three batches; one worker takes them all in the walk's order.
+  buildTree(src, {
+    'a': { dir: { 'big': 'y'.repeat(size) } },
+    'b': { dir: { ...filler(300), 'link': { hardlink: 'a/big' } } },
+    'c': { dir: { ...filler(300), 'link': { hardlink: 'a/big' } } },
+    'd': { dir: { ...filler(300), 'link': { hardlink: 'a/big' } } }
+  })
+  const pool = new FsPool(1)
+  t.after(() => pool.close())
+  await entriesOf(join(dir, 'src'), { pool, inlineMax: 0 }) // the pool's own start-up reads, out of the count
+  const before = bytesRead()
+  const entries = await entriesOf(src, { pool })
+  const read = bytesRead() - before
+  assert.ok(read >= size && read < 2 * size, `read ${read} bytes for a ${size}-byte file with four paths`)
+  const byPath = new Map(entries.map((e) => [e.path, e]))
+  assert.equal(byPath.get('a/big')!.type, 'file')
+  assert.equal(byPath.get('a/big')!.chunks!.reduce((n, c) => n + c.length, 0), size)
+  for (const p of ['b/link', 'c/link', 'd/link']) assert.equal(byPath.get(p)!.target, 'a/big')
+
+  // Another walk of the same tree reads it again: the record is per walk.
+  const again = bytesRead()
+  await entriesOf(src, { pool })
+  assert.ok(bytesRead() - again >= size)
 })
 
 test('a file that reads shorter than its size fails the pack with ERR_CHANGED, naming it', async (t) => {
