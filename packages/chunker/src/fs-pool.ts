@@ -5,7 +5,7 @@ import { D, DESCRIBE_FIELDS } from '@strata/sys'
 
 /**
  * What a worker learns about each path of an 'entries' request, STAT_FIELDS
- * numbers a path in `stats`: lstatx()'s fields (X of @strata/sys), then where the
+ * numbers a path in `stats`: describe()'s lstat fields (X of @strata/sys), then where the
  * content of a regular file went. Numbers in one typed array, and the bytes of
  * many files in one buffer, so a reply costs a few copies rather than one object
  * per entry.

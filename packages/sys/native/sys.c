@@ -213,33 +213,8 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return result;
 }
 
-// lstatx(path, out: Float64Array(12)) -> void: one lstat, the fields a layer needs,
-// without node's BigIntStats objects: mode, uid, gid, size, mtime sec, mtime nsec,
-// ino, dev, nlink, rdev major, rdev minor, and whether the path has any xattr.
-static napi_value js_lstatx(napi_env env, napi_callback_info info) {
-  size_t argc = 2; napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  char path[PATH_BUF];
-  if (argc < 2 || get_path(env, argv[0], path) != 0) return type_error(env, "path must be a string or Buffer");
-  bool is_ta = false;
-  napi_is_typedarray(env, argv[1], &is_ta);
-  if (!is_ta) return type_error(env, "out must be a Float64Array(12)");
-  napi_typedarray_type tt; size_t len; void *data; napi_value ab; size_t off;
-  napi_get_typedarray_info(env, argv[1], &tt, &len, &data, &ab, &off);
-  if (tt != napi_float64_array || len < 12) return type_error(env, "out must be a Float64Array(12)");
-  struct stat st;
-  if (lstat(path, &st) != 0) return throw_errno(env, errno, "lstat", path);
-  double *o = (double *)data;
-  o[0] = st.st_mode; o[1] = st.st_uid; o[2] = st.st_gid; o[3] = (double)st.st_size;
-  o[4] = (double)st.st_mtim.tv_sec; o[5] = (double)st.st_mtim.tv_nsec;
-  o[6] = (double)st.st_ino; o[7] = (double)st.st_dev; o[8] = (double)st.st_nlink;
-  o[9] = major(st.st_rdev); o[10] = minor(st.st_rdev);
-  ssize_t n = llistxattr(path, NULL, 0);
-  o[11] = n > 0 ? 1 : 0;
-  return NULL;
-}
-
-// What describe() found out for one path; the same field order as lstatx(), then:
+// What describe() found out for one path: mode, uid, gid, size, mtime sec, mtime
+// nsec, ino, dev, nlink, rdev major, rdev minor, whether it has any xattr, then:
 enum { D_FIELDS = 16, D_DATA_START = 12, D_DATA_LENGTH = 13, D_ERRNO = 14, D_FAILED = 15 };
 // D_FAILED: what went wrong, with D_ERRNO saying why (ERANGE for a changed size).
 enum { D_OK = 0, D_LSTAT = 1, D_READ = 2, D_CHANGED = 3 };
@@ -450,7 +425,6 @@ static napi_value init(napi_env env, napi_value exports) {
     {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_default, NULL},
     {"lutimens", NULL, js_lutimens, NULL, NULL, NULL, napi_default, NULL},
     {"flock", NULL, js_flock, NULL, NULL, NULL, napi_default, NULL},
-    {"lstatx", NULL, js_lstatx, NULL, NULL, NULL, napi_default, NULL},
     {"describe", NULL, js_describe, NULL, NULL, NULL, napi_default, NULL},
     {"writeFiles", NULL, js_write_files, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -9,7 +9,6 @@ interface Binding {
   mknod(path: SysPath, mode: number, major: number, minor: number): void
   lutimens(path: SysPath, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
-  lstatx(path: SysPath, out: Float64Array): void
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
@@ -51,16 +50,8 @@ export function flock (fd: number, opts: { exclusive: boolean, wait: boolean }):
   return binding.flock(fd, opts.exclusive, opts.wait)
 }
 
-/** Field indexes of lstatx()'s output. */
+/** Field indexes of describe()'s output: an lstat, and whether the path has any xattr. */
 export const X = { mode: 0, uid: 1, gid: 2, size: 3, mtimeSec: 4, mtimeNsec: 5, ino: 6, dev: 7, nlink: 8, rdevMajor: 9, rdevMinor: 10, hasXattrs: 11 } as const
-
-/**
- * lstat() plus whether the path has any extended attribute, into `out` (a
- * Float64Array of 12): one call and no allocation per file, for tree walks.
- */
-export function lstatx (path: SysPath, out: Float64Array): void {
-  binding.lstatx(path, out)
-}
 
 /** describe()'s numbers a path: X's fields, then D's. */
 export const DESCRIBE_FIELDS = 16
@@ -75,7 +66,8 @@ export const D = { dataStart: 12, dataLength: 13, errno: 14, failed: 15 } as con
 export const D_FAILED = { none: 0, lstat: 1, read: 2, changed: 3 } as const
 
 /**
- * lstatx() of many absolute paths (joined by NUL) in one call, plus the content of
+ * An lstat (fields X) of many absolute paths (joined by NUL) in one call, whether
+ * each has any extended attribute, plus the content of
  * each regular file of 1..inlineMax bytes and the target of each symlink, read
  * into `data` one after another. Siblings go through one descriptor of their
  * directory. Content that does not fit in `data` is left unread (length -1) for
