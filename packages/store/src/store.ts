@@ -4,7 +4,6 @@ import { rm } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { ClassicLevel } from 'classic-level'
-import type { ChainedBatch } from 'classic-level'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
@@ -430,14 +429,22 @@ class LayerStore implements Store, LocalStore {
           onBlock: (b) => found.push(b)
         })
         if (packed.root.toString() !== name) throw new CommitError(`its content packs to ${packed.root.toString()}`)
-        await (await this.#putManifest(packed.blocks)).write()
         const plan: IndexPlan = {
           locations: found,
           entries: packed.count,
           size: packed.size,
           blocks: packed.contentBlocks
         }
-        await this.#writeIndex(name, plan, { untrusted: true }, 'commit')
+        const lists = this.#manifestStream()
+        let indexed = false
+        try {
+          for (const b of packed.blocks) lists.add(b)
+          await lists.flush()
+          await this.#writeIndex(name, plan, { untrusted: true }, 'commit')
+          indexed = true
+        } finally {
+          await lists.end(indexed)
+        }
         kept++
       } catch (err) {
         dropped++
@@ -489,34 +496,15 @@ class LayerStore implements Store, LocalStore {
   }
 
   /**
-   * Writes manifest blocks to the index a few MiB a batch (one batch of a whole
-   * manifest, tens of MiB with inline files, is copied whole into LevelDB's write
-   * batch and memtable). Returns the last batch, not yet written, for the caller
-   * to add to and write.
+   * Writes the manifest blocks given to `add` to the index a few MiB a batch (one
+   * batch of a whole manifest, tens of MiB with inline files, would be copied whole
+   * into LevelDB's write batch and memtable), one batch at a time, while the caller
+   * goes on. `flush()` writes what is left and reports the first failure. Until
+   * `end(linked)`, called once a key links the blocks to a layer (a pending marker
+   * or a layer key) or once that failed, no manifest block is deleted; blocks left
+   * unlinked are swept at the next open.
    */
-  async #putManifest (blocks: ManifestBlock[]): Promise<ChainedBatch<ClassicLevel<string, Uint8Array>, string, Uint8Array>> {
-    let batch = this.#db.batch()
-    let bytes = 0
-    for (const b of blocks) {
-      batch.put(kManifestBlock(b.cid.toString()), b.bytes)
-      bytes += b.bytes.length
-      if (bytes >= MANIFEST_BATCH_BYTES) {
-        await batch.write()
-        batch = this.#db.batch()
-        bytes = 0
-      }
-    }
-    return batch
-  }
-
-  /**
-   * Writes the manifest blocks given to `add` to the index a few MiB a batch, one
-   * batch at a time, while the caller goes on. `flush()` writes what is left and
-   * reports the first failure; `end(installed)` closes the stream whatever
-   * happened (the blocks of a commit that failed stay behind until the next open
-   * sweeps them).
-   */
-  #manifestStream (): { add: (block: ManifestBlock) => void, flush: () => Promise<void>, end: (installed: boolean) => Promise<void> } {
+  #manifestStream (): { add: (block: ManifestBlock) => void, flush: () => Promise<void>, end: (linked: boolean) => Promise<void> } {
     this.#manifestsInFlight++
     let batch = this.#db.batch()
     let bytes = 0
@@ -542,13 +530,13 @@ class LayerStore implements Store, LocalStore {
         await writing
         if (failed !== undefined) throw failed
       },
-      end: async (installed) => {
+      end: async (linked) => {
         if (ended) return
         ended = true
         await writing
         if (batch.length > 0) await batch.close()
         this.#manifestsInFlight--
-        if (!installed && wrote) this.#sweepAtNextOpen = true
+        if (!linked && wrote) this.#sweepAtNextOpen = true
       }
     }
   }
@@ -622,11 +610,23 @@ class LayerStore implements Store, LocalStore {
       }
       // Not indexed, or corrupt: whatever is there is not a layer anyone may use.
       if (existsSync(this.layerDir(root)) || (await this.#meta(root)) !== undefined) await this.#discard(root)
-      // Blocks written before a crash that leaves no pending marker are swept at open.
-      const batch = await this.#putManifest(blocks)
-      if (op === 'commit') failpoint('commit:manifest-partial')
-      batch.put(kPending(root), Buffer.from(JSON.stringify(meta)))
-      await batch.write()
+      // Entry lists first (a commit's went while it walked), then the root with the
+      // pending marker. Blocks written before a crash that leaves no marker are
+      // swept at open.
+      const lists = this.#manifestStream()
+      let marked = false
+      try {
+        for (const b of blocks.slice(1)) lists.add(b)
+        await lists.flush()
+        if (op === 'commit') failpoint('commit:manifest-partial')
+        const batch = this.#db.batch()
+        batch.put(kManifestBlock(root), blocks[0]!.bytes)
+        batch.put(kPending(root), Buffer.from(JSON.stringify(meta)))
+        await batch.write()
+        marked = true
+      } finally {
+        await lists.end(marked)
+      }
       failpoint(`${op}:manifest-written`)
       renameSync(tree, this.layerDir(root))
       failpoint(`${op}:renamed`)
