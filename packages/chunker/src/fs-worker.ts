@@ -104,9 +104,9 @@ function readFile (abs: string, size: number, inline: boolean, data: Bytes, leng
 // fit is read by readFile() instead. Its bytes are copied out, so it is reused.
 const found = new Uint8Array(2 * 1024 * 1024)
 
-function systemFailure (errno: number, what: string, abs: string): Failure {
+function systemFailure (errno: number, what: string, abs?: string): Failure {
   const code = getSystemErrorName(-errno)
-  return { code, message: `${code}: ${getSystemErrorMessage(-errno)}, ${what} '${abs}'` }
+  return { code, message: `${code}: ${getSystemErrorMessage(-errno)}, ${what}${abs === undefined ? '' : ` '${abs}'`}` }
 }
 
 // The hardlinked inodes (dev:ino) this worker has read in the current walk. A
@@ -262,9 +262,8 @@ parentPort!.on('message', (req: WorkerRequest) => {
   if (req.small !== undefined) {
     const failed = writeFiles(req.small, req.options.umask)
     if (failed !== undefined) {
-      const code = getSystemErrorName(-failed.errno)
-      const path = req.smallRels![failed.index] ?? ''
-      parentPort!.postMessage({ id: req.id, error: { code, message: `${code}: ${getSystemErrorMessage(-failed.errno)}, ${failed.syscall}`, path } } satisfies WorkerResponse)
+      const error = { ...systemFailure(failed.errno, failed.syscall), path: req.smallRels![failed.index] ?? '' }
+      parentPort!.postMessage({ id: req.id, error } satisfies WorkerResponse)
       return
     }
   }
