@@ -213,6 +213,22 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// One O_PATH descriptor of the directory last asked for, so that siblings, which
+// come one after another in a walk, share one path lookup.
+struct dir_cache { int fd; size_t len; char path[PATH_BUF]; };
+
+// The descriptor of the directory named by the first `len` (< PATH_BUF) bytes of
+// `path`, or -1 with errno set.
+static int dir_fd(struct dir_cache *c, const char *path, size_t len) {
+  if (c->fd >= 0 && c->len == len && memcmp(c->path, path, len) == 0) return c->fd;
+  if (c->fd >= 0) close(c->fd);
+  memcpy(c->path, path, len);
+  c->path[len] = 0;
+  c->len = len;
+  c->fd = open(c->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  return c->fd;
+}
+
 // What describe() found out for one path: mode, uid, gid, size, mtime sec, mtime
 // nsec, ino, dev, nlink, rdev major, rdev minor, whether it has any xattr, then:
 enum { D_FIELDS = 16, D_DATA_START = 12, D_DATA_LENGTH = 13, D_ERRNO = 14, D_FAILED = 15 };
@@ -280,10 +296,7 @@ static napi_value js_describe(napi_env env, napi_callback_info info) {
   unsigned char *data = data_p;
   double *out = out_p;
   size_t used = 0, k = 0;
-  int dirfd = -1;
-  const char *dir = NULL;
-  size_t dir_len = 0;
-  char dir_buf[PATH_BUF];
+  struct dir_cache dirs = { .fd = -1 };
   for (size_t at = 0; at <= len && (k + 1) * D_FIELDS <= out_len; k++) {
     char *path = all + at;
     size_t plen = strlen(path);
@@ -293,17 +306,9 @@ static napi_value js_describe(napi_env env, napi_callback_info info) {
     o[D_DATA_LENGTH] = -1;
     char *slash = strrchr(path, '/');
     if (!slash || slash == path || plen >= PATH_BUF) { o[D_FAILED] = D_LSTAT; o[D_ERRNO] = EINVAL; continue; }
-    size_t dlen = (size_t)(slash - path);
     const char *name = slash + 1;
-    if (dirfd < 0 || dlen != dir_len || memcmp(path, dir, dlen) != 0) {
-      if (dirfd >= 0) close(dirfd);
-      memcpy(dir_buf, path, dlen);
-      dir_buf[dlen] = 0;
-      dir = path;
-      dir_len = dlen;
-      dirfd = open(dir_buf, O_PATH | O_DIRECTORY | O_CLOEXEC);
-      if (dirfd < 0) { o[D_FAILED] = D_LSTAT; o[D_ERRNO] = errno; dir_len = 0; continue; }
-    }
+    int dirfd = dir_fd(&dirs, path, (size_t)(slash - path));
+    if (dirfd < 0) { o[D_FAILED] = D_LSTAT; o[D_ERRNO] = errno; continue; }
     struct stat st;
     if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) { o[D_FAILED] = D_LSTAT; o[D_ERRNO] = errno; continue; }
     fill_stat(o, &st);
@@ -331,7 +336,7 @@ static napi_value js_describe(napi_env env, napi_callback_info info) {
     }
     if (!listed) o[11] = llistxattr(path, NULL, 0) > 0 ? 1 : 0;
   }
-  if (dirfd >= 0) close(dirfd);
+  if (dirs.fd >= 0) close(dirs.fd);
   free(all);
   napi_value result;
   napi_create_double(env, (double)used, &result);
@@ -362,8 +367,7 @@ static napi_value js_write_files(napi_env env, napi_callback_info info) {
   const unsigned char *req = p;
   size_t at = 0;
   uint32_t index = 0;
-  int dirfd = -1;
-  char dir[PATH_BUF] = "";
+  struct dir_cache dirs = { .fd = -1 };
   char path[PATH_BUF];
   int err = 0;
   const char *failed = NULL;
@@ -379,19 +383,12 @@ static napi_value js_write_files(napi_env env, napi_callback_info info) {
     if (len - at < dlen || memchr(path, 0, plen) || nsec >= 1000000000u) { err = EINVAL; failed = "request"; break; }
     const unsigned char *data = req + at;
     at += dlen;
-    char *slash = strrchr(path, '/');
+    const char *slash = strrchr(path, '/');
     if (!slash || slash == path || slash[1] == 0) { err = EINVAL; failed = "request"; break; }
-    *slash = 0;
-    if (dirfd < 0 || strcmp(dir, path) != 0) {
-      if (dirfd >= 0) close(dirfd);
-      strcpy(dir, path);
-      dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-      if (dirfd < 0) { err = errno; failed = "open"; *slash = '/'; break; }
-    }
-    const char *name = slash + 1;
+    int dirfd = dir_fd(&dirs, path, (size_t)(slash - path));
+    if (dirfd < 0) { err = errno; failed = "open"; break; }
     mode_t wanted = mode & 0777;
-    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, wanted);
-    *slash = '/';
+    int fd = openat(dirfd, slash + 1, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, wanted);
     if (fd < 0) { err = errno; failed = "open"; break; }
     size_t done = 0;
     while (done < dlen) {
@@ -407,7 +404,7 @@ static napi_value js_write_files(napi_env env, napi_callback_info info) {
     if (close(fd) != 0 && !err) { err = errno; failed = "close"; }
     if (err) break;
   }
-  if (dirfd >= 0) close(dirfd);
+  if (dirs.fd >= 0) close(dirs.fd);
   napi_value result;
   if (!err) { napi_get_undefined(env, &result); return result; }
   napi_value v;
