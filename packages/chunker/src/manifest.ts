@@ -2,9 +2,9 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW, SHA2_256 } from './cid.ts'
 import { MAX_CHUNK, MIN_CHUNK } from './fastcdc.ts'
-import { EntryListWriter, TYPE_CODES } from './cbor.ts'
+import { EntryListWriter, readDagCbor, TYPE_CODES } from './cbor.ts'
 import { comparePaths } from './entry.ts'
-import type { Entry, RootAttributes, Chunk } from './entry.ts'
+import type { Entry, EntryType, RootAttributes, Chunk } from './entry.ts'
 import { InvalidManifestError, UnsupportedEntryError } from './errors.ts'
 import { OVERLAY_XATTR } from './xattrs.ts'
 
@@ -214,9 +214,9 @@ function decodeXattrs (v: unknown, path?: string): Array<[string, Uint8Array]> |
 export function decodeRoot (bytes: Uint8Array): ManifestRoot {
   let v: unknown
   try {
-    v = dagCbor.decode(bytes)
+    v = readDagCbor(bytes)
   } catch (err) {
-    throw new InvalidManifestError('the manifest root is not valid dag-cbor', { cause: err })
+    throw new InvalidManifestError(`the manifest root is not valid dag-cbor (${(err as Error).message})`, { cause: err })
   }
   if (!isMap(v)) fail('the manifest root must be a map')
   if (v.format !== FORMAT) fail(`not a strata layer manifest (format ${JSON.stringify(v.format)})`)
@@ -262,24 +262,20 @@ function decodeEntry (v: unknown): Entry {
   }
   const xattrs = decodeXattrs(v.x, path)
   if (xattrs !== undefined) e.xattrs = xattrs
-  const allowed = new Set(['p', 't', 'm', 'u', 'g', 'mt', 'x'])
   switch (type) {
     case 'dir':
       if (v.o !== undefined) {
         if (v.o !== true) fail('opaque must be true when present', path)
         e.opaque = true
-        allowed.add('o')
       }
       break
     case 'file': {
       e.size = uint(v.s, LIMITS.fileSize, 'size', path)
-      allowed.add('s')
       if (v.d !== undefined) {
         if (!(v.d instanceof Uint8Array) || v.d.length > LIMITS.inlineBytes) fail(`inline data must be bytes of at most ${LIMITS.inlineBytes}`, path)
         if (v.d.length !== e.size) fail('inline data length differs from size', path)
         if (e.size === 0) fail('an empty file carries no inline data', path)
         e.data = v.d
-        allowed.add('d')
       }
       if (v.c !== undefined) {
         if (e.data !== undefined) fail('a file has both inline data and chunks', path)
@@ -299,7 +295,6 @@ function decodeEntry (v: unknown): Entry {
         }
         if (total !== e.size) fail(`chunk lengths add up to ${total}, not the file size ${e.size}`, path)
         e.chunks = chunks
-        allowed.add('c')
       }
       if (e.size > 0 && e.data === undefined && e.chunks === undefined) fail('a non-empty file has no content', path)
       break
@@ -308,35 +303,40 @@ function decodeEntry (v: unknown): Entry {
       const t = v.l
       if (typeof t !== 'string' || t.length === 0 || utf8Length(t) > LIMITS.symlinkBytes || t.includes('\0')) fail(`a symlink target must be 1..${LIMITS.symlinkBytes} bytes without NUL`, path)
       e.target = t
-      allowed.add('l')
       break
     }
     case 'hardlink':
       e.target = checkPath(v.l, 'hardlink target')
-      allowed.add('l')
       break
     case 'chardev':
     case 'blockdev': {
       if (!Array.isArray(v.r) || v.r.length !== 2) fail('a device needs [major, minor]', path)
       e.rdev = [uint(v.r[0], 0xfff, 'major', path), uint(v.r[1], 0xfffff, 'minor', path)]
-      allowed.add('r')
       break
     }
     case 'whiteout':
     case 'fifo':
       break
   }
-  for (const k of Object.keys(v)) if (!allowed.has(k)) fail(`unexpected field ${JSON.stringify(k)} for a ${type}`, path)
+  const allowed = FIELDS[typeCode]!
+  for (const k in v) if (!allowed.has(k)) fail(`unexpected field ${JSON.stringify(k)} for a ${type}`, path)
   return e
 }
+
+/** The fields an entry of each type may have, by type code. */
+const FIELDS: ReadonlyArray<ReadonlySet<string>> = TYPE_CODES.map((t) => {
+  const common = ['p', 't', 'm', 'u', 'g', 'mt', 'x']
+  const more: Record<EntryType, string[]> = { file: ['s', 'd', 'c'], dir: ['o'], symlink: ['l'], hardlink: ['l'], chardev: ['r'], blockdev: ['r'], whiteout: [], fifo: [] }
+  return new Set([...common, ...more[t]])
+})
 
 /** Decodes one entry-list block. Order across blocks is checked by ManifestReader. */
 export function decodeEntryList (bytes: Uint8Array): Entry[] {
   let v: unknown
   try {
-    v = dagCbor.decode(bytes)
+    v = readDagCbor(bytes)
   } catch (err) {
-    throw new InvalidManifestError('an entry-list block is not valid dag-cbor', { cause: err })
+    throw new InvalidManifestError(`an entry-list block is not valid dag-cbor (${(err as Error).message})`, { cause: err })
   }
   if (!isMap(v) || !Array.isArray(v.entries)) fail('an entry-list block must be { entries: [...] }')
   // One encoding per list: padding would give the same layer another CID, and cost the reader bytes for nothing.

@@ -4,7 +4,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import fc from 'fast-check'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
-import { EntryListWriter, TYPE_CODES } from '../src/cbor.ts'
+import { EntryListWriter, readDagCbor, TYPE_CODES } from '../src/cbor.ts'
 import { decodeEntryList } from '../src/manifest.ts'
 import type { Entry } from '../src/entry.ts'
 import { InvalidManifestError } from '../src/errors.ts'
@@ -91,4 +91,68 @@ test('values the format has no encoding for are refused, and the writer keeps wh
   for (const e of bad) assert.throws(() => w.add(e), InvalidManifestError, JSON.stringify(e))
   assert.equal(w.count, 1)
   assert.deepEqual(Buffer.from(w.finish()), Buffer.from(reference([good])))
+})
+
+// Every kind of value dag-cbor has, CIDs included, except floats that are integers.
+const dagValue = fc.letrec((tie) => ({
+  v: fc.oneof({ depthSize: 'small' },
+    fc.integer(), fc.maxSafeInteger(), fc.maxSafeNat().map((n) => -n), fc.double({ noNaN: true, noDefaultInfinity: true }).filter((d) => !Number.isSafeInteger(d)),
+    text, fc.boolean(), fc.constant(null), bytes, cid,
+    fc.array(tie('v'), { maxLength: 5 }),
+    fc.dictionary(text.filter((k) => k !== '__proto__'), tie('v'), { maxKeys: 6 }))
+})).v
+
+test('readDagCbor gives what the generic dag-cbor decoder gives', () => {
+  fc.assert(fc.property(dagValue, (v) => {
+    const encoded = dagCbor.encode(v)
+    assert.deepStrictEqual(readDagCbor(encoded), dagCbor.decode(encoded))
+  }), { numRuns: 500 })
+})
+
+test('readDagCbor takes only the one encoding of a value: whatever it reads encodes back to the same bytes', () => {
+  let read = 0
+  fc.assert(fc.property(dagValue, fc.nat(), fc.integer({ min: 0, max: 255 }), (v, at, byte) => {
+    const bytes = Uint8Array.from(dagCbor.encode(v))
+    bytes[at % bytes.length] = byte
+    let got: unknown
+    try {
+      got = readDagCbor(bytes)
+    } catch (err) {
+      assert.ok(err instanceof InvalidManifestError, String(err))
+      return
+    }
+    read++
+    assert.deepEqual(Buffer.from(dagCbor.encode(got)), Buffer.from(bytes))
+  }), { numRuns: 3000 })
+  assert.ok(read > 300, `only ${read} mutated blocks read`)
+})
+
+test('readDagCbor refuses each other encoding of a value', () => {
+  const h = (s: string): Uint8Array => Buffer.from(s.replaceAll(' ', ''), 'hex')
+  const refused: Array<[string, string, RegExp]> = [
+    ['1 in two bytes', '18 01', /shortest/],
+    ['a length in a wider head than needed', '59 0001 61', /shortest/],
+    ['map keys out of order', 'a2 6162 01 6161 02', /out of order/],
+    ['a longer key before a shorter one', 'a2 626161 01 6162 02', /out of order/],
+    ['a repeated key', 'a2 6161 01 6161 02', /out of order or repeated/],
+    ['an indefinite-length array', '9f 01 ff', /indefinite/],
+    ['an integer as a float', 'fb 3ff0000000000000', /integer encoded as a float/],
+    ['a half-width float', 'f9 3e00', /does not allow/],
+    ['undefined', 'f7', /does not allow/],
+    ['a truncated UTF-8 sequence the size of one replacement character', '64 f09f9861', /UTF-8/],
+    ['an encoded surrogate', '63 eda080', /UTF-8/],
+    ['a tag other than 42', 'c1 01', /tag other than 42/],
+    ['a CID without its 0x00 prefix', 'd82a 45 0155122000', /0x00/],
+    ['bytes after the value', '01 01', /after the value/],
+    ['an integer past 2^53', '1b 0020000000000000', /past 2\^53/],
+    ['a count larger than the block', '9a 7fffffff 01', /past the end/],
+    ['a map key that is a number', 'a1 01 01', /not a string/]
+  ]
+  for (const [what, hex, message] of refused) {
+    assert.throws(() => readDagCbor(h(hex)), (err: Error) => err instanceof InvalidManifestError && message.test(err.message), what)
+  }
+  // The same values in their one encoding read.
+  assert.equal(readDagCbor(h('01')), 1)
+  assert.deepEqual(readDagCbor(h('a2 6161 02 6162 01')), { a: 2, b: 1 })
+  assert.equal(readDagCbor(h('64 f09f9880')), '\u{1F600}')
 })
