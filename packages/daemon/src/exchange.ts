@@ -9,10 +9,18 @@ import {
   BLOCKS_PROTOCOL, MAX_MESSAGE_SIZE, MAX_WANTS_PER_MESSAGE, decodeMessage, encodeBlockHeader, encodeDontHave, encodeFrameLength, encodeWant
 } from './codec.ts'
 import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
+import { FrameReader } from './frame-reader.ts'
 import { RateLimiter } from './rate.ts'
 
 /** Banned peers remembered at once. */
 export const MAX_BANS = 10_000
+
+/**
+ * Answers a fetching stream holds decoded and not yet read before it is reset. The
+ * session reads each muxer chunk's answers before the next chunk is handed over,
+ * so this is only reached by a peer that sends what nobody asked for.
+ */
+const CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 
 /** Unread bytes a serving stream buffers before it is reset (the library default is 4 MiB). */
 export const SERVE_READ_BUFFER = 256 * 1024
@@ -566,6 +574,7 @@ export class PeerBlockSource implements BlockSource {
     const k = p.key
     const session: Session = { provider: p, inflight: new Map(), send: () => {}, dead: false }
     let stream: Stream | undefined
+    let frames: FrameReader | undefined
     let opened = false
     const ms = this.#ex.init.firstByteTimeoutMs
     // One watchdog per session instead of a timer per frame: it fires when wants
@@ -579,14 +588,16 @@ export class PeerBlockSource implements BlockSource {
     try {
       const dialSignal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(ms)])
       stream = await this.#c.dialProtocol(p.peer, BLOCKS_PROTOCOL, { signal: dialSignal })
-      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+      const s = stream
+      frames = new FrameReader(s, { maxDataLength: MAX_MESSAGE_SIZE, maxQueued: CLIENT_QUEUED_BYTES })
       let wake: (() => void) | undefined
       let writing = Promise.resolve()
       session.send = (wants) => {
         if (session.inflight.size === 0) lastAnswer = performance.now()
         for (const w of wants) session.inflight.set(w.key, w)
-        const bytes = encodeWant(wants.map((w) => w.cid))
-        writing = writing.then(async () => { await lp.write(bytes, { signal: this.#abort.signal }) })
+        const out = new Uint8ArrayList()
+        appendFrame(out, encodeWant(wants.map((w) => w.cid)))
+        writing = writing.then(async () => { await sendRaw(s, out, this.#ex.init.idleTimeoutMs, this.#abort.signal) })
         writing.catch(() => {})
         wake?.()
       }
@@ -606,9 +617,11 @@ export class PeerBlockSource implements BlockSource {
           wake = undefined
           continue
         }
-        const frame = await lp.read({ signal: readSignal })
+        const frame = await frames.next(readSignal)
+        if (frame === undefined) throw new ProtocolViolationError(`peer ${k} closed the stream with ${session.inflight.size} wants unanswered`)
         lastAnswer = performance.now()
-        const msg = decodeMessage(frame.subarray())
+        const whole = frame.subarray()
+        const msg = decodeMessage(whole)
         if (msg.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
         const w = session.inflight.get(msg.cid.toString())
         if (w === undefined) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
@@ -639,8 +652,10 @@ export class PeerBlockSource implements BlockSource {
         p.blocks++
         p.failures = 0
         if (w.done) continue
-        // Copy: the frame may share memory with the stream's buffers.
-        const bytes = Uint8Array.prototype.slice.call(msg.bytes)
+        // A message that came in several pieces was joined into memory of its own and
+        // is kept as it is; one that is a view of a buffer shared with others is copied.
+        const own = whole.byteOffset === 0 && whole.buffer.byteLength === whole.byteLength
+        const bytes = own ? msg.bytes : Uint8Array.prototype.slice.call(msg.bytes)
         this.#ex.counters.bytesFromPeers += bytes.length
         this.#ex.counters.blocksFromPeers++
         this.stats.bytes += bytes.length
@@ -666,6 +681,7 @@ export class PeerBlockSource implements BlockSource {
       }
     } finally {
       clearInterval(watchdog)
+      frames?.close()
       session.dead = true
       if (!opened) p.opening--
       // Only failures count against a block: a DONT_HAVE just sends it elsewhere.
@@ -688,8 +704,8 @@ function appendFrame (out: Uint8ArrayList, ...parts: Array<Uint8Array | Uint8Arr
 }
 
 /** Writes bytes, waiting for the stream to drain (at most `drainMs`) only when its buffer is full. */
-async function sendRaw (stream: Stream, bytes: Uint8ArrayList, drainMs: number): Promise<void> {
-  if (!stream.send(bytes)) await stream.onDrain({ signal: AbortSignal.timeout(drainMs) })
+async function sendRaw (stream: Stream, bytes: Uint8ArrayList, drainMs: number, signal?: AbortSignal): Promise<void> {
+  if (!stream.send(bytes)) await stream.onDrain({ signal: signal === undefined ? AbortSignal.timeout(drainMs) : AbortSignal.any([signal, AbortSignal.timeout(drainMs)]) })
 }
 
 /** A rendezvous score of (block, peer): every peer ranks the same way. FNV-1a over both strings. */

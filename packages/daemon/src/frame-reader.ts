@@ -1,0 +1,95 @@
+import type { Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface'
+import { LengthPrefixedDecoder } from '@libp2p/utils'
+import type { Uint8ArrayList } from 'uint8arraylist'
+import { PeerLimitError } from './errors.ts'
+
+/**
+ * The length-prefixed messages of a stream, cut out of each chunk as the muxer
+ * hands it over. `lpStream(stream).read()` awaits a promise per byte of a
+ * message's length and throws (and catches) a RangeError for each byte short of
+ * a whole varint; at ten thousand blocks a layer that was a tenth of a second of
+ * the fetching thread. Here a chunk is decoded in one go and its messages wait in
+ * a queue, which the reader drains before the next chunk arrives.
+ */
+export class FrameReader {
+  readonly #stream: Stream
+  readonly #decoder: LengthPrefixedDecoder
+  readonly #maxQueued: number
+  readonly #frames: Uint8ArrayList[] = []
+  #queued = 0
+  #ended = false
+  #error: Error | undefined
+  #wake: (() => void) | undefined
+
+  /**
+   * `maxQueued` bounds the bytes of decoded messages not read yet, and with them
+   * what a peer that sends faster than it was asked can make this side hold.
+   */
+  constructor (stream: Stream, opts: { maxDataLength: number, maxQueued: number }) {
+    this.#stream = stream
+    this.#maxQueued = opts.maxQueued
+    // What the decoder holds is at most a partial message and the chunk being cut.
+    this.#decoder = new LengthPrefixedDecoder({ maxDataLength: opts.maxDataLength, maxBufferSize: opts.maxDataLength + opts.maxQueued })
+    stream.addEventListener('message', this.#onMessage)
+    stream.addEventListener('remoteCloseWrite', this.#onEnd)
+    stream.addEventListener('close', this.#onClose)
+  }
+
+  readonly #onMessage = (evt: StreamMessageEvent): void => {
+    if (this.#error !== undefined) return
+    try {
+      for (const frame of this.#decoder.decode(evt.data)) {
+        this.#frames.push(frame)
+        this.#queued += frame.byteLength
+      }
+      if (this.#queued > this.#maxQueued) throw new PeerLimitError(`peer sent ${this.#queued} bytes more than were read, limit ${this.#maxQueued}`)
+    } catch (err) {
+      this.#error = err as Error
+      // Not from inside the stream's own dispatch.
+      queueMicrotask(() => { this.#stream.abort(this.#error!) })
+    }
+    this.#wake?.()
+  }
+
+  readonly #onEnd = (): void => {
+    this.#ended = true
+    this.#wake?.()
+  }
+
+  readonly #onClose = (evt: StreamCloseEvent): void => {
+    this.#ended = true
+    if (evt.error !== undefined) this.#error ??= evt.error
+    this.#wake?.()
+  }
+
+  /** The next message; undefined once the remote end has closed and every message was read. */
+  async next (signal: AbortSignal): Promise<Uint8ArrayList | undefined> {
+    for (;;) {
+      const frame = this.#frames.shift()
+      if (frame !== undefined) {
+        this.#queued -= frame.byteLength
+        return frame
+      }
+      if (this.#error !== undefined) throw this.#error
+      if (this.#ended) return undefined
+      signal.throwIfAborted()
+      const { promise, resolve, reject } = Promise.withResolvers<void>()
+      const onAbort = (): void => { reject(signal.reason) }
+      this.#wake = resolve
+      signal.addEventListener('abort', onAbort, { once: true })
+      try {
+        await promise
+      } finally {
+        this.#wake = undefined
+        signal.removeEventListener('abort', onAbort)
+      }
+    }
+  }
+
+  /** Stops listening to the stream. */
+  close (): void {
+    this.#stream.removeEventListener('message', this.#onMessage)
+    this.#stream.removeEventListener('remoteCloseWrite', this.#onEnd)
+    this.#stream.removeEventListener('close', this.#onClose)
+  }
+}
