@@ -37,7 +37,7 @@ export interface MaterializeOptions {
   preserveOwner?: boolean
   /** Which xattr marks an opaque directory: `trusted` (default as root) or `user` (for `userxattr` mounts). */
   opaqueNamespace?: 'trusted' | 'user'
-  /** Content bytes of one window of files fetched ahead; two windows are in flight at most. Default 32 MiB. */
+  /** Content bytes of the files ahead of the writes whose blocks are asked for at once. Default 32 MiB. */
   prefetchBytes?: number
   /** Blocks fetched at once. Default 32. */
   concurrency?: number
@@ -98,6 +98,10 @@ function ensureEmptyTarget (target: string): boolean {
 const WRITE_BATCH_FILES = 256
 const WRITE_BATCH_BYTES = 16 * 1024 * 1024
 const MAX_WRITES_IN_FLIGHT = 4
+/** Windows of entries read ahead of the writes at most (and prefetchBytes of their blocks). */
+const MAX_WINDOWS_AHEAD = 8
+/** Entry-list blocks asked for ahead of the one being read. */
+const LISTS_AHEAD = 4
 /** Files larger than this, from a remote source, are streamed rather than prefetched whole. */
 const STREAM_BYTES = 8 * 1024 * 1024
 
@@ -207,54 +211,100 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     while (inFlight.length > MAX_WRITES_IN_FLIGHT) await inFlight.shift()
   }
 
-  // Windows of entries whose blocks are already on their way: the next window's
-  // blocks arrive while this one's files are written.
-  interface Window { list: Entry[], from: number, to: number, blocks: Promise<Map<string, Uint8Array>> }
-  async function * windows (): AsyncGenerator<Window, void, undefined> {
-    for (const listCid of manifest.entries) {
-      const list = decodeEntryList(await getBlock(listCid))
-      if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
-      for (const e of list) checker.check(e)
-      let i = 0
-      while (i < list.length) {
-        // The blocks of the files ahead, up to prefetchBytes, fetched concurrently.
-        let j = i
-        let batchBytes = 0
-        const wanted: CID[] = []
-        const seen = new Set<string>()
-        while (j < list.length && (j === i || batchBytes < prefetchBytes)) {
-          const e = list[j++]!
-          if (e.type === 'file' && e.chunks !== undefined && source.localFile?.(e) === undefined && e.size <= STREAM_BYTES) {
-            for (const c of e.chunks) {
-              const key = c.cid.toString()
-              if (seen.has(key)) continue
-              seen.add(key)
-              wanted.push(c.cid)
-              batchBytes += c.length
+  // Windows of entries whose blocks are already on their way, read ahead of the
+  // writes: entry lists are fetched and decoded, and their files' blocks asked
+  // for, while earlier windows are written. A window ends where its entry list
+  // does, so a tree of mostly small files (inline, no blocks) has windows of a
+  // few MB: one window ahead left the writes waiting on a round trip each time.
+  // What is ahead is bounded in block bytes and in windows.
+  interface Window { list: Entry[], from: number, to: number, bytes: number, blocks: Promise<Map<string, Uint8Array>> }
+  const ahead: Window[] = []
+  let aheadBytes = 0
+  let reading = true
+  let readError: unknown
+  let stopReading = false
+  let wakeWriter: (() => void) | undefined
+  let wakeReader: (() => void) | undefined
+  const wakeUpReader = (): void => {
+    const wake = wakeReader
+    wakeReader = undefined
+    wake?.()
+  }
+  const windowBytes = Math.max(1, Math.floor(prefetchBytes / 4))
+  const lists: Array<Promise<Uint8Array>> = []
+  const readAhead = async (): Promise<void> => {
+    try {
+      // The next entry lists are asked for as soon as this one is: their request
+      // then goes out ahead of this list's blocks instead of behind them.
+      const askList = (k: number): void => {
+        if (k >= manifest.entries.length) return
+        const p = getBlock(manifest.entries[k]!)
+        p.catch(() => {}) // awaited in turn below
+        lists.push(p)
+      }
+      for (let k = 0; k < LISTS_AHEAD; k++) askList(k)
+      for (let k = 0; k < manifest.entries.length; k++) {
+        if (stopReading) return
+        const bytes = await lists.shift()!
+        askList(k + LISTS_AHEAD)
+        const list = decodeEntryList(bytes)
+        if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
+        for (const e of list) checker.check(e)
+        let i = 0
+        while (i < list.length) {
+          // The blocks of the files ahead, up to a quarter of prefetchBytes, fetched concurrently.
+          let j = i
+          let batchBytes = 0
+          const wanted: CID[] = []
+          const seen = new Set<string>()
+          while (j < list.length && (j === i || batchBytes < windowBytes)) {
+            const e = list[j++]!
+            if (e.type === 'file' && e.chunks !== undefined && source.localFile?.(e) === undefined && e.size <= STREAM_BYTES) {
+              for (const c of e.chunks) {
+                const key = c.cid.toString()
+                if (seen.has(key)) continue
+                seen.add(key)
+                wanted.push(c.cid)
+                batchBytes += c.length
+              }
             }
           }
+          while (!stopReading && ahead.length > 0 && (ahead.length >= MAX_WINDOWS_AHEAD || aheadBytes + batchBytes > prefetchBytes)) {
+            await new Promise<void>((resolve) => { wakeReader = resolve })
+          }
+          if (stopReading) return
+          const blocks = fetchAll(wanted, getBlock, concurrency)
+          blocks.catch(() => {}) // awaited when its window is written; an early failure is not unhandled
+          ahead.push({ list, from: i, to: j, bytes: batchBytes, blocks })
+          aheadBytes += batchBytes
+          wakeWriter?.()
+          i = j
         }
-        const blocks = fetchAll(wanted, getBlock, concurrency)
-        blocks.catch(() => {}) // awaited when its window is written; an early failure is not unhandled
-        yield { list, from: i, to: j, blocks }
-        i = j
       }
+    } catch (err) {
+      readError = err
+    } finally {
+      reading = false
+      wakeWriter?.()
     }
   }
-  const lookahead = windows()
-  let ahead = lookahead.next()
-  ahead.catch(() => {})
+  const reader = readAhead()
 
   try {
     for (;;) {
-      const w = await ahead
-      if (w.done === true) break
-      ahead = lookahead.next()
-      ahead.catch(() => {})
+      while (ahead.length === 0 && reading && readError === undefined) await new Promise<void>((resolve) => { wakeWriter = resolve })
+      wakeWriter = undefined
+      if (readError !== undefined) throw readError
+      const w = ahead.shift()
+      if (w === undefined) break
+      // With the queue shorter, the reader may ask for the window after this one.
+      wakeUpReader()
       if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
-      const { list, to } = w.value
-      const blocks = await w.value.blocks
-      for (let i = w.value.from; i < to; i++) {
+      const { list, to } = w
+      const blocks = await w.blocks
+      aheadBytes -= w.bytes
+      wakeUpReader()
+      for (let i = w.from; i < to; i++) {
         const e = list[i]!
         const abs = `${target}/${e.path}`
         try {
@@ -344,10 +394,11 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     while (inFlight.length > 0) await inFlight.shift()
   } finally {
     // Let every request settle before the workers go, so none writes after cleanup,
-    // and no fetch of the window ahead outlives the call.
-    const next = await ahead.catch(() => undefined)
-    if (next?.done === false) await next.value.blocks.catch(() => {})
-    await lookahead.return(undefined).catch(() => {})
+    // and no fetch of the windows ahead outlives the call.
+    stopReading = true
+    wakeReader?.()
+    await reader
+    await Promise.allSettled([...ahead.map(async (w) => await w.blocks), ...lists])
     await Promise.allSettled(inFlight)
     if (opts.pool === undefined) await pool.close()
   }

@@ -50,8 +50,9 @@ test('a restore stops once the manifest passes its byte limit, and leaves nothin
     assert.match(e.message, new RegExp(`more than ${LIMITS.manifestBytes} bytes of manifest`))
     return true
   })
-  // It stopped at the limit, not at the end of the manifest.
-  assert.ok(served <= LIMITS.manifestBytes + first.length, `${served} bytes of manifest taken`)
+  // It stopped at the limit, not at the end of the manifest: past it, only the few
+  // entry lists the reader had asked for ahead (four) and the one that crossed it.
+  assert.ok(served <= LIMITS.manifestBytes + 5 * first.length, `${served} bytes of manifest taken`)
   assert.equal(await store.getLayer(root), undefined)
   assert.deepEqual(readdirSync(join(dir, 'data', 'staging')), [], 'staging was not emptied')
 })
