@@ -45,6 +45,8 @@ export interface MaterializeOptions {
   pool?: FsPool
   signal?: AbortSignal
   onProgress?: (event: { entries: number, bytes: number, totalEntries: number, totalBytes: number }) => void
+  /** Called with each entry list, in manifest order, once it is decoded and its entries checked. */
+  onEntryList?: (entries: readonly Entry[]) => void
 }
 
 export interface MaterializeResult {
@@ -250,6 +252,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
         const list = decodeEntryList(bytes)
         if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
         for (const e of list) checker.check(e)
+        opts.onEntryList?.(list)
         let i = 0
         while (i < list.length) {
           // The blocks of the files ahead, up to a quarter of prefetchBytes, fetched concurrently.

@@ -95,20 +95,26 @@ function planIndex (root: string, blocks: ManifestBlock[]): IndexPlan {
   decoded.entries.forEach((cid, i) => {
     const list = blocks[i + 1]!
     if (!list.cid.equals(cid)) throw new CommitError(`manifest of ${root} has its blocks out of order`)
-    for (const e of decodeEntryList(list.bytes)) {
-      checker.check(e)
-      if (e.type !== 'file' || e.chunks === undefined) continue
-      let offset = 0
-      for (const c of e.chunks) {
-        const key = cidString(c.cid)
-        distinct.add(key)
-        locations.push({ cid: key, path: e.path, offset, length: c.length })
-        offset += c.length
-      }
-    }
+    const entries = decodeEntryList(list.bytes)
+    for (const e of entries) checker.check(e)
+    locate(entries, locations, distinct)
   })
   checker.end()
   return { locations, entries: decoded.count, size: decoded.size, blocks: distinct.size }
+}
+
+/** Adds where each content block of `entries` lives to `locations`, and its CID to `distinct`. */
+function locate (entries: readonly Entry[], locations: Located[], distinct: Set<string>): void {
+  for (const e of entries) {
+    if (e.type !== 'file' || e.chunks === undefined) continue
+    let offset = 0
+    for (const c of e.chunks) {
+      const key = cidString(c.cid)
+      distinct.add(key)
+      locations.push({ cid: key, path: e.path, offset, length: c.length })
+      offset += c.length
+    }
+  }
 }
 
 interface Location {
@@ -972,8 +978,13 @@ class LayerStore implements Store, LocalStore {
         }
       }
       const tree = `${staging}/tree`
+      // The index plan is made from the entry lists as materialize reads them, not
+      // by decoding the whole manifest again once the tree is written.
+      const locations: Located[] = []
+      const distinct = new Set<string>()
       await materialize(root, tree, content, {
         pool: this.#workers,
+        onEntryList: (entries) => { locate(entries, locations, distinct) },
         // Blocks from peers arrive with a round trip each: keep many asked at once.
         concurrency: RESTORE_CONCURRENCY,
         untrusted: opts.untrusted,
@@ -981,9 +992,11 @@ class LayerStore implements Store, LocalStore {
         onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
       })
       const rootBlock = manifestBlocks.get(key)!
-      const ordered = [rootBlock, ...decodeRoot(rootBlock.bytes).entries.map((c) => manifestBlocks.get(c.toString())!)]
+      const decoded = decodeRoot(rootBlock.bytes)
+      const ordered = [rootBlock, ...decoded.entries.map((c) => manifestBlocks.get(c.toString())!)]
+      const plan: IndexPlan = { locations, entries: decoded.count, size: decoded.size, blocks: distinct.size }
       failpoint('restore:materialized')
-      return await this.#install('restore', tree, ordered, opts.untrusted === true ? { untrusted: true } : {}, true)
+      return await this.#install('restore', tree, ordered, opts.untrusted === true ? { untrusted: true } : {}, true, plan)
     } catch (err) {
       if (err instanceof StoreError) throw err
       throw new CommitError(`cannot restore layer ${key}: ${(err as Error).message}`, { cause: err })
