@@ -960,7 +960,11 @@ class LayerStore implements Store, LocalStore {
     const key = root.toString()
     const staging = this.#stagingDir()
     try {
-      const manifestBlocks = new Map<string, ManifestBlock>()
+      // Entry-list blocks go to the index as they arrive, a few MiB a batch, as in a
+      // commit; the root goes with the pending marker in #install.
+      const lists = this.#manifestStream()
+      let installed = false
+      let rootBlock: ManifestBlock | undefined
       let manifestBytes = 0
       const content: ContentSource = {
         // Local blocks are verified as they are read; the source's are verified by
@@ -972,31 +976,39 @@ class LayerStore implements Store, LocalStore {
           if (cid.code === DAG_CBOR) {
             manifestBytes += bytes.length
             if (manifestBytes > LIMITS.manifestBytes) throw new CommitError(`layer ${key} has more than ${LIMITS.manifestBytes} bytes of manifest`)
-            manifestBlocks.set(cid.toString(), { cid, bytes })
+            // Checked before it goes to the index, where other layers may read it.
+            if (!(local instanceof Uint8Array) && source.verified !== true) verifyBlock(cid, bytes)
+            if (cid.equals(root)) rootBlock = { cid, bytes }
+            else lists.add({ cid, bytes })
           }
           return bytes
         }
       }
-      const tree = `${staging}/tree`
-      // The index plan is made from the entry lists as materialize reads them, not
-      // by decoding the whole manifest again once the tree is written.
-      const locations: Located[] = []
-      const distinct = new Set<string>()
-      await materialize(root, tree, content, {
-        pool: this.#workers,
-        onEntryList: (entries) => { locate(entries, locations, distinct) },
-        // Blocks from peers arrive with a round trip each: keep many asked at once.
-        concurrency: RESTORE_CONCURRENCY,
-        untrusted: opts.untrusted,
-        signal: opts.signal,
-        onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
-      })
-      const rootBlock = manifestBlocks.get(key)!
-      const decoded = decodeRoot(rootBlock.bytes)
-      const ordered = [rootBlock, ...decoded.entries.map((c) => manifestBlocks.get(c.toString())!)]
-      const plan: IndexPlan = { locations, entries: decoded.count, size: decoded.size, blocks: distinct.size }
-      failpoint('restore:materialized')
-      return await this.#install('restore', tree, ordered, opts.untrusted === true ? { untrusted: true } : {}, true, plan)
+      try {
+        const tree = `${staging}/tree`
+        // The index plan is made from the entry lists as materialize reads them, not
+        // by decoding the whole manifest again once the tree is written.
+        const locations: Located[] = []
+        const distinct = new Set<string>()
+        await materialize(root, tree, content, {
+          pool: this.#workers,
+          onEntryList: (entries) => { locate(entries, locations, distinct) },
+          // Blocks from peers arrive with a round trip each: keep many asked at once.
+          concurrency: RESTORE_CONCURRENCY,
+          untrusted: opts.untrusted,
+          signal: opts.signal,
+          onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
+        })
+        await lists.flush()
+        const decoded = decodeRoot(rootBlock!.bytes)
+        const plan: IndexPlan = { locations, entries: decoded.count, size: decoded.size, blocks: distinct.size }
+        failpoint('restore:materialized')
+        const info = await this.#install('restore', tree, [rootBlock!], opts.untrusted === true ? { untrusted: true } : {}, true, plan)
+        installed = true
+        return info
+      } finally {
+        await lists.end(installed)
+      }
     } catch (err) {
       if (err instanceof StoreError) throw err
       throw new CommitError(`cannot restore layer ${key}: ${(err as Error).message}`, { cause: err })
