@@ -39,6 +39,8 @@ export interface MaterializeOptions {
   opaqueNamespace?: 'trusted' | 'user'
   /** Content bytes of the files ahead of the writes whose blocks are asked for at once. Default 32 MiB. */
   prefetchBytes?: number
+  /** Windows of entries (a window is at most an entry list) read ahead of the writes. Default 8. */
+  windowsAhead?: number
   /** Blocks fetched at once. Default 32. */
   concurrency?: number
   /** Worker threads to write with; by default a pool made and closed for this call. */
@@ -100,8 +102,6 @@ function ensureEmptyTarget (target: string): boolean {
 const WRITE_BATCH_FILES = 256
 const WRITE_BATCH_BYTES = 16 * 1024 * 1024
 const MAX_WRITES_IN_FLIGHT = 4
-/** Windows of entries read ahead of the writes at most (and prefetchBytes of their blocks). */
-const MAX_WINDOWS_AHEAD = 8
 /** Entry-list blocks asked for ahead of the one being read. */
 const LISTS_AHEAD = 4
 /** Files larger than this, from a remote source, are streamed rather than prefetched whole. */
@@ -114,6 +114,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const preserveOwner = opts.preserveOwner ?? euid === 0
   const opaqueXattr = `${opts.opaqueNamespace ?? (euid === 0 ? 'trusted' : 'user')}.overlay.opaque`
   const prefetchBytes = opts.prefetchBytes ?? 32 * 1024 * 1024
+  const windowsAhead = Math.max(1, opts.windowsAhead ?? 8)
   const concurrency = opts.concurrency ?? 32
   const signal = opts.signal
   // Every block is checked here unless the source checks it itself.
@@ -272,7 +273,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
               }
             }
           }
-          while (!stopReading && ahead.length > 0 && (ahead.length >= MAX_WINDOWS_AHEAD || aheadBytes + batchBytes > prefetchBytes)) {
+          while (!stopReading && ahead.length > 0 && (ahead.length >= windowsAhead || aheadBytes + batchBytes > prefetchBytes)) {
             await new Promise<void>((resolve) => { wakeReader = resolve })
           }
           if (stopReading) return

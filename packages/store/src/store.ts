@@ -48,6 +48,7 @@ const LOOKUP_BATCH = 1024
 const LOOKUP_MAX_LAYERS = 32
 /** Blocks a restore asks its source for at once. */
 const RESTORE_CONCURRENCY = 512
+const RESTORE_PREFETCH_BYTES = 96 * 1024 * 1024
 
 interface LayerMeta {
   size: number
@@ -995,6 +996,10 @@ class LayerStore implements Store, LocalStore {
           onEntryList: (entries) => { locate(entries, locations, distinct) },
           // Blocks from peers arrive with a round trip each: keep many asked at once.
           concurrency: RESTORE_CONCURRENCY,
+          // The network runs ahead of the writes by up to this much, so that it keeps
+          // going through stretches of small inline files, which only the disk slows.
+          prefetchBytes: RESTORE_PREFETCH_BYTES,
+          windowsAhead: 32,
           untrusted: opts.untrusted,
           signal: opts.signal,
           onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
