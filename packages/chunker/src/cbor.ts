@@ -286,11 +286,17 @@ class Reader {
         if (n < 2 || b[this.pos] !== CID_PREFIX) throw new InvalidManifestError('a CID must be the bytes 0x00 then the CID')
         const start = this.pos + 1
         this.pos += n
+        const raw = b.subarray(start, this.pos)
+        let cid: CID
         try {
-          return CID.decode(b.subarray(start, this.pos))
+          cid = CID.decode(raw)
         } catch (err) {
           throw new InvalidManifestError('a malformed CID', { cause: err })
         }
+        // The decoder takes some other spellings of a CID (a version-0 prefix, for one)
+        // and gives back a CID whose bytes differ: only the CID's own bytes are its encoding.
+        if (cid.bytes.length !== raw.length || compareBytesOf(cid.bytes, raw) !== 0) throw new InvalidManifestError('a CID not in its own encoding')
+        return cid
       }
       default:
         this.pos++
@@ -396,6 +402,10 @@ class Reader {
     }
     return out
   }
+}
+
+function compareBytesOf (x: Uint8Array, y: Uint8Array): number {
+  return Buffer.compare(Buffer.from(x.buffer, x.byteOffset, x.length), Buffer.from(y.buffer, y.byteOffset, y.length))
 }
 
 function compareBytes (b: Uint8Array, x: number, y: number, n: number): number {

@@ -143,6 +143,7 @@ test('readDagCbor refuses each other encoding of a value', () => {
     ['an encoded surrogate', '63 eda080', /UTF-8/],
     ['a tag other than 42', 'c1 01', /tag other than 42/],
     ['a CID without its 0x00 prefix', 'd82a 45 0155122000', /0x00/],
+    ['a CIDv1 whose version byte says 0', 'd82a 5825 00 0055 1220' + '00'.repeat(32), /own encoding/],
     ['bytes after the value', '01 01', /after the value/],
     ['an integer past 2^53', '1b 0020000000000000', /past 2\^53/],
     ['a count larger than the block', '9a 7fffffff 01', /past the end/],
