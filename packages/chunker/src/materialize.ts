@@ -249,6 +249,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
       for (let k = 0; k < manifest.entries.length; k++) {
         if (stopReading) return
         const bytes = await lists.shift()!
+        if (stopReading) return
         askList(k + LISTS_AHEAD)
         const list = decodeEntryList(bytes)
         if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
