@@ -220,11 +220,12 @@ export class EntryListWriter {
 /**
  * Reads a block in the one encoding dag-cbor allows for a value: shortest heads,
  * map keys in dag-cbor order and never twice, definite lengths, valid UTF-8, tag
- * 42 only (a CID), 64-bit floats only and never for an integer, no undefined. Anything else is
- * an InvalidManifestError, so that a layer's manifest has one encoding and one CID.
- * Values come out as @ipld/dag-cbor's decoder gives them (maps as plain objects,
- * CIDs as CID, bytes as views of `bytes`), without its token per value: the
- * entry lists of a large layer decode about four times faster.
+ * 42 only (a CID in its own bytes), 64-bit floats only and never for an integer,
+ * no undefined. Anything else is an InvalidManifestError, so that a layer's
+ * manifest has one encoding and one CID. Values come out as @ipld/dag-cbor's
+ * decoder gives them (maps as plain objects, CIDs as CID, bytes as views of
+ * `bytes`), without its token per value: the entry lists of a large layer decode
+ * about twice as fast.
  */
 export function readDagCbor (bytes: Uint8Array): unknown {
   const r = new Reader(bytes)

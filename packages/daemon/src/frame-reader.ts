@@ -7,8 +7,8 @@ import { PeerLimitError } from './errors.ts'
  * The length-prefixed messages of a stream, cut out of each chunk as the muxer
  * hands it over. `lpStream(stream).read()` awaits a promise per byte of a
  * message's length and throws (and catches) a RangeError for each byte short of
- * a whole varint; at ten thousand blocks a layer that was a tenth of a second of
- * the fetching thread. Here a chunk is decoded in one go and its messages wait in
+ * a whole varint; at ten thousand blocks a layer that was a few tenths of a second
+ * of the fetching thread. Here a chunk is decoded in one go and its messages wait in
  * a queue, which the reader drains before the next chunk arrives.
  */
 export class FrameReader {
@@ -42,7 +42,7 @@ export class FrameReader {
         this.#frames.push(frame)
         this.#queued += frame.byteLength
       }
-      if (this.#queued > this.#maxQueued) throw new PeerLimitError(`peer sent ${this.#queued} bytes more than were read, limit ${this.#maxQueued}`)
+      if (this.#queued > this.#maxQueued) throw new PeerLimitError(`peer sent ${this.#queued} bytes that were not read yet, limit ${this.#maxQueued}`)
     } catch (err) {
       this.#error = err as Error
       // Not from inside the stream's own dispatch.

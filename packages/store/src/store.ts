@@ -48,7 +48,13 @@ const LOOKUP_BATCH = 1024
 const LOOKUP_MAX_LAYERS = 32
 /** Blocks a restore asks its source for at once. */
 const RESTORE_CONCURRENCY = 512
+/**
+ * How far a restore's network runs ahead of its writes: block bytes, and windows of
+ * entries (at most an entry list each), so that the transfer keeps going through
+ * stretches of small inline files, which only the disk slows.
+ */
 const RESTORE_PREFETCH_BYTES = 96 * 1024 * 1024
+const RESTORE_WINDOWS_AHEAD = 32
 
 interface LayerMeta {
   size: number
@@ -996,10 +1002,8 @@ class LayerStore implements Store, LocalStore {
           onEntryList: (entries) => { locate(entries, locations, distinct) },
           // Blocks from peers arrive with a round trip each: keep many asked at once.
           concurrency: RESTORE_CONCURRENCY,
-          // The network runs ahead of the writes by up to this much, so that it keeps
-          // going through stretches of small inline files, which only the disk slows.
           prefetchBytes: RESTORE_PREFETCH_BYTES,
-          windowsAhead: 32,
+          windowsAhead: RESTORE_WINDOWS_AHEAD,
           untrusted: opts.untrusted,
           signal: opts.signal,
           onProgress: (p) => opts.onProgress?.({ type: 'bytes', done: p.bytes, total: p.totalBytes })
