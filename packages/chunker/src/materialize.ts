@@ -401,7 +401,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     // Let every request settle before the workers go, so none writes after cleanup,
     // and no fetch of the windows ahead outlives the call.
     stopReading = true
-    wakeReader?.()
+    wakeUpReader()
     await reader
     await Promise.allSettled([...ahead.map(async (w) => await w.blocks), ...lists])
     await Promise.allSettled(inFlight)

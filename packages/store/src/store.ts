@@ -974,17 +974,17 @@ class LayerStore implements Store, LocalStore {
       let rootBlock: ManifestBlock | undefined
       let manifestBytes = 0
       const content: ContentSource = {
-        // Local blocks are verified as they are read; the source's are verified by
-        // materialize(), unless the source verifies them itself.
-        verified: source.verified === true,
+        // Every block is checked once, here: local blocks as they are read, the
+        // source's on arrival unless the source checks them itself. A manifest block
+        // is checked before it goes to the index, where other layers may read it.
+        verified: true,
         getBlock: async (cid, o) => {
           const local = await this.#findBlock(cid, o).catch(() => undefined)
           const bytes = local instanceof Uint8Array ? local : await source.getBlock(cid, o)
+          if (!(local instanceof Uint8Array) && source.verified !== true) verifyBlock(cid, bytes)
           if (cid.code === DAG_CBOR) {
             manifestBytes += bytes.length
             if (manifestBytes > LIMITS.manifestBytes) throw new CommitError(`layer ${key} has more than ${LIMITS.manifestBytes} bytes of manifest`)
-            // Checked before it goes to the index, where other layers may read it.
-            if (!(local instanceof Uint8Array) && source.verified !== true) verifyBlock(cid, bytes)
             if (cid.equals(root)) rootBlock = { cid, bytes }
             else lists.add({ cid, bytes })
           }

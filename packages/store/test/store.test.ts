@@ -229,6 +229,39 @@ test('stays consistent when a commit is killed at random moments', async (t) => 
   t.diagnostic(`commit took ${span.toFixed(0)} ms; ${completed} of ${kills} commits finished before their kill`)
 })
 
+test('a restore refuses a block whose bytes are not its CID\'s, content or manifest, and keeps none of them', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'b'), { 'f': bigText('bad', 40_000), 'small': 'x' })
+  const producer = await openStore({ dataDir: join(dir, 'producer') })
+  t.after(() => producer.close())
+  const b = await producer.commit(join(dir, 'b'))
+  for (const kind of ['content', 'manifest'] as const) {
+    const consumer = await openStore({ dataDir: join(dir, `consumer-${kind}`) })
+    t.after(() => consumer.close())
+    let flipped = 0
+    const lying: BlockSource = {
+      getBlock: async (cid, o) => {
+        const bytes = Uint8Array.from(await producer.getBlock(cid, o))
+        const isManifest = cid.code === 0x71 && !cid.equals(b.root)
+        if ((kind === 'manifest') === isManifest && (kind === 'manifest' || cid.code === 0x55)) {
+          bytes[bytes.length - 1]! ^= 1
+          flipped++
+        }
+        return bytes
+      }
+    }
+    await assert.rejects(consumer.restore(b.root, lying), (err: Error) => {
+      let e: unknown = err
+      while (e instanceof Error && (e as { code?: string }).code !== 'ERR_BLOCK_MISMATCH') e = e.cause
+      assert.ok(e instanceof Error, `${kind}: ${err.message}`)
+      return true
+    })
+    assert.ok(flipped > 0, `no ${kind} block was served`)
+    assert.equal(await consumer.has(b.root), false)
+    assert.deepEqual(readdirSync(join(dir, `consumer-${kind}`, 'layers')), [])
+  }
+})
+
 test('a layer restored under the peer policy keeps it when unpacked, and after a crash before its index', async (t) => {
   const dir = tempDir(t)
   buildTree(join(dir, 'peer'), { 'suid': { file: 'x', mode: 0o4755, xattrs: { 'trusted.evil': '1', 'user.ok': '2' } } })
