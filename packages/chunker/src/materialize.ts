@@ -3,6 +3,7 @@ import type { CID } from 'multiformats/cid'
 import { FileBatch, lsetxattr, lutimens, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '@strata/sys'
 import { FsPool } from './fs-pool.ts'
 import type { PoolRequest, WriteItem, WriteOptions } from './fs-pool.ts'
+import { Lookahead } from './lookahead.ts'
 import type { Entry, RootAttributes } from './entry.ts'
 import { decodeEntryList, decodeRoot, EntryChecker } from './manifest.ts'
 import { verifyBlock } from './cid.ts'
@@ -221,18 +222,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   // few MB: one window ahead left the writes waiting on a round trip each time.
   // What is ahead is bounded in block bytes and in windows.
   interface Window { list: Entry[], from: number, to: number, bytes: number, blocks: Promise<Map<string, Uint8Array>> }
-  const ahead: Window[] = []
-  let aheadBytes = 0
-  let reading = true
-  let readError: unknown
-  let stopReading = false
-  let wakeWriter: (() => void) | undefined
-  let wakeReader: (() => void) | undefined
-  const wakeUpReader = (): void => {
-    const wake = wakeReader
-    wakeReader = undefined
-    wake?.()
-  }
+  const ahead = new Lookahead<Window>(windowsAhead, prefetchBytes)
   const windowBytes = Math.max(1, Math.floor(prefetchBytes / 4))
   const lists: Array<Promise<Uint8Array>> = []
   const readAhead = async (): Promise<void> => {
@@ -247,9 +237,9 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
       }
       for (let k = 0; k < LISTS_AHEAD; k++) askList(k)
       for (let k = 0; k < manifest.entries.length; k++) {
-        if (stopReading) return
+        if (ahead.stopped) return
         const bytes = await lists.shift()!
-        if (stopReading) return
+        if (ahead.stopped) return
         askList(k + LISTS_AHEAD)
         const list = decodeEntryList(bytes)
         if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
@@ -274,41 +264,26 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
               }
             }
           }
-          while (!stopReading && ahead.length > 0 && (ahead.length >= windowsAhead || aheadBytes + batchBytes > prefetchBytes)) {
-            await new Promise<void>((resolve) => { wakeReader = resolve })
-          }
-          if (stopReading) return
+          if (!(await ahead.room(batchBytes))) return
           const blocks = fetchAll(wanted, getBlock, concurrency)
           blocks.catch(() => {}) // awaited when its window is written; an early failure is not unhandled
-          ahead.push({ list, from: i, to: j, bytes: batchBytes, blocks })
-          aheadBytes += batchBytes
-          wakeWriter?.()
+          ahead.add({ list, from: i, to: j, bytes: batchBytes, blocks }, batchBytes)
           i = j
         }
       }
+      ahead.end()
     } catch (err) {
-      readError = err
-    } finally {
-      reading = false
-      wakeWriter?.()
+      ahead.fail(err)
     }
   }
   const reader = readAhead()
 
   try {
-    for (;;) {
-      while (ahead.length === 0 && reading && readError === undefined) await new Promise<void>((resolve) => { wakeWriter = resolve })
-      wakeWriter = undefined
-      if (readError !== undefined) throw readError
-      const w = ahead.shift()
-      if (w === undefined) break
-      // With the queue shorter, the reader may ask for the window after this one.
-      wakeUpReader()
+    for (let w = await ahead.next(); w !== undefined; w = await ahead.next()) {
       if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
-      const { list, to } = w
       const blocks = await w.blocks
-      aheadBytes -= w.bytes
-      wakeUpReader()
+      ahead.release(w.bytes)
+      const { list, to } = w
       for (let i = w.from; i < to; i++) {
         const e = list[i]!
         const abs = `${target}/${e.path}`
@@ -400,10 +375,9 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   } finally {
     // Let every request settle before the workers go, so none writes after cleanup,
     // and no fetch of the windows ahead outlives the call.
-    stopReading = true
-    wakeUpReader()
+    const left = ahead.stop()
     await reader
-    await Promise.allSettled([...ahead.map(async (w) => await w.blocks), ...lists])
+    await Promise.allSettled([...left.map(async (w) => await w.blocks), ...lists])
     await Promise.allSettled(inFlight)
     if (opts.pool === undefined) await pool.close()
   }

@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { setImmediate as turn } from 'node:timers/promises'
+import { Lookahead } from '../src/lookahead.ts'
+
+/** Whether a promise has settled after the pending callbacks have run. */
+async function settled (p: Promise<unknown>): Promise<boolean> {
+  let done = false
+  p.then(() => { done = true }, () => { done = true })
+  await turn()
+  await turn()
+  return done
+}
+
+test('room waits while the queue holds as many items as allowed, and comes when the writer takes one', async () => {
+  const q = new Lookahead<string>(2, 1000)
+  assert.equal(await q.room(1), true)
+  q.add('a', 1)
+  assert.equal(await q.room(1), true)
+  q.add('b', 1)
+  const third = q.room(1)
+  assert.equal(await settled(third), false)
+  assert.equal(await q.next(), 'a')
+  assert.equal(await third, true)
+})
+
+test('room waits while the weight would pass the budget, counting taken items until they are released', async () => {
+  const q = new Lookahead<string>(10, 100)
+  q.add('a', 60)
+  const more = q.room(50)
+  assert.equal(await settled(more), false)
+  assert.equal(await q.next(), 'a')
+  // An empty queue has room, though the item taken still counts until released.
+  assert.equal(await settled(more), true)
+  q.add('b', 50)
+  assert.equal(q.weight, 110)
+  const again = q.room(10)
+  assert.equal(await settled(again), false, 'a queued item and 110 of 100 in use')
+  q.release(60)
+  assert.equal(await again, true)
+  assert.equal(q.weight, 50)
+})
+
+test('an item heavier than the whole budget goes through alone', async () => {
+  const q = new Lookahead<string>(4, 10)
+  assert.equal(await q.room(1000), true)
+  q.add('huge', 1000)
+  const next = q.room(1)
+  assert.equal(await settled(next), false)
+  assert.equal(await q.next(), 'huge')
+  assert.equal(await next, true)
+})
+
+test('next waits for an item, gives them in order, and undefined once ended', async () => {
+  const q = new Lookahead<number>(8, 8)
+  const first = q.next()
+  assert.equal(await settled(first), false)
+  q.add(1, 1)
+  q.add(2, 1)
+  q.end()
+  assert.equal(await first, 1)
+  assert.equal(await q.next(), 2)
+  assert.equal(await q.next(), undefined)
+  assert.throws(() => q.add(3, 1), /after the lookahead ended/)
+})
+
+test("a reader's failure reaches the writer ahead of the items still queued", async () => {
+  const q = new Lookahead<number>(8, 8)
+  q.add(1, 1)
+  q.fail(new Error('list 3 is not dag-cbor'))
+  await assert.rejects(q.next(), /list 3 is not dag-cbor/)
+  const waiting = new Lookahead<number>(8, 8)
+  const next = waiting.next()
+  waiting.fail(new Error('gone'))
+  await assert.rejects(next, /gone/)
+})
+
+test('stop wakes a waiting reader with false, keeps it from adding more, and hands back what was queued', async () => {
+  const q = new Lookahead<string>(1, 100)
+  q.add('a', 10)
+  const waiting = q.room(10)
+  assert.equal(await settled(waiting), false)
+  assert.deepEqual(q.stop(), ['a'])
+  assert.equal(await waiting, false)
+  assert.equal(await q.room(1), false)
+  assert.equal(q.stopped, true)
+  assert.equal(await q.next(), undefined)
+})
+
+test('a lookahead with no room at all is refused', () => {
+  assert.throws(() => new Lookahead(0, 10), RangeError)
+  assert.throws(() => new Lookahead(1, 0), RangeError)
+})
