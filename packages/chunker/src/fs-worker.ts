@@ -3,7 +3,7 @@
 // use both cores of a CI VM.
 import { parentPort } from 'node:worker_threads'
 import { closeSync, constants, fchmodSync, fchownSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs'
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { getSystemErrorMessage, getSystemErrorName } from 'node:util'
 import { D, D_FAILED, describe as describeNative, lsetxattr, lutimens, writeFiles, X } from '@strata/sys'
 import { chunkReader, cutPoint, MAX_CHUNK } from './fastcdc.ts'
@@ -82,7 +82,7 @@ function readFile (abs: string, size: number, inline: boolean, data: Bytes, leng
       }
       for (let pos = 0; pos < n;) {
         const len = cutPoint(scratch, pos, n)
-        digests.push(createHash('sha256').update(scratch.subarray(pos, pos + len)).digest())
+        digests.push(hash('sha256', scratch.subarray(pos, pos + len), 'buffer'))
         lengths.push(len)
         pos += len
       }
@@ -90,7 +90,7 @@ function readFile (abs: string, size: number, inline: boolean, data: Bytes, leng
     }
     let total = 0
     chunkReader((buf, off, len) => readSync(fd, buf, off, len, null), (chunk) => {
-      digests.push(createHash('sha256').update(chunk).digest())
+      digests.push(hash('sha256', chunk, 'buffer'))
       lengths.push(chunk.length)
       total += chunk.length
     }, scratch)
@@ -221,7 +221,7 @@ function copyVerified (from: string, fd: number, item: WriteItem): void {
         got += n
       }
       const view = scratch.subarray(0, got)
-      const digest = createHash('sha256').update(view).digest()
+      const digest = hash('sha256', view, 'buffer')
       if (got !== want || Buffer.compare(digest, digests.subarray(i * 32, i * 32 + 32)) !== 0) {
         throw Object.assign(new Error(`local copy of ${item.rel} does not match its manifest`), { code: 'ERR_BLOCK_MISMATCH' })
       }

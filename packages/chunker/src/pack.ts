@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { lstatSync, readdirSync } from 'node:fs'
 import type { Dirent } from 'node:fs'
 import { CID } from 'multiformats/cid'
@@ -244,7 +244,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
           e.data = data
         } else {
           // Smaller than MIN_CHUNK, so FastCDC makes it one chunk: the whole file.
-          addChunks(e, [data.length], createHash('sha256').update(data).digest())
+          addChunks(e, [data.length], hash('sha256', data, 'buffer'))
         }
       } else if (e.size > 0) {
         const start = st[o + CHUNK_START]!
