@@ -7,8 +7,11 @@
  * budget still goes through, alone.
  *
  * The reader ends the queue (`end`) or fails it (`fail`: the writer's next `next`
- * throws the error); the writer stops it (`stop`: the reader's waiting and later
- * `room` give false, and it should stop reading).
+ * throws the error). The writer stops it (`stop`) when it leaves, finished or not:
+ * `stopped` tells the reader to go no further, and a reader waiting in `room` is
+ * woken. The reader checks `stopped` after each wait, since the writer may stop
+ * while it resumes; whatever it added meanwhile the writer takes with `drain` once
+ * the reader is done.
  */
 export class Lookahead<T> {
   readonly #maxItems: number
@@ -21,8 +24,9 @@ export class Lookahead<T> {
   #wakeReader: (() => void) | undefined
   #wakeWriter: (() => void) | undefined
 
+  /** At least one item; a weight of 0 lets one item in at a time, whatever it weighs. */
   constructor (maxItems: number, maxWeight: number) {
-    if (!(maxItems >= 1) || !(maxWeight > 0)) throw new RangeError(`a lookahead needs room for one item and some weight, not ${maxItems} items and ${maxWeight}`)
+    if (!(maxItems >= 1) || !(maxWeight >= 0)) throw new RangeError(`a lookahead needs room for one item or more and a weight of 0 or more, not ${maxItems} items and ${maxWeight}`)
     this.#maxItems = maxItems
     this.#maxWeight = maxWeight
   }
@@ -37,15 +41,11 @@ export class Lookahead<T> {
     return this.#weight
   }
 
-  /**
-   * Waits until an item of `weight` fits; false once the writer has stopped. The
-   * reader makes the item (starts its fetches) only then, and adds it at once.
-   */
-  async room (weight: number): Promise<boolean> {
+  /** Waits until an item of `weight` fits, or the writer stops; the caller checks `stopped` next. */
+  async room (weight: number): Promise<void> {
     while (!this.#stopped && this.#queue.length > 0 && (this.#queue.length >= this.#maxItems || this.#weight + weight > this.#maxWeight)) {
       await new Promise<void>((resolve) => { this.#wakeReader = resolve })
     }
-    return !this.#stopped
   }
 
   /** Queues an item, room or not (see `room`). */
@@ -69,16 +69,17 @@ export class Lookahead<T> {
     this.#wake('writer')
   }
 
-  /** The next item, waiting for one; undefined at the end. */
+  /** The next item, waiting for one; undefined once the reader has ended or the writer has stopped. */
   async next (): Promise<T | undefined> {
     for (;;) {
       if (this.#failed !== undefined) throw this.#failed.error
+      if (this.#stopped) return undefined
       if (this.#queue.length > 0) {
         const item = this.#queue.shift()!
         this.#wake('reader')
         return item
       }
-      if (this.#ended || this.#stopped) return undefined
+      if (this.#ended) return undefined
       await new Promise<void>((resolve) => { this.#wakeWriter = resolve })
     }
   }
@@ -89,11 +90,15 @@ export class Lookahead<T> {
     this.#wake('reader')
   }
 
-  /** The writer is done, finished or not: `room` gives false from now on. Returns what was still queued. */
-  stop (): T[] {
+  /** The writer is leaving, finished or not: the reader should stop (see `stopped`). */
+  stop (): void {
     this.#stopped = true
     this.#wake('reader')
     this.#wake('writer')
+  }
+
+  /** Takes every item still queued. */
+  drain (): T[] {
     return this.#queue.splice(0)
   }
 

@@ -180,6 +180,10 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
     lutimens(abs, e.mtime, e.mtime)
   }
 
+  // Windows read ahead of the writes (below). Made before the pool: an option it
+  // refuses (a NaN, say) leaves nothing to clean up.
+  interface Window { list: Entry[], from: number, to: number, bytes: number, blocks: Promise<Map<string, Uint8Array>> }
+  const ahead = new Lookahead<Window>(windowsAhead, prefetchBytes)
   const pool = opts.pool ?? new FsPool()
   const inFlight: Array<Promise<void>> = []
   let items: WriteItem[] = []
@@ -221,8 +225,6 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   // does, so a tree of mostly small files (inline, no blocks) has windows of a
   // few MB: one window ahead left the writes waiting on a round trip each time.
   // What is ahead is bounded in block bytes and in windows.
-  interface Window { list: Entry[], from: number, to: number, bytes: number, blocks: Promise<Map<string, Uint8Array>> }
-  const ahead = new Lookahead<Window>(windowsAhead, prefetchBytes)
   const windowBytes = Math.max(1, Math.floor(prefetchBytes / 4))
   const lists: Array<Promise<Uint8Array>> = []
   const readAhead = async (): Promise<void> => {
@@ -264,7 +266,8 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
               }
             }
           }
-          if (!(await ahead.room(batchBytes))) return
+          await ahead.room(batchBytes)
+          if (ahead.stopped) return
           const blocks = fetchAll(wanted, getBlock, concurrency)
           blocks.catch(() => {}) // awaited when its window is written; an early failure is not unhandled
           ahead.add({ list, from: i, to: j, bytes: batchBytes, blocks }, batchBytes)
@@ -280,9 +283,10 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
 
   try {
     for (let w = await ahead.next(); w !== undefined; w = await ahead.next()) {
-      if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
+      // Awaited before anything else can throw: a window taken is a fetch settled.
       const blocks = await w.blocks
       ahead.release(w.bytes)
+      if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
       const { list, to } = w
       for (let i = w.from; i < to; i++) {
         const e = list[i]!
@@ -375,9 +379,9 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   } finally {
     // Let every request settle before the workers go, so none writes after cleanup,
     // and no fetch of the windows ahead outlives the call.
-    const left = ahead.stop()
+    ahead.stop()
     await reader
-    await Promise.allSettled([...left.map(async (w) => await w.blocks), ...lists])
+    await Promise.allSettled([...ahead.drain().map(async (w) => await w.blocks), ...lists])
     await Promise.allSettled(inFlight)
     if (opts.pool === undefined) await pool.close()
   }

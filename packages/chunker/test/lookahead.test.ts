@@ -14,14 +14,15 @@ async function settled (p: Promise<unknown>): Promise<boolean> {
 
 test('room waits while the queue holds as many items as allowed, and comes when the writer takes one', async () => {
   const q = new Lookahead<string>(2, 1000)
-  assert.equal(await q.room(1), true)
+  await q.room(1)
   q.add('a', 1)
-  assert.equal(await q.room(1), true)
+  await q.room(1)
   q.add('b', 1)
   const third = q.room(1)
   assert.equal(await settled(third), false)
   assert.equal(await q.next(), 'a')
-  assert.equal(await third, true)
+  assert.equal(await settled(third), true)
+  assert.equal(q.stopped, false)
 })
 
 test('room waits while the weight would pass the budget, counting taken items until they are released', async () => {
@@ -37,18 +38,18 @@ test('room waits while the weight would pass the budget, counting taken items un
   const again = q.room(10)
   assert.equal(await settled(again), false, 'a queued item and 110 of 100 in use')
   q.release(60)
-  assert.equal(await again, true)
+  assert.equal(await settled(again), true)
   assert.equal(q.weight, 50)
 })
 
 test('an item heavier than the whole budget goes through alone', async () => {
   const q = new Lookahead<string>(4, 10)
-  assert.equal(await q.room(1000), true)
+  await q.room(1000)
   q.add('huge', 1000)
   const next = q.room(1)
   assert.equal(await settled(next), false)
   assert.equal(await q.next(), 'huge')
-  assert.equal(await next, true)
+  assert.equal(await settled(next), true)
 })
 
 test('next waits for an item, gives them in order, and undefined once ended', async () => {
@@ -75,19 +76,44 @@ test("a reader's failure reaches the writer ahead of the items still queued", as
   await assert.rejects(next, /gone/)
 })
 
-test('stop wakes a waiting reader with false, keeps it from adding more, and hands back what was queued', async () => {
+test('end alone wakes a waiting writer, with undefined', async () => {
+  const q = new Lookahead<number>(8, 8)
+  const next = q.next()
+  assert.equal(await settled(next), false)
+  q.end()
+  assert.equal(await next, undefined)
+})
+
+test('stop wakes a waiting reader and a waiting writer, and what the reader adds after it is drained', async () => {
   const q = new Lookahead<string>(1, 100)
   q.add('a', 10)
   const waiting = q.room(10)
   assert.equal(await settled(waiting), false)
-  assert.deepEqual(q.stop(), ['a'])
-  assert.equal(await waiting, false)
-  assert.equal(await q.room(1), false)
+  q.stop()
+  assert.equal(await settled(waiting), true)
   assert.equal(q.stopped, true)
+  // A reader that resumed before it saw the stop may still add one: it is not lost.
+  q.add('b', 10)
   assert.equal(await q.next(), undefined)
+  assert.deepEqual(q.drain(), ['a', 'b'])
+  assert.deepEqual(q.drain(), [])
+
+  const idle = new Lookahead<string>(1, 100)
+  const next = idle.next()
+  assert.equal(await settled(next), false)
+  idle.stop()
+  assert.equal(await next, undefined)
 })
 
-test('a lookahead with no room at all is refused', () => {
+test('a lookahead needs room for an item; a weight budget of 0 lets one in at a time', async () => {
   assert.throws(() => new Lookahead(0, 10), RangeError)
-  assert.throws(() => new Lookahead(1, 0), RangeError)
+  assert.throws(() => new Lookahead(Number.NaN, 10), RangeError)
+  assert.throws(() => new Lookahead(1, Number.NaN), RangeError)
+  const q = new Lookahead<string>(4, 0)
+  await q.room(5)
+  q.add('a', 5)
+  const more = q.room(5)
+  assert.equal(await settled(more), false)
+  assert.equal(await q.next(), 'a')
+  assert.equal(await settled(more), true)
 })

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto'
 import type { CID } from 'multiformats/cid'
 import { mknod, S_IFCHR } from '@strata/sys'
 import { createServer } from 'node:net'
+import { setTimeout as delay } from 'node:timers/promises'
 import { packTree, materialize, verifyBlock, readManifest, MAX_BLOCK_SIZE } from '../src/index.ts'
 import type { ContentSource, PackOptions } from '../src/index.ts'
 import { buildTree, describeTree, tempDir } from './helpers.ts'
@@ -213,4 +214,36 @@ test('the blocks of the next window are asked for before the current window is w
   await materialize(root, join(dir, 'out'), slow, { prefetchBytes: 1 })
   assert.equal(releasedBy, 'lookahead')
   assert.deepEqual(describeTree(join(dir, 'out')), describeTree(src))
+})
+
+test('an abort while blocks are read ahead leaves no block fetch running once materialize has returned', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  buildTree(src, { a: 'a file\n'.repeat(3000), b: 'b file\n'.repeat(3000), c: 'c file\n'.repeat(3000), d: 'd file\n'.repeat(3000) })
+  const { root, source } = await packToMemory(src)
+  const fileOf = new Map<string, string>()
+  await packTree(src, { onBlock: (l) => fileOf.set(l.cid, l.path) })
+  const controller = new AbortController()
+  let running = 0
+  let most = 0
+  const slow: ContentSource = {
+    async getBlock (cid, o) {
+      const file = fileOf.get(cid.toString())
+      if (file === undefined) return await source.getBlock(cid, o)
+      running++
+      most = Math.max(most, running)
+      try {
+        await delay(30)
+        // The first file's block lands, then the restore is aborted: the reader is
+        // then between its wait for room and the next window's fetch.
+        if (file === 'a') controller.abort()
+        return await source.getBlock(cid, o)
+      } finally {
+        running--
+      }
+    }
+  }
+  await assert.rejects(materialize(root, join(dir, 'out'), slow, { prefetchBytes: 1, windowsAhead: 1, signal: controller.signal }), (err: Error) => err.name === 'AbortError')
+  assert.equal(running, 0, 'a block fetch outlived materialize')
+  assert.ok(most >= 1)
 })
