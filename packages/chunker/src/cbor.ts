@@ -1,4 +1,5 @@
 import { isUtf8 } from 'node:buffer'
+import { equals } from 'multiformats/bytes'
 import { CID } from 'multiformats/cid'
 import type { Entry, EntryType } from './entry.ts'
 import { InvalidManifestError } from './errors.ts'
@@ -296,7 +297,7 @@ class Reader {
         }
         // The decoder takes some other spellings of a CID (a version-0 prefix, for one)
         // and gives back a CID whose bytes differ: only the CID's own bytes are its encoding.
-        if (cid.bytes.length !== raw.length || compareBytesOf(cid.bytes, raw) !== 0) throw new InvalidManifestError('a CID not in its own encoding')
+        if (!equals(cid.bytes, raw)) throw new InvalidManifestError('a CID not in its own encoding')
         return cid
       }
       default:
@@ -403,10 +404,6 @@ class Reader {
     }
     return out
   }
-}
-
-function compareBytesOf (x: Uint8Array, y: Uint8Array): number {
-  return Buffer.compare(Buffer.from(x.buffer, x.byteOffset, x.length), Buffer.from(y.buffer, y.byteOffset, y.length))
 }
 
 function compareBytes (b: Uint8Array, x: number, y: number, n: number): number {
