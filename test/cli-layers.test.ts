@@ -55,3 +55,18 @@ test('strata fails with a one-line reason and a non-zero exit', (t) => {
   assert.match(flag.stderr, /Unknown option '--bogus'/)
   assert.equal(strata(['frobnicate']).status, 2)
 })
+
+test('strata help lists every command by its own usage line; an unknown command is refused', () => {
+  const help = strata(['help'])
+  assert.equal(help.status, 0, help.stderr)
+  const names = [...help.stdout.matchAll(/^ {2}strata (\S+)/gm)].map((m) => m[1])
+  assert.deepEqual(names, ['run', 'exec', 'why', 'daemon', 'id', 'status', 'gc', 'keygen-psk', 'pack', 'unpack', 'ls', 'layers'])
+  for (const name of names) {
+    const usage = strata([name!, '--no-such-flag'])
+    assert.equal(usage.status, 2, `strata ${name} --no-such-flag: ${usage.stderr}`)
+    assert.match(usage.stderr, new RegExp(`^strata ${name}: .*\\nusage: strata ${name} `), `strata ${name} names itself in its usage`)
+  }
+  const unknown = strata(['pak'])
+  assert.equal(unknown.status, 2)
+  assert.match(unknown.stderr, /unknown command "pak"/)
+})
