@@ -1,9 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
-import { strata } from './helpers.ts'
+import { bin, strata } from './helpers.ts'
 
 test('strata pack, ls, layers and unpack round-trip a tree', (t) => {
   const dir = tempDir(t)
@@ -69,4 +70,22 @@ test('strata help lists every command by its own usage line; an unknown command 
   const unknown = strata(['pak'])
   assert.equal(unknown.status, 2)
   assert.match(unknown.stderr, /unknown command "pak"/)
+})
+
+test('strata help into a pipe closed after one line ends quietly', () => {
+  const r = spawnSync('bash', ['-c', '"$0" "$1" help | head -1', process.execPath, bin], { encoding: 'utf8', timeout: 60_000 })
+  assert.equal(r.status, 0, r.stderr)
+  assert.equal(r.stdout, 'strata: layer caching for CI steps, shared peer-to-peer\n')
+  assert.equal(r.stderr, '')
+})
+
+// The machine's own node, when there is one older than the CLI needs (this image's is 20).
+const oldNode = ['/usr/bin/node', '/usr/local/bin/node'].map((p) => ({ p, v: spawnSync(p, ['--version'], { encoding: 'utf8' }).stdout?.trim() }))
+  .find(({ v }) => v !== undefined && /^v(\d+)\./.test(v) && Number(/^v(\d+)\./.exec(v)![1]) < 24)
+
+test('run by a Node older than 24, strata says which Node it needs and how to run it', { skip: oldNode === undefined ? 'no node older than 24 on this machine' : false }, () => {
+  const r = spawnSync(oldNode!.p, [bin, 'layers'], { encoding: 'utf8', timeout: 60_000 })
+  assert.equal(r.status, 2)
+  assert.equal(r.stdout, '')
+  assert.match(r.stderr, new RegExp(`^strata: needs Node\\.js 24, and ${oldNode!.p} is ${oldNode!.v}; run it as \`npx strata\``))
 })

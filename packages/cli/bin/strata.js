@@ -2,8 +2,16 @@
 // The package's entry point: the CLI itself is TypeScript, run directly by Node 24.
 // The compile cache keeps the stripped and compiled modules between runs, which
 // takes most of the start-up time off every command after the first.
-import { enableCompileCache } from 'node:module'
 import { fileURLToPath } from 'node:url'
+
+// Run as `node_modules/.bin/strata` with an older node first on PATH (a CI image's
+// own), the CLI would fail on its first Node 24 API with a message about that API.
+const NODE_MAJOR = 24
+if (Number(process.versions.node.split('.')[0]) < NODE_MAJOR) {
+  process.stderr.write(`strata: needs Node.js ${NODE_MAJOR}, and ${process.execPath} is ${process.version}; ` +
+    'run it as `npx strata` (npm puts the Node that `npm ci` installed first on PATH) or put node_modules/.bin first on PATH\n')
+  process.exit(2)
+}
 
 // The shebang's small young generation keeps pack and unpack within their memory
 // budget; the daemon, a long-lived process that allocates a buffer per block it
@@ -19,6 +27,7 @@ if (process.argv[2] === 'daemon' && !process.execArgv.includes(DAEMON_FLAG) && t
   process.execve(process.execPath, [process.execPath, ...flags, DAEMON_FLAG, fileURLToPath(import.meta.url), ...process.argv.slice(2)], env)
 }
 
+const { enableCompileCache } = await import('node:module')
 enableCompileCache()
 const { main } = await import('../src/main.ts')
 process.exitCode = await main(process.argv.slice(2))

@@ -23,11 +23,13 @@ const commands: Array<[name: string, load: () => Promise<Command>]> = [
 ]
 
 async function help (out: NodeJS.WritableStream): Promise<void> {
-  out.write('strata: layer caching for CI steps, shared peer-to-peer\n\nusage: strata COMMAND [options]\n\n')
+  // Loaded first and written at once: `strata help | head` closes the pipe early.
+  let text = 'strata: layer caching for CI steps, shared peer-to-peer\n\nusage: strata COMMAND [options]\n\n'
   for (const [, load] of commands) {
     const c = await load()
-    out.write(`  ${c.usage}\n      ${c.summary}\n`)
+    text += `  ${c.usage}\n      ${c.summary}\n`
   }
+  out.write(text)
 }
 
 /**
