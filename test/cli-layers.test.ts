@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
 import { bin, strata } from './helpers.ts'
+import type { CliResult } from './helpers.ts'
 
 test('strata pack, ls, layers and unpack round-trip a tree', (t) => {
   const dir = tempDir(t)
@@ -88,4 +89,22 @@ test('run by a Node older than 24, strata says which Node it needs and how to ru
   assert.equal(r.status, 2)
   assert.equal(r.stdout, '')
   assert.match(r.stderr, new RegExp(`^strata: needs Node\\.js 24, and ${oldNode!.p} is ${oldNode!.v}; run it as \`npx strata\``))
+})
+
+test('a command loads only its own modules, and one that cannot load is named with the reason', (t) => {
+  // A resolve hook that fails the step runner's package, as a broken install would.
+  const hooks = 'export async function resolve (s, c, next) { if (s === "@strata/runner") throw new Error("no runner here"); return next(s, c) }'
+  const preload = `import { register } from 'node:module'; register(${JSON.stringify('data:text/javascript,' + encodeURIComponent(hooks))})`
+  const withoutRunner = (args: string[]): CliResult => {
+    const r = spawnSync(process.execPath, ['--import', 'data:text/javascript,' + encodeURIComponent(preload), bin, ...args], { encoding: 'utf8', timeout: 60_000 })
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+  }
+  const broken = withoutRunner(['run', '--file', '/nonexistent/strata.yml'])
+  assert.equal(broken.status, 1)
+  assert.match(broken.stderr, /^strata run: cannot load the command: .*no runner here/)
+  const dir = tempDir(t)
+  buildTree(join(dir, 'src'), { 'a.txt': 'a\n' })
+  const packed = withoutRunner(['pack', join(dir, 'src'), '--data-dir', join(dir, 'data')])
+  assert.equal(packed.status, 0, `pack does not need the runner: ${packed.stderr}`)
+  assert.match(packed.stdout.trim(), /^bafy/)
 })

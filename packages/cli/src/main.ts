@@ -47,7 +47,14 @@ export async function main (argv: string[]): Promise<number> {
     process.stderr.write(`strata: unknown command ${JSON.stringify(name)} (try strata help)\n`)
     return 2
   }
-  const command = await load()
+  let command: Command
+  try {
+    command = await load()
+  } catch (err) {
+    // A module that cannot load (a missing native build, a broken install) is named with its reason.
+    process.stderr.write(`strata ${name}: cannot load the command: ${(err as Error).message}\n`)
+    return 1
+  }
   const controller = new AbortController()
   const onSignal = (sig: NodeJS.Signals): void => {
     if (controller.signal.aborted) process.exit(130)
