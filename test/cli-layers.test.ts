@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
 import { bin, strata } from './helpers.ts'
@@ -74,7 +74,7 @@ test('strata help lists every command by its own usage line; an unknown command 
 })
 
 test('strata help into a pipe closed after one line ends quietly', () => {
-  const r = spawnSync('bash', ['-c', '"$0" "$1" help | head -1', process.execPath, bin], { encoding: 'utf8', timeout: 60_000 })
+  const r = spawnSync('bash', ['-c', '"$0" "$1" help | head -1; exit ${PIPESTATUS[0]}', process.execPath, bin], { encoding: 'utf8', timeout: 60_000 })
   assert.equal(r.status, 0, r.stderr)
   assert.equal(r.stdout, 'strata: layer caching for CI steps, shared peer-to-peer\n')
   assert.equal(r.stderr, '')
@@ -88,12 +88,14 @@ test('run by a Node older than 24, strata says which Node it needs and how to ru
   const r = spawnSync(oldNode!.p, [bin, 'layers'], { encoding: 'utf8', timeout: 60_000 })
   assert.equal(r.status, 2)
   assert.equal(r.stdout, '')
-  assert.match(r.stderr, new RegExp(`^strata: needs Node\\.js 24, and ${oldNode!.p} is ${oldNode!.v}; run it as \`npx strata\``))
+  // Node reports its own path with symlinks resolved.
+  const path = realpathSync(oldNode!.p).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  assert.match(r.stderr, new RegExp(`^strata: needs Node\\.js 24, and ${path} is ${oldNode!.v.replace(/\./g, '\\.')}; run it as \`npx strata\``))
 })
 
 test('a command loads only its own modules, and one that cannot load is named with the reason', (t) => {
-  // A resolve hook that fails the step runner's package, as a broken install would.
-  const hooks = 'export async function resolve (s, c, next) { if (s === "@strata/runner") throw new Error("no runner here"); return next(s, c) }'
+  // A resolve hook that fails the step runner's package and the daemon's client, as a broken install would.
+  const hooks = 'export async function resolve (s, c, next) { if (s === "@strata/runner" || s === "@strata/daemon/client") throw new Error("no " + s + " here"); return next(s, c) }'
   const preload = `import { register } from 'node:module'; register(${JSON.stringify('data:text/javascript,' + encodeURIComponent(hooks))})`
   const withoutRunner = (args: string[]): CliResult => {
     const r = spawnSync(process.execPath, ['--import', 'data:text/javascript,' + encodeURIComponent(preload), bin, ...args], { encoding: 'utf8', timeout: 60_000 })
@@ -101,7 +103,12 @@ test('a command loads only its own modules, and one that cannot load is named wi
   }
   const broken = withoutRunner(['run', '--file', '/nonexistent/strata.yml'])
   assert.equal(broken.status, 1)
-  assert.match(broken.stderr, /^strata run: cannot load the command: .*no runner here/)
+  assert.match(broken.stderr, /^strata run: cannot load the command: .*no @strata\/(runner|daemon\/client) here/)
+  const help = withoutRunner(['help'])
+  assert.equal(help.status, 1, 'help says that some command cannot load')
+  assert.match(help.stdout, /^ {2}strata pack DIR /m)
+  assert.match(help.stdout, /^ {2}strata run\n {6}\(cannot load the command: .*no @strata\/(runner|daemon\/client) here/m)
+  assert.equal(help.stderr, '')
   const dir = tempDir(t)
   buildTree(join(dir, 'src'), { 'a.txt': 'a\n' })
   const packed = withoutRunner(['pack', join(dir, 'src'), '--data-dir', join(dir, 'data')])
