@@ -22,11 +22,11 @@ const commands: Array<[name: string, load: () => Promise<Command>]> = [
   ['layers', async () => (await import('./commands/layer.ts')).layers]
 ]
 
-/** Why a command's module did not load, with the error's code when it has one. */
-function loadFailure (err: unknown): string {
-  const e = err as { message?: unknown, code?: unknown }
+/** An error as the one-line reason a command prints: its message, and its code when it has one. */
+function reason (err: unknown): string {
   const message = err instanceof Error ? err.message : String(err)
-  return typeof e.code === 'string' ? `${message} (${e.code})` : message
+  const code = (err as { code?: unknown } | undefined)?.code
+  return code !== undefined ? `${message} (${String(code)})` : message
 }
 
 /** Writes the help; false when a command's module could not load (it is listed with the reason). */
@@ -41,7 +41,7 @@ async function help (out: NodeJS.WritableStream): Promise<boolean> {
       text += `  ${c.usage}\n      ${c.summary}\n`
     } catch (err) {
       ok = false
-      text += `  strata ${name}\n      (cannot load the command: ${loadFailure(err)})\n`
+      text += `  strata ${name}\n      (cannot load the command: ${reason(err)})\n`
     }
   }
   out.write(text)
@@ -68,7 +68,7 @@ export async function main (argv: string[]): Promise<number> {
     command = await load()
   } catch (err) {
     // A module that cannot load (a missing native build, a broken install) is named with its reason.
-    process.stderr.write(`strata ${name}: cannot load the command: ${loadFailure(err)}\n`)
+    process.stderr.write(`strata ${name}: cannot load the command: ${reason(err)}\n`)
     return 1
   }
   const controller = new AbortController()
@@ -86,9 +86,8 @@ export async function main (argv: string[]): Promise<number> {
       process.stderr.write(`strata ${command.name}: ${err.message}\nusage: ${command.usage}\n`)
       return 2
     }
-    const e = err as Error & { code?: string }
     logger.debug({ err }, 'command failed')
-    process.stderr.write(`strata ${command.name}: ${e.message}${e.code !== undefined ? ` (${e.code})` : ''}\n`)
+    process.stderr.write(`strata ${command.name}: ${reason(err)}\n`)
     return controller.signal.aborted ? 130 : 1
   } finally {
     process.off('SIGINT', onSignal)
