@@ -36,15 +36,17 @@ async function daemonProcess (t: { after: (fn: () => Promise<void> | void) => vo
   return { argv, env: vars }
 }
 
-test('strata daemon runs with a 16 MB semi-space and two malloc arenas, in the same process', async (t) => {
-  const { argv, env } = await daemonProcess(t, { MALLOC_ARENA_MAX: undefined })
+test('strata daemon runs with a 16 MB semi-space, two malloc arenas and huge pages on request, in the same process', async (t) => {
+  const { argv, env } = await daemonProcess(t, { MALLOC_ARENA_MAX: undefined, GLIBC_TUNABLES: undefined })
   assert.ok(argv.includes('--max-semi-space-size=16'), argv.join(' '))
   assert.ok(!argv.includes('--max-semi-space-size=4'), argv.join(' '))
   assert.equal(argv.filter((a) => a === 'daemon').length, 1)
   assert.equal(env.get('MALLOC_ARENA_MAX'), '2')
+  assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.hugetlb=1')
 })
 
-test('strata daemon keeps a MALLOC_ARENA_MAX set by the user', async (t) => {
-  const { env } = await daemonProcess(t, { MALLOC_ARENA_MAX: '5' })
+test('strata daemon keeps a MALLOC_ARENA_MAX and GLIBC_TUNABLES set by the user', async (t) => {
+  const { env } = await daemonProcess(t, { MALLOC_ARENA_MAX: '5', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' })
   assert.equal(env.get('MALLOC_ARENA_MAX'), '5')
+  assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.tcache_count=0')
 })

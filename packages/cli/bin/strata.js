@@ -19,11 +19,14 @@ if (Number(process.versions.node.split('.')[0]) < NODE_MAJOR) {
 // (same pid, same stdio) with one, and with glibc's malloc kept to two arenas: its
 // threads (main, file writers, libuv, V8) each get an arena by default, memory one
 // arena frees is not reused by another, and a restore's peak RSS was ~90 MB higher
-// for the same time (doc/DECISIONS.md). A MALLOC_ARENA_MAX set by the user is kept.
+// for the same time. And malloc asks for transparent huge pages where the kernel
+// gives them on request: a first restore faults in ~450 MB of buffers, and with 4 KiB
+// pages that took a second of the consumer's CPU (doc/DECISIONS.md). A
+// MALLOC_ARENA_MAX or GLIBC_TUNABLES set by the user is kept.
 const DAEMON_FLAG = '--max-semi-space-size=16'
 if (process.argv[2] === 'daemon' && !process.execArgv.includes(DAEMON_FLAG) && typeof process.execve === 'function') {
   const flags = process.execArgv.filter((f) => !f.startsWith('--max-semi-space-size'))
-  const env = { MALLOC_ARENA_MAX: '2', ...process.env }
+  const env = { MALLOC_ARENA_MAX: '2', GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1', ...process.env }
   process.execve(process.execPath, [process.execPath, ...flags, DAEMON_FLAG, fileURLToPath(import.meta.url), ...process.argv.slice(2)], env)
 }
 
