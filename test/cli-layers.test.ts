@@ -78,6 +78,25 @@ test('strata help into a pipe closed after one line ends quietly', () => {
   assert.equal(r.status, 0, r.stderr)
   assert.equal(r.stdout, 'strata: layer caching for CI steps, shared peer-to-peer\n')
   assert.equal(r.stderr, '')
+  // A reader gone before anything is written: the one write fails with EPIPE.
+  const gone = spawnSync('bash', ['-c', '"$0" "$1" help | exec 0<&-; exit ${PIPESTATUS[0]}', process.execPath, bin], { encoding: 'utf8', timeout: 60_000 })
+  assert.equal(gone.stderr, '')
+  assert.equal(gone.status, 0)
+})
+
+test('strata ls of a large layer into a pipe closed after one line ends quietly, with its own status', (t) => {
+  const dir = tempDir(t)
+  const files: Record<string, string> = {}
+  for (let i = 0; i < 4000; i++) files[`file-with-a-long-enough-name-${String(i).padStart(5, '0')}.txt`] = ''
+  buildTree(join(dir, 'src'), files)
+  const packed = strata(['pack', join(dir, 'src'), '--data-dir', join(dir, 'data')])
+  assert.equal(packed.status, 0, packed.stderr)
+  const root = packed.stdout.trim().split('\n').at(-1)!
+  // ~400 KB of listing: far more than the pipe holds when head exits.
+  const r = spawnSync('bash', ['-c', '"$0" "$1" ls "$2" --data-dir "$3" | head -1; exit ${PIPESTATUS[0]}', process.execPath, bin, root, join(dir, 'data')], { encoding: 'utf8', timeout: 60_000 })
+  assert.equal(r.stderr, '')
+  assert.equal(r.status, 0)
+  assert.match(r.stdout, /^\S+ .*\n$/)
 })
 
 // The machine's own node, when there is one older than the CLI needs (this image's is 20).

@@ -29,6 +29,11 @@ function reason (err: unknown): string {
   return code !== undefined ? `${message} (${String(code)})` : message
 }
 
+/** An output stream's error: a closed reader is not one; any other is thrown, as it would have been. */
+function dropWhenClosed (err: NodeJS.ErrnoException): void {
+  if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err
+}
+
 /** Writes the help; false when a command's module could not load (it is listed with the reason). */
 async function help (out: NodeJS.WritableStream): Promise<boolean> {
   // One write once every module has loaded: a reader that stops early
@@ -53,6 +58,12 @@ async function help (out: NodeJS.WritableStream): Promise<boolean> {
  * command's signal so that it can undo what it was doing before exiting.
  */
 export async function main (argv: string[]): Promise<number> {
+  // A reader that stops early (`strata ls CID | head -1`, `strata help | true`) closes
+  // the pipe: what the command still writes there is dropped and the command runs to
+  // its end, so a step's mounts are undone as always, instead of dying of an
+  // unhandled EPIPE.
+  process.stdout.on('error', dropWhenClosed)
+  process.stderr.on('error', dropWhenClosed)
   const [name, ...rest] = argv
   if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
     const ok = await help(process.stdout)
