@@ -20,8 +20,8 @@ if (Number(process.versions.node.split('.')[0]) < NODE_MAJOR) {
 // threads (main, file writers, libuv, V8) each get an arena by default, memory one
 // arena frees is not reused by another, and a restore's peak RSS was ~90 MB higher
 // for the same time. And malloc asks for transparent huge pages where the kernel
-// gives them on request: a first restore faults in ~450 MB of buffers, and with 4 KiB
-// pages that took a second of the consumer's CPU (doc/DECISIONS.md). A
+// gives them on request: a first restore faults in ~450 MB of buffers, ~120k page
+// faults with 4 KiB pages and ~50k with the tunable (doc/DECISIONS.md). A
 // MALLOC_ARENA_MAX or GLIBC_TUNABLES set by the user is kept.
 const DAEMON_FLAG = '--max-semi-space-size=16'
 if (process.argv[2] === 'daemon' && !process.execArgv.includes(DAEMON_FLAG) && typeof process.execve === 'function') {
