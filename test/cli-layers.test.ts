@@ -92,7 +92,7 @@ test('strata ls of a large layer into a pipe closed after one line ends quietly,
   const packed = strata(['pack', join(dir, 'src'), '--data-dir', join(dir, 'data')])
   assert.equal(packed.status, 0, packed.stderr)
   const root = packed.stdout.trim().split('\n').at(-1)!
-  // ~400 KB of listing: far more than the pipe holds when head exits.
+  // ~300 KB of listing: far more than the pipe holds when head exits.
   const r = spawnSync('bash', ['-c', '"$0" "$1" ls "$2" --data-dir "$3" | head -1; exit ${PIPESTATUS[0]}', process.execPath, bin, root, join(dir, 'data')], { encoding: 'utf8', timeout: 60_000 })
   assert.equal(r.stderr, '')
   assert.equal(r.status, 0)
