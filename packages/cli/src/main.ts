@@ -36,8 +36,8 @@ function dropWhenClosed (err: NodeJS.ErrnoException): void {
 
 /** Writes the help; false when a command's module could not load (it is listed with the reason). */
 async function help (out: NodeJS.WritableStream): Promise<boolean> {
-  // One write, once every module has loaded: a module that cannot load shows in
-  // its place in the list, not after lines already written.
+  // The whole text in one write, once every module has loaded (main() drops the
+  // EPIPE of a reader that stopped early).
   let text = 'strata: layer caching for CI steps, shared peer-to-peer\n\nusage: strata COMMAND [options]\n\n'
   let ok = true
   for (const [name, load] of commands) {
