@@ -1,6 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
+import type { SpawnSyncReturns } from 'node:child_process'
 import { existsSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
@@ -73,13 +74,18 @@ test('strata help lists every command by its own usage line; an unknown command 
   assert.match(unknown.stderr, /unknown command "pak"/)
 })
 
+/** `strata ARGS | READER` in bash; the status is strata's own, not the reader's. */
+function piped (args: string[], reader: string): SpawnSyncReturns<string> {
+  return spawnSync('bash', ['-c', `"$@" | ${reader}; exit \${PIPESTATUS[0]}`, 'bash', process.execPath, bin, ...args], { encoding: 'utf8', timeout: 60_000 })
+}
+
 test('strata help into a pipe closed after one line ends quietly', () => {
-  const r = spawnSync('bash', ['-c', '"$0" "$1" help | head -1; exit ${PIPESTATUS[0]}', process.execPath, bin], { encoding: 'utf8', timeout: 60_000 })
+  const r = piped(['help'], 'head -1')
   assert.equal(r.status, 0, r.stderr)
   assert.equal(r.stdout, 'strata: layer caching for CI steps, shared peer-to-peer\n')
   assert.equal(r.stderr, '')
   // A reader gone before anything is written: the one write fails with EPIPE.
-  const gone = spawnSync('bash', ['-c', '"$0" "$1" help | exec 0<&-; exit ${PIPESTATUS[0]}', process.execPath, bin], { encoding: 'utf8', timeout: 60_000 })
+  const gone = piped(['help'], 'exec 0<&-')
   assert.equal(gone.stderr, '')
   assert.equal(gone.status, 0)
 })
@@ -93,7 +99,7 @@ test('strata ls of a large layer into a pipe closed after one line ends quietly,
   assert.equal(packed.status, 0, packed.stderr)
   const root = packed.stdout.trim().split('\n').at(-1)!
   // ~300 KB of listing: far more than the pipe holds when head exits.
-  const r = spawnSync('bash', ['-c', '"$0" "$1" ls "$2" --data-dir "$3" | head -1; exit ${PIPESTATUS[0]}', process.execPath, bin, root, join(dir, 'data')], { encoding: 'utf8', timeout: 60_000 })
+  const r = piped(['ls', root, '--data-dir', join(dir, 'data')], 'head -1')
   assert.equal(r.stderr, '')
   assert.equal(r.status, 0)
   assert.match(r.stdout, /^\S+ .*\n$/)
