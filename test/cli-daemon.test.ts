@@ -36,10 +36,12 @@ async function daemonProcess (t: { after: (fn: () => Promise<void> | void) => vo
   return { argv, env: vars }
 }
 
-test('strata daemon runs with a 16 MB semi-space, two malloc arenas and huge pages on request, in the same process', async (t) => {
+test('strata daemon runs with a 16 MB semi-space, gc exposed, two malloc arenas and huge pages on request, in the same process', async (t) => {
   const { argv, env } = await daemonProcess(t, { MALLOC_ARENA_MAX: undefined, GLIBC_TUNABLES: undefined })
   assert.ok(argv.includes('--max-semi-space-size=16'), argv.join(' '))
   assert.ok(!argv.includes('--max-semi-space-size=4'), argv.join(' '))
+  // The block exchange's scavenges need it (packages/daemon/src/scavenge.ts).
+  assert.equal(argv.filter((a) => a === '--expose-gc').length, 1, argv.join(' '))
   assert.equal(argv.filter((a) => a === 'daemon').length, 1)
   assert.equal(env.get('MALLOC_ARENA_MAX'), '2')
   assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.hugetlb=1')

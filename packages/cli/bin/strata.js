@@ -22,12 +22,14 @@ if (Number(process.versions.node.split('.')[0]) < NODE_MAJOR) {
 // for the same time. And malloc asks for transparent huge pages where the kernel
 // gives them on request: a first restore faults in ~450 MB of buffers, ~120k page
 // faults with 4 KiB pages and ~50k with the tunable (doc/DECISIONS.md). A
-// MALLOC_ARENA_MAX or GLIBC_TUNABLES set by the user is kept.
+// MALLOC_ARENA_MAX or GLIBC_TUNABLES set by the user is kept. `gc` is exposed so that
+// the block exchange can scavenge the buffers it leaves behind while they are young
+// (packages/daemon/src/scavenge.ts).
 const DAEMON_FLAG = '--max-semi-space-size=16'
 if (process.argv[2] === 'daemon' && !process.execArgv.includes(DAEMON_FLAG) && typeof process.execve === 'function') {
-  const flags = process.execArgv.filter((f) => !f.startsWith('--max-semi-space-size'))
+  const flags = process.execArgv.filter((f) => !f.startsWith('--max-semi-space-size') && f !== '--expose-gc')
   const env = { MALLOC_ARENA_MAX: '2', GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1', ...process.env }
-  process.execve(process.execPath, [process.execPath, ...flags, DAEMON_FLAG, fileURLToPath(import.meta.url), ...process.argv.slice(2)], env)
+  process.execve(process.execPath, [process.execPath, ...flags, DAEMON_FLAG, '--expose-gc', fileURLToPath(import.meta.url), ...process.argv.slice(2)], env)
 }
 
 const { enableCompileCache } = await import('node:module')

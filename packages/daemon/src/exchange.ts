@@ -11,6 +11,7 @@ import {
 import { BlockUnavailableError, PeerLimitError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
 import { FrameReader } from './frame-reader.ts'
 import { RateLimiter } from './rate.ts'
+import { scavenges } from './scavenge.ts'
 
 /** Banned peers remembered at once. */
 export const MAX_BANS = 10_000
@@ -249,6 +250,7 @@ export class BlockExchange {
             }
             appendFrame(out, encodeBlockHeader(next.cid), next.bytes)
             this.counters.bytesToPeers += next.bytes.length
+            scavenges.moved(next.bytes.length)
             this.counters.blocksToPeers++
           }
           answers++
@@ -657,6 +659,7 @@ export class PeerBlockSource implements BlockSource {
         const own = whole.byteOffset === 0 && whole.buffer.byteLength === whole.byteLength
         const bytes = own ? msg.bytes : Uint8Array.prototype.slice.call(msg.bytes)
         this.#ex.counters.bytesFromPeers += bytes.length
+        scavenges.moved(bytes.length)
         this.#ex.counters.blocksFromPeers++
         this.stats.bytes += bytes.length
         this.stats.blocks++
