@@ -102,6 +102,17 @@ export function cpuSeconds (pid: number | undefined): { user: number, sys: numbe
     return { user: 0, sys: 0 }
   }
 }
+/** A process's peak resident memory so far (VmHWM), in MB; 0 once it is gone. */
+export function peakRssMb (pid: number | undefined): number {
+  if (pid === undefined) return 0
+  try {
+    const kb = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return kb === null ? 0 : Number(kb[1]) / 1024
+  } catch {
+    return 0
+  }
+}
+
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
 
 async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
@@ -182,8 +193,11 @@ interface Method {
   cpu?: (n: number) => Cpu
 }
 
-/** CPU seconds: the producer's, a consumer's on average (and of that, user time: the rest is the kernel's), all daemons'. */
-interface Cpu { producer: number, consumerMean: number, consumerUserMean: number, total: number }
+/**
+ * CPU seconds: the producer's, a consumer's on average (and of that, user time: the
+ * rest is the kernel's), all daemons'; and the largest consumer's peak RSS so far.
+ */
+interface Cpu { producer: number, consumerMean: number, consumerUserMean: number, total: number, consumerPeakRssMb: number }
 
 interface MethodResult {
   consumers: number
@@ -323,7 +337,8 @@ async function main (): Promise<void> {
               producer: used[0]!.user + used[0]!.sys,
               consumerMean: sum(consumersUsed, (c) => c.user + c.sys) / n,
               consumerUserMean: sum(consumersUsed, (c) => c.user) / n,
-              total: sum(used, (c) => c.user + c.sys)
+              total: sum(used, (c) => c.user + c.sys),
+              consumerPeakRssMb: Math.max(...daemons.slice(1, n + 1).map(peakRssMb))
             }
           }
         })
@@ -348,7 +363,7 @@ async function main (): Promise<void> {
           samples.get(name)!.get(n)!.push(seconds)
           const cpu = method.cpu?.(n)
           if (cpu !== undefined) cpuUsed.get(name)!.get(n)!.push(cpu)
-          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)} (user ${cpu.consumerUserMean.toFixed(1)}), all ${cpu.total.toFixed(1)}`}`)
+          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)} (user ${cpu.consumerUserMean.toFixed(1)}), all ${cpu.total.toFixed(1)}; consumer peak RSS ${cpu.consumerPeakRssMb.toFixed(0)} MB`}`)
           if (!verified.has(name)) {
             const got = await treeStats(restored[0]!)
             if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
@@ -391,7 +406,7 @@ async function main (): Promise<void> {
     console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}`)
     console.log(`written to ${report.filesystem}`)
     console.log(`1-minute load average ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after (${cpus().length} CPUs)`)
-    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each (user)', 'CPU s all']]
+    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each (user)', 'CPU s all', 'peak RSS MB']]
     for (const [method, list] of Object.entries(results)) {
       const one = list.find((r) => r.consumers === 1)?.slowest.median
       for (const r of list) {
@@ -404,7 +419,8 @@ async function main (): Promise<void> {
           one === undefined ? '' : (r.slowest.median / one).toFixed(2) + 'x',
           (r.consumers * stats.bytes / 1e6 / r.slowest.median).toFixed(0),
           r.cpu.length === 0 ? '' : `${summarize(r.cpu.map((c) => c.consumerMean)).median.toFixed(1)} (${summarize(r.cpu.map((c) => c.consumerUserMean)).median.toFixed(1)})`,
-          r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.total)).median.toFixed(1)
+          r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.total)).median.toFixed(1),
+          r.cpu.length === 0 ? '' : Math.max(...r.cpu.map((c) => c.consumerPeakRssMb)).toFixed(0)
         ])
       }
     }
