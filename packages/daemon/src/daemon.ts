@@ -29,6 +29,13 @@ import {
 } from './records.ts'
 import { peerIdOf, readPeerList, readPsk, writerOf } from './trust.ts'
 
+/**
+ * The index's LevelDB write buffer in a daemon's store: a restore writes its manifest
+ * (~50 MB for the benchmark tree) into the index while blocks arrive, and LevelDB's
+ * default 4 MiB turned that into ~24 level-0 tables and compactions rewriting them.
+ */
+export const INDEX_WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+
 export interface DaemonInit {
   /** Where the store, the identity key and the control socket live. */
   dataDir: string
@@ -720,7 +727,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
   const privateKey = await loadPrivateKey(init.dataDir)
-  const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false })
+  const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES })
   try {
     const node = await createNode({
       privateKey,

@@ -137,7 +137,18 @@ export interface OpenStoreInit extends StoreInit {
   inlineMax?: number
   /** A layer's last use is written at most this often. Default 60 000 ms. */
   touchEveryMs?: number
+  /**
+   * Bytes the index's LevelDB keeps in memory before it writes a table (its
+   * `writeBufferSize`). Default LevelDB's own, 4 MiB. A manifest's blocks go to the
+   * index, ~50 MB of them for a large tree; with a larger buffer they make fewer
+   * level-0 tables and so fewer compactions rewriting them. The daemon, which
+   * restores layers from peers while it serves others, sets 16 MiB (doc/DECISIONS.md).
+   */
+  indexWriteBufferBytes?: number
 }
+
+/** LevelDB takes any size; below 64 KiB a table is written every few puts. */
+const MIN_INDEX_WRITE_BUFFER = 64 * 1024
 
 /**
  * Opens (creating if needed) the store under `dataDir`. An index that cannot be
@@ -145,6 +156,10 @@ export interface OpenStoreInit extends StoreInit {
  * inspection, its path logged) and rebuilt from the layer dirs.
  */
 export async function openStore (init: OpenStoreInit): Promise<Store & LocalStore> {
+  const wb = init.indexWriteBufferBytes
+  if (wb !== undefined && !(Number.isSafeInteger(wb) && wb >= MIN_INDEX_WRITE_BUFFER)) {
+    throw new TypeError(`indexWriteBufferBytes must be an integer of at least ${MIN_INDEX_WRITE_BUFFER} bytes, got ${wb}`)
+  }
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'store' })
   const dataDir = init.dataDir
   mkdirSync(`${dataDir}/layers`, { recursive: true })
@@ -173,7 +188,7 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
   if (files.some((f) => /\.(ldb|sst|log)$/.test(f)) && !files.includes('CURRENT')) throw new IndexCorruptError('the index has table files but no CURRENT file')
   const db = new ClassicLevel<string, Uint8Array>(`${dataDir}/index`, { keyEncoding: 'utf8', valueEncoding: 'view' })
   try {
-    await db.open()
+    await db.open(init.indexWriteBufferBytes !== undefined ? { writeBufferSize: init.indexWriteBufferBytes } : {})
   } catch (err) {
     if (manifestMissing(`${dataDir}/index`)) throw new IndexCorruptError('the index names a MANIFEST file that is not there', { cause: err })
     throw err

@@ -320,3 +320,25 @@ test('two restores of one layer at once give one layer dir that never changes un
   assert.equal(statSync(first.path).ino, inode, 'the second restore replaced the layer dir')
   assert.deepEqual(readdirSync(join(dir, 'consumer', 'layers')), [b.root.toString()])
 })
+
+test('a larger index write buffer writes a large manifest in fewer level-0 tables', async (t) => {
+  const dir = tempDir(t)
+  // ~10 MB of manifest: 2,800 files small enough to travel inside it, each its own.
+  const files: Tree = {}
+  for (let i = 0; i < 2800; i++) files[`f${i}.js`] = bigText(`file ${i}`, 100).slice(0, 3600)
+  const flushes = async (name: string, init: { indexWriteBufferBytes?: number }): Promise<number> => {
+    buildTree(join(dir, `src-${name}`), { pkg: { dir: files } })
+    const store = await openStore({ dataDir: join(dir, name), ...init })
+    try {
+      await store.commit(join(dir, `src-${name}`))
+    } finally {
+      await store.close()
+    }
+    return (readFileSync(join(dir, name, 'index', 'LOG'), 'utf8').match(/Level-0 table/g) ?? []).length
+  }
+  const byDefault = await flushes('default', {})
+  const larger = await flushes('larger', { indexWriteBufferBytes: 16 * 1024 * 1024 })
+  assert.ok(byDefault >= 2, `LevelDB's 4 MiB buffer wrote ${byDefault} level-0 tables`)
+  assert.equal(larger, 0)
+  await assert.rejects(openStore({ dataDir: join(dir, 'bad'), indexWriteBufferBytes: 1000 }), /indexWriteBufferBytes must be an integer of at least 65536 bytes, got 1000/)
+})
