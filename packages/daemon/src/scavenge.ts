@@ -14,7 +14,7 @@
  * "The daemon scavenges as it moves blocks").
  *
  * Needs `gc` exposed (`--expose-gc`, which `strata daemon` sets when it re-executes
- * itself); without it the pacer counts and does nothing else.
+ * itself); without it the pacer does nothing.
  */
 
 type Collect = (opts: { type: 'minor' }) => void
