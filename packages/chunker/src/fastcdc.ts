@@ -59,93 +59,101 @@ export function cutPoint (buf: Uint8Array, start: number, end: number): number {
   const normal = Math.min(n, AVG)
   let h = 0
   let i = MIN
-  // Sixteen bytes a step, read as four little-endian words, two bytes at a time:
-  // after the first of two, h << 1 is what a one-byte loop would hold.
-  for (const last = normal - 15; i < last; i += 16) {
-    let w = view.getUint32(i, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 1
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_S) === 0) return i + 2
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 3
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_S) === 0) return i + 4
-    w = view.getUint32(i + 4, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 5
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_S) === 0) return i + 6
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 7
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_S) === 0) return i + 8
-    w = view.getUint32(i + 8, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 9
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_S) === 0) return i + 10
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 11
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_S) === 0) return i + 12
-    w = view.getUint32(i + 12, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 13
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_S) === 0) return i + 14
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_S2) === 0) return i + 15
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_S) === 0) return i + 16
+  // Every cut leaves through one `return i + k`: an addition on each of the 34
+  // exits would have no type feedback until its exit had been taken, and optimized
+  // code that reaches such an exit is thrown away and compiled again (~60 times in a
+  // pack of the big tree, in each worker).
+  let k = 0
+  cut: {
+    // Sixteen bytes a step, read as four little-endian words, two bytes at a time:
+    // after the first of two, h << 1 is what a one-byte loop would hold.
+    for (const last = normal - 15; i < last; i += 16) {
+      let w = view.getUint32(i, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 1; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_S) === 0) { k = 2; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 3; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_S) === 0) { k = 4; break cut }
+      w = view.getUint32(i + 4, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 5; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_S) === 0) { k = 6; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 7; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_S) === 0) { k = 8; break cut }
+      w = view.getUint32(i + 8, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 9; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_S) === 0) { k = 10; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 11; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_S) === 0) { k = 12; break cut }
+      w = view.getUint32(i + 12, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 13; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_S) === 0) { k = 14; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_S2) === 0) { k = 15; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_S) === 0) { k = 16; break cut }
+    }
+    for (; i < normal; i++) {
+      h = ((h << 1) + gear[view.getUint8(i)]!) | 0
+      if ((h & MASK_S) === 0) { k = 1; break cut }
+    }
+    for (const last = n - 15; i < last; i += 16) {
+      let w = view.getUint32(i, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 1; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_L) === 0) { k = 2; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 3; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_L) === 0) { k = 4; break cut }
+      w = view.getUint32(i + 4, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 5; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_L) === 0) { k = 6; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 7; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_L) === 0) { k = 8; break cut }
+      w = view.getUint32(i + 8, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 9; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_L) === 0) { k = 10; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 11; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_L) === 0) { k = 12; break cut }
+      w = view.getUint32(i + 12, true)
+      h = ((h << 2) + gear2[w & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 13; break cut }
+      h = (h + gear[(w >>> 8) & 0xff]!) | 0
+      if ((h & MASK_L) === 0) { k = 14; break cut }
+      h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
+      if ((h & MASK_L2) === 0) { k = 15; break cut }
+      h = (h + gear[w >>> 24]!) | 0
+      if ((h & MASK_L) === 0) { k = 16; break cut }
+    }
+    for (; i < n; i++) {
+      h = ((h << 1) + gear[view.getUint8(i)]!) | 0
+      if ((h & MASK_L) === 0) { k = 1; break cut }
+    }
+    // No cut: the chunk is all n bytes, and i is n.
   }
-  for (; i < normal; i++) {
-    h = ((h << 1) + gear[view.getUint8(i)]!) | 0
-    if ((h & MASK_S) === 0) return i + 1
-  }
-  for (const last = n - 15; i < last; i += 16) {
-    let w = view.getUint32(i, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 1
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_L) === 0) return i + 2
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 3
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_L) === 0) return i + 4
-    w = view.getUint32(i + 4, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 5
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_L) === 0) return i + 6
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 7
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_L) === 0) return i + 8
-    w = view.getUint32(i + 8, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 9
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_L) === 0) return i + 10
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 11
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_L) === 0) return i + 12
-    w = view.getUint32(i + 12, true)
-    h = ((h << 2) + gear2[w & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 13
-    h = (h + gear[(w >>> 8) & 0xff]!) | 0
-    if ((h & MASK_L) === 0) return i + 14
-    h = ((h << 2) + gear2[(w >>> 16) & 0xff]!) | 0
-    if ((h & MASK_L2) === 0) return i + 15
-    h = (h + gear[w >>> 24]!) | 0
-    if ((h & MASK_L) === 0) return i + 16
-  }
-  for (; i < n; i++) {
-    h = ((h << 1) + gear[view.getUint8(i)]!) | 0
-    if ((h & MASK_L) === 0) return i + 1
-  }
-  return n
+  return i + k
 }
 
 /** Cut lengths of a whole in-memory buffer. */
