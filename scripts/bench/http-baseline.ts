@@ -102,6 +102,7 @@ export function cpuSeconds (pid: number | undefined): { user: number, sys: numbe
     return { user: 0, sys: 0 }
   }
 }
+
 /** A process's peak resident memory so far (VmHWM), in MB; 0 once it is gone. */
 export function peakRssMb (pid: number | undefined): number {
   if (pid === undefined) return 0
