@@ -305,8 +305,9 @@ test('a runner process that dies mid-step takes the step with it; the next runne
   const child = spawn(process.execPath, [new URL('./fixtures/long-step.ts', import.meta.url).pathname, dataDir, side.dir], { stdio: 'ignore' })
   t.after(() => child.kill('SIGKILL'))
   const deadline = Date.now() + 20_000
-  while (!side.lines().includes('started')) {
-    assert.ok(Date.now() < deadline, 'the step started')
+  // The shell writes 'started' and then forks the sleep: wait for both.
+  while (!side.lines().includes('started') || processesMatching('sleep 97.541').length === 0) {
+    assert.ok(Date.now() < deadline, 'the step started and its sleep runs')
     await delay(20)
   }
   assert.equal(processesMatching('sleep 97.541').length, 1)
