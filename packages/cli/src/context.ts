@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import type { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import type { ParseArgsOptionsConfig } from 'node:util'
+import type { FsPool } from '@strata/chunker/fs-pool'
 
 /** What every command gets: its arguments, where to print, a logger and the run's cancel signal. */
 export interface CommandContext {
@@ -11,6 +12,8 @@ export interface CommandContext {
   stderr: Writable
   logger: Logger
   signal: AbortSignal
+  /** File workers the bin started before loading the command, for the store it opens. */
+  pool?: FsPool | undefined
 }
 
 export interface Command {

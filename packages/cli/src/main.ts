@@ -1,3 +1,4 @@
+import type { FsPool } from '@strata/chunker/fs-pool'
 import type { Command } from './context.ts'
 import { createLogger, UsageError } from './context.ts'
 
@@ -55,9 +56,18 @@ async function help (out: NodeJS.WritableStream): Promise<boolean> {
 
 /**
  * Runs one command and returns its exit code. SIGINT and SIGTERM abort the
- * command's signal so that it can undo what it was doing before exiting.
+ * command's signal so that it can undo what it was doing before exiting. `pool`:
+ * file workers already started, for the command's store; main() ends them.
  */
-export async function main (argv: string[]): Promise<number> {
+export async function main (argv: string[], opts: { pool?: FsPool } = {}): Promise<number> {
+  try {
+    return await run(argv, opts.pool)
+  } finally {
+    await opts.pool?.close()
+  }
+}
+
+async function run (argv: string[], pool: FsPool | undefined): Promise<number> {
   // A reader that stops early (`strata ls CID | head -1`, `strata help | true`) closes
   // the pipe: what the command still writes there is dropped and the command runs to
   // its end, so a step's mounts are undone as always, instead of dying of an
@@ -91,7 +101,7 @@ export async function main (argv: string[]): Promise<number> {
   process.on('SIGTERM', onSignal)
   const logger = createLogger()
   try {
-    return await command.run({ argv: rest, stdout: process.stdout, stderr: process.stderr, logger, signal: controller.signal })
+    return await command.run({ argv: rest, stdout: process.stdout, stderr: process.stderr, logger, signal: controller.signal, pool })
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`strata ${command.name}: ${err.message}\nusage: ${command.usage}\n`)

@@ -8,10 +8,10 @@ import type { CommandContext } from './context.ts'
  */
 export async function openStoreFor (ctx: CommandContext, dataDir: string): Promise<Store & LocalStore> {
   try {
-    return await openStore({ dataDir, logger: ctx.logger, signal: ctx.signal, wait: false })
+    return await openStore({ dataDir, logger: ctx.logger, signal: ctx.signal, wait: false, pool: ctx.pool })
   } catch (err) {
     if (!(err instanceof StoreLockedError)) throw err
   }
   ctx.stderr.write(`strata: waiting for another strata process to finish with ${dataDir}\n`)
-  return await openStore({ dataDir, logger: ctx.logger, signal: ctx.signal, wait: true })
+  return await openStore({ dataDir, logger: ctx.logger, signal: ctx.signal, wait: true, pool: ctx.pool })
 }

@@ -145,6 +145,13 @@ export interface OpenStoreInit extends StoreInit {
    * restores layers from peers while it serves others, sets 16 MiB (doc/DECISIONS.md).
    */
   indexWriteBufferBytes?: number
+  /**
+   * File workers already started, for the store to use instead of starting its own
+   * when it first needs them. They stay the caller's: the store does not end them.
+   * `strata pack` and `unpack` start theirs before they load the rest of the CLI
+   * (doc/DECISIONS.md, "Pack and unpack start their file workers first").
+   */
+  pool?: FsPool
 }
 
 /** LevelDB takes any size; below 64 KiB a table is written every few puts. */
@@ -193,7 +200,7 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
     if (manifestMissing(`${dataDir}/index`)) throw new IndexCorruptError('the index names a MANIFEST file that is not there', { cause: err })
     throw err
   }
-  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS)
+  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS, init.pool)
   try {
     const fresh = await store.checkVersion()
     await store.recover(fresh && readdirSync(`${dataDir}/layers`).length > 0)
@@ -258,6 +265,7 @@ class LayerStore implements Store, LocalStore {
    */
   #manifestsInFlight = 0
   #pool: FsPool | undefined
+  readonly #poolGiven: boolean
   /** Last use of each layer as last written (or about to be), so that a use is written at most once a minute. */
   readonly #touched = new Map<string, number>()
   readonly #writes = new Set<Promise<void>>()
@@ -267,8 +275,10 @@ class LayerStore implements Store, LocalStore {
 
   readonly #touchEveryMs: number
 
-  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number) {
+  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number, pool: FsPool | undefined) {
     this.dataDir = dataDir
+    this.#pool = pool
+    this.#poolGiven = pool !== undefined
     this.#touchEveryMs = touchEveryMs
     this.#inlineMax = inlineMax
     this.#db = db
@@ -1196,8 +1206,10 @@ class LayerStore implements Store, LocalStore {
 
   /** Closes the index only (the lock stays), for openStore to retry on a rebuilt index. */
   async closeIndex (): Promise<void> {
-    await this.#pool?.close()
-    this.#pool = undefined
+    if (!this.#poolGiven) {
+      await this.#pool?.close()
+      this.#pool = undefined
+    }
     await this.#db.close()
   }
 
@@ -1207,7 +1219,7 @@ class LayerStore implements Store, LocalStore {
     try {
       await this.#collecting
       await Promise.all([...this.#writes])
-      await this.#pool?.close()
+      if (!this.#poolGiven) await this.#pool?.close()
       if (!this.#sweepAtNextOpen) await this.#db.del(K_OPEN).catch((err: unknown) => this.#log.warn({ err }, 'could not mark the store closed'))
       await this.#db.close()
     } finally {

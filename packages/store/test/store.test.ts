@@ -8,6 +8,7 @@ import { ClassicLevel } from 'classic-level'
 import type { CID } from 'multiformats/cid'
 import { openStore } from '../src/index.ts'
 import type { BlockSource } from '../src/index.ts'
+import { FsPool } from '@strata/chunker'
 import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import type { Tree } from '../../chunker/test/helpers.ts'
 
@@ -37,6 +38,29 @@ test('commits a directory by moving it, and unpacks it identically', async (t) =
   assert.deepEqual((await store.listLayers()).map((l) => l.root.toString()), [info.root.toString()])
   await store.unpack(info.root, join(dir, 'out'))
   assert.deepEqual(describeTree(join(dir, 'out')), expected)
+})
+
+test('a store given file workers packs and unpacks with them and leaves them running when it closes', async (t) => {
+  const dir = tempDir(t)
+  buildTree(join(dir, 'src'), sample)
+  const expected = describeTree(join(dir, 'src'))
+  const pool = new FsPool(1)
+  t.after(() => pool.close())
+  const store = await openStore({ dataDir: join(dir, 'data'), pool })
+  const info = await store.commit(join(dir, 'src'))
+  await store.unpack(info.root, join(dir, 'out'))
+  assert.deepEqual(describeTree(join(dir, 'out')), expected)
+  await store.close()
+  const reply = await pool.request({ kind: 'entries', paths: join(dir, 'out', 'etc', 'app.conf'), inlineMax: 4096, maxFileSize: 1 << 20, walk: 1 })
+  assert.equal(reply.error, undefined)
+  assert.equal(Buffer.from(reply.entries!.data).toString(), 'a=1\n', 'the pool still answers after the store closed')
+  // And the store used the pool it was given: with that pool ended, a commit fails.
+  await pool.close()
+  buildTree(join(dir, 'src2'), { 'f': 'x' })
+  const again = await openStore({ dataDir: join(dir, 'data'), pool })
+  t.after(() => again.close())
+  await assert.rejects(again.commit(join(dir, 'src2')), /the fs worker pool is closed/)
+  assert.equal(existsSync(join(dir, 'src2', 'f')), true, 'the source stays')
 })
 
 test('keeps the source when asked, and committing the same tree again is idempotent', async (t) => {
