@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import type { SpawnSyncReturns } from 'node:child_process'
 import { existsSync, realpathSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
 import { bin, strata } from './helpers.ts'
 import type { CliResult } from './helpers.ts'
@@ -116,6 +116,25 @@ test('run by a Node older than 24, strata says which Node it needs and how to ru
   // Node reports its own path with symlinks resolved.
   const path = realpathSync(oldNode!.p).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
   assert.match(r.stderr, new RegExp(`^strata: needs Node\\.js 24, and ${path} is ${oldNode!.v.replace(/\./g, '\\.')}; run it as \`npx strata\``))
+})
+
+test('run through its shebang, as npx runs it, strata gives malloc two arenas and huge pages, and a GLIBC_TUNABLES of the user comes after', () => {
+  // The preload prints what the process was started with.
+  const preload = 'data:text/javascript,' + encodeURIComponent('process.stderr.write("tunables=" + JSON.stringify(process.env.GLIBC_TUNABLES) + "\\n")')
+  const run = (user: string | undefined): CliResult => {
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`, NODE_OPTIONS: `--import=${preload}` }
+    if (user === undefined) delete env.GLIBC_TUNABLES
+    else env.GLIBC_TUNABLES = user
+    const r = spawnSync(bin, ['help'], { encoding: 'utf8', timeout: 60_000, env })
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+  }
+  const plain = run(undefined)
+  assert.equal(plain.status, 0, plain.stderr)
+  assert.match(plain.stdout, /^ {2}strata pack DIR /m)
+  assert.match(plain.stderr, /^tunables="glibc\.malloc\.arena_max=2:glibc\.malloc\.hugetlb=1:"$/m)
+  const user = run('glibc.malloc.hugetlb=0')
+  assert.equal(user.status, 0, user.stderr)
+  assert.match(user.stderr, /^tunables="glibc\.malloc\.arena_max=2:glibc\.malloc\.hugetlb=1:glibc\.malloc\.hugetlb=0"$/m)
 })
 
 test('a command loads only its own modules, and one that cannot load is named with the reason', (t) => {

@@ -47,13 +47,11 @@ export class StrataNotReadyError extends Error {
 const STRATA_BIN = fileURLToPath(new URL('../../packages/cli/bin/strata.js', import.meta.url))
 const STRATA_PORT = 4001
 
-/** The CLI run as `npx strata` would: this node with the flags of the CLI's shebang. */
-function strataCommand (): string[] {
-  const shebang = readFileSync(STRATA_BIN, 'utf8').split('\n', 1)[0] ?? ''
-  const words = shebang.replace(/^#!\s*/, '').split(/\s+/)
-  const at = words.indexOf('node')
-  return [...(at === -1 ? [] : words.slice(at + 1)), STRATA_BIN]
-}
+/**
+ * The CLI is run as `npx strata` runs it: the bin itself, whose shebang sets the node
+ * flags and malloc tunables, with this node first on PATH (where npm puts its own).
+ */
+process.env.PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`
 
 /**
  * POSTs to a daemon's control socket (a unix socket: no network involved). NDJSON
@@ -119,7 +117,7 @@ const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' 
 async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
   await mkdir(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
-  const child = host.spawn(process.execPath, [...strataCommand(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+  const child = host.spawn(STRATA_BIN, args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
   const deadline = Date.now() + 60_000
   for (;;) {
     if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)

@@ -13,10 +13,10 @@
 // --fs here runs on the cache dir's own filesystem instead.
 
 import { execFileSync } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { bigTree, cacheRoot, treeStats } from './fixture.ts'
 import type { RunResult, Summary } from './measure.ts'
@@ -30,13 +30,11 @@ type Op = 'tar pack' | 'strata pack' | 'strata pack --keep-source' | 'tar unpack
 
 interface Sample { seconds: number, commandSeconds: number, syncSeconds: number, peakRss: number | null }
 
-/** The node flags of the CLI's shebang (`npx strata` runs with them), with this node. */
-function strataCommand (): string[] {
-  const shebang = readFileSync(STRATA_BIN, 'utf8').split('\n', 1)[0] ?? ''
-  const words = shebang.replace(/^#!\s*/, '').split(/\s+/)
-  const at = words.indexOf('node')
-  return [process.execPath, ...(at === -1 ? [] : words.slice(at + 1)), STRATA_BIN]
-}
+/**
+ * The CLI is run as `npx strata` runs it: the bin itself, whose shebang sets the node
+ * flags and malloc tunables, with this node first on PATH (where npm puts its own).
+ */
+process.env.PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`
 
 async function main (): Promise<void> {
   const flags = parseFlags(process.argv.slice(2), { reps: '3', json: false, tree: '', 'keep-source': false, verify: true, fs: 'ext4' })
@@ -52,7 +50,7 @@ async function main (): Promise<void> {
   // Four copies of the tree at most (source, archive, store, destination), twice over.
   const scratch = scratchFs(cacheRoot(), `pack-unpack-${process.pid}`, Math.max(4, Math.ceil(8 * stats.bytes / 2 ** 30)), flags.fs)
   const work = scratch.dir
-  const strata = strataCommand()
+  const strata = [STRATA_BIN]
   const paths = {
     src: join(work, 'src'),
     archive: join(work, 'tree.tar'),
