@@ -137,6 +137,15 @@ test('run through its shebang, as npx runs it, strata gives malloc two arenas an
   assert.match(user.stderr, /^tunables="glibc\.malloc\.arena_max=2:glibc\.malloc\.hugetlb=1:glibc\.malloc\.hugetlb=0"$/m)
 })
 
+test('pack with a native module that cannot load says so, as any command that cannot load', () => {
+  // The bin starts pack's file workers before it loads the command; their module failing is the command's to report.
+  const hooks = 'export async function resolve (s, c, next) { if (s === "@strata/sys") throw new Error("no " + s + " here"); return next(s, c) }'
+  const preload = `import { register } from 'node:module'; register(${JSON.stringify('data:text/javascript,' + encodeURIComponent(hooks))})`
+  const r = spawnSync(process.execPath, ['--import', 'data:text/javascript,' + encodeURIComponent(preload), bin, 'pack', '/nonexistent'], { encoding: 'utf8', timeout: 60_000 })
+  assert.equal(r.status, 1)
+  assert.equal(r.stderr, 'strata pack: cannot load the command: no @strata/sys here\n')
+})
+
 test('a command loads only its own modules, and one that cannot load is named with the reason', (t) => {
   // A resolve hook that fails the step runner's package and the daemon's client, as a broken install would.
   const hooks = 'export async function resolve (s, c, next) { if (s === "@strata/runner" || s === "@strata/daemon/client") throw new Error("no " + s + " here"); return next(s, c) }'

@@ -45,11 +45,16 @@ enableCompileCache()
 // pack and unpack do their file work on worker threads, and a worker takes ~100 ms
 // here to start (a V8 isolate, then its modules). Started now, they start on the
 // other core while this thread loads the command and opens the store, instead of
-// after (doc/DECISIONS.md, "Pack and unpack start their file workers first").
+// after (doc/DECISIONS.md, "Pack and unpack start their file workers first"). A pool
+// that cannot load is left to the command, which names the reason when it loads.
 let pool
 if (process.argv[2] === 'pack' || process.argv[2] === 'unpack') {
-  const { FsPool } = await import('@strata/chunker/fs-pool')
-  pool = new FsPool()
+  try {
+    const { FsPool } = await import('@strata/chunker/fs-pool')
+    pool = new FsPool()
+  } catch {
+    pool = undefined
+  }
 }
 const { main } = await import('../src/main.ts')
 process.exitCode = await main(process.argv.slice(2), { pool })
