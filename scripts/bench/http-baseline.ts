@@ -30,7 +30,7 @@ import { createCluster, terminate } from '../netns.ts'
 import type { Host } from '../netns.ts'
 import { bigTree, DEFAULT_CACHE_DIR, treeStats } from './fixture.ts'
 import type { TreeStats } from './fixture.ts'
-import { formatTable, parseFlags, summarize } from './measure.ts'
+import { formatTable, parseFlags, strataBin, summarize } from './measure.ts'
 import { scratchFs } from './scratch-fs.ts'
 import type { Summary } from './measure.ts'
 
@@ -44,14 +44,7 @@ export class StrataNotReadyError extends Error {
   code = 'BENCH_STRATA_NOT_READY'
 }
 
-const STRATA_BIN = fileURLToPath(new URL('../../packages/cli/bin/strata.js', import.meta.url))
 const STRATA_PORT = 4001
-
-/**
- * The CLI is run as `npx strata` runs it: the bin itself, whose shebang sets the node
- * flags and malloc tunables, with this node first on PATH (where npm puts its own).
- */
-process.env.PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`
 
 /**
  * POSTs to a daemon's control socket (a unix socket: no network involved). NDJSON
@@ -117,7 +110,7 @@ const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' 
 async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
   await mkdir(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
-  const child = host.spawn(STRATA_BIN, args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+  const child = host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
   const deadline = Date.now() + 60_000
   for (;;) {
     if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)
@@ -139,7 +132,7 @@ async function startDaemon (host: Host, dataDir: string, port: number, bootstrap
  * which provides the layer on the DHT).
  */
 export async function startStrataFleet (producer: Host, consumerHosts: (i: number) => Host, consumers: number, tree: string, work: string): Promise<StrataFleet> {
-  if (!existsSync(join(dirname(STRATA_BIN), '..', '..', 'daemon', 'package.json'))) throw new StrataNotReadyError('needs the daemon (packages/daemon)')
+  if (!existsSync(join(dirname(strataBin()), '..', '..', 'daemon', 'package.json'))) throw new StrataNotReadyError('needs the daemon (packages/daemon)')
   await mkdir(work, { recursive: true })
   const producerDir = join(work, 'producer')
   const { peerId, pid } = await startDaemon(producer, producerDir, STRATA_PORT, [], join(work, 'producer.log'))

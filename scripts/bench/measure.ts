@@ -4,9 +4,24 @@
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { readFile, rm } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { beforeRemoval } from './cleanup.ts'
 
 export const GNU_TIME = '/usr/bin/time'
+
+const STRATA_BIN = fileURLToPath(new URL('../../packages/cli/bin/strata.js', import.meta.url))
+
+/**
+ * The CLI's bin, to run as `npx strata` runs it: the file itself, whose shebang sets
+ * the node flags and malloc tunables, with this node first on PATH (where npm puts
+ * its own) for the shebang to find.
+ */
+export function strataBin (): string {
+  const nodeDir = dirname(process.execPath)
+  if (process.env.PATH?.split(':')[0] !== nodeDir) process.env.PATH = `${nodeDir}:${process.env.PATH ?? ''}`
+  return STRATA_BIN
+}
 
 export interface RunResult {
   seconds: number

@@ -16,25 +16,18 @@ import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { bigTree, cacheRoot, treeStats } from './fixture.ts'
 import type { RunResult, Summary } from './measure.ts'
 import { scratchFs } from './scratch-fs.ts'
-import { formatTable, GNU_TIME, parseFlags, runMeasured, runQuiet, summarize } from './measure.ts'
+import { formatTable, GNU_TIME, parseFlags, runMeasured, runQuiet, strataBin, summarize } from './measure.ts'
 
-const STRATA_BIN = fileURLToPath(new URL('../../packages/cli/bin/strata.js', import.meta.url))
 const TARGETS = { pack: 1.0, unpack: 1.2, rssMB: 300 }
 
 type Op = 'tar pack' | 'strata pack' | 'strata pack --keep-source' | 'tar unpack' | 'strata unpack'
 
 interface Sample { seconds: number, commandSeconds: number, syncSeconds: number, peakRss: number | null }
-
-/**
- * The CLI is run as `npx strata` runs it: the bin itself, whose shebang sets the node
- * flags and malloc tunables, with this node first on PATH (where npm puts its own).
- */
-process.env.PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`
 
 async function main (): Promise<void> {
   const flags = parseFlags(process.argv.slice(2), { reps: '3', json: false, tree: '', 'keep-source': false, verify: true, fs: 'ext4' })
@@ -50,7 +43,7 @@ async function main (): Promise<void> {
   // Four copies of the tree at most (source, archive, store, destination), twice over.
   const scratch = scratchFs(cacheRoot(), `pack-unpack-${process.pid}`, Math.max(4, Math.ceil(8 * stats.bytes / 2 ** 30)), flags.fs)
   const work = scratch.dir
-  const strata = [STRATA_BIN]
+  const strata = [strataBin()]
   const paths = {
     src: join(work, 'src'),
     archive: join(work, 'tree.tar'),
