@@ -105,6 +105,17 @@ export function peakRssMb (pid: number | undefined): number {
   }
 }
 
+/**
+ * CPU seconds the whole machine has been busy so far (user, nice, system, irq and
+ * softirq of every CPU, from /proc/stat): what a method costs in all, server and
+ * kernel included, which per-process counters cannot tell for the HTTP pipeline.
+ */
+export function machineBusySeconds (): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number)
+  const [user, nice, system, , , irq, softirq] = fields as [number, number, number, number, number, number, number]
+  return (user + nice + system + irq + softirq) / CLOCK_TICKS
+}
+
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
 
 async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
@@ -201,6 +212,8 @@ interface MethodResult {
   slowest: Summary
   /** The daemons' CPU seconds in each rep (strata only). */
   cpu: Cpu[]
+  /** The whole machine's busy CPU seconds in each rep. */
+  machineCpu: number[]
 }
 
 async function timed (fn: () => Promise<void>): Promise<number> {
@@ -343,6 +356,7 @@ async function main (): Promise<void> {
 
     const samples = new Map<string, Map<number, number[][]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
     const cpuUsed = new Map<string, Map<number, Cpu[]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
+    const machineUsed = new Map<string, Map<number, number[]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
     const verified = new Set<string>()
     for (const n of counts) {
       for (let rep = 0; rep < reps; rep++) {
@@ -351,11 +365,14 @@ async function main (): Promise<void> {
           await method.prepare(n)
           run('sync', [])
           const restored: string[] = []
+          const busyBefore = machineBusySeconds()
           const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
+          const busy = machineBusySeconds() - busyBefore
           samples.get(name)!.get(n)!.push(seconds)
+          machineUsed.get(name)!.get(n)!.push(busy)
           const cpu = method.cpu?.(n)
           if (cpu !== undefined) cpuUsed.get(name)!.get(n)!.push(cpu)
-          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)} (user ${cpu.consumerUserMean.toFixed(1)}), all ${cpu.total.toFixed(1)}; consumer peak RSS ${cpu.consumerPeakRssMb.toFixed(0)} MB`}`)
+          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s; machine CPU s ${busy.toFixed(1)}${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)} (user ${cpu.consumerUserMean.toFixed(1)}), all ${cpu.total.toFixed(1)}; consumer peak RSS ${cpu.consumerPeakRssMb.toFixed(0)} MB`}`)
           if (!verified.has(name)) {
             const got = await treeStats(restored[0]!)
             if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
@@ -373,7 +390,8 @@ async function main (): Promise<void> {
         samples: s,
         perConsumer: summarize(s.flat()),
         slowest: summarize(s.map((r) => Math.max(...r))),
-        cpu: cpuUsed.get(method)!.get(consumersN)!
+        cpu: cpuUsed.get(method)!.get(consumersN)!,
+        machineCpu: machineUsed.get(method)!.get(consumersN)!
       }))
     }
     const report = {
@@ -398,7 +416,7 @@ async function main (): Promise<void> {
     console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}`)
     console.log(`written to ${report.filesystem}`)
     console.log(`1-minute load average ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after (${cpus().length} CPUs)`)
-    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'CPU s each (user)', 'CPU s all', 'peak RSS MB']]
+    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'machine CPU s', 'CPU s each (user)', 'CPU s all', 'peak RSS MB']]
     for (const [method, list] of Object.entries(results)) {
       const one = list.find((r) => r.consumers === 1)?.slowest.median
       for (const r of list) {
@@ -410,6 +428,7 @@ async function main (): Promise<void> {
           `${r.slowest.min.toFixed(2)}-${r.slowest.max.toFixed(2)}`,
           one === undefined ? '' : (r.slowest.median / one).toFixed(2) + 'x',
           (r.consumers * stats.bytes / 1e6 / r.slowest.median).toFixed(0),
+          summarize(r.machineCpu).median.toFixed(1),
           r.cpu.length === 0 ? '' : `${summarize(r.cpu.map((c) => c.consumerMean)).median.toFixed(1)} (${summarize(r.cpu.map((c) => c.consumerUserMean)).median.toFixed(1)})`,
           r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.total)).median.toFixed(1),
           r.cpu.length === 0 ? '' : Math.max(...r.cpu.map((c) => c.consumerPeakRssMb)).toFixed(0)
