@@ -343,8 +343,10 @@ interface Provider {
   opening: number
   blocks: number
   dontHaves: number
-  /** Streams that could not be opened, or failed, in a row. */
+  /** Sessions in a row that failed before any answer came back (a block resets it). */
   failures: number
+  /** No new session to it before this time (performance.now()): the backoff after a failed one. */
+  retryAt: number
   /** Not asked again during this fetch: it has none of the layer, or cannot be reached. */
   dropped: boolean
   /** Fetching the same layer itself: asked only for the blocks it owns. */
@@ -353,8 +355,10 @@ interface Provider {
 
 /** DONT_HAVEs without a single block after which a provider is taken to hold none of the layer. */
 const DROP_AFTER_DONT_HAVES = 64
-/** Streams to a provider that sent nothing which failed in a row before it is given up for the fetch. */
+/** Sessions to a provider that failed in a row before any answer before it is given up for the fetch. */
 const MAX_FAILURES = 3
+/** The wait before a new session to a provider whose last one failed: doubled with each failure in a row. */
+const RETRY_BASE_MS = 100
 
 /**
  * Fetches blocks for one restore from a changing set of providers. Each provider
@@ -384,6 +388,8 @@ export class PeerBlockSource implements BlockSource {
   readonly #pending = new Map<string, Want>()
   readonly #abort = new AbortController()
   #scheduled = false
+  /** Set while a dispatch waits for a provider's backoff to end. */
+  #retryTimer: NodeJS.Timeout | undefined
   readonly #self: string
   readonly #onClose: () => void
   /** Bumped when the set of peers sharing the fetch changes: owners are worked out again. */
@@ -402,7 +408,7 @@ export class PeerBlockSource implements BlockSource {
   #add (peer: PeerId): boolean {
     const key = peer.toString()
     if (this.#providers.has(key)) return false
-    this.#providers.set(key, { peer, key, sessions: [], opening: 0, blocks: 0, dontHaves: 0, failures: 0, dropped: false, partial: false })
+    this.#providers.set(key, { peer, key, sessions: [], opening: 0, blocks: 0, dontHaves: 0, failures: 0, retryAt: 0, dropped: false, partial: false })
     return true
   }
 
@@ -441,6 +447,7 @@ export class PeerBlockSource implements BlockSource {
   /** Ends every stream this source has open. */
   close (): void {
     this.#abort.abort(new Error('block source closed'))
+    clearTimeout(this.#retryTimer)
     for (const w of this.#pending.values()) w.landing?.reject(new Error('block source closed'))
     this.#onClose()
   }
@@ -487,9 +494,13 @@ export class PeerBlockSource implements BlockSource {
     return !p.dropped && !this.#ex.isBanned(p.peer)
   }
 
-  /** The peer sharing this fetch that asks full providers for `w` ('' for this node). */
+  /**
+   * The peer sharing this fetch that asks full providers for `w` ('' for this node).
+   * An owner that has since been dropped or banned owns nothing: the block is owned
+   * again among those left, else it would wait for that peer for ever.
+   */
   #owner (w: Want, usable: Provider[]): string {
-    if (w.ownerVersion === this.#sharing) return w.owner
+    if (w.ownerVersion === this.#sharing && (w.owner === '' || usable.some((p) => p.key === w.owner))) return w.owner
     let best = ''
     let bestScore = rank(w.key, this.#self)
     for (const p of usable) {
@@ -515,7 +526,8 @@ export class PeerBlockSource implements BlockSource {
     if (w.tried.has(p.key)) return false
     if (w.failed.has(p.key) && usable.some((q) => !q.partial && !w.tried.has(q.key) && !w.failed.has(q.key))) return false
     const owner = this.#owner(w, usable)
-    const ownerWaiting = owner !== '' && !w.tried.has(owner) && !w.failed.has(owner)
+    // An owner whose last session failed is not waited for: full providers are asked at once.
+    const ownerWaiting = owner !== '' && !w.tried.has(owner) && !w.failed.has(owner) && this.#providers.get(owner)?.failures === 0
     if (p.partial) return (owner === p.key && ownerWaiting) || !usable.some((q) => !q.partial && !w.tried.has(q.key))
     return !ownerWaiting
   }
@@ -533,6 +545,8 @@ export class PeerBlockSource implements BlockSource {
       }
       this.#queue = keep
     }
+    const now = performance.now()
+    let retryAt = Infinity
     while (this.#queue.length > 0) {
       let best: Session | undefined
       for (const p of usable) {
@@ -540,12 +554,16 @@ export class PeerBlockSource implements BlockSource {
         const sessions = p.sessions.filter((x) => !x.dead)
         const idle = sessions.find((x) => x.inflight.size === 0)
         if (idle === undefined && sessions.length + p.opening < this.#ex.init.streamsPerProvider) {
-          this.#open(p)
-          continue
+          // A provider whose last session failed is asked again only after its backoff.
+          if (p.retryAt <= now) {
+            this.#open(p)
+            continue
+          }
+          retryAt = Math.min(retryAt, p.retryAt)
         }
         for (const x of sessions) if (x.inflight.size < this.#window && (best === undefined || x.inflight.size < best.inflight.size)) best = x
       }
-      if (best === undefined) return
+      if (best === undefined) break
       const room = Math.min(this.#ex.init.wantBatch, this.#window - best.inflight.size)
       const batch: Want[] = []
       const rest: Want[] = []
@@ -553,9 +571,15 @@ export class PeerBlockSource implements BlockSource {
         if (batch.length < room && this.#canAsk(w, best.provider, usable)) batch.push(w)
         else rest.push(w)
       }
-      if (batch.length === 0) return
+      if (batch.length === 0) break
       this.#queue = rest
       best.send(batch)
+    }
+    if (retryAt !== Infinity && this.#queue.length > 0 && this.#retryTimer === undefined) {
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = undefined
+        this.#dispatch()
+      }, Math.max(1, retryAt - now))
     }
   }
 
@@ -578,6 +602,7 @@ export class PeerBlockSource implements BlockSource {
     let stream: Stream | undefined
     let frames: FrameReader | undefined
     let opened = false
+    let answered = false
     const ms = this.#ex.init.firstByteTimeoutMs
     // One watchdog per session instead of a timer per frame: it fires when wants
     // are out and nothing has come back for `ms`.
@@ -622,6 +647,7 @@ export class PeerBlockSource implements BlockSource {
         const frame = await frames.next(readSignal)
         if (frame === undefined) throw new ProtocolViolationError(`peer ${k} closed the stream with ${session.inflight.size} wants unanswered`)
         lastAnswer = performance.now()
+        answered = true
         const whole = frame.subarray()
         const msg = decodeMessage(whole)
         if (msg.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
@@ -678,9 +704,16 @@ export class PeerBlockSource implements BlockSource {
     } catch (err) {
       this.#log.debug({ err, peer: k, left: session.inflight.size }, 'block session failed; asking elsewhere')
       stream?.abort(err as Error)
-      if (p.blocks === 0 && ++p.failures >= MAX_FAILURES && !p.dropped) {
-        p.dropped = true
-        this.#log.debug({ peer: k }, 'provider keeps failing; not asking it again')
+      // A session that failed before any answer (a peer gone, a stream refused) counts
+      // against the provider and delays the next one, so that a dead peer is not dialled
+      // in a loop; a few such failures in a row drop it for this fetch.
+      if (!answered) {
+        p.failures++
+        p.retryAt = performance.now() + RETRY_BASE_MS * 2 ** Math.min(p.failures - 1, 6)
+        if (p.failures >= MAX_FAILURES && !p.dropped) {
+          p.dropped = true
+          this.#log.debug({ peer: k, failures: p.failures }, 'provider keeps failing; not asking it again')
+        }
       }
     } finally {
       clearInterval(watchdog)

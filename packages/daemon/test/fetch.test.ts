@@ -123,3 +123,48 @@ test('a fetch from a slow and a fast provider completes, the fast one carrying m
   assert.ok(stats.get(a.peerId)!.blocks > stats.get(slow.peerId)!.blocks, JSON.stringify(source.providerStats))
   assert.equal(b.exchange.isBanned(slow.node.peerId), false)
 })
+
+test('a peer sharing the fetch that goes away is dialled a few times, not in a loop, and its blocks come from the full provider', { timeout: 90_000 }, async (t) => {
+  const a = await startDaemon(t)
+  const sharer = await startDaemon(t)
+  const b = await startDaemon(t, { exchange: { wantBatch: 8 } })
+  await connect([a, sharer, b])
+  const tree = manyFiles('sharer-gone', 120)
+  const { layer } = await publishLayer(t, a, tree)
+  // The sharer holds the layer too, as a peer that has fetched most of it would.
+  const upper = `${tempDir(t)}/u`
+  writeTree(upper, tree)
+  await sharer.commit(upper)
+  const blocks = await contentBlocks(a, layer.root)
+  const dials = new Map<string, number>()
+  const dialProtocol = b.node.dialProtocol.bind(b.node)
+  b.node.dialProtocol = (async (peer: Parameters<typeof dialProtocol>[0], ...rest: unknown[]) => {
+    const k = peer.toString()
+    dials.set(k, (dials.get(k) ?? 0) + 1)
+    return await (dialProtocol as (...args: unknown[]) => Promise<unknown>)(peer, ...rest)
+  }) as typeof dialProtocol
+  const source = b.exchange.source([a.node.peerId], { self: b.node.peerId })
+  t.after(() => source.close())
+  source.addProvider(sharer.node.peerId)
+  const expect = async (list: CID[]): Promise<void> => {
+    const want = await Promise.all(list.map(async (c) => await a.store.getBlock(c)))
+    let timer: NodeJS.Timeout | undefined
+    const stuck = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('the fetch is stuck')), 20_000) })
+    try {
+      const got = await Promise.race([Promise.all(list.map(async (c) => await source.getBlock(c))), stuck])
+      assert.ok(got.every((g, i) => Buffer.from(g).equals(want[i]!)), 'every block as the provider holds it')
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  await expect(blocks.slice(0, 60))
+  const served = source.providerStats.find((s) => s.peer === sharer.peerId)!.blocks
+  assert.ok(served > 0, 'the sharer served the blocks it owns')
+  await sharer.stop()
+  dials.clear()
+  await expect(blocks.slice(60))
+  // A session per stream slot at most: once one has failed, the full provider is asked for the sharer's blocks.
+  assert.ok((dials.get(sharer.peerId) ?? 0) <= 4, `the gone sharer was dialled ${dials.get(sharer.peerId)} times`)
+  assert.ok(source.providerStats.find((s) => s.peer === a.peerId)!.blocks >= blocks.length - served)
+})
