@@ -359,6 +359,13 @@ const DROP_AFTER_DONT_HAVES = 64
 const MAX_FAILURES = 3
 /** The wait before a new session to a provider whose last one failed: doubled with each failure in a row. */
 const RETRY_BASE_MS = 100
+/**
+ * How long a session with nothing asked waits for wants before it ends. Wants come in
+ * bursts as a restore reads ahead; a session that ended at the first lull was opened
+ * again at the next burst, and a fan-out of eight opened ~7,000 streams that never
+ * carried a want-list.
+ */
+const SESSION_LINGER_MS = 1000
 
 /**
  * Fetches blocks for one restore from a changing set of providers. Each provider
@@ -632,10 +639,11 @@ export class PeerBlockSource implements BlockSource {
       opened = true
       p.sessions.push(session)
       this.#dispatch()
+      let idleSince = performance.now()
       while (!this.#abort.signal.aborted) {
         if (session.inflight.size === 0) {
-          // Nothing asked: wait for wants, or end the session when there is nothing left to do for it.
-          if (p.dropped || !this.#queue.some((w) => !w.tried.has(k))) break
+          // Nothing asked: wait for wants, or end the session when it has waited long enough with nothing left to do for it.
+          if (p.dropped || (performance.now() - idleSince >= SESSION_LINGER_MS && !this.#queue.some((w) => !w.tried.has(k)))) break
           const { promise, resolve } = Promise.withResolvers<void>()
           wake = resolve
           const timer = setTimeout(resolve, 50)
@@ -654,6 +662,7 @@ export class PeerBlockSource implements BlockSource {
         const w = session.inflight.get(msg.cid.toString())
         if (w === undefined) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
         session.inflight.delete(w.key)
+        if (session.inflight.size === 0) idleSince = performance.now()
         if (msg.type === 'dont-have') {
           p.dontHaves++
           if (p.blocks === 0 && p.dontHaves >= DROP_AFTER_DONT_HAVES && !p.dropped && !p.partial) {

@@ -168,3 +168,25 @@ test('a peer sharing the fetch that goes away is dialled a few times, not in a l
   assert.ok((dials.get(sharer.peerId) ?? 0) <= 4, `the gone sharer was dialled ${dials.get(sharer.peerId)} times`)
   assert.ok(source.providerStats.find((s) => s.peer === a.peerId)!.blocks >= blocks.length - served)
 })
+
+test('a restore keeps its sessions through lulls between bursts of wants: few streams are opened', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t, { exchange: { wantBatch: 8 } })
+  await connect([a, b])
+  const { layer } = await publishLayer(t, a, manyFiles('lulls', 300))
+  let dials = 0
+  const dialProtocol = b.node.dialProtocol.bind(b.node)
+  b.node.dialProtocol = (async (...args: unknown[]) => {
+    dials++
+    return await (dialProtocol as (...a: unknown[]) => Promise<unknown>)(...args)
+  }) as typeof dialProtocol
+  const source = b.exchange.source([a.node.peerId])
+  t.after(() => source.close())
+  // Wants in bursts, with a pause between them, as a restore reading ahead makes them.
+  const blocks = await contentBlocks(a, layer.root)
+  for (let i = 0; i < blocks.length; i += 50) {
+    await Promise.all(blocks.slice(i, i + 50).map(async (c) => await source.getBlock(c)))
+    await delay(100)
+  }
+  assert.ok(dials <= 4, `${dials} streams opened for ${blocks.length} blocks in ${Math.ceil(blocks.length / 50)} bursts`)
+})
