@@ -355,7 +355,7 @@ interface Provider {
 
 /** DONT_HAVEs without a single block after which a provider is taken to hold none of the layer. */
 const DROP_AFTER_DONT_HAVES = 64
-/** Sessions to a provider that failed in a row before any answer before it is given up for the fetch. */
+/** Sessions in a row that failed before any answer, after which a provider is given up for the fetch. */
 const MAX_FAILURES = 3
 /** The wait before a new session to a provider whose last one failed: doubled with each failure in a row. */
 const RETRY_BASE_MS = 100
@@ -718,7 +718,7 @@ export class PeerBlockSource implements BlockSource {
       // in a loop; a few such failures in a row drop it for this fetch.
       if (!answered) {
         p.failures++
-        p.retryAt = performance.now() + RETRY_BASE_MS * 2 ** Math.min(p.failures - 1, 6)
+        p.retryAt = performance.now() + RETRY_BASE_MS * 2 ** (p.failures - 1)
         if (p.failures >= MAX_FAILURES && !p.dropped) {
           p.dropped = true
           this.#log.debug({ peer: k, failures: p.failures }, 'provider keeps failing; not asking it again')
