@@ -507,7 +507,7 @@ export class PeerBlockSource implements BlockSource {
    * again among those left, else it would wait for that peer for ever.
    */
   #owner (w: Want, usable: Provider[]): string {
-    if (w.ownerVersion === this.#sharing && (w.owner === '' || usable.some((p) => p.key === w.owner))) return w.owner
+    if (w.ownerVersion === this.#sharing && (w.owner === '' || this.#usable(this.#providers.get(w.owner)!))) return w.owner
     let best = ''
     let bestScore = rank(w.key, this.#self)
     for (const p of usable) {
