@@ -96,3 +96,25 @@ test('two strata runs at once on one store both succeed: the second waits for th
   assert.equal((both.match(/^slow: MISS/mg) ?? []).length, 1, both)
   assert.equal((both.match(/^slow: HIT local/mg) ?? []).length, 1, both)
 })
+
+test('strata run with a relative data dir (--data-dir data, ./data, STRATA_DATA_DIR=data) mounts the layers below a step and hits again', (t) => {
+  const dir = workDir(t, 'yaml-reldata')
+  writeFileSync(join(dir, 'strata.yml'), [
+    'base: host',
+    'steps:',
+    '  - name: lower',
+    '    run: mkdir -p /opt/strata-yaml-rel && echo low > /opt/strata-yaml-rel/a',
+    '  - name: upper',
+    '    run: cat /opt/strata-yaml-rel/a > /opt/strata-yaml-rel/b',
+    ''
+  ].join('\n'))
+  for (const [args, env] of [[['--data-dir', 'data'], {}], [['--data-dir', './data2'], {}], [[], { STRATA_DATA_DIR: 'data3' }]] as const) {
+    const first = strata(['run', ...args], dir, env)
+    assert.equal(first.status, 0, first.stderr)
+    assert.match(first.stderr, /^upper: MISS → ran in/m)
+    const second = strata(['run', ...args], dir, env)
+    assert.equal(second.status, 0, second.stderr)
+    assert.match(second.stderr, /^upper: HIT local/m)
+    assert.match(second.stderr, /2 steps, 2 cached/)
+  }
+})

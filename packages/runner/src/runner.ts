@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { closeSync, existsSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
 import { mkdir, readFile, rm, stat } from 'node:fs/promises'
 import { machine } from 'node:os'
-import { isAbsolute, posix } from 'node:path'
+import { isAbsolute, posix, resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
@@ -189,7 +189,7 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
 /** Creates a runner over `store`; loads (or creates) the node identity and clears scratch dirs left by dead runs. */
 export async function createRunner (init: RunnerInit): Promise<Runner> {
-  const dataDir = init.dataDir ?? init.store.dataDir
+  const dataDir = resolve(init.dataDir ?? init.store.dataDir)
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
   const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
