@@ -12,7 +12,7 @@ import type { LayerInfo, Lease, Store } from '@strata/store'
 import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
 import {
-  BaseMismatchError, ParentNotFoundError, RecordInvalidError, RunnerError, StepCancelledError, StepFailedError,
+  BaseMismatchError, ChainTooLongError, ParentNotFoundError, RecordInvalidError, RunnerError, StepCancelledError, StepFailedError,
   StepNotFoundError, StepTimeoutError, StrataEnvError
 } from './errors.ts'
 import { loadIdentity } from './identity.ts'
@@ -24,7 +24,7 @@ import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord, writerTrust } from './record.ts'
 import type { RecordPolicy, StepRecord } from './record.ts'
-import { normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
+import { MAX_LOWER_LAYERS, normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { LayeredView } from './view.ts'
 
@@ -261,6 +261,8 @@ class StepRunner implements Runner {
   }
 
   async run (pipeline: Pipeline, opts: RunOptions = {}): Promise<RunResult> {
+    // Refused before the first step runs rather than at the step that would stack past it.
+    if (pipeline.steps.length - 1 > MAX_LOWER_LAYERS) throw new ChainTooLongError(pipeline.steps.length - 1, MAX_LOWER_LAYERS)
     const started = performance.now()
     const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const results: StepResult[] = []
