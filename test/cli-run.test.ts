@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { bin, strata, workDir } from './helpers.ts'
 
@@ -117,4 +117,24 @@ test('strata run with a relative data dir (--data-dir data, ./data, STRATA_DATA_
     assert.match(second.stderr, /^upper: HIT local/m)
     assert.match(second.stderr, /2 steps, 2 cached/)
   }
+})
+
+test('ERR_INPUT_LIMIT names the flag that raises the limit, and that flag does', (t) => {
+  const dir = workDir(t, 'yaml-inlimit')
+  const data = join(dir, 'data')
+  mkdirSync(join(dir, 'src'))
+  for (const n of ['a', 'b', 'c']) writeFileSync(join(dir, 'src', n), 'twelve bytes')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: read\n    run: cat src/a\n    inputs: [src]\n')
+  const files = strata(['run', '--data-dir', data, '--max-input-files', '3'], dir)
+  assert.equal(files.status, 1)
+  assert.match(files.stderr, /step "read": inputs exceed 3 files; narrow the inputs or raise --max-input-files .*\(ERR_INPUT_LIMIT\)/)
+  const bytes = strata(['run', '--data-dir', data, '--max-input-bytes', '30'], dir)
+  assert.equal(bytes.status, 1)
+  assert.match(bytes.stderr, /inputs exceed 30 bytes; narrow the inputs or raise --max-input-bytes/)
+  const raised = strata(['run', '--data-dir', data, '--max-input-files', '4', '--max-input-bytes', '36'], dir)
+  assert.equal(raised.status, 0, raised.stderr)
+  assert.match(raised.stderr, /^read: MISS → ran/m)
+  const bad = strata(['run', '--data-dir', data, '--max-input-files', 'many'], dir)
+  assert.equal(bad.status, 2)
+  assert.match(bad.stderr, /--max-input-files: "many" is not a whole number/)
 })

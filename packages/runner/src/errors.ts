@@ -140,13 +140,22 @@ export class InputNotFoundError extends RunnerError {
   }
 }
 
-/** The declared inputs exceed a configured bound (file count or bytes to hash). */
+/** The declared inputs exceed a configured bound (file count, entries walked, or bytes to hash). */
 export class InputLimitError extends RunnerError {
   override name = 'InputLimitError'
   readonly step: string
-  constructor (step: string, what: string, limit: number) {
-    super('ERR_INPUT_LIMIT', `step "${step}": inputs exceed ${limit} ${what}; narrow the globs or raise the limit`)
+  /** Which bound: `files` and `walked` (10 x files) move with maxFiles, `bytes` with maxBytes. */
+  readonly limit: 'files' | 'walked' | 'bytes'
+  readonly max: number
+  constructor (step: string, limit: 'files' | 'walked' | 'bytes', max: number) {
+    const what = limit === 'files'
+      ? `inputs exceed ${max} files`
+      : limit === 'walked' ? `finding the inputs walked past ${max} entries (10 x the file limit)` : `inputs exceed ${max} bytes`
+    const raise = limit === 'bytes' ? '--max-input-bytes (inputLimits.maxBytes)' : '--max-input-files (inputLimits.maxFiles)'
+    super('ERR_INPUT_LIMIT', `step "${step}": ${what}; narrow the inputs or raise ${raise}`)
     this.step = step
+    this.limit = limit
+    this.max = max
   }
 }
 

@@ -55,7 +55,7 @@ export async function collectInputs (step: string, patterns: readonly string[], 
     for (const name of view.readdir(dir.path)) {
       opts.signal?.throwIfAborted()
       // Walking is bounded too: a glob over a huge tree that matches little still costs.
-      if (++visited > maxFiles * 10) throw new InputLimitError(step, 'entries walked', maxFiles * 10)
+      if (++visited > maxFiles * 10) throw new InputLimitError(step, 'walked', maxFiles * 10)
       const child = view.lstat(`${dir.path}/${name}`)
       if (child === undefined) continue
       onEntry(child)

@@ -47,8 +47,8 @@ test('a missing plain input fails; a whited-out one is missing; an empty glob is
 test('inputs are bounded in count and bytes; special files are never read', async (t) => {
   const root = tempDir(t)
   const v = view(root)
-  await assert.rejects(collectInputs('s', ['/app'], v, { maxFiles: 3 }), { code: 'ERR_INPUT_LIMIT' })
-  await assert.rejects(collectInputs('s', ['/app'], v, { maxBytes: 4 }), { code: 'ERR_INPUT_LIMIT' })
+  await assert.rejects(collectInputs('s', ['/app'], v, { maxFiles: 3 }), { code: 'ERR_INPUT_LIMIT', limit: 'files', max: 3, message: /raise --max-input-files/ })
+  await assert.rejects(collectInputs('s', ['/app'], v, { maxBytes: 4 }), { code: 'ERR_INPUT_LIMIT', limit: 'bytes', max: 4, message: /raise --max-input-bytes/ })
   mknod(`${root}/base/app/fifo`, S_IFIFO | 0o644)
   const got = await collectInputs('s', ['/app/fifo'], v)
   assert.deepEqual(got, [{ path: '/app/fifo', type: 'other' }])
