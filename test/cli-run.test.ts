@@ -138,3 +138,15 @@ test('ERR_INPUT_LIMIT names the flag that raises the limit, and that flag does',
   assert.equal(bad.status, 2)
   assert.match(bad.stderr, /--max-input-files: "many" is not a whole number/)
 })
+
+test('STRATA_SALT keys the cache: the same fleet salt hits, another misses', (t) => {
+  const dir = workDir(t, 'yaml-salt')
+  const data = join(dir, 'data')
+  writeFileSync(join(dir, 'in.txt'), 'x\n')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: s\n    run: cat in.txt\n    inputs: [in.txt]\n')
+  const first = strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-a' })
+  assert.equal(first.status, 0, first.stderr)
+  assert.match(strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-a' }).stderr, /^s: HIT local/m)
+  assert.match(strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-b' }).stderr, /^s: MISS/m)
+  assert.match(strata(['run', '--data-dir', data], dir).stderr, /^s: MISS/m)
+})

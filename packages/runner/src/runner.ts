@@ -19,7 +19,7 @@ import { loadIdentity } from './identity.ts'
 import type { Identity } from './identity.ts'
 import { collectInputs } from './inputs.ts'
 import type { InputLimits } from './inputs.ts'
-import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, encodeDescriptor, envValueDigest } from './key.ts'
+import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, digestKey, encodeDescriptor, envValueDigest } from './key.ts'
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord, writerTrust } from './record.ts'
@@ -49,6 +49,13 @@ export interface RunnerInit {
   killGraceMs?: number
   /** Bounds on what a step's inputs may make the runner read. Default 100 000 files, 8 GiB. */
   inputLimits?: InputLimits
+  /**
+   * The fleet's secret salt, the same on every VM that shares the cache (e.g. from
+   * the CI secret store): input and env digests in the shared descriptors are keyed
+   * with it, so that a reader without it cannot confirm a guessed file or value.
+   * Default none.
+   */
+  salt?: string
   /** Aborts creating the runner (loading the identity). */
   signal?: AbortSignal
   /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
@@ -209,6 +216,7 @@ class StepRunner implements Runner {
   readonly #output: OutputOptions
   readonly #killGraceMs: number
   readonly #limits: InputLimits
+  readonly #fleetSalt: string | null
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     this.#store = init.store
@@ -235,6 +243,7 @@ class StepRunner implements Runner {
     }
     this.#killGraceMs = init.killGraceMs ?? 10_000
     this.#limits = init.inputLimits ?? {}
+    this.#fleetSalt = init.salt ?? null
   }
 
   get peerId (): string {
@@ -387,10 +396,11 @@ class StepRunner implements Runner {
 
   async #describe (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, opts: { signal?: AbortSignal }): Promise<Described> {
     const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
-    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, opts)
+    const keyed = digestKey(salt, this.#fleetSalt)
+    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, { ...opts, digestKey: keyed })
     const env: Array<[string, Uint8Array | null]> = step.env.map((e) => {
       const v = e.value ?? this.#env[e.name]
-      return [e.name, v === undefined ? null : envValueDigest(v)]
+      return [e.name, v === undefined ? null : envValueDigest(v, keyed)]
     })
     const descriptor: KeyDescriptor = {
       v: KEY_FORMAT,
@@ -401,7 +411,7 @@ class StepRunner implements Runner {
       env,
       inputs,
       platform: { os: 'linux', arch: machine() },
-      salt
+      salt: keyed.id
     }
     const { key, bytes } = await encodeDescriptor(descriptor)
     return { descriptor, key, bytes }

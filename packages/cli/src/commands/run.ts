@@ -130,7 +130,16 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
-    const runner = await createRunner({ store, logger: ctx.logger, ...trust, ...(output !== undefined ? { output } : {}), ...(daemon !== undefined ? { remote: daemon } : {}) })
+    // The fleet's secret salt comes from the environment only: a flag would show in ps, strata.yml is in the repo.
+    const salt = process.env.STRATA_SALT
+    const runner = await createRunner({
+      store,
+      logger: ctx.logger,
+      ...trust,
+      ...(salt !== undefined && salt !== '' ? { salt } : {}),
+      ...(output !== undefined ? { output } : {}),
+      ...(daemon !== undefined ? { remote: daemon } : {})
+    })
     // The daemon counts hits by source and misses for its metrics.
     const observe = (e: RunnerEvent): void => {
       if (daemon === undefined || (e.type !== 'hit' && e.type !== 'miss')) return
