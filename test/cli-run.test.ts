@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { bin, strata, workDir } from './helpers.ts'
 
@@ -95,4 +95,58 @@ test('two strata runs at once on one store both succeed: the second waits for th
   // One ran the steps, the other then found them cached.
   assert.equal((both.match(/^slow: MISS/mg) ?? []).length, 1, both)
   assert.equal((both.match(/^slow: HIT local/mg) ?? []).length, 1, both)
+})
+
+test('strata run with a relative data dir (--data-dir data, ./data, STRATA_DATA_DIR=data) mounts the layers below a step and hits again', (t) => {
+  const dir = workDir(t, 'yaml-reldata')
+  writeFileSync(join(dir, 'strata.yml'), [
+    'base: host',
+    'steps:',
+    '  - name: lower',
+    '    run: mkdir -p /opt/strata-yaml-rel && echo low > /opt/strata-yaml-rel/a',
+    '  - name: upper',
+    '    run: cat /opt/strata-yaml-rel/a > /opt/strata-yaml-rel/b',
+    ''
+  ].join('\n'))
+  for (const [args, env] of [[['--data-dir', 'data'], {}], [['--data-dir', './data2'], {}], [[], { STRATA_DATA_DIR: 'data3' }]] as const) {
+    const first = strata(['run', ...args], dir, env)
+    assert.equal(first.status, 0, first.stderr)
+    assert.match(first.stderr, /^upper: MISS → ran in/m)
+    const second = strata(['run', ...args], dir, env)
+    assert.equal(second.status, 0, second.stderr)
+    assert.match(second.stderr, /^upper: HIT local/m)
+    assert.match(second.stderr, /2 steps, 2 cached/)
+  }
+})
+
+test('ERR_INPUT_LIMIT names the flag that raises the limit, and that flag does', (t) => {
+  const dir = workDir(t, 'yaml-inlimit')
+  const data = join(dir, 'data')
+  mkdirSync(join(dir, 'src'))
+  for (const n of ['a', 'b', 'c']) writeFileSync(join(dir, 'src', n), 'twelve bytes')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: read\n    run: cat src/a\n    inputs: [src]\n')
+  const files = strata(['run', '--data-dir', data, '--max-input-files', '3'], dir)
+  assert.equal(files.status, 1)
+  assert.match(files.stderr, /step "read": inputs exceed 3 files; narrow the inputs or raise --max-input-files .*\(ERR_INPUT_LIMIT\)/)
+  const bytes = strata(['run', '--data-dir', data, '--max-input-bytes', '30'], dir)
+  assert.equal(bytes.status, 1)
+  assert.match(bytes.stderr, /inputs exceed 30 bytes; narrow the inputs or raise --max-input-bytes/)
+  const raised = strata(['run', '--data-dir', data, '--max-input-files', '4', '--max-input-bytes', '36'], dir)
+  assert.equal(raised.status, 0, raised.stderr)
+  assert.match(raised.stderr, /^read: MISS → ran/m)
+  const bad = strata(['run', '--data-dir', data, '--max-input-files', 'many'], dir)
+  assert.equal(bad.status, 2)
+  assert.match(bad.stderr, /--max-input-files: "many" is not a whole number/)
+})
+
+test('STRATA_SALT keys the cache: the same fleet salt hits, another misses', (t) => {
+  const dir = workDir(t, 'yaml-salt')
+  const data = join(dir, 'data')
+  writeFileSync(join(dir, 'in.txt'), 'x\n')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: s\n    run: cat in.txt\n    inputs: [in.txt]\n')
+  const first = strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-a' })
+  assert.equal(first.status, 0, first.stderr)
+  assert.match(strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-a' }).stderr, /^s: HIT local/m)
+  assert.match(strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-b' }).stderr, /^s: MISS/m)
+  assert.match(strata(['run', '--data-dir', data], dir).stderr, /^s: MISS/m)
 })

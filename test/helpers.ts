@@ -9,7 +9,7 @@ import type { Host } from '../scripts/netns.ts'
 export const bin = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'strata.js')
 
 // The scope settings of whoever runs the tests must not leak into them.
-const HERMETIC: NodeJS.ProcessEnv = { STRATA_SCOPE: '', STRATA_READ_SCOPES: '', STRATA_EPOCH: '' }
+const HERMETIC: NodeJS.ProcessEnv = { STRATA_SCOPE: '', STRATA_READ_SCOPES: '', STRATA_EPOCH: '', STRATA_SALT: '' }
 
 export interface CliResult { status: number | null, stdout: string, stderr: string }
 

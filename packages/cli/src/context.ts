@@ -1,6 +1,7 @@
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import type { Writable } from 'node:stream'
+import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import type { FsPool } from '@strata/chunker/fs-pool'
@@ -71,7 +72,10 @@ export function parseCommandArgs (ctx: CommandContext, options: ParseArgsOptions
   return parsed
 }
 
-/** The store directory a command was given, or the default. */
+/**
+ * The store directory a command was given, or the default, made absolute against
+ * the cwd: layer paths and the links overlayfs follows are built from it.
+ */
 export function dataDirOf (values: ArgValues): string {
-  return typeof values['data-dir'] === 'string' ? values['data-dir'] : defaultDataDir()
+  return resolve(typeof values['data-dir'] === 'string' ? values['data-dir'] : defaultDataDir())
 }

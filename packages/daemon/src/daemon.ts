@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { rmSync, statSync } from 'node:fs'
 import { createServer } from 'node:http'
+import { resolve } from 'node:path'
 import type { Server } from 'node:http'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
@@ -701,6 +702,8 @@ function parsePeerId (s: string): PeerId | undefined {
 /** Opens the store and builds the node; call start(). */
 export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   if (typeof init.dataDir !== 'string' || init.dataDir === '') throw new TypeError('dataDir is required')
+  // The socket, the store and the paths it reports to clients must not depend on the cwd.
+  init = { ...init, dataDir: resolve(init.dataDir) }
   if (init.replicas !== undefined && (!Number.isInteger(init.replicas) || init.replicas < 0)) throw new DaemonConfigError(`replicas must be a whole number >= 0, got ${init.replicas}`)
   const peers = (list: readonly string[] | undefined, normalize: (s: string) => string): string[] | undefined => list?.map((p) => {
     try {

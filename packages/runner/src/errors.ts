@@ -40,6 +40,40 @@ export class PipelineReadError extends RunnerError {
   }
 }
 
+/** strata.yml is larger than the limit (PIPELINE_LIMITS.bytes); nothing of it is parsed. */
+export class PipelineTooLargeError extends RunnerError {
+  override name = 'PipelineTooLargeError'
+  readonly file: string
+  readonly limit: number
+  constructor (file: string, size: number, limit: number) {
+    super('ERR_PIPELINE_TOO_LARGE', `${file} is ${size > limit + 1 ? `${size} bytes` : 'larger than the limit'}: strata.yml may be at most ${limit} bytes (move long scripts into files in the checkout)`)
+    this.file = file
+    this.limit = limit
+  }
+}
+
+/** strata.yml is not valid UTF-8: the position is that of the first bad byte. */
+export class PipelineEncodingError extends PipelineError {
+  override name = 'PipelineEncodingError'
+  readonly byte: number
+  constructor (at: SourcePosition, byte: number) {
+    super('ERR_PIPELINE_ENCODING', at, `byte 0x${byte.toString(16).padStart(2, '0').toUpperCase()} is not valid UTF-8 here; strata.yml must be UTF-8`)
+    this.byte = byte
+  }
+}
+
+/** A bound on what strata.yml may declare (PIPELINE_LIMITS: steps, env or inputs entries) is exceeded; the position is the first entry past it. */
+export class PipelineLimitError extends PipelineError {
+  override name = 'PipelineLimitError'
+  readonly limit: 'steps' | 'env' | 'inputs'
+  readonly max: number
+  constructor (at: SourcePosition, limit: 'steps' | 'env' | 'inputs', max: number, reason: string) {
+    super('ERR_PIPELINE_LIMIT', at, reason)
+    this.limit = limit
+    this.max = max
+  }
+}
+
 /** Not valid YAML (including duplicate keys in one mapping and multiple documents). */
 export class PipelineSyntaxError extends PipelineError {
   override name = 'PipelineSyntaxError'
@@ -106,13 +140,22 @@ export class InputNotFoundError extends RunnerError {
   }
 }
 
-/** The declared inputs exceed a configured bound (file count or bytes to hash). */
+/** The declared inputs exceed a configured bound (file count, entries walked, or bytes to hash). */
 export class InputLimitError extends RunnerError {
   override name = 'InputLimitError'
   readonly step: string
-  constructor (step: string, what: string, limit: number) {
-    super('ERR_INPUT_LIMIT', `step "${step}": inputs exceed ${limit} ${what}; narrow the globs or raise the limit`)
+  /** Which bound: `files` and `walked` (10 x files) move with maxFiles, `bytes` with maxBytes. */
+  readonly limit: 'files' | 'walked' | 'bytes'
+  readonly max: number
+  constructor (step: string, limit: 'files' | 'walked' | 'bytes', max: number) {
+    const what = limit === 'files'
+      ? `inputs exceed ${max} files`
+      : limit === 'walked' ? `finding the inputs walked past ${max} entries (10 x the file limit)` : `inputs exceed ${max} bytes`
+    const raise = limit === 'bytes' ? '--max-input-bytes (inputLimits.maxBytes)' : '--max-input-files (inputLimits.maxFiles)'
+    super('ERR_INPUT_LIMIT', `step "${step}": ${what}; narrow the inputs or raise ${raise}`)
     this.step = step
+    this.limit = limit
+    this.max = max
   }
 }
 

@@ -2,8 +2,8 @@ export { createRunner } from './runner.ts'
 export type {
   Runner, RunnerInit, RemoteCache, RunOptions, RunResult, RunnerEvent, MissReason, StepResult, ExecStep, WhyReport, WhyStep
 } from './runner.ts'
-export { loadPipeline, parsePipeline, parseDuration, shellQuote } from './pipeline.ts'
-export type { Pipeline, StepSpec, EnvDecl, BaseSpec, ParseOptions } from './pipeline.ts'
+export { loadPipeline, parsePipeline, parseDuration, shellQuote, PIPELINE_LIMITS } from './pipeline.ts'
+export type { Pipeline, StepSpec, EnvDecl, BaseSpec, ParseOptions, PipelineLimits } from './pipeline.ts'
 export { KEY_FORMAT, diffDescriptors, describeChange, decodeDescriptor, encodeDescriptor } from './key.ts'
 export type { KeyDescriptor, KeyChange } from './key.ts'
 export type { BaseIdentity } from './base.ts'

@@ -1,8 +1,9 @@
-import { createHash } from 'node:crypto'
 import { createReadStream, readlinkSync } from 'node:fs'
 import { matchesGlob } from 'node:path'
 import type { Stats } from 'node:fs'
 import { InputLimitError, InputNotFoundError } from './errors.ts'
+import { inputDigest } from './key.ts'
+import type { DigestKey } from './key.ts'
 import { split } from './view.ts'
 import type { LayeredView, ViewEntry } from './view.ts'
 
@@ -13,7 +14,7 @@ export interface InputEntry {
   type: 'file' | 'dir' | 'symlink' | 'other'
   /** Regular files: whether any execute bit is set (the only mode bit in the key, as in git). */
   exec?: boolean
-  /** Regular files: sha2-256 of the content. */
+  /** Regular files: inputDigest() of the content, keyed by the salts. */
   digest?: Uint8Array
   /** Symlinks: the link text. */
   target?: string
@@ -41,7 +42,7 @@ export function isGlob (pattern: string): boolean {
  *   (a matched symlink enters the key as its link text); matching nothing is allowed.
  * Only regular files are read; devices, FIFOs and sockets enter the key by type only.
  */
-export async function collectInputs (step: string, patterns: readonly string[], view: LayeredView, limits: InputLimits = {}, opts: { signal?: AbortSignal } = {}): Promise<InputEntry[]> {
+export async function collectInputs (step: string, patterns: readonly string[], view: LayeredView, limits: InputLimits = {}, opts: { signal?: AbortSignal, digestKey?: DigestKey } = {}): Promise<InputEntry[]> {
   const maxFiles = limits.maxFiles ?? DEFAULT_MAX_FILES
   const maxBytes = limits.maxBytes ?? DEFAULT_MAX_BYTES
   const found = new Map<string, ViewEntry>()
@@ -55,7 +56,7 @@ export async function collectInputs (step: string, patterns: readonly string[], 
     for (const name of view.readdir(dir.path)) {
       opts.signal?.throwIfAborted()
       // Walking is bounded too: a glob over a huge tree that matches little still costs.
-      if (++visited > maxFiles * 10) throw new InputLimitError(step, 'entries walked', maxFiles * 10)
+      if (++visited > maxFiles * 10) throw new InputLimitError(step, 'walked', maxFiles * 10)
       const child = view.lstat(`${dir.path}/${name}`)
       if (child === undefined) continue
       onEntry(child)
@@ -100,7 +101,7 @@ export async function collectInputs (step: string, patterns: readonly string[], 
     if (st.isFile()) {
       bytes += st.size
       if (bytes > maxBytes) throw new InputLimitError(step, 'bytes', maxBytes)
-      out.push({ path: e.path, type: 'file', exec: (st.mode & 0o111) !== 0, digest: await sha256File(e.hostPath, st, opts) })
+      out.push({ path: e.path, type: 'file', exec: (st.mode & 0o111) !== 0, digest: await digestFile(e.hostPath, st, opts) })
     } else if (st.isDirectory()) {
       out.push({ path: e.path, type: 'dir' })
     } else if (st.isSymbolicLink()) {
@@ -121,8 +122,8 @@ function normalize (p: string): string {
   return `/${parts.join('/')}`
 }
 
-async function sha256File (path: string, st: Stats, opts: { signal?: AbortSignal }): Promise<Uint8Array> {
-  const h = createHash('sha256')
+async function digestFile (path: string, st: Stats, opts: { signal?: AbortSignal, digestKey?: DigestKey }): Promise<Uint8Array> {
+  const h = inputDigest(opts.digestKey)
   if (st.size > 0) for await (const chunk of createReadStream(path, { signal: opts.signal, highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
   return new Uint8Array(h.digest())
 }

@@ -1,12 +1,13 @@
-import { createHash } from 'node:crypto'
+import { createHash, createHmac } from 'node:crypto'
+import type { Hmac } from 'node:crypto'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import type { BaseIdentity } from './base.ts'
 import type { InputEntry } from './inputs.ts'
 
-/** Version of the key descriptor layout; bumping it changes every key. */
-export const KEY_FORMAT = 1
+/** Version of the key descriptor layout; bumping it changes every key. 2: digests keyed by the salts, the salt itself hashed. */
+export const KEY_FORMAT = 2
 
 /**
  * Everything a step's result may depend on. Its dag-cbor encoding hashed with
@@ -20,12 +21,13 @@ export interface KeyDescriptor {
   cwd: string
   /** uid:gid the command runs as. */
   user: string
-  /** Declared env, sorted by name: [name, sha2-256 of the value] or [name, null] when unset. */
+  /** Declared env, sorted by name: [name, envValueDigest(value)] or [name, null] when unset. */
   env: Array<[string, Uint8Array | null]>
-  /** Declared inputs as the step sees them, sorted by path. */
+  /** Declared inputs as the step sees them, sorted by path; file digests are inputDigest()s. */
   inputs: InputEntry[]
   platform: { os: string, arch: string }
-  salt: string | null
+  /** saltId() of the salts, null when neither the pipeline nor the fleet has one. */
+  salt: Uint8Array | null
   /** Only for `cache: false` steps: the layer the run produced (their key is known after the run). */
   output?: CID
 }
@@ -48,9 +50,48 @@ export async function decodeDescriptor (key: CID, bytes: Uint8Array): Promise<Ke
   return dagCbor.decode<KeyDescriptor>(bytes)
 }
 
-/** Env values enter the key hashed (domain-separated) so that descriptors, which are shared, carry no secrets. */
-export function envValueDigest (value: string): Uint8Array {
-  return new Uint8Array(createHash('sha256').update('strata/env-value/v1\0').update(value).digest())
+/**
+ * The key that env values and input contents are digested under. Descriptors are
+ * stored and shared: a plain digest there lets any reader confirm a guessed file or
+ * value. Keyed by the salts, a reader who lacks them (the fleet's salt is a secret
+ * every VM of the fleet gets) cannot; without salts the key is a public constant,
+ * which only keeps the digests apart from other uses of sha2-256.
+ */
+export interface DigestKey {
+  /** HMAC-SHA256 key derived from the salts. */
+  readonly key: Uint8Array
+  /** What the descriptor records of the salts: a digest of the key, or null when there are none. */
+  readonly id: Uint8Array | null
+}
+
+const lengthPrefixed = (s: string): Buffer => {
+  const b = Buffer.from(s, 'utf8')
+  const n = Buffer.alloc(4)
+  n.writeUInt32BE(b.length)
+  return Buffer.concat([n, b])
+}
+
+/** The digest key for a pipeline salt (public: it is in strata.yml) and a fleet salt (secret, from outside the checkout). */
+export function digestKey (salt: string | null, fleetSalt: string | null = null): DigestKey {
+  const h = createHash('sha256').update('strata/digest-key/v2\0')
+  // Length-prefixed, each marked present or absent: ("ab", "c") and ("a", "bc") are different keys.
+  for (const s of [salt, fleetSalt]) h.update(s === null ? Buffer.from([0]) : Buffer.concat([Buffer.from([1]), lengthPrefixed(s)]))
+  const key = new Uint8Array(h.digest())
+  const id = salt === null && fleetSalt === null ? null : new Uint8Array(createHash('sha256').update('strata/salt-id/v2\0').update(key).digest())
+  return { key, id }
+}
+
+/** No salts: the public constant key. */
+export const UNSALTED: DigestKey = digestKey(null, null)
+
+/** Env values enter the key as this keyed digest, never in clear. */
+export function envValueDigest (value: string, key: DigestKey = UNSALTED): Uint8Array {
+  return new Uint8Array(createHmac('sha256', key.key).update('strata/env-value/v2\0').update(value).digest())
+}
+
+/** A streaming digest of an input file's content; feed the bytes, then digest(). */
+export function inputDigest (key: DigestKey = UNSALTED): Hmac {
+  return createHmac('sha256', key.key).update('strata/input/v2\0')
 }
 
 /** One difference between two descriptors, in terms a user understands. */
@@ -74,7 +115,8 @@ const eqBytes = (a: Uint8Array | null | undefined, b: Uint8Array | null | undefi
 /** What changed from `before` to `after`, field by field; empty when they are the same key. */
 export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): KeyChange[] {
   const out: KeyChange[] = []
-  if (before.v !== after.v) out.push({ field: 'format', before: before.v, after: after.v })
+  // Other formats digest and record fields otherwise: comparing them field by field would only mislead.
+  if (before.v !== after.v) return [{ field: 'format', before: before.v, after: after.v }]
   const pb = CID.asCID(before.parent)
   const pa = CID.asCID(after.parent)
   if (pb !== null && pa !== null) {
@@ -125,7 +167,7 @@ export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): K
   const plB = `${before.platform.os}/${before.platform.arch}`
   const plA = `${after.platform.os}/${after.platform.arch}`
   if (plB !== plA) out.push({ field: 'platform', before: plB, after: plA })
-  if (before.salt !== after.salt) out.push({ field: 'salt', before: before.salt, after: after.salt })
+  if (!eqBytes(before.salt, after.salt)) out.push({ field: 'salt', before: before.salt === null ? null : hex(before.salt), after: after.salt === null ? null : hex(after.salt) })
   const ob = before.output?.toString() ?? null
   const oa = after.output?.toString() ?? null
   if (ob !== oa) out.push({ field: 'output', before: ob, after: oa })
@@ -152,7 +194,7 @@ export function describeChange (c: KeyChange): string {
         : c.change === 'content' ? `input ${c.path} changed content`
           : c.change === 'type' ? `input ${c.path} changed type` : c.change === 'mode' ? `input ${c.path} changed its execute bit` : `symlink ${c.path} points elsewhere`
     case 'platform': return `the platform changed (${c.before} -> ${c.after})`
-    case 'salt': return `the salt changed (${String(c.before)} -> ${String(c.after)})`
+    case 'salt': return `the salt changed (${c.before ?? 'none'} -> ${c.after ?? 'none'})`
     case 'output': return 'the uncached step produced another layer'
   }
 }

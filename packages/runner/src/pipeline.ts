@@ -1,12 +1,14 @@
-import { readFile } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
 import { dirname, isAbsolute, posix, resolve } from 'node:path'
-import { LineCounter, isMap, isScalar, isSeq, parseDocument } from 'yaml'
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { LineCounter, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml'
 import type { Node, Pair, YAMLMap } from 'yaml'
 import {
-  PipelineDuplicateStepError, PipelineInvalidValueError, PipelineMissingFieldError, PipelineReadError,
-  PipelineSyntaxError, PipelineUnknownKeyError, PipelineWrongTypeError
+  PipelineDuplicateStepError, PipelineEncodingError, PipelineInvalidValueError, PipelineLimitError, PipelineMissingFieldError,
+  PipelineReadError, PipelineSyntaxError, PipelineTooLargeError, PipelineUnknownKeyError, PipelineWrongTypeError
 } from './errors.ts'
 import type { SourcePosition } from './errors.ts'
+import { MAX_LOWER_LAYERS } from './sandbox.ts'
 
 /** The filesystem a pipeline starts from. */
 export type BaseSpec =
@@ -49,7 +51,30 @@ export interface Pipeline {
 export interface ParseOptions {
   /** Name used in error messages and to resolve relative paths (its directory). Default `strata.yml` in the cwd. */
   file?: string
+  /** Checked between validation stages; an aborted signal throws its reason. */
+  signal?: AbortSignal
+  /** Raise or lower the bounds (benchmarks, tests). Default PIPELINE_LIMITS. */
+  limits?: Partial<PipelineLimits>
 }
+
+/** Bounds on what one strata.yml may declare; each is refused with a PipelineLimitError or PipelineTooLargeError. */
+export interface PipelineLimits {
+  /** Size of the file in bytes. */
+  bytes: number
+  /** Steps: every step stacks its layer on those below it, and OverlayFS stacks at most MAX_LOWER_LAYERS below a step. */
+  steps: number
+  /** Entries in one step's `env`. */
+  env: number
+  /** Entries in one step's `inputs`. */
+  inputs: number
+}
+
+export const PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
+  bytes: 1024 * 1024,
+  steps: MAX_LOWER_LAYERS + 1,
+  env: 1024,
+  inputs: 1024
+})
 
 const TOP_KEYS = ['base', 'base-id', 'salt', 'steps'] as const
 const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'cache', 'timeout'] as const
@@ -57,25 +82,132 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 
-/** Reads and validates a strata.yml. Nothing is run: a problem throws a PipelineError naming file, line and column. */
-export async function loadPipeline (file: string, opts: { signal?: AbortSignal } = {}): Promise<Pipeline> {
+/**
+ * Reads and validates a strata.yml. Nothing is run: a problem throws a PipelineError naming file, line and column.
+ * The signal is checked while reading and between validation stages (the event loop gets a turn there).
+ */
+export async function loadPipeline (file: string, opts: { signal?: AbortSignal, limits?: Partial<PipelineLimits> } = {}): Promise<Pipeline> {
   const abs = resolve(file)
-  let text: string
-  try {
-    text = await readFile(abs, { encoding: 'utf8', signal: opts.signal })
-  } catch (err) {
-    if ((err as Error).name === 'AbortError') throw err
-    throw new PipelineReadError(abs, { cause: err })
+  const limits = { ...PIPELINE_LIMITS, ...opts.limits }
+  opts.signal?.throwIfAborted()
+  const bytes = await readBounded(abs, limits.bytes, opts.signal)
+  const text = decodeUtf8(bytes, abs)
+  const stages = validate(text, { ...opts, file: abs, limits })
+  for (let r = stages.next(); ; r = stages.next()) {
+    if (r.done === true) return r.value
+    // A turn of the event loop between stages lets a SIGINT/SIGTERM handler abort the signal.
+    await nextTurn()
   }
-  return parsePipeline(text, { file: abs })
 }
 
 /** Validates strata.yml text; see loadPipeline. */
 export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline {
+  const limits = { ...PIPELINE_LIMITS, ...opts.limits }
   const file = resolve(opts.file ?? 'strata.yml')
+  const size = Buffer.byteLength(text)
+  if (size > limits.bytes) throw new PipelineTooLargeError(file, size, limits.bytes)
+  const stages = validate(text, { ...opts, file, limits })
+  for (let r = stages.next(); ; r = stages.next()) {
+    if (r.done === true) return r.value
+  }
+}
+
+/** Reads at most `max` bytes: a larger file (or a device that never ends) is refused without reading it all. */
+async function readBounded (file: string, max: number, signal: AbortSignal | undefined): Promise<Uint8Array> {
+  let handle
+  try {
+    handle = await open(file, 'r')
+  } catch (err) {
+    throw new PipelineReadError(file, { cause: err })
+  }
+  try {
+    const buf = Buffer.allocUnsafe(max + 1)
+    let n = 0
+    for (;;) {
+      signal?.throwIfAborted()
+      let got: number
+      try {
+        got = (await handle.read(buf, n, buf.length - n, null)).bytesRead
+      } catch (err) {
+        throw new PipelineReadError(file, { cause: err })
+      }
+      if (got === 0) break
+      n += got
+      if (n > max) throw new PipelineTooLargeError(file, n, max)
+    }
+    return buf.subarray(0, n)
+  } finally {
+    await handle.close()
+  }
+}
+
+/** UTF-8 or a PipelineEncodingError at the first bad byte: a replaced byte would run another command than the file's, under another file's key. */
+function decodeUtf8 (bytes: Uint8Array, file: string): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes)
+  } catch {
+    const bad = firstInvalidUtf8(bytes)
+    let lineStart = 0
+    let line = 1
+    for (let i = 0; i < bad; i++) {
+      if (bytes[i] === 0x0a) {
+        line++
+        lineStart = i + 1
+      }
+    }
+    // Everything before the bad byte is valid: the column counts its characters, as for every other error.
+    const column = new TextDecoder('utf-8').decode(bytes.subarray(lineStart, bad)).length + 1
+    throw new PipelineEncodingError({ file, line, column }, bytes[bad] ?? 0)
+  }
+}
+
+/** Offset of the first byte that does not begin or continue a well-formed UTF-8 sequence (RFC 3629). */
+export function firstInvalidUtf8 (b: Uint8Array): number {
+  let i = 0
+  while (i < b.length) {
+    const c = b[i]!
+    if (c < 0x80) {
+      i++
+      continue
+    }
+    let need: number
+    let lo = 0x80
+    let hi = 0xbf
+    if (c >= 0xc2 && c <= 0xdf) need = 1
+    else if (c >= 0xe0 && c <= 0xef) {
+      need = 2
+      if (c === 0xe0) lo = 0xa0
+      if (c === 0xed) hi = 0x9f
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      need = 3
+      if (c === 0xf0) lo = 0x90
+      if (c === 0xf4) hi = 0x8f
+    } else return i
+    for (let k = 1; k <= need; k++) {
+      const d = b[i + k]
+      if (d === undefined) return i
+      if (k === 1 ? d < lo || d > hi : d < 0x80 || d > 0xbf) return i
+    }
+    i += need + 1
+  }
+  return b.length
+}
+
+/** Env and input entries validated between two yields (and signal checks). */
+const BATCH = 256
+
+/**
+ * The validation, in stages: it yields between them so that an async caller can
+ * give the event loop a turn (and see a SIGTERM); the signal is checked at each.
+ * Every stage is linear in the size of the text.
+ */
+function * validate (text: string, opts: { file: string, signal?: AbortSignal | undefined, limits: PipelineLimits }): Generator<void, Pipeline> {
+  const { file, limits, signal } = opts
+  signal?.throwIfAborted()
   const dir = dirname(file)
   const lines = new LineCounter()
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false, strict: true })
+  // yaml checks key uniqueness by scanning the map for each key (quadratic): uniqueKeys() below does it with a set.
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false, strict: true })
   const at = (offset: number): SourcePosition => {
     const p = lines.linePos(offset)
     return { file, line: p.line, column: p.col }
@@ -86,6 +218,11 @@ export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline 
   if (syntax !== undefined) {
     throw new PipelineSyntaxError(at(syntax.pos[0]), firstLine(syntax.message), { cause: syntax })
   }
+  yield
+  signal?.throwIfAborted()
+  uniqueKeys(doc.contents, at)
+  yield
+  signal?.throwIfAborted()
   const root = doc.contents
   if (!isMap(root)) throw new PipelineWrongTypeError(nodeAt(root, 0), 'strata.yml', 'a mapping', describe(root))
 
@@ -107,13 +244,21 @@ export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline 
   const stepsNode = requireField(top, 'steps', 'strata.yml', nodeAt(root, 0))
   if (!isSeq(stepsNode)) throw new PipelineWrongTypeError(nodeAt(stepsNode, 0), '"steps"', 'a list', describe(stepsNode))
   if (stepsNode.items.length === 0) throw new PipelineInvalidValueError(nodeAt(stepsNode, 0), '"steps" is empty')
+  // Checked before anything runs: the step past the bound would fail only after all those below it had run.
+  const over = stepsNode.items[limits.steps]
+  if (over !== undefined) {
+    throw new PipelineLimitError(nodeAt(over as Node, 0), 'steps', limits.steps,
+      `more than ${limits.steps} steps: each step is mounted on the layers of the steps before it, and OverlayFS stacks at most ${MAX_LOWER_LAYERS} below a step`)
+  }
 
   // Relative paths are relative to strata.yml's directory on the host base (the
   // checkout), to / on a rootfs base (the checkout is not inside it).
   const defaultCwd = base.kind === 'host' ? dir : '/'
   const seen = new Map<string, SourcePosition>()
   const steps: StepSpec[] = []
-  stepsNode.items.forEach((item, i) => {
+  for (const [i, item] of stepsNode.items.entries()) {
+    yield
+    signal?.throwIfAborted()
     let where = `step ${i + 1}`
     if (!isMap(item)) throw new PipelineWrongTypeError(nodeAt(item as Node, 0), where, 'a mapping', describe(item))
     // Name the step in messages about its other keys when its name is readable.
@@ -156,10 +301,27 @@ export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline 
         seenEnv.add(n)
         env.push(value === undefined ? { name: n } : { name: n, value })
       }
+      if (isSeq(envNode) || isMap(envNode)) {
+        const extra = envNode.items[limits.env]
+        if (extra !== undefined) {
+          const node = (isMap(envNode) ? (extra as Pair).key : extra) as Node
+          throw new PipelineLimitError(nodeAt(node, 0), 'env', limits.env, `${stepWhere} declares more than ${limits.env} "env" entries`)
+        }
+      }
       if (isSeq(envNode)) {
-        for (const e of envNode.items) add(scalarString(e, `${stepWhere} "env" entry`, at), e as Node)
+        for (const [j, e] of envNode.items.entries()) {
+          if (j % BATCH === BATCH - 1) {
+            yield
+            signal?.throwIfAborted()
+          }
+          add(scalarString(e, `${stepWhere} "env" entry`, at), e as Node)
+        }
       } else if (isMap(envNode)) {
-        for (const pair of envNode.items) {
+        for (const [j, pair] of envNode.items.entries()) {
+          if (j % BATCH === BATCH - 1) {
+            yield
+            signal?.throwIfAborted()
+          }
           const k = scalarString(pair.key, `${stepWhere} "env" name`, at)
           add(k, pair.key as Node, scalarString(pair.value, `${stepWhere} "env" value of ${k}`, at, true))
         }
@@ -173,7 +335,13 @@ export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline 
     const inputsNode = f.get('inputs')
     if (inputsNode !== undefined) {
       if (!isSeq(inputsNode)) throw new PipelineWrongTypeError(nodeAt(inputsNode, 0), `${stepWhere} "inputs"`, 'a list of paths or globs', describe(inputsNode))
-      for (const e of inputsNode.items) {
+      const extra = inputsNode.items[limits.inputs]
+      if (extra !== undefined) throw new PipelineLimitError(nodeAt(extra as Node, 0), 'inputs', limits.inputs, `${stepWhere} declares more than ${limits.inputs} "inputs" entries`)
+      for (const [j, e] of inputsNode.items.entries()) {
+        if (j % BATCH === BATCH - 1) {
+          yield
+          signal?.throwIfAborted()
+        }
         const p = scalarString(e, `${stepWhere} "inputs" entry`, at)
         if (p === '' || p.includes('\0')) throw new PipelineInvalidValueError(nodeAt(e as Node, 0), `${stepWhere}: "${p}" is not a path or glob`)
         inputs.push(isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p))
@@ -206,7 +374,7 @@ export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline 
     const step: StepSpec = { name, run, cwd, env, inputs, cache, at: at(item.range?.[0] ?? 0) }
     if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
     steps.push(step)
-  })
+  }
 
   const pipeline: Pipeline = { file, base, steps }
   if (baseId !== undefined) pipeline.baseId = baseId
@@ -249,6 +417,23 @@ function requireField (f: Map<string, Node>, key: string, where: string, pos: So
   const v = f.get(key)
   if (v === undefined) throw new PipelineMissingFieldError(pos, key, where)
   return v
+}
+
+/** Every mapping's keys are distinct (YAML requires it); one set per mapping keeps it linear. */
+function uniqueKeys (contents: unknown, at: At): void {
+  if (contents === null || typeof contents !== 'object') return
+  visit(contents as Node, {
+    Map (_, map) {
+      const keys = new Set<string>()
+      for (const pair of map.items as Array<Pair<unknown, unknown>>) {
+        // Keys that are not scalars are refused later with their type; only scalar keys can be compared here.
+        if (!isScalar(pair.key)) continue
+        const k = `${typeof pair.key.value}:${String(pair.key.value)}`
+        if (keys.has(k)) throw new PipelineSyntaxError(at(pair.key.range?.[0] ?? map.range?.[0] ?? 0), 'Map keys must be unique')
+        keys.add(k)
+      }
+    }
+  })
 }
 
 /** A string scalar; with `lenient`, numbers and booleans are taken as their source text (env values, salt). */

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { closeSync, existsSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
 import { mkdir, readFile, rm, stat } from 'node:fs/promises'
 import { machine } from 'node:os'
-import { isAbsolute, posix } from 'node:path'
+import { isAbsolute, posix, resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
@@ -12,19 +12,19 @@ import type { LayerInfo, Lease, Store } from '@strata/store'
 import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
 import {
-  BaseMismatchError, ParentNotFoundError, RecordInvalidError, RunnerError, StepCancelledError, StepFailedError,
+  BaseMismatchError, ChainTooLongError, ParentNotFoundError, RecordInvalidError, RunnerError, StepCancelledError, StepFailedError,
   StepNotFoundError, StepTimeoutError, StrataEnvError
 } from './errors.ts'
 import { loadIdentity } from './identity.ts'
 import type { Identity } from './identity.ts'
 import { collectInputs } from './inputs.ts'
 import type { InputLimits } from './inputs.ts'
-import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, encodeDescriptor, envValueDigest } from './key.ts'
+import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, digestKey, encodeDescriptor, envValueDigest } from './key.ts'
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord, writerTrust } from './record.ts'
 import type { RecordPolicy, StepRecord } from './record.ts'
-import { normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
+import { MAX_LOWER_LAYERS, normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { LayeredView } from './view.ts'
 
@@ -49,6 +49,13 @@ export interface RunnerInit {
   killGraceMs?: number
   /** Bounds on what a step's inputs may make the runner read. Default 100 000 files, 8 GiB. */
   inputLimits?: InputLimits
+  /**
+   * The fleet's secret salt, the same on every VM that shares the cache (e.g. from
+   * the CI secret store): input and env digests in the shared descriptors are keyed
+   * with it, so that a reader without it cannot confirm a guessed file or value.
+   * Default none.
+   */
+  salt?: string
   /** Aborts creating the runner (loading the identity). */
   signal?: AbortSignal
   /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
@@ -189,7 +196,7 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
 /** Creates a runner over `store`; loads (or creates) the node identity and clears scratch dirs left by dead runs. */
 export async function createRunner (init: RunnerInit): Promise<Runner> {
-  const dataDir = init.dataDir ?? init.store.dataDir
+  const dataDir = resolve(init.dataDir ?? init.store.dataDir)
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
   const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
@@ -209,6 +216,7 @@ class StepRunner implements Runner {
   readonly #output: OutputOptions
   readonly #killGraceMs: number
   readonly #limits: InputLimits
+  readonly #fleetSalt: string | null
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     this.#store = init.store
@@ -235,6 +243,7 @@ class StepRunner implements Runner {
     }
     this.#killGraceMs = init.killGraceMs ?? 10_000
     this.#limits = init.inputLimits ?? {}
+    this.#fleetSalt = init.salt ?? null
   }
 
   get peerId (): string {
@@ -261,6 +270,8 @@ class StepRunner implements Runner {
   }
 
   async run (pipeline: Pipeline, opts: RunOptions = {}): Promise<RunResult> {
+    // Refused before the first step runs rather than at the step that would stack past it.
+    if (pipeline.steps.length - 1 > MAX_LOWER_LAYERS) throw new ChainTooLongError(pipeline.steps.length - 1, MAX_LOWER_LAYERS)
     const started = performance.now()
     const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const results: StepResult[] = []
@@ -385,10 +396,11 @@ class StepRunner implements Runner {
 
   async #describe (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, opts: { signal?: AbortSignal }): Promise<Described> {
     const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
-    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, opts)
+    const keyed = digestKey(salt, this.#fleetSalt)
+    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, { ...opts, digestKey: keyed })
     const env: Array<[string, Uint8Array | null]> = step.env.map((e) => {
       const v = e.value ?? this.#env[e.name]
-      return [e.name, v === undefined ? null : envValueDigest(v)]
+      return [e.name, v === undefined ? null : envValueDigest(v, keyed)]
     })
     const descriptor: KeyDescriptor = {
       v: KEY_FORMAT,
@@ -399,7 +411,7 @@ class StepRunner implements Runner {
       env,
       inputs,
       platform: { os: 'linux', arch: machine() },
-      salt
+      salt: keyed.id
     }
     const { key, bytes } = await encodeDescriptor(descriptor)
     return { descriptor, key, bytes }

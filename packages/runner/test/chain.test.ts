@@ -32,3 +32,15 @@ test('a 60-step chain mounts every layer below each step and hits all 60 on the 
   assert.deepEqual(statuses(h.events), [...Array.from({ length: n }, (_, i) => `s${i}:hit`), 'last:hit'])
   assert.ok(warmMs < 5000, `a warm run of ${n + 1} steps took ${warmMs}ms`)
 })
+
+test('a pipeline with more steps than OverlayFS can stack is refused before its first step runs', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const yml = `base: host\nsteps:\n  - { name: s0, run: "echo ran >> ${side.dir}/ran" }\n  - { name: s1, run: "true" }\n`
+  const base = parsePipeline(yml, { file: `${tempDir(t)}/strata.yml` })
+  // Built in code, past what strata.yml would accept: the runner checks it too.
+  const steps = Array.from({ length: 501 }, (_, i) => ({ ...base.steps[i === 0 ? 0 : 1]!, name: `s${i}` }))
+  await assert.rejects(h.runner.run({ ...base, steps }, { onEvent: h.onEvent }), { code: 'ERR_CHAIN_TOO_LONG', message: /500 layers below a step; OverlayFS stacks at most 499/ })
+  assert.deepEqual(side.lines(), [], 'no step ran')
+  assert.deepEqual(h.events, [])
+})

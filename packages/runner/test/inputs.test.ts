@@ -1,13 +1,13 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHash } from 'node:crypto'
 import { chmodSync } from 'node:fs'
 import { lsetxattr, mknod, S_IFCHR, S_IFIFO } from '@strata/sys'
 import { collectInputs } from '../src/inputs.ts'
+import { digestKey, inputDigest } from '../src/key.ts'
 import { LayeredView } from '../src/view.ts'
 import { tempDir, writeTree } from './helpers.ts'
 
-const sha = (s: string): Buffer => createHash('sha256').update(s).digest()
+const sha = (s: string): Buffer => inputDigest().update(s).digest()
 
 function view (root: string): LayeredView {
   writeTree(`${root}/base`, {
@@ -47,8 +47,8 @@ test('a missing plain input fails; a whited-out one is missing; an empty glob is
 test('inputs are bounded in count and bytes; special files are never read', async (t) => {
   const root = tempDir(t)
   const v = view(root)
-  await assert.rejects(collectInputs('s', ['/app'], v, { maxFiles: 3 }), { code: 'ERR_INPUT_LIMIT' })
-  await assert.rejects(collectInputs('s', ['/app'], v, { maxBytes: 4 }), { code: 'ERR_INPUT_LIMIT' })
+  await assert.rejects(collectInputs('s', ['/app'], v, { maxFiles: 3 }), { code: 'ERR_INPUT_LIMIT', limit: 'files', max: 3, message: /raise --max-input-files/ })
+  await assert.rejects(collectInputs('s', ['/app'], v, { maxBytes: 4 }), { code: 'ERR_INPUT_LIMIT', limit: 'bytes', max: 4, message: /raise --max-input-bytes/ })
   mknod(`${root}/base/app/fifo`, S_IFIFO | 0o644)
   const got = await collectInputs('s', ['/app/fifo'], v)
   assert.deepEqual(got, [{ path: '/app/fifo', type: 'other' }])
@@ -61,4 +61,14 @@ test('an opaque directory hides the base copy of its contents', async (t) => {
   lsetxattr(`${root}/layer/d`, 'trusted.overlay.opaque', Buffer.from('y'))
   const got = await collectInputs('s', ['/d'], new LayeredView([`${root}/layer`], `${root}/base`))
   assert.deepEqual(got.map((e) => e.path), ['/d', '/d/new'])
+})
+
+test('file digests are keyed by the digest key given', async (t) => {
+  const v = view(tempDir(t))
+  const key = digestKey('pipeline-salt', 'fleet-salt')
+  const [plain] = await collectInputs('s', ['/app/package.json'], v)
+  const [salted] = await collectInputs('s', ['/app/package.json'], v, {}, { digestKey: key })
+  assert.deepEqual(Buffer.from(plain!.digest!), sha('{}'))
+  assert.deepEqual(Buffer.from(salted!.digest!), inputDigest(key).update('{}').digest())
+  assert.notDeepEqual(Buffer.from(salted!.digest!), Buffer.from(plain!.digest!))
 })

@@ -1,7 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
-import { loadPipeline, parseDuration, parsePipeline, PipelineError } from '../src/index.ts'
+import fc from 'fast-check'
+import { loadPipeline, parseDuration, parsePipeline, PIPELINE_LIMITS, PipelineError } from '../src/index.ts'
+import { firstInvalidUtf8 } from '../src/pipeline.ts'
 import { tempDir } from './helpers.ts'
 
 const FILE = '/work/app/strata.yml'
@@ -122,4 +124,106 @@ test('durations', () => {
   assert.equal(parseDuration(1.5), 1500)
   assert.equal(parseDuration('12'), 12_000)
   assert.equal(parseDuration('10 minutes'), undefined)
+})
+
+/** A file whose one step has `n` env entries in a flow mapping (short keys keep 100k under the size limit). */
+function envMapFile (n: number): string {
+  const keys: string[] = []
+  for (let i = 0; i < n; i++) keys.push(`K${i.toString(36)}: 1`)
+  return `base: host\nsteps:\n  - name: a\n    run: "true"\n    env: {${keys.join(',')}}\n`
+}
+
+test('a strata.yml that is not UTF-8 is refused at its first bad byte, whichever byte it is', async (t) => {
+  const dir = tempDir(t, 'strata-yaml-utf8-')
+  const head = Buffer.from('base: host\nsteps:\n  - name: a\n    run: echo é')
+  for (const bad of [0xff, 0xfe]) {
+    const file = `${dir}/bad-${bad}.yml`
+    writeFileSync(file, Buffer.concat([head, Buffer.from([bad]), Buffer.from('\n')]))
+    await assert.rejects(loadPipeline(file), (err: PipelineError) => {
+      assert.equal(err.code, 'ERR_PIPELINE_ENCODING', err.message)
+      assert.deepEqual([err.file, err.line, err.column], [file, 4, 16])
+      assert.ok(err.message.startsWith(`${file}:4:16: byte 0x${bad.toString(16).toUpperCase()}`), err.message)
+      return true
+    })
+  }
+  writeFileSync(`${dir}/good.yml`, Buffer.concat([head, Buffer.from('\n')]))
+  const p = await loadPipeline(`${dir}/good.yml`)
+  assert.equal(p.steps[0]!.run, 'echo é')
+})
+
+test('firstInvalidUtf8 agrees with a fatal TextDecoder on any bytes', () => {
+  const decodes = (b: Uint8Array): boolean => {
+    try {
+      new TextDecoder('utf-8', { fatal: true }).decode(b)
+      return true
+    } catch {
+      return false
+    }
+  }
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 24 }), (b) => {
+    const at = firstInvalidUtf8(b)
+    assert.equal(at === b.length, decodes(b))
+    // Everything before the reported byte decodes.
+    assert.ok(decodes(b.subarray(0, at)))
+  }), { numRuns: 5000 })
+  fc.assert(fc.property(fc.string({ unit: 'binary' }), (s) => firstInvalidUtf8(Buffer.from(s)) === Buffer.byteLength(s)))
+})
+
+test('a strata.yml over the size limit is refused without being read whole; a run: up to that limit is accepted', async (t) => {
+  const dir = tempDir(t, 'strata-yaml-size-')
+  const head = 'base: host\nsteps:\n  - name: a\n    run: "'
+  const fill = (n: number): string => head + 'x'.repeat(n - head.length - 2) + '"\n'
+  writeFileSync(`${dir}/big.yml`, fill(PIPELINE_LIMITS.bytes + 1))
+  await assert.rejects(loadPipeline(`${dir}/big.yml`), { code: 'ERR_PIPELINE_TOO_LARGE', name: 'PipelineTooLargeError', message: /may be at most 1048576 bytes/ })
+  assert.throws(() => parsePipeline(fill(PIPELINE_LIMITS.bytes + 1)), { code: 'ERR_PIPELINE_TOO_LARGE' })
+  // A device that never ends is bounded the same way.
+  await assert.rejects(loadPipeline('/dev/zero'), { code: 'ERR_PIPELINE_TOO_LARGE' })
+  writeFileSync(`${dir}/max.yml`, fill(PIPELINE_LIMITS.bytes))
+  const p = await loadPipeline(`${dir}/max.yml`)
+  assert.equal(p.steps[0]!.run.length, PIPELINE_LIMITS.bytes - head.length - 2)
+})
+
+test('steps, env and inputs entries past their bounds are refused at the first entry past them', () => {
+  const steps = Array.from({ length: PIPELINE_LIMITS.steps + 1 }, (_, i) => `  - { name: s${i}, run: "true" }`)
+  rejects(`base: host\nsteps:\n${steps.join('\n')}\n`, 'ERR_PIPELINE_LIMIT', PIPELINE_LIMITS.steps + 3, 5, /more than 500 steps.*at most 499/)
+  assert.equal(parsePipeline(`base: host\nsteps:\n${steps.slice(0, -1).join('\n')}\n`).steps.length, PIPELINE_LIMITS.steps)
+  const names = Array.from({ length: PIPELINE_LIMITS.env + 1 }, (_, i) => `E${i}`)
+  rejects(`base: host\nsteps:\n  - name: a\n    run: "true"\n    env: [${names.join(', ')}]\n`, 'ERR_PIPELINE_LIMIT', 5, 11 + names.slice(0, -1).join(', ').length + 2, /step "a" declares more than 1024 "env" entries/)
+  const paths = Array.from({ length: PIPELINE_LIMITS.inputs + 1 }, (_, i) => `f${i}`)
+  rejects(`base: host\nsteps:\n  - name: a\n    run: "true"\n    inputs: [${paths.join(', ')}]\n`, 'ERR_PIPELINE_LIMIT', 5, 14 + paths.slice(0, -1).join(', ').length + 2, /"inputs" entries/)
+})
+
+test('a 100k-key env map is refused at its bound after a linear parse, and validated whole when the bound is raised', () => {
+  const text = envMapFile(100_000)
+  assert.ok(Buffer.byteLength(text) <= PIPELINE_LIMITS.bytes)
+  const err = rejects(text, 'ERR_PIPELINE_LIMIT', 5, 11 + Array.from({ length: PIPELINE_LIMITS.env }, (_, i) => `K${i.toString(36)}: 1`).join(',').length + 1)
+  assert.match(err.message, /more than 1024 "env" entries/)
+  const p = parsePipeline(text, { file: FILE, limits: { env: 100_000 } })
+  assert.equal(p.steps[0]!.env.length, 100_000)
+})
+
+test('duplicate keys are refused in every mapping, env maps included', () => {
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    env: { A: 1, B: 2, A: 3 }\n', 'ERR_PIPELINE_SYNTAX', 5, 24, /unique/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    name: b\n', 'ERR_PIPELINE_SYNTAX', 5, 5, /unique/)
+})
+
+test('loadPipeline stops with the signal\'s reason: aborted before, while reading, or while validating', async (t) => {
+  const dir = tempDir(t, 'strata-yaml-abort-')
+  const file = `${dir}/strata.yml`
+  writeFileSync(file, envMapFile(100_000))
+  const limits = { env: 100_000 }
+  await assert.rejects(loadPipeline(file, { signal: AbortSignal.abort(), limits }), { name: 'AbortError' })
+  // Aborted after 1..200 turns of the event loop: during the read or the validation (which yields every few hundred entries), never a result.
+  for (const turns of [1, 3, 10, 50, 200]) {
+    const ac = new AbortController()
+    let left = turns
+    const tick = (): void => {
+      if (--left === 0) ac.abort()
+      else setImmediate(tick)
+    }
+    setImmediate(tick)
+    await assert.rejects(loadPipeline(file, { signal: ac.signal, limits }), { name: 'AbortError' }, `aborted after ${turns} turns`)
+  }
+  // The same file, not aborted, loads: the aborts above were not failures of their own.
+  assert.equal((await loadPipeline(file, { limits })).steps[0]!.env.length, 100_000)
 })

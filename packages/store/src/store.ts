@@ -1,6 +1,7 @@
 import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { rm } from 'node:fs/promises'
+import { resolve } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { ClassicLevel } from 'classic-level'
@@ -168,7 +169,8 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
     throw new TypeError(`indexWriteBufferBytes must be an integer of at least ${MIN_INDEX_WRITE_BUFFER} bytes, got ${wb}`)
   }
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'store' })
-  const dataDir = init.dataDir
+  // Layer paths handed out (and mounted as lower dirs) must not depend on the cwd.
+  const dataDir = resolve(init.dataDir)
   mkdirSync(`${dataDir}/layers`, { recursive: true })
   mkdirSync(`${dataDir}/staging`, { recursive: true })
   const release = await acquireLock(dataDir, { wait: init.wait ?? true, signal: init.signal, log })

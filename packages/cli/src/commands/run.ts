@@ -1,12 +1,13 @@
 import { resolve } from 'node:path'
 import { checkEpoch, checkScope, createRunner, loadPipeline, parseDuration } from '@strata/runner'
-import type { EnvDecl, ExecStep, RunnerEvent, RunnerInit } from '@strata/runner'
+import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
 // The client alone: importing the whole daemon package would load libp2p on every run.
 import { connectDaemon } from '@strata/daemon/client'
 import { openStoreFor } from '../open.ts'
+import { sizeOption } from './gc.ts'
 import { Progress } from '../progress.ts'
 
 const jsonFlag = { json: { type: 'boolean', default: false } } as const
@@ -17,6 +18,25 @@ const trustFlags = {
   epoch: { type: 'string' }
 } as const
 const TRUST_USAGE = '[--scope S] [--read-scope S]... [--epoch N]'
+/** Bounds on what a step's inputs make the runner read; ERR_INPUT_LIMIT names these flags. */
+const limitFlags = {
+  'max-input-files': { type: 'string' },
+  'max-input-bytes': { type: 'string' }
+} as const
+const LIMIT_USAGE = '[--max-input-files N] [--max-input-bytes SIZE]'
+
+/** The runner's input limits from --max-input-files / --max-input-bytes; absent flags keep the runner's defaults. */
+export function inputLimitOptions (values: ArgValues): Pick<RunnerInit, 'inputLimits'> {
+  const limits: InputLimits = {}
+  const files = values['max-input-files']
+  if (typeof files === 'string') {
+    if (!/^\d+$/.test(files) || !Number.isSafeInteger(Number(files)) || Number(files) < 1) throw new UsageError(`--max-input-files: ${JSON.stringify(files)} is not a whole number of files >= 1`)
+    limits.maxFiles = Number(files)
+  }
+  const bytes = sizeOption(values, 'max-input-bytes')
+  if (bytes !== undefined) limits.maxBytes = bytes
+  return Object.keys(limits).length > 0 ? { inputLimits: limits } : {}
+}
 
 /** The runner's scope options from flags, then the environment; bad values are usage errors. */
 export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = process.env): Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'> {
@@ -99,7 +119,7 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
+async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'inputLimits'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   // The daemon re-verifies what the runner writes in its own epoch: two epochs would refuse each other's records.
   if (daemon !== undefined && trust.epoch !== undefined && trust.epoch !== daemon.epoch) {
@@ -110,7 +130,16 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
-    const runner = await createRunner({ store, logger: ctx.logger, ...trust, ...(output !== undefined ? { output } : {}), ...(daemon !== undefined ? { remote: daemon } : {}) })
+    // The fleet's secret salt comes from the environment only: a flag would show in ps, strata.yml is in the repo.
+    const salt = process.env.STRATA_SALT
+    const runner = await createRunner({
+      store,
+      logger: ctx.logger,
+      ...trust,
+      ...(salt !== undefined && salt !== '' ? { salt } : {}),
+      ...(output !== undefined ? { output } : {}),
+      ...(daemon !== undefined ? { remote: daemon } : {})
+    })
     // The daemon counts hits by source and misses for its metrics.
     const observe = (e: RunnerEvent): void => {
       if (daemon === undefined || (e.type !== 'hit' && e.type !== 'miss')) return
@@ -125,13 +154,13 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} ${LIMIT_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, trustOptions(values), async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) =>
         await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
@@ -147,11 +176,12 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] ${TRUST_USAGE} [--json] -- CMD...`,
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
       ...trustFlags,
+      ...limitFlags,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -176,7 +206,7 @@ export const exec: Command = {
       step.timeoutMs = parseDuration(values.timeout)
     }
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, trustOptions(values), async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) =>
         await runner.exec(step, { signal: ctx.signal, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
       else ctx.stdout.write(result.key + '\n')
@@ -192,11 +222,11 @@ export const exec: Command = {
 export const why: Command = {
   name: 'why',
   summary: 'say which part of a step\'s cache key changed since it last ran or hit',
-  usage: `strata why STEP [-f strata.yml] [--data-dir D] ${TRUST_USAGE} [--json]`,
+  usage: `strata why STEP [-f strata.yml] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} [--json]`,
   async run (ctx) {
-    const { values, positionals } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, file: { type: 'string', short: 'f', default: 'strata.yml' } }, 1)
+    const { values, positionals } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, file: { type: 'string', short: 'f', default: 'strata.yml' } }, 1)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
-    const report = await withRunner(ctx, dataDirOf(values), false, trustOptions(values), async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
+    const report = await withRunner(ctx, dataDirOf(values), false, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner) => await runner.why(pipeline, positionals[0]!, { signal: ctx.signal }))
     if (values.json === true) {
       ctx.stdout.write(JSON.stringify(report) + '\n')
       return 0
