@@ -7,9 +7,9 @@ import { InvalidManifestError } from './errors.ts'
 /**
  * Writes entry-list blocks straight to dag-cbor bytes. @ipld/dag-cbor builds a
  * token per value and sorts every map's keys; for the one shape a writer emits
- * per entry that cost ~10 µs and most of a pack's garbage. The bytes are the
+ * per entry that made most of a pack's time and garbage. The bytes are the
  * same as `dagCbor.encode({ entries })` of `encodeEntry` objects (test/cbor.test.ts
- * checks it over random entries); readers still decode with @ipld/dag-cbor.
+ * checks it over random entries); `readDagCbor` below reads them back.
  */
 
 /** Entry types by their code in the `t` field. */
@@ -225,8 +225,8 @@ export class EntryListWriter {
  * no undefined. Anything else is an InvalidManifestError, so that a layer's
  * manifest has one encoding and one CID. Values come out as @ipld/dag-cbor's
  * decoder gives them (maps as plain objects, CIDs as CID, bytes as views of
- * `bytes`), without its token per value: the entry lists of a large layer decode
- * about twice as fast.
+ * `bytes`), without its token per value, which dominates decoding a large layer's
+ * entry lists.
  */
 export function readDagCbor (bytes: Uint8Array): unknown {
   const r = new Reader(bytes)

@@ -61,8 +61,8 @@ export function cutPoint (buf: Uint8Array, start: number, end: number): number {
   let i = MIN
   // Every cut leaves through one `return i + k`: an addition on each of the 34
   // exits would have no type feedback until its exit had been taken, and optimized
-  // code that reaches such an exit is thrown away and compiled again (57 times in
-  // the workers of one pack of the big tree).
+  // code that reaches such an exit is thrown away and compiled again, over and
+  // over in the workers of one large pack.
   let k = 0
   cut: {
     // Sixteen bytes a step, read as four little-endian words, two bytes at a time:

@@ -135,7 +135,7 @@ export class FsPool {
     // A small young generation: these workers allocate little, and RSS matters on a CI VM.
     // A worker does not share the thread's compile cache unless its environment
     // names it: without, each worker strips and compiles its TypeScript afresh
-    // (~100 ms of CPU each at every start).
+    // at every start.
     const cache = getCompileCacheDir()
     const worker = new Worker(new URL('./fs-worker.ts', import.meta.url), {
       resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 },

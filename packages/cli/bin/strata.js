@@ -15,21 +15,21 @@ if (Number(process.versions.node.split('.')[0]) < NODE_MAJOR) {
 
 // The shebang gives glibc's malloc two arenas and transparent huge pages where the
 // kernel gives them on request: most memory is new to a short-lived command, and
-// each 4 KiB page of it costs a slow fault on these VMs; with both, a pack of the
-// benchmark tree takes ~10 % less time and no more memory (doc/DECISIONS.md, "The
+// each 4 KiB page of it costs a slow fault on these VMs; with both, a pack takes
+// less time and no more memory (doc/DECISIONS.md, "The
 // CLI's malloc: two arenas, huge pages"). A GLIBC_TUNABLES of the user's comes
 // after them and wins. `npx strata` and node_modules/.bin/strata run the file
 // through its shebang; `node packages/cli/bin/strata.js` (the tests) does not.
 //
 // The shebang's small young generation keeps pack and unpack within their memory
 // budget; the daemon, a long-lived process that allocates a buffer per block it
-// moves, spends ~10 % less time on a restore with a larger one. It replaces itself
+// moves, spends less time on a restore with a larger one. It replaces itself
 // (same pid, same stdio) with one, and with glibc's malloc kept to two arenas: its
 // threads (main, file writers, libuv, V8) each get an arena by default, memory one
-// arena frees is not reused by another, and a restore's peak RSS was ~90 MB higher
-// for the same time. And malloc asks for transparent huge pages where the kernel
-// gives them on request: a first restore faults in ~450 MB of buffers, ~120k page
-// faults with 4 KiB pages and ~50k with the tunable (doc/DECISIONS.md). A
+// arena frees is not reused by another, and a restore's peak RSS grew with them.
+// And malloc asks for transparent huge pages where the kernel gives them on
+// request: a first restore faults in its buffers with far fewer faults that way
+// (doc/DECISIONS.md). A
 // MALLOC_ARENA_MAX or GLIBC_TUNABLES set by the user is kept. `gc` is exposed so that
 // the block exchange can scavenge the buffers it leaves behind while they are young
 // (packages/daemon/src/scavenge.ts).
@@ -42,8 +42,8 @@ if (process.argv[2] === 'daemon' && !process.execArgv.includes(DAEMON_FLAG) && t
 
 const { enableCompileCache } = await import('node:module')
 enableCompileCache()
-// pack and unpack do their file work on worker threads, and a worker takes ~100 ms
-// here to start (a V8 isolate, then its modules). Started now, they start on the
+// pack and unpack do their file work on worker threads, and a worker takes long
+// to start (a V8 isolate, then its modules). Started now, they start on the
 // other core while this thread loads the command and opens the store, instead of
 // after (doc/DECISIONS.md, "Pack and unpack start their file workers first"). A pool
 // that cannot load is left to the command, which names the reason when it loads.

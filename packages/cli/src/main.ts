@@ -6,7 +6,7 @@ import { createLogger, UsageError } from './context.ts'
  * Every command, in the order `strata help` lists them, with the module that holds
  * it. A command loads its own module only: `strata pack` does not load the step
  * runner, the YAML parser or the daemon's client (with node:http, which loads the
- * fetch implementation): a trivial pack starts in ~305 ms instead of ~410.
+ * fetch implementation), so a trivial command starts sooner.
  */
 const commands: Array<[name: string, load: () => Promise<Command>]> = [
   ['run', async () => (await import('./commands/run.ts')).run],
