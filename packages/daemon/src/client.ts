@@ -1,7 +1,7 @@
 import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
-import { writerTrust } from '@strata/runner'
+import { writerTrust } from '@strata/records'
 import type { BlockSource, CommitOptions, GcReport, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME } from './control.ts'

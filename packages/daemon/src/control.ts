@@ -4,7 +4,7 @@ import { chmodSync, rmSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import type { LayerInfo } from '@strata/store'
-import { checkScope, MAX_READ_SCOPES } from '@strata/runner'
+import { checkScope, MAX_READ_SCOPES } from '@strata/records'
 import type { Daemon } from './daemon.ts'
 
 /** The control API: HTTP + JSON on a unix socket, for the runner and the CLI on this machine. */

@@ -11,8 +11,8 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
-import { checkEpoch, checkScope, DEFAULT_SCOPE, MAX_READ_SCOPES, RecordInvalidError } from '@strata/runner'
-import type { RecordRejectReason, StepRecord } from '@strata/runner'
+import { checkEpoch, checkScope, DEFAULT_SCOPE, MAX_READ_SCOPES, MAX_RECORD_SIZE, RECORD_PREFIX, RecordInvalidError, TrustPolicy, recordKey, verifyEnvelope } from '@strata/records'
+import type { RecordRejectReason, StepRecord } from '@strata/records'
 import { SOCKET_NAME, startControl } from './control.ts'
 import { GcBudget } from './gc.ts'
 import type { GcBudgetInit } from './gc.ts'
@@ -23,10 +23,7 @@ import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
 import { DaemonMetrics } from './metrics.ts'
 import { createNode, loadPrivateKey } from './node.ts'
 import type { StrataNode } from './node.ts'
-import {
-  FETCHING_TOPIC, MAX_RECORD_SIZE, MAX_REQUEST_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, decodeRecordRequest,
-  encodeRecordRequest, recordKey, verifyEnvelope
-} from './records.ts'
+import { FETCHING_TOPIC, MAX_REQUEST_SIZE, RECORDS_PROTOCOL, RECORDS_TOPIC, claimedKey, decodeRecordRequest, encodeRecordRequest } from './records.ts'
 import { peerIdOf, readPeerList, readPsk, writerOf } from './trust.ts'
 
 /**

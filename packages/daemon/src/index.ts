@@ -3,7 +3,7 @@ export type { DaemonInit, DaemonStatus, LayerStatus, LookupResult, FetchResult, 
 export { BlockExchange, PeerBlockSource } from './exchange.ts'
 export type { ExchangeInit, ExchangeCounters, FetchStats } from './exchange.ts'
 export * from './codec.ts'
-export { RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, verifyEnvelope, decodeRecordRequest, encodeRecordRequest } from './records.ts'
+export { RECORDS_PROTOCOL, RECORDS_TOPIC, decodeRecordRequest, encodeRecordRequest } from './records.ts'
 export { generatePsk, parsePsk, readPsk, writePsk, parsePeerList, readPeerList, peerIdOf, writerOf } from './trust.ts'
 export { loadPrivateKey, PROTOCOL_PREFIX } from './node.ts'
 export * from './errors.ts'
