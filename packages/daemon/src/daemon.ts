@@ -12,6 +12,7 @@ import type { RecordRejectReason, StepRecord } from '@strata/records'
 import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
 import type { DaemonConfig, DaemonInit } from './config.ts'
 import { startControl } from './control.ts'
+import type { ControlComponents } from './control.ts'
 import { DaemonConfigError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
 import { GcBudget } from './gc.ts'
@@ -22,7 +23,7 @@ import { createNode, loadPrivateKey } from './node.ts'
 import type { StrataNode } from './node.ts'
 import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
-import type { ProviderSearchOptions } from './providers.ts'
+import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { RecordService } from './record-service.ts'
 import type { LookupResult } from './record-service.ts'
 import { FETCHING_TOPIC, RECORDS_TOPIC } from './records.ts'
@@ -60,6 +61,7 @@ export class Daemon {
   readonly #records: RecordService
   readonly #layers: LayerFetch
   readonly #replication: Replication
+  readonly #search: ProvidersComponents
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
   #started = false
@@ -76,6 +78,7 @@ export class Daemon {
     this.trust = new TrustPolicy(node.peerId.toString(), config.trustedWriters, config.epoch)
     this.readScopes = config.readScopes
     this.privateNetwork = config.psk !== undefined
+    this.#search = { peerId: node.peerId, contentRouting: node.contentRouting, peerStore: node.peerStore, logger: log }
     this.exchange = new BlockExchange({
       store,
       registrar: { handle: async (p, h, o) => { await node.handle(p, h, o) }, unhandle: async (p) => { await node.unhandle(p) } },
@@ -186,7 +189,7 @@ export class Daemon {
     return typeof a === 'object' && a !== null ? a.port : undefined
   }
 
-  #controlComponents (): Parameters<typeof startControl>[0] {
+  #controlComponents (): ControlComponents {
     return {
       dataDir: this.dataDir,
       store: this.store,
@@ -218,7 +221,7 @@ export class Daemon {
   }
 
   #providers (cid: CID, opts: Omit<ProviderSearchOptions, 'timeoutMs' | 'stop'> & { timeoutMs?: number }): ProviderSearch {
-    return new ProviderSearch({ peerId: this.node.peerId, contentRouting: this.node.contentRouting, peerStore: this.node.peerStore, logger: this.#log }, cid, {
+    return new ProviderSearch(this.#search, cid, {
       graceMs: this.#config.providerGraceMs,
       ...opts,
       timeoutMs: opts.timeoutMs ?? this.#config.providerTimeoutMs,
