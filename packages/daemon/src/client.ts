@@ -1,22 +1,17 @@
 import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
-import { CID } from 'multiformats/cid'
-import { writerTrust } from '@strata/runner'
+import type { CID } from 'multiformats/cid'
+import { writerTrust } from '@strata/records'
 import type { BlockSource, CommitOptions, GcReport, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
-import { SOCKET_NAME } from './control.ts'
-import type { LayerJson } from './control.ts'
-import type { DaemonStatus } from './daemon.ts'
+import { SOCKET_NAME, layerOf } from './protocol.ts'
+import type { ErrorJson, FetchJson, LayerJson, LookupJson, StatusJson } from './protocol.ts'
 
 export interface RemoteResolve {
   layer: LayerInfo
   providers: number
   bytes: number
   durationMs: number
-}
-
-function layerOf (j: LayerJson): LayerInfo {
-  return { root: CID.parse(j.root), path: j.path, size: j.size, entries: j.entries, blocks: j.blocks, created: j.created }
 }
 
 /**
@@ -79,7 +74,7 @@ export class DaemonClient implements Store {
           try {
             const out = ndjson ? last : JSON.parse(buf) as Record<string, unknown>
             if (out === undefined) throw new ControlError('ERR_CONTROL', res.statusCode ?? 0, `no answer to ${path}`)
-            const err = out.error as { code?: string, message?: string } | undefined
+            const err = (out as Partial<ErrorJson>).error
             if (err !== undefined || (res.statusCode ?? 500) >= 400) {
               reject(new ControlError(err?.code ?? 'ERR_CONTROL', res.statusCode ?? 0, err?.message ?? `${path} failed`))
               return
@@ -95,18 +90,18 @@ export class DaemonClient implements Store {
     })
   }
 
-  async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus & { dataDir: string }> {
-    return await this.#call('/v1/status', { copies: opts.copies ?? true }, opts) as unknown as DaemonStatus & { dataDir: string }
+  async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<StatusJson> {
+    return await this.#call('/v1/status', { copies: opts.copies ?? true }, opts) as unknown as StatusJson
   }
 
-  async lookup (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<{ layer: string, producer: string, source: string }> {
-    return await this.#call('/v1/lookup', { key, scopes: opts.scopes }, opts) as { layer: string, producer: string, source: string }
+  async lookup (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupJson> {
+    return await this.#call('/v1/lookup', { key, scopes: opts.scopes }, opts) as unknown as LookupJson
   }
 
   /** Looks `key` up in the fleet (in `scopes`, in order; default the daemon's) and fetches its layer into the daemon's store. */
   async resolve (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[], onProgress?: (e: ProgressEvent) => void } = {}): Promise<RemoteResolve> {
-    const out = await this.#call('/v1/resolve', { key, scopes: opts.scopes }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) })
-    return { layer: layerOf(out.layer as LayerJson), providers: out.providers as number, bytes: out.bytes as number, durationMs: out.durationMs as number }
+    const out = await this.#call('/v1/resolve', { key, scopes: opts.scopes }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) }) as unknown as FetchJson
+    return { layer: layerOf(out.layer), providers: out.providers, bytes: out.bytes, durationMs: out.durationMs }
   }
 
   async publish (key: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
@@ -157,8 +152,8 @@ export class DaemonClient implements Store {
 
   /** The daemon restores from the fleet, not from `source` (a source cannot cross the socket). */
   async restore (root: CID, _source: BlockSource, opts: RestoreOptions = {}): Promise<LayerInfo> {
-    const out = await this.#call('/v1/fetch', { root: root.toString() }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) })
-    return layerOf(out.layer as LayerJson)
+    const out = await this.#call('/v1/fetch', { root: root.toString() }, { signal: opts.signal, onLine: (l) => opts.onProgress?.(l as unknown as ProgressEvent) }) as unknown as FetchJson
+    return layerOf(out.layer)
   }
 
   async putRecord (key: string, value: Uint8Array): Promise<void> {

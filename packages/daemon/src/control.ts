@@ -3,19 +3,42 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { chmodSync, rmSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
-import type { LayerInfo } from '@strata/store'
-import { checkScope, MAX_READ_SCOPES } from '@strata/runner'
-import type { Daemon } from './daemon.ts'
+import { checkScope, MAX_READ_SCOPES } from '@strata/records'
+import type { StepRecord } from '@strata/records'
+import type { CommitOptions, GcReport, LayerInfo, ProgressEvent, Store } from '@strata/store'
+import type { GcBudgetInit } from './gc.ts'
+import type { FetchResult } from './layer-fetch.ts'
+import { MAX_REQUEST_BYTES, layerJson } from './protocol.ts'
+import type { DaemonStatus, ErrorJson, FetchJson, LookupJson, StatusJson } from './protocol.ts'
+import type { LookupResult } from './record-service.ts'
 
-/** The control API: HTTP + JSON on a unix socket, for the runner and the CLI on this machine. */
-export const SOCKET_NAME = 'strata.sock'
-/** Largest request body: a record or a path, never block data. */
-export const MAX_REQUEST_BYTES = 1024 * 1024
+/** What the control API needs from the daemon. */
+export interface ControlComponents {
+  dataDir: string
+  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord'>
+  /** The size budget, when the daemon has one: `/v1/gc`'s default sizes. */
+  budget: GcBudgetInit | undefined
+  status(opts: { signal?: AbortSignal, copies?: boolean }): Promise<DaemonStatus>
+  lookup(key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] }): Promise<LookupResult>
+  resolve(key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[], onProgress?: (e: ProgressEvent) => void }): Promise<FetchResult & { recordSource: string }>
+  fetchLayer(root: CID, opts: { signal?: AbortSignal, onProgress?: (e: ProgressEvent) => void }): Promise<FetchResult>
+  publish(key: CID, opts: { signal?: AbortSignal, scope?: string }): Promise<StepRecord>
+  commit(dir: string, opts: CommitOptions): Promise<LayerInfo>
+  removeLayer(root: CID, opts: { signal?: AbortSignal }): Promise<void>
+  gc(opts: { maxSize: number, hardLimit?: number | undefined, dryRun?: boolean, signal?: AbortSignal }): Promise<GcReport>
+  putRecord(key: string, value: Uint8Array): Promise<void>
+  /** Counts a lookup outcome the runner reports. */
+  countHit(source: 'local' | 'peer' | 'miss'): void
+}
 
-export interface LayerJson { root: string, path: string, size: number, entries: number, blocks: number, created: number }
-
-export function layerJson (l: LayerInfo): LayerJson {
-  return { root: l.root.toString(), path: l.path, size: l.size, entries: l.entries, blocks: l.blocks, created: l.created }
+/** The HTTP status of a failed request, by the error's code; anything else is a 500. */
+const STATUS_OF: Readonly<Record<string, number>> = {
+  ERR_BAD_REQUEST: 400,
+  ERR_NOT_FOUND: 404,
+  ERR_RECORD_NOT_FOUND: 404,
+  ERR_NO_PROVIDERS: 404,
+  ERR_LAYER_NOT_FOUND: 404,
+  ERR_BLOCK_NOT_FOUND: 404
 }
 
 class BadRequestError extends Error {
@@ -39,7 +62,6 @@ const cid = (body: Body, name: string): CID => {
   }
 }
 
-/** Writes NDJSON: progress lines while `work` runs, then its result or error as the last line. */
 /** An optional list of scopes (`scopes`), each checked; undefined when absent. */
 function scopes (body: Record<string, unknown>): string[] | undefined {
   const v = body.scopes
@@ -52,7 +74,13 @@ function scopes (body: Record<string, unknown>): string[] | undefined {
   }
 }
 
-async function streamed (res: ServerResponse, work: (progress: (e: unknown) => void) => Promise<unknown>): Promise<undefined> {
+/** Writes NDJSON: progress lines while `work` runs, then its result or error as the last line. */
+function errorJson (err: unknown): ErrorJson {
+  const e = err as Error & { code?: string }
+  return { error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } }
+}
+
+async function streamed (res: ServerResponse, work: (progress: (e: unknown) => void) => Promise<FetchJson>): Promise<undefined> {
   res.writeHead(200, { 'content-type': 'application/x-ndjson' })
   let last = 0
   const progress = (e: unknown): void => {
@@ -65,17 +93,16 @@ async function streamed (res: ServerResponse, work: (progress: (e: unknown) => v
     const result = await work(progress)
     res.end(JSON.stringify({ type: 'done', ...(result as object) }) + '\n')
   } catch (err) {
-    const e = err as Error & { code?: string }
-    res.end(JSON.stringify({ type: 'error', error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } }) + '\n')
+    res.end(JSON.stringify({ type: 'error', ...errorJson(err) }) + '\n')
   }
   return undefined
 }
 
-export function routes (daemon: Daemon): Map<string, Handler> {
+export function routes (daemon: ControlComponents): Map<string, Handler> {
   const store = daemon.store
   const r = new Map<string, Handler>()
-  r.set('/v1/status', async (b, _res, signal) => ({ ...await daemon.status({ signal, copies: b.copies !== false }), dataDir: daemon.dataDir }))
-  r.set('/v1/lookup', async (b, _res, signal) => {
+  r.set('/v1/status', async (b, _res, signal): Promise<StatusJson> => ({ ...await daemon.status({ signal, copies: b.copies !== false }), dataDir: daemon.dataDir }))
+  r.set('/v1/lookup', async (b, _res, signal): Promise<LookupJson> => {
     const found = await daemon.lookup(cid(b, 'key'), { signal, scopes: scopes(b) })
     return { layer: found.record.layer.toString(), producer: found.record.producer, envelope: Buffer.from(found.envelope).toString('base64'), source: found.source }
   })
@@ -94,7 +121,7 @@ export function routes (daemon: Daemon): Map<string, Handler> {
   r.set('/v1/event', async (b) => {
     const source = str(b, 'source')
     if (source !== 'local' && source !== 'peer' && source !== 'miss') throw new BadRequestError('"source" must be local, peer or miss')
-    daemon.metrics.hits.inc({ source })
+    daemon.countHit(source)
     return {}
   })
   r.set('/v1/store/commit', async (b, _res, signal) => layerJson(await daemon.commit(str(b, 'dir'), { keepSource: b.keepSource === true, signal })))
@@ -114,9 +141,9 @@ export function routes (daemon: Daemon): Map<string, Handler> {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new BadRequestError(`"${name}" must be a whole number of bytes`)
       return v
     }
-    const maxSize = size('maxSize') ?? daemon.budget?.init.maxSize
+    const maxSize = size('maxSize') ?? daemon.budget?.maxSize
     if (maxSize === undefined) throw new BadRequestError('"maxSize" is required: this daemon has no size budget')
-    const hardLimit = size('hardLimit') ?? (b.maxSize === undefined ? daemon.budget?.init.hardLimit : undefined)
+    const hardLimit = size('hardLimit') ?? (b.maxSize === undefined ? daemon.budget?.hardLimit : undefined)
     try {
       return await daemon.gc({ maxSize, hardLimit, dryRun: b.dryRun === true, signal })
     } catch (err) {
@@ -155,7 +182,7 @@ async function readBody (req: IncomingMessage): Promise<Body> {
 }
 
 /** Listens on `socketPath` (mode 0600: only root talks to the daemon). */
-export async function startControl (daemon: Daemon, socketPath: string, log: Logger): Promise<Server> {
+export async function startControl (daemon: ControlComponents, socketPath: string, log: Logger): Promise<Server> {
   const table = routes(daemon)
   const server = createServer((req, res) => {
     const ac = new AbortController()
@@ -164,17 +191,17 @@ export async function startControl (daemon: Daemon, socketPath: string, log: Log
       try {
         const handler = table.get(req.url ?? '')
         if (req.method !== 'POST' || handler === undefined) {
-          res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'ERR_NOT_FOUND', message: `no ${req.method ?? ''} ${req.url ?? ''}` } }))
+          const body: ErrorJson = { error: { code: 'ERR_NOT_FOUND', message: `no ${req.method ?? ''} ${req.url ?? ''}` } }
+          res.writeHead(STATUS_OF.ERR_NOT_FOUND!, { 'content-type': 'application/json' }).end(JSON.stringify(body))
           return
         }
         const result = await handler(await readBody(req), res, ac.signal)
         if (result !== undefined) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(result))
       } catch (err) {
-        const e = err as Error & { code?: string }
-        const status = err instanceof BadRequestError ? 400 : /NOT_FOUND|NO_PROVIDERS/.test(e.code ?? '') ? 404 : 500
+        const body = errorJson(err)
         log.debug({ err, url: req.url }, 'control request failed')
-        if (!res.headersSent) res.writeHead(status, { 'content-type': 'application/json' })
-        res.end(JSON.stringify({ error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } }))
+        if (!res.headersSent) res.writeHead(STATUS_OF[body.error.code] ?? 500, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(body))
       }
     })()
   })

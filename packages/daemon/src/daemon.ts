@@ -1,141 +1,43 @@
-import { createHash } from 'node:crypto'
-import { rmSync, statSync } from 'node:fs'
-import { createServer } from 'node:http'
-import { resolve } from 'node:path'
+import { rmSync } from 'node:fs'
 import type { Server } from 'node:http'
-import type { PeerId, Stream } from '@libp2p/interface'
-import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
-import { lpStream } from '@libp2p/utils'
-import { CID } from 'multiformats/cid'
+import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
-import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
-import { checkEpoch, checkScope, DEFAULT_SCOPE, MAX_READ_SCOPES, RecordInvalidError } from '@strata/runner'
-import type { RecordRejectReason, StepRecord } from '@strata/runner'
-import { SOCKET_NAME, startControl } from './control.ts'
-import { GcBudget } from './gc.ts'
-import type { GcBudgetInit } from './gc.ts'
-import { DaemonConfigError, NoProvidersError, RecordNotFoundError } from './errors.ts'
+import type { CommitOptions, GcReport, LayerInfo, LocalStore, Store } from '@strata/store'
+import { TrustPolicy } from '@strata/records'
+import type { RecordRejectReason, StepRecord } from '@strata/records'
+import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
+import type { DaemonConfig, DaemonInit } from './config.ts'
+import { startControl } from './control.ts'
+import type { ControlComponents } from './control.ts'
+import { DaemonConfigError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
-import type { PeerBlockSource } from './exchange.ts'
-import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
-import { DaemonMetrics } from './metrics.ts'
+import { GcBudget } from './gc.ts'
+import { LayerFetch } from './layer-fetch.ts'
+import type { FetchOptions, FetchResult } from './layer-fetch.ts'
+import { DaemonMetrics, serveMetrics } from './metrics.ts'
 import { createNode, loadPrivateKey } from './node.ts'
 import type { StrataNode } from './node.ts'
-import {
-  FETCHING_TOPIC, MAX_RECORD_SIZE, MAX_REQUEST_SIZE, RECORD_PREFIX, RECORDS_PROTOCOL, RECORDS_TOPIC, TrustPolicy, claimedKey, decodeRecordRequest,
-  encodeRecordRequest, recordKey, verifyEnvelope
-} from './records.ts'
-import { peerIdOf, readPeerList, readPsk, writerOf } from './trust.ts'
+import type { DaemonStatus, LayerStatus } from './protocol.ts'
+import { ProviderSearch } from './providers.ts'
+import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
+import { RecordService } from './record-service.ts'
+import type { LookupResult } from './record-service.ts'
+import { FETCHING_TOPIC, RECORDS_TOPIC } from './records.ts'
+import { Replication, parsePeerId } from './replication.ts'
 
-/**
- * The index's LevelDB write buffer in a daemon's store: a restore writes its manifest
- * (~50 MB for the benchmark tree) into the index while blocks arrive, and LevelDB's
- * default 4 MiB turned that into ~24 level-0 tables and compactions rewriting them.
- */
-export const INDEX_WRITE_BUFFER_BYTES = 16 * 1024 * 1024
-
-export interface DaemonInit {
-  /** Where the store, the identity key and the control socket live. */
-  dataDir: string
-  /** Multiaddrs to listen on. Default `/ip4/0.0.0.0/tcp/7401`. */
-  listen?: string[]
-  /** Multiaddrs (with `/p2p/<peer id>`) to join the fleet through. Default none. */
-  bootstrap?: string[]
-  /** Find peers on the LAN by mDNS. Default false. */
-  mdns?: boolean
-  /** Peers (besides the producer) that pull each new layer. Default 2. */
-  replicas?: number
-  /**
-   * Whose records are accepted: peer ids (or ed25519 public keys, 64 hex digits),
-   * each optionally `@GLOB` to trust it only in the scopes GLOB matches (`ID@pr/*`).
-   * Default: anyone whose signature checks out. This node is always trusted.
-   */
-  trustedWriters?: string[]
-  /** A file of trusted writers, one a line (`#` comments), added to `trustedWriters`. */
-  trustedWritersFile?: string
-  /** Records written in an earlier trust epoch are refused. Default 0. */
-  epoch?: number
-  /** Scopes a lookup uses when the caller names none, in order. Default `['default']`. */
-  readScopes?: string[]
-  /** Peer ids allowed to connect at all (connection gater, after the handshake); default: any. */
-  allowPeers?: string[]
-  /** A file of allowed peer ids, one a line (`#` comments), added to `allowPeers`. */
-  allowPeersFile?: string
-  /** A libp2p private network key (swarm.key format): only peers with the same key can connect. Default none. */
-  pskFile?: string
-  /** Refuse to start without `pskFile`. Default false. */
-  requirePsk?: boolean
-  /** How long a provider search (DHT) may take. Default 5 000 ms. */
-  providerTimeoutMs?: number
-  /** Once one provider of a layer is known, how much longer to wait for others. Default 300 ms. */
-  providerGraceMs?: number
-  /** Providers asked for one layer at most. Default 16. */
-  maxProviders?: number
-  exchange?: ExchangeInit
-  logger?: Logger
-  /** Control socket path, or false for none. Default `<dataDir>/strata.sock`. */
-  socket?: string | false
-  /** `host:port` for the Prometheus text endpoint (GET /metrics). Default: none. */
-  metricsListen?: string
-  /** Keep the store within a size budget (LRU, leases, fleet copies; see doc/STORE.md). Default: no budget. */
-  gc?: GcBudgetInit
-  /** An already open store (the daemon then does not close it). Default: the store in `dataDir`, opened without waiting. */
-  store?: Store & LocalStore
-}
-
-export interface LookupResult {
-  record: StepRecord
-  /** The signed envelope, as the producer signed it. */
-  envelope: Uint8Array
-  source: 'local' | 'gossip' | 'dht'
-}
-
-export interface FetchResult {
-  layer: LayerInfo
-  /** Providers that sent at least one block (0 when the layer was already here). */
-  providers: number
-  /** Bytes of blocks that came from peers. */
-  bytes: number
-  durationMs: number
-}
+export type { DaemonInit } from './config.ts'
+export type { DaemonStatus, LayerStatus } from './protocol.ts'
+export type { LookupResult } from './record-service.ts'
+export type { FetchOptions, FetchResult } from './layer-fetch.ts'
 
 export interface ResolveResult extends FetchResult {
   record: StepRecord
   envelope: Uint8Array
   recordSource: LookupResult['source']
-}
-
-export interface LayerStatus {
-  root: string
-  size: number
-  entries: number
-  /** Peers the DHT knows to hold it, this one included. */
-  copies: number
-}
-
-export interface DaemonStatus {
-  peerId: string
-  addresses: string[]
-  peers: string[]
-  banned: string[]
-  layers: LayerStatus[]
-  counters: ExchangeCounters & { recordsLearned: number, recordsRejected: number, replicated: number }
-  /** Records refused, by reason. */
-  recordsRejected: Partial<Record<RecordRejectReason, number>>
-  trustedWriters: string[] | null
-  epoch: number
-  readScopes: string[]
-  privateNetwork: boolean
-}
-
-export interface FetchOptions {
-  signal?: AbortSignal
-  /** Peers believed to hold the layer, asked besides the DHT's providers. */
-  hints?: readonly PeerId[]
-  onProgress?: (event: ProgressEvent) => void
 }
 
 /** A strata node: the store, a libp2p host, the block exchange, records and replication. */
@@ -148,51 +50,81 @@ export class Daemon {
   readonly metrics: DaemonMetrics
   /** The store's size budget, when one was given. */
   readonly budget: GcBudget | undefined
-  readonly #log: Logger
-  readonly #ownsStore: boolean
-  readonly #replicas: number
-  readonly #providerTimeoutMs: number
-  readonly #maxProviders: number
-  readonly #providerGraceMs: number
-  readonly #bootstrap: string[]
-  readonly #tasks = new Set<Promise<unknown>>()
-  readonly #stopping = new AbortController()
-  readonly #replicating = new Set<string>()
   readonly counters = { recordsLearned: 0, recordsRejected: 0, replicated: 0 }
   /** Records refused, by reason (the metric's labels). */
   readonly rejected: Partial<Record<RecordRejectReason, number>> = {}
   readonly readScopes: string[]
   readonly privateNetwork: boolean
+  readonly #config: DaemonConfig
+  readonly #log: Logger
+  readonly #ownsStore: boolean
+  readonly #records: RecordService
+  readonly #layers: LayerFetch
+  readonly #replication: Replication
+  readonly #search: ProvidersComponents
+  readonly #tasks = new Set<Promise<unknown>>()
+  readonly #stopping = new AbortController()
   #started = false
-  readonly #socket: string | false
-  readonly #metricsListen: string | undefined
   #control: Server | undefined
   #metricsServer: Server | undefined
 
-  constructor (init: DaemonInit, store: Store & LocalStore, ownsStore: boolean, node: StrataNode, log: Logger) {
-    this.dataDir = init.dataDir
+  constructor (config: DaemonConfig, store: Store & LocalStore, ownsStore: boolean, node: StrataNode, log: Logger) {
+    this.#config = config
+    this.dataDir = config.dataDir
     this.store = store
     this.node = node
     this.#log = log
     this.#ownsStore = ownsStore
-    this.#replicas = init.replicas ?? 2
-    this.#providerTimeoutMs = init.providerTimeoutMs ?? 5000
-    this.#maxProviders = init.maxProviders ?? 16
-    this.#providerGraceMs = init.providerGraceMs ?? 300
-    this.#bootstrap = init.bootstrap ?? []
-    this.#socket = init.socket ?? `${init.dataDir}/${SOCKET_NAME}`
-    this.#metricsListen = init.metricsListen
-    this.trust = new TrustPolicy(node.peerId.toString(), init.trustedWriters, init.epoch ?? 0)
-    this.readScopes = init.readScopes ?? [DEFAULT_SCOPE]
-    this.privateNetwork = init.pskFile !== undefined
+    this.trust = new TrustPolicy(node.peerId.toString(), config.trustedWriters, config.epoch)
+    this.readScopes = config.readScopes
+    this.privateNetwork = config.psk !== undefined
+    this.#search = { peerId: node.peerId, contentRouting: node.contentRouting, peerStore: node.peerStore, logger: log }
     this.exchange = new BlockExchange({
       store,
       registrar: { handle: async (p, h, o) => { await node.handle(p, h, o) }, unhandle: async (p) => { await node.unhandle(p) } },
       dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
       logger: log
-    }, init.exchange)
-    this.metrics = new DaemonMetrics(this)
-    this.budget = init.gc !== undefined ? new GcBudget({ collect: async (o) => await this.gc(o), logger: log }, init.gc) : undefined
+    }, config.exchange)
+    this.metrics = new DaemonMetrics({
+      exchange: this.exchange.counters,
+      rejected: this.rejected,
+      replicated: () => this.counters.replicated,
+      peers: () => node.getPeers().length
+    })
+    this.budget = config.gc !== undefined ? new GcBudget({ collect: async (o) => await this.gc(o), logger: log }, config.gc) : undefined
+    const publish = async (topic: string, data: Uint8Array): Promise<unknown> => await node.services.pubsub.publish(topic, data)
+    const providers = (cid: CID, o: Omit<ProviderSearchOptions, 'timeoutMs' | 'stop'>): ProviderSearch => this.#providers(cid, o)
+    this.#layers = new LayerFetch({
+      peerId: node.peerId,
+      store,
+      exchange: this.exchange,
+      publish,
+      providers,
+      provide: (cid) => { this.#background(this.#provide(cid)) },
+      unprovide: (cid) => { this.#background(node.contentRouting.cancelReprovide(cid, { signal: this.#signal(undefined, 5000) })) },
+      signal: (s) => this.#signal(s),
+      timeFetch: () => this.metrics.fetchDuration.startTimer(),
+      fetched: () => { this.budget?.check() },
+      logger: log
+    }, { maxProviders: config.maxProviders })
+    this.#replication = new Replication({
+      peerId: node.peerId,
+      subscribers: (topic) => node.services.pubsub.getSubscribers(topic),
+      store,
+      fetch: async (root, o) => await this.fetchLayer(root, o),
+      background: (task) => { this.#background(task) },
+      logger: log
+    }, { replicas: config.replicas, counters: this.counters })
+    this.#records = new RecordService({
+      store,
+      handle: async (protocol, handler, o) => { await node.handle(protocol, handler, o) },
+      dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
+      publish,
+      providers,
+      provide: (cid, signal) => { this.#background(this.#provide(cid, signal)) },
+      learned: (record) => { this.#replication.announced(record) },
+      logger: log
+    }, { trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
   }
 
   get peerId (): string {
@@ -207,26 +139,26 @@ export class Daemon {
     if (this.#started) return
     await this.node.start()
     await this.exchange.start()
-    await this.node.handle(RECORDS_PROTOCOL, (stream) => { void this.#serveRecord(stream) }, { maxInboundStreams: 8 })
+    await this.#records.start()
     const pubsub = this.node.services.pubsub
     pubsub.addEventListener('message', (evt) => {
       const msg = evt.detail
-      if (msg.topic === FETCHING_TOPIC && msg.type === 'signed') this.#onFetching(msg.from, msg.data)
+      if (msg.topic === FETCHING_TOPIC && msg.type === 'signed') this.#layers.announced(msg.from, msg.data)
       if (msg.topic !== RECORDS_TOPIC) return
-      void this.#onAnnouncement(msg.data).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
+      void this.#records.announced(msg.data).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
     })
     pubsub.subscribe(RECORDS_TOPIC)
     pubsub.subscribe(FETCHING_TOPIC)
     this.#started = true
     try {
-      if (this.#socket !== false) this.#control = await startControl(this, this.#socket, this.#log)
-      if (this.#metricsListen !== undefined) this.#metricsServer = await this.#serveMetrics(this.#metricsListen)
+      if (this.#config.socket !== false) this.#control = await startControl(this.#controlComponents(), this.#config.socket, this.#log)
+      if (this.#config.metricsListen !== undefined) this.#metricsServer = await serveMetrics(this.metrics, this.#config.metricsListen, this.#log)
     } catch (err) {
       await this.stop()
       throw err instanceof DaemonConfigError ? err : new DaemonConfigError(`cannot listen: ${(err as Error).message}`, { cause: err })
     }
     // Bootstrap discovery dials eventually; dialing now makes a fresh node useful at once.
-    for (const addr of this.#bootstrap) {
+    for (const addr of this.#config.bootstrap) {
       this.#background(this.node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) }).then(() => {}))
     }
     this.budget?.start()
@@ -244,7 +176,7 @@ export class Daemon {
       server.closeAllConnections()
       await new Promise((resolve) => server.close(resolve))
     }
-    if (this.#socket !== false) rmSync(this.#socket, { force: true })
+    if (this.#config.socket !== false) rmSync(this.#config.socket, { force: true })
     await Promise.allSettled([...this.#tasks])
     await this.exchange.stop()
     await this.node.stop()
@@ -257,26 +189,22 @@ export class Daemon {
     return typeof a === 'object' && a !== null ? a.port : undefined
   }
 
-  async #serveMetrics (listen: string): Promise<Server> {
-    const i = listen.lastIndexOf(':')
-    const host = listen.slice(0, i)
-    const port = Number(listen.slice(i + 1))
-    if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new DaemonConfigError(`--metrics-listen wants HOST:PORT, got ${JSON.stringify(listen)}`)
-    const server = createServer((req, res) => {
-      if (req.url !== '/metrics') {
-        res.writeHead(404).end()
-        return
-      }
-      this.metrics.text().then((text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text), (err: unknown) => {
-        this.#log.warn({ err }, 'metrics failed')
-        res.writeHead(500).end()
-      })
-    })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, host.replace(/^\[|\]$/g, ''), () => resolve())
-    })
-    return server
+  #controlComponents (): ControlComponents {
+    return {
+      dataDir: this.dataDir,
+      store: this.store,
+      budget: this.budget?.init,
+      status: async (o) => await this.status(o),
+      lookup: async (key, o) => await this.lookup(key, o),
+      resolve: async (key, o) => await this.resolve(key, o),
+      fetchLayer: async (root, o) => await this.fetchLayer(root, o),
+      publish: async (key, o) => await this.publish(key, o),
+      commit: async (dir, o) => await this.commit(dir, o),
+      removeLayer: async (root, o) => { await this.removeLayer(root, o) },
+      gc: async (o) => await this.gc(o),
+      putRecord: async (key, value) => { await this.putRecord(key, value) },
+      countHit: (source) => { this.metrics.hits.inc({ source }) }
+    }
   }
 
   #background (p: Promise<unknown>): void {
@@ -292,331 +220,50 @@ export class Daemon {
     return AbortSignal.any(list)
   }
 
-  // ---- records ----
-
-  /** Counts and logs a refused record: every refusal is a miss with its reason. */
-  #rejected (err: RecordInvalidError, context: Record<string, unknown>, msg: string): void {
-    this.counters.recordsRejected++
-    this.rejected[err.reason] = (this.rejected[err.reason] ?? 0) + 1
-    this.#log.warn({ err, reason: err.reason, ...context }, msg)
-  }
-
-  /**
-   * Looks a key up in `scopes` (default the daemon's read scopes), most preferred
-   * first. The local store (records learned by gossip are stored there too) is
-   * read first; unless it holds a record in the first scope, the DHT providers of
-   * the key are asked for the scopes before the best local one. A record in the
-   * first scope ends the search; once any usable record is known (here or from a
-   * provider) the search ends `providerGraceMs` later; the best record found wins.
-   */
-  async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
-    const scopes = opts.scopes ?? this.readScopes
-    let rejected: string | undefined
-    let best: (LookupResult & { rank: number }) | undefined
-    for (const [rank, scope] of scopes.entries()) {
-      const local = await this.store.getRecord(recordKey(key, scope))
-      if (local === undefined) continue
-      try {
-        const record = verifyEnvelope(local, this.trust.reading([scope]), key)
-        best = { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local', rank }
-        break
-      } catch (err) {
-        if (!(err instanceof RecordInvalidError)) throw err
-        rejected = err.message
-        this.#rejected(err, { key: key.toString(), scope }, 'ignoring a stored record')
-      }
-    }
-    const result = (b: LookupResult & { rank: number }): LookupResult => ({ record: b.record, envelope: b.envelope, source: b.source })
-    if (best?.rank === 0) return result(best)
-    const wanted = scopes.slice(0, best?.rank ?? scopes.length)
-    const enough = new AbortController()
-    let grace: NodeJS.Timeout | undefined
-    const signal = AbortSignal.any([this.#signal(opts.signal, this.#providerTimeoutMs), enough.signal])
-    const startGrace = (): void => { grace ??= setTimeout(() => enough.abort(new Error('a usable record is known')), this.#providerGraceMs) }
-    // With a record here already, a better scope elsewhere is worth a short wait only.
-    if (best !== undefined) startGrace()
-    let asked = 0
-    try {
-      for await (const provider of this.#providers(key, signal)) {
-        if (asked++ >= this.#maxProviders) break
-        let answers: Uint8Array[]
-        try {
-          answers = await this.#askRecord(provider, key, wanted, signal)
-        } catch (err) {
-          this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
-          continue
-        }
-        for (const [rank, bytes] of answers.entries()) {
-          const scope = wanted[rank]!
-          if (bytes.length === 0 || (best !== undefined && best.rank <= rank)) continue
-          try {
-            const record = verifyEnvelope(bytes, this.trust.reading([scope]), key)
-            await this.store.putRecord(recordKey(key, scope), bytes)
-            best = { record, envelope: bytes, source: 'dht', rank }
-          } catch (err) {
-            if (!(err instanceof RecordInvalidError)) throw err
-            rejected = err.message
-            this.#rejected(err, { key: key.toString(), scope, peer: provider.toString() }, 'ignoring a record from a peer')
-          }
-        }
-        if (best?.rank === 0) break
-        if (best !== undefined) startGrace()
-      }
-    } catch (err) {
-      if (opts.signal?.aborted === true) throw err
-      this.#log.debug({ err, key: key.toString() }, 'provider search ended')
-    } finally {
-      clearTimeout(grace)
-    }
-    if (best !== undefined) return result(best)
-    throw new RecordNotFoundError(key.toString(), rejected ?? (asked === 0 ? 'no peer provides it' : `none of ${asked} providers had a usable one`))
-  }
-
-  readonly #gossiped = new Set<string>()
-
-  async #onAnnouncement (data: Uint8Array): Promise<void> {
-    if (data.length > MAX_RECORD_SIZE) return
-    let record: StepRecord
-    try {
-      // Any scope: the scope is checked when a lookup reads the record.
-      record = verifyEnvelope(data, this.trust)
-    } catch (err) {
-      if (!(err instanceof RecordInvalidError)) throw err
-      this.#rejected(err, {}, 'ignoring an announced record')
-      return
-    }
-    const k = record.key.toString()
-    const slot = recordKey(k, record.scope)
-    const held = await this.store.getRecord(slot)
-    if (held === undefined || !this.#verifies(held, record.key, record.scope)) await this.store.putRecord(slot, data)
-    this.#gossiped.add(k)
-    // Only a hint for lookup's `source`: keep the newest keys, not all of them.
-    if (this.#gossiped.size > 100_000) this.#gossiped.delete(this.#gossiped.values().next().value!)
-    this.counters.recordsLearned++
-    this.#log.debug({ key: k, layer: record.layer.toString(), producer: record.producer }, 'record learned by gossip')
-    this.#maybeReplicate(record)
-  }
-
-  #verifies (bytes: Uint8Array, key: CID, scope: string): boolean {
-    try {
-      verifyEnvelope(bytes, this.trust.reading([scope]), key)
-      return true
-    } catch {
-      return false
-    }
-  }
-
-  /** Signs nothing: announces a record the runner already signed and stored, and provides its key and layer. */
-  async publish (key: CID, opts: { signal?: AbortSignal, scope?: string } = {}): Promise<StepRecord> {
-    const scope = opts.scope ?? DEFAULT_SCOPE
-    const bytes = await this.store.getRecord(recordKey(key, scope))
-    if (bytes === undefined) throw new RecordNotFoundError(key.toString(), `not in the local store in scope ${scope}`)
-    const record = verifyEnvelope(bytes, this.trust.reading([scope]), key)
-    await this.node.services.pubsub.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
-    this.#background(this.#provide(key, opts.signal))
-    if (await this.store.has(record.layer)) this.#background(this.#provide(record.layer, opts.signal))
-    return record
+  #providers (cid: CID, opts: Omit<ProviderSearchOptions, 'timeoutMs' | 'stop'> & { timeoutMs?: number }): ProviderSearch {
+    return new ProviderSearch(this.#search, cid, {
+      graceMs: this.#config.providerGraceMs,
+      ...opts,
+      timeoutMs: opts.timeoutMs ?? this.#config.providerTimeoutMs,
+      stop: this.#stopping.signal
+    })
   }
 
   async #provide (cid: CID, signal?: AbortSignal): Promise<void> {
     await this.node.contentRouting.provide(cid, { signal: this.#signal(signal, 30_000) })
   }
 
-  async * #providers (cid: CID, signal: AbortSignal): AsyncGenerator<PeerId> {
-    const self = this.peerId
-    const seen = new Set<string>()
-    for await (const p of this.node.contentRouting.findProviders(cid, { signal })) {
-      const k = p.id.toString()
-      if (k === self || seen.has(k)) continue
-      seen.add(k)
-      if (p.multiaddrs.length > 0) await this.node.peerStore.merge(p.id, { multiaddrs: p.multiaddrs }).catch(() => {})
-      yield p.id
-    }
+  // ---- records and layers ----
+
+  /** Looks a key up in `scopes` (default the read scopes): the local store, then the DHT providers of the key (see RecordService). */
+  async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
+    return await this.#records.lookup(key, opts)
   }
 
-  /** The peer's envelopes for `key` in each of `scopes` (empty where it has none). */
-  async #askRecord (peer: PeerId, key: CID, scopes: readonly string[], signal: AbortSignal): Promise<Uint8Array[]> {
-    const stream = await this.node.dialProtocol(peer, RECORDS_PROTOCOL, { signal })
-    try {
-      const lp = lpStream(stream, { maxDataLength: MAX_RECORD_SIZE })
-      await lp.write(encodeRecordRequest({ key, scopes: [...scopes] }), { signal })
-      const answers: Uint8Array[] = []
-      for (let i = 0; i < scopes.length; i++) answers.push((await lp.read({ signal })).subarray())
-      await stream.close({ signal }).catch(() => {})
-      return answers
-    } catch (err) {
-      stream.abort(err as Error)
-      throw err
-    }
+  /** Signs nothing: announces a record the runner already signed and stored, and provides its key and layer. */
+  async publish (key: CID, opts: { signal?: AbortSignal, scope?: string } = {}): Promise<StepRecord> {
+    return await this.#records.publish(key, opts)
   }
 
-  async #serveRecord (stream: Stream): Promise<void> {
-    try {
-      const signal = AbortSignal.timeout(10_000)
-      // One request of at most 4 KiB: buffering more of what a peer sends is a flood.
-      const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_SIZE, maxBufferSize: 16 * MAX_REQUEST_SIZE })
-      const req = decodeRecordRequest((await lp.read({ signal })).subarray())
-      for (const scope of req.scopes) {
-        const bytes = await this.store.getRecord(recordKey(req.key, scope))
-        await lp.write(bytes ?? new Uint8Array(0), { signal })
-      }
-      await stream.close({ signal })
-    } catch (err) {
-      this.#log.debug({ err }, 'record stream aborted')
-      stream.abort(err as Error)
-    }
+  /** Stores a record; the runner's signed records are announced and provided at once. */
+  async putRecord (key: string, value: Uint8Array): Promise<void> {
+    await this.#records.put(key, value)
   }
-
-  // ---- layers ----
-
-  readonly #inflight = new Map<string, Promise<FetchResult>>()
 
   /** Restores a layer from the fleet: every provider is asked, local blocks are taken locally. One fetch per layer at a time. */
   async fetchLayer (root: CID, opts: FetchOptions = {}): Promise<FetchResult> {
-    const key = root.toString()
-    const running = this.#inflight.get(key)
-    if (running !== undefined) return await running
-    const p = this.#fetchLayer(root, opts)
-    this.#inflight.set(key, p)
-    try {
-      return await p
-    } finally {
-      this.#inflight.delete(key)
-    }
-  }
-
-  async #fetchLayer (root: CID, opts: FetchOptions): Promise<FetchResult> {
-    const t0 = performance.now()
-    const have = await this.store.getLayer(root)
-    if (have !== undefined) return { layer: have, providers: 0, bytes: 0, durationMs: performance.now() - t0 }
-    const providers: PeerId[] = []
-    const seen = new Set<string>([this.peerId])
-    for (const h of opts.hints ?? []) {
-      if (seen.has(h.toString()) || this.exchange.isBanned(h)) continue
-      seen.add(h.toString())
-      providers.push(h)
-    }
-    // A DHT query runs until its own timeout; once someone is known to hold the
-    // layer, the others that answer within a short grace are enough.
-    const enough = new AbortController()
-    let grace: NodeJS.Timeout | undefined
-    const startGrace = (): void => { grace ??= setTimeout(() => enough.abort(new Error('enough providers')), this.#providerGraceMs) }
-    if (providers.length > 0) startGrace()
-    try {
-      for await (const p of this.#providers(root, AbortSignal.any([this.#signal(opts.signal, this.#providerTimeoutMs), enough.signal]))) {
-        if (seen.has(p.toString()) || this.exchange.isBanned(p)) continue
-        seen.add(p.toString())
-        providers.push(p)
-        startGrace()
-        if (providers.length >= this.#maxProviders) break
-      }
-    } catch (err) {
-      if (opts.signal?.aborted === true) throw err
-      this.#log.debug({ err, layer: root.toString() }, 'provider search ended')
-    } finally {
-      clearTimeout(grace)
-    }
-    if (providers.length === 0) throw new NoProvidersError(root.toString())
-    const source = this.exchange.source(providers, { self: this.node.peerId })
-    const key = root.toString()
-    this.#fetching.set(key, source)
-    // Peers fetching the same layer split it and serve each other what has landed:
-    // those that announced it lately, and those that will (they hear us announce).
-    for (const peer of this.#fetchers.get(key)?.values() ?? []) if (!this.exchange.isBanned(peer)) source.addProvider(peer)
-    this.#announceFetch(root)
-    // Later fetchers find this node on the DHT while the layer is still coming.
-    this.#background(this.#provide(root))
-    const end = this.metrics.fetchDuration.startTimer()
-    let fetched = false
-    try {
-      const layer = await this.store.restore(root, source, { untrusted: true, signal: this.#signal(opts.signal), onProgress: opts.onProgress })
-      fetched = true
-      end()
-      this.budget?.check()
-      this.#background(this.#provide(root))
-      this.#log.info({ layer: root.toString(), providers: source.stats.providersUsed, bytes: source.stats.bytes }, 'layer fetched from peers')
-      return { layer, providers: source.stats.providersUsed, bytes: source.stats.bytes, durationMs: performance.now() - t0 }
-    } finally {
-      this.#fetching.delete(key)
-      source.close()
-      this.#log.debug({ layer: key, providers: source.providerStats }, 'fetch ended')
-      if (!fetched) this.#background(this.node.contentRouting.cancelReprovide(root, { signal: this.#signal(undefined, 5000) }))
-    }
-  }
-
-  readonly #fetching = new Map<string, PeerBlockSource>()
-  /** Peers that announced a fetch lately, per layer (bounded: the newest layers, the newest peers). */
-  readonly #fetchers = new Map<string, Map<string, PeerId>>()
-  readonly #announced = new Map<string, number>()
-
-  #announceFetch (root: CID): void {
-    const key = root.toString()
-    const last = this.#announced.get(key) ?? 0
-    if (Date.now() - last < 1000) return
-    this.#announced.set(key, Date.now())
-    if (this.#announced.size > 1000) this.#announced.delete(this.#announced.keys().next().value!)
-    this.node.services.pubsub.publish(FETCHING_TOPIC, root.bytes).catch((err: unknown) => this.#log.debug({ err }, 'fetch announcement not sent'))
-  }
-
-  #onFetching (from: PeerId, data: Uint8Array): void {
-    if (data.length > 128) return
-    let root: CID
-    try {
-      root = CID.decode(data)
-    } catch {
-      return
-    }
-    const key = root.toString()
-    let peers = this.#fetchers.get(key)
-    if (peers === undefined) {
-      peers = new Map()
-      this.#fetchers.set(key, peers)
-      if (this.#fetchers.size > 64) this.#fetchers.delete(this.#fetchers.keys().next().value!)
-    }
-    peers.delete(from.toString())
-    peers.set(from.toString(), from)
-    if (peers.size > 64) peers.delete(peers.keys().next().value!)
-    const source = this.#fetching.get(key)
-    if (source === undefined || this.exchange.isBanned(from)) return
-    source.addProvider(from)
-    // The newcomer learns about us in turn.
-    this.#announceFetch(root)
+    return await this.#layers.fetch(root, opts)
   }
 
   /** Lookup, then fetch: what the runner asks for on a local miss. */
   async resolve (key: CID, opts: FetchOptions & { scopes?: readonly string[] } = {}): Promise<ResolveResult> {
     const t0 = performance.now()
     const found = await this.lookup(key, { signal: opts.signal, scopes: opts.scopes })
-    const hints = [...(opts.hints ?? [])]
+    const hints: PeerId[] = [...(opts.hints ?? [])]
     const producer = parsePeerId(found.record.producer)
     if (producer !== undefined) hints.push(producer)
     const fetched = await this.fetchLayer(found.record.layer, { ...opts, hints })
     return { ...fetched, record: found.record, envelope: found.envelope, recordSource: found.source, durationMs: performance.now() - t0 }
-  }
-
-  /** Pull a newly announced layer when this node is among the `replicas` peers it hashes to. */
-  #maybeReplicate (record: StepRecord): void {
-    if (this.#replicas <= 0) return
-    const root = record.layer.toString()
-    if (this.#replicating.has(root)) return
-    const candidates = new Set(this.node.services.pubsub.getSubscribers(RECORDS_TOPIC).map((p) => p.toString()))
-    candidates.add(this.peerId)
-    candidates.delete(record.producer)
-    const rank = (p: string): string => createHash('sha256').update(`${root}\0${p}`).digest('hex')
-    const chosen = [...candidates].sort((a, b) => (rank(a) < rank(b) ? -1 : 1)).slice(0, this.#replicas)
-    if (!chosen.includes(this.peerId)) return
-    this.#replicating.add(root)
-    const hint = parsePeerId(record.producer)
-    this.#background((async () => {
-      try {
-        if (await this.store.has(record.layer)) return
-        await this.fetchLayer(record.layer, { hints: hint !== undefined ? [hint] : [] })
-        this.counters.replicated++
-        this.#log.info({ layer: root }, 'replicated')
-      } finally {
-        this.#replicating.delete(root)
-      }
-    })())
   }
 
   // ---- the store, for the runner over the control socket ----
@@ -636,25 +283,13 @@ export class Daemon {
     await this.node.contentRouting.cancelReprovide(root, { signal: this.#signal(opts.signal, 5000) }).catch((err: unknown) => this.#log.debug({ err }, 'cancelReprovide failed'))
   }
 
-  /** Stores a record; the runner's signed records are announced and provided at once. */
-  async putRecord (key: string, value: Uint8Array): Promise<void> {
-    if (!key.startsWith(RECORD_PREFIX)) {
-      await this.store.putRecord(key, value)
-      return
-    }
-    const claimed = claimedKey(value)
-    if (recordKey(claimed.key, claimed.scope) !== key) throw new RecordInvalidError(key, 'wrong-key', `is about ${recordKey(claimed.key, claimed.scope)}`)
-    await this.store.putRecord(key, value)
-    await this.publish(claimed.key, { scope: claimed.scope })
-  }
-
   /** Peers the DHT knows to hold `root`, this node included when it does. */
   async copies (root: CID, opts: { signal?: AbortSignal } = {}): Promise<number> {
     let n = (await this.store.has(root)) ? 1 : 0
     try {
-      for await (const _ of this.#providers(root, this.#signal(opts.signal, Math.min(this.#providerTimeoutMs, 2000)))) n++
+      for await (const _ of this.#providers(root, { signal: opts.signal, timeoutMs: Math.min(this.#config.providerTimeoutMs, 2000), what: 'copies' })) n++
     } catch {
-      // The search timed out: the count so far is what the fleet is known to hold.
+      // The caller's signal fired: the count so far is what the fleet is known to hold.
     }
     return n
   }
@@ -691,56 +326,22 @@ export class Daemon {
   }
 }
 
-function parsePeerId (s: string): PeerId | undefined {
-  try {
-    return peerIdFromString(s)
-  } catch {
-    return undefined
-  }
-}
-
-/** Opens the store and builds the node; call start(). */
+/** Reads the configuration, opens the store and builds the node; call start(). */
 export async function createDaemon (init: DaemonInit): Promise<Daemon> {
-  if (typeof init.dataDir !== 'string' || init.dataDir === '') throw new TypeError('dataDir is required')
-  // The socket, the store and the paths it reports to clients must not depend on the cwd.
-  init = { ...init, dataDir: resolve(init.dataDir) }
-  if (init.replicas !== undefined && (!Number.isInteger(init.replicas) || init.replicas < 0)) throw new DaemonConfigError(`replicas must be a whole number >= 0, got ${init.replicas}`)
-  const peers = (list: readonly string[] | undefined, normalize: (s: string) => string): string[] | undefined => list?.map((p) => {
-    try {
-      return normalize(p)
-    } catch (err) {
-      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id or an ed25519 public key${normalize === writerOf ? ', optionally with @SCOPE-PATTERN' : ''}`, { cause: err })
-    }
-  })
-  let trustedWriters = peers(init.trustedWriters, writerOf)
-  let allowPeers = peers(init.allowPeers, peerIdOf)
-  try {
-    if (init.epoch !== undefined) checkEpoch(init.epoch)
-    if (init.readScopes !== undefined) {
-      init.readScopes.forEach(checkScope)
-      if (init.readScopes.length === 0 || init.readScopes.length > MAX_READ_SCOPES) throw new TypeError(`read scopes must be 1 to ${MAX_READ_SCOPES}, got ${init.readScopes.length}`)
-    }
-  } catch (err) {
-    throw new DaemonConfigError((err as Error).message, { cause: err })
-  }
-  if (init.requirePsk === true && init.pskFile === undefined) throw new DaemonConfigError('a pre-shared key is required (--require-psk) but none was given (--psk-file FILE)')
-  const psk = init.pskFile !== undefined ? await readPsk(init.pskFile) : undefined
-  if (init.allowPeersFile !== undefined) allowPeers = [...(allowPeers ?? []), ...await readPeerList(init.allowPeersFile)]
-  if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile, writerOf)]
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
-  if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
-  const privateKey = await loadPrivateKey(init.dataDir)
-  const store = init.store ?? await openStore({ dataDir: init.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES })
+  const config = await readConfig(init, log)
+  const privateKey = await loadPrivateKey(config.dataDir)
+  const store = init.store ?? await openStore({ dataDir: config.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES })
   try {
     const node = await createNode({
       privateKey,
-      listen: init.listen ?? ['/ip4/0.0.0.0/tcp/7401'],
-      bootstrap: init.bootstrap ?? [],
-      mdns: init.mdns ?? false,
-      ...(allowPeers !== undefined ? { allowPeers } : {}),
-      ...(psk !== undefined ? { psk } : {})
+      listen: config.listen,
+      bootstrap: config.bootstrap,
+      mdns: config.mdns,
+      ...(config.allowPeers !== undefined ? { allowPeers: config.allowPeers } : {}),
+      ...(config.psk !== undefined ? { psk: config.psk } : {})
     })
-    return new Daemon({ ...init, ...(trustedWriters !== undefined ? { trustedWriters } : {}) }, store, init.store === undefined, node, log)
+    return new Daemon(config, store, init.store === undefined, node, log)
   } catch (err) {
     if (init.store === undefined) await store.close()
     throw new DaemonConfigError(`cannot create the libp2p node: ${(err as Error).message}`, { cause: err })

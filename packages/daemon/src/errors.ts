@@ -59,14 +59,6 @@ export class NoProvidersError extends DaemonError {
   }
 }
 
-/** The identity key in the data dir cannot be turned into a libp2p key. */
-export class DaemonIdentityError extends DaemonError {
-  override name = 'DaemonIdentityError'
-  constructor (path: string, opts?: { cause?: unknown }) {
-    super('ERR_DAEMON_IDENTITY', `cannot use ${path} as the node identity`, opts)
-  }
-}
-
 /** A daemon option is invalid. */
 export class DaemonConfigError extends DaemonError {
   override name = 'DaemonConfigError'

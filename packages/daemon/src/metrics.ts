@@ -1,5 +1,21 @@
+import { createServer } from 'node:http'
+import type { Server } from 'node:http'
+import type { Logger } from 'pino'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { Daemon } from './daemon.ts'
+import { DaemonConfigError } from './errors.ts'
+import type { ExchangeCounters } from './exchange.ts'
+
+/** What the metrics read at scrape time. */
+export interface MetricsComponents {
+  /** The block exchange's running totals. */
+  exchange: Readonly<ExchangeCounters>
+  /** Records refused, by reason. */
+  rejected: Readonly<Partial<Record<string, number>>>
+  /** Layers this node pulled to keep copies in the fleet. */
+  replicated(): number
+  /** Peers with an open connection. */
+  peers(): number
+}
 
 /** The daemon's Prometheus metrics, in a registry of its own (several daemons may share a process). */
 export class DaemonMetrics {
@@ -8,14 +24,14 @@ export class DaemonMetrics {
   readonly fetchDuration: Histogram
   readonly captureDuration: Histogram
 
-  constructor (daemon: Daemon) {
+  constructor (components: MetricsComponents) {
     const registers = [this.registry]
     this.hits = new Counter({ name: 'strata_hits_total', help: 'Step lookups by outcome: local hit, peer hit, miss', labelNames: ['source'], registers })
     const buckets = [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300]
     this.fetchDuration = new Histogram({ name: 'strata_fetch_duration_seconds', help: 'Restoring a layer from peers', buckets, registers })
     this.captureDuration = new Histogram({ name: 'strata_capture_duration_seconds', help: 'Committing a captured layer into the store', buckets, registers })
-    const c = daemon.exchange.counters
-    // The exchange keeps the running totals; collect() copies them at scrape time.
+    const c = components.exchange
+    // The components keep the running totals; collect() copies them at scrape time.
     const counter = (name: string, help: string, read: () => number): void => {
       new Counter({ name, help, registers, collect () { this.reset(); this.inc(read()) } })
     }
@@ -33,14 +49,37 @@ export class DaemonMetrics {
       registers,
       collect () {
         this.reset()
-        for (const [reason, n] of Object.entries(daemon.rejected)) this.inc({ reason }, n)
+        for (const [reason, n] of Object.entries(components.rejected)) this.inc({ reason }, n ?? 0)
       }
     })
-    counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => daemon.counters.replicated)
-    gauge('strata_peers_connected', 'Peers with an open connection', () => daemon.node.getPeers().length)
+    counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => components.replicated())
+    gauge('strata_peers_connected', 'Peers with an open connection', () => components.peers())
   }
 
   async text (): Promise<string> {
     return await this.registry.metrics()
   }
+}
+
+/** Serves `GET /metrics` on `listen` (`HOST:PORT`; port 0 picks one). Throws DaemonConfigError for a malformed address. */
+export async function serveMetrics (metrics: DaemonMetrics, listen: string, log: Logger): Promise<Server> {
+  const i = listen.lastIndexOf(':')
+  const host = listen.slice(0, i)
+  const port = Number(listen.slice(i + 1))
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new DaemonConfigError(`--metrics-listen wants HOST:PORT, got ${JSON.stringify(listen)}`)
+  const server = createServer((req, res) => {
+    if (req.url !== '/metrics') {
+      res.writeHead(404).end()
+      return
+    }
+    metrics.text().then((text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text), (err: unknown) => {
+      log.warn({ err }, 'metrics failed')
+      res.writeHead(500).end()
+    })
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host.replace(/^\[|\]$/g, ''), () => resolve())
+  })
+  return server
 }

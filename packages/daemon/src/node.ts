@@ -1,5 +1,3 @@
-import { createPrivateKey } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { bootstrap } from '@libp2p/bootstrap'
@@ -18,8 +16,7 @@ import type { Ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
-import { loadIdentity } from '@strata/runner'
-import { DaemonIdentityError } from './errors.ts'
+import { IDENTITY_FILE, IdentityError, loadIdentity } from '@strata/records'
 import { noiseCrypto } from './noise-crypto.ts'
 
 export type StrataServices = { dht: KadDHT, pubsub: GossipSub, identify: Identify, ping: Ping }
@@ -60,22 +57,19 @@ export const NODE_LIMITS = {
 export type NodeLimits = { -readonly [K in keyof typeof NODE_LIMITS]: number }
 
 /**
- * The runner's identity key (`<dataDir>/identity.key`, ed25519 PKCS#8 PEM, created
- * on first use) as a libp2p private key: the daemon's peer id is the runner's, so
- * the records the runner signs are signed by the peer that serves them.
+ * The node's identity key (`<dataDir>/identity.key`, ed25519 PKCS#8 PEM, created
+ * on first use, read once) as a libp2p private key: the daemon's peer id is the
+ * runner's, so the records the runner signs are signed by the peer that serves them.
+ * Throws IdentityError.
  */
 export async function loadPrivateKey (dataDir: string, opts: { signal?: AbortSignal } = {}): Promise<PrivateKey> {
   const identity = await loadIdentity(dataDir, opts)
-  const path = `${dataDir}/identity.key`
   try {
-    const pem = await readFile(path, { encoding: 'utf8', signal: opts.signal })
-    const jwk = createPrivateKey(pem).export({ format: 'jwk' })
-    if (jwk.crv !== 'Ed25519' || typeof jwk.d !== 'string') throw new Error('not an ed25519 key')
-    const key = await generateKeyPairFromSeed('Ed25519', Buffer.from(jwk.d, 'base64url'))
+    const key = await generateKeyPairFromSeed('Ed25519', identity.seed())
     if (key.publicKey.toString() !== identity.peerId) throw new Error(`libp2p derives ${key.publicKey.toString()}, the runner ${identity.peerId}`)
     return key
   } catch (err) {
-    throw new DaemonIdentityError(path, { cause: err })
+    throw new IdentityError(`${dataDir}/${IDENTITY_FILE}`, { cause: err })
   }
 }
 

@@ -1,7 +1,6 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
-import { checkScope, MAX_READ_SCOPES, openRecord, RECORD_PREFIX, recordKey, RecordInvalidError, writerTrust } from '@strata/runner'
-import type { RecordPolicy, StepRecord } from '@strata/runner'
+import { checkScope, claimedKey as claimed, MAX_READ_SCOPES } from '@strata/records'
 import { ProtocolViolationError } from './errors.ts'
 
 /**
@@ -14,74 +13,16 @@ export const RECORDS_PROTOCOL = '/strata/records/2.0.0'
 export const RECORDS_TOPIC = '/strata/records/1'
 /** "I am fetching layer <root>": peers fetching the same layer serve each other. */
 export const FETCHING_TOPIC = '/strata/fetching/1'
-/** A signed record is a few hundred bytes plus its env lines; anything over this is not one. */
-export const MAX_RECORD_SIZE = 256 * 1024
 /** A record request: a CID and up to 16 scopes of up to 128 bytes. */
 export const MAX_REQUEST_SIZE = 4096
 
-export { RECORD_PREFIX, recordKey }
-
-/**
- * Who may write records, where, and since when: a fixed list of writer entries
- * (`PEERID`, or `PEERID@GLOB` for the scopes GLOB matches; undefined: anyone whose
- * signature checks out; this node always) and an epoch (records of earlier epochs
- * are disowned).
- */
-export class TrustPolicy implements RecordPolicy {
-  /** The writer entries as given, or undefined for "any signer". */
-  readonly writers: readonly string[] | undefined
-  readonly self: string
-  readonly epoch: number
-  readonly #trusts: ((peer: string, scope: string) => boolean) | undefined
-  constructor (self: string, writers: readonly string[] | undefined, epoch = 0) {
-    this.self = self
-    this.writers = writers !== undefined ? [...new Set(writers)] : undefined
-    this.#trusts = writers !== undefined ? writerTrust(writers) : undefined
-    this.epoch = epoch
-  }
-
-  trusts (peer: string, scope: string): boolean {
-    return peer === this.self || this.#trusts === undefined || this.#trusts(peer, scope)
-  }
-
-  /** This policy, for a reader that uses only `scopes`. */
-  reading (scopes: readonly string[]): RecordPolicy {
-    return { trusts: (p, s) => this.trusts(p, s), epoch: this.epoch, scopes }
-  }
-}
-
-function claimed (bytes: Uint8Array): { key: CID, scope: unknown } {
-  const env = dagCbor.decode<{ body?: unknown }>(bytes)
-  if (!(env.body instanceof Uint8Array)) throw new Error('no body')
-  const body = dagCbor.decode<{ key?: unknown, scope?: unknown }>(env.body)
-  const key = CID.asCID(body.key)
-  if (key === null) throw new Error('no key')
-  return { key, scope: body.scope }
-}
-
-/** The key and scope a signed envelope claims, before any check. */
+/** The key and scope a signed envelope claims, before any check; a ProtocolViolationError for anything else. */
 export function claimedKey (bytes: Uint8Array): { key: CID, scope: string } {
   try {
-    const c = claimed(bytes)
-    return { key: c.key, scope: checkScope(c.scope) }
+    return claimed(bytes)
   } catch (err) {
     throw new ProtocolViolationError('not a signed record', { cause: err })
   }
-}
-
-/** Verifies an envelope (size, signature, format, key, signer, epoch, scope) under `policy`; throws RecordInvalidError. */
-export function verifyEnvelope (bytes: Uint8Array, policy: RecordPolicy, key?: CID): StepRecord {
-  if (bytes.length > MAX_RECORD_SIZE) throw new RecordInvalidError(key?.toString() ?? '?', 'too-large', `is ${bytes.length} bytes, over ${MAX_RECORD_SIZE}`)
-  let k = key
-  if (k === undefined) {
-    // Only the key is needed here: openRecord gives the precise reason for the rest (a format 1 record has no scope: `version`).
-    try {
-      k = claimed(bytes).key
-    } catch (err) {
-      throw new RecordInvalidError('?', 'malformed', 'names no key', { cause: err })
-    }
-  }
-  return openRecord(k, bytes, policy)
 }
 
 export interface RecordRequest {

@@ -4,14 +4,12 @@
  * Every block that crosses the exchange leaves short-lived buffers behind: the
  * socket's reads, the Noise decoder's joins, the cipher's output, the copy of a
  * block cut from a shared message, the producer's read of the block. V8 counts
- * their bytes as external memory, and once 64 MiB of it has been allocated since
- * the last full collection it starts another full one, though a scavenge would free
- * nearly all of it: the buffers' own objects are small, so the young generation
- * fills too slowly for its scavenges to come first. A one-consumer restore of the
- * benchmark tree ran ~19 full collections in the consumer and ~10–20 in the
- * producer. A scavenge every few MiB of blocks frees those buffers while they are
- * still young, and costs a fraction of marking the whole heap (doc/DECISIONS.md,
- * "The daemon scavenges as it moves blocks").
+ * their bytes as external memory, and past its external-memory limit it starts a
+ * full collection, though a scavenge would free nearly all of it: the buffers' own
+ * objects are small, so the young generation fills too slowly for its scavenges to
+ * come first. A scavenge every few MiB of blocks frees those buffers while they
+ * are still young, and costs a fraction of marking the whole heap (figures:
+ * doc/DECISIONS.md, "The daemon scavenges as it moves blocks").
  *
  * Needs `gc` exposed (`--expose-gc`, which `strata daemon` sets when it re-executes
  * itself); without it the pacer does nothing.
@@ -19,7 +17,7 @@
 
 type Collect = (opts: { type: 'minor' }) => void
 
-/** Block bytes between two scavenges: ~3 times that in buffers, below a 16 MB semi-space. */
+/** Block bytes between two scavenges: the buffers they leave must still fit in the young generation. */
 export const SCAVENGE_EVERY_BYTES = 4 * 2 ** 20
 
 const exposed = (globalThis as { gc?: Collect }).gc

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { parseWriter, peerIdFromPublicKey } from '@strata/runner'
+import { parseWriter, peerIdFromPublicKey } from '@strata/records'
 import { DaemonConfigError } from './errors.ts'
 
 /** The header of a libp2p private network key file (the go-ipfs / js-libp2p `swarm.key` format, v1). */

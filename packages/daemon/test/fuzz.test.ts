@@ -4,9 +4,9 @@ import * as dagCbor from '@ipld/dag-cbor'
 import fc from 'fast-check'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW } from '@strata/chunker'
-import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord } from '@strata/runner'
+import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord, TrustPolicy, verifyEnvelope } from '@strata/records'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant, MAX_WANTS_PER_MESSAGE, ProtocolViolationError } from '../src/index.ts'
-import { claimedKey, decodeRecordRequest, TrustPolicy, verifyEnvelope } from '../src/records.ts'
+import { claimedKey, decodeRecordRequest } from '../src/records.ts'
 import { bytes, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
 
 /**

@@ -3,9 +3,9 @@ import { test } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
-import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord } from '@strata/runner'
+import { loadIdentity, MAX_RECORD_SIZE, RECORD_FORMAT, RecordInvalidError, recordKey, signRecord, TrustPolicy, verifyEnvelope } from '@strata/records'
 import { RECORDS_PROTOCOL, RecordNotFoundError, encodeRecordRequest } from '../src/index.ts'
-import { MAX_RECORD_SIZE, MAX_REQUEST_SIZE, recordKey, TrustPolicy, verifyEnvelope } from '../src/records.ts'
+import { MAX_REQUEST_SIZE } from '../src/records.ts'
 import { connect, startDaemon, tempDir } from './helpers.ts'
 
 // The record limits of doc/LIMITS.md: the size of a signed record, of a request on

@@ -20,7 +20,9 @@ import { BlockUnavailableError, BLOCKS_PROTOCOL, createDaemon, encodeWant, MAX_W
 import type { Daemon } from '../src/index.ts'
 import { NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import { RateLimiter } from '../src/rate.ts'
-import { BlockExchange, MAX_BANS, SERVE_READ_BUFFER } from '../src/exchange.ts'
+import { BlockExchange } from '../src/exchange.ts'
+import { MAX_BANS } from '../src/bans.ts'
+import { SERVE_READ_BUFFER } from '../src/server.ts'
 import { bytes, digestTree, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
 import type { Tree } from './helpers.ts'
 

@@ -267,30 +267,6 @@ export class BaseMismatchError extends RunnerError {
   }
 }
 
-/** The node identity key file exists but cannot be used. */
-export class IdentityError extends RunnerError {
-  override name = 'IdentityError'
-  constructor (path: string, opts?: { cause?: unknown }) {
-    super('ERR_IDENTITY', `cannot use the identity key ${path}: ${(opts?.cause as Error | undefined)?.message ?? 'invalid key'}`, opts)
-  }
-}
-
-/** Why a record was refused; stable, used as a metric label. */
-export type RecordRejectReason =
-  | 'malformed' | 'too-large' | 'unsigned' | 'version' | 'bad-signature' | 'untrusted-signer' | 'wrong-key' | 'old-epoch' | 'wrong-scope'
-
-/** A stored record or descriptor does not decode, verify or match its key, or the reader's policy refuses it. */
-export class RecordInvalidError extends RunnerError {
-  override name = 'RecordInvalidError'
-  readonly key: string
-  readonly reason: RecordRejectReason
-  constructor (key: string, reason: RecordRejectReason, detail: string, opts?: { cause?: unknown }) {
-    super('ERR_RECORD_INVALID', `record for ${key}: ${detail} (${reason})`, opts)
-    this.key = key
-    this.reason = reason
-  }
-}
-
 /** why() was asked about a step the pipeline does not have. */
 export class StepNotFoundError extends RunnerError {
   override name = 'StepNotFoundError'

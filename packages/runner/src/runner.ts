@@ -12,18 +12,17 @@ import type { LayerInfo, Lease, Store } from '@strata/store'
 import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
 import {
-  BaseMismatchError, ChainTooLongError, ParentNotFoundError, RecordInvalidError, RunnerError, StepCancelledError, StepFailedError,
+  BaseMismatchError, ChainTooLongError, ParentNotFoundError, RunnerError, StepCancelledError, StepFailedError,
   StepNotFoundError, StepTimeoutError, StrataEnvError
 } from './errors.ts'
-import { loadIdentity } from './identity.ts'
-import type { Identity } from './identity.ts'
 import { collectInputs } from './inputs.ts'
 import type { InputLimits } from './inputs.ts'
 import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, digestKey, encodeDescriptor, envValueDigest } from './key.ts'
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
-import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord, writerTrust } from './record.ts'
-import type { RecordPolicy, StepRecord } from './record.ts'
+import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, checkEpoch, checkScope, loadIdentity, openRecord, recordKey, signRecord, writerTrust } from '@strata/records'
+import type { Identity, RecordPolicy, StepRecord } from '@strata/records'
+import { descriptorKey, lastKey } from './slots.ts'
 import { MAX_LOWER_LAYERS, normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { LayeredView } from './view.ts'

@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import { decodeDescriptor } from '../src/index.ts'
-import { descriptorKey } from '../src/record.ts'
+import { descriptorKey } from '../src/slots.ts'
 import { CID } from 'multiformats/cid'
 import { harness, tempDir } from './helpers.ts'
 

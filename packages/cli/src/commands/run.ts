@@ -1,5 +1,6 @@
 import { resolve } from 'node:path'
-import { checkEpoch, checkScope, createRunner, loadPipeline, parseDuration } from '@strata/runner'
+import { checkEpoch, checkScope } from '@strata/records'
+import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
 import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'

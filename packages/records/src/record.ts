@@ -1,10 +1,10 @@
-import { posix } from 'node:path'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { RecordInvalidError } from './errors.ts'
 import type { RecordRejectReason } from './errors.ts'
 import { publicKeyFromPeerId, verifySignature } from './identity.ts'
 import type { Identity } from './identity.ts'
+import type { RecordPolicy } from './trust.ts'
 
 /**
  * Bumped when the record body layout changes. Format 2 added `scope` and `epoch`;
@@ -18,6 +18,8 @@ export const RECORD_DOMAIN = 'strata/record/v2\n'
 export const DEFAULT_SCOPE = 'default'
 /** Scopes a reader may name at most (its own, then fallbacks). */
 export const MAX_READ_SCOPES = 16
+/** A signed record is a few hundred bytes plus its env lines; anything over this is not one. */
+export const MAX_RECORD_SIZE = 256 * 1024
 
 /** What a step's key resolves to: the layer it produced and its $STRATA_ENV lines. */
 export interface StepRecord {
@@ -42,16 +44,6 @@ export interface StepRecord {
   epoch: number
 }
 
-/** What a reader accepts. */
-export interface RecordPolicy {
-  /** Whether records signed by `peer` in `scope` are accepted. */
-  trusts (peer: string, scope: string): boolean
-  /** Records written in an earlier epoch are refused. Default 0. */
-  epoch?: number
-  /** Scopes the reader uses; undefined: any (the daemon checks scope when it reads, not when it learns). */
-  scopes?: readonly string[]
-}
-
 const SCOPE = /^[A-Za-z0-9._+-]+(?:\/[A-Za-z0-9._+-]+)*$/
 
 /** A scope is 1-128 characters of letters, digits, `._+-`, with `/` between non-empty parts. Throws TypeError otherwise. */
@@ -62,31 +54,6 @@ export function checkScope (scope: unknown): string {
   return scope
 }
 
-const SCOPE_GLOB = /^[A-Za-z0-9._+*-]+(?:\/[A-Za-z0-9._+*-]+)*$/
-
-/**
- * A trusted-writer entry: `PEERID` (trusted in every scope) or `PEERID@GLOB`
- * (trusted in the scopes GLOB matches: `*` within one `/`-part, `**` across parts,
- * e.g. `pr/*`). Throws TypeError for a malformed glob.
- */
-export function parseWriter (entry: string): { peer: string, scopes: string | null } {
-  const at = entry.indexOf('@')
-  if (at < 0) return { peer: entry, scopes: null }
-  const glob = entry.slice(at + 1)
-  if (glob.length > 128 || !SCOPE_GLOB.test(glob) || glob.split('/').some((p) => p === '.' || p === '..')) throw new TypeError(`writer ${JSON.stringify(entry)}: the scope pattern after @ must be scope characters and *, e.g. pr/*`)
-  return { peer: entry.slice(0, at), scopes: glob }
-}
-
-/** `trusts(peer, scope)` for a list of trusted-writer entries (see parseWriter). */
-export function writerTrust (entries: readonly string[]): (peer: string, scope: string) => boolean {
-  const byPeer = new Map<string, Array<string | null>>()
-  for (const e of entries) {
-    const w = parseWriter(e)
-    byPeer.set(w.peer, [...(byPeer.get(w.peer) ?? []), w.scopes])
-  }
-  return (peer, scope) => byPeer.get(peer)?.some((g) => g === null || posix.matchesGlob(scope, g)) ?? false
-}
-
 /** An epoch is a whole number from 0 to 2^32 - 1. Throws TypeError otherwise. */
 export function checkEpoch (epoch: unknown): number {
   if (typeof epoch !== 'number' || !Number.isInteger(epoch) || epoch < 0 || epoch > 0xffffffff) {
@@ -95,12 +62,9 @@ export function checkEpoch (epoch: unknown): number {
   return epoch
 }
 
-// Keys under which the runner keeps things in the store's record space.
-/** One record per (key, scope): `runner/record/<key>/<scope>`. */
+/** Where records live in the store's record space: one per (key, scope), `runner/record/<key>/<scope>`. */
 export const recordKey = (key: CID | string, scope: string): string => `runner/record/${key.toString()}/${scope}`
 export const RECORD_PREFIX = 'runner/record/'
-export const descriptorKey = (key: CID | string): string => `runner/desc/${key.toString()}`
-export const lastKey = (chain: string): string => `runner/last/${chain}`
 
 /** The exact bytes a record's signature covers: utf8(RECORD_DOMAIN) || body. */
 export function signedBytes (body: Uint8Array): Uint8Array {
@@ -171,4 +135,45 @@ export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): 
   if (record.epoch < epoch) throw fail('old-epoch', `was written in epoch ${record.epoch}, before epoch ${epoch}`)
   if (policy.scopes !== undefined && !policy.scopes.includes(record.scope)) throw fail('wrong-scope', `is in scope ${JSON.stringify(record.scope)}, not in ${policy.scopes.join(', ')}`)
   return record
+}
+
+/** The key and scope a signed envelope claims, before any check. Throws TypeError for anything that is not an envelope with a key and a valid scope. */
+export function claimedKey (bytes: Uint8Array): { key: CID, scope: string } {
+  const c = claimed(bytes)
+  return { key: c.key, scope: checkScope(c.scope) }
+}
+
+function claimed (bytes: Uint8Array): { key: CID, scope: unknown } {
+  let key: CID | null
+  let scope: unknown
+  try {
+    const env = dagCbor.decode<{ body?: unknown }>(bytes)
+    if (!(env.body instanceof Uint8Array)) throw new TypeError('no body')
+    const body = dagCbor.decode<{ key?: unknown, scope?: unknown }>(env.body)
+    key = CID.asCID(body.key)
+    scope = body.scope
+  } catch (err) {
+    throw new TypeError('not a signed record', { cause: err })
+  }
+  if (key === null) throw new TypeError('not a signed record: no key')
+  return { key, scope }
+}
+
+/**
+ * Checks an envelope's size (`too-large` over MAX_RECORD_SIZE), then opens it for
+ * `key` (by default the key it claims) under `policy`: see openRecord. Throws
+ * RecordInvalidError.
+ */
+export function verifyEnvelope (bytes: Uint8Array, policy: RecordPolicy, key?: CID): StepRecord {
+  if (bytes.length > MAX_RECORD_SIZE) throw new RecordInvalidError(key?.toString() ?? '?', 'too-large', `is ${bytes.length} bytes, over ${MAX_RECORD_SIZE}`)
+  let k = key
+  if (k === undefined) {
+    // Only the key is needed here: openRecord gives the precise reason for the rest (a format 1 record has no scope: `version`).
+    try {
+      k = claimed(bytes).key
+    } catch (err) {
+      throw new RecordInvalidError('?', 'malformed', 'names no key', { cause: err })
+    }
+  }
+  return openRecord(k, bytes, policy)
 }

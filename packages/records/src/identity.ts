@@ -13,6 +13,8 @@ export interface Identity {
   /** Raw 32-byte public key. */
   readonly publicKey: Uint8Array
   sign (data: Uint8Array): Uint8Array
+  /** The 32-byte ed25519 seed, for a library that builds its own key from it (the daemon's libp2p key). */
+  seed (): Uint8Array
 }
 
 // libp2p's PublicKey protobuf for ed25519: field 1 (Type) = 1 (Ed25519), field 2 (Data) = 32 bytes.
@@ -20,12 +22,16 @@ const PB_PREFIX = Uint8Array.of(0x08, 0x01, 0x12, 0x20)
 // DER SubjectPublicKeyInfo prefix for a raw ed25519 key.
 const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
 
+/** The identity key's file name in a data dir. */
+export const IDENTITY_FILE = 'identity.key'
+
 /**
  * Loads `<dataDir>/identity.key` (PKCS#8 PEM, mode 0600), creating it on first use.
  * Two processes racing to create it end up with the same key (create-by-link).
+ * Throws IdentityError when the file cannot be read or created or is not ed25519.
  */
 export async function loadIdentity (dataDir: string, opts: { signal?: AbortSignal } = {}): Promise<Identity> {
-  const path = `${dataDir}/identity.key`
+  const path = `${dataDir}/${IDENTITY_FILE}`
   let pem: string | undefined
   try {
     pem = await readFile(path, { encoding: 'utf8', signal: opts.signal })
@@ -48,9 +54,13 @@ export async function loadIdentity (dataDir: string, opts: { signal?: AbortSigna
     pem = await readFile(path, 'utf8')
   }
   let key: KeyObject
+  let seed: Uint8Array
   try {
     key = createPrivateKey(pem)
     if (key.asymmetricKeyType !== 'ed25519') throw new Error(`an ${String(key.asymmetricKeyType)} key, not ed25519`)
+    const d = key.export({ format: 'jwk' }).d
+    if (typeof d !== 'string') throw new Error('the key has no private part')
+    seed = Buffer.from(d, 'base64url')
   } catch (err) {
     throw new IdentityError(path, { cause: err })
   }
@@ -59,10 +69,12 @@ export async function loadIdentity (dataDir: string, opts: { signal?: AbortSigna
   return {
     peerId: peerIdFromPublicKey(publicKey),
     publicKey,
-    sign: (data) => new Uint8Array(sign(null, data, key))
+    sign: (data) => new Uint8Array(sign(null, data, key)),
+    seed: () => new Uint8Array(seed)
   }
 }
 
+/** The libp2p peer id of a raw 32-byte ed25519 public key. */
 export function peerIdFromPublicKey (publicKey: Uint8Array): string {
   const pb = new Uint8Array(PB_PREFIX.length + publicKey.length)
   pb.set(PB_PREFIX)
@@ -83,6 +95,7 @@ export function publicKeyFromPeerId (peerId: string): Uint8Array | undefined {
   }
 }
 
+/** Whether `signature` is the ed25519 signature of `data` under the raw `publicKey`; false for a malformed key. */
 export function verifySignature (publicKey: Uint8Array, data: Uint8Array, signature: Uint8Array): boolean {
   try {
     const key = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, publicKey]), format: 'der', type: 'spki' })

@@ -6,9 +6,9 @@ import type { TestContext } from 'node:test'
 import { CID } from 'multiformats/cid'
 import { createRunner, parsePipeline } from '@strata/runner'
 import type { RunnerEvent } from '@strata/runner'
-import { connectDaemon } from '../src/index.ts'
-import type { Daemon, DaemonClient } from '../src/index.ts'
-import { connect, digestTree, memoryLogger, startDaemon } from './helpers.ts'
+import { connectDaemon } from '@strata/daemon'
+import type { Daemon, DaemonClient } from '@strata/daemon'
+import { connect, digestTree, memoryLogger, startDaemon } from '../packages/daemon/test/helpers.ts'
 
 class Sink extends Writable {
   text = ''

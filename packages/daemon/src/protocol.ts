@@ -1,0 +1,58 @@
+import { CID } from 'multiformats/cid'
+import type { RecordRejectReason } from '@strata/records'
+import type { LayerInfo } from '@strata/store'
+import type { ExchangeCounters } from './exchange.ts'
+
+/**
+ * The control API's wire: HTTP + JSON on a unix socket in the data dir, `POST` only.
+ * The server (control.ts) and the client (client.ts) share these names and shapes;
+ * this module loads nothing but multiformats, so the client stays light.
+ */
+export const SOCKET_NAME = 'strata.sock'
+/** Largest request body: a record or a path, never block data. */
+export const MAX_REQUEST_BYTES = 1024 * 1024
+
+export interface LayerJson { root: string, path: string, size: number, entries: number, blocks: number, created: number }
+
+export function layerJson (l: LayerInfo): LayerJson {
+  return { root: l.root.toString(), path: l.path, size: l.size, entries: l.entries, blocks: l.blocks, created: l.created }
+}
+
+export function layerOf (j: LayerJson): LayerInfo {
+  return { root: CID.parse(j.root), path: j.path, size: j.size, entries: j.entries, blocks: j.blocks, created: j.created }
+}
+
+export interface LayerStatus {
+  root: string
+  size: number
+  entries: number
+  /** Peers the DHT knows to hold it, this one included. */
+  copies: number
+}
+
+export interface DaemonStatus {
+  peerId: string
+  addresses: string[]
+  peers: string[]
+  banned: string[]
+  layers: LayerStatus[]
+  counters: ExchangeCounters & { recordsLearned: number, recordsRejected: number, replicated: number }
+  /** Records refused, by reason. */
+  recordsRejected: Partial<Record<RecordRejectReason, number>>
+  trustedWriters: string[] | null
+  epoch: number
+  readScopes: string[]
+  privateNetwork: boolean
+}
+
+/** `/v1/status`. */
+export type StatusJson = DaemonStatus & { dataDir: string }
+
+/** `/v1/lookup`. */
+export interface LookupJson { layer: string, producer: string, envelope: string, source: string }
+
+/** The last line of `/v1/fetch` and `/v1/resolve` (`type: 'done'`). */
+export interface FetchJson { layer: LayerJson, providers: number, bytes: number, durationMs: number, recordSource?: string }
+
+/** How any request fails: the body, or the last NDJSON line (`type: 'error'`). */
+export interface ErrorJson { error: { code: string, message: string } }

@@ -1,0 +1,236 @@
+import type { PeerId, Stream, StreamHandler } from '@libp2p/interface'
+import { lpStream } from '@libp2p/utils'
+import type { CID } from 'multiformats/cid'
+import type { Logger } from 'pino'
+import type { Store } from '@strata/store'
+import { DEFAULT_SCOPE, MAX_RECORD_SIZE, RECORD_PREFIX, RecordInvalidError, recordKey, verifyEnvelope } from '@strata/records'
+import type { RecordRejectReason, StepRecord, TrustPolicy } from '@strata/records'
+import { RecordNotFoundError } from './errors.ts'
+import type { ProviderSearch, ProviderSearchOptions } from './providers.ts'
+import { MAX_REQUEST_SIZE, RECORDS_PROTOCOL, RECORDS_TOPIC, claimedKey, decodeRecordRequest, encodeRecordRequest } from './records.ts'
+
+export interface LookupResult {
+  record: StepRecord
+  /** The signed envelope, as the producer signed it. */
+  envelope: Uint8Array
+  source: 'local' | 'gossip' | 'dht'
+}
+
+export interface RecordCounters {
+  recordsLearned: number
+  recordsRejected: number
+}
+
+/** What the record service needs from the node and the daemon. */
+export interface RecordServiceComponents {
+  store: Pick<Store, 'getRecord' | 'putRecord' | 'has'>
+  handle(protocol: string, handler: StreamHandler, opts: { maxInboundStreams: number }): Promise<void>
+  dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
+  /** Publishes on a gossipsub topic. */
+  publish(topic: string, data: Uint8Array): Promise<unknown>
+  /** A provider search for `cid` (see ProviderSearch). */
+  providers(cid: CID, opts: Omit<ProviderSearchOptions, 'timeoutMs' | 'stop'>): ProviderSearch
+  /** Provides `cid` on the DHT in the background. */
+  provide(cid: CID, signal?: AbortSignal): void
+  /** A record learned by gossip was stored (replication looks at it). */
+  learned(record: StepRecord): void
+  logger: Logger
+}
+
+export interface RecordServiceInit {
+  trust: TrustPolicy
+  /** Scopes of a lookup that names none, most preferred first. */
+  readScopes: readonly string[]
+  /** Providers asked for one record at most. */
+  maxProviders: number
+  counters: RecordCounters
+  /** Records refused, by reason. */
+  rejected: Partial<Record<RecordRejectReason, number>>
+}
+
+/**
+ * Signed records in the fleet: looks them up (the local store, then the DHT
+ * providers of the key over `/strata/records/2.0.0`), serves them to peers, learns
+ * them from gossip and announces the ones the runner stores. Every record is
+ * verified under the trust policy before it is stored or used.
+ */
+export class RecordService {
+  readonly #c: RecordServiceComponents
+  readonly #init: RecordServiceInit
+  readonly #log: Logger
+  /** Keys whose record came by gossip: only a hint for lookup's `source`. */
+  readonly #gossiped = new Set<string>()
+
+  constructor (components: RecordServiceComponents, init: RecordServiceInit) {
+    this.#c = components
+    this.#init = init
+    this.#log = components.logger
+  }
+
+  async start (): Promise<void> {
+    await this.#c.handle(RECORDS_PROTOCOL, (stream) => { void this.#serve(stream) }, { maxInboundStreams: 8 })
+  }
+
+  /** Counts and logs a refused record: every refusal is a miss with its reason. */
+  #rejected (err: RecordInvalidError, context: Record<string, unknown>, msg: string): void {
+    this.#init.counters.recordsRejected++
+    this.#init.rejected[err.reason] = (this.#init.rejected[err.reason] ?? 0) + 1
+    this.#log.warn({ err, reason: err.reason, ...context }, msg)
+  }
+
+  /**
+   * Looks a key up in `scopes` (default the read scopes), most preferred first. The
+   * local store (records learned by gossip are stored there too) is read first;
+   * unless it holds a record in the first scope, the DHT providers of the key are
+   * asked for the scopes before the best local one. A record in the first scope ends
+   * the search; once any usable record is known (here or from a provider) the search
+   * ends a grace later; the best record found wins.
+   */
+  async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
+    const trust = this.#init.trust
+    const scopes = opts.scopes ?? this.#init.readScopes
+    let rejected: string | undefined
+    let best: (LookupResult & { rank: number }) | undefined
+    for (const [rank, scope] of scopes.entries()) {
+      const local = await this.#c.store.getRecord(recordKey(key, scope))
+      if (local === undefined) continue
+      try {
+        const record = verifyEnvelope(local, trust.reading([scope]), key)
+        best = { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local', rank }
+        break
+      } catch (err) {
+        if (!(err instanceof RecordInvalidError)) throw err
+        rejected = err.message
+        this.#rejected(err, { key: key.toString(), scope }, 'ignoring a stored record')
+      }
+    }
+    const result = (b: LookupResult & { rank: number }): LookupResult => ({ record: b.record, envelope: b.envelope, source: b.source })
+    if (best?.rank === 0) return result(best)
+    const wanted = scopes.slice(0, best?.rank ?? scopes.length)
+    const search = this.#c.providers(key, { signal: opts.signal, what: 'record' })
+    // With a record here already, a better scope elsewhere is worth a short wait only.
+    if (best !== undefined) search.settle()
+    let asked = 0
+    try {
+      for await (const provider of search) {
+        if (asked++ >= this.#init.maxProviders) break
+        let answers: Uint8Array[]
+        try {
+          answers = await this.#ask(provider, key, wanted, search.signal)
+        } catch (err) {
+          this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
+          continue
+        }
+        for (const [rank, bytes] of answers.entries()) {
+          const scope = wanted[rank]!
+          if (bytes.length === 0 || (best !== undefined && best.rank <= rank)) continue
+          try {
+            const record = verifyEnvelope(bytes, trust.reading([scope]), key)
+            await this.#c.store.putRecord(recordKey(key, scope), bytes)
+            best = { record, envelope: bytes, source: 'dht', rank }
+          } catch (err) {
+            if (!(err instanceof RecordInvalidError)) throw err
+            rejected = err.message
+            this.#rejected(err, { key: key.toString(), scope, peer: provider.toString() }, 'ignoring a record from a peer')
+          }
+        }
+        if (best?.rank === 0) break
+        if (best !== undefined) search.settle()
+      }
+    } catch (err) {
+      if (opts.signal?.aborted === true) throw err
+      this.#log.debug({ err, key: key.toString() }, 'record search ended')
+    }
+    if (best !== undefined) return result(best)
+    throw new RecordNotFoundError(key.toString(), rejected ?? (asked === 0 ? 'no peer provides it' : `none of ${asked} providers had a usable one`))
+  }
+
+  /** A record announced on the gossip topic: verified (in any scope: a lookup checks the scope when it reads), stored, replicated. */
+  async announced (data: Uint8Array): Promise<void> {
+    if (data.length > MAX_RECORD_SIZE) return
+    let record: StepRecord
+    try {
+      record = verifyEnvelope(data, this.#init.trust)
+    } catch (err) {
+      if (!(err instanceof RecordInvalidError)) throw err
+      this.#rejected(err, {}, 'ignoring an announced record')
+      return
+    }
+    const k = record.key.toString()
+    const slot = recordKey(k, record.scope)
+    const held = await this.#c.store.getRecord(slot)
+    if (held === undefined || !this.#verifies(held, record.key, record.scope)) await this.#c.store.putRecord(slot, data)
+    this.#gossiped.add(k)
+    // Only a hint for lookup's `source`: keep the newest keys, not all of them.
+    if (this.#gossiped.size > 100_000) this.#gossiped.delete(this.#gossiped.values().next().value!)
+    this.#init.counters.recordsLearned++
+    this.#log.debug({ key: k, layer: record.layer.toString(), producer: record.producer }, 'record learned by gossip')
+    this.#c.learned(record)
+  }
+
+  #verifies (bytes: Uint8Array, key: CID, scope: string): boolean {
+    try {
+      verifyEnvelope(bytes, this.#init.trust.reading([scope]), key)
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  /** Signs nothing: announces a record the runner already signed and stored, and provides its key and layer. */
+  async publish (key: CID, opts: { signal?: AbortSignal, scope?: string } = {}): Promise<StepRecord> {
+    const scope = opts.scope ?? DEFAULT_SCOPE
+    const bytes = await this.#c.store.getRecord(recordKey(key, scope))
+    if (bytes === undefined) throw new RecordNotFoundError(key.toString(), `not in the local store in scope ${scope}`)
+    const record = verifyEnvelope(bytes, this.#init.trust.reading([scope]), key)
+    await this.#c.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
+    this.#c.provide(key, opts.signal)
+    if (await this.#c.store.has(record.layer)) this.#c.provide(record.layer, opts.signal)
+    return record
+  }
+
+  /** Stores a record; the runner's signed records are announced and provided at once. */
+  async put (key: string, value: Uint8Array): Promise<void> {
+    if (!key.startsWith(RECORD_PREFIX)) {
+      await this.#c.store.putRecord(key, value)
+      return
+    }
+    const claimed = claimedKey(value)
+    if (recordKey(claimed.key, claimed.scope) !== key) throw new RecordInvalidError(key, 'wrong-key', `is about ${recordKey(claimed.key, claimed.scope)}`)
+    await this.#c.store.putRecord(key, value)
+    await this.publish(claimed.key, { scope: claimed.scope })
+  }
+
+  /** The peer's envelopes for `key` in each of `scopes` (empty where it has none). */
+  async #ask (peer: PeerId, key: CID, scopes: readonly string[], signal: AbortSignal): Promise<Uint8Array[]> {
+    const stream = await this.#c.dialProtocol(peer, RECORDS_PROTOCOL, { signal })
+    try {
+      const lp = lpStream(stream, { maxDataLength: MAX_RECORD_SIZE })
+      await lp.write(encodeRecordRequest({ key, scopes: [...scopes] }), { signal })
+      const answers: Uint8Array[] = []
+      for (let i = 0; i < scopes.length; i++) answers.push((await lp.read({ signal })).subarray())
+      await stream.close({ signal }).catch(() => {})
+      return answers
+    } catch (err) {
+      stream.abort(err as Error)
+      throw err
+    }
+  }
+
+  async #serve (stream: Stream): Promise<void> {
+    try {
+      const signal = AbortSignal.timeout(10_000)
+      // One request of at most 4 KiB: buffering more of what a peer sends is a flood.
+      const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_SIZE, maxBufferSize: 16 * MAX_REQUEST_SIZE })
+      const req = decodeRecordRequest((await lp.read({ signal })).subarray())
+      for (const scope of req.scopes) {
+        const bytes = await this.#c.store.getRecord(recordKey(req.key, scope))
+        await lp.write(bytes ?? new Uint8Array(0), { signal })
+      }
+      await stream.close({ signal })
+    } catch (err) {
+      this.#log.debug({ err }, 'record stream aborted')
+      stream.abort(err as Error)
+    }
+  }
+}

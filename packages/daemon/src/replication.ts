@@ -1,0 +1,76 @@
+import type { PeerId } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Logger } from 'pino'
+import type { StepRecord } from '@strata/records'
+import type { Store } from '@strata/store'
+import type { FetchOptions, FetchResult } from './layer-fetch.ts'
+import { RECORDS_TOPIC } from './records.ts'
+import { top } from './rendezvous.ts'
+
+/** What replication needs from the node and the daemon. */
+export interface ReplicationComponents {
+  peerId: PeerId
+  /** Peers subscribed to a gossip topic. */
+  subscribers(topic: string): PeerId[]
+  store: Pick<Store, 'has'>
+  fetch(root: StepRecord['layer'], opts: FetchOptions): Promise<FetchResult>
+  /** Runs `task` in the background; the daemon waits for it when it stops. */
+  background(task: Promise<unknown>): void
+  logger: Logger
+}
+
+export interface ReplicationInit {
+  /** Peers besides the producer that pull each new layer. */
+  replicas: number
+  counters: { replicated: number }
+}
+
+/**
+ * Keeps a new layer alive after the ephemeral VM that made it: every daemon ranks
+ * the record topic's subscribers (itself included, the producer excluded) by a
+ * rendezvous hash of (layer, peer), and the first `replicas` pull the layer. Every
+ * peer ranks alike, so no coordination is needed.
+ */
+export class Replication {
+  readonly #c: ReplicationComponents
+  readonly #init: ReplicationInit
+  readonly #replicating = new Set<string>()
+
+  constructor (components: ReplicationComponents, init: ReplicationInit) {
+    this.#c = components
+    this.#init = init
+  }
+
+  /** A record was announced: pull its layer when this node is among the peers it hashes to. */
+  announced (record: StepRecord): void {
+    if (this.#init.replicas <= 0) return
+    const root = record.layer.toString()
+    if (this.#replicating.has(root)) return
+    const self = this.#c.peerId.toString()
+    const candidates = new Set(this.#c.subscribers(RECORDS_TOPIC).map((p) => p.toString()))
+    candidates.add(self)
+    candidates.delete(record.producer)
+    if (!top(root, candidates, this.#init.replicas).includes(self)) return
+    this.#replicating.add(root)
+    const hint = parsePeerId(record.producer)
+    this.#c.background((async () => {
+      try {
+        if (await this.#c.store.has(record.layer)) return
+        await this.#c.fetch(record.layer, { hints: hint !== undefined ? [hint] : [] })
+        this.#init.counters.replicated++
+        this.#c.logger.info({ layer: root }, 'replicated')
+      } finally {
+        this.#replicating.delete(root)
+      }
+    })())
+  }
+}
+
+/** A peer id, or undefined for a string that is not one. */
+export function parsePeerId (s: string): PeerId | undefined {
+  try {
+    return peerIdFromString(s)
+  } catch {
+    return undefined
+  }
+}

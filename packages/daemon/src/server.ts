@@ -1,0 +1,189 @@
+import type { Connection, Stream } from '@libp2p/interface'
+import { lpStream } from '@libp2p/utils'
+import type { CID } from 'multiformats/cid'
+import type { Logger } from 'pino'
+import { Uint8ArrayList } from 'uint8arraylist'
+import type { Store } from '@strata/store'
+import { MAX_MESSAGE_SIZE, decodeMessage, encodeBlockHeader, encodeDontHave } from './codec.ts'
+import { PeerLimitError, ProtocolViolationError } from './errors.ts'
+import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
+import { RateLimiter } from './rate.ts'
+import { scavenges } from './scavenge.ts'
+import { appendFrame, sendRaw } from './wire.ts'
+
+/** Unread bytes a serving stream buffers before it is reset (the library default is 4 MiB). */
+export const SERVE_READ_BUFFER = 256 * 1024
+/** Answers are sent together once this many bytes wait (or the next lookup is not done yet). */
+const COALESCE_BYTES = 256 * 1024
+
+/** What the serving side needs. */
+export interface BlockServerComponents {
+  store: Pick<Store, 'getBlock'>
+  isBanned(peer: string): boolean
+  /** The bytes of a block a fetch on this node is waiting for, when they land; undefined when none is. */
+  landing(key: string): Iterable<Promise<Uint8Array>>
+  counters: ExchangeCounters
+  logger: Logger
+}
+
+/**
+ * The serving side of `/strata/blocks/1.0.0`: answers want-lists from the store and
+ * from the blocks landed lately, paced per peer, within the per-peer limits.
+ */
+export class BlockServer {
+  readonly #c: BlockServerComponents
+  readonly #init: Required<ExchangeInit>
+  readonly #log: Logger
+  readonly #outstanding = new Map<string, number>()
+  /** Block streams each peer has open with us, over all its connections. */
+  readonly #streams = new Map<string, number>()
+  readonly #rate: RateLimiter
+  /** Blocks fetched lately, newest last: a layer still being fetched serves what has landed. */
+  readonly #landed = new Map<string, Uint8Array>()
+  #landedSize = 0
+
+  constructor (components: BlockServerComponents, init: Required<ExchangeInit>) {
+    this.#c = components
+    this.#init = init
+    this.#log = components.logger
+    this.#rate = new RateLimiter(init.servePeerBytesPerSecond, Math.max(init.servePeerBurstBytes, MAX_MESSAGE_SIZE))
+  }
+
+  /** Keeps a verified block for peers fetching the same layer (bounded, oldest dropped first). */
+  landed (key: string, bytes: Uint8Array): void {
+    if (this.#init.landedBytes <= 0 || this.#landed.has(key)) return
+    this.#landed.set(key, bytes)
+    this.#landedSize += bytes.length
+    while (this.#landedSize > this.#init.landedBytes) {
+      const [k, v] = this.#landed.entries().next().value!
+      this.#landed.delete(k)
+      this.#landedSize -= v.length
+    }
+  }
+
+  /**
+   * Answers want-lists until the client closes its side: a BLOCK or a DONT_HAVE per
+   * CID, in the order the lookups finish. Any misbehaviour or silence past the
+   * limits aborts the stream.
+   */
+  async serve (stream: Stream, connection: Connection): Promise<void> {
+    const init = this.#init
+    const peer = connection.remotePeer.toString()
+    let counted = 0
+    const streams = (this.#streams.get(peer) ?? 0) + 1
+    this.#streams.set(peer, streams)
+    try {
+      if (this.#c.isBanned(peer)) throw new PeerLimitError(`peer ${peer} is banned`)
+      // libp2p counts streams per connection; a peer with several connections is held to the same total.
+      if (streams > init.maxInboundStreams) throw new PeerLimitError(`peer ${peer} has ${streams} block streams open, limit ${init.maxInboundStreams}`)
+      // A client sends only want-lists (two in flight): more unread bytes than this is a flood.
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE, maxBufferSize: SERVE_READ_BUFFER })
+      for (let first = true; ; first = false) {
+        let frame: Uint8ArrayList
+        try {
+          frame = await lp.read({ signal: AbortSignal.timeout(first ? init.firstByteTimeoutMs : init.idleTimeoutMs) })
+        } catch (err) {
+          // The client closed its side: it wants nothing more.
+          if (!first && stream.readStatus !== 'readable' && (err as Error).name !== 'TimeoutError') break
+          throw err
+        }
+        const msg = decodeMessage(frame.subarray())
+        if (msg.type !== 'want') throw new ProtocolViolationError(`expected a want-list, got ${msg.type}`)
+        const outstanding = this.#outstanding.get(peer) ?? 0
+        if (outstanding + msg.cids.length > init.maxOutstandingWants) {
+          throw new PeerLimitError(`peer ${peer} has ${outstanding} wants outstanding, limit ${init.maxOutstandingWants}`)
+        }
+        counted += msg.cids.length
+        this.#outstanding.set(peer, outstanding + msg.cids.length)
+        // The whole want-list is looked up at once (the store answers it with one index
+        // read) and answered as the lookups finish: a block still landing here holds up
+        // no other answer.
+        const ready: Array<{ cid: CID, bytes: Uint8Array | undefined }> = []
+        let wake: (() => void) | undefined
+        for (const cid of msg.cids) {
+          const done = (bytes: Uint8Array | undefined): void => { ready.push({ cid, bytes }); wake?.() }
+          this.#lookup(cid, peer).then(done, () => { done(undefined) })
+        }
+        // Answers go out several to a write, so a muxer frame, a Noise message and a
+        // syscall carry many blocks (and the client sends fewer window updates).
+        const out = new Uint8ArrayList()
+        let answers = 0
+        const flush = async (): Promise<void> => {
+          if (out.byteLength === 0) return
+          await sendRaw(stream, out.sublist(), init.idleTimeoutMs)
+          out.consume(out.byteLength)
+          this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? answers) - answers)
+          counted -= answers
+          answers = 0
+        }
+        for (let left = msg.cids.length; left > 0;) {
+          const next = ready.shift()
+          if (next === undefined) {
+            await flush()
+            const { promise, resolve } = Promise.withResolvers<void>()
+            wake = resolve
+            if (ready.length === 0) await promise
+            wake = undefined
+            continue
+          }
+          left--
+          if (next.bytes === undefined) {
+            appendFrame(out, encodeDontHave(next.cid))
+          } else {
+            const wait = this.#rate.take(peer, next.bytes.length)
+            if (wait > 0) {
+              this.#c.counters.blocksThrottled++
+              await flush()
+              await new Promise<void>((resolve) => setTimeout(resolve, wait))
+            }
+            appendFrame(out, encodeBlockHeader(next.cid), next.bytes)
+            this.#c.counters.bytesToPeers += next.bytes.length
+            scavenges.moved(next.bytes.length)
+            this.#c.counters.blocksToPeers++
+          }
+          answers++
+          if (out.byteLength >= COALESCE_BYTES) await flush()
+        }
+        await flush()
+      }
+      await stream.close({ signal: AbortSignal.timeout(init.idleTimeoutMs) })
+    } catch (err) {
+      this.#log.debug({ err, peer }, 'block stream aborted')
+      stream.abort(err as Error)
+    } finally {
+      const open = (this.#streams.get(peer) ?? 1) - 1
+      if (open <= 0) this.#streams.delete(peer)
+      else this.#streams.set(peer, open)
+      const left = (this.#outstanding.get(peer) ?? 0) - counted
+      if (left <= 0) this.#outstanding.delete(peer)
+      else this.#outstanding.set(peer, left)
+    }
+  }
+
+  /** A block from the blocks landed lately, else from the store (which verifies it); undefined when neither has it. */
+  async #lookup (cid: CID, peer: string): Promise<Uint8Array | undefined> {
+    const key = cid.toString()
+    const landed = this.#landed.get(key)
+    if (landed !== undefined) return landed
+    try {
+      return await this.#c.store.getBlock(cid)
+    } catch (err) {
+      // A block this node is fetching right now is worth a short wait: peers fetching
+      // the same layer split its blocks between them (see PeerBlockSource).
+      for (const coming of this.#c.landing(key)) {
+        const { promise, resolve } = Promise.withResolvers<undefined>()
+        const timer = setTimeout(() => { resolve(undefined) }, this.#init.landingWaitMs)
+        try {
+          const bytes = await Promise.race([coming, promise])
+          if (bytes !== undefined) return bytes
+        } catch {
+          // That fetch failed: the asking peer goes elsewhere.
+        } finally {
+          clearTimeout(timer)
+        }
+      }
+      this.#log.debug({ err, cid: key, peer }, 'not serving a block')
+      return undefined
+    }
+  }
+}

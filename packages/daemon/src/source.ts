@@ -1,0 +1,303 @@
+import type { PeerId, Stream } from '@libp2p/interface'
+import type { CID } from 'multiformats/cid'
+import type { Logger } from 'pino'
+import type { BlockSource } from '@strata/store'
+import { BlockUnavailableError } from './errors.ts'
+import type { ExchangeCounters, ExchangeInit, FetchStats } from './exchange.ts'
+import { score } from './rendezvous.ts'
+import { scavenges } from './scavenge.ts'
+import { BlockSession } from './session.ts'
+import type { Provider, SessionHost, Want } from './session.ts'
+
+/** What one fetch needs from the block exchange. */
+export interface SourceComponents {
+  init: Required<ExchangeInit>
+  counters: ExchangeCounters
+  isBanned(peer: PeerId | string): boolean
+  ban(peer: PeerId | string, reason: string): void
+  /** Keeps a verified block for peers fetching the same layer. */
+  landed(key: string, bytes: Uint8Array): void
+  dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
+  logger: Logger
+}
+
+/**
+ * Fetches blocks for one restore from a changing set of providers. Each provider
+ * gets up to `streamsPerProvider` long-lived streams; wants go to the least-loaded
+ * stream in batches, pipelined (`2 * wantBatch` unanswered per stream), so every
+ * provider's pipeline stays full. A provider that answers only DONT_HAVE is dropped
+ * for this fetch; a timeout or broken stream sends its wants elsewhere without ruling
+ * the provider out (it counts against the block's attempts).
+ *
+ * Peers fetching the same layer at once (announced by gossip) split it: each block
+ * has an owner among them and this node, by rendezvous hash, the same on every
+ * peer. A block is asked from full providers by its owner only; the others ask the
+ * owner, whose server waits a moment for the block to land. So each block crosses
+ * the producer's link about once however many peers fetch it, and a DONT_HAVE from
+ * the owner just sends the block to the full providers.
+ */
+export class PeerBlockSource implements BlockSource {
+  /** Every block is checked against its CID in its session, before it is handed out, written or counted. */
+  readonly verified = true
+  readonly stats: FetchStats = { providersUsed: 0, bytes: 0, blocks: 0 }
+  readonly #c: SourceComponents
+  readonly #providers = new Map<string, Provider>()
+  readonly #onBlock: ((bytes: number) => void) | undefined
+  #queue: Want[] = []
+  readonly #pending = new Map<string, Want>()
+  readonly #abort = new AbortController()
+  #scheduled = false
+  /** Set while a dispatch waits for a provider's backoff to end. */
+  #retryTimer: NodeJS.Timeout | undefined
+  readonly #self: string
+  readonly #onClose: () => void
+  /** Bumped when the set of peers sharing the fetch changes: owners are worked out again. */
+  #sharing = 0
+  readonly #host: SessionHost
+
+  constructor (components: SourceComponents, providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId, onClose: () => void }) {
+    this.#c = components
+    this.#onBlock = opts.onBlock
+    this.#self = opts.self?.toString() ?? ''
+    this.#onClose = opts.onClose
+    this.#host = this.#sessionHost()
+    for (const p of providers) this.#add(p)
+  }
+
+  #add (peer: PeerId): boolean {
+    const key = peer.toString()
+    if (this.#providers.has(key)) return false
+    this.#providers.set(key, { peer, key, sessions: [], opening: 0, blocks: 0, dontHaves: 0, failures: 0, retryAt: 0, dropped: false, partial: false })
+    return true
+  }
+
+  /** Adds a peer fetching the same layer: it is asked for the blocks it owns. */
+  addProvider (peer: PeerId): void {
+    if (this.#abort.signal.aborted || peer.toString() === this.#self) return
+    this.#add(peer)
+    const p = this.#providers.get(peer.toString())!
+    if (p.partial) return
+    p.partial = true
+    this.#sharing++
+    this.#schedule()
+  }
+
+  /** The bytes of a block this fetch is waiting for, when they land; undefined when it is not waiting for it. */
+  landing (key: string): Promise<Uint8Array> | undefined {
+    const w = this.#pending.get(key)
+    if (w === undefined || w.done) return undefined
+    if (w.landing === undefined) {
+      w.landing = Promise.withResolvers<Uint8Array>()
+      w.landing.promise.catch(() => {})
+    }
+    return w.landing.promise
+  }
+
+  /** Peers this fetch still asks. */
+  get providers (): PeerId[] {
+    return [...this.#providers.values()].filter((p) => !p.dropped).map((p) => p.peer)
+  }
+
+  /** Blocks each provider sent, and the providers dropped for holding none of the layer. */
+  get providerStats (): Array<{ peer: string, blocks: number, dontHaves: number, dropped: boolean }> {
+    return [...this.#providers.values()].map((p) => ({ peer: p.key, blocks: p.blocks, dontHaves: p.dontHaves, dropped: p.dropped }))
+  }
+
+  /** Ends every stream this source has open. */
+  close (): void {
+    this.#abort.abort(new Error('block source closed'))
+    clearTimeout(this.#retryTimer)
+    for (const w of this.#pending.values()) w.landing?.reject(new Error('block source closed'))
+    this.#onClose()
+  }
+
+  async getBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    opts.signal?.throwIfAborted()
+    const key = cid.toString()
+    const { promise, resolve, reject } = Promise.withResolvers<Uint8Array>()
+    let want = this.#pending.get(key)
+    if (want === undefined) {
+      want = { cid, key, tried: new Set(), attempts: 0, failed: new Set(), done: false, waiters: [], owner: '', ownerVersion: -1 }
+      this.#pending.set(key, want)
+      this.#queue.push(want)
+      this.#schedule()
+    }
+    want.waiters.push({ resolve, reject })
+    if (opts.signal === undefined) return await promise
+    const signal = opts.signal
+    const onAbort = (): void => reject(signal.reason as Error)
+    signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      return await promise
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /** What this fetch's sessions report back to it. */
+  #sessionHost (): SessionHost {
+    const c = this.#c
+    return {
+      signal: this.#abort.signal,
+      init: c.init,
+      dialProtocol: c.dialProtocol,
+      logger: c.logger,
+      opened: (session) => {
+        session.provider.sessions.push(session)
+        this.#dispatch()
+      },
+      hasWorkFor: (p) => this.#queue.some((w) => !w.tried.has(p.key)),
+      dontHave: (p, w) => {
+        if (!w.done) {
+          w.tried.add(p.key)
+          this.#queue.push(w)
+        }
+        this.#schedule()
+      },
+      wrongBlock: (p, w) => {
+        c.counters.blocksRejected++
+        c.ban(p.peer, `sent wrong bytes for ${w.key}`)
+        w.tried.add(p.key)
+        this.#queue.push(w)
+      },
+      received: (p, w, bytes) => {
+        c.counters.bytesFromPeers += bytes.length
+        scavenges.moved(bytes.length)
+        c.counters.blocksFromPeers++
+        this.stats.bytes += bytes.length
+        this.stats.blocks++
+        if (p.blocks === 1) this.stats.providersUsed++
+        this.#onBlock?.(bytes.length)
+        c.landed(w.key, bytes)
+        w.done = true
+        this.#pending.delete(w.key)
+        w.landing?.resolve(bytes)
+        for (const x of w.waiters) x.resolve(bytes)
+      },
+      requeue: (w) => { this.#queue.push(w) },
+      schedule: () => { this.#schedule() }
+    }
+  }
+
+  #schedule (): void {
+    if (this.#scheduled) return
+    this.#scheduled = true
+    // Gather the wants of one tick into batches.
+    setImmediate(() => {
+      this.#scheduled = false
+      this.#dispatch()
+    })
+  }
+
+  /** Wants a session may have unanswered: one batch being answered, one waiting behind it. */
+  get #window (): number {
+    return this.#c.init.wantBatch * 2
+  }
+
+  #usable (p: Provider): boolean {
+    return !p.dropped && !this.#c.isBanned(p.peer)
+  }
+
+  /**
+   * The peer sharing this fetch that asks full providers for `w` ('' for this node).
+   * An owner that has since been dropped or banned owns nothing: the block is owned
+   * again among those left, else it would wait for that peer for ever.
+   */
+  #owner (w: Want, usable: Provider[]): string {
+    if (w.ownerVersion === this.#sharing && (w.owner === '' || this.#usable(this.#providers.get(w.owner)!))) return w.owner
+    let best = ''
+    let bestScore = score(w.key, this.#self)
+    for (const p of usable) {
+      if (!p.partial) continue
+      const s = score(w.key, p.key)
+      if (s > bestScore) {
+        best = p.key
+        bestScore = s
+      }
+    }
+    w.owner = best
+    w.ownerVersion = this.#sharing
+    return best
+  }
+
+  /**
+   * Whether `w` may go to `p` now: never after p's DONT_HAVE; after p failed only
+   * when no one else is left; a peer sharing the fetch only for the blocks it owns
+   * (or when no full provider is left); full providers only once the owner, if it
+   * is another peer, has had its chance.
+   */
+  #canAsk (w: Want, p: Provider, usable: Provider[]): boolean {
+    if (w.tried.has(p.key)) return false
+    if (w.failed.has(p.key) && usable.some((q) => !q.partial && !w.tried.has(q.key) && !w.failed.has(q.key))) return false
+    const owner = this.#owner(w, usable)
+    // An owner whose last session failed is not waited for: full providers are asked at once.
+    const ownerWaiting = owner !== '' && !w.tried.has(owner) && !w.failed.has(owner) && this.#providers.get(owner)?.failures === 0
+    if (p.partial) return (owner === p.key && ownerWaiting) || !usable.some((q) => !q.partial && !w.tried.has(q.key))
+    return !ownerWaiting
+  }
+
+  #dispatch (): void {
+    if (this.#abort.signal.aborted) return
+    const init = this.#c.init
+    const usable = [...this.#providers.values()].filter((p) => this.#usable(p))
+    // Fail the wants that no provider is left to answer.
+    const hopeless = (w: Want): boolean => w.attempts >= init.maxAttempts || !usable.some((p) => !w.tried.has(p.key))
+    if (this.#queue.some(hopeless)) {
+      const keep: Want[] = []
+      for (const w of this.#queue) {
+        if (hopeless(w)) this.#fail(w, new BlockUnavailableError(w.key, w.tried.size))
+        else keep.push(w)
+      }
+      this.#queue = keep
+    }
+    const now = performance.now()
+    let retryAt = Infinity
+    while (this.#queue.length > 0) {
+      let best: BlockSession | undefined
+      for (const p of usable) {
+        if (p.dropped || !this.#queue.some((w) => this.#canAsk(w, p, usable))) continue
+        const sessions = p.sessions.filter((x) => !x.dead)
+        const idle = sessions.find((x) => x.inflight.size === 0)
+        if (idle === undefined && sessions.length + p.opening < init.streamsPerProvider) {
+          // A provider whose last session failed is asked again only after its backoff.
+          if (p.retryAt <= now) {
+            this.#open(p)
+            continue
+          }
+          retryAt = Math.min(retryAt, p.retryAt)
+        }
+        for (const x of sessions) if (x.inflight.size < this.#window && (best === undefined || x.inflight.size < best.inflight.size)) best = x
+      }
+      if (best === undefined) break
+      const room = Math.min(init.wantBatch, this.#window - best.inflight.size)
+      const batch: Want[] = []
+      const rest: Want[] = []
+      for (const w of this.#queue) {
+        if (batch.length < room && this.#canAsk(w, best.provider, usable)) batch.push(w)
+        else rest.push(w)
+      }
+      if (batch.length === 0) break
+      this.#queue = rest
+      best.send(batch)
+    }
+    if (retryAt !== Infinity && this.#queue.length > 0 && this.#retryTimer === undefined) {
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = undefined
+        this.#dispatch()
+      }, Math.max(1, retryAt - now))
+    }
+  }
+
+  #fail (w: Want, err: Error): void {
+    w.done = true
+    w.landing?.reject(err)
+    this.#pending.delete(w.key)
+    for (const x of w.waiters) x.reject(err)
+  }
+
+  /** Opens a session to `p`; it joins the pool once the stream is up. */
+  #open (p: Provider): void {
+    p.opening++
+    void new BlockSession(this.#host, p).run().finally(() => this.#dispatch())
+  }
+}

@@ -1,0 +1,11 @@
+export { IDENTITY_FILE, loadIdentity, peerIdFromPublicKey, publicKeyFromPeerId, verifySignature } from './identity.ts'
+export type { Identity } from './identity.ts'
+export {
+  DEFAULT_SCOPE, MAX_READ_SCOPES, MAX_RECORD_SIZE, RECORD_DOMAIN, RECORD_FORMAT, RECORD_PREFIX,
+  checkEpoch, checkScope, claimedKey, openRecord, recordKey, signRecord, signedBytes, verifyEnvelope
+} from './record.ts'
+export type { StepRecord } from './record.ts'
+export { TrustPolicy, parseWriter, writerTrust } from './trust.ts'
+export type { RecordPolicy } from './trust.ts'
+export { IdentityError, RecordInvalidError, RecordsError } from './errors.ts'
+export type { RecordRejectReason } from './errors.ts'
