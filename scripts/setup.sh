@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   util-linux mount coreutils   # unshare, setpriv, mount, umount, losetup, chroot: every step's sandbox, and the tests' mounts
   iproute2 iputils-ping        # ip netns, veth, tc and ping: the multi-host test cluster (scripts/netns.ts)
-  e2fsprogs                    # mkfs.ext4: the benchmarks' scratch filesystem
+  e2fsprogs                    # mkfs.ext4: the full-disk test and the benchmarks' scratch filesystem
   tar zstd curl ca-certificates # the HTTP-cache baseline of the benchmarks; https for curl and npm
   python3 make g++             # node-gyp builds @strata/sys, the one native module
 )
