@@ -1,6 +1,8 @@
 import cliProgress from 'cli-progress'
 import type { Writable } from 'node:stream'
+import type { RunnerEvent } from '@strata/runner'
 import { formatBytes } from './context.ts'
+import type { CommandContext } from './context.ts'
 
 /** One progress bar on a TTY (cli-progress); nothing elsewhere, where plain status lines suffice. */
 export class Progress {
@@ -32,5 +34,65 @@ export class Progress {
   stop (): void {
     this.#bar?.stop()
     this.#bar = undefined
+  }
+}
+
+export const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
+
+/** An error's message as part of a status line: its first line, cut short. */
+function oneLine (err: Error): string {
+  const first = err.message.split('\n', 1)[0] ?? ''
+  return first.length > 300 ? `${first.slice(0, 300)}…` : first
+}
+
+/** Renders runner events as one status line per step (or JSON lines), with a progress bar on a TTY. */
+export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: boolean): (e: RunnerEvent) => void {
+  const progress = new Progress(ctx.stderr)
+  const ran = new Map<string, number>()
+  let cacheOff = false
+  const line = (step: string, text: string): void => {
+    progress.stop()
+    ctx.stderr.write(`${step}: ${text}\n`)
+  }
+  return (e: RunnerEvent) => {
+    if (json) {
+      if (e.type === 'capture-progress') return
+      const { error, ...rest } = e as RunnerEvent & { error?: Error }
+      ctx.stdout.write(JSON.stringify(error !== undefined ? { ...rest, error: { message: error.message, code: (error as Error & { code?: string }).code } } : rest) + '\n')
+      return
+    }
+    switch (e.type) {
+      case 'hit':
+        line(e.step, e.source === 'peer'
+          ? `HIT peer (${e.providers} provider${e.providers === 1 ? '' : 's'}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
+          : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
+        break
+      case 'ran':
+        ran.set(e.step, e.durationMs)
+        // With caching off nothing is captured: this is the step's last word.
+        if (cacheOff) line(e.step, `MISS → ran in ${seconds(e.durationMs)}, not cached`)
+        break
+      case 'capture-progress':
+        progress.update(`${e.step}: capturing`, e.unit, e.done, e.total)
+        break
+      case 'captured':
+        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
+        break
+      case 'capture-failed':
+        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${oneLine(e.error)}`)
+        break
+      case 'cache-off':
+        cacheOff = true
+        line('strata', `caching is off for the rest of this run: ${oneLine(e.error)}`)
+        break
+      case 'failed': {
+        const why = e.reason === 'exit' ? (e.signal !== null ? `killed by ${e.signal}` : `exit ${e.exitCode ?? '?'}`)
+          : e.reason === 'timeout' ? 'timed out' : e.reason === 'cancel' ? 'cancelled' : oneLine(e.error)
+        line(e.step, `FAILED (${why})`)
+        break
+      }
+      default:
+        break
+    }
   }
 }

@@ -1,3 +1,4 @@
+export { ENV_NAME, MAX_ENV_BYTES, MAX_ENV_STRING, envObject, envProblem, isEnvLine } from './env.ts'
 export { IDENTITY_FILE, loadIdentity, peerIdFromPublicKey, publicKeyFromPeerId, verifySignature } from './identity.ts'
 export type { Identity } from './identity.ts'
 export {

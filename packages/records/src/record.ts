@@ -3,6 +3,7 @@ import { CID } from 'multiformats/cid'
 import { RecordInvalidError } from './errors.ts'
 import type { RecordRejectReason } from './errors.ts'
 import { publicKeyFromPeerId, verifySignature } from './identity.ts'
+import { envObject, envProblem, isEnvLine } from './env.ts'
 import type { Identity } from './identity.ts'
 import type { RecordPolicy } from './trust.ts'
 
@@ -95,7 +96,8 @@ export function signRecord (record: StepRecord, identity: Identity): Uint8Array 
  * Decodes and verifies an envelope for `key` under `policy`, in this order:
  * decodes (`malformed`), carries a signature (`unsigned`), has this format
  * (`version`), the signature verifies against the producer's key (`bad-signature`),
- * its fields have their types (`malformed`), the producer is trusted to write its
+ * its fields have their types and its env lines are NAME=value (`malformed`), its
+ * env fits what exec takes (`too-large`), the producer is trusted to write its
  * scope (`untrusted-signer`), it is about `key` (`wrong-key`), it
  * was written in the policy's epoch or later (`old-epoch`), in one of its scopes
  * (`wrong-scope`). Throws RecordInvalidError with that `reason`.
@@ -129,6 +131,10 @@ export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): 
     typeof record.scope !== 'string' || typeof record.epoch !== 'number' || !Number.isInteger(record.epoch)) {
     throw fail('malformed', 'is malformed')
   }
+  if (!record.env.every(isEnvLine)) throw fail('malformed', 'has an env line that is not NAME=value')
+  // Its env is exported to the steps above it: one that exec would refuse must never be a hit.
+  const envTooLarge = envProblem(envObject(record.env))
+  if (envTooLarge !== undefined) throw fail('too-large', `env: ${envTooLarge.reason}`)
   if (!policy.trusts(record.producer, record.scope)) throw fail('untrusted-signer', `signed by ${record.producer}, who is not trusted to write scope ${record.scope}`)
   if (CID.asCID(record.key)?.equals(key) !== true) throw fail('wrong-key', 'is about another key')
   const epoch = policy.epoch ?? 0

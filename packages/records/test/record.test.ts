@@ -94,6 +94,27 @@ test('each refused record says why, with a stable reason', async (t) => {
   refused('version', () => openRecord(KEY, envelopeOf(v1, v1sig), all))
 })
 
+test('a record whose env exec would refuse is never accepted: too large a variable or in all, or not NAME=value', async (t) => {
+  const me = await loadIdentity(tempDir(t))
+  const policy = trusting(me.peerId)
+  const open = (env: string[]): StepRecord => openRecord(KEY, signRecord(recordOf(me, { env }), me), policy)
+  const refused = (reason: string, env: string[], names?: string): void => {
+    assert.throws(() => open(env), (err: Error & { reason?: string }) => {
+      assert.equal(err.reason, reason, err.message)
+      if (names !== undefined) assert.ok(err.message.includes(names), err.message)
+      return true
+    })
+  }
+  // The kernel takes a NAME=value string of up to 131071 bytes (131072 with its NUL).
+  const fits = `BIG=${'x'.repeat(131071 - 4)}`
+  assert.deepEqual(open([fits]).env, [fits])
+  refused('too-large', [`${fits}x`], 'BIG')
+  // Ten variables of 120 KB each fit one by one but not together (over 1 MiB).
+  refused('too-large', Array.from({ length: 10 }, (_, i) => `V${i}=${'y'.repeat(120_000)}`), 'over the 1048576')
+  refused('malformed', ['no equals sign'])
+  refused('malformed', ['1BAD=x'])
+})
+
 test('signing checks the record it is given', async (t) => {
   const me = await loadIdentity(tempDir(t))
   const other = await loadIdentity(tempDir(t))

@@ -231,13 +231,35 @@ export class SandboxError extends RunnerError {
   }
 }
 
-/** A line the step appended to $STRATA_ENV is not NAME=value, or the file is too large. */
+/** A line the step appended to $STRATA_ENV is not NAME=value, or it (or the environment it makes) is too large to exec. */
 export class StrataEnvError extends RunnerError {
   override name = 'StrataEnvError'
   readonly step: string
-  constructor (step: string, reason: string) {
+  /** The variable at fault, when one is. */
+  readonly variable: string | undefined
+  constructor (step: string, reason: string, variable?: string) {
     super('ERR_STRATA_ENV', `step "${step}": $STRATA_ENV: ${reason}`)
     this.step = step
+    this.variable = variable
+  }
+}
+
+/** The filesystem of the data dir is full (ENOSPC, EDQUOT): caching is off for the rest of the run. */
+export class DiskFullError extends RunnerError {
+  override name = 'DiskFullError'
+  /** The data dir whose filesystem is full. */
+  readonly path: string
+  constructor (path: string, opts?: { cause?: unknown }) {
+    super('ERR_DISK_FULL', `the filesystem of ${path} is full`, opts)
+    this.path = path
+  }
+}
+
+/** No scratch space for a step: the data dir's filesystem is full and none could be had elsewhere. */
+export class ScratchError extends RunnerError {
+  override name = 'ScratchError'
+  constructor (detail: string, opts?: { cause?: unknown }) {
+    super('ERR_SCRATCH', `no scratch space for the step: ${detail}`, opts)
   }
 }
 

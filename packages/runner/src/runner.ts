@@ -1,6 +1,6 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { closeSync, existsSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
-import { mkdir, readFile, rm, stat } from 'node:fs/promises'
+import { mkdir, rm } from 'node:fs/promises'
 import { machine } from 'node:os'
 import { isAbsolute, posix, resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
@@ -12,8 +12,8 @@ import type { LayerInfo, Lease, Store } from '@strata/store'
 import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
 import {
-  BaseMismatchError, ChainTooLongError, ParentNotFoundError, RunnerError, StepCancelledError, StepFailedError,
-  StepNotFoundError, StepTimeoutError, StrataEnvError
+  BaseMismatchError, ChainTooLongError, DiskFullError, ParentNotFoundError, RunnerError, StepCancelledError, StepFailedError,
+  StepNotFoundError, StepTimeoutError
 } from './errors.ts'
 import { collectInputs } from './inputs.ts'
 import type { InputLimits } from './inputs.ts'
@@ -23,8 +23,11 @@ import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, checkEpoch, checkScope, loadIdentity, openRecord, recordKey, signRecord, writerTrust } from '@strata/records'
 import type { Identity, RecordPolicy, StepRecord } from '@strata/records'
 import { descriptorKey, lastKey } from './slots.ts'
-import { MAX_LOWER_LAYERS, normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
+import { MAX_LOWER_LAYERS, normalizeUpperRoot, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
+import { isDiskFull, isFull, makeScratch, mountSpill, sweepSpills } from './scratch.ts'
+import type { Scratch, Spill } from './scratch.ts'
+import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
 import { LayeredView } from './view.ts'
 
 export interface RunnerInit {
@@ -81,7 +84,7 @@ export interface RunOptions {
   onEvent?: (event: RunnerEvent) => void
 }
 
-export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'no-cache' | 'uncached-step'
+export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'no-cache' | 'uncached-step' | 'cache-off'
 
 export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
@@ -94,6 +97,8 @@ export type RunnerEvent =
   | { type: 'captured', step: string, key: string, layer: string, size: number, entries: number, durationMs: number }
   /** The step ran but its result could not be stored (a full disk): later steps of this run still see its changes. */
   | { type: 'capture-failed', step: string, key: string, error: Error }
+  /** Once per run: the data dir's filesystem is full; later steps look nothing up, commit nothing and run on scratch space elsewhere. */
+  | { type: 'cache-off', step: string, error: Error }
   | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
 
 export interface StepResult {
@@ -189,8 +194,8 @@ interface Described {
 
 const USER = '0:0'
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
-const MAX_ENV_FILE = 1024 * 1024
+/** What every step's environment starts with, before the $STRATA_ENV lines below it and its declared env. */
+const BASE_ENV: Readonly<Record<string, string>> = { PATH: DEFAULT_PATH, HOME: '/root' }
 const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
 /** Creates a runner over `store`; loads (or creates) the node identity and clears scratch dirs left by dead runs. */
@@ -199,7 +204,7 @@ export async function createRunner (init: RunnerInit): Promise<Runner> {
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
   const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
-  runner.sweep()
+  await runner.sweep()
   return runner
 }
 
@@ -249,8 +254,9 @@ class StepRunner implements Runner {
     return this.#identity.peerId
   }
 
-  /** Removes scratch dirs whose owner is gone (it held an flock on `lock` while alive). */
-  sweep (): void {
+  /** Removes scratch dirs, and unmounts scratch space, whose owner is gone (it held an flock on `lock` while alive). */
+  async sweep (): Promise<void> {
+    await sweepSpills(this.#log)
     const root = `${this.#dataDir}/runner/run`
     for (const name of readdirSync(root)) {
       const dir = `${root}/${name}`
@@ -446,7 +452,7 @@ class StepRunner implements Runner {
 
   /** A lease on the layers this run mounts (under the store's data dir, where its collector looks). */
   #hold (): Hold {
-    return { lease: takeLease(this.#store.dataDir), dirs: [] }
+    return { lease: takeLease(this.#store.dataDir), dirs: [], cacheOff: false }
   }
 
   async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
@@ -465,7 +471,11 @@ class StepRunner implements Runner {
     emit({ type: 'key', step: step.name, key: keyString, durationMs: performance.now() - t0 })
     this.#log.debug({ step: step.name, key: keyString }, 'key computed')
 
-    if (step.cache && opts.noCache !== true) {
+    // A full store cannot take the step's result, nor lease what it would hit: caching is off from here.
+    if (!hold.cacheOff && await isFull(this.#dataDir)) this.#cacheOff(hold, step.name, new DiskFullError(this.#dataDir), emit)
+    if (hold.cacheOff) {
+      emit({ type: 'miss', step: step.name, key: keyString, reason: 'cache-off' })
+    } else if (step.cache && opts.noCache !== true) {
       let found = await this.#lookup(key, hold)
       let fromPeers: { providers: number, bytes: number } | undefined
       if (!('record' in found) && this.#remote !== undefined) {
@@ -477,7 +487,21 @@ class StepRunner implements Runner {
         }
       }
       if ('record' in found) {
-        await this.#remember(lastId, key, described.bytes)
+        const tooLarge = envProblem(envObject([...chain.envLines, ...found.record.env], BASE_ENV))
+        if (tooLarge !== undefined) {
+          // Each record's env fits, but not all of them together: the step runs and fails with that error.
+          this.#log.info({ step: step.name, key: keyString, reason: tooLarge.reason }, 'not using a record: the environment it adds up to could not be exec\'d')
+          found = { reason: 'invalid-record' }
+        }
+      }
+      if ('record' in found) {
+        try {
+          await this.#remember(lastId, key, described.bytes)
+        } catch (err) {
+          // It serves why() only: the hit stands.
+          this.#log.info({ err, step: step.name, key: keyString }, 'cannot note the step\'s key for why()')
+          if (isDiskFull(err)) this.#cacheOff(hold, step.name, err, emit)
+        }
         chain.parent = key
         chain.layers.unshift(found.layer.path)
         chain.envLines.push(...found.record.env)
@@ -493,15 +517,27 @@ class StepRunner implements Runner {
       emit({ type: 'miss', step: step.name, key: keyString, reason: step.cache ? 'no-cache' : 'uncached-step' })
     }
 
-    const runDir = `${this.#dataDir}/runner/run/${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
-    await mkdir(runDir, { recursive: true })
-    const lockFd = openSync(`${runDir}/lock`, 'w')
-    flock(lockFd, { exclusive: true, wait: false })
-    let kept = false
+    const basePath = chain.base.kind === 'host' ? '/' : chain.base.path
+    let scratch: Scratch
     try {
-      const basePath = chain.base.kind === 'host' ? '/' : chain.base.path
-      const lowerOption = await prepareRunDir(runDir, chain.layers, basePath)
-      const env: Record<string, string> = { PATH: DEFAULT_PATH, HOME: '/root', ...envObject(chain.envLines) }
+      scratch = await this.#scratch(hold, step.name, chain.layers, basePath, emit)
+    } catch (err) {
+      emit({ type: 'failed', step: step.name, key: keyString, reason: 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: err as Error })
+      throw err
+    }
+    const { runDir, lockFd, lowerOption } = scratch
+    let kept = false
+    /** Keeps the step's upper dir mounted under the later steps of this run, uncached. */
+    const keep = (ownEnv: string[]): StepResult => {
+      hold.dirs.push({ dir: runDir, fd: lockFd })
+      kept = true
+      chain.parent = key
+      chain.layers.unshift(`${runDir}/u`)
+      chain.envLines.push(...ownEnv)
+      return { name: step.name, key: keyString, layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - t0 }
+    }
+    try {
+      const env: Record<string, string> = envObject(chain.envLines, BASE_ENV)
       for (const e of step.env) {
         const v = e.value ?? this.#env[e.name]
         if (v !== undefined) env[e.name] = v
@@ -533,7 +569,10 @@ class StepRunner implements Runner {
         throw err
       }
       const ownEnv = await readStrataEnv(step.name, `${runDir}/env`)
+      // The steps above get this environment: one that exec would refuse is this step's failure, and nothing is committed.
+      checkStrataEnv(step.name, [...chain.envLines, ...ownEnv], BASE_ENV)
       emit({ type: 'ran', step: step.name, key: keyString, exitCode: 0, durationMs: ranMs })
+      if (hold.cacheOff) return keep(ownEnv)
 
       const capAt = performance.now()
       await normalizeUpperRoot(runDir)
@@ -546,38 +585,46 @@ class StepRunner implements Runner {
       } catch (err) {
         // The cache never fails a build: the step ran, and its changes stay mounted for the rest of this run, uncached.
         if (opts.signal?.aborted === true || !existsSync(`${runDir}/u`)) throw err
-        this.#log.error({ err, step: step.name, key: keyString }, 'capture failed: the step ran, its result is not cached')
+        this.#log.info({ err, step: step.name, key: keyString }, 'capture failed: the step ran, its result is not cached')
         emit({ type: 'capture-failed', step: step.name, key: keyString, error: err as Error })
-        hold.dirs.push({ dir: runDir, fd: lockFd })
-        kept = true
-        chain.parent = key
-        chain.layers.unshift(`${runDir}/u`)
-        chain.envLines.push(...ownEnv)
-        return { name: step.name, key: keyString, layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - t0 }
+        if (isDiskFull(err)) this.#cacheOff(hold, step.name, err, emit)
+        return keep(ownEnv)
       }
-      hold.lease.add(layer.root.toString())
       let bytes = described.bytes
-      if (!step.cache) {
-        // Known only now: the key of an uncached step names what it produced, so the steps above it hit when it produced the same.
-        descriptor = { ...descriptor, output: layer.root }
-        const enc = await encodeDescriptor(descriptor)
-        key = enc.key
-        bytes = enc.bytes
+      try {
+        hold.lease.add(layer.root.toString())
+        if (!step.cache) {
+          // Known only now: the key of an uncached step names what it produced, so the steps above it hit when it produced the same.
+          descriptor = { ...descriptor, output: layer.root }
+          const enc = await encodeDescriptor(descriptor)
+          key = enc.key
+          bytes = enc.bytes
+        }
+        const record: StepRecord = {
+          v: RECORD_FORMAT,
+          key,
+          parent: chain.parent,
+          layer: layer.root,
+          size: layer.size,
+          env: ownEnv,
+          created: Date.now(),
+          producer: this.#identity.peerId,
+          scope: this.#scope,
+          epoch: this.#policy.epoch
+        }
+        await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#identity))
+        await this.#remember(lastId, key, bytes)
+      } catch (err) {
+        // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.
+        if (opts.signal?.aborted === true) throw err
+        this.#log.info({ err, step: step.name, key: key.toString() }, 'recording the capture failed: the step ran, its result is not cached')
+        emit({ type: 'capture-failed', step: step.name, key: key.toString(), error: err as Error })
+        if (isDiskFull(err)) this.#cacheOff(hold, step.name, err, emit)
+        chain.parent = key
+        chain.layers.unshift(layer.path)
+        chain.envLines.push(...ownEnv)
+        return { name: step.name, key: key.toString(), layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - t0 }
       }
-      const record: StepRecord = {
-        v: RECORD_FORMAT,
-        key,
-        parent: chain.parent,
-        layer: layer.root,
-        size: layer.size,
-        env: ownEnv,
-        created: Date.now(),
-        producer: this.#identity.peerId,
-        scope: this.#scope,
-        epoch: this.#policy.epoch
-      }
-      await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#identity))
-      await this.#remember(lastId, key, bytes)
       const capMs = performance.now() - capAt
       emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
       this.#log.info({ step: step.name, key: key.toString(), layer: layer.root.toString(), ranMs, capMs }, 'captured')
@@ -601,6 +648,29 @@ class StepRunner implements Runner {
     }
   }
 
+  /** A scratch dir for a step: on the data dir's filesystem while caching is on; on a spill tmpfs once that filesystem is full. */
+  async #scratch (hold: Hold, step: string, lowers: readonly string[], base: string, emit: (e: RunnerEvent) => void): Promise<Scratch> {
+    if (!hold.cacheOff) {
+      try {
+        return await makeScratch(`${this.#dataDir}/runner/run`, lowers, base)
+      } catch (err) {
+        if (!isDiskFull(err)) throw err
+        this.#cacheOff(hold, step, err, emit)
+      }
+    }
+    hold.spill ??= await mountSpill(this.#log)
+    return await makeScratch(hold.spill.dir, lowers, base)
+  }
+
+  /** Turns caching off for the rest of the run, once, and says so. */
+  #cacheOff (hold: Hold, step: string, cause: unknown, emit: (e: RunnerEvent) => void): void {
+    if (hold.cacheOff) return
+    hold.cacheOff = true
+    const error = cause instanceof DiskFullError ? cause : new DiskFullError(this.#dataDir, { cause })
+    this.#log.info({ err: error, step }, 'caching is off for the rest of the run')
+    emit({ type: 'cache-off', step, error })
+  }
+
   /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */
   async #fromFleet (step: string, key: CID, opts: RunOptions): Promise<{ providers: number, bytes: number } | undefined> {
     try {
@@ -621,17 +691,27 @@ class StepRunner implements Runner {
   }
 }
 
-/** What a run holds until it ends: a lease on its layers, and the run dirs of steps whose capture failed (mounted as lower dirs). */
+/**
+ * What a run holds until it ends: a lease on its layers, the run dirs of steps whose
+ * result was not captured (mounted as lower dirs), and once the data dir's filesystem
+ * is full, caching off and the scratch space used instead.
+ */
 interface Hold {
   lease: Lease
   dirs: Array<{ dir: string, fd: number }>
+  cacheOff: boolean
+  spill?: Spill
 }
 
 async function dropHold (hold: Hold): Promise<void> {
   hold.lease.release()
-  for (const { dir, fd } of hold.dirs) {
-    closeSync(fd)
-    await rm(dir, { recursive: true, force: true })
+  try {
+    for (const { dir, fd } of hold.dirs) {
+      closeSync(fd)
+      await rm(dir, { recursive: true, force: true })
+    }
+  } finally {
+    await hold.spill?.release()
   }
 }
 
@@ -645,32 +725,4 @@ function sameBase (a: BaseIdentity, b: BaseIdentity): boolean {
   if (a.kind === 'host' && b.kind === 'host') return a.arch === b.arch && Buffer.from(a.osRelease).equals(Buffer.from(b.osRelease))
   if (a.kind === 'dir' && b.kind === 'dir') return Buffer.from(a.digest).equals(Buffer.from(b.digest))
   return false
-}
-
-function envObject (lines: readonly string[]): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const l of lines) {
-    const i = l.indexOf('=')
-    out[l.slice(0, i)] = l.slice(i + 1)
-  }
-  return out
-}
-
-/** The step's own $STRATA_ENV lines: NAME=value each, blank lines skipped; anything else fails the step. */
-async function readStrataEnv (step: string, path: string): Promise<string[]> {
-  const st = await stat(path)
-  if (!st.isFile()) throw new StrataEnvError(step, 'is not a regular file')
-  if (st.size > MAX_ENV_FILE) throw new StrataEnvError(step, `is larger than ${MAX_ENV_FILE} bytes`)
-  const text = await readFile(path, 'utf8')
-  const out: string[] = []
-  for (const [i, line] of text.split('\n').entries()) {
-    if (line.trim() === '') continue
-    const eq = line.indexOf('=')
-    const name = eq === -1 ? line : line.slice(0, eq)
-    if (eq === -1 || !ENV_NAME.test(name)) throw new StrataEnvError(step, `line ${i + 1} is not NAME=value: ${JSON.stringify(line.slice(0, 80))}`)
-    if (name === 'STRATA_ENV' || name.startsWith('STRATA_SB_')) throw new StrataEnvError(step, `line ${i + 1} sets ${name}, which is reserved`)
-    if (line.includes('\0')) throw new StrataEnvError(step, `line ${i + 1} contains a NUL byte`)
-    out.push(line)
-  }
-  return out
 }

@@ -73,7 +73,7 @@ steps:
   })
 }
 
-test('a capture that fills the disk does not fail the step: later steps see its changes, nothing is left behind', async (t) => {
+test('a capture that fills the disk does not fail the step: caching goes off, later steps see its changes and write on scratch space elsewhere, nothing is left behind', async (t) => {
   const side = sideChannel(t)
   const p = pipelineIn(tempDir(t), `base: host
 steps:
@@ -84,19 +84,25 @@ steps:
       dd if=/dev/zero of=/opt/strata-full/fill bs=64k 2>/dev/null || true
       echo filled >> ${side.dir}/ran
   - name: after
-    run: test "$(cat /opt/strata-full/f300)" = 300 && echo after >> ${side.dir}/ran
+    run: test "$(cat /opt/strata-full/f300)" = 300 && echo written > /opt/strata-full/new && echo after >> ${side.dir}/ran
+  - name: last
+    run: test "$(cat /opt/strata-full/new)" = written && echo last >> ${side.dir}/ran
 `)
   await withSmallDisk('24m', async (disk) => {
     const store = await openStore({ dataDir: `${disk}/data` })
     try {
       const events: RunnerEvent[] = []
       const result = await (await runnerOn(store, new Sink())).run(p, { onEvent: (e) => events.push(e) })
-      assert.deepEqual(side.lines(), ['filled', 'after'])
-      assert.deepEqual(result.steps.map((s) => s.status), ['ran', 'ran'])
+      assert.deepEqual(side.lines(), ['filled', 'after', 'last'])
+      assert.deepEqual(result.steps.map((s) => s.status), ['ran', 'ran', 'ran'])
       const failed = events.find((e) => e.type === 'capture-failed')
       assert.ok(failed !== undefined && failed.step === 'fill', 'no capture-failed event for the step that filled the disk')
       assert.equal((failed.error as Error & { code?: string }).code, 'ERR_COMMIT')
       assert.equal(result.steps[0]!.layer, '')
+      // Once, at the step that found the disk full; the steps after it look nothing up and commit nothing.
+      assert.deepEqual(events.filter((e) => e.type === 'cache-off').map((e) => [e.step, (e.error as Error & { code?: string }).code]), [['fill', 'ERR_DISK_FULL']])
+      assert.deepEqual(events.filter((e) => e.type === 'miss').map((e) => e.reason), ['no-record', 'cache-off', 'cache-off'])
+      assert.deepEqual(events.filter((e) => e.type === 'captured' || e.type === 'capture-failed').map((e) => `${e.step}:${e.type}`), ['fill:capture-failed'])
       assert.deepEqual(readdirSync(`${disk}/data/staging`), [])
       assert.deepEqual(readdirSync(`${disk}/data/runner/run`), [], 'the kept upper dir outlived the run')
       assert.deepEqual(readdirSync(`${disk}/data/layers`).sort(), (await store.listLayers()).map((l) => l.root.toString()).sort())

@@ -697,7 +697,8 @@ class LayerStore implements Store, LocalStore {
       }
       await this.#db.del(kPending(root))
     } catch (err) {
-      this.#log.warn({ err, layer: root }, 'cannot drop the index keys of a failed commit; the next open sweeps them')
+      // Expected on a full disk, and repaired without help: the commit's own error is what the caller reports.
+      this.#log.info({ err, layer: root }, 'cannot drop the index keys of a failed commit; the next open sweeps them')
     }
   }
 

@@ -3,13 +3,13 @@ import { checkEpoch, checkScope } from '@strata/records'
 import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
 import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
-import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
+import { dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
 // The client alone: importing the whole daemon package would load libp2p on every run.
 import { connectDaemon } from '@strata/daemon/client'
 import { openStoreFor } from '../open.ts'
 import { sizeOption } from './gc.ts'
-import { Progress } from '../progress.ts'
+import { reporter, seconds } from '../progress.ts'
 
 const jsonFlag = { json: { type: 'boolean', default: false } } as const
 /** Where records are written and read: flags, else STRATA_SCOPE / STRATA_READ_SCOPES / STRATA_EPOCH. */
@@ -54,53 +54,6 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
     throw new UsageError((err as Error).message)
   }
   return out
-}
-
-const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
-
-/** Renders runner events as one status line per step (or JSON lines), with a progress bar on a TTY. */
-function reporter (ctx: CommandContext, json: boolean): (e: RunnerEvent) => void {
-  const progress = new Progress(ctx.stderr)
-  const ran = new Map<string, number>()
-  const line = (step: string, text: string): void => {
-    progress.stop()
-    ctx.stderr.write(`${step}: ${text}\n`)
-  }
-  return (e: RunnerEvent) => {
-    if (json) {
-      if (e.type === 'capture-progress') return
-      const { error, ...rest } = e as RunnerEvent & { error?: Error }
-      ctx.stdout.write(JSON.stringify(error !== undefined ? { ...rest, error: { message: error.message, code: (error as Error & { code?: string }).code } } : rest) + '\n')
-      return
-    }
-    switch (e.type) {
-      case 'hit':
-        line(e.step, e.source === 'peer'
-          ? `HIT peer (${e.providers} provider${e.providers === 1 ? '' : 's'}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
-          : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
-        break
-      case 'ran':
-        ran.set(e.step, e.durationMs)
-        break
-      case 'capture-progress':
-        progress.update(`${e.step}: capturing`, e.unit, e.done, e.total)
-        break
-      case 'captured':
-        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
-        break
-      case 'capture-failed':
-        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${e.error.message}`)
-        break
-      case 'failed': {
-        const why = e.reason === 'exit' ? (e.signal !== null ? `killed by ${e.signal}` : `exit ${e.exitCode ?? '?'}`)
-          : e.reason === 'timeout' ? 'timed out' : e.reason === 'cancel' ? 'cancelled' : e.error.message
-        line(e.step, `FAILED (${why})`)
-        break
-      }
-      default:
-        break
-    }
-  }
 }
 
 function both (a: (e: RunnerEvent) => void, b: (e: RunnerEvent) => void): (e: RunnerEvent) => void {
