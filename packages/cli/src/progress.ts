@@ -1,6 +1,6 @@
 import cliProgress from 'cli-progress'
 import type { Writable } from 'node:stream'
-import { formatBytes } from './context.ts'
+import { count, formatBytes } from './context.ts'
 
 /** One progress bar on a TTY (cli-progress); nothing elsewhere, where plain status lines suffice. */
 export class Progress {
@@ -24,7 +24,7 @@ export class Progress {
       }, cliProgress.Presets.shades_classic)
       this.#bar.start(Math.max(total, 1), 0, { amount: '' })
     }
-    const amount = unit === 'bytes' ? formatBytes(done) : `${done} entries`
+    const amount = unit === 'bytes' ? formatBytes(done) : count(done, 'entry', 'entries')
     if (total > 0) this.#bar.setTotal(total)
     this.#bar.update(total > 0 ? done : 0, { amount })
   }
