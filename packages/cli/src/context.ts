@@ -70,7 +70,7 @@ export function parseCommandArgs (ctx: CommandContext, options: ParseArgsOptions
   if (positionals !== 'any' && parsed.positionals.length !== positionals) {
     throw new UsageError(positionals === 0
       ? `unexpected argument ${JSON.stringify(parsed.positionals[0])}`
-      : `expected ${positionals} argument${positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
+      : `expected ${count(positionals, 'argument')}, got ${parsed.positionals.length}`)
   }
   return parsed
 }

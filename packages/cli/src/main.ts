@@ -122,8 +122,17 @@ async function run (argv: string[], pool: FsPool | undefined): Promise<number> {
     if (controller.signal.aborted) process.exit(130)
     controller.abort(new Error(`received ${sig}`))
   }
+  // An error no caller awaits (a library's background task) ends the command as any
+  // other does: one line, the stack in the log at debug, instead of Node's report.
+  const onUncaught = (err: unknown): void => {
+    logger.debug({ err }, 'uncaught error')
+    process.stderr.write(`strata ${command.name}: ${reason(err)}\n`)
+    process.exit(1)
+  }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  process.on('uncaughtException', onUncaught)
+  process.on('unhandledRejection', onUncaught)
   try {
     return await command.run({ argv: rest, stdout: process.stdout, stderr: process.stderr, logger, signal: controller.signal, pool })
   } catch (err) {
@@ -137,6 +146,8 @@ async function run (argv: string[], pool: FsPool | undefined): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
+    process.off('uncaughtException', onUncaught)
+    process.off('unhandledRejection', onUncaught)
   }
 }
 
