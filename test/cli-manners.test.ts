@@ -97,6 +97,7 @@ test('exit 2 for a CID, key or value that does not parse; exit 1 and one line fo
 
   assertUsage(strata(['daemon', '--allow-peer', 'garbage', '--data-dir', data]), 'daemon', /--allow-peer: "garbage" is not a peer id/)
   assertUsage(strata(['daemon', '--listen', '0.0.0.0:7401', '--data-dir', data]), 'daemon', /--listen: "0\.0\.0\.0:7401" is not a multiaddr/)
+  assertUsage(strata(['daemon', '--bootstrap', '/ip4/999.0.0.1/tcp/7401', '--data-dir', data]), 'daemon', /--bootstrap: "\/ip4\/999\.0\.0\.1\/tcp\/7401" is not a multiaddr/)
   assertUsage(strata(['layers', '--bogus', '--data-dir', data]), 'layers', /^strata layers: unknown option '--bogus'\n/)
   assertUsage(strata(['layers', 'extra', '--data-dir', data]), 'layers', /unexpected argument "extra"/)
 })

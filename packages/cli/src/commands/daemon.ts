@@ -26,12 +26,6 @@ function checkEach (flag: string, values: string[], what: string, check: (s: str
   }
 }
 
-/** A multiaddr starts with a protocol (`/ip4/...`); the daemon parses the rest. */
-function checkAddresses (flag: string, values: string[]): void {
-  const bad = values.find((a) => !a.startsWith('/'))
-  if (bad !== undefined) throw new UsageError(`--${flag}: ${JSON.stringify(bad)} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/7401)`)
-}
-
 export const daemon: Command = {
   name: 'daemon',
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
@@ -70,8 +64,6 @@ export const daemon: Command = {
     const allow = list(v['allow-peer'])
     const readScopes = list(v['read-scope'])
     const pskFile = typeof v['psk-file'] === 'string' ? v['psk-file'] : process.env.STRATA_PSK_FILE
-    checkAddresses('listen', listen)
-    checkAddresses('bootstrap', list(v.bootstrap))
     const metrics = v['metrics-listen']
     if (typeof metrics === 'string') {
       const port = metrics.lastIndexOf(':') > 0 ? Number(metrics.slice(metrics.lastIndexOf(':') + 1)) : NaN
@@ -85,6 +77,9 @@ export const daemon: Command = {
     // libp2p loads only for the commands that run a node.
     const { createDaemon, peerIdOf, writerOf } = await import('@strata/daemon')
     const { checkScope } = await import('@strata/runner')
+    const { multiaddr } = await import('@multiformats/multiaddr')
+    checkEach('listen', listen, 'a multiaddr (e.g. /ip4/0.0.0.0/tcp/7401)', multiaddr)
+    checkEach('bootstrap', list(v.bootstrap), 'a multiaddr (e.g. /ip4/10.0.0.2/tcp/7401/p2p/PEERID)', multiaddr)
     checkEach('allow-peer', allow, 'a peer id or an ed25519 public key in hex', peerIdOf)
     checkEach('trusted-writer', trusted, 'a peer id or an ed25519 public key, optionally with @SCOPE-PATTERN', writerOf)
     checkEach('read-scope', readScopes, 'a scope (letters, digits, ".", "_", "+", "-", with "/" between parts)', checkScope)
