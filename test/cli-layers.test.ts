@@ -55,7 +55,7 @@ test('strata fails with a one-line reason and a non-zero exit', (t) => {
   assert.match(unknown.stderr, /no layer bafy.* in the store \(ERR_LAYER_NOT_FOUND\)/)
   const flag = strata(['pack', '--bogus'])
   assert.equal(flag.status, 2)
-  assert.match(flag.stderr, /Unknown option '--bogus'/)
+  assert.match(flag.stderr, /unknown option '--bogus'/)
   assert.equal(strata(['frobnicate']).status, 2)
 })
 

@@ -1,4 +1,3 @@
-import { pino } from 'pino'
 import type { Logger } from 'pino'
 import type { Writable } from 'node:stream'
 import { resolve } from 'node:path'
@@ -24,7 +23,11 @@ export interface Command {
   run(ctx: CommandContext): Promise<number>
 }
 
-/** A mistake in how the command was called: printed with the usage line, exit code 2. */
+/**
+ * A mistake in how the command was called (an unknown flag, a missing or extra
+ * argument, a value that does not parse): printed with the usage line, exit code 2.
+ * A well-formed value that names nothing (a CID not in the store) is a failure, not this.
+ */
 export class UsageError extends Error {
   override name = 'UsageError'
   readonly code = 'ERR_USAGE'
@@ -34,9 +37,9 @@ export function defaultDataDir (): string {
   return process.env.STRATA_DATA_DIR ?? '/var/lib/strata'
 }
 
-/** Logs go to stderr as JSON lines; STRATA_LOG_LEVEL sets the level (default warn). */
-export function createLogger (stream: Writable = process.stderr): Logger {
-  return pino({ level: process.env.STRATA_LOG_LEVEL ?? 'warn', base: { pid: process.pid } }, stream === process.stderr ? pino.destination({ dest: 2, sync: true }) : stream)
+/** `1 layer`, `2 layers`, `0 copies`: a count with its noun agreeing. */
+export function count (n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`
 }
 
 export function formatBytes (n: number): string {
@@ -62,14 +65,21 @@ export function parseCommandArgs (ctx: CommandContext, options: ParseArgsOptions
   try {
     parsed = parseArgs({ args: ctx.argv, options: { 'data-dir': { type: 'string' }, ...options }, allowPositionals: true, strict: true })
   } catch (err) {
-    throw new UsageError((err as Error).message)
+    throw new UsageError(parseArgsMessage(err as Error & { code?: string }), { cause: err })
   }
   if (positionals !== 'any' && parsed.positionals.length !== positionals) {
     throw new UsageError(positionals === 0
       ? `unexpected argument ${JSON.stringify(parsed.positionals[0])}`
-      : `expected ${positionals} argument${positionals === 1 ? '' : 's'}, got ${parsed.positionals.length}`)
+      : `expected ${count(positionals, 'argument')}, got ${parsed.positionals.length}`)
   }
   return parsed
+}
+
+/** Node's parse error without its advice on positionals that start with '-', which --help covers. */
+function parseArgsMessage (err: Error & { code?: string }): string {
+  if (err.code !== 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return err.message
+  const at = err.message.indexOf('. ')
+  return (at > 0 ? err.message.slice(0, at) : err.message).replace(/^Unknown option/, 'unknown option')
 }
 
 /**

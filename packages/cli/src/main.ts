@@ -1,6 +1,10 @@
+import { readFileSync } from 'node:fs'
+import type { Logger } from 'pino'
 import type { FsPool } from '@strata/chunker/fs-pool'
 import type { Command } from './context.ts'
-import { createLogger, UsageError } from './context.ts'
+import { UsageError } from './context.ts'
+import { commandHelp } from './help.ts'
+import { createLogger, oneLine } from './log.ts'
 
 /**
  * Every command, in the order `strata help` lists them, with the module that holds
@@ -23,11 +27,26 @@ const commands: Array<[name: string, load: () => Promise<Command>]> = [
   ['layers', async () => (await import('./commands/layer.ts')).layers]
 ]
 
-/** An error as the one-line reason a command prints: its message, and its code when it has one. */
+/**
+ * An error as the one-line reason a command prints: the first line of its message,
+ * and its code when it has one. The rest (a stack, a library's advice) goes to the
+ * log at debug.
+ */
 function reason (err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err)
+  const message = oneLine(err instanceof Error ? err.message || err.name : String(err))
   const code = (err as { code?: unknown } | undefined)?.code
-  return code !== undefined ? `${message} (${String(code)})` : message
+  return typeof code === 'string' || typeof code === 'number' ? `${message} (${String(code)})` : message
+}
+
+/** The arguments before `--`: what follows belongs to the step's command. */
+function ownArgs (argv: string[]): string[] {
+  const end = argv.indexOf('--')
+  return end < 0 ? argv : argv.slice(0, end)
+}
+
+function version (): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
 }
 
 /** An output stream's error: a closed reader is not one; any other is thrown, as it would have been. */
@@ -39,7 +58,7 @@ function dropWhenClosed (err: NodeJS.ErrnoException): void {
 async function help (out: NodeJS.WritableStream): Promise<boolean> {
   // The whole text in one write, once every module has loaded (main() drops the
   // EPIPE of a reader that stopped early).
-  let text = 'strata: layer caching for CI steps, shared peer-to-peer\n\nusage: strata COMMAND [options]\n\n'
+  let text = 'strata: layer caching for CI steps, shared peer-to-peer\n\nusage: strata COMMAND [options]   (strata COMMAND --help, strata --version)\n\n'
   let ok = true
   for (const [name, load] of commands) {
     try {
@@ -75,36 +94,50 @@ async function run (argv: string[], pool: FsPool | undefined): Promise<number> {
   process.stdout.on('error', dropWhenClosed)
   process.stderr.on('error', dropWhenClosed)
   const [name, ...rest] = argv
+  if (name === '--version' || name === '-V' || name === 'version') {
+    process.stdout.write(`strata ${version()}\n`)
+    return 0
+  }
+  if (name === 'help' && rest.length > 0) return await helpFor(rest[0]!)
   if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
     const ok = await help(process.stdout)
     return !ok ? 1 : name === undefined ? 2 : 0
   }
-  const load = commands.find(([n]) => n === name)?.[1]
-  if (load === undefined) {
-    process.stderr.write(`strata: unknown command ${JSON.stringify(name)} (try strata help)\n`)
-    return 2
+  const command = await loadCommand(name)
+  if (typeof command === 'number') return command
+  const own = ownArgs(rest)
+  if (own.includes('--help') || own.includes('-h')) {
+    process.stdout.write(commandHelp(command))
+    return 0
   }
-  let command: Command
+  let logger: Logger
   try {
-    command = await load()
+    logger = createLogger({ level: process.env.STRATA_LOG_LEVEL, file: process.env.STRATA_LOG_FILE, json: own.includes('--json'), stderr: process.stderr })
   } catch (err) {
-    // A module that cannot load (a missing native build, a broken install) is named with its reason.
-    process.stderr.write(`strata ${name}: cannot load the command: ${reason(err)}\n`)
-    return 1
+    process.stderr.write(`strata ${command.name}: ${reason(err)}\n`)
+    return (err as { code?: string }).code === 'ERR_LOG_LEVEL' ? 2 : 1
   }
   const controller = new AbortController()
   const onSignal = (sig: NodeJS.Signals): void => {
     if (controller.signal.aborted) process.exit(130)
     controller.abort(new Error(`received ${sig}`))
   }
+  // An error no caller awaits (a library's background task) ends the command as any
+  // other does: one line, the stack in the log at debug, instead of Node's report.
+  const onUncaught = (err: unknown): void => {
+    logger.debug({ err }, 'uncaught error')
+    process.stderr.write(`strata ${command.name}: ${reason(err)}\n`)
+    process.exit(1)
+  }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
-  const logger = createLogger()
+  process.on('uncaughtException', onUncaught)
+  process.on('unhandledRejection', onUncaught)
   try {
     return await command.run({ argv: rest, stdout: process.stdout, stderr: process.stderr, logger, signal: controller.signal, pool })
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`strata ${command.name}: ${err.message}\nusage: ${command.usage}\n`)
+      process.stderr.write(`strata ${command.name}: ${oneLine(err.message)}\nusage: ${command.usage}\n(strata ${command.name} --help lists the options)\n`)
       return 2
     }
     logger.debug({ err }, 'command failed')
@@ -113,5 +146,31 @@ async function run (argv: string[], pool: FsPool | undefined): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
+    process.off('uncaughtException', onUncaught)
+    process.off('unhandledRejection', onUncaught)
   }
+}
+
+/** The command named `name`, or the exit code when there is none or its module cannot load (said on stderr). */
+async function loadCommand (name: string): Promise<Command | number> {
+  const load = commands.find(([n]) => n === name)?.[1]
+  if (load === undefined) {
+    process.stderr.write(`strata: unknown command ${JSON.stringify(name)} (try strata help)\n`)
+    return 2
+  }
+  try {
+    return await load()
+  } catch (err) {
+    // A module that cannot load (a missing native build, a broken install) is named with its reason.
+    process.stderr.write(`strata ${name}: cannot load the command: ${reason(err)}\n`)
+    return 1
+  }
+}
+
+/** `strata help COMMAND`: as `strata COMMAND --help`. */
+async function helpFor (name: string): Promise<number> {
+  const command = await loadCommand(name)
+  if (typeof command === 'number') return command
+  process.stdout.write(commandHelp(command))
+  return 0
 }

@@ -1,7 +1,7 @@
 import cliProgress from 'cli-progress'
 import type { Writable } from 'node:stream'
 import type { RunnerEvent } from '@strata/runner'
-import { formatBytes } from './context.ts'
+import { count, formatBytes } from './context.ts'
 import type { CommandContext } from './context.ts'
 
 /** One progress bar on a TTY (cli-progress); nothing elsewhere, where plain status lines suffice. */
@@ -26,7 +26,7 @@ export class Progress {
       }, cliProgress.Presets.shades_classic)
       this.#bar.start(Math.max(total, 1), 0, { amount: '' })
     }
-    const amount = unit === 'bytes' ? formatBytes(done) : `${done} entries`
+    const amount = unit === 'bytes' ? formatBytes(done) : count(done, 'entry', 'entries')
     if (total > 0) this.#bar.setTotal(total)
     this.#bar.update(total > 0 ? done : 0, { amount })
   }
@@ -64,7 +64,7 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
     switch (e.type) {
       case 'hit':
         line(e.step, e.source === 'peer'
-          ? `HIT peer (${e.providers} provider${e.providers === 1 ? '' : 's'}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
+          ? `HIT peer (${count(e.providers, 'provider')}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
           : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
         break
       case 'ran':

@@ -67,6 +67,20 @@ export class DaemonConfigError extends DaemonError {
   }
 }
 
+/** The node cannot listen on one of its addresses; `cause` is the system's error (EADDRINUSE...). */
+export class ListenError extends DaemonError {
+  override name = 'ListenError'
+  readonly address: string
+  constructor (address: string, opts: { cause: unknown }) {
+    const sys = (opts.cause as { code?: unknown } | undefined)?.code
+    const why = sys === 'EADDRINUSE' ? 'the address is in use (another process listens on it)'
+      : sys === 'EADDRNOTAVAIL' ? 'this host has no such address'
+        : sys === 'EACCES' ? 'permission denied' : (opts.cause as Error | undefined)?.message ?? String(opts.cause)
+    super('ERR_LISTEN', `cannot listen on ${address}: ${why}`, opts)
+    this.address = address
+  }
+}
+
 /** The control socket answered with an error, or could not be reached. */
 export class ControlError extends DaemonError {
   override name = 'ControlError'

@@ -17,6 +17,7 @@ import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { IDENTITY_FILE, IdentityError, loadIdentity } from '@strata/records'
+import { ListenError } from './errors.ts'
 import { noiseCrypto } from './noise-crypto.ts'
 
 export type StrataServices = { dht: KadDHT, pubsub: GossipSub, identify: Identify, ping: Ping }
@@ -86,7 +87,34 @@ export interface NodeInit {
   psk?: Uint8Array
 }
 
+/**
+ * The TCP transport, its listen failures remembered by address: libp2p reports
+ * them as one message with stacks and advice about its own configuration.
+ */
+function tcpRememberingFailures (failures: ListenError[]): ReturnType<typeof tcp> {
+  const factory = tcp()
+  return (components) => {
+    const transport = factory(components)
+    const createListener = transport.createListener.bind(transport)
+    transport.createListener = (options) => {
+      const listener = createListener(options)
+      const listen = listener.listen.bind(listener)
+      listener.listen = async (addr) => {
+        try {
+          await listen(addr)
+        } catch (err) {
+          failures.push(new ListenError(addr.toString(), { cause: err }))
+          throw err
+        }
+      }
+      return listener
+    }
+    return transport
+  }
+}
+
 export async function createNode (init: NodeInit): Promise<StrataNode> {
+  const listenFailures: ListenError[] = []
   const discovery = [
     ...(init.bootstrap.length > 0 ? [bootstrap({ list: init.bootstrap, timeout: 100 })] : []),
     ...(init.mdns ? [mdns({ serviceTag: 'strata.local' })] : [])
@@ -100,7 +128,7 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     start: false,
     privateKey: init.privateKey,
     addresses: { listen: init.listen },
-    transports: [tcp()],
+    transports: [tcpRememberingFailures(listenFailures)],
     connectionEncrypters: [noise({ crypto: noiseCrypto })],
     streamMuxers: [yamux({
       // Frames of up to 256 KiB instead of 64: a block answer crosses in one frame,
@@ -147,5 +175,15 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     }
   })
   self.node = node
+  // A start that fails to listen throws the first address that failed, with its reason.
+  const start = node.start.bind(node)
+  node.start = async () => {
+    listenFailures.length = 0
+    try {
+      await start()
+    } catch (err) {
+      throw listenFailures[0] ?? err
+    }
+  }
   return node
 }

@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { connectDaemon } from '@strata/daemon/client'
 import type { Command, CommandContext } from '../context.ts'
-import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
+import { count, dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
 import { sizeOption } from './gc.ts'
 
@@ -14,6 +14,17 @@ function parse (ctx: CommandContext, options: ParseArgsOptionsConfig): ArgValues
 const withPeer = (addr: string, peerId: string): string => (addr.includes('/p2p/') ? addr : `${addr}/p2p/${peerId}`)
 
 const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [])
+
+/** Each value of a repeated flag through `check`; one that does not parse is a usage error naming the flag. */
+function checkEach (flag: string, values: string[], what: string, check: (s: string) => unknown): void {
+  for (const s of values) {
+    try {
+      check(s)
+    } catch (err) {
+      throw new UsageError(`--${flag}: ${JSON.stringify(s)} is not ${what}`, { cause: err })
+    }
+  }
+}
 
 export const daemon: Command = {
   name: 'daemon',
@@ -53,13 +64,25 @@ export const daemon: Command = {
     const allow = list(v['allow-peer'])
     const readScopes = list(v['read-scope'])
     const pskFile = typeof v['psk-file'] === 'string' ? v['psk-file'] : process.env.STRATA_PSK_FILE
+    const metrics = v['metrics-listen']
+    if (typeof metrics === 'string') {
+      const port = metrics.lastIndexOf(':') > 0 ? Number(metrics.slice(metrics.lastIndexOf(':') + 1)) : NaN
+      if (!/:\d+$/.test(metrics) || !Number.isInteger(port) || port > 65535) throw new UsageError(`--metrics-listen wants HOST:PORT, got ${JSON.stringify(metrics)}`)
+    }
     let epoch: number | undefined
     if (typeof v.epoch === 'string') {
       epoch = /^\d+$/.test(v.epoch) ? Number(v.epoch) : NaN
       if (!Number.isSafeInteger(epoch) || epoch > 0xffffffff) throw new UsageError(`--epoch wants a whole number from 0 to 4294967295, got ${JSON.stringify(v.epoch)}`)
     }
     // libp2p loads only for the commands that run a node.
-    const { createDaemon } = await import('@strata/daemon')
+    const { createDaemon, peerIdOf, writerOf } = await import('@strata/daemon')
+    const { checkScope } = await import('@strata/records')
+    const { multiaddr } = await import('@multiformats/multiaddr')
+    checkEach('listen', listen, 'a multiaddr (e.g. /ip4/0.0.0.0/tcp/7401)', multiaddr)
+    checkEach('bootstrap', list(v.bootstrap), 'a multiaddr (e.g. /ip4/10.0.0.2/tcp/7401/p2p/PEERID)', multiaddr)
+    checkEach('allow-peer', allow, 'a peer id or an ed25519 public key in hex', peerIdOf)
+    checkEach('trusted-writer', trusted, 'a peer id or an ed25519 public key, optionally with @SCOPE-PATTERN', writerOf)
+    checkEach('read-scope', readScopes, 'a scope (letters, digits, ".", "_", "+", "-", with "/" between parts)', checkScope)
     const node = await createDaemon({
       dataDir: dataDirOf(v),
       ...(listen.length > 0 ? { listen } : {}),
@@ -141,8 +164,8 @@ export const status: Command = {
       ctx.stdout.write(`peers: ${s.peers.length}${s.banned.length > 0 ? ` (${s.banned.length} banned)` : ''}\n`)
       for (const p of s.peers) ctx.stdout.write(`  ${p}\n`)
       ctx.stdout.write(`layers: ${s.layers.length}\n`)
-      for (const l of s.layers) ctx.stdout.write(`  ${l.root}  ${formatBytes(l.size).padStart(8)}  ${l.copies < 0 ? '?' : l.copies} cop${l.copies === 1 ? 'y' : 'ies'}\n`)
-      ctx.stdout.write(`from peers: ${formatBytes(c.bytesFromPeers)} (${c.blocksFromPeers} blocks), to peers: ${formatBytes(c.bytesToPeers)} (${c.blocksToPeers} blocks)\n`)
+      for (const l of s.layers) ctx.stdout.write(`  ${l.root}  ${formatBytes(l.size).padStart(8)}  ${l.copies < 0 ? '? copies' : count(l.copies, 'copy', 'copies')}\n`)
+      ctx.stdout.write(`from peers: ${formatBytes(c.bytesFromPeers)} (${count(c.blocksFromPeers, 'block')}), to peers: ${formatBytes(c.bytesToPeers)} (${count(c.blocksToPeers, 'block')})\n`)
       ctx.stdout.write(`blocks rejected: ${c.blocksRejected}, records learned: ${c.recordsLearned}, rejected: ${c.recordsRejected}, layers replicated: ${c.replicated}\n`)
       const reasons = Object.entries(s.recordsRejected ?? {}).map(([r, n]) => `${r} ${n}`)
       if (reasons.length > 0) ctx.stdout.write(`  records rejected by reason: ${reasons.join(', ')}\n`)

@@ -2,7 +2,7 @@ import { connectDaemon } from '@strata/daemon/client'
 import { parseSize } from '@strata/store'
 import type { GcReport } from '@strata/store'
 import type { Command, CommandContext } from '../context.ts'
-import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
+import { count, dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
 import { openStoreFor } from '../open.ts'
 
@@ -18,10 +18,9 @@ export function sizeOption (values: ArgValues, name: string): number | undefined
 }
 
 function render (ctx: CommandContext, r: GcReport): void {
-  const verb = r.dryRun ? 'would remove' : 'removed'
-  for (const l of r.removed) ctx.stdout.write(`${verb} ${l.root}  ${formatBytes(l.size).padStart(8)}  last used ${new Date(l.lastUsed).toISOString()}${l.lastCopy ? '  (the last known copy in the fleet)' : ''}\n`)
+  for (const l of r.removed) ctx.stdout.write(`${r.dryRun ? 'would remove' : 'removed'} ${l.root}  ${formatBytes(l.size).padStart(8)}  last used ${new Date(l.lastUsed).toISOString()}${l.lastCopy ? '  (the last known copy in the fleet)' : ''}\n`)
   for (const k of r.kept) ctx.stdout.write(`kept ${k.root}  ${formatBytes(k.size).padStart(8)}  ${k.reason === 'leased' ? 'in use' : k.reason === 'recent' ? 'used in the last minute' : 'the last known copy in the fleet'}\n`)
-  ctx.stderr.write(`strata gc: ${formatBytes(r.before)} -> ${formatBytes(r.after)} of layers (budget ${formatBytes(r.maxSize)}${r.hardLimit !== null ? `, hard limit ${formatBytes(r.hardLimit)}` : ''}), ${r.removed.length} layer${r.removed.length === 1 ? '' : 's'} ${verb}\n`)
+  ctx.stderr.write(`strata gc: ${formatBytes(r.before)} -> ${formatBytes(r.after)} of layers (budget ${formatBytes(r.maxSize)}${r.hardLimit !== null ? `, hard limit ${formatBytes(r.hardLimit)}` : ''}), ${count(r.removed.length, 'layer')} ${r.dryRun ? 'would be removed' : 'removed'}\n`)
 }
 
 export const gc: Command = {

@@ -1,7 +1,8 @@
 import { resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
+import { LayerNotFoundError } from '@strata/store'
 import type { Command, CommandContext } from '../context.ts'
-import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
+import { count, dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
 import { openStoreFor } from '../open.ts'
 
 const json = { json: { type: 'boolean', default: false } } as const
@@ -31,7 +32,7 @@ export const pack: Command = {
       const seconds = (performance.now() - started) / 1000
       if (values.json === true) print(ctx, JSON.stringify({ root: info.root.toString(), path: info.path, entries: info.entries, size: info.size, blocks: info.blocks, seconds }))
       else {
-        ctx.stderr.write(`packed ${info.entries} entries, ${formatBytes(info.size)} in ${seconds.toFixed(2)}s\n`)
+        ctx.stderr.write(`packed ${count(info.entries, 'entry', 'entries')}, ${formatBytes(info.size)} in ${seconds.toFixed(2)}s\n`)
         print(ctx, info.root.toString())
       }
       return 0
@@ -54,7 +55,7 @@ export const unpack: Command = {
       const result = await store.unpack(root, resolve(positionals[1]!), { signal: ctx.signal })
       const seconds = (performance.now() - started) / 1000
       if (values.json === true) print(ctx, JSON.stringify({ root: root.toString(), entries: result.entries, size: result.bytes, seconds }))
-      else ctx.stderr.write(`unpacked ${result.entries} entries, ${formatBytes(result.bytes)} in ${seconds.toFixed(2)}s\n`)
+      else ctx.stderr.write(`unpacked ${count(result.entries, 'entry', 'entries')}, ${formatBytes(result.bytes)} in ${seconds.toFixed(2)}s\n`)
       return 0
     } finally {
       await store.close()
@@ -78,7 +79,7 @@ export const ls: Command = {
     const root = parseCid(positionals[0]!)
     const store = await openStoreFor(ctx, dataDirOf(values))
     try {
-      if (!(await store.has(root))) throw new UsageError(`no layer ${root.toString()} in the store`)
+      if (!(await store.has(root))) throw new LayerNotFoundError(root.toString())
       for await (const e of store.entries(root)) {
         if (values.json === true) {
           print(ctx, JSON.stringify({
@@ -111,7 +112,7 @@ export const layers: Command = {
       const list = (await store.listLayers()).sort((a, b) => a.created - b.created)
       for (const l of list) {
         if (values.json === true) print(ctx, JSON.stringify({ root: l.root.toString(), entries: l.entries, size: l.size, blocks: l.blocks, created: new Date(l.created).toISOString() }))
-        else print(ctx, `${l.root.toString()}  ${String(l.entries).padStart(8)} entries  ${formatBytes(l.size).padStart(8)}  ${new Date(l.created).toISOString()}`)
+        else print(ctx, `${l.root.toString()}  ${String(l.entries).padStart(8)} ${l.entries === 1 ? 'entry  ' : 'entries'}  ${formatBytes(l.size).padStart(8)}  ${new Date(l.created).toISOString()}`)
       }
       return 0
     } finally {

@@ -1,9 +1,10 @@
 import { resolve } from 'node:path'
+import { CID } from 'multiformats/cid'
 import { checkEpoch, checkScope } from '@strata/records'
 import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
 import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
-import { dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
+import { count, dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
 // The client alone: importing the whole daemon package would load libp2p on every run.
 import { connectDaemon } from '@strata/daemon/client'
@@ -63,6 +64,12 @@ function both (a: (e: RunnerEvent) => void, b: (e: RunnerEvent) => void): (e: Ru
   }
 }
 
+/** --epoch / STRATA_EPOCH names another epoch than the daemon's, which would refuse what the step records. */
+export class EpochMismatchError extends Error {
+  override name = 'EpochMismatchError'
+  readonly code = 'ERR_EPOCH_MISMATCH'
+}
+
 /** The exit code for a runner failure: the step's own, 124 for a timeout, 130 for a cancel. */
 function exitCodeOf (err: unknown): number | undefined {
   const e = err as { code?: string, exitCode?: number }
@@ -78,7 +85,7 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
   // The daemon re-verifies what the runner writes in its own epoch: two epochs would refuse each other's records.
   if (daemon !== undefined && trust.epoch !== undefined && trust.epoch !== daemon.epoch) {
     await daemon.close()
-    throw new UsageError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
+    throw new EpochMismatchError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
   }
   const store = daemon ?? await openStoreFor(ctx, dir)
   try {
@@ -117,7 +124,7 @@ export const run: Command = {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) =>
         await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
-      else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
+      else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
       return 0
     } catch (err) {
       const code = exitCodeOf(err)
@@ -130,7 +137,7 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} [--json] -- CMD...`,
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
@@ -154,14 +161,33 @@ export const exec: Command = {
     // The command is one shell script: quote each word so that `-- sh -c "a b"` means what it says.
     const script = positionals.length === 1 ? positionals[0]! : positionals.map(shellQuote).join(' ')
     const step: ExecStep = { name: values.name, run: script, env, inputs: (values.input ?? []) as string[], cwd: resolve((values.cwd as string | undefined) ?? process.cwd()) }
-    if (typeof values.parent === 'string') step.parent = values.parent
+    if (typeof values.parent === 'string') {
+      try {
+        step.parent = CID.parse(values.parent).toString()
+      } catch (err) {
+        throw new UsageError(`--parent: ${JSON.stringify(values.parent)} is not a key (strata exec prints one)`, { cause: err })
+      }
+    }
     if (values['no-cache'] === true) step.cache = false
     if (typeof values.timeout === 'string') {
-      step.timeoutMs = parseDuration(values.timeout)
+      const ms = parseDuration(values.timeout)
+      if (ms === undefined || ms <= 0) throw new UsageError(`--timeout: ${JSON.stringify(values.timeout)} is not a duration (e.g. 90s, 10m, 1h30m)`)
+      step.timeoutMs = ms
+    }
+    let started = false
+    const onStart = (e: RunnerEvent): void => {
+      if (e.type === 'start') started = true
     }
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) =>
-        await runner.exec(step, { signal: ctx.signal, onEvent: both(reporter(ctx, json), observe) }))
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) => {
+        try {
+          return await runner.exec(step, { signal: ctx.signal, onEvent: both(both(reporter(ctx, json), observe), onStart) })
+        } catch (err) {
+          // The runner refuses its arguments (a step or variable name) with a TypeError before the step starts.
+          if (err instanceof TypeError && !started) throw new UsageError(err.message, { cause: err })
+          throw err
+        }
+      })
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
       else ctx.stdout.write(result.key + '\n')
       return 0
