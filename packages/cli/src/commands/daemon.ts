@@ -17,7 +17,7 @@ const withPeer = (addr: string, peerId: string): string => (addr.includes('/p2p/
 const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [])
 
 /** The daemon's flags; a config file takes the same names as keys (and `data-dir`). */
-const DAEMON_OPTIONS = {
+export const DAEMON_OPTIONS = {
   listen: { type: 'string', multiple: true },
   bootstrap: { type: 'string', multiple: true },
   'bootstrap-interval': { type: 'string' },
