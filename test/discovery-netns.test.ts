@@ -33,7 +33,7 @@ async function startDnsmasq (host: Host, hostsFile: string, txt: string[]): Prom
 }
 
 /** What a daemon's discovery resolves `addr` to, asked from inside `host` against `server`. */
-async function resolveOn (host: Host, addr: string, server: string): Promise<string[]> {
+async function resolveOn (host: Host, addr: string, server: string, expectError?: RegExp): Promise<string[]> {
   const script = [
     `const { Discovery } = await import(${JSON.stringify(discoveryModule)})`,
     "const { pino } = await import('pino')",
@@ -44,7 +44,8 @@ async function resolveOn (host: Host, addr: string, server: string): Promise<str
   ].join('\n')
   const r = await host.exec(process.execPath, ['--input-type=module', '-e', script], { cwd: join(import.meta.dirname, '..', 'packages', 'daemon'), timeout: 30_000 })
   const out = JSON.parse(r.stdout) as { addrs: string[], error?: string }
-  assert.equal(out.error, undefined)
+  if (expectError !== undefined) assert.match(out.error ?? '', expectError)
+  else assert.equal(out.error, undefined)
   return out.addrs.sort()
 }
 
@@ -94,10 +95,17 @@ test('three daemons with fresh data dirs meet through every A record of one name
 
   // A /dnsaddr/ name: TXT records `dnsaddr=<multiaddr with peer id>`, one per peer.
   const txt = first.map((d, i) => `_dnsaddr.boot.internal,dnsaddr=/ip4/${d.host.address}/tcp/${PORT}/p2p/${firstIds[i]!}`)
+  // Bounds: 70 records give 64 addresses; a chain of /dnsaddr/ names is followed 4 deep.
+  for (let i = 0; i < 70; i++) txt.push(`_dnsaddr.many.internal,dnsaddr=/ip4/10.231.1.${i + 1}/tcp/${PORT}`)
+  for (let i = 0; i < 4; i++) txt.push(`_dnsaddr.n${i}.internal,dnsaddr=/dnsaddr/n${i + 1}.internal`)
+  txt.push(`_dnsaddr.n4.internal,dnsaddr=/ip4/${h1.address}/tcp/${PORT}`)
   await terminate(dns)
   dns = await startDnsmasq(dnsHost, hostsFile, txt)
   assert.deepEqual(await resolveOn(h8, '/dnsaddr/boot.internal', server), first.map((d, i) => `/ip4/${d.host.address}/tcp/${PORT}/p2p/${firstIds[i]!}`).sort())
   assert.deepEqual(await resolveOn(h8, `/dnsaddr/boot.internal/p2p/${firstIds[1]!}`, server), [`/ip4/${h2.address}/tcp/${PORT}/p2p/${firstIds[1]!}`])
+  assert.equal((await resolveOn(h8, '/dnsaddr/many.internal', server)).length, 64)
+  assert.deepEqual(await resolveOn(h8, '/dnsaddr/n1.internal', server), [`/ip4/${h1.address}/tcp/${PORT}`])
+  assert.deepEqual(await resolveOn(h8, '/dnsaddr/n0.internal', server, /\/dnsaddr\/n4\.internal nests deeper than 4/), [])
   const joiner = start(h8, 'joiner', '/dnsaddr/boot.internal')
   await meshed([...first, joiner], dir)
   await Promise.all([...first, joiner].map(async (d) => { await terminate(d.child) }))

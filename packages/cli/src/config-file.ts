@@ -1,5 +1,5 @@
 // A command's flags from a YAML file: `key: value` with the flags' own names.
-import { readFile } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml'
@@ -33,9 +33,17 @@ export class ConfigFileError extends Error {
 export async function readConfigFile (file: string, options: ParseArgsOptionsConfig, paths: readonly string[] = []): Promise<ArgValues> {
   let text: string
   try {
-    const buf = await readFile(file)
-    if (buf.length > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
-    text = buf.toString('utf8')
+    // At most the limit and one byte: a device that never ends is refused too.
+    const fh = await open(file)
+    try {
+      const buf = Buffer.alloc(MAX_CONFIG_FILE_BYTES + 1)
+      let n = 0
+      for (let r = 1; r > 0 && n < buf.length; n += r) r = (await fh.read(buf, n, buf.length - n, null)).bytesRead
+      if (n > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
+      text = buf.subarray(0, n).toString('utf8')
+    } finally {
+      await fh.close()
+    }
   } catch (err) {
     throw new ConfigFileError(file, 0, 0, `cannot read: ${(err as Error).message}`, { cause: err })
   }
