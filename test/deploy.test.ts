@@ -20,7 +20,7 @@ function verify (dir: string, unit: string): { status: number | null, output: st
   writeFileSync(stub, '#!/bin/sh\n')
   chmodSync(stub, 0o755)
   const file = join(dir, 'strata-daemon.service')
-  writeFileSync(file, unit.replaceAll('/usr/local/bin/strata ', `${stub} `))
+  writeFileSync(file, unit.replaceAll('/usr/local/bin/strata daemon', `${stub} daemon`))
   const r = spawnSync('systemd-analyze', ['verify', '--man=no', file], { encoding: 'utf8' })
   return { status: r.status, output: r.stdout + r.stderr }
 }
@@ -28,7 +28,7 @@ function verify (dir: string, unit: string): { status: number | null, output: st
 test('the systemd unit passes systemd-analyze verify without a warning', { skip: hasAnalyze ? false : 'systemd-analyze is not installed (Debian package systemd; .ci/run installs it)' }, (t) => {
   const dir = workDir(t, 'deploy-unit')
   const unit = readFileSync(unitFile, 'utf8')
-  assert.match(unit, /^ExecStart=\/usr\/local\/bin\/strata daemon /m)
+  assert.match(unit, /^ExecStart=\/usr\/local\/bin\/strata daemon$/m)
   const ok = verify(dir, unit)
   assert.equal(ok.status, 0, ok.output)
   assert.equal(ok.output, '')
