@@ -12,6 +12,8 @@ PACKAGES=(
   e2fsprogs                    # mkfs.ext4: the full-disk test and the benchmarks' scratch filesystem
   tar zstd curl ca-certificates # the HTTP-cache baseline of the benchmarks; https for curl and npm
   python3 make g++             # node-gyp builds @strata/sys, the one native module
+  dnsmasq-base                 # a real DNS server for the discovery test (test/discovery-netns.test.ts)
+  systemd                      # systemd-analyze verify checks the unit in deploy/systemd
 )
 
 fail () {

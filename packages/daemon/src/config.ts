@@ -3,6 +3,7 @@ import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { checkEpoch, checkScope, DEFAULT_SCOPE, MAX_READ_SCOPES } from '@strata/records'
 import type { LocalStore, Store } from '@strata/store'
+import { checkBootstrapAddress, checkDnsServer } from './discovery.ts'
 import { DaemonConfigError } from './errors.ts'
 import type { ExchangeInit } from './exchange.ts'
 import type { GcBudgetInit } from './gc.ts'
@@ -21,8 +22,16 @@ export interface DaemonInit {
   dataDir: string
   /** Multiaddrs to listen on. Default `/ip4/0.0.0.0/tcp/7401`. */
   listen?: string[]
-  /** Multiaddrs (with `/p2p/<peer id>`) to join the fleet through. Default none. */
+  /**
+   * Addresses to join the fleet through, each with or without `/p2p/<peer id>`:
+   * `/ip4/10.0.0.2/tcp/7401`, `/dns4/fleet.internal/tcp/7401` (every A record),
+   * `/dnsaddr/fleet.example.com` (its `dnsaddr=` TXT records). Default none.
+   */
   bootstrap?: string[]
+  /** How often the bootstrap names are resolved again and their addresses dialled if not connected; 0: at start only. Default 30 000 ms. */
+  bootstrapIntervalMs?: number
+  /** The DNS server (`IP` or `IP:PORT`) that resolves bootstrap names. Default: the system's resolver. */
+  dnsServer?: string
   /** Find peers on the LAN by mDNS. Default false. */
   mdns?: boolean
   /** Peers (besides the producer) that pull each new layer. Default 2. */
@@ -70,6 +79,8 @@ export interface DaemonConfig {
   dataDir: string
   listen: string[]
   bootstrap: string[]
+  bootstrapIntervalMs: number
+  dnsServer: string | undefined
   mdns: boolean
   replicas: number
   /** Normalized writer entries (`PEERID` or `PEERID@GLOB`), or undefined for any signer. */
@@ -105,6 +116,22 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
       throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id or an ed25519 public key${normalize === writerOf ? ', optionally with @SCOPE-PATTERN' : ''}`, { cause: err })
     }
   })
+  for (const addr of init.bootstrap ?? []) {
+    try {
+      checkBootstrapAddress(addr)
+    } catch (err) {
+      throw new DaemonConfigError(`bootstrap address ${(err as Error).message}`, { cause: err })
+    }
+  }
+  const interval = init.bootstrapIntervalMs
+  if (interval !== undefined && (!Number.isInteger(interval) || interval < 0)) throw new DaemonConfigError(`bootstrapIntervalMs must be a whole number of milliseconds >= 0, got ${interval}`)
+  if (init.dnsServer !== undefined) {
+    try {
+      checkDnsServer(init.dnsServer)
+    } catch (err) {
+      throw new DaemonConfigError(`DNS server ${(err as Error).message}`, { cause: err })
+    }
+  }
   let trustedWriters = peers(init.trustedWriters, writerOf)
   let allowPeers = peers(init.allowPeers, peerIdOf)
   try {
@@ -125,6 +152,8 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
     dataDir: init.dataDir,
     listen: init.listen ?? ['/ip4/0.0.0.0/tcp/7401'],
     bootstrap: init.bootstrap ?? [],
+    bootstrapIntervalMs: interval ?? 30_000,
+    dnsServer: init.dnsServer,
     mdns: init.mdns ?? false,
     replicas: init.replicas ?? 2,
     trustedWriters,

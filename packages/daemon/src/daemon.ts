@@ -1,7 +1,6 @@
 import { rmSync } from 'node:fs'
 import type { Server } from 'node:http'
 import type { PeerId } from '@libp2p/interface'
-import { multiaddr } from '@multiformats/multiaddr'
 import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
@@ -13,6 +12,7 @@ import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
 import type { DaemonConfig, DaemonInit } from './config.ts'
 import { startControl } from './control.ts'
 import type { ControlComponents } from './control.ts'
+import { Discovery } from './discovery.ts'
 import { DaemonConfigError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
 import { GcBudget } from './gc.ts'
@@ -62,6 +62,7 @@ export class Daemon {
   readonly #layers: LayerFetch
   readonly #replication: Replication
   readonly #search: ProvidersComponents
+  readonly #discovery: Discovery
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
   #started = false
@@ -78,6 +79,13 @@ export class Daemon {
     this.trust = new TrustPolicy(node.peerId.toString(), config.trustedWriters, config.epoch)
     this.readScopes = config.readScopes
     this.privateNetwork = config.psk !== undefined
+    this.#discovery = new Discovery({
+      peerId: node.peerId,
+      dial: async (addr, o) => await node.dial(addr, o),
+      connected: (peer) => node.getPeers().some((p) => p.toString() === peer),
+      ownAddresses: () => node.getMultiaddrs(),
+      logger: log
+    }, { bootstrap: config.bootstrap, intervalMs: config.bootstrapIntervalMs, ...(config.dnsServer !== undefined ? { dnsServer: config.dnsServer } : {}) })
     this.#search = { peerId: node.peerId, contentRouting: node.contentRouting, peerStore: node.peerStore, logger: log }
     this.exchange = new BlockExchange({
       store,
@@ -157,10 +165,7 @@ export class Daemon {
       await this.stop()
       throw err instanceof DaemonConfigError ? err : new DaemonConfigError(`cannot listen: ${(err as Error).message}`, { cause: err })
     }
-    // Bootstrap discovery dials eventually; dialing now makes a fresh node useful at once.
-    for (const addr of this.#config.bootstrap) {
-      this.#background(this.node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) }).then(() => {}))
-    }
+    this.#discovery.start()
     this.budget?.start()
     this.budget?.check()
     this.#log.info({ peerId: this.peerId, addresses: this.addresses }, 'daemon started')
@@ -170,6 +175,7 @@ export class Daemon {
     if (!this.#started) return
     this.#started = false
     this.#stopping.abort(new Error('daemon stopping'))
+    await this.#discovery.stop()
     await this.budget?.stop()
     for (const server of [this.#control, this.#metricsServer]) {
       if (server === undefined) continue
@@ -336,7 +342,6 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
     const node = await createNode({
       privateKey,
       listen: config.listen,
-      bootstrap: config.bootstrap,
       mdns: config.mdns,
       ...(config.allowPeers !== undefined ? { allowPeers: config.allowPeers } : {}),
       ...(config.psk !== undefined ? { psk: config.psk } : {})

@@ -1,6 +1,5 @@
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { bootstrap } from '@libp2p/bootstrap'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
 import { gossipsub } from '@libp2p/gossipsub'
 import type { GossipSub } from '@libp2p/gossipsub'
@@ -79,7 +78,7 @@ export interface NodeInit {
   limits?: Partial<NodeLimits>
   privateKey: PrivateKey
   listen: string[]
-  bootstrap: string[]
+  /** Find peers on the LAN by mDNS. Bootstrap addresses and DNS names are `Discovery`'s. */
   mdns: boolean
   /** Peer ids allowed to connect; undefined: any. */
   allowPeers?: readonly string[]
@@ -115,10 +114,7 @@ function tcpRememberingFailures (failures: ListenError[]): ReturnType<typeof tcp
 
 export async function createNode (init: NodeInit): Promise<StrataNode> {
   const listenFailures: ListenError[] = []
-  const discovery = [
-    ...(init.bootstrap.length > 0 ? [bootstrap({ list: init.bootstrap, timeout: 100 })] : []),
-    ...(init.mdns ? [mdns({ serviceTag: 'strata.local' })] : [])
-  ]
+  const discovery = init.mdns ? [mdns({ serviceTag: 'strata.local' })] : []
   const allow = init.allowPeers !== undefined ? new Set(init.allowPeers) : undefined
   // The gater runs before the node exists; it looks at the node once there is one.
   const self: { node?: StrataNode } = {}

@@ -21,7 +21,7 @@ import type { NodeLimits, StrataNode } from '../src/node.ts'
 const DHT = `${PROTOCOL_PREFIX}/lan/kad/1.0.0`
 
 async function strataNode (t: TestContext, limits: Partial<NodeLimits>): Promise<StrataNode> {
-  const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [], mdns: false, limits: { inboundConnectionsPerSecond: 1000, ...limits } })
+  const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, limits: { inboundConnectionsPerSecond: 1000, ...limits } })
   await node.start()
   t.after(async () => { await node.stop() })
   return node

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { connectDaemon } from '@strata/daemon/client'
@@ -26,30 +27,51 @@ function checkEach (flag: string, values: string[], what: string, check: (s: str
   }
 }
 
+/** The daemon's flags; a config file takes the same names as keys (and `data-dir`). */
+export const DAEMON_OPTIONS = {
+  listen: { type: 'string', multiple: true },
+  bootstrap: { type: 'string', multiple: true },
+  'bootstrap-interval': { type: 'string' },
+  'dns-server': { type: 'string' },
+  replicas: { type: 'string' },
+  'metrics-listen': { type: 'string' },
+  'trusted-writer': { type: 'string', multiple: true },
+  mdns: { type: 'boolean' },
+  'psk-file': { type: 'string' },
+  'require-psk': { type: 'boolean' },
+  'allow-peer': { type: 'string', multiple: true },
+  'allow-peers-file': { type: 'string' },
+  'trusted-writers-file': { type: 'string' },
+  epoch: { type: 'string' },
+  'read-scope': { type: 'string', multiple: true },
+  'max-size': { type: 'string' },
+  'hard-limit': { type: 'string' }
+} as const satisfies ParseArgsOptionsConfig
+
+/** Config keys that name files, taken relative to the config file. */
+const PATH_KEYS = ['data-dir', 'psk-file', 'allow-peers-file', 'trusted-writers-file']
+
+/** Read when present and no --config is given. */
+export const DEFAULT_DAEMON_CONFIG = '/etc/strata/daemon.yml'
+
+/** The flags, over the config file's values (`--config FILE`, else DEFAULT_DAEMON_CONFIG when it exists). */
+async function daemonArgs (ctx: CommandContext): Promise<ArgValues> {
+  const flags = parse(ctx, { ...DAEMON_OPTIONS, config: { type: 'string' } })
+  const file = typeof flags.config === 'string' ? flags.config : existsSync(DEFAULT_DAEMON_CONFIG) ? DEFAULT_DAEMON_CONFIG : undefined
+  // YAML loads only for a daemon that has a config file (status and id share this module).
+  const fromFile = file !== undefined ? await (await import('../config-file.ts')).readConfigFile(file, { 'data-dir': { type: 'string' }, ...DAEMON_OPTIONS }, PATH_KEYS) : {}
+  const given = Object.fromEntries(Object.entries(flags).filter(([k, x]) => x !== undefined && k !== 'config'))
+  return { ...fromFile, ...given }
+}
+
 export const daemon: Command = {
   name: 'daemon',
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
-  usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
+  usage: 'strata daemon [--config FILE] [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--bootstrap-interval SECONDS] [--dns-server IP[:PORT]] [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
     '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID[@SCOPES]]... [--trusted-writers-file FILE] [--epoch N] [--read-scope S]... ' +
     '[--max-size SIZE [--hard-limit SIZE]]',
   async run (ctx) {
-    const v = parse(ctx, {
-      listen: { type: 'string', multiple: true },
-      bootstrap: { type: 'string', multiple: true },
-      replicas: { type: 'string' },
-      'metrics-listen': { type: 'string' },
-      'trusted-writer': { type: 'string', multiple: true },
-      mdns: { type: 'boolean', default: false },
-      'psk-file': { type: 'string' },
-      'require-psk': { type: 'boolean', default: false },
-      'allow-peer': { type: 'string', multiple: true },
-      'allow-peers-file': { type: 'string' },
-      'trusted-writers-file': { type: 'string' },
-      epoch: { type: 'string' },
-      'read-scope': { type: 'string', multiple: true },
-      'max-size': { type: 'string' },
-      'hard-limit': { type: 'string' }
-    })
+    const v = await daemonArgs(ctx)
     const maxSize = sizeOption(v, 'max-size')
     const hardLimit = sizeOption(v, 'hard-limit')
     if (hardLimit !== undefined && (maxSize === undefined || hardLimit < maxSize)) throw new UsageError('--hard-limit needs --max-size, and must not be below it')
@@ -58,6 +80,13 @@ export const daemon: Command = {
       replicas = Number(v.replicas)
       if (!Number.isInteger(replicas) || replicas < 0) throw new UsageError(`--replicas wants a whole number, got ${JSON.stringify(v.replicas)}`)
     }
+    let bootstrapIntervalMs: number | undefined
+    if (typeof v['bootstrap-interval'] === 'string') {
+      const seconds = /^\d+(\.\d+)?$/.test(v['bootstrap-interval']) ? Number(v['bootstrap-interval']) : NaN
+      if (!Number.isFinite(seconds)) throw new UsageError(`--bootstrap-interval wants seconds (0: resolve and dial at start only), got ${JSON.stringify(v['bootstrap-interval'])}`)
+      bootstrapIntervalMs = Math.round(seconds * 1000)
+    }
+    const dnsServer = typeof v['dns-server'] === 'string' ? v['dns-server'] : undefined
     const envBootstrap = (process.env.STRATA_BOOTSTRAP ?? '').split(/[\s,]+/).filter((s) => s !== '')
     const listen = list(v.listen)
     const trusted = list(v['trusted-writer'])
@@ -87,6 +116,8 @@ export const daemon: Command = {
       dataDir: dataDirOf(v),
       ...(listen.length > 0 ? { listen } : {}),
       bootstrap: [...list(v.bootstrap), ...envBootstrap],
+      ...(bootstrapIntervalMs !== undefined ? { bootstrapIntervalMs } : {}),
+      ...(dnsServer !== undefined ? { dnsServer } : {}),
       mdns: v.mdns === true,
       ...(replicas !== undefined ? { replicas } : {}),
       ...(maxSize !== undefined ? { gc: { maxSize, ...(hardLimit !== undefined ? { hardLimit } : {}) } } : {}),
