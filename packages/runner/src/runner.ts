@@ -47,6 +47,10 @@ export interface RunnerInit {
   output?: Partial<OutputOptions>
   /** Between SIGTERM and SIGKILL on cancel or timeout. Default 10 000 ms. */
   killGraceMs?: number
+  /** Bytes each step's /tmp (and /dev/shm) may hold when strata.yml sets no `tmp-size`. Default 4 GiB. */
+  tmpSize?: number
+  /** Host dirs every step sees read-write at the same path (a build cache, a test's side channel); never captured. */
+  shared?: readonly string[]
   /** Bounds on what a step's inputs may make the runner read. Default 100 000 files, 8 GiB. */
   inputLimits?: InputLimits
   /** Aborts creating the runner (loading the identity). */
@@ -209,9 +213,11 @@ class StepRunner implements Runner {
   readonly #output: OutputOptions
   readonly #killGraceMs: number
   readonly #limits: InputLimits
+  readonly #sandbox: { tmpSize?: number, shared?: readonly string[] }
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     this.#store = init.store
+    this.#sandbox = { tmpSize: init.tmpSize, shared: init.shared }
     this.#dataDir = realpathSync(dataDir)
     this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
     this.#identity = identity
@@ -503,6 +509,8 @@ class StepRunner implements Runner {
         base: basePath,
         mask: chain.base.kind === 'host' ? this.#dataDir : undefined,
         run: step.run,
+        tmpSize: step.tmpSize ?? this.#sandbox.tmpSize,
+        shared: this.#sandbox.shared,
         cwd: step.cwd,
         env,
         output: this.#output,
