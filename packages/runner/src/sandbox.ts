@@ -56,6 +56,7 @@ export const STRATA_ENV_PATH = '/tmp/.strata-env'
 export const STRATA_SCRIPT_PATH = '/tmp/.strata-script'
 /** What a step's /tmp (and /dev/shm) may hold unless the pipeline or the runner says otherwise. */
 export const DEFAULT_TMP_SIZE = 4 * 1024 ** 3
+const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 /**
  * The stack without repeats, keeping each layer's top-most place. Two steps can
