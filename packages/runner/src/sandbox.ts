@@ -119,8 +119,6 @@ export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promi
       throw new TypeError(`shared dir ${dir} would show ${spec.mask} to the step`)
     }
   }
-  // A file, not argv or the environment: those cap one string at 128 KiB.
-  await writeFile(`${spec.runDir}/script`, spec.run, { mode: 0o644 })
   const env: Record<string, string> = { ...spec.env, STRATA_ENV: STRATA_ENV_PATH }
   env.PATH ??= HOST_PATH
   const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', spec.mask ?? '', spec.cwd, spec.name, String(tmpSize), ...shared]
@@ -132,8 +130,12 @@ export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promi
     env,
     cwd: spec.runDir,
     detached: true, // its own process group: the target of SIGTERM
-    stdio: ['ignore', passThrough ? 'inherit' : 'pipe', passThrough ? 'inherit' : 'pipe']
+    // fd 3 carries the script: argv and the environment cap one string at 128 KiB, and the data dir's disk may be full.
+    stdio: ['ignore', passThrough ? 'inherit' : 'pipe', passThrough ? 'inherit' : 'pipe', 'pipe']
   })
+  const script = child.stdio[3] as Writable
+  script.on('error', () => {}) // the helper stopped before reading it: its setup.log says why
+  script.end(spec.run)
   if (!passThrough) {
     pump(child.stdout!, out.stdout, out.prefix ? `${spec.name} | ` : '')
     pump(child.stderr!, out.stderr, out.prefix ? `${spec.name} | ` : '')

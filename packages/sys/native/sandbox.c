@@ -4,9 +4,9 @@
 //
 //   strata-sandbox RUN_DIR LOWERS HOST_BASE MASK CWD NAME TMP_BYTES [SHARED...]
 //
-// with the step's environment as its own. RUN_DIR holds l/ (lower symlinks), u/ w/
-// (upper, work), m/ (the view), b/ h/ (host base), env and script. Setup problems go
-// to RUN_DIR/setup.log; RUN_DIR/ready marks that the step's shell was started.
+// with the step's environment as its own and the `run:` script on fd 3. RUN_DIR holds
+// l/ (lower symlinks), u/ w/ (upper, work), m/ (the view), b/ h/ (host base) and env.
+// Setup problems go to RUN_DIR/setup.log; RUN_DIR/ready marks that the shell started.
 //
 // Process layout: this process (outside) unshares a pid and IPC namespace, forks
 // pid 1 (init) which builds the view in a new mount namespace, pivots into it, then
@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #define PATH_MAX_ 4096
+#define SCRIPT_FD 3
 
 static int log_fd = 2;
 static const char *run_dir;
@@ -122,6 +123,28 @@ static void mkdir_in_view(const char *view, const char *path) {
   }
 }
 
+// The script comes on fd 3 (a pipe), not in a file on the data dir's disk, which
+// may be full, nor in argv or the environment, which cap one string at 128 KiB.
+static void copy_script(const char *dst) {
+  int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0444);
+  if (out < 0) fail("create %s: %s", dst, strerror(errno));
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(SCRIPT_FD, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("read the script: %s", strerror(errno));
+    if (n == 0) break;
+    for (ssize_t done = 0; done < n; ) {
+      ssize_t w = write(out, buf + done, n - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) fail("write the script to the step's /tmp (%s): %s", dst, strerror(errno));
+      done += w;
+    }
+  }
+  close(out);
+  close(SCRIPT_FD);
+}
+
 // Docker's masked and read-only paths.
 static const char *const masked[] = {
   "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
@@ -195,9 +218,7 @@ static void setup_view(const char *m, const char *tmp_size, char **shared, int n
   join(q, run_dir, "/env");
   bind(q, p, MS_NOSUID | MS_NODEV | MS_NOEXEC);
   join(p, m, "/tmp/.strata-script");
-  touch(p);
-  join(q, run_dir, "/script");
-  bind(q, p, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+  copy_script(p);
 
   struct stat st;
   join(p, m, "/etc/resolv.conf");
@@ -434,6 +455,7 @@ int main(int argc, char **argv) {
   }
   close(pipe_fds[0]);
   close(rfd);
+  close(SCRIPT_FD);
   int status;
   while (waitpid(init, &status, 0) < 0) {
     if (errno != EINTR) return 1;

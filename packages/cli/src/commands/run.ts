@@ -1,5 +1,5 @@
 import { resolve } from 'node:path'
-import { checkEpoch, checkScope, createRunner, loadPipeline, parseDuration } from '@strata/runner'
+import { checkEpoch, checkScope, createRunner, loadPipeline, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
 import type { EnvDecl, ExecStep, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context.ts'
@@ -33,6 +33,18 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
     throw new UsageError((err as Error).message)
   }
   return out
+}
+
+/** `--tmp-size`, else STRATA_TMP_SIZE: what each step's /tmp may hold when strata.yml says nothing. */
+const sandboxFlags = { 'tmp-size': { type: 'string' } } as const
+const SANDBOX_USAGE = '[--tmp-size SIZE]'
+
+export function sandboxOptions (values: ArgValues, env: NodeJS.ProcessEnv = process.env): Pick<RunnerInit, 'tmpSize'> {
+  const text = typeof values['tmp-size'] === 'string' ? values['tmp-size'] : env.STRATA_TMP_SIZE
+  if (text === undefined || text === '') return {}
+  const size = parseSize(text)
+  if (size === undefined || size < 4096 || size > MAX_TMP_SIZE) throw new UsageError(`--tmp-size ${JSON.stringify(text)} is not a size between 4k and 4t (e.g. 4g, 512m)`)
+  return { tmpSize: size }
 }
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
@@ -99,7 +111,7 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
+async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'tmpSize'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   // The daemon re-verifies what the runner writes in its own epoch: two epochs would refuse each other's records.
   if (daemon !== undefined && trust.epoch !== undefined && trust.epoch !== daemon.epoch) {
@@ -125,13 +137,13 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, trustOptions(values), async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
         await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${result.steps.length} steps, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
@@ -147,11 +159,12 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] ${TRUST_USAGE} [--json] -- CMD...`,
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${SANDBOX_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
       ...trustFlags,
+      ...sandboxFlags,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -176,7 +189,7 @@ export const exec: Command = {
       step.timeoutMs = parseDuration(values.timeout)
     }
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, trustOptions(values), async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
         await runner.exec(step, { signal: ctx.signal, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', ...result }) + '\n')
       else ctx.stdout.write(result.key + '\n')
