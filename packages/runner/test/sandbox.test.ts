@@ -4,6 +4,9 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { setTimeout as delay } from 'node:timers/promises'
 import { parsePipeline } from '../src/index.ts'
 import { StepFailedError } from '../src/errors.ts'
@@ -193,6 +196,32 @@ test('a mount that appears in the step\'s view while it runs is named in its out
   writeFileSync(`${side.dir}/go`, '')
   await running
   assert.deepEqual(said(h, 'mountee'), ['strata: /mnt (tmpfs) was mounted by the step: what it holds is not part of the layer'])
+})
+
+test('a step uses the host\'s network, but sees neither the host\'s processes nor its System V IPC, and its writes stay in its view', async (t) => {
+  const h = await harness(t)
+  const got: string[] = []
+  const server = createServer((c) => c.setEncoding('utf8').on('data', (d: string) => got.push(d.trim())))
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.after(() => server.close())
+  const port = (server.address() as AddressInfo).port
+  const shm = execFileSync('ipcmk', ['-M', '4096'], { encoding: 'utf8' }).match(/(\d+)\s*$/)![1]!
+  t.after(() => execFileSync('ipcrm', ['-m', shm]))
+  const marker = `/var/tmp/strata-sandbox-write-${process.pid}`
+  await h.runner.exec({
+    name: 'neighbours',
+    run: [
+      `bash -c 'echo hello > /dev/tcp/127.0.0.1/${port}' && echo net:done`,
+      probe('host-pid', `kill -0 ${process.pid}`),
+      probe('host-shm', `ipcs -m | grep -qw ${shm}`),
+      `echo written > ${marker} && echo write:done`
+    ].join('\n')
+  })
+  assert.deepEqual(said(h, 'neighbours'), ['net:done', 'host-pid:refused', 'host-shm:refused', 'write:done'])
+  for (const deadline = Date.now() + 10_000; got.length === 0 && Date.now() < deadline;) await delay(10)
+  assert.deepEqual(got, ['hello'])
+  assert.equal(existsSync(marker), false)
 })
 
 function devNumbers (dev: string): { major: number, minor: number } {
