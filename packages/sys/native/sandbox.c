@@ -233,11 +233,12 @@ static void setup_view(const char *m, const char *tmp_size, char **shared, int n
   }
 }
 
-// Docker's default capabilities without MKNOD: with no device cgroup, a block
-// device node made in the view would read the raw disk.
+// Docker's default capabilities without MKNOD (with no device cgroup, a block device
+// node made in the view would read the raw disk) and NET_RAW (the step shares the
+// host's network namespace: raw sockets would capture the host's traffic).
 static const int keep_caps[] = {
   CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FSETID, CAP_FOWNER, CAP_SETGID, CAP_SETUID, CAP_SETFCAP, CAP_SETPCAP,
-  CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE
+  CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE
 };
 
 static void drop_caps(void) {
