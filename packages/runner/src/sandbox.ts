@@ -102,11 +102,11 @@ export async function normalizeUpperRoot (runDir: string): Promise<void> {
 /**
  * Runs the step's command in a private mount, pid and IPC namespace, pivoted into
  * the overlay of `lowers` over the base, as root with Docker's default capabilities
- * less MKNOD and NET_RAW (native/sandbox.c in @strata/sys does the setup). Cancellation and
- * timeout send SIGTERM to the step's process group, then after `killGraceMs` SIGKILL
- * to the namespace's pid 1, which makes the kernel kill every process left in the
- * namespace (including ones that left the process group) and drops every mount
- * with the namespace.
+ * less MKNOD and NET_RAW (native/sandbox.c in @strata/sys does the setup).
+ * Cancellation and timeout send SIGTERM to the step's process group, then after
+ * `killGraceMs` SIGKILL to the namespace's pid 1, which makes the kernel kill every
+ * process left in the namespace (including ones that left the process group) and
+ * drops every mount with the namespace.
  */
 export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promise<SandboxResult> {
   spec.signal?.throwIfAborted()
