@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { accessSync, constants, readFileSync } from 'node:fs'
 import { chmod, chown, mkdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { SANDBOX_HELPER } from '@strata/sys'
 import type { Writable } from 'node:stream'
@@ -58,6 +58,17 @@ export const STRATA_SCRIPT_PATH = '/tmp/.strata-script'
 export const DEFAULT_TMP_SIZE = 4 * 1024 ** 3
 const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
+let helperFound: true | undefined
+
+function findHelper (step: string): true {
+  try {
+    accessSync(SANDBOX_HELPER, constants.X_OK)
+    return true
+  } catch (err) {
+    throw new SandboxError(step, `${SANDBOX_HELPER} is missing: build it with \`npm rebuild @strata/sys\``, { cause: err })
+  }
+}
+
 /**
  * The stack without repeats, keeping each layer's top-most place. Two steps can
  * produce the same layer (both empty, say) and OverlayFS refuses a dir listed twice;
@@ -110,6 +121,7 @@ export async function normalizeUpperRoot (runDir: string): Promise<void> {
  */
 export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promise<SandboxResult> {
   spec.signal?.throwIfAborted()
+  helperFound ??= findHelper(spec.name)
   const tmpSize = spec.tmpSize ?? DEFAULT_TMP_SIZE
   if (!Number.isSafeInteger(tmpSize) || tmpSize < 4096) throw new TypeError(`tmpSize must be a whole number of bytes >= 4096, got ${tmpSize}`)
   const shared = spec.shared ?? []

@@ -372,7 +372,8 @@ static int run_init(char **argv, int argc) {
   }
   snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=../u,workdir=../w,redirect_dir=off,metacopy=off,index=off,xino=off,uuid=null", lowers);
   if (strlen(opts) >= sizeof opts - 1) fail("too many lower layers for one mount");
-  do_mount("strata", "../m", "overlay", MS_NODEV, opts);
+  // Its source names the run dir: from outside, the step's root says whose it is.
+  do_mount(run_dir, "../m", "overlay", MS_NODEV, opts);
   join(m, run_dir, "/m");
   setup_view(m, tmp_size, argv + 8, argc - 8);
 
