@@ -3,7 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
@@ -25,6 +25,14 @@ test('the data dir and the identity key are not in the step\'s filesystem, and u
   const h = await harness(t)
   const key = `${h.dataDir}/identity.key`
   assert.ok(existsSync(key))
+  // A filesystem mounted on the host is not in the view either: OverlayFS shows only the root filesystem.
+  const other = mkdtempSync('/var/tmp/strata-sandbox-mnt-')
+  execFileSync('mount', ['-t', 'tmpfs', 'strata-sandbox-test', other])
+  t.after(() => {
+    execFileSync('umount', [other])
+    rmSync(other, { recursive: true, force: true })
+  })
+  writeFileSync(`${other}/x`, '')
   await h.runner.exec({
     name: 'hide',
     run: [
@@ -36,10 +44,11 @@ test('the data dir and the identity key are not in the step\'s filesystem, and u
       probe('bind', 'mount --bind / /mnt/r'),
       probe('bound-key', `head -1 /mnt/r${key}`),
       probe('proc-root-key', `head -1 /proc/1/root${key}`),
-      probe('parent-dir', `test -d ${h.dataDir.slice(0, h.dataDir.lastIndexOf('/'))}`)
+      probe('parent-dir', `test -d ${h.dataDir.slice(0, h.dataDir.lastIndexOf('/'))}`),
+      probe('other-fs', `test -e ${other}/x`)
     ].join('\n')
   })
-  assert.deepEqual(said(h, 'hide'), ['see-data:refused', 'umount:refused', 'umount-lazy:refused', 'key:refused', 'bind:refused', 'bound-key:refused', 'proc-root-key:refused', 'parent-dir:done'])
+  assert.deepEqual(said(h, 'hide'), ['see-data:refused', 'umount:refused', 'umount-lazy:refused', 'key:refused', 'bind:refused', 'bound-key:refused', 'proc-root-key:refused', 'parent-dir:done', 'other-fs:refused'])
 })
 
 test('a step cannot change the host\'s kernel settings through /proc or /sys', async (t) => {

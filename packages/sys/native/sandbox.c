@@ -52,6 +52,7 @@ static void fail(const char *fmt, ...) {
   if (n < 0) n = 0;
   if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
   buf[n++] = '\n';
+  if (log_fd == 2 && write(2, "strata: ", 8) < 0) { /* nowhere left to say it */ }
   if (write(log_fd, buf, n) < 0) { /* nowhere left to say it */ }
   _exit(1);
 }
@@ -419,6 +420,7 @@ int main(int argc, char **argv) {
     pid_t sh = fork();
     if (sh < 0) fail("fork: %s", strerror(errno));
     if (sh == 0) {
+      log_fd = 2; // the step has started: what goes wrong now belongs in its output
       signal(SIGTERM, SIG_DFL);
       signal(SIGINT, SIG_DFL);
       sigset_t none;
