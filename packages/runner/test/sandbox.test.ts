@@ -225,10 +225,14 @@ test('a step uses the host\'s network, but sees neither the host\'s processes no
       `bash -c 'echo hello > /dev/tcp/127.0.0.1/${port}' && echo net:done`,
       probe('host-pid', `kill -0 ${process.pid}`),
       probe('host-shm', `ipcs -m | grep -qw ${shm}`),
-      `echo written > ${marker} && echo write:done`
+      `echo written > ${marker} && echo write:done`,
+      'cat /etc/resolv.conf',
+      probe('resolv-write', "sh -c 'echo nameserver 192.0.2.1 >> /etc/resolv.conf'")
     ].join('\n')
   })
-  assert.deepEqual(said(h, 'neighbours'), ['net:done', 'host-pid:refused', 'host-shm:refused', 'write:done'])
+  // The host's resolv.conf is bound read-only over the view's (a regular file on this host).
+  const resolv = readFileSync('/etc/resolv.conf', 'utf8').split('\n').filter((l) => l !== '')
+  assert.deepEqual(said(h, 'neighbours'), ['net:done', 'host-pid:refused', 'host-shm:refused', 'write:done', ...resolv, 'resolv-write:refused'])
   for (const deadline = Date.now() + 10_000; got.length === 0 && Date.now() < deadline;) await delay(10)
   assert.deepEqual(got, ['hello'])
   assert.equal(existsSync(marker), false)
