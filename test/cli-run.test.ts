@@ -96,3 +96,18 @@ test('two strata runs at once on one store both succeed: the second waits for th
   assert.equal((both.match(/^slow: MISS/mg) ?? []).length, 1, both)
   assert.equal((both.match(/^slow: HIT local/mg) ?? []).length, 1, both)
 })
+
+test('--tmp-size and STRATA_TMP_SIZE bound a step\'s /tmp when strata.yml does not; a bad size is a usage error', (t) => {
+  const dir = workDir(t, 'cli-run')
+  const data = join(dir, 'data')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: fill\n    run: dd if=/dev/zero of=/tmp/f bs=64k count=32 2>/dev/null\n    cache: false\n')
+  const small = strata(['run', '--data-dir', data, '--tmp-size', '1m'], dir)
+  assert.equal(small.status, 1, small.stderr)
+  const byEnv = strata(['run', '--data-dir', data], dir, { STRATA_TMP_SIZE: '1m' })
+  assert.equal(byEnv.status, 1, byEnv.stderr)
+  const enough = strata(['run', '--data-dir', data, '--tmp-size', '8m'], dir)
+  assert.equal(enough.status, 0, enough.stderr)
+  const bad = strata(['run', '--data-dir', data, '--tmp-size', 'lots'], dir)
+  assert.equal(bad.status, 2, bad.stderr)
+  assert.match(bad.stderr, /--tmp-size "lots" is not a size/)
+})
