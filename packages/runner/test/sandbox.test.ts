@@ -51,9 +51,10 @@ test('the data dir and the identity key are not in the step\'s filesystem, and u
   assert.deepEqual(said(h, 'hide'), ['see-data:refused', 'umount:refused', 'umount-lazy:refused', 'key:refused', 'bind:refused', 'bound-key:refused', 'proc-root-key:refused', 'parent-dir:done', 'other-fs:refused'])
 })
 
-test('a step cannot change the host\'s kernel settings through /proc or /sys', async (t) => {
+test('a step cannot change the host\'s kernel or network settings through /proc, /sys or netlink', async (t) => {
   const h = await harness(t)
   const before = readFileSync('/proc/sys/vm/swappiness', 'utf8')
+  const loMtu = readFileSync('/sys/class/net/lo/mtu', 'utf8').trim()
   const other = before.trim() === '37' ? '38' : '37'
   await h.runner.exec({
     name: 'sysctl',
@@ -64,10 +65,12 @@ test('a step cannot change the host\'s kernel settings through /proc or /sys', a
       probe('remount-proc', 'mount -o remount,rw /proc/sys'),
       probe('kcore', 'test -s /proc/kcore'),
       probe('timer-list', 'grep -q . /proc/timer_list'),
-      probe('keys', 'grep -q . /proc/keys')
+      probe('keys', 'grep -q . /proc/keys'),
+      // The same MTU again: harmless if it went through, but any link change needs NET_ADMIN.
+      probe('net-admin', `ip link set lo mtu ${loMtu}`)
     ].join('\n')
   })
-  assert.deepEqual(said(h, 'sysctl'), ['swappiness:refused', 'sysrq:refused', 'sys:refused', 'remount-proc:refused', 'kcore:refused', 'timer-list:refused', 'keys:refused'])
+  assert.deepEqual(said(h, 'sysctl'), ['swappiness:refused', 'sysrq:refused', 'sys:refused', 'remount-proc:refused', 'kcore:refused', 'timer-list:refused', 'keys:refused', 'net-admin:refused'])
   assert.equal(readFileSync('/proc/sys/vm/swappiness', 'utf8'), before, 'the host value is unchanged')
 })
 
