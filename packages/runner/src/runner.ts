@@ -24,7 +24,7 @@ import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, descriptorKey, lastKey, openRecord, recordKey, signRecord, writerTrust } from './record.ts'
 import type { RecordPolicy, StepRecord } from './record.ts'
-import { normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
+import { checkSandboxOptions, normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { LayeredView } from './view.ts'
 
@@ -217,8 +217,9 @@ class StepRunner implements Runner {
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     this.#store = init.store
-    this.#sandbox = { tmpSize: init.tmpSize, shared: init.shared }
     this.#dataDir = realpathSync(dataDir)
+    this.#sandbox = { tmpSize: init.tmpSize, shared: init.shared }
+    checkSandboxOptions(this.#sandbox, this.#dataDir)
     this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
     this.#identity = identity
     const own = writerTrust(init.trustedPeers ?? [])

@@ -52,13 +52,31 @@ export interface SandboxResult {
 
 /** Path of the $STRATA_ENV file inside the step (on its private /tmp). */
 export const STRATA_ENV_PATH = '/tmp/.strata-env'
-/** Path of the step's `run:` script inside the step (read-only, on its private /tmp). */
+/** Path of the step's `run:` script inside the step (mode 0444, on its private /tmp). */
 export const STRATA_SCRIPT_PATH = '/tmp/.strata-script'
 /** What a step's /tmp (and /dev/shm) may hold unless the pipeline or the runner says otherwise. */
 export const DEFAULT_TMP_SIZE = 4 * 1024 ** 3
 const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 let helperFound: true | undefined
+
+/** The runner's sandbox options: throws TypeError for a tmpSize below 4 KiB or a shared dir checkShared refuses. */
+export function checkSandboxOptions (opts: { tmpSize?: number | undefined, shared?: readonly string[] | undefined }, hidden: string | undefined): void {
+  if (opts.tmpSize !== undefined && (!Number.isSafeInteger(opts.tmpSize) || opts.tmpSize < 4096)) {
+    throw new TypeError(`tmpSize must be a whole number of bytes >= 4096, got ${opts.tmpSize}`)
+  }
+  for (const dir of opts.shared ?? []) checkShared(dir, hidden)
+}
+
+/** A shared dir is an absolute path other than `/` that neither holds nor lies inside `hidden` (the data dir). */
+export function checkShared (dir: string, hidden: string | undefined): void {
+  if (!dir.startsWith('/') || dir.includes('\0') || dir.split('/').includes('..')) throw new TypeError(`a shared dir must be an absolute path, got ${JSON.stringify(dir)}`)
+  const d = dir.replace(/\/+$/, '')
+  if (d === '') throw new TypeError('/ cannot be a shared dir: it would give steps the whole host')
+  if (hidden !== undefined && (d === hidden || hidden.startsWith(`${d}/`) || d.startsWith(`${hidden}/`))) {
+    throw new TypeError(`shared dir ${dir} would show ${hidden} to steps`)
+  }
+}
 
 function findHelper (step: string): true {
   try {
@@ -123,14 +141,8 @@ export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promi
   spec.signal?.throwIfAborted()
   helperFound ??= findHelper(spec.name)
   const tmpSize = spec.tmpSize ?? DEFAULT_TMP_SIZE
-  if (!Number.isSafeInteger(tmpSize) || tmpSize < 4096) throw new TypeError(`tmpSize must be a whole number of bytes >= 4096, got ${tmpSize}`)
   const shared = spec.shared ?? []
-  for (const dir of shared) {
-    if (!dir.startsWith('/') || dir.includes('\0')) throw new TypeError(`a shared dir must be an absolute path, got ${JSON.stringify(dir)}`)
-    if (spec.mask !== undefined && (dir === spec.mask || dir.startsWith(`${spec.mask}/`) || spec.mask.startsWith(`${dir}/`) || dir === '/')) {
-      throw new TypeError(`shared dir ${dir} would show ${spec.mask} to the step`)
-    }
-  }
+  checkSandboxOptions({ tmpSize, shared }, spec.mask)
   const env: Record<string, string> = { ...spec.env, STRATA_ENV: STRATA_ENV_PATH }
   env.PATH ??= HOST_PATH
   const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', spec.mask ?? '', spec.cwd, spec.name, String(tmpSize), ...shared]

@@ -241,6 +241,15 @@ test('a step uses the host\'s network, but sees neither the host\'s processes no
   assert.equal(existsSync(marker), false)
 })
 
+test('a runner refuses shared dirs that would show the data dir or the whole host, and a tmp size below 4 KiB', async (t) => {
+  const h = await harness(t)
+  const parent = h.dataDir.slice(0, h.dataDir.lastIndexOf('/'))
+  for (const shared of [['/'], [parent], [h.dataDir], [`${h.dataDir}/runner`], ['relative'], ['/a/../b']]) {
+    await assert.rejects(h.reopen({ shared }), TypeError, JSON.stringify(shared))
+  }
+  await assert.rejects(h.reopen({ tmpSize: 1024 }), /tmpSize must be/)
+})
+
 function devNumbers (dev: string): { major: number, minor: number } {
   const [major, minor] = execFileSync('stat', ['-L', '-c', '%Hr %Lr', dev], { encoding: 'utf8' }).trim().split(' ').map(Number)
   return { major: major!, minor: minor! }
