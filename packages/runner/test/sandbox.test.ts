@@ -250,6 +250,21 @@ test('a runner refuses shared dirs that would show the data dir or the whole hos
   await assert.rejects(h.reopen({ tmpSize: 1024 }), /tmpSize must be/)
 })
 
+test('a symlink a step leaves in its layer cannot lead the next step\'s setup to the host', async (t) => {
+  const h = await harness(t)
+  const shared = mkdtempSync('/var/tmp/strata-sandbox-sh-')
+  const target = mkdtempSync('/var/tmp/strata-sandbox-x-')
+  t.after(() => {
+    rmSync(shared, { recursive: true, force: true })
+    rmSync(target, { recursive: true, force: true })
+  })
+  mkdirSync(`${shared}/inner`)
+  const planted = await h.runner.exec({ name: 'plant', run: `rm -rf ${shared} && ln -s ${target} ${shared}` })
+  const next = await h.reopen({ shared: [`${shared}/inner`] })
+  await assert.rejects(next.exec({ name: 'victim', run: 'true', parent: planted.key }), { code: 'ERR_SANDBOX', detail: /is not a directory in the step's filesystem/ })
+  assert.equal(existsSync(`${target}/inner`), false, 'nothing was made on the host')
+})
+
 function devNumbers (dev: string): { major: number, minor: number } {
   const [major, minor] = execFileSync('stat', ['-L', '-c', '%Hr %Lr', dev], { encoding: 'utf8' }).trim().split(' ').map(Number)
   return { major: major!, minor: minor! }

@@ -111,14 +111,22 @@ static void make_hider(const char *hider, const char *mask) {
   }
 }
 
-static void mkdir_in_view(const char *view, const char *path) {
+// Setup runs before the pivot, where an absolute symlink in the view (a layer is
+// made by a step) would lead to the host: every path it makes or mounts on in the
+// view is walked with lstat, and a component that is not a directory is refused.
+static void dir_in_view(const char *view, const char *path) {
   char p[PATH_MAX_];
   join(p, view, path);
   for (char *s = p + strlen(view) + 1; ; s++) {
     if (*s != '/' && *s != '\0') continue;
     char c = *s;
     *s = '\0';
-    if (mkdir(p, 0755) < 0 && errno != EEXIST) fail("mkdir %s: %s", p, strerror(errno));
+    struct stat st;
+    if (lstat(p, &st) == 0) {
+      if (!S_ISDIR(st.st_mode)) fail("%s is not a directory in the step's filesystem", p + strlen(view));
+    } else if (errno != ENOENT || mkdir(p, 0755) < 0) {
+      fail("mkdir %s: %s", p, strerror(errno));
+    }
     *s = c;
     if (c == '\0') break;
   }
@@ -159,10 +167,7 @@ static const char *const devices[] = { "null", "zero", "full", "random", "urando
 static void setup_view(const char *m, const char *tmp_size, char **shared, int n_shared) {
   char p[PATH_MAX_], q[PATH_MAX_], opts[128];
   static const char *const dirs[] = { "/proc", "/sys", "/dev", "/tmp", NULL };
-  for (int i = 0; dirs[i]; i++) {
-    join(p, m, dirs[i]);
-    if (mkdir(p, 0755) < 0 && errno != EEXIST) fail("mkdir %s: %s", p, strerror(errno));
-  }
+  for (int i = 0; dirs[i]; i++) dir_in_view(m, dirs[i]);
   join(p, m, "/proc");
   do_mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   join(p, m, "/sys");
@@ -222,13 +227,15 @@ static void setup_view(const char *m, const char *tmp_size, char **shared, int n
   copy_script(p);
 
   struct stat st;
+  join(q, m, "/etc");
   join(p, m, "/etc/resolv.conf");
-  if (stat("/etc/resolv.conf", &st) == 0 && S_ISREG(st.st_mode) && lstat(p, &st) == 0 && S_ISREG(st.st_mode)) {
+  if (stat("/etc/resolv.conf", &st) == 0 && S_ISREG(st.st_mode) && lstat(q, &st) == 0 && S_ISDIR(st.st_mode) &&
+      lstat(p, &st) == 0 && S_ISREG(st.st_mode)) {
     bind("/etc/resolv.conf", p, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
   }
   for (int i = 0; i < n_shared; i++) {
     if (shared[i][0] != '/') fail("shared dir must be absolute: %s", shared[i]);
-    mkdir_in_view(m, shared[i]);
+    dir_in_view(m, shared[i]);
     join(p, m, shared[i]);
     bind(shared[i], p, MS_NOSUID | MS_NODEV);
   }
