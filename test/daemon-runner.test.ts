@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { Writable } from 'node:stream'
 import { test } from 'node:test'
 import type { TestContext } from 'node:test'
@@ -25,9 +25,12 @@ async function clientOf (t: TestContext, d: Daemon): Promise<DaemonClient> {
   return c
 }
 
-/** What a step writes to /dev is seen outside the overlay: proof that it ran. */
+/** A host dir every step of runOn() shares: what a step writes there is proof that it ran. */
+const SIDE_ROOT = '/var/tmp/strata-daemon-test-side'
+mkdirSync(SIDE_ROOT, { recursive: true })
+
 function sideChannel (t: TestContext): { dir: string, ran: () => string[] } {
-  const dir = mkdtempSync('/dev/strata-daemon-test-')
+  const dir = mkdtempSync(`${SIDE_ROOT}/s-`)
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   return {
     dir,
@@ -44,7 +47,7 @@ function sideChannel (t: TestContext): { dir: string, ran: () => string[] } {
 async function runOn (client: DaemonClient, yml: string, logger = memoryLogger().logger): Promise<RunnerEvent[]> {
   const events: RunnerEvent[] = []
   const out = new Sink()
-  const runner = await createRunner({ store: client, remote: client, logger, output: { stdout: out, stderr: out, prefix: true } })
+  const runner = await createRunner({ store: client, remote: client, logger, output: { stdout: out, stderr: out, prefix: true }, shared: [SIDE_ROOT] })
   await runner.run(parsePipeline(yml, { file: '/var/tmp/strata.yml' }), { onEvent: (e) => events.push(e) })
   return events
 }

@@ -35,6 +35,8 @@ export interface StepSpec {
   inputs: string[]
   cache: boolean
   timeoutMs?: number
+  /** Bytes the step's /tmp (and /dev/shm) may hold: the pipeline's `tmp-size`. Default: the runner's. */
+  tmpSize?: number
   /** Where the step is defined, for messages. */
   at?: SourcePosition
 }
@@ -45,6 +47,8 @@ export interface Pipeline {
   base: BaseSpec
   baseId?: string
   salt?: string
+  /** `tmp-size`: bytes each step's /tmp (and /dev/shm) may hold; copied into every step. */
+  tmpSize?: number
   steps: StepSpec[]
 }
 
@@ -76,11 +80,13 @@ export const PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
   inputs: 1024
 })
 
-const TOP_KEYS = ['base', 'base-id', 'salt', 'steps'] as const
+const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'steps'] as const
 const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'cache', 'timeout'] as const
 const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+/** tmpfs takes any size; past a few TiB it is a typo, not a plan. */
+export const MAX_TMP_SIZE = 2 ** 42
 
 /**
  * Reads and validates a strata.yml. Nothing is run: a problem throws a PipelineError naming file, line and column.
@@ -241,6 +247,19 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
   const saltNode = top.get('salt')
   const salt = saltNode !== undefined ? scalarString(saltNode, '"salt"', at, true) : undefined
 
+  const tmpNode = top.get('tmp-size')
+  let tmpSize: number | undefined
+  if (tmpNode !== undefined) {
+    const p = nodeAt(tmpNode, 0)
+    if (!isScalar(tmpNode) || (typeof tmpNode.value !== 'string' && typeof tmpNode.value !== 'number')) {
+      throw new PipelineWrongTypeError(p, '"tmp-size"', 'a size such as "4g", "512m" or a number of bytes', describe(tmpNode))
+    }
+    tmpSize = parseSize(tmpNode.value)
+    if (tmpSize === undefined || tmpSize < 4096 || tmpSize > MAX_TMP_SIZE) {
+      throw new PipelineInvalidValueError(p, `"tmp-size" ${JSON.stringify(tmpNode.value)} is not a size between 4k and 4t (e.g. "4g", "512m", 1048576)`)
+    }
+  }
+
   const stepsNode = requireField(top, 'steps', 'strata.yml', nodeAt(root, 0))
   if (!isSeq(stepsNode)) throw new PipelineWrongTypeError(nodeAt(stepsNode, 0), '"steps"', 'a list', describe(stepsNode))
   if (stepsNode.items.length === 0) throw new PipelineInvalidValueError(nodeAt(stepsNode, 0), '"steps" is empty')
@@ -373,13 +392,24 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
 
     const step: StepSpec = { name, run, cwd, env, inputs, cache, at: at(item.range?.[0] ?? 0) }
     if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
+    if (tmpSize !== undefined) step.tmpSize = tmpSize
     steps.push(step)
   }
 
   const pipeline: Pipeline = { file, base, steps }
   if (baseId !== undefined) pipeline.baseId = baseId
   if (salt !== undefined) pipeline.salt = salt
+  if (tmpSize !== undefined) pipeline.tmpSize = tmpSize
   return pipeline
+}
+
+/** "4g", "512m", "64k", "1t" (powers of 1024) or a number of bytes; undefined when malformed. */
+export function parseSize (v: string | number): number | undefined {
+  if (typeof v === 'number') return Number.isSafeInteger(v) ? v : undefined
+  const m = /^(\d+)(?:([kmgt])(?:i?b)?|b?)$/i.exec(v.trim())
+  if (m === null) return undefined
+  const n = Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] ?? '').toLowerCase() || ' ')
+  return Number.isSafeInteger(n) ? n : undefined
 }
 
 /** "90" seconds, "500ms", "30s", "10m", "1h30m"; undefined when malformed. */

@@ -23,7 +23,7 @@ import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, checkEpoch, checkScope, loadIdentity, openRecord, recordKey, signRecord, writerTrust } from '@strata/records'
 import type { Identity, RecordPolicy, StepRecord } from '@strata/records'
 import { descriptorKey, lastKey } from './slots.ts'
-import { MAX_LOWER_LAYERS, normalizeUpperRoot, runSandbox } from './sandbox.ts'
+import { MAX_LOWER_LAYERS, checkSandboxOptions, normalizeUpperRoot, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { isDiskFull, isFull, makeScratch, mountSpill, sweepSpills } from './scratch.ts'
 import type { Scratch, Spill } from './scratch.ts'
@@ -49,6 +49,10 @@ export interface RunnerInit {
   output?: Partial<OutputOptions>
   /** Between SIGTERM and SIGKILL on cancel or timeout. Default 10 000 ms. */
   killGraceMs?: number
+  /** Bytes each step's /tmp (and /dev/shm) may hold when strata.yml sets no `tmp-size`. Default 4 GiB. */
+  tmpSize?: number
+  /** Host dirs every step sees read-write at the same path (a build cache, a test's side channel); never captured. */
+  shared?: readonly string[]
   /** Bounds on what a step's inputs may make the runner read. Default 100 000 files, 8 GiB. */
   inputLimits?: InputLimits
   /**
@@ -221,10 +225,13 @@ class StepRunner implements Runner {
   readonly #killGraceMs: number
   readonly #limits: InputLimits
   readonly #fleetSalt: string | null
+  readonly #sandbox: { tmpSize?: number, shared?: readonly string[] }
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     this.#store = init.store
     this.#dataDir = realpathSync(dataDir)
+    this.#sandbox = { tmpSize: init.tmpSize, shared: init.shared }
+    checkSandboxOptions(this.#sandbox, this.#dataDir)
     this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
     this.#identity = identity
     const own = writerTrust(init.trustedPeers ?? [])
@@ -550,6 +557,8 @@ class StepRunner implements Runner {
         base: basePath,
         mask: chain.base.kind === 'host' ? this.#dataDir : undefined,
         run: step.run,
+        tmpSize: step.tmpSize ?? this.#sandbox.tmpSize,
+        shared: this.#sandbox.shared,
         cwd: step.cwd,
         env,
         output: this.#output,

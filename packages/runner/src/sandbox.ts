@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { accessSync, constants, readFileSync } from 'node:fs'
 import { chmod, chown, mkdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises'
+import { SANDBOX_HELPER } from '@strata/sys'
 import type { Writable } from 'node:stream'
 import type { Logger } from 'pino'
 import { ChainTooLongError, SandboxError } from './errors.ts'
@@ -24,9 +25,13 @@ export interface SandboxSpec {
   lowers: readonly string[]
   /** `/` for the host base (mounted through a nested read-only overlay) or a rootfs directory. */
   base: string
-  /** A host path to hide under an empty read-only tmpfs inside the view (the data dir, on the host base). */
+  /** A host path (real, absolute) that must not exist in the view: the data dir, on the host base. */
   mask?: string
   run: string
+  /** Bytes the step's /tmp and /dev/shm may each hold. Default DEFAULT_TMP_SIZE. */
+  tmpSize?: number
+  /** Host dirs bind-mounted read-write at the same path in the view (not captured, not in the key). */
+  shared?: readonly string[]
   cwd: string
   /** The step's whole environment (PATH, HOME, inherited $STRATA_ENV lines, declared env); STRATA_ENV is added. */
   env: Record<string, string>
@@ -47,63 +52,39 @@ export interface SandboxResult {
 
 /** Path of the $STRATA_ENV file inside the step (on its private /tmp). */
 export const STRATA_ENV_PATH = '/tmp/.strata-env'
+/** Path of the step's `run:` script inside the step (mode 0444, on its private /tmp). */
+export const STRATA_SCRIPT_PATH = '/tmp/.strata-script'
+/** What a step's /tmp (and /dev/shm) may hold unless the pipeline or the runner says otherwise. */
+export const DEFAULT_TMP_SIZE = 4 * 1024 ** 3
 const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
-// Runs as pid 1 of a fresh pid namespace, in a private mount namespace: every mount
-// below dies with it. Lower dirs are short symlinks in $R/l (named 0, 1, ...) so the
-// mount options stay far below the one-page limit whatever the chain length.
-// The base overlay for the host exists because OverlayFS refuses a lower dir inside
-// another lower dir, and every layer dir is inside `/`.
-const SETUP = String.raw`set -eu
-R=$STRATA_SB_RUN
-M=$R/m
-exec 9>&2 2>"$R/setup.log"
-cd "$R/l"
-if [ -n "$STRATA_SB_HOSTBASE" ]; then
-  mount -t tmpfs -o ro,size=4k,mode=0755 strata-empty ../e
-  mount -t overlay strata-base -o ro,lowerdir=/:../e ../b
-fi
-mount -t overlay strata -o "lowerdir=$STRATA_SB_LOWER,upperdir=../u,workdir=../w,redirect_dir=off,metacopy=off,index=off,xino=off,uuid=null" ../m
-for d in proc sys dev tmp; do [ -d "$M/$d" ] || mkdir -p "$M/$d"; done
-mount -t proc -o nosuid,nodev,noexec proc "$M/proc"
-mount --bind -o ro /sys "$M/sys"
-mount --bind /dev "$M/dev"
-if [ -d /dev/pts ] && [ -d "$M/dev/pts" ]; then mount --bind /dev/pts "$M/dev/pts"; fi
-if [ -d "$M/dev/shm" ]; then mount -t tmpfs -o nosuid,nodev,mode=1777 strata-shm "$M/dev/shm"; fi
-mount -t tmpfs -o nosuid,nodev,mode=1777 strata-tmp "$M/tmp"
-: > "$M/tmp/.strata-env"
-mount --bind "$R/env" "$M/tmp/.strata-env"
-if [ -f /etc/resolv.conf ] && [ -f "$M/etc/resolv.conf" ] && [ ! -L "$M/etc/resolv.conf" ]; then
-  mount --bind -o ro /etc/resolv.conf "$M/etc/resolv.conf"
-fi
-if [ -n "$STRATA_SB_MASK" ] && [ -d "$M$STRATA_SB_MASK" ] && [ ! -L "$M$STRATA_SB_MASK" ]; then
-  mount -t tmpfs -o ro,size=4k,mode=0755 strata-mask "$M$STRATA_SB_MASK"
-fi
-[ -x "$M/bin/sh" ] || { echo "no /bin/sh in the step's filesystem" >&2; exit 1; }
-set -- "$STRATA_SB_CWD" "$STRATA_SB_SCRIPT" "$STRATA_SB_NAME"
-CHROOT=$STRATA_SB_CHROOT
-PATH=$STRATA_SB_PATH
-unset STRATA_SB_RUN STRATA_SB_LOWER STRATA_SB_HOSTBASE STRATA_SB_MASK STRATA_SB_CWD STRATA_SB_SCRIPT STRATA_SB_NAME STRATA_SB_PATH STRATA_SB_CHROOT
-: > "$R/ready"
-exec 2>&9 9>&-
-cd /
-set +e
-"$CHROOT" "$M" /bin/sh -c 'cd -- "$1" 2>/dev/null || { echo "strata: cwd $1 does not exist in the step'"'"'s filesystem" >&2; exit 125; }; exec /bin/sh -e -c "$2" "$3"' strata-step "$@"
-exit $?
-`
+let helperFound: true | undefined
 
-let tools: { setpriv: string, unshare: string, chroot: string } | undefined
-
-function findTool (name: string): string {
-  for (const dir of HOST_PATH.split(':')) {
-    try {
-      accessSync(`${dir}/${name}`, constants.X_OK)
-      return `${dir}/${name}`
-    } catch {
-      // not here
-    }
+/** The runner's sandbox options: throws TypeError for a tmpSize below 4 KiB or a shared dir checkShared refuses. */
+export function checkSandboxOptions (opts: { tmpSize?: number | undefined, shared?: readonly string[] | undefined }, hidden: string | undefined): void {
+  if (opts.tmpSize !== undefined && (!Number.isSafeInteger(opts.tmpSize) || opts.tmpSize < 4096)) {
+    throw new TypeError(`tmpSize must be a whole number of bytes >= 4096, got ${opts.tmpSize}`)
   }
-  throw new SandboxError('-', `${name} not found on the host (it comes with util-linux / coreutils)`)
+  for (const dir of opts.shared ?? []) checkShared(dir, hidden)
+}
+
+/** A shared dir is an absolute path other than `/` that neither holds nor lies inside `hidden` (the data dir). */
+export function checkShared (dir: string, hidden: string | undefined): void {
+  if (!dir.startsWith('/') || dir.includes('\0') || dir.split('/').includes('..')) throw new TypeError(`a shared dir must be an absolute path, got ${JSON.stringify(dir)}`)
+  const d = dir.replace(/\/+$/, '')
+  if (d === '') throw new TypeError('/ cannot be a shared dir: it would give steps the whole host')
+  if (hidden !== undefined && (d === hidden || hidden.startsWith(`${d}/`) || d.startsWith(`${hidden}/`))) {
+    throw new TypeError(`shared dir ${dir} would show ${hidden} to steps`)
+  }
+}
+
+function findHelper (step: string): true {
+  try {
+    accessSync(SANDBOX_HELPER, constants.X_OK)
+    return true
+  } catch (err) {
+    throw new SandboxError(step, `${SANDBOX_HELPER} is missing: build it with \`npm rebuild @strata/sys\``, { cause: err })
+  }
 }
 
 /**
@@ -115,11 +96,11 @@ export function uniqueLayers (lowers: readonly string[]): string[] {
   return [...new Set(lowers)]
 }
 
-/** Prepares `runDir` (l/ u/ w/ m/ b/ e/ env) for a step over `lowers`. */
+/** Prepares `runDir` (l/ u/ w/ m/ b/ h/ env) for a step over `lowers`. */
 export async function prepareRunDir (runDir: string, allLowers: readonly string[], base: string): Promise<string> {
   const lowers = uniqueLayers(allLowers)
   if (lowers.length > MAX_LOWER_LAYERS) throw new ChainTooLongError(lowers.length, MAX_LOWER_LAYERS)
-  for (const d of ['l', 'u', 'w', 'm', 'b', 'e']) await mkdir(`${runDir}/${d}`, { recursive: true, mode: 0o755 })
+  for (const d of ['l', 'u', 'w', 'm', 'b', 'h']) await mkdir(`${runDir}/${d}`, { recursive: true, mode: 0o755 })
   await writeFile(`${runDir}/env`, '', { mode: 0o600 })
   // The top layer's root dir gives the merged root its owner and mode: keep the base's.
   const root = await stat(base)
@@ -148,41 +129,37 @@ export async function normalizeUpperRoot (runDir: string): Promise<void> {
 }
 
 /**
- * Runs the step's command in a private mount and pid namespace, chrooted into the
- * overlay of `lowers` over the base. Cancellation and timeout send SIGTERM to the
- * step's process group, then after `killGraceMs` SIGKILL to the namespace's pid 1,
- * which makes the kernel kill every process left in the namespace (including
- * ones that left the process group) and drops every mount with the namespace.
+ * Runs the step's command in a private mount, pid and IPC namespace, pivoted into
+ * the overlay of `lowers` over the base, as root with Docker's default capabilities
+ * less MKNOD and NET_RAW (native/sandbox.c in @strata/sys does the setup).
+ * Cancellation and timeout send SIGTERM to the step's process group, then after
+ * `killGraceMs` SIGKILL to the namespace's pid 1, which makes the kernel kill every
+ * process left in the namespace (including ones that left the process group) and
+ * drops every mount with the namespace.
  */
 export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promise<SandboxResult> {
-  tools ??= { setpriv: findTool('setpriv'), unshare: findTool('unshare'), chroot: findTool('chroot') }
   spec.signal?.throwIfAborted()
-  const hostBase = spec.base === '/'
-  const env: Record<string, string> = {
-    ...spec.env,
-    STRATA_ENV: STRATA_ENV_PATH,
-    STRATA_SB_PATH: spec.env.PATH ?? HOST_PATH,
-    PATH: HOST_PATH,
-    STRATA_SB_RUN: spec.runDir,
-    STRATA_SB_LOWER: lowerOption,
-    STRATA_SB_HOSTBASE: hostBase ? '1' : '',
-    STRATA_SB_MASK: spec.mask ?? '',
-    STRATA_SB_CWD: spec.cwd,
-    STRATA_SB_SCRIPT: spec.run,
-    STRATA_SB_NAME: spec.name,
-    STRATA_SB_CHROOT: tools.chroot
-  }
+  helperFound ??= findHelper(spec.name)
+  const tmpSize = spec.tmpSize ?? DEFAULT_TMP_SIZE
+  const shared = spec.shared ?? []
+  checkSandboxOptions({ tmpSize, shared }, spec.mask)
+  const env: Record<string, string> = { ...spec.env, STRATA_ENV: STRATA_ENV_PATH }
+  env.PATH ??= HOST_PATH
+  const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', spec.mask ?? '', spec.cwd, spec.name, String(tmpSize), ...shared]
   const out = spec.output
   const passThrough = !out.prefix && out.stdout === process.stdout && out.stderr === process.stderr
   const started = performance.now()
-  // setpriv --pdeathsig: if this process dies without cleaning up, unshare gets
-  // SIGKILL, and --kill-child passes it on to the namespace's pid 1: no orphan step.
-  const child = spawn(tools.setpriv, ['--pdeathsig', 'KILL', '--', tools.unshare, '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--', '/bin/sh', '-c', SETUP], {
+  // The helper dies with this process (pdeathsig) and takes the namespace's pid 1 with it: no orphan step.
+  const child = spawn(SANDBOX_HELPER, args, {
     env,
     cwd: spec.runDir,
     detached: true, // its own process group: the target of SIGTERM
-    stdio: ['ignore', passThrough ? 'inherit' : 'pipe', passThrough ? 'inherit' : 'pipe']
+    // fd 3 carries the script: argv and the environment cap one string at 128 KiB, and the data dir's disk may be full.
+    stdio: ['ignore', passThrough ? 'inherit' : 'pipe', passThrough ? 'inherit' : 'pipe', 'pipe']
   })
+  const script = child.stdio[3] as Writable
+  script.on('error', () => {}) // the helper stopped before reading it: its setup.log says why
+  script.end(spec.run)
   if (!passThrough) {
     pump(child.stdout!, out.stdout, out.prefix ? `${spec.name} | ` : '')
     pump(child.stderr!, out.stderr, out.prefix ? `${spec.name} | ` : '')
@@ -247,10 +224,10 @@ function signalGroup (pgid: number, sig: NodeJS.Signals): void {
   }
 }
 
-/** Host pid of unshare's forked child: pid 1 of the step's pid namespace. */
-function nsInitPid (unsharePid: number): number | undefined {
+/** Host pid of the helper's forked child: pid 1 of the step's pid namespace. */
+function nsInitPid (helperPid: number): number | undefined {
   try {
-    const first = readFileSync(`/proc/${unsharePid}/task/${unsharePid}/children`, 'utf8').trim().split(/\s+/)[0]
+    const first = readFileSync(`/proc/${helperPid}/task/${helperPid}/children`, 'utf8').trim().split(/\s+/)[0]
     return first !== undefined && first !== '' ? Number(first) : undefined
   } catch {
     return undefined

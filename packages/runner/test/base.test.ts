@@ -5,11 +5,11 @@ import { copyFileSync, mkdirSync, readdirSync, realpathSync, writeFileSync } fro
 import { dirname } from 'node:path'
 import { parsePipeline } from '../src/index.ts'
 import { baseIdentity } from '../src/base.ts'
-import { harness, sideChannel, statuses, tempDir } from './helpers.ts'
+import { harness, SIDE_ROOT, sideChannel, statuses, tempDir } from './helpers.ts'
 
 /** A root filesystem with just /bin/sh and /bin/cat and their libraries, copied from the host. */
 function makeRootfs (dir: string): void {
-  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(`${dir}/${d}`, { recursive: true })
+  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', SIDE_ROOT.slice(1)]) mkdirSync(`${dir}/${d}`, { recursive: true })
   for (const [bin, as] of [['/bin/sh', 'sh'], ['/bin/cat', 'cat']] as const) {
     const real = realpathSync(bin)
     copyFileSync(real, `${dir}/bin/${as}`)

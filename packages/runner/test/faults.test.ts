@@ -9,7 +9,7 @@ import { openStore } from '@strata/store'
 import type { LocalStore, Store } from '@strata/store'
 import { createRunner, parsePipeline } from '../src/index.ts'
 import type { RemoteCache, RunnerEvent } from '../src/index.ts'
-import { harness, sideChannel, Sink, statuses, tempDir, writeTree } from './helpers.ts'
+import { harness, SIDE_ROOT, sideChannel, Sink, statuses, tempDir, writeTree } from './helpers.ts'
 
 function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
   writeTree(dir, {})
@@ -36,7 +36,7 @@ async function withSmallDisk (size: string, fn: (mnt: string) => Promise<void>):
 }
 
 async function runnerOn (store: Store & LocalStore, out: Sink, remote?: RemoteCache): Promise<Awaited<ReturnType<typeof createRunner>>> {
-  return await createRunner({ store, output: { stdout: out, stderr: out, prefix: true }, killGraceMs: 2000, ...(remote !== undefined ? { remote } : {}) })
+  return await createRunner({ store, output: { stdout: out, stderr: out, prefix: true }, killGraceMs: 2000, shared: [SIDE_ROOT], ...(remote !== undefined ? { remote } : {}) })
 }
 
 for (const [damage, harm, expect] of [

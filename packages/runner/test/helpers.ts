@@ -31,11 +31,18 @@ export function tempDir (t: TestContext, prefix = 'strata-runner-'): string {
 }
 
 /**
- * A directory on the host's /dev (a devtmpfs the sandbox bind-mounts): what a step
+ * Where side channels live: a host dir that harness() runners share with every step
+ * (RunnerInit.shared), on the root filesystem so that the host base already has it.
+ */
+export const SIDE_ROOT = '/var/tmp/strata-test-side'
+mkdirSync(SIDE_ROOT, { recursive: true })
+
+/**
+ * A directory steps of harness() runners can write to on the host: what a step
  * appends there is seen outside the overlay, which proves the command really ran.
  */
 export function sideChannel (t: TestContext): { dir: string, lines: (name?: string) => string[] } {
-  const dir = mkdtempSync('/dev/strata-test-')
+  const dir = mkdtempSync(`${SIDE_ROOT}/s-`)
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   return {
     dir,
@@ -76,7 +83,7 @@ export async function harness (t: TestContext, init: Partial<RunnerInit> = {}): 
   const out = new Sink()
   const events: RunnerEvent[] = []
   const make = async (extra: Partial<RunnerInit> = {}): Promise<Runner> => await createRunner({
-    store, output: { stdout: out, stderr: out, prefix: true }, killGraceMs: 2000, ...init, ...extra
+    store, output: { stdout: out, stderr: out, prefix: true }, killGraceMs: 2000, shared: [SIDE_ROOT], ...init, ...extra
   })
   return { store, runner: await make(), dataDir, out, events, onEvent: (e) => events.push(e), reopen: make }
 }

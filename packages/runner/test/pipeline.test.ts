@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import fc from 'fast-check'
-import { loadPipeline, parseDuration, parsePipeline, PIPELINE_LIMITS, PipelineError } from '../src/index.ts'
+import { loadPipeline, parseDuration, parsePipeline, parseSize, PIPELINE_LIMITS, PipelineError } from '../src/index.ts'
 import { firstInvalidUtf8 } from '../src/pipeline.ts'
 import { tempDir } from './helpers.ts'
 
@@ -100,6 +100,17 @@ test('invalid values: timeout, names, env, empty lists', () => {
   rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    env: [STRATA_ENV]\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 11, /reserved/)
   rejects('base: host\nsteps: []\n', 'ERR_PIPELINE_INVALID_VALUE', 2, 8, /empty/)
   rejects('base: host\nsteps:\n  - name: a\n    run: "  "\n', 'ERR_PIPELINE_INVALID_VALUE', 4, 10, /empty/)
+})
+
+test('tmp-size: a size for every step of the pipeline, refused at its line when malformed or out of range', () => {
+  const p = parsePipeline('base: host\ntmp-size: 512m\nsteps:\n  - name: a\n    run: "true"\n', { file: FILE })
+  assert.equal(p.tmpSize, 512 * 1024 ** 2)
+  assert.equal(p.steps[0]!.tmpSize, 512 * 1024 ** 2)
+  assert.equal(parsePipeline('base: host\nsteps:\n  - name: a\n    run: "true"\n', { file: FILE }).steps[0]!.tmpSize, undefined)
+  rejects('base: host\ntmp-size: lots\nsteps:\n  - name: a\n    run: "true"\n', 'ERR_PIPELINE_INVALID_VALUE', 2, 11, /tmp-size/)
+  rejects('base: host\ntmp-size: 1k\nsteps:\n  - name: a\n    run: "true"\n', 'ERR_PIPELINE_INVALID_VALUE', 2, 11, /between 4k and 4t/)
+  rejects('base: host\ntmp-size: [1]\nsteps:\n  - name: a\n    run: "true"\n', 'ERR_PIPELINE_WRONG_TYPE', 2, 11, /tmp-size/)
+  assert.deepEqual(['4g', '4GiB', '64k', '1048576', '10b', 2048, '4x', '1.5g', 'g'].map((v) => parseSize(v)), [4 * 1024 ** 3, 4 * 1024 ** 3, 65536, 1048576, 10, 2048, undefined, undefined, undefined])
 })
 
 test('YAML syntax errors and duplicate keys carry a position', () => {

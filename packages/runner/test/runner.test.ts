@@ -175,7 +175,8 @@ steps:
   assert.ok(Date.now() - started < 10_000)
   assert.deepEqual(side.lines(), ['started'])
   assert.deepEqual(processesMatching('sleep 97.531'), [])
-  assert.ok(mountsWhileRunning >= 5, `the step's mounts were seen while it ran (${mountsWhileRunning})`)
+  // Seen from outside, the step's root (its source) and the bind of $STRATA_ENV name the run dir; the rest sit in that root.
+  assert.ok(mountsWhileRunning >= 2, `the step's mounts were seen while it ran (${mountsWhileRunning})`)
   assert.deepEqual(mountsMentioning(h.dataDir), [], 'no mount of the step is left in any namespace')
   assert.deepEqual(await h.store.listLayers(), [])
   assert.deepEqual(readdirSync(`${h.dataDir}/runner/run`), [])

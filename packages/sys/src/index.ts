@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module'
+import { fileURLToPath } from 'node:url'
 
 /** A path as the kernel sees it: a string (UTF-8) or raw bytes. */
 export type SysPath = string | Buffer
@@ -154,3 +155,9 @@ export class FileBatch {
 export function writeFiles (batch: Uint8Array, umask: number): WriteFilesFailure | undefined {
   return binding.writeFiles(batch, umask)
 }
+
+/**
+ * Path of the `strata-sandbox` executable (native/sandbox.c) that runs a step's
+ * shell inside its view: pivot_root, masks, reduced capabilities, seccomp.
+ */
+export const SANDBOX_HELPER = fileURLToPath(new URL('../build/Release/strata-sandbox', import.meta.url))

@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync, symlinkS
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { D, D_FAILED, DESCRIBE_FIELDS, describe, FileBatch, writeFiles, lgetxattrs, lsetxattr, mknod, lutimens, flock, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
+import { D, D_FAILED, DESCRIBE_FIELDS, describe, FileBatch, writeFiles, lgetxattrs, lsetxattr, mknod, lutimens, flock, SANDBOX_HELPER, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
 
 function tempDir (t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'strata-sys-'))
@@ -180,4 +180,11 @@ test('writeFiles creates a batch of files with content, mode, owner and nanoseco
   through.add(join(dir, 'b', 'link'), 0o644, 0, 0, [1, 0], false, Buffer.from('x'))
   assert.deepEqual(writeFiles(through.take(), 0o022), { index: 0, errno: 17, syscall: 'open' })
   assert.notEqual(readFileSync('/etc/passwd', 'utf8'), 'x')
+})
+
+test('the sandbox helper is built beside the module and refuses to run without its arguments', () => {
+  // What it does inside a step is tested by the runner (packages/runner/test/sandbox.test.ts).
+  const r = spawnSync(SANDBOX_HELPER, [], { encoding: 'utf8' })
+  assert.equal(r.status, 2)
+  assert.match(r.stderr, /^usage: strata-sandbox RUN_DIR/)
 })

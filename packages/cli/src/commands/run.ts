@@ -1,7 +1,7 @@
 import { resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
 import { checkEpoch, checkScope } from '@strata/records'
-import { createRunner, loadPipeline, parseDuration } from '@strata/runner'
+import { createRunner, loadPipeline, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
 import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { count, dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
@@ -57,6 +57,18 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
   return out
 }
 
+/** `--tmp-size`, else STRATA_TMP_SIZE: what each step's /tmp may hold when strata.yml says nothing. */
+const sandboxFlags = { 'tmp-size': { type: 'string' } } as const
+const SANDBOX_USAGE = '[--tmp-size SIZE]'
+
+export function sandboxOptions (values: ArgValues, env: NodeJS.ProcessEnv = process.env): Pick<RunnerInit, 'tmpSize'> {
+  const text = typeof values['tmp-size'] === 'string' ? values['tmp-size'] : env.STRATA_TMP_SIZE
+  if (text === undefined || text === '') return {}
+  const size = parseSize(text)
+  if (size === undefined || size < 4096 || size > MAX_TMP_SIZE) throw new UsageError(`--tmp-size ${JSON.stringify(text)} is not a size between 4k and 4t (e.g. 4g, 512m)`)
+  return { tmpSize: size }
+}
+
 function both (a: (e: RunnerEvent) => void, b: (e: RunnerEvent) => void): (e: RunnerEvent) => void {
   return (e) => {
     a(e)
@@ -80,7 +92,7 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'inputLimits'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
+async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'inputLimits' | 'tmpSize'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   // The daemon re-verifies what the runner writes in its own epoch: two epochs would refuse each other's records.
   if (daemon !== undefined && trust.epoch !== undefined && trust.epoch !== daemon.epoch) {
@@ -115,13 +127,13 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} ${LIMIT_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) =>
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
         await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
@@ -137,12 +149,13 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} [--json] -- CMD...`,
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
       ...trustFlags,
       ...limitFlags,
+      ...sandboxFlags,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -179,7 +192,7 @@ export const exec: Command = {
       if (e.type === 'start') started = true
     }
     try {
-      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner, observe) => {
+      const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) => {
         try {
           return await runner.exec(step, { signal: ctx.signal, onEvent: both(both(reporter(ctx, json), observe), onStart) })
         } catch (err) {
