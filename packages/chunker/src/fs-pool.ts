@@ -82,9 +82,9 @@ export type PoolRequest =
   /**
    * Absolute paths joined by NUL; files up to inlineMax bytes come back whole, past
    * maxFileSize not at all. `walk` names the walk the batch belongs to: a worker
-   * reads a hardlinked inode once per walk. `opaque`: whose `overlay.opaque` marks an opaque dir.
+   * reads a hardlinked inode once per walk. `opaque`: whose `overlay.opaque` marks an opaque dir (default: `trusted` as root).
    */
-  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number, walk: number, opaque: OpaqueNamespace }
+  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number, walk: number, opaque?: OpaqueNamespace }
   /** `small`: files with their content inline and no xattrs, for @strata/sys writeFiles(); `smallRels` names them. */
   | { kind: 'write', items: WriteItem[], options: WriteOptions, small?: Uint8Array, smallRels?: string[] }
 
