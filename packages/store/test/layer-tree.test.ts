@@ -244,7 +244,9 @@ async function apply (m: string, op: Op): Promise<void> {
       return
     case 'hardlink': {
       const from = join(m, ...op.from)
-      if (statOf(from)?.isFile() === true && fresh()) linkSync(from, p)
+      // link() does not follow a symlink: symlinks and FIFOs get hardlinked too.
+      const of = statOf(from)
+      if (of !== undefined && !of.isDirectory() && fresh()) linkSync(from, p)
       return
     }
     case 'fifo':
@@ -254,7 +256,8 @@ async function apply (m: string, op: Op): Promise<void> {
       if (fresh() && statOf(`${p}.bound`) === undefined) await makeSocket(p)
       return
     case 'xattr':
-      if (st?.isFile() === true || st?.isDirectory() === true) lsetxattr(p, op.name, op.value)
+      // The kernel refuses user.* on symlinks and FIFOs (EPERM), takes trusted.* and security.* anywhere.
+      if (st !== undefined) lsetxattr(p, op.name, op.value)
       return
     case 'chmod':
       if (st !== undefined && !st.isSymbolicLink()) chmodSync(p, op.mode)
