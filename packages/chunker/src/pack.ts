@@ -183,7 +183,9 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   const inlineBudget = opts.inlineBudget ?? INLINE_BUDGET
   const normalize = opts.normalize === true
   const ns = opts.opaqueNamespace ?? defaultOpaqueNamespace()
+  // What normalizing will change, applied once the walk is over; kept only when normalizing.
   const fixes: Fix[] = []
+  const fix = (f: Fix): void => { if (normalize) fixes.push(f) }
   // Hardlinked inodes whose first path was recreated: their other paths are linked to the new one.
   const recreated = new Set<string>()
   // Hardlinked symlinks, FIFOs and devices: the format links regular files only.
@@ -196,13 +198,13 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   const police = (rel: string, shape: Shape, rawMode: number, foreign: string[] | undefined): boolean => {
     if ((rawMode & SUID_SGID) !== 0) {
       drop({ path: rel, what: 'setuid', reason: 'setuid/setgid bit cleared: a layer never carries one (peers strip it)' })
-      if (foreign === undefined && shape.type !== 'symlink') fixes.push({ kind: 'chmod', path: rel, mode: shape.mode })
+      if (foreign === undefined && shape.type !== 'symlink') fix({ kind: 'chmod', path: rel, mode: shape.mode })
     }
     if (foreign === undefined) return false
     for (const name of foreign) {
       drop({ path: rel, what: 'xattr', name, reason: `xattr ${name} removed: a layer carries user.* xattrs only, and the overlay's own only as an opaque dir` })
     }
-    fixes.push({ kind: 'recreate', path: rel, shape })
+    fix({ kind: 'recreate', path: rel, shape })
     return true
   }
 
@@ -263,7 +265,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
       if (first !== undefined) {
         e.type = 'hardlink'
         e.target = first
-        if (recreated.has(inode!)) fixes.push({ kind: 'relink', path: rel, to: first })
+        if (recreated.has(inode!)) fix({ kind: 'relink', path: rel, to: first })
         return e
       }
       if (inode !== undefined) links.set(inode, rel)
@@ -308,7 +310,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
       e.type = 'fifo'
     } else if (fmt === S_IFSOCK) {
       drop({ path: rel, what: 'socket', reason: 'socket skipped: it is runtime state of the process that bound it' })
-      fixes.push({ kind: 'remove', path: rel })
+      fix({ kind: 'remove', path: rel })
       return undefined
     } else {
       throw new UnsupportedEntryError('unknown file type', { path: rel })
@@ -318,7 +320,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
       const inode = `${st[o + X.dev]}:${st[o + X.ino]}`
       if (otherLinks.has(inode)) {
         drop({ path: rel, what: 'link', reason: `hardlinked ${e.type} made a copy of its own: a layer links regular files only` })
-        fixes.push({ kind: 'recreate', path: rel, shape: e })
+        fix({ kind: 'recreate', path: rel, shape: e })
         return e
       }
       otherLinks.add(inode)
@@ -390,7 +392,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   opts.onProgress?.({ entries, bytes })
   const result = { ...builder.finish(root), contentBlocks }
   // After the walk, so that no worker reads a path while it is being replaced.
-  if (normalize && fixes.length > 0) applyFixes(dir, fixes, ns)
+  if (fixes.length > 0) applyFixes(dir, fixes, ns)
   return result
 }
 
