@@ -2,6 +2,7 @@ import { Worker } from 'node:worker_threads'
 import { getCompileCacheDir } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { D, DESCRIBE_FIELDS } from '@strata/sys'
+import type { OpaqueNamespace } from './xattrs.ts'
 
 /**
  * What a worker learns about each path of an 'entries' request, STAT_FIELDS
@@ -34,9 +35,11 @@ export interface EntryExtra {
   /** The content could not be read (it matters only if the path turns out not to be a hardlink). */
   readError?: Failure
   target?: string
-  /** Overlay attributes left out. */
+  /** The xattrs a layer carries. */
   xattrs?: Array<[string, Uint8Array]>
   opaque?: true
+  /** xattrs the layer does not carry but a mount would show or act on. */
+  foreign?: string[]
   /** Not read: the same worker read this inode (hardlinked) for an earlier path of the same walk. */
   linkSeen?: true
 }
@@ -79,9 +82,9 @@ export type PoolRequest =
   /**
    * Absolute paths joined by NUL; files up to inlineMax bytes come back whole, past
    * maxFileSize not at all. `walk` names the walk the batch belongs to: a worker
-   * reads a hardlinked inode once per walk.
+   * reads a hardlinked inode once per walk. `opaque`: whose `overlay.opaque` marks an opaque dir (default: `trusted` as root).
    */
-  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number, walk: number }
+  | { kind: 'entries', paths: string, inlineMax: number, maxFileSize: number, walk: number, opaque?: OpaqueNamespace }
   /** `small`: files with their content inline and no xattrs, for @strata/sys writeFiles(); `smallRels` names them. */
   | { kind: 'write', items: WriteItem[], options: WriteOptions, small?: Uint8Array, smallRels?: string[] }
 

@@ -7,7 +7,7 @@ import { hash } from 'node:crypto'
 import { getSystemErrorMessage, getSystemErrorName } from 'node:util'
 import { D, D_FAILED, describe as describeNative, lsetxattr, lutimens, writeFiles, X } from '@strata/sys'
 import { chunkReader, cutPoint, MAX_CHUNK } from './fastcdc.ts'
-import { readXattrs } from './xattrs.ts'
+import { defaultOpaqueNamespace, readXattrs } from './xattrs.ts'
 import { CHUNK_COUNT, CHUNK_START, DATA_LENGTH, DATA_START, STAT_FIELDS } from './fs-pool.ts'
 import type { EntriesReply, EntryExtra, Failure, WorkerRequest, WorkerResponse, WriteItem, WriteOptions } from './fs-pool.ts'
 
@@ -16,6 +16,7 @@ const scratch = new Uint8Array(4 * MAX_CHUNK)
 const S_IFMT = 0o170000
 const S_IFREG = 0o100000
 const S_IFLNK = 0o120000
+const S_IFDIR = 0o040000
 
 function failure (err: unknown): Failure {
   const e = err as NodeJS.ErrnoException
@@ -148,9 +149,10 @@ function describe (req: Extract<WorkerRequest, { kind: 'entries' }>): { reply: E
     const fmt = stats[o + X.mode]! & S_IFMT
     try {
       if (stats[o + X.hasXattrs] === 1) {
-        const x = readXattrs(abs)
+        const x = readXattrs(abs, fmt === S_IFDIR, req.opaque ?? defaultOpaqueNamespace())
         if (x.xattrs !== undefined) (extra ??= {}).xattrs = x.xattrs
         if (x.opaque) (extra ??= {}).opaque = true
+        if (x.foreign !== undefined) (extra ??= {}).foreign = x.foreign
       }
       if (fmt === S_IFLNK) {
         const at = stats[o + DATA_START]!

@@ -8,6 +8,7 @@ import type { Entry, RootAttributes } from './entry.ts'
 import { decodeEntryList, decodeRoot, EntryChecker } from './manifest.ts'
 import { verifyBlock } from './cid.ts'
 import { removeTree } from './remove.ts'
+import { defaultOpaqueNamespace, isCarriedXattr } from './xattrs.ts'
 import { AbortError, BlockMismatchError, ChunkerError, InvalidManifestError, MaterializeError, PolicyError } from './errors.ts'
 
 /** Where materialization takes its bytes from. Every block it yields is verified. */
@@ -58,7 +59,6 @@ export interface MaterializeResult {
 }
 
 const SUID_SGID = 0o6000
-const defaultAllowXattr = (name: string): boolean => name.startsWith('user.') && !name.startsWith('user.overlay.')
 
 interface DeferredDir {
   abs: string
@@ -110,10 +110,10 @@ const STREAM_BYTES = 8 * 1024 * 1024
 
 async function write (root: CID, target: string, source: ContentSource, opts: MaterializeOptions): Promise<MaterializeResult> {
   const untrusted = opts.untrusted === true
-  const allowXattr = opts.allowXattr ?? defaultAllowXattr
+  const allowXattr = opts.allowXattr ?? isCarriedXattr
   const euid = process.geteuid?.() ?? 0
   const preserveOwner = opts.preserveOwner ?? euid === 0
-  const opaqueXattr = `${opts.opaqueNamespace ?? (euid === 0 ? 'trusted' : 'user')}.overlay.opaque`
+  const opaqueXattr = `${opts.opaqueNamespace ?? defaultOpaqueNamespace()}.overlay.opaque`
   const prefetchBytes = opts.prefetchBytes ?? 32 * 1024 * 1024
   const windowsAhead = Math.max(1, opts.windowsAhead ?? 8)
   const concurrency = opts.concurrency ?? 32

@@ -10,7 +10,10 @@ import type { EntriesReply, EntryExtra, WorkerResponse } from './fs-pool.ts'
 import { compareNames } from './entry.ts'
 import type { Chunk, Entry, RootAttributes } from './entry.ts'
 import { ManifestBuilder, LIMITS } from './manifest.ts'
-import { readXattrs } from './xattrs.ts'
+import { defaultOpaqueNamespace, readXattrs } from './xattrs.ts'
+import type { OpaqueNamespace } from './xattrs.ts'
+import { applyFixes } from './normalize.ts'
+import type { Drop, Fix, Shape } from './normalize.ts'
 import type { EncodedManifest, ManifestBlock } from './manifest.ts'
 import { AbortError, ChunkerError, UnsupportedEntryError } from './errors.ts'
 
@@ -34,7 +37,18 @@ export interface PackOptions {
    * order; the result's `blocks` then holds the root alone.
    */
   onManifestBlock?: (block: ManifestBlock) => void
-  /** Things skipped with a reason (sockets). */
+  /**
+   * Change the tree so that it holds exactly what the manifest records (see
+   * `Drop`): for a tree that becomes a layer dir, so that mounting it and
+   * materializing its manifest show the same thing. Default false: the tree is
+   * only read.
+   */
+  normalize?: boolean
+  /** Which `overlay.opaque` marks an opaque dir: `trusted` (default as root) or `user` (for `userxattr` mounts). */
+  opaqueNamespace?: OpaqueNamespace
+  /** Each thing the manifest leaves out, and why (with `normalize`, it was removed). */
+  onDrop?: (drop: Drop) => void
+  /** As onDrop, one line each, when the tree is not normalized. */
   onWarning?: (warning: { path: string, message: string }) => void
   onProgress?: (event: { entries: number, bytes: number }) => void
   signal?: AbortSignal
@@ -72,6 +86,7 @@ function splitTime (ns: bigint): [number, number] {
 }
 
 const S_IFMT = 0o170000
+const SUID_SGID = 0o6000
 const S_IFSOCK = 0o140000
 const S_IFLNK = 0o120000
 const S_IFREG = 0o100000
@@ -166,6 +181,32 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
   let contentBlocks = 0
   let inlined = 0
   const inlineBudget = opts.inlineBudget ?? INLINE_BUDGET
+  const normalize = opts.normalize === true
+  const ns = opts.opaqueNamespace ?? defaultOpaqueNamespace()
+  // What normalizing will change, applied once the walk is over; kept only when normalizing.
+  const fixes: Fix[] = []
+  const fix = (f: Fix): void => { if (normalize) fixes.push(f) }
+  // Hardlinked inodes whose first path was recreated: their other paths are linked to the new one.
+  const recreated = new Set<string>()
+  // Hardlinked symlinks, FIFOs and devices: the format links regular files only.
+  const otherLinks = new Set<string>()
+  const drop = (d: Drop): void => {
+    opts.onDrop?.(d)
+    if (!normalize) opts.onWarning?.({ path: d.path, message: d.reason })
+  }
+  /** The policy every layer keeps: no setuid/setgid bit, only the xattrs a layer carries. */
+  const police = (rel: string, shape: Shape, rawMode: number, foreign: string[] | undefined): boolean => {
+    if ((rawMode & SUID_SGID) !== 0) {
+      drop({ path: rel, what: 'setuid', reason: 'setuid/setgid bit cleared: a layer never carries one (peers strip it)' })
+      if (foreign === undefined && shape.type !== 'symlink') fix({ kind: 'chmod', path: rel, mode: shape.mode })
+    }
+    if (foreign === undefined) return false
+    for (const name of foreign) {
+      drop({ path: rel, what: 'xattr', name, reason: `xattr ${name} removed: a layer carries user.* xattrs only, and the overlay's own only as an opaque dir` })
+    }
+    fix({ kind: 'recreate', path: rel, shape })
+    return true
+  }
 
   const addChunks = (e: Entry, lengths: ArrayLike<number>, digests: Uint8Array): void => {
     const chunks: Chunk[] = []
@@ -187,7 +228,7 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
 
   const flush = (): void => {
     if (paths.length === 0) return
-    const reply = pool.request({ kind: 'entries', paths: paths.join('\0'), inlineMax, maxFileSize: LIMITS.fileSize, walk })
+    const reply = pool.request({ kind: 'entries', paths: paths.join('\0'), inlineMax, maxFileSize: LIMITS.fileSize, walk, opaque: ns })
     reply.catch(() => {}) // awaited in order by applyOldest; this only keeps an early failure from counting as unhandled
     batches.push({ rels, listed, reply })
     paths = []
@@ -201,10 +242,11 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
     const fmt = st[o + X.mode]! & S_IFMT
     // The walk listed what readdir() called a directory: anything else means the tree is changing under it.
     if ((fmt === S_IFDIR) !== wasListed) throw new ChunkerError('ERR_CHANGED', 'changed to or from a directory while packing', { path: rel })
+    const rawMode = st[o + X.mode]! & 0o7777
     const e: Entry = {
       path: rel,
       type: 'file',
-      mode: st[o + X.mode]! & 0o7777,
+      mode: rawMode & ~SUID_SGID,
       uid: st[o + X.uid]!,
       gid: st[o + X.gid]!,
       mtime: [st[o + X.mtimeSec]!, st[o + X.mtimeNsec]!],
@@ -223,9 +265,11 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
       if (first !== undefined) {
         e.type = 'hardlink'
         e.target = first
+        if (recreated.has(inode!)) fix({ kind: 'relink', path: rel, to: first })
         return e
       }
       if (inode !== undefined) links.set(inode, rel)
+      if (police(rel, e, rawMode, extra?.foreign) && inode !== undefined) recreated.add(inode)
       // A worker leaves unread only an inode it read for an earlier path of this walk.
       if (extra?.linkSeen === true) throw new ChunkerError('ERR_CHANGED', 'a hardlinked file was first seen at a later path than a worker read it at', { path: rel })
       e.size = st[o + X.size]!
@@ -265,11 +309,23 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
     } else if (fmt === S_IFIFO) {
       e.type = 'fifo'
     } else if (fmt === S_IFSOCK) {
-      opts.onWarning?.({ path: rel, message: 'socket skipped: a socket has no meaning outside the process that bound it' })
+      drop({ path: rel, what: 'socket', reason: 'socket skipped: it is runtime state of the process that bound it' })
+      fix({ kind: 'remove', path: rel })
       return undefined
     } else {
       throw new UnsupportedEntryError('unknown file type', { path: rel })
     }
+    if (e.type === 'file') return e
+    if (e.type !== 'dir' && e.type !== 'whiteout' && st[o + X.nlink]! > 1) {
+      const inode = `${st[o + X.dev]}:${st[o + X.ino]}`
+      if (otherLinks.has(inode)) {
+        drop({ path: rel, what: 'link', reason: `hardlinked ${e.type} made a copy of its own: a layer links regular files only` })
+        fix({ kind: 'recreate', path: rel, shape: e })
+        return e
+      }
+      otherLinks.add(inode)
+    }
+    police(rel, e, rawMode, extra?.foreign)
     return e
   }
 
@@ -292,15 +348,17 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
 
   const rootStat = lstatSync(dir, { bigint: true })
   if (!rootStat.isDirectory()) throw new UnsupportedEntryError('not a directory', { path: dir })
-  const rootX = readXattrs(dir)
+  const rootX = readXattrs(dir, true, ns)
+  const rootMode = Number(rootStat.mode & 0o7777n)
   const root: RootAttributes = {
-    mode: Number(rootStat.mode & 0o7777n),
+    mode: rootMode & ~SUID_SGID,
     uid: Number(rootStat.uid),
     gid: Number(rootStat.gid),
     mtime: splitTime(rootStat.mtimeNs)
   }
   if (rootX.xattrs !== undefined) root.xattrs = rootX.xattrs
   if (rootX.opaque) root.opaque = true
+  police('', { type: 'dir', ...root }, rootMode, rootX.foreign)
 
   // The main thread only lists directories, in manifest order; the workers do
   // everything else per path (lstat, xattrs, readlink, read and hash).
@@ -332,7 +390,10 @@ async function pack (dir: string, opts: PackOptions, inlineMax: number, pool: Fs
     await applyOldest()
   }
   opts.onProgress?.({ entries, bytes })
-  return { ...builder.finish(root), contentBlocks }
+  const result = { ...builder.finish(root), contentBlocks }
+  // After the walk, so that no worker reads a path while it is being replaced.
+  if (fixes.length > 0) applyFixes(dir, fixes, ns)
+  return result
 }
 
 function byName (a: Dirent, b: Dirent): number {

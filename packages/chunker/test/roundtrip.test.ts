@@ -68,7 +68,9 @@ test('restores every entry type exactly', async (t) => {
   const src = join(dir, 'src')
   buildTree(src, everyType)
   mknod(join(src, 'devnull'), S_IFCHR | 0o666, 1, 3)
-  const { root, source } = await packToMemory(src, { inlineMax: 1024 })
+  // Normalized, as a commit does: the setuid and setgid bits go from the tree as from the manifest.
+  const { root, source } = await packToMemory(src, { inlineMax: 1024, normalize: true })
+  assert.equal(lstatSync(join(src, 'bin/tool')).mode & 0o7777, 0o755)
   const out = join(dir, 'out')
   const result = await materialize(root, out, source)
   assert.equal(result.entries, Object.keys(describeTree(src)).length - 1)

@@ -13,6 +13,7 @@ import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
 import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
 import { failpoint } from './failpoint.ts'
+import { Dropped } from './dropped.ts'
 import { removeEnded, scanLeases } from './lease.ts'
 import type { LeaseScan } from './lease.ts'
 import { acquireLock } from './lock.ts'
@@ -782,6 +783,7 @@ class LayerStore implements Store, LocalStore {
       // The builder checks entries as a reader would, and the walk the format's
       // limits: the locations reported here need no second decode of the manifest.
       const found: Located[] = []
+      const dropped = new Dropped()
       // Entry-list blocks go to the index while the walk goes on, a few MiB a
       // batch; the root goes with the pending marker in #install.
       const lists = this.#manifestStream()
@@ -794,10 +796,13 @@ class LayerStore implements Store, LocalStore {
           signal: opts.signal,
           onBlock: (b) => found.push(b),
           onManifestBlock: lists.add,
-          onWarning: (w) => this.#log.warn({ path: w.path }, w.message),
+          // The layer dir is what gets mounted: it must hold exactly what the manifest says.
+          normalize: true,
+          onDrop: (d) => dropped.add(d),
           onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
         })
         await lists.flush()
+        dropped.log(this.#log)
         const plan: IndexPlan = {
           locations: found,
           entries: packed.count,
