@@ -2,7 +2,7 @@ import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import { writerTrust } from '@strata/runner'
-import type { BlockSource, CommitOptions, GcReport, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
+import type { BlockSource, CommitOptions, GcReport, LayerCheck, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME } from './control.ts'
 import type { LayerJson } from './control.ts'
@@ -137,6 +137,12 @@ export class DaemonClient implements Store {
   async getLayer (root: CID): Promise<LayerInfo | undefined> {
     const out = await this.#call('/v1/store/layer', { root: root.toString() })
     return out.layer === null ? undefined : layerOf(out.layer as LayerJson)
+  }
+
+  async checkLayer (root: CID, opts: { signal?: AbortSignal } = {}): Promise<LayerCheck> {
+    const out = await this.#call('/v1/store/check', { root: root.toString() }, opts)
+    if (out.status === 'ok') return { status: 'ok', layer: layerOf(out.layer as LayerJson) }
+    return out as unknown as LayerCheck
   }
 
   async listLayers (): Promise<LayerInfo[]> {

@@ -102,6 +102,10 @@ export function routes (daemon: Daemon): Map<string, Handler> {
     const l = await store.getLayer(cid(b, 'root'))
     return { layer: l !== undefined ? layerJson(l) : null }
   })
+  r.set('/v1/store/check', async (b, _res, signal) => {
+    const c = await store.checkLayer(cid(b, 'root'), { signal })
+    return c.status === 'ok' ? { status: 'ok', layer: layerJson(c.layer) } : c
+  })
   r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
   r.set('/v1/store/remove', async (b, _res, signal) => {
     await daemon.removeLayer(cid(b, 'root'), { signal })

@@ -75,7 +75,7 @@ export interface RunOptions {
   onEvent?: (event: RunnerEvent) => void
 }
 
-export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'no-cache' | 'uncached-step'
+export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'layer-corrupt' | 'no-cache' | 'uncached-step'
 
 export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
@@ -423,12 +423,14 @@ class StepRunner implements Runner {
         continue
       }
       hold?.lease.add(record.layer.toString())
-      const layer = await this.#store.getLayer(record.layer)
-      if (layer === undefined) {
-        reason = 'layer-missing'
+      // A layer changed since its commit is marked by the check and never hit: the step runs again.
+      const found = await this.#store.checkLayer(record.layer)
+      if (found.status !== 'ok') {
+        if (found.status === 'corrupt') this.#log.warn({ key: key.toString(), layer: found.root, path: found.path, reason: found.reason }, 'the layer of a record is corrupt: running the step again')
+        reason = found.status === 'corrupt' ? 'layer-corrupt' : 'layer-missing'
         continue
       }
-      return { record, layer }
+      return { record, layer: found.layer }
     }
     return { reason }
   }

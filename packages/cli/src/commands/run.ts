@@ -41,6 +41,8 @@ const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
 function reporter (ctx: CommandContext, json: boolean): (e: RunnerEvent) => void {
   const progress = new Progress(ctx.stderr)
   const ran = new Map<string, number>()
+  /** Misses worth a word: the cached layer was there but found corrupt. */
+  const corrupt = new Set<string>()
   const line = (step: string, text: string): void => {
     progress.stop()
     ctx.stderr.write(`${step}: ${text}\n`)
@@ -58,6 +60,9 @@ function reporter (ctx: CommandContext, json: boolean): (e: RunnerEvent) => void
           ? `HIT peer (${e.providers} provider${e.providers === 1 ? '' : 's'}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
           : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
         break
+      case 'miss':
+        if (e.reason === 'layer-corrupt') corrupt.add(e.step)
+        break
       case 'ran':
         ran.set(e.step, e.durationMs)
         break
@@ -65,10 +70,10 @@ function reporter (ctx: CommandContext, json: boolean): (e: RunnerEvent) => void
         progress.update(`${e.step}: capturing`, e.unit, e.done, e.total)
         break
       case 'captured':
-        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
+        line(e.step, `MISS${corrupt.has(e.step) ? ' (cached layer corrupt)' : ''} → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
         break
       case 'capture-failed':
-        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${e.error.message}`)
+        line(e.step, `MISS${corrupt.has(e.step) ? ' (cached layer corrupt)' : ''} → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${e.error.message}`)
         break
       case 'failed': {
         const why = e.reason === 'exit' ? (e.signal !== null ? `killed by ${e.signal}` : `exit ${e.exitCode ?? '?'}`)
