@@ -20,7 +20,8 @@ const commands: Array<[name: string, load: () => Promise<Command>]> = [
   ['pack', async () => (await import('./commands/layer.ts')).pack],
   ['unpack', async () => (await import('./commands/layer.ts')).unpack],
   ['ls', async () => (await import('./commands/layer.ts')).ls],
-  ['layers', async () => (await import('./commands/layer.ts')).layers]
+  ['layers', async () => (await import('./commands/layer.ts')).layers],
+  ['verify', async () => (await import('./commands/verify.ts')).verify]
 ]
 
 /** An error as the one-line reason a command prints: its message, and its code when it has one. */

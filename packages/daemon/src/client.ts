@@ -2,7 +2,7 @@ import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import { writerTrust } from '@strata/runner'
-import type { BlockSource, CommitOptions, GcReport, LayerCheck, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
+import type { BlockSource, CommitOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME } from './control.ts'
 import type { LayerJson } from './control.ts'
@@ -143,6 +143,11 @@ export class DaemonClient implements Store {
     const out = await this.#call('/v1/store/check', { root: root.toString() }, opts)
     if (out.status === 'ok') return { status: 'ok', layer: layerOf(out.layer as LayerJson) }
     return out as unknown as LayerCheck
+  }
+
+  /** Re-hashes layers in the daemon's store (all when `roots` is empty), marking the corrupt ones. */
+  async verify (roots: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<LayerVerification[]> {
+    return (await this.#call('/v1/store/verify', { roots }, opts)).layers as LayerVerification[]
   }
 
   async listLayers (): Promise<LayerInfo[]> {

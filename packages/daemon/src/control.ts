@@ -106,6 +106,14 @@ export function routes (daemon: Daemon): Map<string, Handler> {
     const c = await store.checkLayer(cid(b, 'root'), { signal })
     return c.status === 'ok' ? { status: 'ok', layer: layerJson(c.layer) } : c
   })
+  r.set('/v1/store/verify', async (b, _res, signal) => {
+    const given = b.roots ?? []
+    if (!Array.isArray(given) || given.length > 10_000) throw new BadRequestError('"roots" must be a list of at most 10000 layer CIDs')
+    const roots = given.length > 0 ? given.map((r) => cid({ root: r }, 'root').toString()) : (await store.layerRoots()).sort()
+    const out = []
+    for (const root of roots) out.push(await store.verifyLayer(root, { signal }))
+    return { layers: out }
+  })
   r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
   r.set('/v1/store/remove', async (b, _res, signal) => {
     await daemon.removeLayer(cid(b, 'root'), { signal })

@@ -47,18 +47,6 @@ export class BlockCorruptError extends StoreError {
   }
 }
 
-/** A layer was found not to be what its manifest says; it is marked corrupt and never hit again. */
-export class LayerCorruptError extends StoreError {
-  override name = 'LayerCorruptError'
-  readonly layer: string
-  readonly path: string | undefined
-  constructor (layer: string, path: string | undefined, reason: string, opts?: { cause?: unknown }) {
-    super('ERR_LAYER_CORRUPT', `layer ${layer} is corrupt (${reason}${path !== undefined ? `: ${path}` : ''}); it is marked and will not be used again`, opts)
-    this.layer = layer
-    this.path = path
-  }
-}
-
 /** Capturing or restoring a layer failed; nothing was committed. */
 export class CommitError extends StoreError {
   override name = 'CommitError'
