@@ -21,6 +21,8 @@ import { BlockExchange } from './exchange.ts'
 import type { PeerBlockSource } from './exchange.ts'
 import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
 import { DaemonMetrics } from './metrics.ts'
+import { createScrubber } from './scrub.ts'
+import type { Scrubber, ScrubInit } from './scrub.ts'
 import { createNode, loadPrivateKey } from './node.ts'
 import type { StrataNode } from './node.ts'
 import {
@@ -81,6 +83,8 @@ export interface DaemonInit {
   metricsListen?: string
   /** Keep the store within a size budget (LRU, leases, fleet copies; see doc/STORE.md). Default: no budget. */
   gc?: GcBudgetInit
+  /** Re-read the store's layers in the background, marking corrupt ones (scrub.ts). Default 20 MB/s; `bytesPerSecond: 0` turns it off. */
+  scrub?: ScrubInit
   /** An already open store (the daemon then does not close it). Default: the store in `dataDir`, opened without waiting. */
   store?: Store & LocalStore
 }
@@ -147,6 +151,7 @@ export class Daemon {
   readonly metrics: DaemonMetrics
   /** The store's size budget, when one was given. */
   readonly budget: GcBudget | undefined
+  readonly scrub: Scrubber
   readonly #log: Logger
   readonly #ownsStore: boolean
   readonly #replicas: number
@@ -190,6 +195,7 @@ export class Daemon {
       dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
       logger: log
     }, init.exchange)
+    this.scrub = createScrubber({ store, logger: log }, init.scrub)
     this.metrics = new DaemonMetrics(this)
     this.budget = init.gc !== undefined ? new GcBudget({ collect: async (o) => await this.gc(o), logger: log }, init.gc) : undefined
   }
@@ -230,6 +236,7 @@ export class Daemon {
     }
     this.budget?.start()
     this.budget?.check()
+    this.scrub.start()
     this.#log.info({ peerId: this.peerId, addresses: this.addresses }, 'daemon started')
   }
 
@@ -238,6 +245,7 @@ export class Daemon {
     this.#started = false
     this.#stopping.abort(new Error('daemon stopping'))
     await this.budget?.stop()
+    await this.scrub.stop()
     for (const server of [this.#control, this.#metricsServer]) {
       if (server === undefined) continue
       server.closeAllConnections()

@@ -36,6 +36,8 @@ export class DaemonMetrics {
         for (const [reason, n] of Object.entries(daemon.rejected)) this.inc({ reason }, n)
       }
     })
+    counter('strata_layers_corrupt_found_total', 'Layers the background scrub found corrupt and marked', () => daemon.scrub.counters.corrupt)
+    counter('strata_scrub_bytes_total', 'Layer content bytes the background scrub re-read', () => daemon.scrub.counters.bytes)
     counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => daemon.counters.replicated)
     gauge('strata_peers_connected', 'Peers with an open connection', () => daemon.node.getPeers().length)
   }

@@ -20,7 +20,7 @@ export const daemon: Command = {
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
   usage: 'strata daemon [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
     '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID[@SCOPES]]... [--trusted-writers-file FILE] [--epoch N] [--read-scope S]... ' +
-    '[--max-size SIZE [--hard-limit SIZE]]',
+    '[--max-size SIZE [--hard-limit SIZE]] [--scrub-rate SIZE]',
   async run (ctx) {
     const v = parse(ctx, {
       listen: { type: 'string', multiple: true },
@@ -37,8 +37,11 @@ export const daemon: Command = {
       epoch: { type: 'string' },
       'read-scope': { type: 'string', multiple: true },
       'max-size': { type: 'string' },
-      'hard-limit': { type: 'string' }
+      'hard-limit': { type: 'string' },
+      // Bytes a second the background scrub re-reads layers at (default 20M); 0 turns it off.
+      'scrub-rate': { type: 'string' }
     })
+    const scrubRate = sizeOption(v, 'scrub-rate')
     const maxSize = sizeOption(v, 'max-size')
     const hardLimit = sizeOption(v, 'hard-limit')
     if (hardLimit !== undefined && (maxSize === undefined || hardLimit < maxSize)) throw new UsageError('--hard-limit needs --max-size, and must not be below it')
@@ -66,6 +69,7 @@ export const daemon: Command = {
       bootstrap: [...list(v.bootstrap), ...envBootstrap],
       mdns: v.mdns === true,
       ...(replicas !== undefined ? { replicas } : {}),
+      ...(scrubRate !== undefined ? { scrub: { bytesPerSecond: scrubRate } } : {}),
       ...(maxSize !== undefined ? { gc: { maxSize, ...(hardLimit !== undefined ? { hardLimit } : {}) } } : {}),
       ...(typeof v['metrics-listen'] === 'string' ? { metricsListen: v['metrics-listen'] } : {}),
       ...(trusted.length > 0 ? { trustedWriters: trusted } : {}),
