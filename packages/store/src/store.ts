@@ -12,6 +12,7 @@ import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, RestoreOptions, Store, StoreInit, VerifyOptions } from './types.ts'
 import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
 import { decodeFingerprint, encodeFingerprint, fingerprint } from './fingerprint.ts'
+import { sealTree } from './seal.ts'
 import { verifyTree } from './verify.ts'
 import { failpoint } from './failpoint.ts'
 import { removeEnded, scanLeases } from './lease.ts'
@@ -160,6 +161,13 @@ export interface OpenStoreInit extends StoreInit {
    * (doc/DECISIONS.md, "Pack and unpack start their file workers first").
    */
   pool?: FsPool
+  /**
+   * Turn fs-verity on for the files of every committed layer where the filesystem
+   * offers it (ext4 with the `verity` feature): the kernel then refuses writes to
+   * them and checks every read. Where it does not, the hit check's stat
+   * fingerprint alone guards them. Default true (doc/decisions/layer-verification.md).
+   */
+  verity?: boolean
 }
 
 /** LevelDB takes any size; below 64 KiB a table is written every few puts. */
@@ -208,7 +216,7 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
     if (manifestMissing(`${dataDir}/index`)) throw new IndexCorruptError('the index names a MANIFEST file that is not there', { cause: err })
     throw err
   }
-  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS, init.pool)
+  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS, init.pool, init.verity ?? true)
   try {
     const fresh = await store.checkVersion()
     await store.recover(fresh && readdirSync(`${dataDir}/layers`).length > 0)
@@ -292,9 +300,12 @@ class LayerStore implements Store, LocalStore {
   readonly #inlineMax: number | undefined
 
   readonly #touchEveryMs: number
+  /** Whether layer files get fs-verity: undefined until the first commit finds out whether the filesystem offers it. */
+  #verity: boolean | undefined
 
-  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number, pool: FsPool | undefined) {
+  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number, pool: FsPool | undefined, verity: boolean) {
     this.dataDir = dataDir
+    this.#verity = verity ? undefined : false
     this.#pool = pool
     this.#poolGiven = pool !== undefined
     this.#touchEveryMs = touchEveryMs
@@ -763,6 +774,13 @@ class LayerStore implements Store, LocalStore {
       await batch.write()
     }
     failpoint(`${op}:located`)
+    if (this.#verity !== false) {
+      const sealed = await sealTree(this.layerDir(root))
+      if (this.#verity === undefined && sealed.supported !== undefined) {
+        this.#verity = sealed.supported
+        this.#log.info({ dataDir: this.dataDir, verity: sealed.supported }, sealed.supported ? 'layer files get fs-verity' : 'the filesystem has no fs-verity: layers are guarded by their stat fingerprint only')
+      }
+    }
     // Taken once the dir is in place (its rename moved the root's ctime) and before the layer is visible.
     const print = await fingerprint(this.layerDir(root))
     const now = Date.now()

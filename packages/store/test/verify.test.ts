@@ -1,7 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { chmodSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs'
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
+import { gunzipSync } from 'node:zlib'
+import { isVerity } from '@strata/sys'
 import { openStore, takeLease } from '../src/index.ts'
 import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import type { Tree } from '../../chunker/test/helpers.ts'
@@ -155,4 +158,57 @@ test('a collection removes a corrupt layer', async (t) => {
   assert.deepEqual(report.removed.map((r) => [r.root, r.corrupt]), [[info.root.toString(), true]])
   assert.equal(existsSync(info.path), false)
   assert.deepEqual(await store.layerRoots(), [])
+})
+
+/** Why fs-verity cannot be tried on this machine, or undefined when it can. */
+function noVerity (): string | undefined {
+  try {
+    const config = gunzipSync(readFileSync('/proc/config.gz')).toString()
+    if (!/^CONFIG_FS_VERITY=y$/m.test(config)) return 'the kernel has no fs-verity: CONFIG_FS_VERITY is not set in /proc/config.gz'
+  } catch {
+    // No config to read: the mount below finds out.
+  }
+  try {
+    execFileSync('mkfs.ext4', ['-V'], { stdio: 'ignore' })
+  } catch {
+    return 'mkfs.ext4 is not installed'
+  }
+  return undefined
+}
+
+test('on ext4 with fs-verity, committed layer files refuse writes and a hit still checks ok', { skip: noVerity() }, async (t) => {
+  // One cleanup, in order: the store closes before the unmount, the unmount before the delete.
+  const dir = mkdtempSync('/var/tmp/verify-verity-')
+  const image = join(dir, 'fs.img')
+  const mnt = join(dir, 'mnt')
+  const opened: { store?: Awaited<ReturnType<typeof openStore>> } = {}
+  let mounted = false
+  t.after(async () => {
+    try {
+      await opened.store?.close()
+    } finally {
+      if (mounted) execFileSync('umount', [mnt])
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+  mkdirSync(mnt)
+  execFileSync('truncate', ['-s', '64M', image])
+  execFileSync('mkfs.ext4', ['-q', '-F', '-O', 'verity', '-b', '4096', image])
+  execFileSync('mount', ['-o', 'loop', image, mnt])
+  mounted = true
+  buildTree(join(mnt, 'src'), sample)
+  const store = opened.store = await openStore({ dataDir: join(mnt, 'data') })
+  const info = await store.commit(join(mnt, 'src'), { keepSource: true })
+  const file = join(info.path, 'usr/lib/big.so')
+  const fd = openSync(file, 'r')
+  try {
+    assert.equal(isVerity(fd), true, 'the committed file has fs-verity on')
+  } finally {
+    closeSync(fd)
+  }
+  assert.throws(() => openSync(file, 'r+'), 'the kernel refuses to open a verity file for writing')
+  assert.equal((await store.checkLayer(info.root)).status, 'ok')
+  assert.equal((await store.verifyLayer(info.root)).status, 'ok')
+  await store.unpack(info.root, join(mnt, 'out'))
+  assert.deepEqual(describeTree(join(mnt, 'out')), describeTree(join(mnt, 'src')))
 })

@@ -9,6 +9,8 @@ interface Binding {
   mknod(path: SysPath, mode: number, major: number, minor: number): void
   lutimens(path: SysPath, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
+  enableVerity(fd: number): boolean
+  isVerity(fd: number): boolean
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
@@ -153,4 +155,19 @@ export class FileBatch {
  */
 export function writeFiles (batch: Uint8Array, umask: number): WriteFilesFailure | undefined {
   return binding.writeFiles(batch, umask)
+}
+
+/**
+ * Turns fs-verity on for the file open read-only at `fd` (sha256, 4 KiB blocks):
+ * the kernel then refuses to open it for writing and checks every read against
+ * its Merkle tree. Returns false when it was on already. Throws EOPNOTSUPP (code
+ * ENOTSUP) or ENOTTY where the kernel or the filesystem has no fs-verity.
+ */
+export function enableVerity (fd: number): boolean {
+  return binding.enableVerity(fd)
+}
+
+/** Whether fs-verity is on for the file open at `fd`. */
+export function isVerity (fd: number): boolean {
+  return binding.isVerity(fd)
 }
