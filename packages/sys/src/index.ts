@@ -164,6 +164,8 @@ export function writeFiles (batch: Uint8Array, umask: number): WriteFilesFailure
  * ENOTSUP) or ENOTTY where the kernel or the filesystem has no fs-verity.
  */
 export function enableVerity (fd: number): boolean {
+  // A build of the module older than this source lacks the call: as if the kernel had none.
+  if (typeof binding.enableVerity !== 'function') throw Object.assign(new Error('enableVerity: this build of @strata/sys predates fs-verity; rebuild it (npm rebuild @strata/sys)'), { code: 'ENOSYS' })
   return binding.enableVerity(fd)
 }
 
