@@ -1,65 +1,84 @@
 import { createHash } from 'node:crypto'
+import type { Hash } from 'node:crypto'
 import { lstatSync, readdirSync } from 'node:fs'
 import { setImmediate as yieldLoop } from 'node:timers/promises'
+import { statTree } from '@strata/sys'
 
 /**
  * A digest of what the kernel says about every path of a layer dir: inode, status
- * change time and size, as git's index keeps them. A write, truncate, chmod,
+ * change time (ns) and size, as git's index keeps them. A write, truncate, chmod,
  * chown, xattr change, rename or new link through the filesystem moves ctime, and
  * no system call sets ctime back, so the owner of the data dir cannot change a
  * committed layer through the filesystem and leave its fingerprint as it was.
  */
 export interface Fingerprint {
-  /** Hex sha256 over the sorted (path, inode, ctime, size) lines. */
+  /** Hex sha256 over the lines of `statTree` (the path, inode, ctime, size of every path). */
   digest: string
   /** Paths walked, the root dir included. */
   paths: number
 }
 
-/** Paths stat'ed between two turns of the event loop, so that a big layer's walk does not stall a daemon. */
+/** Bounds the walk's output (a layer's entry count is bounded by the format, its paths by PATH_MAX). */
+const MAX_LINES_BYTES = 1 << 30
+
+/** Paths stat'ed between two turns of the event loop by the walk in JS, so that it does not stall a daemon. */
 const YIELD_EVERY = 2048
 
-/** Walks `dir` (never following a symlink) and digests each path's stat. */
-export async function fingerprint (dir: string, opts: { signal?: AbortSignal } = {}): Promise<Fingerprint> {
+/** Walks `dir` (never following a symlink) and digests each path's stat. `native: false` walks with node:fs (as a build without statTree does). */
+export async function fingerprint (dir: string, opts: { signal?: AbortSignal, native?: boolean } = {}): Promise<Fingerprint> {
   const h = createHash('sha256')
-  let paths = 0
-  const line = (rel: string, abs: string): void => {
-    // ctime as node's double of milliseconds: a quarter of a microsecond apart still
-    // differ, and a bigint stat costs more on a walk of tens of thousands of files.
-    const st = lstatSync(abs)
-    h.update(`${rel}\0${st.ino}\0${st.ctimeMs}\0${st.size}\n`)
-    paths++
+  if (statTree !== undefined && opts.native !== false) {
+    const lines = statTree(dir, MAX_LINES_BYTES)
+    h.update(lines)
+    return { digest: h.digest('hex'), paths: countLines(lines) }
   }
-  line('', dir)
-  const stack: string[] = ['']
-  while (stack.length > 0) {
-    const rel = stack.pop()!
-    const abs = rel === '' ? dir : `${dir}/${rel}`
-    const names = readdirSync(abs, { withFileTypes: true })
-    names.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-    // Reversed onto the stack, so that sub-directories are walked in name order.
-    for (let i = names.length - 1; i >= 0; i--) {
-      const d = names[i]!
-      const r = rel === '' ? d.name : `${rel}/${d.name}`
-      line(r, `${abs}/${d.name}`)
-      if (d.isDirectory()) stack.push(r)
+  return await fingerprintJs(dir, h, opts)
+}
+
+function countLines (b: Buffer): number {
+  let n = 0
+  for (let i = b.indexOf(10); i !== -1; i = b.indexOf(10, i + 1)) n++
+  return n
+}
+
+
+/** The same lines as the native statTree, from node:fs, for a build of @strata/sys without it. */
+async function fingerprintJs (dir: string, h: Hash, opts: { signal?: AbortSignal }): Promise<Fingerprint> {
+  let paths = 0
+  const line = (rel: Buffer, abs: Buffer): boolean => {
+    const st = lstatSync(abs, { bigint: true })
+    h.update(rel)
+    h.update(`\0${st.ino}\0${st.ctimeNs}\0${st.size}\n`)
+    paths++
+    return st.isDirectory()
+  }
+  const walk = async (rel: Buffer, abs: Buffer): Promise<void> => {
+    const names = readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare)
+    for (const name of names) {
+      const r = rel.length === 0 ? name : Buffer.concat([rel, Buffer.from('/'), name])
+      const a = Buffer.concat([abs, Buffer.from('/'), name])
+      if (line(r, a)) await walk(r, a)
       if (paths % YIELD_EVERY === 0) {
         opts.signal?.throwIfAborted()
         await yieldLoop()
       }
     }
   }
+  const root = Buffer.from(dir)
+  line(Buffer.alloc(0), root)
+  await walk(Buffer.alloc(0), root)
   return { digest: h.digest('hex'), paths }
 }
 
 export function encodeFingerprint (f: Fingerprint): Uint8Array {
-  return Buffer.from(JSON.stringify({ v: 1, digest: f.digest, paths: f.paths }))
+  return Buffer.from(JSON.stringify({ v: 2, digest: f.digest, paths: f.paths }))
 }
 
+/** The stored fingerprint; undefined for one of another version (it is then not compared). */
 export function decodeFingerprint (raw: Uint8Array): Fingerprint | undefined {
   try {
     const o = JSON.parse(Buffer.from(raw).toString()) as { v?: unknown, digest?: unknown, paths?: unknown }
-    if (o.v !== 1 || typeof o.digest !== 'string' || typeof o.paths !== 'number') return undefined
+    if (o.v !== 2 || typeof o.digest !== 'string' || typeof o.paths !== 'number') return undefined
     return { digest: o.digest, paths: o.paths }
   } catch {
     return undefined

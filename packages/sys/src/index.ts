@@ -11,6 +11,7 @@ interface Binding {
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
   enableVerity(fd: number): boolean
   isVerity(fd: number): boolean
+  statTree?(path: SysPath, maxBytes: number): Buffer
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
@@ -173,3 +174,12 @@ export function enableVerity (fd: number): boolean {
 export function isVerity (fd: number): boolean {
   return binding.isVerity(fd)
 }
+
+/**
+ * One line per path under `dir` (itself first, as the empty path), depth first,
+ * siblings sorted by name bytes: `rel \0 inode \0 ctime in ns \0 size \n`, all
+ * numbers in decimal. Never follows a symlink. Throws E2BIG past `maxBytes` of
+ * output. Undefined when this build of the module predates it.
+ */
+export const statTree: ((dir: SysPath, maxBytes: number) => Buffer) | undefined =
+  typeof binding.statTree === 'function' ? (dir, maxBytes) => binding.statTree!(dir, maxBytes) : undefined
