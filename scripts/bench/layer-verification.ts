@@ -6,6 +6,7 @@
 // --tree DIR, copied) is committed to a fresh store per rep. Timed per rep:
 //   commit         store.commit (moves the tree in; includes the fingerprint walk)
 //   fingerprint    the stat walk a commit adds (fingerprint(), on the committed dir)
+//   fingerprint-js the same walk through node:fs (what a build of @strata/sys without statTree does)
 //   getLayer       the lookup a local hit did before (index read + existsSync)
 //   checkLayer     what a local hit does now: getLayer + the stat walk, compared
 //   verifyLayer    a full re-read and re-hash against the manifest (strata verify, scrub)
@@ -68,7 +69,7 @@ function text (r: () => number, size: number): Buffer {
 }
 
 const root = removeOnExit(mkdtempSync(join((mkdirSync(cacheRoot(), { recursive: true }), cacheRoot()), 'layer-verification-')))
-const rows: Record<string, number[]> = { commit: [], fingerprint: [], getLayer: [], checkLayer: [], verifyLayer: [] }
+const rows: Record<string, number[]> = { commit: [], fingerprint: [], 'fingerprint-js': [], getLayer: [], checkLayer: [], verifyLayer: [] }
 let treeBytes = 0
 try {
   const template = join(root, 'template')
@@ -89,6 +90,9 @@ try {
       t = performance.now()
       await fingerprint(info.path)
       rows.fingerprint!.push(performance.now() - t)
+      t = performance.now()
+      await fingerprint(info.path, { native: false })
+      rows['fingerprint-js']!.push(performance.now() - t)
       t = performance.now()
       await store.getLayer(info.root)
       rows.getLayer!.push(performance.now() - t)
