@@ -21,7 +21,7 @@ import { cacheRoot } from './fixture.ts'
 import { formatTable, parseFlags, summarize } from './measure.ts'
 import { removeNow, removeOnExit } from './cleanup.ts'
 
-const flags = parseFlags(process.argv.slice(2), { files: '5000', reps: '5', tree: '', json: false })
+const flags = parseFlags(process.argv.slice(2), { files: '5000', reps: '5', tree: '', json: false as boolean })
 const files = Number(flags.files)
 const reps = Number(flags.reps)
 if (!Number.isSafeInteger(files) || files < 1 || !Number.isSafeInteger(reps) || reps < 1) throw new TypeError('--files and --reps want whole numbers >= 1')

@@ -363,7 +363,7 @@ class StepRunner implements Runner {
     for (let depth = 0; ; depth++) {
       if (depth > 10_000) throw new ParentNotFoundError(parent, 'the chain of records does not end')
       const found = await this.#lookup(key, hold)
-      if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : 'no valid record in the store')
+      if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : found.reason === 'layer-corrupt' ? 'its layer is corrupt (marked; run the parent step again)' : 'no valid record in the store')
       chain.layers.push(found.layer.path)
       envGroups.unshift(found.record.env)
       if (found.record.parent === null) {
