@@ -5,8 +5,10 @@ import { setImmediate as yieldLoop } from 'node:timers/promises'
 import { statTree } from '@strata/sys'
 
 /**
- * A digest of what the kernel says about every path of a layer dir: inode, status
- * change time (ns) and size, as git's index keeps them. A write, truncate, chmod,
+ * A digest of what the kernel says about every path of a layer dir: inode, mode,
+ * status change time (ns) and size, as git's index keeps them. A whiteout's ctime is
+ * left out: overlay links the whiteouts of one run to one inode in its work dir, and
+ * removing that dir moves their ctime after the commit. A write, truncate, chmod,
  * chown, xattr change, rename or new link through the filesystem moves ctime, and
  * no system call sets ctime back, so the owner of the data dir cannot change a
  * committed layer through the filesystem and leave its fingerprint as it was.
@@ -47,8 +49,9 @@ async function fingerprintJs (dir: string, h: Hash, opts: { signal?: AbortSignal
   let paths = 0
   const line = (rel: Buffer, abs: Buffer): boolean => {
     const st = lstatSync(abs, { bigint: true })
+    const ctime = st.isCharacterDevice() && st.rdev === 0n ? 0n : st.ctimeNs
     h.update(rel)
-    h.update(`\0${st.ino}\0${st.ctimeNs}\0${st.size}\n`)
+    h.update(`\0${st.ino}\0${st.mode}\0${ctime}\0${st.size}\n`)
     paths++
     return st.isDirectory()
   }
@@ -71,14 +74,14 @@ async function fingerprintJs (dir: string, h: Hash, opts: { signal?: AbortSignal
 }
 
 export function encodeFingerprint (f: Fingerprint): Uint8Array {
-  return Buffer.from(JSON.stringify({ v: 2, digest: f.digest, paths: f.paths }))
+  return Buffer.from(JSON.stringify({ v: 3, digest: f.digest, paths: f.paths }))
 }
 
 /** The stored fingerprint; undefined for one of another version (it is then not compared). */
 export function decodeFingerprint (raw: Uint8Array): Fingerprint | undefined {
   try {
     const o = JSON.parse(Buffer.from(raw).toString()) as { v?: unknown, digest?: unknown, paths?: unknown }
-    if (o.v !== 2 || typeof o.digest !== 'string' || typeof o.paths !== 'number') return undefined
+    if (o.v !== 3 || typeof o.digest !== 'string' || typeof o.paths !== 'number') return undefined
     return { digest: o.digest, paths: o.paths }
   } catch {
     return undefined

@@ -256,14 +256,18 @@ static napi_value js_is_verity(napi_env env, napi_callback_info info) {
 }
 
 // statTree(path, maxBytes): one line per path under `path` (itself first, as ""),
-// depth first, siblings sorted by name bytes: "rel\0inode\0ctime ns\0size\n".
+// depth first, siblings sorted by name bytes: "rel\0inode\0mode\0ctime ns\0size\n",
+// with ctime 0 for a whiteout (a 0/0 character device: overlay links the whiteouts it
+// makes to one inode in its work dir, whose removal later moves their ctime).
 // What a layer's stat fingerprint hashes; one call instead of a stat per file from JS.
 struct tree_buf { char *p; size_t len, cap, max; };
 
 static int tb_put(struct tree_buf *b, const char *rel, size_t rlen, const struct stat *st) {
   char nums[96];
-  int n = snprintf(nums, sizeof nums, "%c%" PRIu64 "%c%" PRId64 "%c%" PRId64 "\n", 0, (uint64_t)st->st_ino, 0,
-                   (int64_t)st->st_ctim.tv_sec * 1000000000 + (int64_t)st->st_ctim.tv_nsec, 0, (int64_t)st->st_size);
+  bool whiteout = S_ISCHR(st->st_mode) && st->st_rdev == 0;
+  int64_t ctime_ns = whiteout ? 0 : (int64_t)st->st_ctim.tv_sec * 1000000000 + (int64_t)st->st_ctim.tv_nsec;
+  int n = snprintf(nums, sizeof nums, "%c%" PRIu64 "%c%u%c%" PRId64 "%c%" PRId64 "\n", 0, (uint64_t)st->st_ino, 0,
+                   (unsigned)st->st_mode, 0, ctime_ns, 0, (int64_t)st->st_size);
   size_t need = rlen + (size_t)n;
   if (b->len + need > b->max) return E2BIG;
   if (b->len + need > b->cap) {

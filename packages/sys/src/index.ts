@@ -177,8 +177,8 @@ export function isVerity (fd: number): boolean {
 
 /**
  * One line per path under `dir` (itself first, as the empty path), depth first,
- * siblings sorted by name bytes: `rel \0 inode \0 ctime in ns \0 size \n`, all
- * numbers in decimal. Never follows a symlink. Throws E2BIG past `maxBytes` of
+ * siblings sorted by name bytes: `rel \0 inode \0 mode \0 ctime in ns \0 size \n`,
+ * all numbers in decimal; ctime is 0 for a whiteout (a 0/0 character device). Never follows a symlink. Throws E2BIG past `maxBytes` of
  * output. Undefined when this build of the module predates it.
  */
 export const statTree: ((dir: SysPath, maxBytes: number) => Buffer) | undefined =
