@@ -91,13 +91,21 @@ export class Scrubber {
     const out: ScrubPass = { layers: 0, bytes: 0, corrupt: [] }
     for (const root of await this.#c.store.layerRoots()) {
       opts.signal?.throwIfAborted()
-      const v = await this.#c.store.verifyLayer(root, {
-        signal: opts.signal,
-        onRead: async (n) => {
-          const ms = limiter.take('scrub', n)
-          if (ms > 0) await sleep(ms, undefined, { signal: opts.signal })
-        }
-      })
+      let v: LayerVerification
+      try {
+        v = await this.#c.store.verifyLayer(root, {
+          signal: opts.signal,
+          onRead: async (n) => {
+            const ms = limiter.take('scrub', n)
+            if (ms > 0) await sleep(ms, undefined, { signal: opts.signal })
+          }
+        })
+      } catch (err) {
+        // A layer removed (collected, replaced) while it was read: the rest of the pass goes on.
+        if (opts.signal?.aborted === true) throw err
+        this.#log.warn({ err, layer: root }, 'could not scrub a layer')
+        continue
+      }
       out.layers++
       out.bytes += v.bytes
       this.counters.layers++
