@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Hash } from 'node:crypto'
 import { lstatSync, readdirSync } from 'node:fs'
 import { setImmediate as yieldLoop } from 'node:timers/promises'
-import { statTree } from '@strata/sys'
+import { statTreeAsync } from '@strata/sys'
 
 /**
  * A digest of what the kernel says about every path of a layer dir: inode, mode,
@@ -14,7 +14,7 @@ import { statTree } from '@strata/sys'
  * committed layer through the filesystem and leave its fingerprint as it was.
  */
 export interface Fingerprint {
-  /** Hex sha256 over the lines of `statTree` (the path, inode, ctime, size of every path). */
+  /** Hex sha256 over the lines of `statTree` (the path, inode, mode, ctime, size of every path). */
   digest: string
   /** Paths walked, the root dir included. */
   paths: number
@@ -29,8 +29,10 @@ const YIELD_EVERY = 2048
 /** Walks `dir` (never following a symlink) and digests each path's stat. `native: false` walks with node:fs (as a build without statTree does). */
 export async function fingerprint (dir: string, opts: { signal?: AbortSignal, native?: boolean } = {}): Promise<Fingerprint> {
   const h = createHash('sha256')
-  if (statTree !== undefined && opts.native !== false) {
-    const lines = statTree(dir, MAX_LINES_BYTES)
+  if (statTreeAsync !== undefined && opts.native !== false) {
+    // On a libuv thread: a daemon checking a large layer for a hit keeps serving meanwhile.
+    const lines = await statTreeAsync(dir, MAX_LINES_BYTES)
+    opts.signal?.throwIfAborted()
     h.update(lines)
     return { digest: h.digest('hex'), paths: countLines(lines) }
   }

@@ -332,32 +332,85 @@ static int tree_walk(int dfd, struct tree_buf *b, char *rel, size_t rlen) {
 
 static void free_tree_buf(napi_env env, void *data, void *hint) { free(data); }
 
-static napi_value js_stat_tree(napi_env env, napi_callback_info info) {
-  size_t argc = 2; napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  char path[PATH_BUF];
-  double max;
-  if (argc < 2 || get_path(env, argv[0], path) != 0 || napi_get_value_double(env, argv[1], &max) != napi_ok || !(max > 0))
-    return type_error(env, "statTree(path: string, maxBytes: number)");
-  struct tree_buf b = { NULL, 0, 0, (size_t)max };
+// The whole walk of `path` into b; an errno, or 0.
+static int stat_tree(const char *path, struct tree_buf *b) {
   char rel[PATH_BUF];
   rel[0] = 0;
   struct stat st;
   int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   int err = fd < 0 ? errno : fstat(fd, &st) != 0 ? errno : 0;
-  if (!err) err = tb_put(&b, rel, 0, &st);
-  if (!err) { err = tree_walk(fd, &b, rel, 0); fd = -1; }
+  if (!err) err = tb_put(b, rel, 0, &st);
+  if (!err) { err = tree_walk(fd, b, rel, 0); fd = -1; }
   if (fd >= 0) close(fd);
-  if (err) { free(b.p); return throw_errno(env, err, "statTree", path); }
+  return err;
+}
+
+// Hands b's bytes to a JS Buffer (b is emptied).
+static napi_value tree_buffer(napi_env env, struct tree_buf *b) {
   napi_value out;
-  if (b.len == 0) { free(b.p); napi_create_buffer(env, 0, NULL, &out); return out; }
-  if (napi_create_external_buffer(env, b.len, b.p, free_tree_buf, NULL, &out) != napi_ok) {
+  if (b->len == 0) { free(b->p); b->p = NULL; napi_create_buffer(env, 0, NULL, &out); return out; }
+  if (napi_create_external_buffer(env, b->len, b->p, free_tree_buf, NULL, &out) != napi_ok) {
     // Some runtimes refuse external buffers: copy instead.
     void *copy;
-    napi_create_buffer_copy(env, b.len, b.p, &copy, &out);
-    free(b.p);
+    napi_create_buffer_copy(env, b->len, b->p, &copy, &out);
+    free(b->p);
   }
+  b->p = NULL;
   return out;
+}
+
+static int tree_args(napi_env env, napi_callback_info info, char *path, double *max) {
+  size_t argc = 2; napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || get_path(env, argv[0], path) != 0 || napi_get_value_double(env, argv[1], max) != napi_ok || !(*max > 0)) return -1;
+  return 0;
+}
+
+static napi_value js_stat_tree(napi_env env, napi_callback_info info) {
+  char path[PATH_BUF];
+  double max;
+  if (tree_args(env, info, path, &max) != 0) return type_error(env, "statTree(path: string, maxBytes: number)");
+  struct tree_buf b = { NULL, 0, 0, (size_t)max };
+  int err = stat_tree(path, &b);
+  if (err) { free(b.p); return throw_errno(env, err, "statTree", path); }
+  return tree_buffer(env, &b);
+}
+
+// statTreeAsync(path, maxBytes): the same walk on a libuv thread, as a Promise.
+struct tree_work { napi_async_work work; napi_deferred deferred; char path[PATH_BUF]; struct tree_buf b; int err; };
+
+static void tree_execute(napi_env env, void *data) {
+  struct tree_work *w = data;
+  w->err = stat_tree(w->path, &w->b);
+}
+
+static void tree_complete(napi_env env, napi_status status, void *data) {
+  struct tree_work *w = data;
+  if (w->err == 0 && status == napi_ok) {
+    napi_resolve_deferred(env, w->deferred, tree_buffer(env, &w->b));
+  } else {
+    free(w->b.p);
+    throw_errno(env, w->err ? w->err : EIO, "statTree", w->path);
+    napi_value error;
+    napi_get_and_clear_last_exception(env, &error);
+    napi_reject_deferred(env, w->deferred, error);
+  }
+  napi_delete_async_work(env, w->work);
+  free(w);
+}
+
+static napi_value js_stat_tree_async(napi_env env, napi_callback_info info) {
+  struct tree_work *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "statTree", NULL);
+  double max;
+  if (tree_args(env, info, w->path, &max) != 0) { free(w); return type_error(env, "statTreeAsync(path: string, maxBytes: number)"); }
+  w->b.max = (size_t)max;
+  napi_value promise, name;
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_string_utf8(env, "strata:statTree", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, tree_execute, tree_complete, w, &w->work);
+  napi_queue_async_work(env, w->work);
+  return promise;
 }
 
 // One O_PATH descriptor of the directory last asked for, so that siblings, which
@@ -572,6 +625,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"enableVerity", NULL, js_enable_verity, NULL, NULL, NULL, napi_default, NULL},
     {"isVerity", NULL, js_is_verity, NULL, NULL, NULL, napi_default, NULL},
     {"statTree", NULL, js_stat_tree, NULL, NULL, NULL, napi_default, NULL},
+    {"statTreeAsync", NULL, js_stat_tree_async, NULL, NULL, NULL, napi_default, NULL},
     {"describe", NULL, js_describe, NULL, NULL, NULL, napi_default, NULL},
     {"writeFiles", NULL, js_write_files, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -12,6 +12,7 @@ interface Binding {
   enableVerity(fd: number): boolean
   isVerity(fd: number): boolean
   statTree?(path: SysPath, maxBytes: number): Buffer
+  statTreeAsync?(path: SysPath, maxBytes: number): Promise<Buffer>
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
@@ -183,3 +184,7 @@ export function isVerity (fd: number): boolean {
  */
 export const statTree: ((dir: SysPath, maxBytes: number) => Buffer) | undefined =
   typeof binding.statTree === 'function' ? (dir, maxBytes) => binding.statTree!(dir, maxBytes) : undefined
+
+/** statTree on a libuv thread, so that a walk of a large tree does not stall the event loop. */
+export const statTreeAsync: ((dir: SysPath, maxBytes: number) => Promise<Buffer>) | undefined =
+  typeof binding.statTreeAsync === 'function' ? async (dir, maxBytes) => await binding.statTreeAsync!(dir, maxBytes) : undefined
