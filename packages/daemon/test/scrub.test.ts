@@ -1,6 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { closeSync, openSync, writeSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { openStore } from '@strata/store'
 import { createScrubber } from '../src/scrub.ts'
@@ -74,4 +76,33 @@ test('the daemon scrubs in the background and counts what it found in its metric
   const off = await startDaemon(t, { scrub: { bytesPerSecond: 0 } })
   assert.equal(off.scrub.rate, 0)
   await assert.rejects(off.scrub.pass(), TypeError)
+})
+
+const bin = join(import.meta.dirname, '..', '..', 'cli', 'bin', 'strata.js')
+
+/** Runs the CLI without blocking this process, which serves the daemon it talks to. */
+async function strata (args: string[]): Promise<{ status: number | null, stdout: string, stderr: string }> {
+  return await new Promise((resolve) => {
+    execFile(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ status: err === null ? 0 : typeof err.code === 'number' ? err.code : null, stdout, stderr })
+    })
+  })
+}
+
+test('strata verify goes through a running daemon, which marks the corrupt layer in its store', async (t) => {
+  const daemon = await startDaemon(t, { scrub: { bytesPerSecond: 0 } })
+  const src = tempDir(t)
+  writeTree(`${src}/a`, { 'f': text('f', 20_000) })
+  writeTree(`${src}/b`, { 'g': text('g', 20_000) })
+  const a = await daemon.store.commit(`${src}/a`)
+  const b = await daemon.store.commit(`${src}/b`)
+  overwrite(`${b.path}/g`, 99, '#')
+  const out = await strata(['verify', '--data-dir', daemon.dataDir])
+  assert.equal(out.status, 1, out.stderr)
+  assert.match(out.stdout, new RegExp(`^${a.root.toString()}  ok `, 'm'))
+  assert.match(out.stdout, new RegExp(`^${b.root.toString()}  corrupt: content: g$`, 'm'))
+  assert.equal((await daemon.store.checkLayer(b.root)).status, 'corrupt')
+  const one = await strata(['verify', a.root.toString(), '--data-dir', daemon.dataDir, '--json'])
+  assert.equal(one.status, 0, one.stderr)
+  assert.equal(JSON.parse(one.stdout).status, 'ok')
 })
