@@ -1093,11 +1093,12 @@ class LayerStore implements Store, LocalStore {
       try {
         got = await fingerprint(this.layerDir(key), opts)
       } catch (err) {
+        // Not a hit, and no mark: the dir may be on its way out, or the walk short of descriptors.
         if (opts.signal?.aborted === true) throw err
-        this.#log.warn({ err, layer: key }, 'cannot walk a layer dir to check it')
-        got = undefined
+        this.#log.warn({ err, layer: key }, 'cannot walk a layer dir to check it: not a hit')
+        return { status: 'missing', root: key }
       }
-      if (got?.digest !== want.digest) {
+      if (got.digest !== want.digest) {
         await this.#markCorrupt(key, { reason: 'stat' })
         return corrupt({ ...meta, corruptReason: 'stat' })
       }
