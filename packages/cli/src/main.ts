@@ -24,7 +24,8 @@ const commands: Array<[name: string, load: () => Promise<Command>]> = [
   ['pack', async () => (await import('./commands/layer.ts')).pack],
   ['unpack', async () => (await import('./commands/layer.ts')).unpack],
   ['ls', async () => (await import('./commands/layer.ts')).ls],
-  ['layers', async () => (await import('./commands/layer.ts')).layers]
+  ['layers', async () => (await import('./commands/layer.ts')).layers],
+  ['verify', async () => (await import('./commands/verify.ts')).verify]
 ]
 
 /**

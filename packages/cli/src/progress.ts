@@ -50,6 +50,8 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
   const progress = new Progress(ctx.stderr)
   const ran = new Map<string, number>()
   let cacheOff = false
+  /** Misses worth a word: the cached layer was there but found corrupt. */
+  const corrupt = new Set<string>()
   const line = (step: string, text: string): void => {
     progress.stop()
     ctx.stderr.write(`${step}: ${text}\n`)
@@ -67,6 +69,9 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
           ? `HIT peer (${count(e.providers, 'provider')}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
           : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
         break
+      case 'miss':
+        if (e.reason === 'layer-corrupt') corrupt.add(e.step)
+        break
       case 'ran':
         ran.set(e.step, e.durationMs)
         // With caching off nothing is captured: this is the step's last word.
@@ -76,10 +81,10 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
         progress.update(`${e.step}: capturing`, e.unit, e.done, e.total)
         break
       case 'captured':
-        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
+        line(e.step, `MISS${corrupt.has(e.step) ? ' (cached layer corrupt)' : ''} → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
         break
       case 'capture-failed':
-        line(e.step, `MISS → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${oneLine(e.error)}`)
+        line(e.step, `MISS${corrupt.has(e.step) ? ' (cached layer corrupt)' : ''} → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${oneLine(e.error)}`)
         break
       case 'cache-off':
         cacheOff = true

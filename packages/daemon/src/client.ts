@@ -2,7 +2,7 @@ import { request, Agent } from 'node:http'
 import { existsSync } from 'node:fs'
 import type { CID } from 'multiformats/cid'
 import { writerTrust } from '@strata/records'
-import type { BlockSource, CommitOptions, GcReport, LayerInfo, ProgressEvent, RestoreOptions, Store } from '@strata/store'
+import type { BlockSource, CommitOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME, layerOf } from './protocol.ts'
 import type { ErrorJson, FetchJson, LayerJson, LookupJson, StatusJson } from './protocol.ts'
@@ -132,6 +132,17 @@ export class DaemonClient implements Store {
   async getLayer (root: CID): Promise<LayerInfo | undefined> {
     const out = await this.#call('/v1/store/layer', { root: root.toString() })
     return out.layer === null ? undefined : layerOf(out.layer as LayerJson)
+  }
+
+  async checkLayer (root: CID, opts: { signal?: AbortSignal } = {}): Promise<LayerCheck> {
+    const out = await this.#call('/v1/store/check', { root: root.toString() }, opts)
+    if (out.status === 'ok') return { status: 'ok', layer: layerOf(out.layer as LayerJson) }
+    return out as unknown as LayerCheck
+  }
+
+  /** Re-hashes layers in the daemon's store (all when `roots` is empty), marking the corrupt ones. */
+  async verify (roots: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<LayerVerification[]> {
+    return (await this.#call('/v1/store/verify', { roots }, opts)).layers as LayerVerification[]
   }
 
   async listLayers (): Promise<LayerInfo[]> {

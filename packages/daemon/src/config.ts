@@ -7,6 +7,7 @@ import { checkBootstrapAddress, checkDnsServer } from './discovery.ts'
 import { DaemonConfigError } from './errors.ts'
 import type { ExchangeInit } from './exchange.ts'
 import type { GcBudgetInit } from './gc.ts'
+import type { ScrubInit } from './scrub.ts'
 import { SOCKET_NAME } from './protocol.ts'
 import { peerIdOf, readPeerList, readPsk, writerOf } from './trust.ts'
 
@@ -70,6 +71,8 @@ export interface DaemonInit {
   metricsListen?: string
   /** Keep the store within a size budget (LRU, leases, fleet copies; see doc/STORE.md). Default: no budget. */
   gc?: GcBudgetInit
+  /** Re-read the store's layers in the background, marking corrupt ones (scrub.ts). Default 20 MB/s; `bytesPerSecond: 0` turns it off. */
+  scrub?: ScrubInit
   /** An already open store (the daemon then does not close it). Default: the store in `dataDir`, opened without waiting. */
   store?: Store & LocalStore
 }
@@ -98,6 +101,7 @@ export interface DaemonConfig {
   socket: string | false
   metricsListen: string | undefined
   gc: GcBudgetInit | undefined
+  scrub: ScrubInit | undefined
 }
 
 /**
@@ -167,6 +171,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
     exchange: init.exchange,
     socket: init.socket ?? `${init.dataDir}/${SOCKET_NAME}`,
     metricsListen: init.metricsListen,
-    gc: init.gc
+    gc: init.gc,
+    scrub: init.scrub
   }
 }

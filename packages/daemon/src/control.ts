@@ -5,7 +5,7 @@ import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { checkScope, MAX_READ_SCOPES } from '@strata/records'
 import type { StepRecord } from '@strata/records'
-import type { CommitOptions, GcReport, LayerInfo, ProgressEvent, Store } from '@strata/store'
+import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
 import type { GcBudgetInit } from './gc.ts'
 import type { FetchResult } from './layer-fetch.ts'
 import { MAX_REQUEST_BYTES, layerJson } from './protocol.ts'
@@ -15,7 +15,7 @@ import type { LookupResult } from './record-service.ts'
 /** What the control API needs from the daemon. */
 export interface ControlComponents {
   dataDir: string
-  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord'>
+  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord' | 'checkLayer'> & Pick<LocalStore, 'layerRoots' | 'verifyLayer'>
   /** The size budget, when the daemon has one: `/v1/gc`'s default sizes. */
   budget: GcBudgetInit | undefined
   status(opts: { signal?: AbortSignal, copies?: boolean }): Promise<DaemonStatus>
@@ -128,6 +128,18 @@ export function routes (daemon: ControlComponents): Map<string, Handler> {
   r.set('/v1/store/layer', async (b) => {
     const l = await store.getLayer(cid(b, 'root'))
     return { layer: l !== undefined ? layerJson(l) : null }
+  })
+  r.set('/v1/store/check', async (b, _res, signal) => {
+    const c = await store.checkLayer(cid(b, 'root'), { signal })
+    return c.status === 'ok' ? { status: 'ok', layer: layerJson(c.layer) } : c
+  })
+  r.set('/v1/store/verify', async (b, _res, signal) => {
+    const given = b.roots ?? []
+    if (!Array.isArray(given) || given.length > 10_000) throw new BadRequestError('"roots" must be a list of at most 10000 layer CIDs')
+    const roots = given.length > 0 ? given.map((r) => cid({ root: r }, 'root').toString()) : (await store.layerRoots()).sort()
+    const out = []
+    for (const root of roots) out.push(await store.verifyLayer(root, { signal }))
+    return { layers: out }
   })
   r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
   r.set('/v1/store/remove', async (b, _res, signal) => {

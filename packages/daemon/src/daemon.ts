@@ -20,6 +20,8 @@ import { LayerFetch } from './layer-fetch.ts'
 import type { FetchOptions, FetchResult } from './layer-fetch.ts'
 import { DaemonMetrics, serveMetrics } from './metrics.ts'
 import { createNode, loadPrivateKey } from './node.ts'
+import { createScrubber } from './scrub.ts'
+import type { Scrubber } from './scrub.ts'
 import type { StrataNode } from './node.ts'
 import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
@@ -50,6 +52,7 @@ export class Daemon {
   readonly metrics: DaemonMetrics
   /** The store's size budget, when one was given. */
   readonly budget: GcBudget | undefined
+  readonly scrub: Scrubber
   readonly counters = { recordsLearned: 0, recordsRejected: 0, replicated: 0 }
   /** Records refused, by reason (the metric's labels). */
   readonly rejected: Partial<Record<RecordRejectReason, number>> = {}
@@ -93,11 +96,13 @@ export class Daemon {
       dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
       logger: log
     }, config.exchange)
+    this.scrub = createScrubber({ store, logger: log }, config.scrub)
     this.metrics = new DaemonMetrics({
       exchange: this.exchange.counters,
       rejected: this.rejected,
       replicated: () => this.counters.replicated,
-      peers: () => node.getPeers().length
+      peers: () => node.getPeers().length,
+      scrub: this.scrub.counters
     })
     this.budget = config.gc !== undefined ? new GcBudget({ collect: async (o) => await this.gc(o), logger: log }, config.gc) : undefined
     const publish = async (topic: string, data: Uint8Array): Promise<unknown> => await node.services.pubsub.publish(topic, data)
@@ -168,6 +173,8 @@ export class Daemon {
     this.#discovery.start()
     this.budget?.start()
     this.budget?.check()
+    this.scrub.start()
+    this.scrub.start()
     this.#log.info({ peerId: this.peerId, addresses: this.addresses }, 'daemon started')
   }
 
@@ -177,6 +184,8 @@ export class Daemon {
     this.#stopping.abort(new Error('daemon stopping'))
     await this.#discovery.stop()
     await this.budget?.stop()
+    await this.scrub.stop()
+    await this.scrub.stop()
     for (const server of [this.#control, this.#metricsServer]) {
       if (server === undefined) continue
       server.closeAllConnections()

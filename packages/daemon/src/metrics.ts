@@ -15,6 +15,8 @@ export interface MetricsComponents {
   replicated(): number
   /** Peers with an open connection. */
   peers(): number
+  /** The background scrub's running totals. */
+  scrub: Readonly<{ corrupt: number, bytes: number }>
 }
 
 /** The daemon's Prometheus metrics, in a registry of its own (several daemons may share a process). */
@@ -52,6 +54,8 @@ export class DaemonMetrics {
         for (const [reason, n] of Object.entries(components.rejected)) this.inc({ reason }, n ?? 0)
       }
     })
+    counter('strata_layers_corrupt_found_total', 'Layers the background scrub found corrupt and marked', () => components.scrub.corrupt)
+    counter('strata_scrub_bytes_total', 'Layer content bytes the background scrub re-read', () => components.scrub.bytes)
     counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => components.replicated())
     gauge('strata_peers_connected', 'Peers with an open connection', () => components.peers())
   }

@@ -88,7 +88,7 @@ export interface RunOptions {
   onEvent?: (event: RunnerEvent) => void
 }
 
-export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'no-cache' | 'uncached-step' | 'cache-off'
+export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'layer-corrupt' | 'no-cache' | 'uncached-step' | 'cache-off'
 
 export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
@@ -386,7 +386,7 @@ class StepRunner implements Runner {
     for (let depth = 0; ; depth++) {
       if (depth > 10_000) throw new ParentNotFoundError(parent, 'the chain of records does not end')
       const found = await this.#lookup(key, hold)
-      if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : 'no valid record in the store')
+      if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : found.reason === 'layer-corrupt' ? 'its layer is corrupt (marked; run the parent step again)' : 'no valid record in the store')
       chain.layers.push(found.layer.path)
       envGroups.unshift(found.record.env)
       if (found.record.parent === null) {
@@ -447,12 +447,14 @@ class StepRunner implements Runner {
         continue
       }
       hold?.lease.add(record.layer.toString())
-      const layer = await this.#store.getLayer(record.layer)
-      if (layer === undefined) {
-        reason = 'layer-missing'
+      // A layer changed since its commit is marked by the check and never hit: the step runs again.
+      const found = await this.#store.checkLayer(record.layer)
+      if (found.status !== 'ok') {
+        if (found.status === 'corrupt') this.#log.warn({ key: key.toString(), layer: found.root, path: found.path, reason: found.reason }, 'the layer of a record is corrupt: running the step again')
+        reason = found.status === 'corrupt' ? 'layer-corrupt' : 'layer-missing'
         continue
       }
-      return { record, layer }
+      return { record, layer: found.layer }
     }
     return { reason }
   }

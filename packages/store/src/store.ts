@@ -10,8 +10,11 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { cidString, decodeEntryList, decodeRoot, isStrataCid, materialize, packTree, verifyBlock, BlockMismatchError, DAG_CBOR, EntryChecker, FsPool, LIMITS, removeTree } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
-import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerInfo, RestoreOptions, Store, StoreInit } from './types.ts'
+import type { BlockSource, CommitOptions, GcKept, GcOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, RestoreOptions, Store, StoreInit, VerifyOptions } from './types.ts'
 import { BlockCorruptError, BlockNotFoundError, CommitError, IndexCorruptError, LayerNotFoundError, StoreError, StoreVersionError } from './errors.ts'
+import { decodeFingerprint, encodeFingerprint, fingerprint } from './fingerprint.ts'
+import { sealTree } from './seal.ts'
+import { verifyTree } from './verify.ts'
 import { failpoint } from './failpoint.ts'
 import { Dropped } from './dropped.ts'
 import { removeEnded, scanLeases } from './lease.ts'
@@ -36,6 +39,8 @@ const kPending = (root: string): string => `pending:${root}`
 const kRemoving = (root: string): string => `removing:${root}`
 /** Last use of a layer, ms since the epoch as decimal text; absent means its `created`. */
 const kUsed = (root: string): string => `used:${root}`
+/** The stat fingerprint of a committed layer dir, checked on every hit (fingerprint.ts). */
+const kFingerprint = (root: string): string => `fprint:${root}`
 /** Present while a process has the store open: found at open, the last one died, and orphans are swept. */
 const K_OPEN = 'meta:open'
 /** By default a layer's last use is written at most this often (serving blocks touches it on every read). */
@@ -63,7 +68,11 @@ interface LayerMeta {
   entries: number
   blocks: number
   created: number
+  /** Found not to be what its manifest says (a block, a hit's stat check, a verify): never offered again. */
   corrupt?: boolean
+  /** Which path, and what was wrong with it, when that is known. */
+  corruptPath?: string
+  corruptReason?: string
   /** Restored from a peer under the peer policy. */
   untrusted?: boolean
 }
@@ -154,6 +163,13 @@ export interface OpenStoreInit extends StoreInit {
    * (doc/DECISIONS.md, "Pack and unpack start their file workers first").
    */
   pool?: FsPool
+  /**
+   * Turn fs-verity on for the files of every committed layer where the filesystem
+   * offers it (ext4 with the `verity` feature): the kernel then refuses writes to
+   * them and checks every read. Where it does not, the hit check's stat
+   * fingerprint alone guards them. Default true (doc/decisions/layer-verification.md).
+   */
+  verity?: boolean
 }
 
 /** LevelDB takes any size; below 64 KiB a table is written every few puts. */
@@ -203,7 +219,7 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
     if (manifestMissing(`${dataDir}/index`)) throw new IndexCorruptError('the index names a MANIFEST file that is not there', { cause: err })
     throw err
   }
-  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS, init.pool)
+  const store = new LayerStore(dataDir, db, log, release, init.inlineMax, init.touchEveryMs ?? TOUCH_EVERY_MS, init.pool, init.verity ?? true)
   try {
     const fresh = await store.checkVersion()
     await store.recover(fresh && readdirSync(`${dataDir}/layers`).length > 0)
@@ -252,6 +268,16 @@ export interface LocalStore {
   gc(opts: GcOptions): Promise<GcReport>
   /** Deletes index keys that belong to no layer (open runs it after a crash). */
   sweep(): Promise<{ blocks: number, manifestBlocks: number, used: number }>
+  /**
+   * Re-reads a layer's dir against its manifest (content hashed, types, modes,
+   * owners, nothing extra); marks it corrupt when it differs. A layer marked
+   * before is reported as it was marked, not read again.
+   */
+  verifyLayer(root: CID | string, opts?: VerifyOptions): Promise<LayerVerification>
+  /** Marks a layer corrupt: it is never offered again (a hit, a mount, a restore's source) and the next collection removes it. */
+  markCorrupt(root: CID | string, why?: { path?: string, reason?: string }): Promise<void>
+  /** Roots of every layer in the index, those marked corrupt included. */
+  layerRoots(): Promise<string[]>
 }
 
 class LayerStore implements Store, LocalStore {
@@ -277,9 +303,12 @@ class LayerStore implements Store, LocalStore {
   readonly #inlineMax: number | undefined
 
   readonly #touchEveryMs: number
+  /** Whether layer files get fs-verity: undefined until the first commit finds out whether the filesystem offers it. */
+  #verity: boolean | undefined
 
-  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number, pool: FsPool | undefined) {
+  constructor (dataDir: string, db: ClassicLevel<string, Uint8Array>, log: Logger, release: () => void, inlineMax: number | undefined, touchEveryMs: number, pool: FsPool | undefined, verity: boolean) {
     this.dataDir = dataDir
+    this.#verity = verity ? undefined : false
     this.#pool = pool
     this.#poolGiven = pool !== undefined
     this.#touchEveryMs = touchEveryMs
@@ -381,6 +410,7 @@ class LayerStore implements Store, LocalStore {
     }
     if (dirty) await this.sweep()
     await this.#harvestLeases()
+    await this.#removeAside()
     await this.#db.put(K_OPEN, Buffer.from(String(process.pid)))
   }
 
@@ -420,6 +450,12 @@ class LayerStore implements Store, LocalStore {
     }
     for await (const key of this.#db.keys({ gte: 'used:', lt: 'used;' })) {
       if (live.has(key.slice('used:'.length))) continue
+      batch.del(key)
+      counts.used++
+      await flush()
+    }
+    for await (const key of this.#db.keys({ gte: 'fprint:', lt: 'fprint;' })) {
+      if (live.has(key.slice('fprint:'.length))) continue
       batch.del(key)
       counts.used++
       await flush()
@@ -582,6 +618,35 @@ class LayerStore implements Store, LocalStore {
     }
   }
 
+  /** Moves a layer dir that must go, but that a live lease may have mounted, to `aside/<root>.<random>`. */
+  #setAside (root: string): void {
+    mkdirSync(`${this.dataDir}/aside`, { recursive: true })
+    const to = `${this.dataDir}/aside/${root}.${randomBytes(4).toString('hex')}`
+    renameSync(this.layerDir(root), to)
+    this.#log.warn({ layer: root, path: to }, 'a corrupt layer is leased: its dir is set aside until the lease ends')
+  }
+
+  /** Deletes the set-aside dirs whose root no live lease holds any more. */
+  async #removeAside (): Promise<number> {
+    let names: string[]
+    try {
+      names = readdirSync(`${this.dataDir}/aside`)
+    } catch {
+      return 0
+    }
+    if (names.length === 0) return 0
+    const held = scanLeases(this.dataDir).held
+    let n = 0
+    for (const name of names) {
+      if (held.has(name.slice(0, name.lastIndexOf('.')))) continue
+      const moved = this.#stagingDir()
+      renameSync(`${this.dataDir}/aside/${name}`, `${moved}/removed`)
+      await removeTreeAsync(moved)
+      n++
+    }
+    return n
+  }
+
   /** Takes a layer dir out of `layers/` and deletes it. */
   #hide (root: string): void {
     const dir = this.layerDir(root)
@@ -650,6 +715,9 @@ class LayerStore implements Store, LocalStore {
         return existing
       }
       // Not indexed, or corrupt: whatever is there is not a layer anyone may use.
+      // A run that still has it mounted keeps its files: the dir is set aside,
+      // not deleted, until no lease holds its root.
+      if (existsSync(this.layerDir(root)) && this.#leased(root).has(root)) this.#setAside(root)
       if (existsSync(this.layerDir(root)) || (await this.#meta(root)) !== undefined) await this.#discard(root)
       // Entry lists first (a commit's went while it walked), then the root with the
       // pending marker. Blocks written before a crash that leaves no marker are
@@ -710,10 +778,20 @@ class LayerStore implements Store, LocalStore {
       await batch.write()
     }
     failpoint(`${op}:located`)
+    if (this.#verity !== false) {
+      const sealed = await sealTree(this.layerDir(root))
+      if (this.#verity === undefined && sealed.supported !== undefined) {
+        this.#verity = sealed.supported
+        this.#log.info({ dataDir: this.dataDir, verity: sealed.supported }, sealed.supported ? 'layer files get fs-verity' : 'the filesystem has no fs-verity: layers are guarded by their stat fingerprint only')
+      }
+    }
+    // Taken once the dir is in place (its rename moved the root's ctime) and before the layer is visible.
+    const print = await fingerprint(this.layerDir(root))
     const now = Date.now()
     const layer: LayerMeta = { size: plan.size, entries: plan.entries, blocks: plan.blocks, created: now }
     if (meta.untrusted === true) layer.untrusted = true
     const batch = this.#db.batch()
+    batch.put(kFingerprint(root), encodeFingerprint(print))
     batch.put(kLayer(root), Buffer.from(JSON.stringify(layer)))
     batch.put(kUsed(root), Buffer.from(String(now)))
     batch.del(kPending(root))
@@ -861,6 +939,7 @@ class LayerStore implements Store, LocalStore {
     if (this.#manifestsInFlight > 0) this.#sweepAtNextOpen = true
     else for (const cid of own) if (!linked.has(cid)) batch.del(kManifestBlock(cid))
     batch.del(kUsed(root))
+    batch.del(kFingerprint(root))
     await batch.write()
   }
 
@@ -977,18 +1056,92 @@ class LayerStore implements Store, LocalStore {
       } catch (err) {
         if (!(err instanceof BlockMismatchError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
         corrupt = new BlockCorruptError(key, loc.layer, { cause: err })
-        await this.#markCorrupt(loc.layer)
+        await this.#markCorrupt(loc.layer, { reason: 'block', path: loc.path })
       }
     }
     return corrupt
   }
 
-  async #markCorrupt (root: string): Promise<void> {
+  async #markCorrupt (root: string, why: { path?: string, reason?: string } = { reason: 'block' }): Promise<void> {
     const meta = await this.#meta(root)
-    if (meta === undefined) return
+    if (meta === undefined || meta.corrupt === true) return
     meta.corrupt = true
+    if (why.path !== undefined) meta.corruptPath = why.path
+    if (why.reason !== undefined) meta.corruptReason = why.reason
     await this.#db.put(kLayer(root), Buffer.from(JSON.stringify(meta)))
-    this.#log.error({ layer: root }, 'layer marked corrupt: a block read from it did not match its hash')
+    this.#log.error({ event: 'layer-corrupt', layer: root, path: why.path, reason: why.reason }, 'layer marked corrupt: it is not what its manifest says and will not be used again')
+  }
+
+  async markCorrupt (root: CID | string, why: { path?: string, reason?: string } = {}): Promise<void> {
+    await this.#markCorrupt(root.toString(), why)
+  }
+
+  async layerRoots (): Promise<string[]> {
+    const out: string[] = []
+    for await (const key of this.#db.keys({ gte: 'layer:', lt: 'layer;' })) out.push(key.slice('layer:'.length))
+    return out
+  }
+
+  async checkLayer (root: CID, opts: { signal?: AbortSignal } = {}): Promise<LayerCheck> {
+    const key = root.toString()
+    const meta = await this.#meta(key)
+    if (meta === undefined || !existsSync(this.layerDir(key))) return { status: 'missing', root: key }
+    const corrupt = (m: LayerMeta): LayerCheck => ({
+      status: 'corrupt',
+      root: key,
+      ...(m.corruptPath !== undefined ? { path: m.corruptPath } : {}),
+      ...(m.corruptReason !== undefined ? { reason: m.corruptReason } : {})
+    })
+    if (meta.corrupt === true) return corrupt(meta)
+    const raw = await this.#db.get(kFingerprint(key))
+    // Layers indexed before fingerprints were kept have none to compare with.
+    const want = raw === undefined ? undefined : decodeFingerprint(raw)
+    if (want !== undefined) {
+      let got
+      try {
+        got = await fingerprint(this.layerDir(key), opts)
+      } catch (err) {
+        // Not a hit, and no mark: the dir may be on its way out, or the walk short of descriptors.
+        if (opts.signal?.aborted === true) throw err
+        this.#log.warn({ err, layer: key }, 'cannot walk a layer dir to check it: not a hit')
+        return { status: 'missing', root: key }
+      }
+      if (got.digest !== want.digest) {
+        await this.#markCorrupt(key, { reason: 'stat' })
+        return corrupt({ ...meta, corruptReason: 'stat' })
+      }
+    }
+    return { status: 'ok', layer: { root, path: this.layerDir(key), size: meta.size, entries: meta.entries, blocks: meta.blocks, created: meta.created } }
+  }
+
+  async verifyLayer (root: CID | string, opts: VerifyOptions = {}): Promise<LayerVerification> {
+    const key = root.toString()
+    const cid = typeof root === 'string' ? CID.parse(root) : root
+    const meta = await this.#meta(key)
+    if (meta === undefined) return { root: key, status: 'missing', files: 0, bytes: 0 }
+    if (meta.corrupt === true) {
+      return { root: key, status: 'corrupt', files: 0, bytes: 0, marked: true, ...(meta.corruptPath !== undefined ? { path: meta.corruptPath } : {}), ...(meta.corruptReason !== undefined ? { reason: meta.corruptReason } : {}) }
+    }
+    let bad: { path?: string, problem: string } | undefined
+    let files = 0
+    let bytes = 0
+    if (!existsSync(this.layerDir(key))) bad = { problem: 'missing', path: '.' }
+    else {
+      try {
+        const check = await verifyTree(this.layerDir(key), this.entries(cid), { untrusted: meta.untrusted === true, signal: opts.signal, onRead: opts.onRead })
+        files = check.files
+        bytes = check.bytes
+        bad = check.bad
+      } catch (err) {
+        if (opts.signal?.aborted === true) throw err
+        // A manifest block in the index that no longer hashes to its CID.
+        if (!(err instanceof BlockMismatchError)) throw err
+        bad = { problem: 'manifest' }
+      }
+    }
+    if (bad === undefined) return { root: key, status: 'ok', files, bytes }
+    await this.#markCorrupt(key, { reason: bad.problem, ...(bad.path !== undefined ? { path: bad.path } : {}) })
+    return { root: key, status: 'corrupt', files, bytes, reason: bad.problem, ...(bad.path !== undefined ? { path: bad.path } : {}) }
   }
 
   async restore (root: CID, source: BlockSource, opts: RestoreOptions = {}): Promise<LayerInfo> {
@@ -1068,7 +1221,13 @@ class LayerStore implements Store, LocalStore {
     }
     // The manifest of a layer from a peer still says what the peer sent: its policy applies again.
     const untrusted = opts.untrusted === true || (await this.#meta(root.toString()))?.untrusted === true
-    return await materialize(root, dest, source, { pool: this.#workers, ...opts, untrusted })
+    try {
+      return await materialize(root, dest, source, { pool: this.#workers, ...opts, untrusted })
+    } catch (err) {
+      const bad = blockMismatch(err)
+      if (bad !== undefined) await this.markCorrupt(root, { reason: 'block', path: bad.path })
+      throw err
+    }
   }
 
   async * entries (root: CID): AsyncGenerator<Entry, void, undefined> {
@@ -1128,6 +1287,7 @@ class LayerStore implements Store, LocalStore {
     const dryRun = opts.dryRun === true
     // Ended leases are records of use: fold them in, then forget them.
     const scan = await this.#harvestLeases()
+    if (!dryRun) await this.#removeAside()
     // A layer marked corrupt is never offered again: it only takes room.
     const corrupt: Array<{ root: string, size: number, lastUsed: number }> = []
     for await (const [key, value] of this.#db.iterator({ gte: 'layer:', lt: 'layer;' })) {
@@ -1266,6 +1426,14 @@ function decodeLocation (layer: string, v: Uint8Array): Location {
   const a = s.indexOf(':')
   const b = s.indexOf(':', a + 1)
   return { layer, offset: Number(s.slice(0, a)), length: Number(s.slice(a + 1, b)), path: s.slice(b + 1) }
+}
+
+/** The BlockMismatchError behind `err` (materialize wraps what its workers throw), if any. */
+function blockMismatch (err: unknown): { path?: string } | undefined {
+  for (let e = err as { code?: unknown, cause?: unknown, path?: unknown } | undefined, depth = 0; e !== undefined && e !== null && depth < 4; e = e.cause as typeof e, depth++) {
+    if (e instanceof BlockMismatchError || e.code === 'ERR_BLOCK_MISMATCH') return typeof e.path === 'string' ? { path: e.path } : {}
+  }
+  return undefined
 }
 
 function readRange (path: string, offset: number, length: number): Uint8Array {

@@ -41,6 +41,36 @@ export interface RestoreOptions {
   onProgress?: (event: ProgressEvent) => void
 }
 
+/**
+ * A layer looked up for a hit: here and as committed (its files' stat fingerprint
+ * unchanged), marked corrupt (now or before), or not in the store.
+ */
+export type LayerCheck =
+  | { status: 'ok', layer: LayerInfo }
+  | { status: 'corrupt', root: string, path?: string, reason?: string }
+  | { status: 'missing', root: string }
+
+export interface VerifyOptions {
+  signal?: AbortSignal
+  /** Called after each file's content was read, with its bytes: a paced reader (the daemon's scrub) waits here. */
+  onRead?: (bytes: number) => Promise<void> | void
+}
+
+/** A layer re-hashed against its manifest. */
+export interface LayerVerification {
+  root: string
+  status: 'ok' | 'corrupt' | 'missing'
+  /** Files and bytes of content read. */
+  files: number
+  bytes: number
+  /** The first path found wrong (corrupt only; absent when the layer was marked before and the path was not recorded). */
+  path?: string
+  /** What was wrong: missing, type, size, content, mode, owner, target, extra, manifest, stat, block. */
+  reason?: string
+  /** The layer had been marked corrupt before this verification; it was not read again. */
+  marked?: boolean
+}
+
 export type ProgressEvent =
   | { type: 'entries', done: number, total: number }
   | { type: 'bytes', done: number, total: number }
@@ -51,6 +81,12 @@ export interface Store {
   commit(dir: string, opts?: CommitOptions): Promise<LayerInfo>
   has(root: CID): Promise<boolean>
   getLayer(root: CID): Promise<LayerInfo | undefined>
+  /**
+   * The layer for a hit: getLayer plus a stat walk of its dir against the
+   * fingerprint taken at commit. A mismatch marks the layer corrupt; a corrupt
+   * layer is never returned as ok.
+   */
+  checkLayer(root: CID, opts?: { signal?: AbortSignal }): Promise<LayerCheck>
   listLayers(): Promise<LayerInfo[]>
   removeLayer(root: CID): Promise<void>
   /** Bytes of a content or manifest block, verified; throws BlockCorruptError and marks the layer corrupt on mismatch. */

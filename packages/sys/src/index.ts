@@ -10,6 +10,10 @@ interface Binding {
   mknod(path: SysPath, mode: number, major: number, minor: number): void
   lutimens(path: SysPath, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
+  enableVerity(fd: number): boolean
+  isVerity(fd: number): boolean
+  statTree?(path: SysPath, maxBytes: number): Buffer
+  statTreeAsync?(path: SysPath, maxBytes: number): Promise<Buffer>
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
@@ -161,3 +165,33 @@ export function writeFiles (batch: Uint8Array, umask: number): WriteFilesFailure
  * shell inside its view: pivot_root, masks, reduced capabilities, seccomp.
  */
 export const SANDBOX_HELPER = fileURLToPath(new URL('../build/Release/strata-sandbox', import.meta.url))
+
+/**
+ * Turns fs-verity on for the file open read-only at `fd` (sha256, 4 KiB blocks):
+ * the kernel then refuses to open it for writing and checks every read against
+ * its Merkle tree. Returns false when it was on already. Throws EOPNOTSUPP (code
+ * ENOTSUP) or ENOTTY where the kernel or the filesystem has no fs-verity.
+ */
+export function enableVerity (fd: number): boolean {
+  // A build of the module older than this source lacks the call: as if the kernel had none.
+  if (typeof binding.enableVerity !== 'function') throw Object.assign(new Error('enableVerity: this build of @strata/sys predates fs-verity; rebuild it (npm rebuild @strata/sys)'), { code: 'ENOSYS' })
+  return binding.enableVerity(fd)
+}
+
+/** Whether fs-verity is on for the file open at `fd`. */
+export function isVerity (fd: number): boolean {
+  return binding.isVerity(fd)
+}
+
+/**
+ * One line per path under `dir` (itself first, as the empty path), depth first,
+ * siblings sorted by name bytes: `rel \0 inode \0 mode \0 ctime in ns \0 size \n`,
+ * all numbers in decimal; ctime is 0 for a whiteout (a 0/0 character device). Never follows a symlink. Throws E2BIG past `maxBytes` of
+ * output. Undefined when this build of the module predates it.
+ */
+export const statTree: ((dir: SysPath, maxBytes: number) => Buffer) | undefined =
+  typeof binding.statTree === 'function' ? (dir, maxBytes) => binding.statTree!(dir, maxBytes) : undefined
+
+/** statTree on a libuv thread, so that a walk of a large tree does not stall the event loop. */
+export const statTreeAsync: ((dir: SysPath, maxBytes: number) => Promise<Buffer>) | undefined =
+  typeof binding.statTreeAsync === 'function' ? async (dir, maxBytes) => await binding.statTreeAsync!(dir, maxBytes) : undefined

@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync, symlinkS
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { D, D_FAILED, DESCRIBE_FIELDS, describe, FileBatch, writeFiles, lgetxattrs, lsetxattr, mknod, lutimens, flock, SANDBOX_HELPER, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
+import { D, D_FAILED, DESCRIBE_FIELDS, describe, enableVerity, FileBatch, writeFiles, lgetxattrs, lsetxattr, mknod, lutimens, flock, SANDBOX_HELPER, statTree, statTreeAsync, S_IFCHR, S_IFIFO, X } from '../src/index.ts'
 
 function tempDir (t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'strata-sys-'))
@@ -187,4 +187,39 @@ test('the sandbox helper is built beside the module and refuses to run without i
   const r = spawnSync(SANDBOX_HELPER, [], { encoding: 'utf8' })
   assert.equal(r.status, 2)
   assert.match(r.stderr, /^usage: strata-sandbox RUN_DIR/)
+})
+
+test('statTree lists every path once, sorted, never following a symlink; the async one says the same', async (t) => {
+  const dir = tempDir(t)
+  mkdirSync(join(dir, 'b'))
+  writeFileSync(join(dir, 'b', 'file'), 'four')
+  writeFileSync(join(dir, 'a'), '')
+  symlinkSync('/etc', join(dir, 'c'))
+  mknod(join(dir, 'wh'), S_IFCHR, 0, 0)
+  const lines = statTree!(dir, 1 << 20).toString().split('\n').slice(0, -1).map((l) => l.split('\0'))
+  assert.deepEqual(lines.map((l) => l[0]), ['', 'a', 'b', 'b/file', 'c', 'wh'])
+  const file = lines[3]!
+  const st = lstatSync(join(dir, 'b', 'file'), { bigint: true })
+  assert.deepEqual(file, ['b/file', String(st.ino), String(st.mode), String(st.ctimeNs), '4'])
+  assert.equal(lines[5]![3], '0', 'a whiteout has no ctime in the lines')
+  assert.deepEqual(await statTreeAsync!(dir, 1 << 20), statTree!(dir, 1 << 20))
+  assert.throws(() => statTree!(dir, 16), { code: 'E2BIG' })
+  await assert.rejects(statTreeAsync!(join(dir, 'nope'), 1 << 20), { code: 'ENOENT' })
+})
+
+test('enableVerity fails with ENOTSUP or ENOTTY where the filesystem has no fs-verity, and changes nothing', (t) => {
+  const dir = tempDir(t)
+  writeFileSync(join(dir, 'f'), 'x')
+  const fd = openSync(join(dir, 'f'), 'r')
+  try {
+    let enabled: boolean | undefined
+    try {
+      enabled = enableVerity(fd)
+    } catch (err) {
+      assert.ok(['ENOTSUP', 'ENOTTY'].includes((err as NodeJS.ErrnoException).code ?? ''), String(err))
+    }
+    if (enabled === undefined) writeFileSync(join(dir, 'f'), 'still writable')
+  } finally {
+    closeSync(fd)
+  }
 })

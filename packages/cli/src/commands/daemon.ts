@@ -45,7 +45,9 @@ export const DAEMON_OPTIONS = {
   epoch: { type: 'string' },
   'read-scope': { type: 'string', multiple: true },
   'max-size': { type: 'string' },
-  'hard-limit': { type: 'string' }
+  'hard-limit': { type: 'string' },
+  // Bytes a second the background scrub re-reads layers at (default 20M); 0 turns it off.
+  'scrub-rate': { type: 'string' }
 } as const satisfies ParseArgsOptionsConfig
 
 /** Config keys that name files, taken relative to the config file. */
@@ -69,9 +71,10 @@ export const daemon: Command = {
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
   usage: 'strata daemon [--config FILE] [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--bootstrap-interval SECONDS] [--dns-server IP[:PORT]] [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
     '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID[@SCOPES]]... [--trusted-writers-file FILE] [--epoch N] [--read-scope S]... ' +
-    '[--max-size SIZE [--hard-limit SIZE]]',
+    '[--max-size SIZE [--hard-limit SIZE]] [--scrub-rate SIZE]',
   async run (ctx) {
     const v = await daemonArgs(ctx)
+    const scrubRate = sizeOption(v, 'scrub-rate')
     const maxSize = sizeOption(v, 'max-size')
     const hardLimit = sizeOption(v, 'hard-limit')
     if (hardLimit !== undefined && (maxSize === undefined || hardLimit < maxSize)) throw new UsageError('--hard-limit needs --max-size, and must not be below it')
@@ -120,6 +123,7 @@ export const daemon: Command = {
       ...(dnsServer !== undefined ? { dnsServer } : {}),
       mdns: v.mdns === true,
       ...(replicas !== undefined ? { replicas } : {}),
+      ...(scrubRate !== undefined ? { scrub: { bytesPerSecond: scrubRate } } : {}),
       ...(maxSize !== undefined ? { gc: { maxSize, ...(hardLimit !== undefined ? { hardLimit } : {}) } } : {}),
       ...(typeof v['metrics-listen'] === 'string' ? { metricsListen: v['metrics-listen'] } : {}),
       ...(trusted.length > 0 ? { trustedWriters: trusted } : {}),
