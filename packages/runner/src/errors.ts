@@ -140,6 +140,16 @@ export class InputNotFoundError extends RunnerError {
   }
 }
 
+/** The workspace (the checkout steps see at the workspace path) cannot be used. */
+export class WorkspaceError extends RunnerError {
+  override name = 'WorkspaceError'
+  readonly dir: string
+  constructor (dir: string, problem: string, opts?: { cause?: unknown }) {
+    super('ERR_WORKSPACE', `workspace ${dir}: ${problem}`, opts)
+    this.dir = dir
+  }
+}
+
 /** The declared inputs exceed a configured bound (file count, entries walked, or bytes to hash). */
 export class InputLimitError extends RunnerError {
   override name = 'InputLimitError'

@@ -39,10 +39,11 @@ export function isGlob (pattern: string): boolean {
  * - a plain path is followed through symlinks (as `cat path` would) and must exist;
  *   a directory stands for itself and everything below it;
  * - a glob matches entries below its literal prefix without following symlinks
- *   (a matched symlink enters the key as its link text); matching nothing is allowed.
+ *   (a matched symlink enters the key as its link text); matching nothing is allowed
+ *   and reported through `onUnmatched`.
  * Only regular files are read; devices, FIFOs and sockets enter the key by type only.
  */
-export async function collectInputs (step: string, patterns: readonly string[], view: LayeredView, limits: InputLimits = {}, opts: { signal?: AbortSignal, digestKey?: DigestKey } = {}): Promise<InputEntry[]> {
+export async function collectInputs (step: string, patterns: readonly string[], view: LayeredView, limits: InputLimits = {}, opts: { signal?: AbortSignal, digestKey?: DigestKey, onUnmatched?: (glob: string) => void } = {}): Promise<InputEntry[]> {
   const maxFiles = limits.maxFiles ?? DEFAULT_MAX_FILES
   const maxBytes = limits.maxBytes ?? DEFAULT_MAX_BYTES
   const found = new Map<string, ViewEntry>()
@@ -84,12 +85,19 @@ export async function collectInputs (step: string, patterns: readonly string[], 
     }
     const prefix = `/${literal.join('/')}`
     const start = view.stat(prefix)
-    if (start === undefined || !start.stats.isDirectory()) continue
-    const glob = normalize(pattern)
-    walk(start, (c) => {
-      const path = (prefix === '/' ? '' : prefix) + c.path.slice(start.path === '/' ? 0 : start.path.length)
-      if (matchesGlob(path, glob)) add({ ...c, path })
-    })
+    let matched = false
+    if (start !== undefined && start.stats.isDirectory()) {
+      const glob = normalize(pattern)
+      walk(start, (c) => {
+        const path = (prefix === '/' ? '' : prefix) + c.path.slice(start.path === '/' ? 0 : start.path.length)
+        if (matchesGlob(path, glob)) {
+          matched = true
+          add({ ...c, path })
+        }
+      })
+    }
+    // Allowed, but never silent: a mistyped glob would leave its files out of the key.
+    if (!matched) opts.onUnmatched?.(pattern)
   }
 
   const sorted = [...found.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))

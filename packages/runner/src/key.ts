@@ -6,8 +6,11 @@ import { sha256 } from 'multiformats/hashes/sha2'
 import type { BaseIdentity } from './base.ts'
 import type { InputEntry } from './inputs.ts'
 
-/** Version of the key descriptor layout; bumping it changes every key. 2: digests keyed by the salts, the salt itself hashed. */
-export const KEY_FORMAT = 2
+/**
+ * Version of the key descriptor layout; bumping it changes every key. 2: digests
+ * keyed by the salts, the salt itself hashed. 3: the workspace, by paths relative to it.
+ */
+export const KEY_FORMAT = 3
 
 /**
  * Everything a step's result may depend on. Its dag-cbor encoding hashed with
@@ -25,6 +28,13 @@ export interface KeyDescriptor {
   env: Array<[string, Uint8Array | null]>
   /** Declared inputs as the step sees them, sorted by path; file digests are inputDigest()s. */
   inputs: InputEntry[]
+  /**
+   * The checkout as the step sees it (after its filter): where it is mounted and the
+   * sha2-256 of its listing (each entry by its path relative to the workspace, its
+   * type, execute bit and content digest or link text; see workspace.ts), never the
+   * host path. Null for a step without a workspace (exec).
+   */
+  workspace: { path: string, digest: Uint8Array, files: number } | null
   platform: { os: string, arch: string }
   /** saltId() of the salts, null when neither the pipeline nor the fleet has one. */
   salt: Uint8Array | null
@@ -104,6 +114,11 @@ export type KeyChange =
   | { field: 'user', before: string, after: string }
   | { field: 'env', name: string, change: 'added' | 'removed' | 'value' | 'set' | 'unset' }
   | { field: 'input', path: string, change: 'added' | 'removed' | 'content' | 'type' | 'mode' | 'target' }
+  /** `path`: the workspace path moved; `files`: its content changed (why() adds one `workspace-file` per path when it has both listings). */
+  | { field: 'workspace', change: 'path' | 'files' | 'added' | 'removed', before: string | null, after: string | null }
+  | { field: 'workspace-file', path: string, change: 'added' | 'removed' | 'content' | 'type' | 'mode' | 'target' }
+  /** More workspace files changed than why() lists. */
+  | { field: 'workspace-more', count: number }
   | { field: 'platform', before: string, after: string }
   | { field: 'salt', before: string | null, after: string | null }
   | { field: 'output', before: string | null, after: string | null }
@@ -164,6 +179,15 @@ export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): K
   }
   for (const path of inA.keys()) if (!inB.has(path)) out.push({ field: 'input', path, change: 'added' })
 
+  const wb = before.workspace ?? null
+  const wa = after.workspace ?? null
+  if (wb === null && wa !== null) out.push({ field: 'workspace', change: 'added', before: null, after: wa.path })
+  else if (wb !== null && wa === null) out.push({ field: 'workspace', change: 'removed', before: wb.path, after: null })
+  else if (wb !== null && wa !== null) {
+    if (wb.path !== wa.path) out.push({ field: 'workspace', change: 'path', before: wb.path, after: wa.path })
+    if (!eqBytes(wb.digest, wa.digest)) out.push({ field: 'workspace', change: 'files', before: hex(wb.digest), after: hex(wa.digest) })
+  }
+
   const plB = `${before.platform.os}/${before.platform.arch}`
   const plA = `${after.platform.os}/${after.platform.arch}`
   if (plB !== plA) out.push({ field: 'platform', before: plB, after: plA })
@@ -193,6 +217,14 @@ export function describeChange (c: KeyChange): string {
       : c.change === 'removed' ? `input ${c.path} is gone`
         : c.change === 'content' ? `input ${c.path} changed content`
           : c.change === 'type' ? `input ${c.path} changed type` : c.change === 'mode' ? `input ${c.path} changed its execute bit` : `symlink ${c.path} points elsewhere`
+    case 'workspace': return c.change === 'added' ? `the step now has a workspace at ${c.after}`
+      : c.change === 'removed' ? 'the step no longer has a workspace'
+        : c.change === 'path' ? `the workspace path changed (${c.before} -> ${c.after})` : 'workspace files changed'
+    case 'workspace-file': return c.change === 'added' ? `workspace file ${c.path} is new`
+      : c.change === 'removed' ? `workspace file ${c.path} is gone`
+        : c.change === 'content' ? `workspace file ${c.path} changed content`
+          : c.change === 'type' ? `workspace file ${c.path} changed type` : c.change === 'mode' ? `workspace file ${c.path} changed its execute bit` : `workspace symlink ${c.path} points elsewhere`
+    case 'workspace-more': return `and ${c.count} more workspace files changed`
     case 'platform': return `the platform changed (${c.before} -> ${c.after})`
     case 'salt': return `the salt changed (${c.before ?? 'none'} -> ${c.after ?? 'none'})`
     case 'output': return 'the uncached step produced another layer'

@@ -8,7 +8,9 @@ import {
   PipelineReadError, PipelineSyntaxError, PipelineTooLargeError, PipelineUnknownKeyError, PipelineWrongTypeError
 } from './errors.ts'
 import type { SourcePosition } from './errors.ts'
+import { patternProblem } from './filter.ts'
 import { MAX_LOWER_LAYERS } from './sandbox.ts'
+import type { WorkspaceSpec } from './workspace.ts'
 
 /** The filesystem a pipeline starts from. */
 export type BaseSpec =
@@ -31,8 +33,10 @@ export interface StepSpec {
   /** Absolute working directory inside the step's view. */
   cwd: string
   env: EnvDecl[]
-  /** Absolute paths or globs, read in the step's view. */
+  /** Absolute paths or globs, read in the step's view (outside the workspace). */
   inputs: string[]
+  /** Workspace globs (see filter.ts): the only workspace files the step sees and keys. Default: the whole workspace but .git. */
+  filter?: string[]
   cache: boolean
   timeoutMs?: number
   /** Bytes the step's /tmp (and /dev/shm) may hold: the pipeline's `tmp-size`. Default: the runner's. */
@@ -49,6 +53,8 @@ export interface Pipeline {
   salt?: string
   /** `tmp-size`: bytes each step's /tmp (and /dev/shm) may hold; copied into every step. */
   tmpSize?: number
+  /** The checkout every step sees at `path`; absent only for text parsed without a file name and without `workspace:`. */
+  workspace?: WorkspaceSpec
   steps: StepSpec[]
 }
 
@@ -69,7 +75,7 @@ export interface PipelineLimits {
   steps: number
   /** Entries in one step's `env`. */
   env: number
-  /** Entries in one step's `inputs`. */
+  /** Entries in one step's `inputs`, and in its `filter`. */
   inputs: number
 }
 
@@ -80,8 +86,13 @@ export const PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
   inputs: 1024
 })
 
-const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'steps'] as const
-const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'cache', 'timeout'] as const
+const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'workspace', 'steps'] as const
+const WORKSPACE_KEYS = ['dir', 'path'] as const
+const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'filter', 'cache', 'timeout'] as const
+/** Where the checkout is in every step's view unless strata.yml says otherwise. */
+export const DEFAULT_WORKSPACE_PATH = '/workspace'
+/** Mounted over by the sandbox after the workspace: a workspace there would be hidden. */
+const RESERVED_PATHS = ['/proc', '/sys', '/dev', '/tmp']
 const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
@@ -98,7 +109,7 @@ export async function loadPipeline (file: string, opts: { signal?: AbortSignal, 
   opts.signal?.throwIfAborted()
   const bytes = await readBounded(abs, limits.bytes, opts.signal)
   const text = decodeUtf8(bytes, abs)
-  const stages = validate(text, { ...opts, file: abs, limits })
+  const stages = validate(text, { ...opts, file: abs, limits, named: true })
   for (let r = stages.next(); ; r = stages.next()) {
     if (r.done === true) return r.value
     // A turn of the event loop between stages lets a SIGINT/SIGTERM handler abort the signal.
@@ -112,7 +123,7 @@ export function parsePipeline (text: string, opts: ParseOptions = {}): Pipeline 
   const file = resolve(opts.file ?? 'strata.yml')
   const size = Buffer.byteLength(text)
   if (size > limits.bytes) throw new PipelineTooLargeError(file, size, limits.bytes)
-  const stages = validate(text, { ...opts, file, limits })
+  const stages = validate(text, { ...opts, file, limits, named: opts.file !== undefined })
   for (let r = stages.next(); ; r = stages.next()) {
     if (r.done === true) return r.value
   }
@@ -207,7 +218,7 @@ const BATCH = 256
  * give the event loop a turn (and see a SIGTERM); the signal is checked at each.
  * Every stage is linear in the size of the text.
  */
-function * validate (text: string, opts: { file: string, signal?: AbortSignal | undefined, limits: PipelineLimits }): Generator<void, Pipeline> {
+function * validate (text: string, opts: { file: string, signal?: AbortSignal | undefined, limits: PipelineLimits, named: boolean }): Generator<void, Pipeline> {
   const { file, limits, signal } = opts
   signal?.throwIfAborted()
   const dir = dirname(file)
@@ -260,6 +271,33 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
     }
   }
 
+  // The checkout: strata.yml's directory unless `workspace.dir` says otherwise; text
+  // parsed without a file name has no directory, hence no workspace unless it names one.
+  let workspace: WorkspaceSpec | undefined = opts.named ? { dir, path: DEFAULT_WORKSPACE_PATH } : undefined
+  const wsNode = top.get('workspace')
+  if (wsNode !== undefined) {
+    if (!isMap(wsNode)) throw new PipelineWrongTypeError(nodeAt(wsNode, 0), '"workspace"', 'a mapping with "dir" and "path"', describe(wsNode))
+    const wf = fields(wsNode, WORKSPACE_KEYS, '"workspace"', at)
+    let wsDir = dir
+    const dirNode = wf.get('dir')
+    if (dirNode !== undefined) {
+      const d = scalarString(dirNode, '"workspace" "dir"', at)
+      if (d === '' || d.includes('\0')) throw new PipelineInvalidValueError(nodeAt(dirNode, 0), '"workspace" "dir" is not a path')
+      wsDir = resolve(dir, d)
+    }
+    let wsPath = DEFAULT_WORKSPACE_PATH
+    const pathNode = wf.get('path')
+    if (pathNode !== undefined) {
+      const w = scalarString(pathNode, '"workspace" "path"', at)
+      const norm = posix.resolve('/', w)
+      if (!w.startsWith('/') || w.includes('\0') || norm === '/' || RESERVED_PATHS.some((r) => norm === r || norm.startsWith(`${r}/`))) {
+        throw new PipelineInvalidValueError(nodeAt(pathNode, 0), `"workspace" "path" must be an absolute path other than /, ${RESERVED_PATHS.join(', ')} and what is below them, got ${JSON.stringify(w)}`)
+      }
+      wsPath = norm
+    }
+    workspace = { dir: wsDir, path: wsPath }
+  }
+
   const stepsNode = requireField(top, 'steps', 'strata.yml', nodeAt(root, 0))
   if (!isSeq(stepsNode)) throw new PipelineWrongTypeError(nodeAt(stepsNode, 0), '"steps"', 'a list', describe(stepsNode))
   if (stepsNode.items.length === 0) throw new PipelineInvalidValueError(nodeAt(stepsNode, 0), '"steps" is empty')
@@ -270,9 +308,9 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
       `more than ${limits.steps} steps: each step is mounted on the layers of the steps before it, and OverlayFS stacks at most ${MAX_LOWER_LAYERS} below a step`)
   }
 
-  // Relative paths are relative to strata.yml's directory on the host base (the
-  // checkout), to / on a rootfs base (the checkout is not inside it).
-  const defaultCwd = base.kind === 'host' ? dir : '/'
+  // Steps start in the workspace, wherever the checkout is on the host; relative
+  // cwds are relative to it.
+  const defaultCwd = workspace?.path ?? '/'
   const seen = new Map<string, SourcePosition>()
   const steps: StepSpec[] = []
   for (const [i, item] of stepsNode.items.entries()) {
@@ -363,7 +401,28 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
         }
         const p = scalarString(e, `${stepWhere} "inputs" entry`, at)
         if (p === '' || p.includes('\0')) throw new PipelineInvalidValueError(nodeAt(e as Node, 0), `${stepWhere}: "${p}" is not a path or glob`)
-        inputs.push(isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p))
+        const abs = isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p)
+        // The workspace is in the key already, file by file: inputs name what lies outside it.
+        if (workspace !== undefined && (abs === workspace.path || abs.startsWith(`${workspace.path}/`))) {
+          throw new PipelineInvalidValueError(nodeAt(e as Node, 0), `${stepWhere}: input "${p}" is in the workspace (${workspace.path}), which is in the key already; narrow it with "filter"`)
+        }
+        inputs.push(abs)
+      }
+    }
+
+    let filter: string[] | undefined
+    const filterNode = f.get('filter')
+    if (filterNode !== undefined) {
+      if (!isSeq(filterNode)) throw new PipelineWrongTypeError(nodeAt(filterNode, 0), `${stepWhere} "filter"`, 'a list of workspace paths or globs', describe(filterNode))
+      if (workspace === undefined) throw new PipelineInvalidValueError(nodeAt(filterNode, 0), `${stepWhere} "filter" needs a workspace`)
+      const extra = filterNode.items[limits.inputs]
+      if (extra !== undefined) throw new PipelineLimitError(nodeAt(extra as Node, 0), 'inputs', limits.inputs, `${stepWhere} declares more than ${limits.inputs} "filter" entries`)
+      filter = []
+      for (const e of filterNode.items) {
+        const p = scalarString(e, `${stepWhere} "filter" entry`, at)
+        const problem = patternProblem(p)
+        if (problem !== undefined) throw new PipelineInvalidValueError(nodeAt(e as Node, 0), `${stepWhere} "filter": ${problem}`)
+        filter.push(p)
       }
     }
 
@@ -392,6 +451,7 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
 
     const step: StepSpec = { name, run, cwd, env, inputs, cache, at: at(item.range?.[0] ?? 0) }
     if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
+    if (filter !== undefined) step.filter = filter
     if (tmpSize !== undefined) step.tmpSize = tmpSize
     steps.push(step)
   }
@@ -400,6 +460,7 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
   if (baseId !== undefined) pipeline.baseId = baseId
   if (salt !== undefined) pipeline.salt = salt
   if (tmpSize !== undefined) pipeline.tmpSize = tmpSize
+  if (workspace !== undefined) pipeline.workspace = workspace
   return pipeline
 }
 

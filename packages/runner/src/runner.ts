@@ -29,6 +29,9 @@ import { isDiskFull, isFull, makeScratch, mountSpill, sweepSpills } from './scra
 import type { Scratch, Spill } from './scratch.ts'
 import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
 import { LayeredView } from './view.ts'
+import { absorbWorkspace, checkWorkspace, prepareWorkspace, scanWorkspace } from './workspace.ts'
+import type { WorkspaceScan, WorkspaceSpec } from './workspace.ts'
+import { rememberWorkspace, workspaceChanges } from './workspace-why.ts'
 
 export interface RunnerInit {
   store: Store
@@ -92,7 +95,8 @@ export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'lay
 
 export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
-  | { type: 'key', step: string, key: string, durationMs: number }
+  /** `warnings`: filter patterns and input globs that matched nothing (a typo would otherwise pass silently). */
+  | { type: 'key', step: string, key: string, durationMs: number, warnings: string[] }
   | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'local', durationMs: number }
   | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'peer', durationMs: number, providers: number, bytes: number }
   | { type: 'miss', step: string, key: string, reason: MissReason }
@@ -137,6 +141,10 @@ export interface ExecStep {
   inputs?: string[]
   /** Key of the step to run on top of (from a previous exec or run); default: directly on the base. */
   parent?: string
+  /** A checkout to show at `path` (as strata.yml's `workspace`); default none. */
+  workspace?: WorkspaceSpec
+  /** The step's workspace filter; needs `workspace`. */
+  filter?: string[]
   /** Default host. Must be the base the parent chain was built on. */
   base?: BaseSpec
   baseId?: string
@@ -160,6 +168,8 @@ export interface WhyStep {
   reasons: string[]
   /** A step below could not be restored, so this step's inputs were read without its changes. */
   approximate: boolean
+  /** Filter patterns and input globs that match nothing now. */
+  warnings: string[]
 }
 
 export interface WhyReport {
@@ -188,12 +198,17 @@ interface Chain {
   envLines: string[]
   /** Set once a step below could not be restored (why() only). */
   approximate: boolean
+  /** The checkout steps see (its host dir resolved), if any. */
+  workspace?: WorkspaceSpec
 }
 
 interface Described {
   descriptor: KeyDescriptor
   key: CID
   bytes: Uint8Array
+  /** The step's workspace as keyed, for its mount and why(). */
+  scan?: WorkspaceScan
+  warnings: string[]
 }
 
 const USER = '0:0'
@@ -285,7 +300,7 @@ class StepRunner implements Runner {
     // Refused before the first step runs rather than at the step that would stack past it.
     if (pipeline.steps.length - 1 > MAX_LOWER_LAYERS) throw new ChainTooLongError(pipeline.steps.length - 1, MAX_LOWER_LAYERS)
     const started = performance.now()
-    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false, ...this.#workspace(pipeline.workspace) }
     const results: StepResult[] = []
     const base = await this.#baseIdentity(chain, opts)
     const hold = this.#hold()
@@ -318,7 +333,11 @@ class StepRunner implements Runner {
       if (e.name === 'STRATA_ENV' || e.name.startsWith('STRATA_SB_')) throw new TypeError(`${e.name} is reserved by strata`)
     }
     if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
-    const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    if (step.filter !== undefined) {
+      if (step.workspace === undefined) throw new TypeError('step.filter needs step.workspace')
+      spec.filter = [...step.filter]
+    }
+    const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false, ...this.#workspace(step.workspace) }
     const base = await this.#baseIdentity(chain, opts)
     const hold = this.#hold()
     try {
@@ -333,12 +352,13 @@ class StepRunner implements Runner {
   async why (pipeline: Pipeline, stepName: string, opts: { signal?: AbortSignal } = {}): Promise<WhyReport> {
     const target = pipeline.steps.findIndex((s) => s.name === stepName)
     if (target === -1) throw new StepNotFoundError(stepName, pipeline.steps.map((s) => s.name))
-    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false, ...this.#workspace(pipeline.workspace) }
     const base = await this.#baseIdentity(chain, opts)
     const steps: WhyStep[] = []
     for (const step of pipeline.steps.slice(0, target + 1)) {
       const approximate = chain.approximate
-      let { descriptor, key } = await this.#describe(chain, base, step, pipeline.salt ?? null, opts)
+      const described = await this.#describe(chain, base, step, pipeline.salt ?? null, opts)
+      let { descriptor, key } = described
       const lastBytes = await this.#store.getRecord(lastKey(chainId(pipeline.file, step.name)))
       const previousKey = lastBytes !== undefined ? CID.parse(Buffer.from(lastBytes).toString()) : null
       const previous = previousKey !== null ? await this.#descriptor(previousKey) : undefined
@@ -347,7 +367,9 @@ class StepRunner implements Runner {
         descriptor = { ...descriptor, output: previous.output }
         key = (await encodeDescriptor(descriptor)).key
       }
-      const changes = previous !== undefined ? diffDescriptors(previous, descriptor) : []
+      const changes = previous !== undefined
+        ? await workspaceChanges(diffDescriptors(previous, descriptor), this.#dataDir, chainId(pipeline.file, step.name), previous, described.scan)
+        : []
       const found = await this.#lookup(key)
       steps.push({
         name: step.name,
@@ -356,7 +378,8 @@ class StepRunner implements Runner {
         hit: step.cache && 'record' in found,
         changes,
         reasons: previous === undefined ? ['this step has not run here before'] : changes.map(describeChange),
-        approximate
+        approximate,
+        warnings: described.warnings
       })
       chain.parent = key
       if ('record' in found) {
@@ -367,6 +390,20 @@ class StepRunner implements Runner {
       }
     }
     return { step: stepName, steps }
+  }
+
+  /** The workspace with its host dir resolved (the data dir is compared by real path), checked to be mountable. */
+  #workspace (ws: WorkspaceSpec | undefined): { workspace?: WorkspaceSpec } {
+    if (ws === undefined) return {}
+    let dir = ws.dir
+    try {
+      dir = realpathSync(ws.dir)
+    } catch {
+      // checkWorkspace says what is wrong with it
+    }
+    const resolved = { dir, path: ws.path }
+    checkWorkspace(resolved, this.#dataDir)
+    return { workspace: resolved }
   }
 
   async #baseIdentity (chain: Chain, opts: { signal?: AbortSignal }): Promise<BaseIdentity> {
@@ -409,7 +446,12 @@ class StepRunner implements Runner {
   async #describe (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, opts: { signal?: AbortSignal }): Promise<Described> {
     const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
     const keyed = digestKey(salt, this.#fleetSalt)
-    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, { ...opts, digestKey: keyed })
+    const warnings: string[] = []
+    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, { ...opts, digestKey: keyed, onUnmatched: (g) => warnings.push(`input glob ${g} matches nothing`) })
+    const scan = chain.workspace === undefined
+      ? undefined
+      : await scanWorkspace(step.name, chain.workspace, step.filter, { cacheDir: `${this.#dataDir}/runner/ws-cache`, digestKey: keyed, limits: this.#limits, signal: opts.signal, log: this.#log })
+    for (const p of scan?.unmatched ?? []) warnings.push(`filter pattern ${p} matches nothing in the workspace`)
     const env: Array<[string, Uint8Array | null]> = step.env.map((e) => {
       const v = e.value ?? this.#env[e.name]
       return [e.name, v === undefined ? null : envValueDigest(v, keyed)]
@@ -422,11 +464,14 @@ class StepRunner implements Runner {
       user: USER,
       env,
       inputs,
+      workspace: scan === undefined ? null : { path: scan.path, digest: scan.digest, files: scan.files },
       platform: { os: 'linux', arch: machine() },
       salt: keyed.id
     }
     const { key, bytes } = await encodeDescriptor(descriptor)
-    return { descriptor, key, bytes }
+    const out: Described = { descriptor, key, bytes, warnings }
+    if (scan !== undefined) out.scan = scan
+    return out
   }
 
   /** The first record, in read-scope order, that verifies under the policy and whose layer is here. */
@@ -477,7 +522,7 @@ class StepRunner implements Runner {
     }
     let { descriptor, key } = described
     const keyString = key.toString()
-    emit({ type: 'key', step: step.name, key: keyString, durationMs: performance.now() - t0 })
+    emit({ type: 'key', step: step.name, key: keyString, durationMs: performance.now() - t0, warnings: described.warnings })
     this.#log.debug({ step: step.name, key: keyString }, 'key computed')
 
     // A full store cannot take the step's result, nor lease what it would hit: caching is off from here.
@@ -505,7 +550,7 @@ class StepRunner implements Runner {
       }
       if ('record' in found) {
         try {
-          await this.#remember(lastId, key, described.bytes)
+          await this.#remember(lastId, key, described.bytes, described.scan)
         } catch (err) {
           // It serves why() only: the hit stands.
           this.#log.info({ err, step: step.name, key: keyString }, 'cannot note the step\'s key for why()')
@@ -551,6 +596,9 @@ class StepRunner implements Runner {
         const v = e.value ?? this.#env[e.name]
         if (v !== undefined) env[e.name] = v
       }
+      const ws = chain.workspace !== undefined && described.scan !== undefined
+        ? { path: chain.workspace.path, lowerOption: await prepareWorkspace(runDir, chain.workspace, chain.layers, described.scan.hidden) }
+        : undefined
       const ranAt = performance.now()
       const result = await runSandbox({
         name: step.name,
@@ -562,6 +610,7 @@ class StepRunner implements Runner {
         tmpSize: step.tmpSize ?? this.#sandbox.tmpSize,
         shared: this.#sandbox.shared,
         cwd: step.cwd,
+        ...(ws !== undefined ? { workspace: ws } : {}),
         env,
         output: this.#output,
         timeoutMs: step.timeoutMs,
@@ -582,6 +631,8 @@ class StepRunner implements Runner {
       const ownEnv = await readStrataEnv(step.name, `${runDir}/env`)
       // The steps above get this environment: one that exec would refuse is this step's failure, and nothing is committed.
       checkStrataEnv(step.name, [...chain.envLines, ...ownEnv], BASE_ENV)
+      // What the step changed in the workspace is part of its layer, at the workspace path.
+      if (ws !== undefined) await absorbWorkspace(runDir, ws.path, chain.layers, basePath)
       emit({ type: 'ran', step: step.name, key: keyString, exitCode: 0, durationMs: ranMs })
       if (hold.cacheOff) return keep(ownEnv)
 
@@ -624,7 +675,7 @@ class StepRunner implements Runner {
           epoch: this.#policy.epoch
         }
         await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#identity))
-        await this.#remember(lastId, key, bytes)
+        await this.#remember(lastId, key, bytes, described.scan)
       } catch (err) {
         // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.
         if (opts.signal?.aborted === true) throw err
@@ -696,9 +747,10 @@ class StepRunner implements Runner {
   }
 
   /** Keeps the descriptor and points this step's "last used" at it, for why(). */
-  async #remember (lastId: string, key: CID, descriptorBytes: Uint8Array): Promise<void> {
+  async #remember (lastId: string, key: CID, descriptorBytes: Uint8Array, scan?: WorkspaceScan): Promise<void> {
     await this.#store.putRecord(descriptorKey(key), descriptorBytes)
     await this.#store.putRecord(lastKey(lastId), Buffer.from(key.toString()))
+    if (scan !== undefined) await rememberWorkspace(this.#dataDir, lastId, scan)
   }
 }
 

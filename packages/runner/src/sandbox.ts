@@ -33,6 +33,8 @@ export interface SandboxSpec {
   /** Host dirs bind-mounted read-write at the same path in the view (not captured, not in the key). */
   shared?: readonly string[]
   cwd: string
+  /** The checkout at `path` in the view, as prepareWorkspace() laid it out in runDir; `lowerOption` is what it returned. */
+  workspace?: { path: string, lowerOption: string }
   /** The step's whole environment (PATH, HOME, inherited $STRATA_ENV lines, declared env); STRATA_ENV is added. */
   env: Record<string, string>
   output: OutputOptions
@@ -145,7 +147,7 @@ export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promi
   checkSandboxOptions({ tmpSize, shared }, spec.mask)
   const env: Record<string, string> = { ...spec.env, STRATA_ENV: STRATA_ENV_PATH }
   env.PATH ??= HOST_PATH
-  const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', spec.mask ?? '', spec.cwd, spec.name, String(tmpSize), ...shared]
+  const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', spec.mask ?? '', spec.cwd, spec.name, String(tmpSize), spec.workspace?.path ?? '', spec.workspace?.lowerOption ?? '', ...shared]
   const out = spec.output
   const passThrough = !out.prefix && out.stdout === process.stdout && out.stderr === process.stderr
   const started = performance.now()

@@ -16,10 +16,11 @@ const desc = (over: Partial<KeyDescriptor> = {}): KeyDescriptor => ({
   user: '0:0',
   env: [['NODE_ENV', envValueDigest('production')]],
   inputs: [{ path: '/work/app/package.json', type: 'file', exec: false, digest: new Uint8Array(32).fill(1) }],
+  workspace: { path: '/workspace', digest: new Uint8Array(32).fill(2), files: 3 },
   platform: { os: 'linux', arch: 'x86_64' },
   salt: null,
   ...over
-})
+} as KeyDescriptor)
 
 test('the key is the sha2-256 dag-cbor CID of the descriptor, stable and round-tripping', async () => {
   const a = await encodeDescriptor(desc())

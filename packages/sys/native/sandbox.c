@@ -2,10 +2,12 @@
 // to the host's filesystem and with root's powers reduced to what installing
 // packages needs. Started by the runner (packages/runner/src/sandbox.ts) as:
 //
-//   strata-sandbox RUN_DIR LOWERS HOST_BASE MASK CWD NAME TMP_BYTES [SHARED...]
+//   strata-sandbox RUN_DIR LOWERS HOST_BASE MASK CWD NAME TMP_BYTES WS_PATH WS_LOWERS [SHARED...]
 //
 // with the step's environment as its own and the `run:` script on fd 3. RUN_DIR holds
-// l/ (lower symlinks), u/ w/ (upper, work), m/ (the view), b/ h/ (host base) and env.
+// l/ (lower symlinks), u/ w/ (upper, work), m/ (the view), b/ h/ (host base) and env;
+// with a workspace (WS_PATH not empty) also wl/ (its lower symlinks, wl/host the
+// checkout), wu/ ww/ (its upper, work), wh/ (its whiteouts) and ws-hide.
 // Setup problems go to RUN_DIR/setup.log; RUN_DIR/ready marks that the shell started.
 //
 // Process layout: this process (outside) unshares a pid and IPC namespace, forks
@@ -109,6 +111,59 @@ static void make_hider(const char *hider, const char *mask) {
     struct timespec ts[2] = { st.st_atim, st.st_mtim };
     TRY(utimensat(AT_FDCWD, in, ts, AT_SYMLINK_NOFOLLOW), "utimes %s: %s", in, strerror(errno));
   }
+}
+
+// The lower dir of the workspace overlay that hides what the step's filter leaves
+// out (and .git): RUN_DIR/ws-hide lists relative paths, each NUL-terminated; each
+// becomes a whiteout, its parents directories with the checkout's owner, mode and
+// times (a merged dir shows its top-most copy).
+static void make_ws_hider(const char *hider) {
+  char list[PATH_MAX_], host[PATH_MAX_], in[PATH_MAX_], rel[PATH_MAX_];
+  join(list, run_dir, "/ws-hide");
+  int fd = open(list, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open %s: %s", list, strerror(errno));
+  struct stat lst;
+  if (fstat(fd, &lst) < 0) fail("stat %s: %s", list, strerror(errno));
+  size_t size = (size_t)lst.st_size;
+  char *buf = malloc(size + 1);
+  if (buf == NULL) fail("out of memory for %s", list);
+  for (size_t got = 0; got < size; ) {
+    ssize_t n = read(fd, buf + got, size - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("read %s: %s", list, n < 0 ? strerror(errno) : "short read");
+    got += (size_t)n;
+  }
+  close(fd);
+  buf[size] = '\0';
+  for (size_t at = 0; at < size; ) {
+    const char *path = buf + at;
+    size_t len = strlen(path);
+    at += len + 1;
+    if (len == 0 || len >= PATH_MAX_ - 1 || path[0] == '/') fail("bad path in %s", list);
+    int skip = 0;
+    for (size_t i = 0; i <= len && !skip; i++) {
+      if (path[i] != '/' && path[i] != '\0') continue;
+      memcpy(rel, path, i);
+      rel[i] = '\0';
+      if (strcmp(rel, "..") == 0 || strstr(rel, "/../") != NULL || strncmp(rel, "../", 3) == 0) fail("bad path in %s", list);
+      if (snprintf(in, PATH_MAX_, "%s/%s", hider, rel) >= PATH_MAX_) fail("path too long: %s", rel);
+      if (i == len) {
+        if (mknod(in, S_IFCHR | 0000, makedev(0, 0)) < 0 && errno != EEXIST) fail("whiteout %s: %s", in, strerror(errno));
+        break;
+      }
+      struct stat st;
+      if (lstat(in, &st) == 0) continue;
+      if (snprintf(host, PATH_MAX_, "%s/wl/host/%s", run_dir, rel) >= PATH_MAX_) fail("path too long: %s", rel);
+      // The checkout changed since the walk: nothing to hide below a non-directory.
+      if (lstat(host, &st) < 0 || !S_ISDIR(st.st_mode)) { skip = 1; break; }
+      TRY(mkdir(in, 0700), "mkdir %s: %s", in, strerror(errno));
+      TRY(chown(in, st.st_uid, st.st_gid), "chown %s: %s", in, strerror(errno));
+      TRY(chmod(in, st.st_mode & 07777), "chmod %s: %s", in, strerror(errno));
+      struct timespec ts[2] = { st.st_atim, st.st_mtim };
+      TRY(utimensat(AT_FDCWD, in, ts, AT_SYMLINK_NOFOLLOW), "utimes %s: %s", in, strerror(errno));
+    }
+  }
+  free(buf);
 }
 
 // Setup runs before the pivot, where an absolute symlink in the view (a layer is
@@ -357,6 +412,7 @@ static int pipe_fds[2];
 
 static int run_init(char **argv, int argc) {
   const char *lowers = argv[2], *host_base = argv[3], *mask = argv[4], *tmp_size = argv[7];
+  const char *ws_path = argv[8], *ws_lowers = argv[9];
   char m[PATH_MAX_], p[PATH_MAX_], opts[PATH_MAX_ + 256];
   close(pipe_fds[1]);
   // Like --kill-child: die with the outer process; if it is already gone, stop here.
@@ -383,7 +439,22 @@ static int run_init(char **argv, int argc) {
   // Its source names the run dir: from outside, the step's root says whose it is.
   do_mount(run_dir, "../m", "overlay", MS_NODEV, opts);
   join(m, run_dir, "/m");
-  setup_view(m, tmp_size, argv + 8, argc - 8);
+  if (ws_path[0] != '\0') {
+    // The checkout at the workspace path: an overlay of the workspace dirs of the
+    // layers below, the whiteouts of what the filter leaves out, and the checkout.
+    if (ws_path[0] != '/' || ws_path[1] == '\0') fail("workspace path must be an absolute path below /: %s", ws_path);
+    join(p, run_dir, "/wh");
+    do_mount("strata-ws-hide", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=16m");
+    make_ws_hider(p);
+    dir_in_view(m, ws_path);
+    join(p, m, ws_path);
+    join(opts, run_dir, "/wl");
+    TRY(chdir(opts), "chdir %s: %s", opts, strerror(errno));
+    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=../wu,workdir=../ww,redirect_dir=off,metacopy=off,index=off,xino=off,uuid=null", ws_lowers);
+    if (strlen(opts) >= sizeof opts - 1) fail("too many lower layers for the workspace mount");
+    do_mount(run_dir, p, "overlay", MS_NODEV, opts);
+  }
+  setup_view(m, tmp_size, argv + 10, argc - 10);
 
   TRY(chdir(m), "chdir %s: %s", m, strerror(errno));
   TRY(syscall(SYS_pivot_root, ".", "."), "pivot_root: %s", strerror(errno));
@@ -395,8 +466,8 @@ static int run_init(char **argv, int argc) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 8) {
-    fprintf(stderr, "usage: strata-sandbox RUN_DIR LOWERS HOST_BASE MASK CWD NAME TMP_SIZE [SHARED...]\n");
+  if (argc < 10) {
+    fprintf(stderr, "usage: strata-sandbox RUN_DIR LOWERS HOST_BASE MASK CWD NAME TMP_SIZE WS_PATH WS_LOWERS [SHARED...]\n");
     return 2;
   }
   run_dir = argv[1];
