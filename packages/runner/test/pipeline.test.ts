@@ -33,7 +33,8 @@ steps:
     run: npm ci
     cwd: app
     env: [NODE_ENV]
-    inputs: [package.json, /etc/npmrc, "src/**/*.ts"]
+    inputs: [/etc/npmrc, "/opt/tools/**/*.json", ../../opt/x]
+    filter: [package.json, "src/**/*.ts", "!src/**/*.test.ts"]
     timeout: 10m
   - name: test
     run: npm test
@@ -46,21 +47,46 @@ steps:
   assert.equal(p.salt, '7')
   assert.equal(p.steps.length, 2)
   const [deps, t] = p.steps
-  assert.equal(deps!.cwd, '/work/app/app')
+  // Steps start in the workspace, strata.yml's directory mounted at /workspace; relative paths are in the view.
+  assert.deepEqual(p.workspace, { dir: '/work/app', path: '/workspace' })
+  assert.equal(deps!.cwd, '/workspace/app')
   assert.deepEqual(deps!.env, [{ name: 'NODE_ENV' }])
-  assert.deepEqual(deps!.inputs, ['/work/app/app/package.json', '/etc/npmrc', '/work/app/app/src/**/*.ts'])
+  assert.deepEqual(deps!.inputs, ['/etc/npmrc', '/opt/tools/**/*.json', '/opt/x'])
+  assert.deepEqual(deps!.filter, ['package.json', 'src/**/*.ts', '!src/**/*.test.ts'])
   assert.equal(deps!.timeoutMs, 600_000)
   assert.equal(deps!.cache, true)
-  assert.equal(t!.cwd, '/work/app')
+  assert.equal(t!.cwd, '/workspace')
+  assert.equal(t!.filter, undefined)
   assert.deepEqual(t!.env, [{ name: 'CI', value: 'true' }, { name: 'MODE', value: 'fast' }])
   assert.equal(t!.cache, false)
   assert.equal(t!.timeoutMs, 90_000)
 })
 
-test('a rootfs base is resolved against the file and steps default to cwd /', () => {
+test('a rootfs base is resolved against the file and steps default to the workspace there too', () => {
   const p = parsePipeline('base: ./rootfs\nsteps:\n  - { name: a, run: "true" }\n', { file: FILE })
   assert.deepEqual(p.base, { kind: 'dir', path: '/work/app/rootfs' })
-  assert.equal(p.steps[0]!.cwd, '/')
+  assert.equal(p.steps[0]!.cwd, '/workspace')
+  const bare = parsePipeline('base: ./rootfs\nsteps:\n  - { name: a, run: "true" }\n')
+  assert.equal(bare.workspace, undefined, 'text without a file name has no directory, hence no workspace')
+  assert.equal(bare.steps[0]!.cwd, '/')
+})
+
+test('workspace: dir resolves against strata.yml, path is absolute and not a reserved path; cwd follows it', () => {
+  const p = parsePipeline('base: host\nworkspace:\n  dir: ../src\n  path: /build/src/\nsteps:\n  - { name: a, run: "true" }\n  - { name: b, run: "true", cwd: sub }\n', { file: FILE })
+  assert.deepEqual(p.workspace, { dir: '/work/src', path: '/build/src' })
+  assert.deepEqual(p.steps.map((s) => s.cwd), ['/build/src', '/build/src/sub'])
+  rejects('base: host\nworkspace:\n  path: relative\nsteps:\n  - { name: a, run: "true" }\n', 'ERR_PIPELINE_INVALID_VALUE', 3, 9, /must be an absolute path/)
+  rejects('base: host\nworkspace:\n  path: /tmp/w\nsteps:\n  - { name: a, run: "true" }\n', 'ERR_PIPELINE_INVALID_VALUE', 3, 9, /other than \/, \/proc/)
+  rejects('base: host\nworkspace:\n  path: /\nsteps:\n  - { name: a, run: "true" }\n', 'ERR_PIPELINE_INVALID_VALUE', 3, 9)
+  rejects('base: host\nworkspace:\n  dirr: .\nsteps:\n  - { name: a, run: "true" }\n', 'ERR_PIPELINE_UNKNOWN_KEY', 3, 3, /"dirr"/)
+  rejects('base: host\nworkspace: .\nsteps:\n  - { name: a, run: "true" }\n', 'ERR_PIPELINE_WRONG_TYPE', 2, 12)
+})
+
+test('inputs in the workspace are refused (the filter keys those); a bad filter pattern is refused at its line', () => {
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    inputs: [package.json]\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 14, /input "package.json" is in the workspace \(\/workspace\).*"filter"/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    filter: [src, ../etc/passwd]\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 19, /leaves the workspace/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    filter: ["src/{a,b"]\n', 'ERR_PIPELINE_INVALID_VALUE', 5, 14, /unbalanced braces/)
+  rejects('base: host\nsteps:\n  - name: a\n    run: "true"\n    filter: src\n', 'ERR_PIPELINE_WRONG_TYPE', 5, 13, /a list/)
 })
 
 test('an unknown top-level key is an error at the key', () => {
