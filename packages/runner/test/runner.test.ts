@@ -23,6 +23,7 @@ test('a host pipeline runs, captures, and on the second run hits every step with
   const yml = `base: host
 steps:
   - name: create
+    filter: [victim.txt, olddir]
     run: |
       echo create >> ${side.dir}/ran
       echo visible-output
@@ -31,6 +32,7 @@ steps:
       rm victim.txt
       rm -rf olddir && mkdir olddir && echo new > olddir/c
   - name: modes
+    filter: [victim.txt]
     run: |
       echo modes >> ${side.dir}/ran
       chmod 0700 /opt/strata-test
@@ -39,12 +41,13 @@ steps:
       ln -s hello.txt /opt/strata-test/link
       echo "GREETING=hi there" >> "$STRATA_ENV"
   - name: uses-input
-    inputs: [a.txt]
+    filter: [a.txt]
     run: |
       echo uses-input >> ${side.dir}/ran
       cp a.txt /opt/strata-test/a-copy
   - name: reads-env
     env: [MISSING_VAR]
+    filter: [a.txt]
     run: |
       echo reads-env >> ${side.dir}/ran
       echo "$GREETING" > /opt/strata-test/greeting
@@ -60,8 +63,9 @@ steps:
       name: 'check',
       parent,
       cache: false,
-      run: `find /opt/strata-test ${proj} -printf '%p %y %m %U:%G %s %l\\n' | sort > ${side.dir}/fs-${n}
-            find /opt/strata-test ${proj} -type f -exec sha256sum {} + | sort >> ${side.dir}/fs-${n}`
+      workspace: { dir: proj, path: '/workspace' },
+      run: `find /opt/strata-test /workspace -printf '%p %y %m %U:%G %s %l\\n' | sort > ${side.dir}/fs-${n}
+            find /opt/strata-test /workspace -type f -exec sha256sum {} + | sort >> ${side.dir}/fs-${n}`
     })
     return readFileSync(`${side.dir}/fs-${n}`, 'utf8')
   }
@@ -77,9 +81,10 @@ steps:
   assert.match(fs1, /^\/opt\/strata-test\/hello\.txt f 640 1234:2345 6 $/m)
   assert.match(fs1, /^\/opt\/strata-test\/link l 777 0:0 \d+ hello\.txt$/m)
   assert.match(fs1, /^\/opt\/strata-test\/a-copy f /m)
-  assert.ok(!fs1.includes(`${proj}/victim.txt`), 'the deleted base file is gone (whiteout)')
-  assert.ok(fs1.includes(`${proj}/olddir/c f`))
-  assert.ok(!fs1.includes(`${proj}/olddir/a`), 'the replaced base dir shows none of its old entries (opaque dir)')
+  assert.ok(!fs1.includes('/workspace/victim.txt'), 'the deleted checkout file is gone (whiteout)')
+  assert.ok(fs1.includes('/workspace/olddir/c f'))
+  assert.ok(!fs1.includes('/workspace/olddir/a'), 'the replaced checkout dir shows none of its old entries (opaque dir)')
+  assert.ok(fs1.includes('/workspace/b.txt f'), 'a step sees the whole checkout unless a filter narrows it')
   const hiThere = createHash('sha256').update('hi there\n').digest('hex')
   assert.ok(fs1.includes(`${hiThere}  /opt/strata-test/greeting`), 'the later step read the env the earlier one set')
   // The host itself is untouched.
@@ -100,20 +105,20 @@ steps:
   assert.deepEqual(side.lines(), [...all, 'uses-input', 'reads-env', 'nothing'])
   assert.deepEqual(statuses(h.events), ['create:hit', 'modes:hit', 'uses-input:ran', 'reads-env:ran', 'nothing:ran'])
 
-  // An undeclared file changes: everything hits.
+  // A file outside the filters changes: the filtered steps hit; the last one keys the whole workspace.
   writeFileSync(`${proj}/b.txt`, 'undeclared v2')
   h.events.length = 0
   await h.runner.run(p, { onEvent: h.onEvent })
-  assert.equal(side.lines().length, 8)
-  assert.deepEqual(statuses(h.events), all.map((s) => `${s}:hit`))
+  assert.deepEqual(side.lines(), [...all, 'uses-input', 'reads-env', 'nothing', 'nothing'])
+  assert.deepEqual(statuses(h.events), ['create:hit', 'modes:hit', 'uses-input:hit', 'reads-env:hit', 'nothing:ran'])
 
   // why: the input's content is the cause; the step above only sees its parent change.
   writeFileSync(`${proj}/a.txt`, 'input v3')
   const why = await h.runner.why(p, 'reads-env')
   assert.deepEqual(why.steps.map((s) => s.name), ['create', 'modes', 'uses-input', 'reads-env'])
   assert.deepEqual(why.steps.map((s) => s.hit), [true, true, false, false])
-  assert.deepEqual(why.steps[2]!.changes, [{ field: 'input', path: `${proj}/a.txt`, change: 'content' }])
-  assert.deepEqual(why.steps[2]!.reasons, [`input ${proj}/a.txt changed content`])
+  assert.deepEqual(why.steps[2]!.changes, [{ field: 'workspace-file', path: 'a.txt', change: 'content' }])
+  assert.deepEqual(why.steps[2]!.reasons, ['workspace file a.txt changed content'])
   assert.equal(why.steps[3]!.changes[0]!.field, 'parent')
   assert.equal(why.steps[3]!.approximate, true)
   assert.equal(why.steps[0]!.changes.length, 0)
