@@ -52,9 +52,12 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
   let cacheOff = false
   /** Misses worth a word: the cached layer was there but found corrupt. */
   const corrupt = new Set<string>()
+  /** Filter patterns and input globs that matched nothing, said on the step's line. */
+  const warnings = new Map<string, string[]>()
   const line = (step: string, text: string): void => {
     progress.stop()
-    ctx.stderr.write(`${step}: ${text}\n`)
+    const warn = warnings.get(step) ?? []
+    ctx.stderr.write(`${step}: ${text}${warn.map((w) => ` [warning: ${w}]`).join('')}\n`)
   }
   return (e: RunnerEvent) => {
     if (json) {
@@ -64,6 +67,9 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
       return
     }
     switch (e.type) {
+      case 'key':
+        if (e.warnings.length > 0) warnings.set(e.step, e.warnings)
+        break
       case 'hit':
         line(e.step, e.source === 'peer'
           ? `HIT peer (${count(e.providers, 'provider')}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`

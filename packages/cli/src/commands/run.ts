@@ -228,6 +228,7 @@ export const why: Command = {
       const head = s.hit ? 'would HIT' : s.previousKey === null ? 'would MISS: never ran here' : 'would MISS'
       ctx.stdout.write(`${s.name}: ${head}${s.approximate ? ' (approximate: a step below would run first)' : ''}\n`)
       for (const r of s.reasons) ctx.stdout.write(`  - ${r}\n`)
+      for (const w of s.warnings) ctx.stdout.write(`  warning: ${w}\n`)
     }
     return 0
   }
