@@ -1,5 +1,5 @@
-import { createHash, createHmac } from 'node:crypto'
-import type { Hmac } from 'node:crypto'
+import { createHash, createHmac, createSecretKey } from 'node:crypto'
+import type { Hmac, KeyObject } from 'node:crypto'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
@@ -101,7 +101,18 @@ export function envValueDigest (value: string, key: DigestKey = UNSALTED): Uint8
 
 /** A streaming digest of an input file's content; feed the bytes, then digest(). */
 export function inputDigest (key: DigestKey = UNSALTED): Hmac {
-  return createHmac('sha256', key.key).update('strata/input/v2\0')
+  return createHmac('sha256', keyObject(key)).update('strata/input/v2\0')
+}
+
+/** One KeyObject per digest key: making it from bytes again for each of many small files costs more than hashing them. */
+const keyObjects = new WeakMap<DigestKey, KeyObject>()
+function keyObject (key: DigestKey): KeyObject {
+  let k = keyObjects.get(key)
+  if (k === undefined) {
+    k = createSecretKey(key.key)
+    keyObjects.set(key, k)
+  }
+  return k
 }
 
 /** One difference between two descriptors, in terms a user understands. */

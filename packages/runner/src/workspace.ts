@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
-import { createReadStream, lstatSync, readFile as readFileCb, readdirSync, readlinkSync } from 'node:fs'
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs'
 import { chmod, chown, lstat, mkdir, readdir, rename, rmdir, symlink, utimes, writeFile } from 'node:fs/promises'
+import { setImmediate as nextTurn } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import { statTreeAsync } from '@strata/sys'
 import { ChainTooLongError, InputLimitError, WorkspaceError } from './errors.ts'
@@ -35,8 +36,9 @@ export interface WorkspaceScan {
   /** Filter patterns that matched nothing. */
   unmatched: string[]
   /**
-   * What the digest covers, one line per entry the step sees, in walk order:
-   * `path \0 type (f d l o) \0 exec (0 1) \0 content digest in hex | link text \n`.
+   * What the digest covers, one record per entry the step sees, in walk order:
+   * `path \0 type exec` (one byte each: `f d l o`, `0 1`), then for a file its 32-byte
+   * content digest, for a symlink its link text and `\0`.
    */
   listing: () => Promise<Buffer>
 }
@@ -54,9 +56,9 @@ const DEFAULT_MAX_FILES = 100_000
 const DEFAULT_MAX_BYTES = 8 * 1024 ** 3
 /** A file changed this close to the walk may change again within the same ctime tick: its digest is not kept. */
 const RACY_NS = 1e9
-const HASH_CONCURRENCY = 8
-/** Files up to this size are read in one call; larger ones are streamed. */
-const WHOLE_READ = 8 * 1024 * 1024
+const READ_CHUNK = 1024 * 1024
+/** Bytes hashed between two turns of the event loop (a file counts at least 4 KiB). */
+const TURN_BYTES = 32 * 1024 * 1024
 const S_IFMT = 0o170000
 const S_IFREG = 0o100000
 const S_IFDIR = 0o040000
@@ -66,6 +68,8 @@ const S_IFLNK = 0o120000
 interface Records {
   n: number
   start: Uint32Array
+  /** Offset of the NUL after the path: the stat fields follow it. */
+  meta: Uint32Array
   end: Uint32Array
   rel: string[]
   mode: Uint32Array
@@ -74,36 +78,40 @@ interface Records {
 }
 
 function parseTree (tree: Buffer): Records {
-  let n = 0
-  for (let i = tree.indexOf(10); i !== -1; i = tree.indexOf(10, i + 1)) n++
-  const r: Records = { n, start: new Uint32Array(n), end: new Uint32Array(n), rel: new Array<string>(n), mode: new Uint32Array(n), size: new Float64Array(n), ctime: new Float64Array(n) }
+  // A path may hold a newline: counting them gives at least the number of records.
+  let max = 0
+  for (let i = tree.indexOf(10); i !== -1; i = tree.indexOf(10, i + 1)) max++
+  const r: Records = { n: 0, start: new Uint32Array(max), meta: new Uint32Array(max), end: new Uint32Array(max), rel: new Array<string>(max), mode: new Uint32Array(max), size: new Float64Array(max), ctime: new Float64Array(max) }
+  const len = tree.length
   let pos = 0
-  for (let k = 0; k < n; k++) {
-    const z1 = tree.indexOf(0, pos)
-    const z2 = tree.indexOf(0, z1 + 1)
-    const z3 = tree.indexOf(0, z2 + 1)
-    const z4 = tree.indexOf(0, z3 + 1)
-    const nl = tree.indexOf(10, z4 + 1)
+  let k = 0
+  // One pass over the bytes: the fields after the path are decimal numbers, each ended by NUL, the last by a newline.
+  while (pos < len) {
+    let i = pos
+    while (tree[i] !== 0) i++
     r.start[k] = pos
-    r.end[k] = nl
-    r.rel[k] = tree.toString('utf8', pos, z1)
-    r.mode[k] = digits(tree, z2 + 1, z3)
-    r.ctime[k] = digits(tree, z3 + 1, z4)
-    r.size[k] = digits(tree, z4 + 1, nl)
-    pos = nl + 1
+    r.meta[k] = i
+    r.rel[k] = i === pos ? '' : tree.toString('utf8', pos, i)
+    i++
+    while (tree[i] !== 0) i++
+    i++
+    let mode = 0
+    for (let c = tree[i]!; c !== 0; c = tree[++i]!) mode = mode * 10 + c - 48
+    i++
+    let ctime = 0
+    for (let c = tree[i]!; c !== 0; c = tree[++i]!) ctime = ctime * 10 + c - 48
+    i++
+    let size = 0
+    for (let c = tree[i]!; c !== 10; c = tree[++i]!) size = size * 10 + c - 48
+    r.mode[k] = mode
+    r.ctime[k] = ctime
+    r.size[k] = size
+    r.end[k] = i
+    pos = i + 1
+    k++
   }
+  r.n = k
   return r
-}
-
-function digits (b: Buffer, from: number, to: number): number {
-  let v = 0
-  let neg = false
-  for (let i = from; i < to; i++) {
-    const c = b[i]!
-    if (c === 45) neg = true
-    else v = v * 10 + (c - 48)
-  }
-  return neg ? -v : v
 }
 
 /** The walk, by the native statTree where the module has it, else in JS (same format). */
@@ -158,7 +166,10 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
       files: known.files,
       hidden: known.hidden,
       unmatched: known.unmatched,
-      listing: async () => buildListing(ws.dir, parseTree(t), digests, applyFilter(entriesOf(parseTree(t)), compiled).visible)
+      listing: async () => {
+        const r = parseTree(t)
+        return buildListing(ws.dir, t, r, digests, applyFilter(entriesOf(r), compiled).visible)
+      }
     }
   }
 
@@ -183,7 +194,7 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   }
   await hashFiles(ws.dir, rec, todo, digests, opts)
 
-  const listing = buildListing(ws.dir, rec, digests, visible)
+  const listing = buildListing(ws.dir, tree, rec, digests, visible)
   const digest = listingDigest(listing)
 
   // Keep what can be trusted next time: nothing changed within the racy window.
@@ -228,20 +239,27 @@ function entriesOf (rec: Records): FilterEntry[] {
 /** Copies the digest of every record identical to last time's (same path, inode, mode, ctime, size). */
 function reuseDigests (tree: Buffer, rec: Records, cache: StatCache, digests: Buffer): void {
   const old = parseTree(cache.tree)
-  let byRecord: Map<string, number> | undefined
+  let byPath: Map<string, number> | undefined
   let j = 0
   for (let k = 1; k < rec.n; k++) {
     if ((rec.mode[k]! & S_IFMT) !== S_IFREG) continue
     // The walks are in the same order: most records are found by moving along the old one.
     while (j < old.n && (old.mode[j]! & S_IFMT) !== S_IFREG) j++
     let found: number
-    if (j < old.n && tree.compare(cache.tree, old.start[j]!, old.end[j]!, rec.start[k]!, rec.end[k]!) === 0) found = j
-    else {
-      if (byRecord === undefined) {
-        byRecord = new Map()
-        for (let i = 1; i < old.n; i++) if ((old.mode[i]! & S_IFMT) === S_IFREG) byRecord.set(cache.tree.toString('latin1', old.start[i]!, old.end[i]!), i)
+    if (j < old.n && old.rel[j] === rec.rel[k]) {
+      if (!sameBytes(cache.tree, old.meta[j]!, old.end[j]!, tree, rec.meta[k]!, rec.end[k]!)) {
+        // The same file, changed: read again.
+        j++
+        continue
       }
-      found = byRecord.get(tree.toString('latin1', rec.start[k]!, rec.end[k]!)) ?? -1
+      found = j
+    } else {
+      if (byPath === undefined) {
+        byPath = new Map()
+        for (let i = 1; i < old.n; i++) if ((old.mode[i]! & S_IFMT) === S_IFREG) byPath.set(old.rel[i]!, i)
+      }
+      const i = byPath.get(rec.rel[k]!)
+      found = i !== undefined && sameBytes(cache.tree, old.meta[i]!, old.end[i]!, tree, rec.meta[k]!, rec.end[k]!) ? i : -1
     }
     if (found === -1) continue
     j = found + 1
@@ -249,47 +267,84 @@ function reuseDigests (tree: Buffer, rec: Records, cache: StatCache, digests: Bu
   }
 }
 
+function sameBytes (a: Buffer, aFrom: number, aTo: number, b: Buffer, bFrom: number, bTo: number): boolean {
+  if (aTo - aFrom !== bTo - bFrom) return false
+  for (let i = 0; i < aTo - aFrom; i++) if (a[aFrom + i] !== b[bFrom + i]) return false
+  return true
+}
+
 function isZero (digests: Buffer, k: number): boolean {
   for (let i = k * 32; i < k * 32 + 32; i++) if (digests[i] !== 0) return false
   return true
 }
 
+/**
+ * Reads and hashes the files `todo` names. Synchronous reads into one buffer: a
+ * threadpool round trip per open, read and close costs more than the read itself
+ * for the small files a checkout is mostly made of. The event loop gets a turn
+ * every few MiB so that a signal can stop a long scan.
+ */
 async function hashFiles (dir: string, rec: Records, todo: readonly number[], digests: Buffer, opts: ScanOptions): Promise<void> {
-  let next = 0
-  const worker = async (): Promise<void> => {
-    while (next < todo.length) {
+  const buf = Buffer.allocUnsafe(READ_CHUNK)
+  let sinceTurn = 0
+  for (const k of todo) {
+    if (sinceTurn > TURN_BYTES) {
+      sinceTurn = 0
+      await nextTurn()
       opts.signal?.throwIfAborted()
-      const k = todo[next++]!
-      const path = `${dir}/${rec.rel[k]!}`
-      const h = inputDigest(opts.digestKey)
-      try {
-        if (rec.size[k]! <= WHOLE_READ) {
-          h.update(await new Promise<Buffer>((resolve, reject) => readFileCb(path, (err, data) => err === null ? resolve(data) : reject(err))))
-        } else {
-          for await (const chunk of createReadStream(path, { signal: opts.signal, highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
-        }
-      } catch (err) {
-        throw new WorkspaceError(dir, `cannot read ${rec.rel[k]!}: ${(err as Error).message}`, { cause: err })
-      }
-      h.digest().copy(digests, k * 32)
     }
+    const h = inputDigest(opts.digestKey)
+    let fd: number | undefined
+    try {
+      fd = openSync(`${dir}/${rec.rel[k]!}`, 'r')
+      for (;;) {
+        const n = readSync(fd, buf, 0, buf.length, null)
+        if (n === 0) break
+        h.update(buf.subarray(0, n))
+        sinceTurn += n
+      }
+    } catch (err) {
+      throw new WorkspaceError(dir, `cannot read ${rec.rel[k]!}: ${(err as Error).message}`, { cause: err })
+    } finally {
+      if (fd !== undefined) closeSync(fd)
+    }
+    h.digest().copy(digests, k * 32)
+    sinceTurn += 4096
   }
-  await Promise.all(Array.from({ length: Math.min(HASH_CONCURRENCY, todo.length) }, worker))
 }
 
-function buildListing (dir: string, rec: Records, digests: Buffer, visible: Uint8Array): Buffer {
-  const lines: string[] = []
+function buildListing (dir: string, tree: Buffer, rec: Records, digests: Buffer, visible: Uint8Array): Buffer {
+  const links = new Map<number, Buffer>()
+  let size = 0
+  for (let k = 1; k < rec.n; k++) {
+    if (visible[k - 1] !== 1) continue
+    const type = rec.mode[k]! & S_IFMT
+    size += rec.meta[k]! - rec.start[k]! + 3
+    if (type === S_IFREG) size += 32
+    else if (type === S_IFLNK) {
+      const target = Buffer.from(readlinkSafe(`${dir}/${rec.rel[k]!}`))
+      links.set(k, target)
+      size += target.length + 1
+    }
+  }
+  // One buffer, the paths copied from the walk's bytes: no string per entry.
+  const out = Buffer.allocUnsafe(size)
+  let at = 0
   for (let k = 1; k < rec.n; k++) {
     if (visible[k - 1] !== 1) continue
     const mode = rec.mode[k]!
     const type = mode & S_IFMT
-    const rel = rec.rel[k]!
-    if (type === S_IFREG) lines.push(`${rel}\0f\0${(mode & 0o111) !== 0 ? 1 : 0}\0${digests.toString('hex', k * 32, k * 32 + 32)}\n`)
-    else if (type === S_IFDIR) lines.push(`${rel}\0d\x000\0\n`)
-    else if (type === S_IFLNK) lines.push(`${rel}\0l\x000\0${readlinkSafe(`${dir}/${rel}`)}\n`)
-    else lines.push(`${rel}\0o\x000\0\n`)
+    at += tree.copy(out, at, rec.start[k]!, rec.meta[k]!)
+    out[at++] = 0
+    out[at++] = type === S_IFREG ? 0x66 : type === S_IFDIR ? 0x64 : type === S_IFLNK ? 0x6c : 0x6f
+    out[at++] = type === S_IFREG && (mode & 0o111) !== 0 ? 0x31 : 0x30
+    if (type === S_IFREG) at += digests.copy(out, at, k * 32, k * 32 + 32)
+    else if (type === S_IFLNK) {
+      at += links.get(k)!.copy(out, at)
+      out[at++] = 0
+    }
   }
-  return Buffer.from(lines.join(''))
+  return out
 }
 
 function readlinkSafe (p: string): string {
@@ -313,10 +368,24 @@ export interface ListedEntry {
 
 export function parseListing (listing: Buffer): Map<string, ListedEntry> {
   const out = new Map<string, ListedEntry>()
-  for (const line of listing.toString('utf8').split('\n')) {
-    if (line === '') continue
-    const [path, type, exec, ...rest] = line.split('\0')
-    out.set(path!, { type: type!, exec: exec!, payload: rest.join('\0') })
+  let at = 0
+  while (at < listing.length) {
+    const z = listing.indexOf(0, at)
+    if (z === -1 || z + 2 >= listing.length) break
+    const path = listing.toString('utf8', at, z)
+    const type = String.fromCharCode(listing[z + 1]!)
+    const exec = String.fromCharCode(listing[z + 2]!)
+    at = z + 3
+    let payload = ''
+    if (type === 'f') {
+      payload = listing.toString('hex', at, at + 32)
+      at += 32
+    } else if (type === 'l') {
+      const end = listing.indexOf(0, at)
+      payload = listing.toString('utf8', at, end === -1 ? listing.length : end)
+      at = end === -1 ? listing.length : end + 1
+    }
+    out.set(path, { type, exec, payload })
   }
   return out
 }

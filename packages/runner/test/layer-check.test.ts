@@ -15,7 +15,7 @@ test('a flipped byte in a cached layer is a miss (layer-corrupt): the step runs 
   const yml = `base: host
 steps:
   - name: make
-    inputs: [content.txt]
+    filter: [content.txt, victim.txt]
     run: |
       echo make >> ${side.dir}/ran
       mkdir -p /opt/strata-layer-check && cp content.txt /opt/strata-layer-check/out
