@@ -156,8 +156,11 @@ export interface FilterResult {
   unmatched: string[]
 }
 
-/** Decides each entry; `patterns` null means no filter: everything but the top-level `.git`. */
-export function applyFilter (entries: readonly FilterEntry[], patterns: readonly CompiledPattern[] | null): FilterResult {
+/**
+ * Decides each entry; `patterns` null means no filter: everything but the top-level
+ * `.git`. `never` (a relative path) is left out whatever the patterns say.
+ */
+export function applyFilter (entries: readonly FilterEntry[], patterns: readonly CompiledPattern[] | null, never?: string): FilterResult {
   const n = entries.length
   const visible = new Uint8Array(n)
   // The index of the last pattern matching the entry or a parent of it, -1 for none.
@@ -166,6 +169,10 @@ export function applyFilter (entries: readonly FilterEntry[], patterns: readonly
   for (let i = 0; i < n; i++) {
     const e = entries[i]!
     const inGit = e.rel === '.git' || e.rel.startsWith('.git/')
+    if (never !== undefined && (e.rel === never || e.rel.startsWith(`${never}/`))) {
+      last[i] = -1
+      continue
+    }
     if (patterns === null) {
       visible[i] = inGit ? 0 : 1
       continue

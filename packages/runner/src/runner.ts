@@ -401,8 +401,9 @@ class StepRunner implements Runner {
     } catch {
       // checkWorkspace says what is wrong with it
     }
-    const resolved = { dir, path: ws.path }
-    checkWorkspace(resolved, this.#dataDir)
+    const resolved: WorkspaceSpec = { dir, path: ws.path }
+    const skip = checkWorkspace(resolved, this.#dataDir)
+    if (skip !== undefined) resolved.skip = skip
     return { workspace: resolved }
   }
 

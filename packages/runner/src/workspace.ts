@@ -21,6 +21,8 @@ export interface WorkspaceSpec {
   dir: string
   /** Absolute path inside the step's view. */
   path: string
+  /** A dir inside the checkout (relative) that is never walked, keyed or seen: the data dir, when the checkout holds it. */
+  skip?: string
 }
 
 /** What a step's workspace adds to its key and to its mount. */
@@ -115,8 +117,9 @@ function parseTree (tree: Buffer): Records {
 }
 
 /** The walk, by the native statTree where the module has it, else in JS (same format). */
-async function walk (dir: string, maxBytes: number): Promise<Buffer> {
-  if (statTreeAsync !== undefined) return await statTreeAsync(dir, maxBytes)
+async function walk (dir: string, maxBytes: number, skip: string | undefined): Promise<Buffer> {
+  if (statTreeAsync !== undefined) return await statTreeAsync(dir, maxBytes, skip)
+  const skipBytes = skip === undefined ? undefined : Buffer.from(skip)
   const parts: Buffer[] = []
   let bytes = 0
   const put = (rel: Buffer, p: string): void => {
@@ -126,7 +129,7 @@ async function walk (dir: string, maxBytes: number): Promise<Buffer> {
     bytes += line.length
     if (bytes > maxBytes) throw Object.assign(new Error('statTree: E2BIG'), { code: 'E2BIG' })
     parts.push(line)
-    if ((Number(st.mode) & S_IFMT) !== S_IFDIR) return
+    if ((Number(st.mode) & S_IFMT) !== S_IFDIR || (skipBytes !== undefined && rel.equals(skipBytes))) return
     const names = readdirSync(p, { encoding: 'buffer' }).sort(Buffer.compare)
     for (const name of names) put(rel.length === 0 ? name : Buffer.concat([rel, Buffer.from('/'), name]), `${p}/${name.toString()}`)
   }
@@ -144,11 +147,11 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   const maxBytes = opts.limits?.maxBytes ?? DEFAULT_MAX_BYTES
   const maxWalked = maxFiles * 10
   const compiled = filter === undefined ? null : compileFilter(filter)
-  const sig = JSON.stringify(filter ?? null)
+  const sig = JSON.stringify([filter ?? null, ws.skip ?? null])
   const walkStart = Date.now() * 1e6
   let tree: Buffer
   try {
-    tree = await walk(ws.dir, Math.min(maxWalked * 512, 2 ** 31 - 1))
+    tree = await walk(ws.dir, Math.min(maxWalked * 512, 2 ** 31 - 1), ws.skip)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'E2BIG') throw new InputLimitError(step, 'walked', maxWalked)
     throw new WorkspaceError(ws.dir, `cannot read it: ${(err as Error).message}`, { cause: err })
@@ -168,7 +171,7 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
       unmatched: known.unmatched,
       listing: async () => {
         const r = parseTree(t)
-        return buildListing(ws.dir, t, r, digests, applyFilter(entriesOf(r), compiled).visible)
+        return buildListing(ws.dir, t, r, digests, applyFilter(entriesOf(r), compiled, ws.skip).visible)
       }
     }
   }
@@ -178,7 +181,7 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   const digests = Buffer.alloc(rec.n * 32)
   if (cache !== undefined) reuseDigests(tree, rec, cache, digests)
   const entries = entriesOf(rec)
-  const result = applyFilter(entries, compiled)
+  const result = applyFilter(entries, compiled, ws.skip)
   const visible = result.visible
 
   const todo: number[] = []
@@ -409,12 +412,13 @@ export function diffListings (before: Buffer, after: Buffer): Array<{ path: stri
 /**
  * Lays out in `runDir` what the helper mounts at the workspace path: `wl/` links to
  * the lower dirs (the workspace subdir of each layer below that has one, newest
- * first, then `host`, the checkout), `ws-hide` (the whiteouts to make, NUL
- * separated), `wu/` and `ww/` (upper and work dir), `wh/` (the whiteouts' tmpfs).
+ * first; `host`, the checkout), `ws-hide` (the whiteouts to make, NUL separated),
+ * `wu/` and `ww/` (upper and work dir), `wh/` (the whiteouts' tmpfs), `wb/` (where
+ * the whiteouts over the checkout are mounted, the lowest lower dir).
  * Returns the lowerdir option, relative to `wl/`.
  */
 export async function prepareWorkspace (runDir: string, ws: WorkspaceSpec, layers: readonly string[], hidden: readonly string[]): Promise<string> {
-  for (const d of ['wl', 'wu', 'ww', 'wh']) await mkdir(`${runDir}/${d}`, { recursive: true, mode: 0o755 })
+  for (const d of ['wl', 'wu', 'ww', 'wh', 'wb']) await mkdir(`${runDir}/${d}`, { recursive: true, mode: 0o755 })
   const names: string[] = []
   for (const layer of uniqueLayers(layers)) {
     const st = await lstat(`${layer}${ws.path}`).catch(() => undefined)
@@ -423,15 +427,15 @@ export async function prepareWorkspace (runDir: string, ws: WorkspaceSpec, layer
     await symlink(`${layer}${ws.path}`, `${runDir}/wl/${n}`)
     names.push(n)
   }
-  // The hider and the checkout take two of OverlayFS's 500 lower dirs.
-  if (names.length > MAX_LOWER_LAYERS - 1) throw new ChainTooLongError(names.length, MAX_LOWER_LAYERS - 1)
+  // The checkout (under its whiteouts) takes one of OverlayFS's 500 lower dirs.
+  if (names.length > MAX_LOWER_LAYERS) throw new ChainTooLongError(names.length, MAX_LOWER_LAYERS)
   await symlink(ws.dir, `${runDir}/wl/host`)
   // The merged root shows the upper dir's owner and mode: the checkout's.
   const root = await lstat(ws.dir)
   await chmod(`${runDir}/wu`, root.mode & 0o7777)
   await chown(`${runDir}/wu`, root.uid, root.gid)
   await writeFile(`${runDir}/ws-hide`, hidden.map((h) => `${h}\0`).join(''), { mode: 0o600 })
-  return [...names, '../wh', 'host'].join(':')
+  return [...names, '../wb'].join(':')
 }
 
 /**
@@ -468,8 +472,12 @@ export async function absorbWorkspace (runDir: string, wsPath: string, lowers: r
   await utimes(target, 0, 0)
 }
 
-/** A workspace dir must exist, be a directory, and not hold the data dir nor lie inside it (OverlayFS refuses nested lower dirs). */
-export function checkWorkspace (ws: WorkspaceSpec, dataDir: string): void {
+/**
+ * A workspace dir must exist, be a directory, and not be the data dir nor lie inside
+ * it. It may hold the data dir: then that is returned, relative, to be left out of
+ * the walk, the key and the view.
+ */
+export function checkWorkspace (ws: WorkspaceSpec, dataDir: string): string | undefined {
   let st
   try {
     st = lstatSync(ws.dir)
@@ -478,7 +486,7 @@ export function checkWorkspace (ws: WorkspaceSpec, dataDir: string): void {
   }
   if (!st.isDirectory()) throw new WorkspaceError(ws.dir, 'is not a directory')
   const d = ws.dir.replace(/\/+$/, '')
-  if (d === '' || dataDir === d || dataDir.startsWith(`${d}/`) || d.startsWith(`${dataDir}/`)) {
-    throw new WorkspaceError(ws.dir, `holds the data dir ${dataDir} or lies inside it: move one of them (OverlayFS refuses a lower dir inside another)`)
-  }
+  if (d === '') throw new WorkspaceError(ws.dir, 'is the whole host filesystem')
+  if (dataDir === d || d.startsWith(`${dataDir}/`)) throw new WorkspaceError(ws.dir, `is the data dir ${dataDir} or lies inside it`)
+  return dataDir.startsWith(`${d}/`) ? dataDir.slice(d.length + 1) : undefined
 }

@@ -2,6 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { parsePipeline } from '../src/index.ts'
 import type { Pipeline, RunnerEvent } from '../src/index.ts'
 import { applyFilter, compileFilter } from '../src/filter.ts'
@@ -193,4 +194,27 @@ steps:
   await h.runner.run(p, { onEvent: h.onEvent })
   assert.deepEqual(statuses(h.events), ['rm:hit', 'look:ran'])
   assert.equal(readFileSync(`${side.dir}/ls`, 'utf8'), first)
+})
+
+test('a checkout that holds the data dir: the data dir is neither walked, keyed nor seen, and the steps hit again', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const proj = dirname(h.dataDir)
+  writeTree(proj, { 'app.txt': 'app' })
+  const p = pipelineIn(proj, `base: host
+steps:
+  - name: a
+    run: |
+      ls -A > ${side.dir}/ls
+      echo built > out.txt
+  - name: b
+    run: cat out.txt app.txt > ${side.dir}/b
+`)
+  await h.runner.run(p, { onEvent: h.onEvent })
+  assert.equal(readFileSync(`${side.dir}/ls`, 'utf8'), 'app.txt\nstrata.yml\n', 'the data dir is not in the view')
+  assert.equal(readFileSync(`${side.dir}/b`, 'utf8'), 'built\napp')
+  h.events.length = 0
+  await h.runner.run(p, { onEvent: h.onEvent })
+  assert.deepEqual(statuses(h.events), ['a:hit', 'b:hit'], 'what the runs wrote to the data dir is not in the key')
+  assert.deepEqual(mountsMentioning(h.dataDir), [])
 })

@@ -7,7 +7,8 @@
 // with the step's environment as its own and the `run:` script on fd 3. RUN_DIR holds
 // l/ (lower symlinks), u/ w/ (upper, work), m/ (the view), b/ h/ (host base) and env;
 // with a workspace (WS_PATH not empty) also wl/ (its lower symlinks, wl/host the
-// checkout), wu/ ww/ (its upper, work), wh/ (its whiteouts) and ws-hide.
+// checkout), wu/ ww/ (its upper, work), wh/ (its whiteouts), wb/ (the checkout under
+// them) and ws-hide.
 // Setup problems go to RUN_DIR/setup.log; RUN_DIR/ready marks that the shell started.
 //
 // Process layout: this process (outside) unshares a pid and IPC namespace, forks
@@ -441,15 +442,18 @@ static int run_init(char **argv, int argc) {
   join(m, run_dir, "/m");
   if (ws_path[0] != '\0') {
     // The checkout at the workspace path: an overlay of the workspace dirs of the
-    // layers below, the whiteouts of what the filter leaves out, and the checkout.
+    // layers below over wb/, a read-only overlay of the whiteouts of what the filter
+    // leaves out over the checkout. Through wb/ the checkout may hold the data dir:
+    // OverlayFS refuses a lower dir inside another, but sees only wb/'s own dentries.
     if (ws_path[0] != '/' || ws_path[1] == '\0') fail("workspace path must be an absolute path below /: %s", ws_path);
     join(p, run_dir, "/wh");
     do_mount("strata-ws-hide", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=16m");
     make_ws_hider(p);
-    dir_in_view(m, ws_path);
-    join(p, m, ws_path);
     join(opts, run_dir, "/wl");
     TRY(chdir(opts), "chdir %s: %s", opts, strerror(errno));
+    do_mount("strata-ws-base", "../wb", "overlay", MS_RDONLY, "lowerdir=../wh:host");
+    dir_in_view(m, ws_path);
+    join(p, m, ws_path);
     snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=../wu,workdir=../ww,redirect_dir=off,metacopy=off,index=off,xino=off,uuid=null", ws_lowers);
     if (strlen(opts) >= sizeof opts - 1) fail("too many lower layers for the workspace mount");
     do_mount(run_dir, p, "overlay", MS_NODEV, opts);

@@ -260,7 +260,8 @@ static napi_value js_is_verity(napi_env env, napi_callback_info info) {
 // with ctime 0 for a whiteout (a 0/0 character device: overlay links the whiteouts it
 // makes to one inode in its work dir, whose removal later moves their ctime).
 // What a layer's stat fingerprint hashes; one call instead of a stat per file from JS.
-struct tree_buf { char *p; size_t len, cap, max; };
+// `skip`, when not empty, names one directory (relative) whose entries are not walked: it is listed itself.
+struct tree_buf { char *p; size_t len, cap, max; const char *skip; };
 
 static int tb_put(struct tree_buf *b, const char *rel, size_t rlen, const struct stat *st) {
   char nums[96];
@@ -317,7 +318,7 @@ static int tree_walk(int dfd, struct tree_buf *b, char *rel, size_t rlen) {
     struct stat st;
     if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) != 0) { err = errno; break; }
     if ((err = tb_put(b, rel, len, &st)) != 0) break;
-    if (S_ISDIR(st.st_mode)) {
+    if (S_ISDIR(st.st_mode) && !(b->skip && b->skip[0] && strcmp(rel, b->skip) == 0)) {
       int sub = openat(dirfd(d), names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (sub < 0) { err = errno; break; }
       err = tree_walk(sub, b, rel, len);
@@ -359,25 +360,31 @@ static napi_value tree_buffer(napi_env env, struct tree_buf *b) {
   return out;
 }
 
-static int tree_args(napi_env env, napi_callback_info info, char *path, double *max) {
-  size_t argc = 2; napi_value argv[2];
+static int tree_args(napi_env env, napi_callback_info info, char *path, double *max, char *skip) {
+  size_t argc = 3; napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 2 || get_path(env, argv[0], path) != 0 || napi_get_value_double(env, argv[1], max) != napi_ok || !(*max > 0)) return -1;
+  skip[0] = 0;
+  if (argc >= 3) {
+    napi_valuetype t;
+    napi_typeof(env, argv[2], &t);
+    if (t != napi_undefined && get_path(env, argv[2], skip) != 0) return -1;
+  }
   return 0;
 }
 
 static napi_value js_stat_tree(napi_env env, napi_callback_info info) {
-  char path[PATH_BUF];
+  char path[PATH_BUF], skip[PATH_BUF];
   double max;
-  if (tree_args(env, info, path, &max) != 0) return type_error(env, "statTree(path: string, maxBytes: number)");
-  struct tree_buf b = { NULL, 0, 0, (size_t)max };
+  if (tree_args(env, info, path, &max, skip) != 0) return type_error(env, "statTree(path: string, maxBytes: number, skip?: string)");
+  struct tree_buf b = { NULL, 0, 0, (size_t)max, skip };
   int err = stat_tree(path, &b);
   if (err) { free(b.p); return throw_errno(env, err, "statTree", path); }
   return tree_buffer(env, &b);
 }
 
 // statTreeAsync(path, maxBytes): the same walk on a libuv thread, as a Promise.
-struct tree_work { napi_async_work work; napi_deferred deferred; char path[PATH_BUF]; struct tree_buf b; int err; };
+struct tree_work { napi_async_work work; napi_deferred deferred; char path[PATH_BUF]; char skip[PATH_BUF]; struct tree_buf b; int err; };
 
 static void tree_execute(napi_env env, void *data) {
   struct tree_work *w = data;
@@ -403,8 +410,9 @@ static napi_value js_stat_tree_async(napi_env env, napi_callback_info info) {
   struct tree_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "statTree", NULL);
   double max;
-  if (tree_args(env, info, w->path, &max) != 0) { free(w); return type_error(env, "statTreeAsync(path: string, maxBytes: number)"); }
+  if (tree_args(env, info, w->path, &max, w->skip) != 0) { free(w); return type_error(env, "statTreeAsync(path: string, maxBytes: number, skip?: string)"); }
   w->b.max = (size_t)max;
+  w->b.skip = w->skip;
   napi_value promise, name;
   napi_create_promise(env, &w->deferred, &promise);
   napi_create_string_utf8(env, "strata:statTree", NAPI_AUTO_LENGTH, &name);

@@ -12,8 +12,8 @@ interface Binding {
   flock(fd: number, exclusive: boolean, wait: boolean): boolean
   enableVerity(fd: number): boolean
   isVerity(fd: number): boolean
-  statTree?(path: SysPath, maxBytes: number): Buffer
-  statTreeAsync?(path: SysPath, maxBytes: number): Promise<Buffer>
+  statTree?(path: SysPath, maxBytes: number, skip?: string): Buffer
+  statTreeAsync?(path: SysPath, maxBytes: number, skip?: string): Promise<Buffer>
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
 }
@@ -186,12 +186,13 @@ export function isVerity (fd: number): boolean {
 /**
  * One line per path under `dir` (itself first, as the empty path), depth first,
  * siblings sorted by name bytes: `rel \0 inode \0 mode \0 ctime in ns \0 size \n`,
- * all numbers in decimal; ctime is 0 for a whiteout (a 0/0 character device). Never follows a symlink. Throws E2BIG past `maxBytes` of
+ * all numbers in decimal; ctime is 0 for a whiteout (a 0/0 character device). Never follows a symlink. With `skip`
+ * (a path relative to `dir`), that directory is listed but not walked. Throws E2BIG past `maxBytes` of
  * output. Undefined when this build of the module predates it.
  */
-export const statTree: ((dir: SysPath, maxBytes: number) => Buffer) | undefined =
-  typeof binding.statTree === 'function' ? (dir, maxBytes) => binding.statTree!(dir, maxBytes) : undefined
+export const statTree: ((dir: SysPath, maxBytes: number, skip?: string) => Buffer) | undefined =
+  typeof binding.statTree === 'function' ? (dir, maxBytes, skip) => binding.statTree!(dir, maxBytes, skip) : undefined
 
 /** statTree on a libuv thread, so that a walk of a large tree does not stall the event loop. */
-export const statTreeAsync: ((dir: SysPath, maxBytes: number) => Promise<Buffer>) | undefined =
-  typeof binding.statTreeAsync === 'function' ? async (dir, maxBytes) => await binding.statTreeAsync!(dir, maxBytes) : undefined
+export const statTreeAsync: ((dir: SysPath, maxBytes: number, skip?: string) => Promise<Buffer>) | undefined =
+  typeof binding.statTreeAsync === 'function' ? async (dir, maxBytes, skip) => await binding.statTreeAsync!(dir, maxBytes, skip) : undefined
