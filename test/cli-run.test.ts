@@ -13,10 +13,11 @@ test('strata run prints a status line per step, hits on the second run, and why 
     'base: host',
     'steps:',
     '  - name: make',
+    '    filter: []',
     `    run: mkdir -p /opt/strata-cli-test && echo made > /opt/strata-cli-test/out && echo STAGE=made >> "$STRATA_ENV"`,
     '  - name: use',
     '    run: test "$STAGE" = made && cat /opt/strata-cli-test/out input.txt > /opt/strata-cli-test/both',
-    '    inputs: [input.txt]',
+    '    filter: [input.txt]',
     ''
   ].join('\n'))
   const first = strata(['run', '--data-dir', data], dir)
@@ -34,7 +35,7 @@ test('strata run prints a status line per step, hits on the second run, and why 
   assert.equal(why.status, 0, why.stderr)
   assert.match(why.stdout, /^make: would HIT$/m)
   assert.match(why.stdout, /^use: would MISS$/m)
-  assert.match(why.stdout, /input .*input\.txt changed content/)
+  assert.match(why.stdout, /^ {2}- workspace file input\.txt changed content$/m)
 
   const json = strata(['run', '--data-dir', data, '--json'], dir)
   assert.equal(json.status, 0, json.stderr)
@@ -124,7 +125,7 @@ test('ERR_INPUT_LIMIT names the flag that raises the limit, and that flag does',
   const data = join(dir, 'data')
   mkdirSync(join(dir, 'src'))
   for (const n of ['a', 'b', 'c']) writeFileSync(join(dir, 'src', n), 'twelve bytes')
-  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: read\n    run: cat src/a\n    inputs: [src]\n')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: read\n    run: cat src/a\n    filter: [src]\n')
   const files = strata(['run', '--data-dir', data, '--max-input-files', '3'], dir)
   assert.equal(files.status, 1)
   assert.match(files.stderr, /step "read": inputs exceed 3 files; narrow the inputs or raise --max-input-files .*\(ERR_INPUT_LIMIT\)/)
@@ -143,7 +144,7 @@ test('STRATA_SALT keys the cache: the same fleet salt hits, another misses', (t)
   const dir = workDir(t, 'yaml-salt')
   const data = join(dir, 'data')
   writeFileSync(join(dir, 'in.txt'), 'x\n')
-  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: s\n    run: cat in.txt\n    inputs: [in.txt]\n')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: s\n    run: cat in.txt\n    filter: [in.txt]\n')
   const first = strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-a' })
   assert.equal(first.status, 0, first.stderr)
   assert.match(strata(['run', '--data-dir', data], dir, { STRATA_SALT: 'fleet-a' }).stderr, /^s: HIT local/m)

@@ -28,7 +28,7 @@ test('a flipped byte in a cached layer makes the next run miss and run the step 
     'steps:',
     '  - name: make',
     '    run: mkdir -p /opt/strata-verify-test && cp content.txt /opt/strata-verify-test/out',
-    '    inputs: [content.txt]',
+    '    filter: [content.txt]',
     ''
   ].join('\n'))
   const first = strata(['run', '--data-dir', data], dir)

@@ -24,7 +24,7 @@ import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, chec
 import type { Identity, RecordPolicy, StepRecord } from '@strata/records'
 import { descriptorKey, lastKey } from './slots.ts'
 import { MAX_LOWER_LAYERS, checkSandboxOptions, normalizeUpperRoot, runSandbox } from './sandbox.ts'
-import type { OutputOptions } from './sandbox.ts'
+import type { OutputOptions, SandboxWorkspace } from './sandbox.ts'
 import { isDiskFull, isFull, makeScratch, mountSpill, sweepSpills } from './scratch.ts'
 import type { Scratch, Spill } from './scratch.ts'
 import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
@@ -573,14 +573,18 @@ class StepRunner implements Runner {
     }
 
     const basePath = chain.base.kind === 'host' ? '/' : chain.base.path
-    let scratch: Scratch
+    let scratch: Scratch & { workspace?: SandboxWorkspace }
     try {
-      scratch = await this.#scratch(hold, step.name, chain.layers, basePath, emit)
+      const ws = chain.workspace
+      const scan = described.scan
+      scratch = await this.#scratch(hold, step.name, chain.layers, basePath, emit, ws === undefined || scan === undefined
+        ? undefined
+        : async (dir) => ({ path: ws.path, lowerOption: await prepareWorkspace(dir, ws, chain.layers, scan.hidden) }))
     } catch (err) {
       emit({ type: 'failed', step: step.name, key: keyString, reason: 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: err as Error })
       throw err
     }
-    const { runDir, lockFd, lowerOption } = scratch
+    const { runDir, lockFd, lowerOption, workspace: ws } = scratch
     let kept = false
     /** Keeps the step's upper dir mounted under the later steps of this run, uncached. */
     const keep = (ownEnv: string[]): StepResult => {
@@ -597,9 +601,6 @@ class StepRunner implements Runner {
         const v = e.value ?? this.#env[e.name]
         if (v !== undefined) env[e.name] = v
       }
-      const ws = chain.workspace !== undefined && described.scan !== undefined
-        ? { path: chain.workspace.path, lowerOption: await prepareWorkspace(runDir, chain.workspace, chain.layers, described.scan.hidden) }
-        : undefined
       const ranAt = performance.now()
       const result = await runSandbox({
         name: step.name,
@@ -712,17 +713,28 @@ class StepRunner implements Runner {
   }
 
   /** A scratch dir for a step: on the data dir's filesystem while caching is on; on a spill tmpfs once that filesystem is full. */
-  async #scratch (hold: Hold, step: string, lowers: readonly string[], base: string, emit: (e: RunnerEvent) => void): Promise<Scratch> {
+  async #scratch (hold: Hold, step: string, lowers: readonly string[], base: string, emit: (e: RunnerEvent) => void, workspace?: (runDir: string) => Promise<SandboxWorkspace>): Promise<Scratch & { workspace?: SandboxWorkspace }> {
+    const make = async (root: string): Promise<Scratch & { workspace?: SandboxWorkspace }> => {
+      const scratch = await makeScratch(root, lowers, base)
+      if (workspace === undefined) return scratch
+      try {
+        return { ...scratch, workspace: await workspace(scratch.runDir) }
+      } catch (err) {
+        closeSync(scratch.lockFd)
+        await rm(scratch.runDir, { recursive: true, force: true })
+        throw err
+      }
+    }
     if (!hold.cacheOff) {
       try {
-        return await makeScratch(`${this.#dataDir}/runner/run`, lowers, base)
+        return await make(`${this.#dataDir}/runner/run`)
       } catch (err) {
         if (!isDiskFull(err)) throw err
         this.#cacheOff(hold, step, err, emit)
       }
     }
     hold.spill ??= await mountSpill(this.#log)
-    return await makeScratch(hold.spill.dir, lowers, base)
+    return await make(hold.spill.dir)
   }
 
   /** Turns caching off for the rest of the run, once, and says so. */

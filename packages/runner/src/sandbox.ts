@@ -33,8 +33,8 @@ export interface SandboxSpec {
   /** Host dirs bind-mounted read-write at the same path in the view (not captured, not in the key). */
   shared?: readonly string[]
   cwd: string
-  /** The checkout at `path` in the view, as prepareWorkspace() laid it out in runDir; `lowerOption` is what it returned. */
-  workspace?: { path: string, lowerOption: string }
+  /** The checkout at `path` in the view, as prepareWorkspace() laid it out in runDir. */
+  workspace?: SandboxWorkspace
   /** The step's whole environment (PATH, HOME, inherited $STRATA_ENV lines, declared env); STRATA_ENV is added. */
   env: Record<string, string>
   output: OutputOptions
@@ -42,6 +42,12 @@ export interface SandboxSpec {
   killGraceMs: number
   signal?: AbortSignal
   log: Logger
+}
+
+/** Where the step sees the checkout, and the lowerdir option prepareWorkspace() returned for it. */
+export interface SandboxWorkspace {
+  path: string
+  lowerOption: string
 }
 
 export interface SandboxResult {
