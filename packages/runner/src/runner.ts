@@ -1,14 +1,12 @@
 import { createHash } from 'node:crypto'
-import { closeSync, existsSync, openSync, readdirSync, realpathSync, rmSync } from 'node:fs'
+import { closeSync, existsSync, realpathSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { machine } from 'node:os'
 import { isAbsolute, posix, resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
-import { flock } from '@strata/sys'
-import { takeLease } from '@strata/store'
-import type { LayerInfo, Lease, Store } from '@strata/store'
+import type { LayerInfo, Store } from '@strata/store'
 import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
 import {
@@ -21,17 +19,21 @@ import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, digestKe
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, checkEpoch, checkScope, loadIdentity, openRecord, recordKey, signRecord, writerTrust } from '@strata/records'
-import type { Identity, RecordPolicy, StepRecord } from '@strata/records'
+import type { Identity, StepRecord } from '@strata/records'
 import { descriptorKey, lastKey } from './slots.ts'
 import { MAX_LOWER_LAYERS, checkSandboxOptions, normalizeUpperRoot, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
-import { isDiskFull, isFull, makeScratch, mountSpill, sweepSpills } from './scratch.ts'
-import type { Scratch, Spill } from './scratch.ts'
+import { isDiskFull, isFull, makeScratch, mountSpill } from './scratch.ts'
+import type { Scratch } from './scratch.ts'
 import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
 import { LayeredView } from './view.ts'
 import type { MissReason, RunnerEvent, StepResult } from './events.ts'
+import type { RemoteCache, RunnerContext } from './context.ts'
+import { cacheOff, dropHold, sweepRuns, takeHold } from './hold.ts'
+import type { Hold } from './hold.ts'
 
 export type { MissReason, RunnerEvent, StepResult } from './events.ts'
+export type { RemoteCache } from './context.ts'
 
 export interface RunnerInit {
   store: Store
@@ -69,19 +71,6 @@ export interface RunnerInit {
   signal?: AbortSignal
   /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
   remote?: RemoteCache
-}
-
-/** What the runner needs from the fleet: find a key's record and bring its layer into the store. */
-export interface RemoteCache {
-  /**
-   * Looks `key` up among peers and fetches its layer into the store; afterwards
-   * the store holds the record and the layer. Throws when it cannot.
-   */
-  resolve (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] }): Promise<{ providers: number, bytes: number, durationMs: number }>
-  /** Whether the fleet accepts records signed by `peer` in `scope` (on top of the runner's own trusted peers). */
-  trusts (peer: string, scope: string): boolean
-  /** The fleet's trust epoch, when it has one. */
-  readonly epoch?: number
 }
 
 export interface RunOptions {
@@ -185,72 +174,50 @@ export async function createRunner (init: RunnerInit): Promise<Runner> {
 }
 
 class StepRunner implements Runner {
-  readonly #store: Store
-  readonly #dataDir: string
-  readonly #log: Logger
-  readonly #identity: Identity
-  readonly #policy: RecordPolicy & { scopes: readonly string[], epoch: number }
-  readonly #scope: string
-  readonly #remote: RemoteCache | undefined
-  readonly #env: Readonly<Record<string, string | undefined>>
-  readonly #output: OutputOptions
-  readonly #killGraceMs: number
-  readonly #limits: InputLimits
-  readonly #fleetSalt: string | null
-  readonly #sandbox: { tmpSize?: number, shared?: readonly string[] }
+  readonly #ctx: RunnerContext
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
-    this.#store = init.store
-    this.#dataDir = realpathSync(dataDir)
-    this.#sandbox = { tmpSize: init.tmpSize, shared: init.shared }
-    checkSandboxOptions(this.#sandbox, this.#dataDir)
-    this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
-    this.#identity = identity
+    const realDataDir = realpathSync(dataDir)
+    const sandbox = { tmpSize: init.tmpSize, shared: init.shared }
+    checkSandboxOptions(sandbox, realDataDir)
     const own = writerTrust(init.trustedPeers ?? [])
     const remote = init.remote
-    this.#remote = remote
-    this.#scope = checkScope(init.scope ?? DEFAULT_SCOPE)
-    const scopes = [...new Set((init.readScopes ?? [this.#scope]).map(checkScope))]
+    const scope = checkScope(init.scope ?? DEFAULT_SCOPE)
+    const scopes = [...new Set((init.readScopes ?? [scope]).map(checkScope))]
     if (scopes.length === 0 || scopes.length > MAX_READ_SCOPES) throw new TypeError(`readScopes must name 1 to ${MAX_READ_SCOPES} scopes, got ${scopes.length}`)
-    // With a fleet, the writers it trusts are trusted too.
-    this.#policy = {
-      trusts: (p, scope) => p === identity.peerId || own(p, scope) || (remote !== undefined && remote.trusts(p, scope)),
-      epoch: checkEpoch(init.epoch ?? remote?.epoch ?? 0),
-      scopes
+    this.#ctx = {
+      store: init.store,
+      dataDir: realDataDir,
+      log: (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' }),
+      identity,
+      // With a fleet, the writers it trusts are trusted too.
+      policy: {
+        trusts: (p, s) => p === identity.peerId || own(p, s) || (remote !== undefined && remote.trusts(p, s)),
+        epoch: checkEpoch(init.epoch ?? remote?.epoch ?? 0),
+        scopes
+      },
+      scope,
+      remote,
+      env: init.env ?? process.env,
+      output: {
+        stdout: init.output?.stdout ?? process.stdout,
+        stderr: init.output?.stderr ?? process.stderr,
+        prefix: init.output?.prefix ?? (process.stdout.isTTY !== true)
+      },
+      killGraceMs: init.killGraceMs ?? 10_000,
+      limits: init.inputLimits ?? {},
+      fleetSalt: init.salt ?? null,
+      sandbox
     }
-    this.#env = init.env ?? process.env
-    this.#output = {
-      stdout: init.output?.stdout ?? process.stdout,
-      stderr: init.output?.stderr ?? process.stderr,
-      prefix: init.output?.prefix ?? (process.stdout.isTTY !== true)
-    }
-    this.#killGraceMs = init.killGraceMs ?? 10_000
-    this.#limits = init.inputLimits ?? {}
-    this.#fleetSalt = init.salt ?? null
   }
 
   get peerId (): string {
-    return this.#identity.peerId
+    return this.#ctx.identity.peerId
   }
 
-  /** Removes scratch dirs, and unmounts scratch space, whose owner is gone (it held an flock on `lock` while alive). */
+  /** Removes scratch dirs, and unmounts scratch space, whose owner is gone. */
   async sweep (): Promise<void> {
-    await sweepSpills(this.#log)
-    const root = `${this.#dataDir}/runner/run`
-    for (const name of readdirSync(root)) {
-      const dir = `${root}/${name}`
-      let fd: number | undefined
-      try {
-        fd = openSync(`${dir}/lock`, 'r')
-        if (!flock(fd, { exclusive: true, wait: false })) continue
-      } catch {
-        // no lock file: creation was interrupted
-      } finally {
-        if (fd !== undefined) closeSync(fd)
-      }
-      this.#log.info({ dir }, 'removing a scratch dir left by a dead run')
-      rmSync(dir, { recursive: true, force: true })
-    }
+    await sweepRuns(this.#ctx)
   }
 
   async run (pipeline: Pipeline, opts: RunOptions = {}): Promise<RunResult> {
@@ -260,7 +227,7 @@ class StepRunner implements Runner {
     const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const results: StepResult[] = []
     const base = await this.#baseIdentity(chain, opts)
-    const hold = this.#hold()
+    const hold = takeHold(this.#ctx)
     try {
       for (const [index, step] of pipeline.steps.entries()) {
         if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
@@ -292,7 +259,7 @@ class StepRunner implements Runner {
     if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
     const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const base = await this.#baseIdentity(chain, opts)
-    const hold = this.#hold()
+    const hold = takeHold(this.#ctx)
     try {
       if (step.parent !== undefined) await this.#loadChain(chain, base, step.parent, hold)
       opts.onEvent?.({ type: 'start', step: step.name, index: 0, total: 1 })
@@ -311,7 +278,7 @@ class StepRunner implements Runner {
     for (const step of pipeline.steps.slice(0, target + 1)) {
       const approximate = chain.approximate
       let { descriptor, key } = await this.#describe(chain, base, step, pipeline.salt ?? null, opts)
-      const lastBytes = await this.#store.getRecord(lastKey(chainId(pipeline.file, step.name)))
+      const lastBytes = await this.#ctx.store.getRecord(lastKey(chainId(pipeline.file, step.name)))
       const previousKey = lastBytes !== undefined ? CID.parse(Buffer.from(lastBytes).toString()) : null
       const previous = previousKey !== null ? await this.#descriptor(previousKey) : undefined
       if (!step.cache && previousKey !== null && previous?.output !== undefined) {
@@ -342,7 +309,7 @@ class StepRunner implements Runner {
   }
 
   async #baseIdentity (chain: Chain, opts: { signal?: AbortSignal }): Promise<BaseIdentity> {
-    return await baseIdentity(chain.base, chain.baseId ?? undefined, `${this.#dataDir}/runner`, opts)
+    return await baseIdentity(chain.base, chain.baseId ?? undefined, `${this.#ctx.dataDir}/runner`, opts)
   }
 
   /** Fills `chain` from the records of `parent` and the steps below it, down to the base. */
@@ -373,17 +340,17 @@ class StepRunner implements Runner {
   }
 
   async #descriptor (key: CID): Promise<KeyDescriptor | undefined> {
-    const bytes = await this.#store.getRecord(descriptorKey(key))
+    const bytes = await this.#ctx.store.getRecord(descriptorKey(key))
     if (bytes === undefined) return undefined
     return await decodeDescriptor(key, bytes)
   }
 
   async #describe (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, opts: { signal?: AbortSignal }): Promise<Described> {
     const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
-    const keyed = digestKey(salt, this.#fleetSalt)
-    const inputs = await collectInputs(step.name, step.inputs, view, this.#limits, { ...opts, digestKey: keyed })
+    const keyed = digestKey(salt, this.#ctx.fleetSalt)
+    const inputs = await collectInputs(step.name, step.inputs, view, this.#ctx.limits, { ...opts, digestKey: keyed })
     const env: Array<[string, Uint8Array | null]> = step.env.map((e) => {
-      const v = e.value ?? this.#env[e.name]
+      const v = e.value ?? this.#ctx.env[e.name]
       return [e.name, v === undefined ? null : envValueDigest(v, keyed)]
     })
     const descriptor: KeyDescriptor = {
@@ -405,35 +372,30 @@ class StepRunner implements Runner {
   /** With `hold`, the layer is leased before it is looked for, so that a collection cannot take it between the check and the mount. */
   async #lookup (key: CID, hold?: Hold): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
     let reason: MissReason = 'no-record'
-    for (const scope of this.#policy.scopes) {
-      const bytes = await this.#store.getRecord(recordKey(key, scope))
+    for (const scope of this.#ctx.policy.scopes) {
+      const bytes = await this.#ctx.store.getRecord(recordKey(key, scope))
       if (bytes === undefined) continue
       let record: StepRecord
       try {
-        record = openRecord(key, bytes, this.#policy)
+        record = openRecord(key, bytes, this.#ctx.policy)
         if (record.scope !== scope) throw new RecordInvalidError(key.toString(), 'wrong-scope', `is in scope ${record.scope} but stored under ${scope}`)
       } catch (err) {
         if (!(err instanceof RecordInvalidError)) throw err
-        this.#log.warn({ err, key: key.toString(), scope, reason: err.reason }, 'ignoring a record')
+        this.#ctx.log.warn({ err, key: key.toString(), scope, reason: err.reason }, 'ignoring a record')
         if (reason === 'no-record') reason = 'invalid-record'
         continue
       }
       hold?.lease.add(record.layer.toString())
       // A layer changed since its commit is marked by the check and never hit: the step runs again.
-      const found = await this.#store.checkLayer(record.layer)
+      const found = await this.#ctx.store.checkLayer(record.layer)
       if (found.status !== 'ok') {
-        if (found.status === 'corrupt') this.#log.warn({ key: key.toString(), layer: found.root, path: found.path, reason: found.reason }, 'the layer of a record is corrupt: running the step again')
+        if (found.status === 'corrupt') this.#ctx.log.warn({ key: key.toString(), layer: found.root, path: found.path, reason: found.reason }, 'the layer of a record is corrupt: running the step again')
         reason = found.status === 'corrupt' ? 'layer-corrupt' : 'layer-missing'
         continue
       }
       return { record, layer: found.layer }
     }
     return { reason }
-  }
-
-  /** A lease on the layers this run mounts (under the store's data dir, where its collector looks). */
-  #hold (): Hold {
-    return { lease: takeLease(this.#store.dataDir), dirs: [], cacheOff: false }
   }
 
   async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
@@ -450,16 +412,16 @@ class StepRunner implements Runner {
     let { descriptor, key } = described
     const keyString = key.toString()
     emit({ type: 'key', step: step.name, key: keyString, durationMs: performance.now() - t0 })
-    this.#log.debug({ step: step.name, key: keyString }, 'key computed')
+    this.#ctx.log.debug({ step: step.name, key: keyString }, 'key computed')
 
     // A full store cannot take the step's result, nor lease what it would hit: caching is off from here.
-    if (!hold.cacheOff && await isFull(this.#dataDir)) this.#cacheOff(hold, step.name, new DiskFullError(this.#dataDir), emit)
+    if (!hold.cacheOff && await isFull(this.#ctx.dataDir)) cacheOff(this.#ctx, hold, step.name, new DiskFullError(this.#ctx.dataDir), emit)
     if (hold.cacheOff) {
       emit({ type: 'miss', step: step.name, key: keyString, reason: 'cache-off' })
     } else if (step.cache && opts.noCache !== true) {
       let found = await this.#lookup(key, hold)
       let fromPeers: { providers: number, bytes: number } | undefined
-      if (!('record' in found) && this.#remote !== undefined) {
+      if (!('record' in found) && this.#ctx.remote !== undefined) {
         fromPeers = await this.#fromFleet(step.name, key, opts)
         if (fromPeers !== undefined) {
           const again = await this.#lookup(key, hold)
@@ -471,7 +433,7 @@ class StepRunner implements Runner {
         const tooLarge = envProblem(envObject([...chain.envLines, ...found.record.env], BASE_ENV))
         if (tooLarge !== undefined) {
           // Each record's env fits, but not all of them together: the step runs and fails with that error.
-          this.#log.info({ step: step.name, key: keyString, reason: tooLarge.reason }, 'not using a record: the environment it adds up to could not be exec\'d')
+          this.#ctx.log.info({ step: step.name, key: keyString, reason: tooLarge.reason }, 'not using a record: the environment it adds up to could not be exec\'d')
           found = { reason: 'invalid-record' }
         }
       }
@@ -480,19 +442,19 @@ class StepRunner implements Runner {
           await this.#remember(lastId, key, described.bytes)
         } catch (err) {
           // It serves why() only: the hit stands.
-          this.#log.info({ err, step: step.name, key: keyString }, 'cannot note the step\'s key for why()')
-          if (isDiskFull(err)) this.#cacheOff(hold, step.name, err, emit)
+          this.#ctx.log.info({ err, step: step.name, key: keyString }, 'cannot note the step\'s key for why()')
+          if (isDiskFull(err)) cacheOff(this.#ctx, hold, step.name, err, emit)
         }
         chain.parent = key
         chain.layers.unshift(found.layer.path)
         chain.envLines.push(...found.record.env)
         const durationMs = performance.now() - t0
-        this.#log.debug({ step: step.name, key: keyString, layer: found.layer.root.toString() }, 'hit')
+        this.#ctx.log.debug({ step: step.name, key: keyString, layer: found.layer.root.toString() }, 'hit')
         const hit = { type: 'hit' as const, step: step.name, key: keyString, layer: found.layer.root.toString(), size: found.layer.size, durationMs }
         emit(fromPeers !== undefined ? { ...hit, source: 'peer', providers: fromPeers.providers, bytes: fromPeers.bytes } : { ...hit, source: 'local' })
         return { name: step.name, key: keyString, layer: found.layer.root.toString(), status: 'hit', size: found.layer.size, env: found.record.env, durationMs }
       }
-      this.#log.debug({ step: step.name, key: keyString, reason: found.reason }, 'miss')
+      this.#ctx.log.debug({ step: step.name, key: keyString, reason: found.reason }, 'miss')
       emit({ type: 'miss', step: step.name, key: keyString, reason: found.reason })
     } else {
       emit({ type: 'miss', step: step.name, key: keyString, reason: step.cache ? 'no-cache' : 'uncached-step' })
@@ -520,7 +482,7 @@ class StepRunner implements Runner {
     try {
       const env: Record<string, string> = envObject(chain.envLines, BASE_ENV)
       for (const e of step.env) {
-        const v = e.value ?? this.#env[e.name]
+        const v = e.value ?? this.#ctx.env[e.name]
         if (v !== undefined) env[e.name] = v
       }
       const ranAt = performance.now()
@@ -529,17 +491,17 @@ class StepRunner implements Runner {
         runDir,
         lowers: chain.layers,
         base: basePath,
-        mask: chain.base.kind === 'host' ? this.#dataDir : undefined,
+        mask: chain.base.kind === 'host' ? this.#ctx.dataDir : undefined,
         run: step.run,
-        tmpSize: step.tmpSize ?? this.#sandbox.tmpSize,
-        shared: this.#sandbox.shared,
+        tmpSize: step.tmpSize ?? this.#ctx.sandbox.tmpSize,
+        shared: this.#ctx.sandbox.shared,
         cwd: step.cwd,
         env,
-        output: this.#output,
+        output: this.#ctx.output,
         timeoutMs: step.timeoutMs,
-        killGraceMs: this.#killGraceMs,
+        killGraceMs: this.#ctx.killGraceMs,
         signal: opts.signal,
-        log: this.#log
+        log: this.#ctx.log
       }, lowerOption)
       const ranMs = performance.now() - ranAt
       if (result.killed !== undefined || result.exitCode !== 0) {
@@ -561,16 +523,16 @@ class StepRunner implements Runner {
       await normalizeUpperRoot(runDir)
       let layer: LayerInfo
       try {
-        layer = await this.#store.commit(`${runDir}/u`, {
+        layer = await this.#ctx.store.commit(`${runDir}/u`, {
           signal: opts.signal,
           onProgress: (p) => emit({ type: 'capture-progress', step: step.name, unit: p.type, done: p.done, total: p.total })
         })
       } catch (err) {
         // The cache never fails a build: the step ran, and its changes stay mounted for the rest of this run, uncached.
         if (opts.signal?.aborted === true || !existsSync(`${runDir}/u`)) throw err
-        this.#log.info({ err, step: step.name, key: keyString }, 'capture failed: the step ran, its result is not cached')
+        this.#ctx.log.info({ err, step: step.name, key: keyString }, 'capture failed: the step ran, its result is not cached')
         emit({ type: 'capture-failed', step: step.name, key: keyString, error: err as Error })
-        if (isDiskFull(err)) this.#cacheOff(hold, step.name, err, emit)
+        if (isDiskFull(err)) cacheOff(this.#ctx, hold, step.name, err, emit)
         return keep(ownEnv)
       }
       let bytes = described.bytes
@@ -591,18 +553,18 @@ class StepRunner implements Runner {
           size: layer.size,
           env: ownEnv,
           created: Date.now(),
-          producer: this.#identity.peerId,
-          scope: this.#scope,
-          epoch: this.#policy.epoch
+          producer: this.#ctx.identity.peerId,
+          scope: this.#ctx.scope,
+          epoch: this.#ctx.policy.epoch
         }
-        await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#identity))
+        await this.#ctx.store.putRecord(recordKey(key, this.#ctx.scope), signRecord(record, this.#ctx.identity))
         await this.#remember(lastId, key, bytes)
       } catch (err) {
         // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.
         if (opts.signal?.aborted === true) throw err
-        this.#log.info({ err, step: step.name, key: key.toString() }, 'recording the capture failed: the step ran, its result is not cached')
+        this.#ctx.log.info({ err, step: step.name, key: key.toString() }, 'recording the capture failed: the step ran, its result is not cached')
         emit({ type: 'capture-failed', step: step.name, key: key.toString(), error: err as Error })
-        if (isDiskFull(err)) this.#cacheOff(hold, step.name, err, emit)
+        if (isDiskFull(err)) cacheOff(this.#ctx, hold, step.name, err, emit)
         chain.parent = key
         chain.layers.unshift(layer.path)
         chain.envLines.push(...ownEnv)
@@ -610,7 +572,7 @@ class StepRunner implements Runner {
       }
       const capMs = performance.now() - capAt
       emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
-      this.#log.info({ step: step.name, key: key.toString(), layer: layer.root.toString(), ranMs, capMs }, 'captured')
+      this.#ctx.log.info({ step: step.name, key: key.toString(), layer: layer.root.toString(), ranMs, capMs }, 'captured')
 
       chain.parent = key
       chain.layers.unshift(layer.path)
@@ -635,66 +597,33 @@ class StepRunner implements Runner {
   async #scratch (hold: Hold, step: string, lowers: readonly string[], base: string, emit: (e: RunnerEvent) => void): Promise<Scratch> {
     if (!hold.cacheOff) {
       try {
-        return await makeScratch(`${this.#dataDir}/runner/run`, lowers, base)
+        return await makeScratch(`${this.#ctx.dataDir}/runner/run`, lowers, base)
       } catch (err) {
         if (!isDiskFull(err)) throw err
-        this.#cacheOff(hold, step, err, emit)
+        cacheOff(this.#ctx, hold, step, err, emit)
       }
     }
-    hold.spill ??= await mountSpill(this.#log)
+    hold.spill ??= await mountSpill(this.#ctx.log)
     return await makeScratch(hold.spill.dir, lowers, base)
-  }
-
-  /** Turns caching off for the rest of the run, once, and says so. */
-  #cacheOff (hold: Hold, step: string, cause: unknown, emit: (e: RunnerEvent) => void): void {
-    if (hold.cacheOff) return
-    hold.cacheOff = true
-    const error = cause instanceof DiskFullError ? cause : new DiskFullError(this.#dataDir, { cause })
-    this.#log.info({ err: error, step }, 'caching is off for the rest of the run')
-    emit({ type: 'cache-off', step, error })
   }
 
   /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */
   async #fromFleet (step: string, key: CID, opts: RunOptions): Promise<{ providers: number, bytes: number } | undefined> {
     try {
-      const got = await this.#remote!.resolve(key.toString(), { signal: opts.signal, scopes: this.#policy.scopes })
-      this.#log.debug({ step, key: key.toString(), providers: got.providers, bytes: got.bytes, ms: got.durationMs }, 'fetched from peers')
+      const got = await this.#ctx.remote!.resolve(key.toString(), { signal: opts.signal, scopes: this.#ctx.policy.scopes })
+      this.#ctx.log.debug({ step, key: key.toString(), providers: got.providers, bytes: got.bytes, ms: got.durationMs }, 'fetched from peers')
       return { providers: got.providers, bytes: got.bytes }
     } catch (err) {
       // A cancel surfaces when the step would run: the run dir and events are handled there.
-      this.#log.info({ err, step, key: key.toString() }, 'not in the fleet: running the step')
+      this.#ctx.log.info({ err, step, key: key.toString() }, 'not in the fleet: running the step')
       return undefined
     }
   }
 
   /** Keeps the descriptor and points this step's "last used" at it, for why(). */
   async #remember (lastId: string, key: CID, descriptorBytes: Uint8Array): Promise<void> {
-    await this.#store.putRecord(descriptorKey(key), descriptorBytes)
-    await this.#store.putRecord(lastKey(lastId), Buffer.from(key.toString()))
-  }
-}
-
-/**
- * What a run holds until it ends: a lease on its layers, the run dirs of steps whose
- * result was not captured (mounted as lower dirs), and once the data dir's filesystem
- * is full, caching off and the scratch space used instead.
- */
-interface Hold {
-  lease: Lease
-  dirs: Array<{ dir: string, fd: number }>
-  cacheOff: boolean
-  spill?: Spill
-}
-
-async function dropHold (hold: Hold): Promise<void> {
-  hold.lease.release()
-  try {
-    for (const { dir, fd } of hold.dirs) {
-      closeSync(fd)
-      await rm(dir, { recursive: true, force: true })
-    }
-  } finally {
-    await hold.spill?.release()
+    await this.#ctx.store.putRecord(descriptorKey(key), descriptorBytes)
+    await this.#ctx.store.putRecord(lastKey(lastId), Buffer.from(key.toString()))
   }
 }
 
