@@ -1,39 +1,37 @@
-import { createHash } from 'node:crypto'
 import { closeSync, existsSync, realpathSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
-import { machine } from 'node:os'
 import { isAbsolute, posix, resolve } from 'node:path'
-import { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import type { LayerInfo, Store } from '@strata/store'
-import { baseIdentity } from './base.ts'
 import type { BaseIdentity } from './base.ts'
-import {
-  BaseMismatchError, ChainTooLongError, DiskFullError, ParentNotFoundError, RunnerError, StepCancelledError, StepFailedError,
-  StepNotFoundError, StepTimeoutError
-} from './errors.ts'
-import { collectInputs } from './inputs.ts'
+import { ChainTooLongError, DiskFullError, RunnerError, StepCancelledError, StepFailedError, StepTimeoutError } from './errors.ts'
 import type { InputLimits } from './inputs.ts'
-import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, digestKey, encodeDescriptor, envValueDigest } from './key.ts'
-import type { KeyChange, KeyDescriptor } from './key.ts'
+import { encodeDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
-import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, checkEpoch, checkScope, loadIdentity, openRecord, recordKey, signRecord, writerTrust } from '@strata/records'
+import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, loadIdentity, recordKey, signRecord, writerTrust } from '@strata/records'
 import type { Identity, StepRecord } from '@strata/records'
-import { descriptorKey, lastKey } from './slots.ts'
 import { MAX_LOWER_LAYERS, checkSandboxOptions, normalizeUpperRoot, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { isDiskFull, isFull, makeScratch, mountSpill } from './scratch.ts'
 import type { Scratch } from './scratch.ts'
 import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
-import { LayeredView } from './view.ts'
-import type { MissReason, RunnerEvent, StepResult } from './events.ts'
+import type { RunnerEvent, StepResult } from './events.ts'
 import type { RemoteCache, RunnerContext } from './context.ts'
 import { cacheOff, dropHold, sweepRuns, takeHold } from './hold.ts'
 import type { Hold } from './hold.ts'
+import { baseRoot } from './base.ts'
+import { baseChain, chainBase, loadChain } from './chain.ts'
+import type { Chain } from './chain.ts'
+import { chainId, describe, remember } from './describe.ts'
+import type { Described } from './describe.ts'
+import { fromFleet, lookupLocal } from './lookup.ts'
+import { why } from './why.ts'
+import type { WhyReport } from './why.ts'
 
 export type { MissReason, RunnerEvent, StepResult } from './events.ts'
 export type { RemoteCache } from './context.ts'
+export type { WhyReport, WhyStep } from './why.ts'
 
 export interface RunnerInit {
   store: Store
@@ -107,28 +105,6 @@ export interface ExecStep {
   timeoutMs?: number
 }
 
-export interface WhyStep {
-  name: string
-  /** The key the step would have now (for a `cache: false` step: the key it had last time). */
-  key: string
-  /** The key it had when it last ran or hit, if it ever did. */
-  previousKey: string | null
-  /** A record and layer for `key` are here: running now would hit (never for a `cache: false` step). */
-  hit: boolean
-  /** Field-by-field changes from previousKey to key. */
-  changes: KeyChange[]
-  /** Human-readable lines, one per change. */
-  reasons: string[]
-  /** A step below could not be restored, so this step's inputs were read without its changes. */
-  approximate: boolean
-}
-
-export interface WhyReport {
-  step: string
-  /** The asked step last; the ones below first, so a CLI can point at the first that changed. */
-  steps: WhyStep[]
-}
-
 export interface Runner {
   /** This node's peer id (the signer of its records). */
   readonly peerId: string
@@ -137,27 +113,6 @@ export interface Runner {
   why (pipeline: Pipeline, step: string, opts?: { signal?: AbortSignal }): Promise<WhyReport>
 }
 
-/** The filesystem a step starts from: the base and the layers of the steps below. */
-interface Chain {
-  base: BaseSpec
-  baseId: string | null
-  /** Key of the step below, or null on the base. */
-  parent: CID | null
-  /** Layer dirs below, newest first. */
-  layers: string[]
-  /** Accumulated $STRATA_ENV lines, oldest first. */
-  envLines: string[]
-  /** Set once a step below could not be restored (why() only). */
-  approximate: boolean
-}
-
-interface Described {
-  descriptor: KeyDescriptor
-  key: CID
-  bytes: Uint8Array
-}
-
-const USER = '0:0'
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 /** What every step's environment starts with, before the $STRATA_ENV lines below it and its declared env. */
 const BASE_ENV: Readonly<Record<string, string>> = { PATH: DEFAULT_PATH, HOME: '/root' }
@@ -224,9 +179,9 @@ class StepRunner implements Runner {
     // Refused before the first step runs rather than at the step that would stack past it.
     if (pipeline.steps.length - 1 > MAX_LOWER_LAYERS) throw new ChainTooLongError(pipeline.steps.length - 1, MAX_LOWER_LAYERS)
     const started = performance.now()
-    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
+    const chain = baseChain(pipeline.base, pipeline.baseId)
     const results: StepResult[] = []
-    const base = await this.#baseIdentity(chain, opts)
+    const base = await chainBase(this.#ctx, chain, opts)
     const hold = takeHold(this.#ctx)
     try {
       for (const [index, step] of pipeline.steps.entries()) {
@@ -257,11 +212,11 @@ class StepRunner implements Runner {
       if (e.name === 'STRATA_ENV' || e.name.startsWith('STRATA_SB_')) throw new TypeError(`${e.name} is reserved by strata`)
     }
     if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
-    const chain: Chain = { base: step.base ?? { kind: 'host' }, baseId: step.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
-    const base = await this.#baseIdentity(chain, opts)
+    const chain = baseChain(step.base ?? { kind: 'host' }, step.baseId)
+    const base = await chainBase(this.#ctx, chain, opts)
     const hold = takeHold(this.#ctx)
     try {
-      if (step.parent !== undefined) await this.#loadChain(chain, base, step.parent, hold)
+      if (step.parent !== undefined) await loadChain(this.#ctx, chain, base, step.parent, hold)
       opts.onEvent?.({ type: 'start', step: step.name, index: 0, total: 1 })
       return await this.#step(chain, base, spec, step.salt ?? null, chainId(undefined, step.name), opts, hold)
     } finally {
@@ -270,132 +225,7 @@ class StepRunner implements Runner {
   }
 
   async why (pipeline: Pipeline, stepName: string, opts: { signal?: AbortSignal } = {}): Promise<WhyReport> {
-    const target = pipeline.steps.findIndex((s) => s.name === stepName)
-    if (target === -1) throw new StepNotFoundError(stepName, pipeline.steps.map((s) => s.name))
-    const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
-    const base = await this.#baseIdentity(chain, opts)
-    const steps: WhyStep[] = []
-    for (const step of pipeline.steps.slice(0, target + 1)) {
-      const approximate = chain.approximate
-      let { descriptor, key } = await this.#describe(chain, base, step, pipeline.salt ?? null, opts)
-      const lastBytes = await this.#ctx.store.getRecord(lastKey(chainId(pipeline.file, step.name)))
-      const previousKey = lastBytes !== undefined ? CID.parse(Buffer.from(lastBytes).toString()) : null
-      const previous = previousKey !== null ? await this.#descriptor(previousKey) : undefined
-      if (!step.cache && previousKey !== null && previous?.output !== undefined) {
-        // Its key depends on what it produced: compare against the last one, with that output.
-        descriptor = { ...descriptor, output: previous.output }
-        key = (await encodeDescriptor(descriptor)).key
-      }
-      const changes = previous !== undefined ? diffDescriptors(previous, descriptor) : []
-      const found = await this.#lookup(key)
-      steps.push({
-        name: step.name,
-        key: key.toString(),
-        previousKey: previousKey?.toString() ?? null,
-        hit: step.cache && 'record' in found,
-        changes,
-        reasons: previous === undefined ? ['this step has not run here before'] : changes.map(describeChange),
-        approximate
-      })
-      chain.parent = key
-      if ('record' in found) {
-        chain.layers.unshift(found.layer.path)
-        chain.envLines.push(...found.record.env)
-      } else {
-        chain.approximate = true
-      }
-    }
-    return { step: stepName, steps }
-  }
-
-  async #baseIdentity (chain: Chain, opts: { signal?: AbortSignal }): Promise<BaseIdentity> {
-    return await baseIdentity(chain.base, chain.baseId ?? undefined, `${this.#ctx.dataDir}/runner`, opts)
-  }
-
-  /** Fills `chain` from the records of `parent` and the steps below it, down to the base. */
-  async #loadChain (chain: Chain, base: BaseIdentity, parent: string, hold: Hold): Promise<void> {
-    let key: CID
-    try {
-      key = CID.parse(parent)
-    } catch (err) {
-      throw new TypeError(`parent "${parent}" is not a key`, { cause: err })
-    }
-    chain.parent = key
-    const envGroups: string[][] = []
-    for (let depth = 0; ; depth++) {
-      if (depth > 10_000) throw new ParentNotFoundError(parent, 'the chain of records does not end')
-      const found = await this.#lookup(key, hold)
-      if (!('record' in found)) throw new ParentNotFoundError(key.toString(), found.reason === 'layer-missing' ? 'its layer is not in the store' : found.reason === 'layer-corrupt' ? 'its layer is corrupt (marked; run the parent step again)' : 'no valid record in the store')
-      chain.layers.push(found.layer.path)
-      envGroups.unshift(found.record.env)
-      if (found.record.parent === null) {
-        const d = await this.#descriptor(key)
-        if (d === undefined) throw new ParentNotFoundError(key.toString(), 'its key descriptor is not in the store')
-        if (CID.asCID(d.parent) !== null || !sameBase(d.parent as BaseIdentity, base)) throw new BaseMismatchError(parent)
-        break
-      }
-      key = found.record.parent
-    }
-    chain.envLines = envGroups.flat()
-  }
-
-  async #descriptor (key: CID): Promise<KeyDescriptor | undefined> {
-    const bytes = await this.#ctx.store.getRecord(descriptorKey(key))
-    if (bytes === undefined) return undefined
-    return await decodeDescriptor(key, bytes)
-  }
-
-  async #describe (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, opts: { signal?: AbortSignal }): Promise<Described> {
-    const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
-    const keyed = digestKey(salt, this.#ctx.fleetSalt)
-    const inputs = await collectInputs(step.name, step.inputs, view, this.#ctx.limits, { ...opts, digestKey: keyed })
-    const env: Array<[string, Uint8Array | null]> = step.env.map((e) => {
-      const v = e.value ?? this.#ctx.env[e.name]
-      return [e.name, v === undefined ? null : envValueDigest(v, keyed)]
-    })
-    const descriptor: KeyDescriptor = {
-      v: KEY_FORMAT,
-      parent: chain.parent ?? base,
-      run: step.run,
-      cwd: step.cwd,
-      user: USER,
-      env,
-      inputs,
-      platform: { os: 'linux', arch: machine() },
-      salt: keyed.id
-    }
-    const { key, bytes } = await encodeDescriptor(descriptor)
-    return { descriptor, key, bytes }
-  }
-
-  /** The first record, in read-scope order, that verifies under the policy and whose layer is here. */
-  /** With `hold`, the layer is leased before it is looked for, so that a collection cannot take it between the check and the mount. */
-  async #lookup (key: CID, hold?: Hold): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
-    let reason: MissReason = 'no-record'
-    for (const scope of this.#ctx.policy.scopes) {
-      const bytes = await this.#ctx.store.getRecord(recordKey(key, scope))
-      if (bytes === undefined) continue
-      let record: StepRecord
-      try {
-        record = openRecord(key, bytes, this.#ctx.policy)
-        if (record.scope !== scope) throw new RecordInvalidError(key.toString(), 'wrong-scope', `is in scope ${record.scope} but stored under ${scope}`)
-      } catch (err) {
-        if (!(err instanceof RecordInvalidError)) throw err
-        this.#ctx.log.warn({ err, key: key.toString(), scope, reason: err.reason }, 'ignoring a record')
-        if (reason === 'no-record') reason = 'invalid-record'
-        continue
-      }
-      hold?.lease.add(record.layer.toString())
-      // A layer changed since its commit is marked by the check and never hit: the step runs again.
-      const found = await this.#ctx.store.checkLayer(record.layer)
-      if (found.status !== 'ok') {
-        if (found.status === 'corrupt') this.#ctx.log.warn({ key: key.toString(), layer: found.root, path: found.path, reason: found.reason }, 'the layer of a record is corrupt: running the step again')
-        reason = found.status === 'corrupt' ? 'layer-corrupt' : 'layer-missing'
-        continue
-      }
-      return { record, layer: found.layer }
-    }
-    return { reason }
+    return await why(this.#ctx, pipeline, stepName, opts)
   }
 
   async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
@@ -403,7 +233,7 @@ class StepRunner implements Runner {
     const t0 = performance.now()
     let described: Described
     try {
-      described = await this.#describe(chain, base, step, salt, opts)
+      described = await describe(this.#ctx, chain, base, step, salt, opts)
     } catch (err) {
       const e = opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error
       emit({ type: 'failed', step: step.name, reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
@@ -419,12 +249,12 @@ class StepRunner implements Runner {
     if (hold.cacheOff) {
       emit({ type: 'miss', step: step.name, key: keyString, reason: 'cache-off' })
     } else if (step.cache && opts.noCache !== true) {
-      let found = await this.#lookup(key, hold)
+      let found = await lookupLocal(this.#ctx, key, hold)
       let fromPeers: { providers: number, bytes: number } | undefined
       if (!('record' in found) && this.#ctx.remote !== undefined) {
-        fromPeers = await this.#fromFleet(step.name, key, opts)
+        fromPeers = await fromFleet(this.#ctx, this.#ctx.remote, step.name, key, opts.signal)
         if (fromPeers !== undefined) {
-          const again = await this.#lookup(key, hold)
+          const again = await lookupLocal(this.#ctx, key, hold)
           if ('record' in again) found = again
           else fromPeers = undefined
         }
@@ -439,7 +269,7 @@ class StepRunner implements Runner {
       }
       if ('record' in found) {
         try {
-          await this.#remember(lastId, key, described.bytes)
+          await remember(this.#ctx, lastId, key, described.bytes)
         } catch (err) {
           // It serves why() only: the hit stands.
           this.#ctx.log.info({ err, step: step.name, key: keyString }, 'cannot note the step\'s key for why()')
@@ -460,7 +290,7 @@ class StepRunner implements Runner {
       emit({ type: 'miss', step: step.name, key: keyString, reason: step.cache ? 'no-cache' : 'uncached-step' })
     }
 
-    const basePath = chain.base.kind === 'host' ? '/' : chain.base.path
+    const basePath = baseRoot(chain.base)
     let scratch: Scratch
     try {
       scratch = await this.#scratch(hold, step.name, chain.layers, basePath, emit)
@@ -558,7 +388,7 @@ class StepRunner implements Runner {
           epoch: this.#ctx.policy.epoch
         }
         await this.#ctx.store.putRecord(recordKey(key, this.#ctx.scope), signRecord(record, this.#ctx.identity))
-        await this.#remember(lastId, key, bytes)
+        await remember(this.#ctx, lastId, key, bytes)
       } catch (err) {
         // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.
         if (opts.signal?.aborted === true) throw err
@@ -607,34 +437,4 @@ class StepRunner implements Runner {
     return await makeScratch(hold.spill.dir, lowers, base)
   }
 
-  /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */
-  async #fromFleet (step: string, key: CID, opts: RunOptions): Promise<{ providers: number, bytes: number } | undefined> {
-    try {
-      const got = await this.#ctx.remote!.resolve(key.toString(), { signal: opts.signal, scopes: this.#ctx.policy.scopes })
-      this.#ctx.log.debug({ step, key: key.toString(), providers: got.providers, bytes: got.bytes, ms: got.durationMs }, 'fetched from peers')
-      return { providers: got.providers, bytes: got.bytes }
-    } catch (err) {
-      // A cancel surfaces when the step would run: the run dir and events are handled there.
-      this.#ctx.log.info({ err, step, key: key.toString() }, 'not in the fleet: running the step')
-      return undefined
-    }
-  }
-
-  /** Keeps the descriptor and points this step's "last used" at it, for why(). */
-  async #remember (lastId: string, key: CID, descriptorBytes: Uint8Array): Promise<void> {
-    await this.#ctx.store.putRecord(descriptorKey(key), descriptorBytes)
-    await this.#ctx.store.putRecord(lastKey(lastId), Buffer.from(key.toString()))
-  }
-}
-
-/** Identifies "this step of this pipeline" across runs, for why(). */
-function chainId (file: string | undefined, step: string): string {
-  return createHash('sha256').update(`strata/last/v1\0${file ?? ''}\0${step}`).digest('hex').slice(0, 32)
-}
-
-function sameBase (a: BaseIdentity, b: BaseIdentity): boolean {
-  if (a.kind !== b.kind || a.id !== b.id) return false
-  if (a.kind === 'host' && b.kind === 'host') return a.arch === b.arch && Buffer.from(a.osRelease).equals(Buffer.from(b.osRelease))
-  if (a.kind === 'dir' && b.kind === 'dir') return Buffer.from(a.digest).equals(Buffer.from(b.digest))
-  return false
 }
