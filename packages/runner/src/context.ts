@@ -1,7 +1,12 @@
 import type { Logger } from 'pino'
 import type { Identity, RecordPolicy } from '@strata/records'
 import type { Store } from '@strata/store'
+import type { BaseIdentity } from './base.ts'
+import type { Chain } from './chain.ts'
+import type { Emit } from './events.ts'
+import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
+import type { StepSpec } from './pipeline.ts'
 import type { OutputOptions } from './sandbox.ts'
 
 /** What the runner needs from the fleet: find a key's record and bring its layer into the store. */
@@ -36,4 +41,23 @@ export interface RunnerContext {
   readonly limits: InputLimits
   readonly fleetSalt: string | null
   readonly sandbox: { tmpSize?: number, shared?: readonly string[] }
+}
+
+/** One step as its phases see it: what it is, what it starts from, what the run holds and where it reports. */
+export interface StepContext {
+  readonly step: StepSpec
+  /** Updated in place: a step that hits or runs puts its layer and env lines on top. */
+  readonly chain: Chain
+  readonly base: BaseIdentity
+  /** The pipeline's salt. */
+  readonly salt: string | null
+  /** Identifies this step of this pipeline across runs, for why(). */
+  readonly lastId: string
+  readonly hold: Hold
+  readonly signal: AbortSignal | undefined
+  /** Run the step without looking it up. */
+  readonly noCache: boolean
+  readonly emit: Emit
+  /** When the step started (performance.now()). */
+  readonly t0: number
 }

@@ -2,14 +2,54 @@ import type { CID } from 'multiformats/cid'
 import { RecordInvalidError, openRecord, recordKey } from '@strata/records'
 import type { StepRecord } from '@strata/records'
 import type { LayerInfo } from '@strata/store'
-import type { RunnerContext } from './context.ts'
+import type { RunnerContext, StepContext } from './context.ts'
+import { DiskFullError } from './errors.ts'
 import type { MissReason } from './events.ts'
+import { cacheOff } from './hold.ts'
 import type { Hold } from './hold.ts'
+import { isFull } from './scratch.ts'
+import { BASE_ENV, envObject, envProblem } from './strata-env.ts'
 
 /** A record that counts, and its layer, checked and here. */
 export interface Found {
   record: StepRecord
   layer: LayerInfo
+}
+
+/** A hit, with what the fleet sent when it came from there. */
+export type Hit = Found & { fromPeers?: { providers: number, bytes: number } }
+
+/** A hit or why not. */
+export type Lookup = Hit | { reason: MissReason }
+
+/**
+ * Whether the step can be a hit: nothing is looked up once caching is off or when
+ * the step is not to be cached; else the store, then the fleet.
+ */
+export async function lookupStep (ctx: RunnerContext, s: StepContext, key: CID): Promise<Lookup> {
+  const { step, hold } = s
+  // A full store cannot take the step's result, nor lease what it would hit: caching is off from here.
+  if (!hold.cacheOff && await isFull(ctx.dataDir)) cacheOff(ctx, hold, step.name, new DiskFullError(ctx.dataDir), s.emit)
+  if (hold.cacheOff) return { reason: 'cache-off' }
+  if (!step.cache || s.noCache) return { reason: step.cache ? 'no-cache' : 'uncached-step' }
+
+  let found: Lookup = await lookupLocal(ctx, key, hold)
+  if (!('record' in found) && ctx.remote !== undefined) {
+    const fromPeers = await fromFleet(ctx, ctx.remote, step.name, key, s.signal)
+    if (fromPeers !== undefined) {
+      const again = await lookupLocal(ctx, key, hold)
+      if ('record' in again) found = { ...again, fromPeers }
+    }
+  }
+  if ('record' in found) {
+    const tooLarge = envProblem(envObject([...s.chain.envLines, ...found.record.env], BASE_ENV))
+    if (tooLarge !== undefined) {
+      // Each record's env fits, but not all of them together: the step runs and fails with that error.
+      ctx.log.info({ step: step.name, key: key.toString(), reason: tooLarge.reason }, 'not using a record: the environment it adds up to could not be exec\'d')
+      return { reason: 'invalid-record' }
+    }
+  }
+  return found
 }
 
 /**
@@ -45,7 +85,7 @@ export async function lookupLocal (ctx: RunnerContext, key: CID, hold?: Hold): P
 }
 
 /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */
-export async function fromFleet (ctx: RunnerContext, remote: NonNullable<RunnerContext['remote']>, step: string, key: CID, signal: AbortSignal | undefined): Promise<{ providers: number, bytes: number } | undefined> {
+async function fromFleet (ctx: RunnerContext, remote: NonNullable<RunnerContext['remote']>, step: string, key: CID, signal: AbortSignal | undefined): Promise<{ providers: number, bytes: number } | undefined> {
   try {
     const got = await remote.resolve(key.toString(), { signal, scopes: ctx.policy.scopes })
     ctx.log.debug({ step, key: key.toString(), providers: got.providers, bytes: got.bytes, ms: got.durationMs }, 'fetched from peers')

@@ -1,36 +1,36 @@
-import { closeSync, existsSync, realpathSync } from 'node:fs'
-import { mkdir, rm } from 'node:fs/promises'
+import { realpathSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
 import { isAbsolute, posix, resolve } from 'node:path'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
-import type { LayerInfo, Store } from '@strata/store'
+import { DEFAULT_SCOPE, MAX_READ_SCOPES, checkEpoch, checkScope, loadIdentity, writerTrust } from '@strata/records'
+import type { Identity } from '@strata/records'
+import type { Store } from '@strata/store'
 import type { BaseIdentity } from './base.ts'
-import { ChainTooLongError, DiskFullError, RunnerError, StepCancelledError, StepFailedError, StepTimeoutError } from './errors.ts'
-import type { InputLimits } from './inputs.ts'
-import { encodeDescriptor } from './key.ts'
-import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
-import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, checkEpoch, checkScope, loadIdentity, recordKey, signRecord, writerTrust } from '@strata/records'
-import type { Identity, StepRecord } from '@strata/records'
-import { MAX_LOWER_LAYERS, checkSandboxOptions, normalizeUpperRoot, runSandbox } from './sandbox.ts'
-import type { OutputOptions } from './sandbox.ts'
-import { isDiskFull, isFull, makeScratch, mountSpill } from './scratch.ts'
-import type { Scratch } from './scratch.ts'
-import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
-import type { RunnerEvent, StepResult } from './events.ts'
-import type { RemoteCache, RunnerContext } from './context.ts'
-import { cacheOff, dropHold, sweepRuns, takeHold } from './hold.ts'
-import type { Hold } from './hold.ts'
-import { baseRoot } from './base.ts'
+import { capture } from './capture.ts'
 import { baseChain, chainBase, loadChain } from './chain.ts'
 import type { Chain } from './chain.ts'
-import { chainId, describe, remember } from './describe.ts'
+import type { RemoteCache, RunnerContext, StepContext } from './context.ts'
+import { chainId, describe } from './describe.ts'
 import type { Described } from './describe.ts'
-import { fromFleet, lookupLocal } from './lookup.ts'
+import { ChainTooLongError, RunnerError, StepCancelledError, StepFailedError, StepTimeoutError } from './errors.ts'
+import type { RunnerEvent, StepResult } from './events.ts'
+import { closeRun, execute, openRun } from './execute.ts'
+import type { Run } from './execute.ts'
+import { hit } from './hit.ts'
+import { dropHold, sweepRuns, takeHold } from './hold.ts'
+import type { Hold } from './hold.ts'
+import type { InputLimits } from './inputs.ts'
+import { lookupStep } from './lookup.ts'
+import type { EnvDecl, BaseSpec, Pipeline, StepSpec } from './pipeline.ts'
+import { MAX_LOWER_LAYERS, checkSandboxOptions } from './sandbox.ts'
+import type { OutputOptions } from './sandbox.ts'
+import { ENV_NAME, envObject } from './strata-env.ts'
 import { why } from './why.ts'
 import type { WhyReport } from './why.ts'
 
-export type { MissReason, RunnerEvent, StepResult } from './events.ts'
 export type { RemoteCache } from './context.ts'
+export type { MissReason, RunnerEvent, StepResult } from './events.ts'
 export type { WhyReport, WhyStep } from './why.ts'
 
 export interface RunnerInit {
@@ -113,9 +113,6 @@ export interface Runner {
   why (pipeline: Pipeline, step: string, opts?: { signal?: AbortSignal }): Promise<WhyReport>
 }
 
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-/** What every step's environment starts with, before the $STRATA_ENV lines below it and its declared env. */
-const BASE_ENV: Readonly<Record<string, string>> = { PATH: DEFAULT_PATH, HOME: '/root' }
 const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
 /** Creates a runner over `store`; loads (or creates) the node identity and clears scratch dirs left by dead runs. */
@@ -128,6 +125,10 @@ export async function createRunner (init: RunnerInit): Promise<Runner> {
   return runner
 }
 
+/**
+ * Runs steps phase by phase: describe (the key), lookup (store, then fleet), then
+ * either the hit or execute and capture. Each phase is a module; this wires them.
+ */
 class StepRunner implements Runner {
   readonly #ctx: RunnerContext
 
@@ -196,22 +197,7 @@ class StepRunner implements Runner {
   }
 
   async exec (step: ExecStep, opts: RunOptions = {}): Promise<StepResult> {
-    if (!STEP_NAME.test(step.name)) throw new TypeError(`step name "${step.name}" must be 1-64 characters of letters, digits, ".", "_" or "-"`)
-    if (typeof step.run !== 'string' || step.run.trim() === '') throw new TypeError('step.run must be a non-empty string')
-    const cwd = posix.resolve('/', step.cwd ?? '/')
-    const spec: StepSpec = {
-      name: step.name,
-      run: step.run,
-      cwd,
-      env: [...(step.env ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
-      inputs: (step.inputs ?? []).map((p) => isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p)),
-      cache: step.cache ?? true
-    }
-    for (const e of spec.env) {
-      if (!ENV_NAME.test(e.name)) throw new TypeError(`"${e.name}" is not an environment variable name`)
-      if (e.name === 'STRATA_ENV' || e.name.startsWith('STRATA_SB_')) throw new TypeError(`${e.name} is reserved by strata`)
-    }
-    if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
+    const spec = execSpec(step)
     const chain = baseChain(step.base ?? { kind: 'host' }, step.baseId)
     const base = await chainBase(this.#ctx, chain, opts)
     const hold = takeHold(this.#ctx)
@@ -228,213 +214,67 @@ class StepRunner implements Runner {
     return await why(this.#ctx, pipeline, stepName, opts)
   }
 
+  /** One step: describe → lookup → the hit, or execute → capture. */
   async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
+    const ctx = this.#ctx
     const emit = opts.onEvent ?? ((): void => {})
-    const t0 = performance.now()
+    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now() }
+    /** Reports the step's failure; a step error from execute() was reported there. */
+    const failed = (err: Error, key?: string): Error => {
+      emit({ type: 'failed', step: step.name, ...(key !== undefined ? { key } : {}), reason: err instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - s.t0, error: err })
+      return err
+    }
+
     let described: Described
     try {
-      described = await describe(this.#ctx, chain, base, step, salt, opts)
+      described = await describe(ctx, chain, base, step, salt, opts)
     } catch (err) {
-      const e = opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error
-      emit({ type: 'failed', step: step.name, reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
-      throw e
+      throw failed(opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error)
     }
-    let { descriptor, key } = described
-    const keyString = key.toString()
-    emit({ type: 'key', step: step.name, key: keyString, durationMs: performance.now() - t0 })
-    this.#ctx.log.debug({ step: step.name, key: keyString }, 'key computed')
+    const key = described.key.toString()
+    emit({ type: 'key', step: step.name, key, durationMs: performance.now() - s.t0 })
+    ctx.log.debug({ step: step.name, key }, 'key computed')
 
-    // A full store cannot take the step's result, nor lease what it would hit: caching is off from here.
-    if (!hold.cacheOff && await isFull(this.#ctx.dataDir)) cacheOff(this.#ctx, hold, step.name, new DiskFullError(this.#ctx.dataDir), emit)
-    if (hold.cacheOff) {
-      emit({ type: 'miss', step: step.name, key: keyString, reason: 'cache-off' })
-    } else if (step.cache && opts.noCache !== true) {
-      let found = await lookupLocal(this.#ctx, key, hold)
-      let fromPeers: { providers: number, bytes: number } | undefined
-      if (!('record' in found) && this.#ctx.remote !== undefined) {
-        fromPeers = await fromFleet(this.#ctx, this.#ctx.remote, step.name, key, opts.signal)
-        if (fromPeers !== undefined) {
-          const again = await lookupLocal(this.#ctx, key, hold)
-          if ('record' in again) found = again
-          else fromPeers = undefined
-        }
-      }
-      if ('record' in found) {
-        const tooLarge = envProblem(envObject([...chain.envLines, ...found.record.env], BASE_ENV))
-        if (tooLarge !== undefined) {
-          // Each record's env fits, but not all of them together: the step runs and fails with that error.
-          this.#ctx.log.info({ step: step.name, key: keyString, reason: tooLarge.reason }, 'not using a record: the environment it adds up to could not be exec\'d')
-          found = { reason: 'invalid-record' }
-        }
-      }
-      if ('record' in found) {
-        try {
-          await remember(this.#ctx, lastId, key, described.bytes)
-        } catch (err) {
-          // It serves why() only: the hit stands.
-          this.#ctx.log.info({ err, step: step.name, key: keyString }, 'cannot note the step\'s key for why()')
-          if (isDiskFull(err)) cacheOff(this.#ctx, hold, step.name, err, emit)
-        }
-        chain.parent = key
-        chain.layers.unshift(found.layer.path)
-        chain.envLines.push(...found.record.env)
-        const durationMs = performance.now() - t0
-        this.#ctx.log.debug({ step: step.name, key: keyString, layer: found.layer.root.toString() }, 'hit')
-        const hit = { type: 'hit' as const, step: step.name, key: keyString, layer: found.layer.root.toString(), size: found.layer.size, durationMs }
-        emit(fromPeers !== undefined ? { ...hit, source: 'peer', providers: fromPeers.providers, bytes: fromPeers.bytes } : { ...hit, source: 'local' })
-        return { name: step.name, key: keyString, layer: found.layer.root.toString(), status: 'hit', size: found.layer.size, env: found.record.env, durationMs }
-      }
-      this.#ctx.log.debug({ step: step.name, key: keyString, reason: found.reason }, 'miss')
-      emit({ type: 'miss', step: step.name, key: keyString, reason: found.reason })
-    } else {
-      emit({ type: 'miss', step: step.name, key: keyString, reason: step.cache ? 'no-cache' : 'uncached-step' })
-    }
+    const found = await lookupStep(ctx, s, described.key)
+    if ('record' in found) return await hit(ctx, s, described, found)
+    ctx.log.debug({ step: step.name, key, reason: found.reason }, 'miss')
+    emit({ type: 'miss', step: step.name, key, reason: found.reason })
 
-    const basePath = baseRoot(chain.base)
-    let scratch: Scratch
+    let run: Run
     try {
-      scratch = await this.#scratch(hold, step.name, chain.layers, basePath, emit)
+      run = await openRun(ctx, s)
     } catch (err) {
-      emit({ type: 'failed', step: step.name, key: keyString, reason: 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: err as Error })
-      throw err
-    }
-    const { runDir, lockFd, lowerOption } = scratch
-    let kept = false
-    /** Keeps the step's upper dir mounted under the later steps of this run, uncached. */
-    const keep = (ownEnv: string[]): StepResult => {
-      hold.dirs.push({ dir: runDir, fd: lockFd })
-      kept = true
-      chain.parent = key
-      chain.layers.unshift(`${runDir}/u`)
-      chain.envLines.push(...ownEnv)
-      return { name: step.name, key: keyString, layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - t0 }
+      throw failed(err as Error, key)
     }
     try {
-      const env: Record<string, string> = envObject(chain.envLines, BASE_ENV)
-      for (const e of step.env) {
-        const v = e.value ?? this.#ctx.env[e.name]
-        if (v !== undefined) env[e.name] = v
-      }
-      const ranAt = performance.now()
-      const result = await runSandbox({
-        name: step.name,
-        runDir,
-        lowers: chain.layers,
-        base: basePath,
-        mask: chain.base.kind === 'host' ? this.#ctx.dataDir : undefined,
-        run: step.run,
-        tmpSize: step.tmpSize ?? this.#ctx.sandbox.tmpSize,
-        shared: this.#ctx.sandbox.shared,
-        cwd: step.cwd,
-        env,
-        output: this.#ctx.output,
-        timeoutMs: step.timeoutMs,
-        killGraceMs: this.#ctx.killGraceMs,
-        signal: opts.signal,
-        log: this.#ctx.log
-      }, lowerOption)
-      const ranMs = performance.now() - ranAt
-      if (result.killed !== undefined || result.exitCode !== 0) {
-        const err = result.killed === 'timeout'
-          ? new StepTimeoutError(step.name, step.timeoutMs ?? 0)
-          : result.killed === 'cancel'
-            ? new StepCancelledError(step.name, { cause: opts.signal?.reason })
-            : new StepFailedError(step.name, result.exitCode ?? 128, result.signal)
-        emit({ type: 'failed', step: step.name, key: keyString, reason: result.killed ?? 'exit', exitCode: result.exitCode, signal: result.signal, durationMs: ranMs, error: err })
-        throw err
-      }
-      const ownEnv = await readStrataEnv(step.name, `${runDir}/env`)
-      // The steps above get this environment: one that exec would refuse is this step's failure, and nothing is committed.
-      checkStrataEnv(step.name, [...chain.envLines, ...ownEnv], BASE_ENV)
-      emit({ type: 'ran', step: step.name, key: keyString, exitCode: 0, durationMs: ranMs })
-      if (hold.cacheOff) return keep(ownEnv)
-
-      const capAt = performance.now()
-      await normalizeUpperRoot(runDir)
-      let layer: LayerInfo
-      try {
-        layer = await this.#ctx.store.commit(`${runDir}/u`, {
-          signal: opts.signal,
-          onProgress: (p) => emit({ type: 'capture-progress', step: step.name, unit: p.type, done: p.done, total: p.total })
-        })
-      } catch (err) {
-        // The cache never fails a build: the step ran, and its changes stay mounted for the rest of this run, uncached.
-        if (opts.signal?.aborted === true || !existsSync(`${runDir}/u`)) throw err
-        this.#ctx.log.info({ err, step: step.name, key: keyString }, 'capture failed: the step ran, its result is not cached')
-        emit({ type: 'capture-failed', step: step.name, key: keyString, error: err as Error })
-        if (isDiskFull(err)) cacheOff(this.#ctx, hold, step.name, err, emit)
-        return keep(ownEnv)
-      }
-      let bytes = described.bytes
-      try {
-        hold.lease.add(layer.root.toString())
-        if (!step.cache) {
-          // Known only now: the key of an uncached step names what it produced, so the steps above it hit when it produced the same.
-          descriptor = { ...descriptor, output: layer.root }
-          const enc = await encodeDescriptor(descriptor)
-          key = enc.key
-          bytes = enc.bytes
-        }
-        const record: StepRecord = {
-          v: RECORD_FORMAT,
-          key,
-          parent: chain.parent,
-          layer: layer.root,
-          size: layer.size,
-          env: ownEnv,
-          created: Date.now(),
-          producer: this.#ctx.identity.peerId,
-          scope: this.#ctx.scope,
-          epoch: this.#ctx.policy.epoch
-        }
-        await this.#ctx.store.putRecord(recordKey(key, this.#ctx.scope), signRecord(record, this.#ctx.identity))
-        await remember(this.#ctx, lastId, key, bytes)
-      } catch (err) {
-        // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.
-        if (opts.signal?.aborted === true) throw err
-        this.#ctx.log.info({ err, step: step.name, key: key.toString() }, 'recording the capture failed: the step ran, its result is not cached')
-        emit({ type: 'capture-failed', step: step.name, key: key.toString(), error: err as Error })
-        if (isDiskFull(err)) cacheOff(this.#ctx, hold, step.name, err, emit)
-        chain.parent = key
-        chain.layers.unshift(layer.path)
-        chain.envLines.push(...ownEnv)
-        return { name: step.name, key: key.toString(), layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - t0 }
-      }
-      const capMs = performance.now() - capAt
-      emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
-      this.#ctx.log.info({ step: step.name, key: key.toString(), layer: layer.root.toString(), ranMs, capMs }, 'captured')
-
-      chain.parent = key
-      chain.layers.unshift(layer.path)
-      chain.envLines.push(...ownEnv)
-      return { name: step.name, key: key.toString(), layer: layer.root.toString(), status: 'ran', size: layer.size, env: ownEnv, durationMs: performance.now() - t0 }
+      const ran = await execute(ctx, s, run, key)
+      return await capture(ctx, s, run, described, ran)
     } catch (err) {
-      if (!(err instanceof StepFailedError || err instanceof StepTimeoutError || err instanceof StepCancelledError)) {
-        const e = opts.signal?.aborted === true && !(err instanceof RunnerError) ? new StepCancelledError(step.name, { cause: err }) : err as Error
-        emit({ type: 'failed', step: step.name, key: keyString, reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
-        throw e
-      }
-      throw err
+      if (err instanceof StepFailedError || err instanceof StepTimeoutError || err instanceof StepCancelledError) throw err
+      throw failed(opts.signal?.aborted === true && !(err instanceof RunnerError) ? new StepCancelledError(step.name, { cause: err }) : err as Error, key)
     } finally {
-      if (!kept) {
-        closeSync(lockFd)
-        await rm(runDir, { recursive: true, force: true })
-      }
+      await closeRun(run)
     }
   }
+}
 
-  /** A scratch dir for a step: on the data dir's filesystem while caching is on; on a spill tmpfs once that filesystem is full. */
-  async #scratch (hold: Hold, step: string, lowers: readonly string[], base: string, emit: (e: RunnerEvent) => void): Promise<Scratch> {
-    if (!hold.cacheOff) {
-      try {
-        return await makeScratch(`${this.#ctx.dataDir}/runner/run`, lowers, base)
-      } catch (err) {
-        if (!isDiskFull(err)) throw err
-        cacheOff(this.#ctx, hold, step, err, emit)
-      }
-    }
-    hold.spill ??= await mountSpill(this.#ctx.log)
-    return await makeScratch(hold.spill.dir, lowers, base)
+/** exec()'s step as a strata.yml step; bad arguments are a TypeError. */
+function execSpec (step: ExecStep): StepSpec {
+  if (!STEP_NAME.test(step.name)) throw new TypeError(`step name "${step.name}" must be 1-64 characters of letters, digits, ".", "_" or "-"`)
+  if (typeof step.run !== 'string' || step.run.trim() === '') throw new TypeError('step.run must be a non-empty string')
+  const cwd = posix.resolve('/', step.cwd ?? '/')
+  const spec: StepSpec = {
+    name: step.name,
+    run: step.run,
+    cwd,
+    env: [...(step.env ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+    inputs: (step.inputs ?? []).map((p) => isAbsolute(p) ? posix.normalize(p) : posix.resolve(cwd, p)),
+    cache: step.cache ?? true
   }
-
+  for (const e of spec.env) {
+    if (!ENV_NAME.test(e.name)) throw new TypeError(`"${e.name}" is not an environment variable name`)
+    if (e.name === 'STRATA_ENV' || e.name.startsWith('STRATA_SB_')) throw new TypeError(`${e.name} is reserved by strata`)
+  }
+  if (step.timeoutMs !== undefined) spec.timeoutMs = step.timeoutMs
+  return spec
 }
