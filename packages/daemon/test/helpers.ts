@@ -97,7 +97,7 @@ export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree, 
   const scope = opts.scope ?? 'default'
   const identity = await loadIdentity(daemon.dataDir)
   const envelope = signRecord({
-    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch
+    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch, writer: null
   }, identity)
   await daemon.putRecord(recordKey(key, scope), envelope)
   return { key, layer }

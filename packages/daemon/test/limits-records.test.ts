@@ -16,7 +16,7 @@ test('record size: a signed record just under the limit verifies; one past it is
   const policy = new TrustPolicy(identity.peerId, undefined)
   const key = cidOf(DAG_CBOR, dagCbor.encode({ size: 1 }))
   const sign = (envBytes: number): Uint8Array => signRecord({
-    v: RECORD_FORMAT, key, parent: null, layer: key, size: 0, env: [`BIG=${'x'.repeat(envBytes)}`], created: 0, producer: identity.peerId, scope: 'main', epoch: 0
+    v: RECORD_FORMAT, key, parent: null, layer: key, size: 0, env: [`BIG=${'x'.repeat(envBytes)}`], created: 0, producer: identity.peerId, scope: 'main', epoch: 0, writer: null
   }, identity)
   const probe = sign(0).length
   const at = sign(MAX_RECORD_SIZE - probe - 16)

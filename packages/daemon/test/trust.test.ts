@@ -88,7 +88,7 @@ test('a peer not on the allow-list is refused after the handshake, before any pr
 
 /** A record as `signer` would sign it, for `key` in `scope`. */
 function recordFor (signer: { peerId: string }, key: CID, layer: CID, over: Partial<StepRecord> = {}): StepRecord {
-  return { v: RECORD_FORMAT, key, parent: null, layer, size: 1, env: [], created: Date.now(), producer: signer.peerId, scope: 'main', epoch: 5, ...over }
+  return { v: RECORD_FORMAT, key, parent: null, layer, size: 1, env: [], created: Date.now(), producer: signer.peerId, scope: 'main', epoch: 5, writer: null, ...over }
 }
 
 /**

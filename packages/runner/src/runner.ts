@@ -21,7 +21,7 @@ import { KEY_FORMAT, decodeDescriptor, describeChange, diffDescriptors, digestKe
 import type { KeyChange, KeyDescriptor } from './key.ts'
 import type { BaseSpec, EnvDecl, Pipeline, StepSpec } from './pipeline.ts'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, RECORD_FORMAT, RecordInvalidError, checkEpoch, checkScope, loadIdentity, openRecord, recordKey, signRecord, writerTrust } from '@strata/records'
-import type { Identity, RecordPolicy, StepRecord } from '@strata/records'
+import type { Identity, RecordPolicy, StepRecord, WriterKey } from '@strata/records'
 import { descriptorKey, lastKey } from './slots.ts'
 import { MAX_LOWER_LAYERS, normalizeUpperRoot, prepareRunDir, runSandbox } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
@@ -32,7 +32,7 @@ export interface RunnerInit {
   /** Where the runner keeps its identity and scratch dirs. Default: the store's data dir (must be the same filesystem). */
   dataDir?: string
   logger?: Logger
-  /** Peer ids (besides this node's own) whose records count as hits; `ID@GLOB` limits one to the scopes GLOB matches. Default none. */
+  /** Signers (peer ids or writer keys' `NAME-N:BASE64`, besides this node's own) whose records count as hits; `ID@GLOB` limits one to the scopes GLOB matches. Default none. */
   trustedPeers?: readonly string[]
   /** The scope this runner's records are written in (e.g. the branch: `main`, `pr/123`). Default `default`. */
   scope?: string
@@ -55,6 +55,12 @@ export interface RunnerInit {
    * Default none.
    */
   salt?: string
+  /**
+   * The writer key this job signs its records with (from the CI's secret store):
+   * readers that trust its public part accept them, whatever VM ran the job.
+   * Default none: records are signed by the node identity.
+   */
+  writerKey?: WriterKey
   /** Aborts creating the runner (loading the identity). */
   signal?: AbortSignal
   /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
@@ -208,6 +214,7 @@ class StepRunner implements Runner {
   readonly #dataDir: string
   readonly #log: Logger
   readonly #identity: Identity
+  readonly #writerKey: WriterKey | undefined
   readonly #policy: RecordPolicy & { scopes: readonly string[], epoch: number }
   readonly #scope: string
   readonly #remote: RemoteCache | undefined
@@ -222,6 +229,8 @@ class StepRunner implements Runner {
     this.#dataDir = realpathSync(dataDir)
     this.#log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' })
     this.#identity = identity
+    this.#writerKey = init.writerKey
+    const writer = init.writerKey?.id
     const own = writerTrust(init.trustedPeers ?? [])
     const remote = init.remote
     this.#remote = remote
@@ -230,7 +239,7 @@ class StepRunner implements Runner {
     if (scopes.length === 0 || scopes.length > MAX_READ_SCOPES) throw new TypeError(`readScopes must name 1 to ${MAX_READ_SCOPES} scopes, got ${scopes.length}`)
     // With a fleet, the writers it trusts are trusted too.
     this.#policy = {
-      trusts: (p, scope) => p === identity.peerId || own(p, scope) || (remote !== undefined && remote.trusts(p, scope)),
+      trusts: (p, scope) => p === identity.peerId || p === writer || own(p, scope) || (remote !== undefined && remote.trusts(p, scope)),
       epoch: checkEpoch(init.epoch ?? remote?.epoch ?? 0),
       scopes
     }
@@ -574,9 +583,10 @@ class StepRunner implements Runner {
         created: Date.now(),
         producer: this.#identity.peerId,
         scope: this.#scope,
-        epoch: this.#policy.epoch
+        epoch: this.#policy.epoch,
+        writer: this.#writerKey?.id ?? null
       }
-      await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#identity))
+      await this.#store.putRecord(recordKey(key, this.#scope), signRecord(record, this.#writerKey ?? this.#identity))
       await this.#remember(lastId, key, bytes)
       const capMs = performance.now() - capAt
       emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
