@@ -1,6 +1,7 @@
 import { rmSync } from 'node:fs'
 import type { Server } from 'node:http'
 import type { PeerId } from '@libp2p/interface'
+import type { SingleKadDHT } from '@libp2p/kad-dht'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
@@ -62,6 +63,9 @@ export class Daemon {
   readonly #layers: LayerFetch
   readonly #replication: Replication
   readonly #search: ProvidersComponents
+  /** CIDs recently handed to #announce (the DHT reprovides them later by itself). */
+  readonly #announced = new Set<string>()
+  #announcing: Promise<void> = Promise.resolve()
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
   #started = false
@@ -121,8 +125,10 @@ export class Daemon {
       dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
       publish,
       providers,
-      provide: (cid, signal) => { this.#background(this.#provide(cid, signal)) },
+      provide: (cid, signal) => { this.#announce(cid, signal) },
       learned: (record) => { this.#replication.announced(record) },
+      connectedPeers: () => node.getPeers(),
+      routablePeers: () => (node.services.dht as SingleKadDHT).routingTable.size,
       logger: log
     }, { trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
   }
@@ -229,6 +235,25 @@ export class Daemon {
     })
   }
 
+  /**
+   * Provides what this node just produced, one CID at a time and each once: a step's
+   * layer and key are told to connected peers by gossip at once, and a burst of DHT
+   * queries would only compete with the next step's lookup for the CPU.
+   */
+  #announce (cid: CID, signal?: AbortSignal): void {
+    const k = cid.toString()
+    if (this.#announced.has(k)) return
+    this.#announced.add(k)
+    if (this.#announced.size > 4096) this.#announced.delete(this.#announced.values().next().value!)
+    this.#announcing = this.#announcing.then(async () => {
+      if (signal?.aborted !== true) await this.#provide(cid, signal)
+    }).catch((err: unknown) => {
+      this.#announced.delete(k)
+      this.#log.debug({ err, cid: k }, 'provide failed')
+    })
+    this.#background(this.#announcing)
+  }
+
   async #provide (cid: CID, signal?: AbortSignal): Promise<void> {
     await this.node.contentRouting.provide(cid, { signal: this.#signal(signal, 30_000) })
   }
@@ -273,7 +298,7 @@ export class Daemon {
     const layer = await this.store.commit(dir, opts)
     end()
     this.budget?.check()
-    this.#background(this.#provide(layer.root))
+    this.#announce(layer.root)
     return layer
   }
 

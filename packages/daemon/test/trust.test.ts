@@ -36,7 +36,7 @@ test('a bad key file or peer list is an error naming the file (and line) and the
   // A raw ed25519 public key (hex) names the same peer as its peer id.
   const me = await loadIdentity(tempDir(t))
   assert.deepEqual(parsePeerList(Buffer.from(me.publicKey).toString('hex'), '/etc/peers'), [me.peerId])
-  await assert.rejects(startDaemon(t, { trustedWriters: ['nobody'] }), { code: 'ERR_DAEMON_CONFIG', message: /"nobody" is not a peer id or an ed25519 public key/ })
+  await assert.rejects(startDaemon(t, { trustedWriters: ['nobody'] }), { code: 'ERR_DAEMON_CONFIG', message: /"nobody" is not a writer key \(NAME-N:BASE64\), a peer id or an ed25519 public key/ })
 })
 
 test('--require-psk without a key refuses to start', async (t) => {
