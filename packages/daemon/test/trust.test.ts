@@ -5,7 +5,7 @@ import type { TestContext } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import type { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
-import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
+import { generateWriterKey, loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
 import type { StepRecord } from '@strata/records'
 import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
@@ -206,6 +206,31 @@ test('a node without writer trust may read, but its records are ignored by other
   assert.equal((await prReader.resolve(prKey, { scopes: ['pr/9', 'main'] })).record.scope, 'pr/9')
   await assert.rejects(prReader.resolve(prKey, { scopes: ['main'] }), (err: Error) => err instanceof RecordNotFoundError && /not trusted to write scope main/.test(err.reason))
   assert.equal(await prReader.store.has(onMain.layer.root), false)
+})
+
+test('records signed by a writer key are hits wherever NAME-N:KEY@main is trusted, whatever VM wrote them', async (t) => {
+  const { key: main1 } = generateWriterKey('ci-main-1')
+  const { key: main2 } = generateWriterKey('ci-main-2')
+  const mainVm = await startDaemon(t, { trustedWriters: [`${main1.id}@main`, `${main2.id}@main`] })
+  const reader = await startDaemon(t, { trustedWriters: [`${main1.id}@main`] })
+  const vmOnly = await startDaemon(t, { trustedWriters: [mainVm.peerId] })
+  const prOnly = await startDaemon(t, { trustedWriters: [`${main1.id}@pr/*`] })
+  const rotated = await startDaemon(t, { trustedWriters: [`${main2.id}@main`] })
+  await connect([mainVm, reader, vmOnly, prOnly, rotated])
+  const { key, layer } = await publishLayer(t, mainVm, { f: 'main build' }, { scope: 'main', writer: main1 })
+  const hit = await reader.resolve(key, { scopes: ['main'] })
+  assert.equal(hit.record.writer, main1.id)
+  assert.equal(hit.record.producer, mainVm.peerId, 'the record still says where the layer is')
+  assert.equal(await reader.store.has(layer.root), true)
+  // Trusting the VM is not trusting the key it signed with; a key trusted for pr/* cannot write main; after a rotation the old key is out.
+  for (const [who, d] of [['vm only', vmOnly], ['pr only', prOnly], ['rotated', rotated]] as const) {
+    await assert.rejects(d.resolve(key, { scopes: ['main'] }), (err: Error) => err instanceof RecordNotFoundError && /untrusted-signer/.test(err.reason), who)
+    assert.ok((d.rejected['untrusted-signer'] ?? 0) >= 1, who)
+    assert.equal(await d.store.has(layer.root), false, who)
+  }
+  // The next generation's records are hits where it is trusted.
+  const next = await publishLayer(t, mainVm, { f: 'main build, new key' }, { scope: 'main', writer: main2 })
+  assert.equal((await rotated.resolve(next.key, { scopes: ['main'] })).record.writer, main2.id)
 })
 
 test('records announced by gossip are verified before they are stored, and refusals counted by reason', async (t) => {
