@@ -7,7 +7,7 @@ import { dataDirOf, formatBytes, parseCommandArgs, UsageError } from '../context
 import type { ArgValues } from '../context.ts'
 // The client alone: importing the whole daemon package would load libp2p on every run.
 import { connectDaemon } from '@strata/daemon/client'
-import { openStoreFor } from '../open.ts'
+import { openStoreFor, WAIT_USAGE, waitFlag, waitTimeoutOf } from '../open.ts'
 import { sizeOption } from './gc.ts'
 import { Progress } from '../progress.ts'
 
@@ -18,13 +18,14 @@ const trustFlags = {
   'read-scope': { type: 'string', multiple: true },
   epoch: { type: 'string' },
   'writer-key': { type: 'string' },
-  'trusted-writer': { type: 'string', multiple: true }
+  'trusted-writer': { type: 'string', multiple: true },
+  ...waitFlag
 } as const
-const TRUST_USAGE = '[--scope S] [--read-scope S]... [--epoch N] [--writer-key FILE] [--trusted-writer NAME-N:KEY[@SCOPES]]...'
+const TRUST_USAGE = `[--scope S] [--read-scope S]... [--epoch N] [--writer-key FILE] [--trusted-writer NAME-N:KEY[@SCOPES]]... ${WAIT_USAGE}`
 /** Where the writer key is read from when --writer-key is not given; never passed on to a step. */
 const WRITER_KEY_ENV = 'STRATA_WRITER_KEY_FILE'
 
-type TrustOptions = Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'trustedPeers'> & { writerKeyFile?: string }
+type TrustOptions = Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'trustedPeers'> & { writerKeyFile?: string, waitMs?: number }
 /** Bounds on what a step's inputs make the runner read; ERR_INPUT_LIMIT names these flags. */
 const limitFlags = {
   'max-input-files': { type: 'string' },
@@ -61,7 +62,10 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
     const writers = Array.isArray(values['trusted-writer']) ? values['trusted-writer'].filter((x): x is string => typeof x === 'string') : []
     for (const w of writers) parseWriter(w)
     if (writers.length > 0) out.trustedPeers = writers
+    // A run queues behind another run for as long as that takes, unless told otherwise.
+    out.waitMs = waitTimeoutOf(values, Infinity)
   } catch (err) {
+    if (err instanceof UsageError) throw err
     throw new UsageError((err as Error).message)
   }
   return out
@@ -132,7 +136,7 @@ function exitCodeOf (err: unknown): number | undefined {
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
 async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, opts: TrustOptions & Pick<RunnerInit, 'inputLimits'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
-  const { writerKeyFile, ...trust } = opts
+  const { writerKeyFile, waitMs, ...trust } = opts
   // Read before anything runs: no step can see or change the file's content or its path.
   const writerKey = writerKeyFile !== undefined ? await loadWriterKey(writerKeyFile, { signal: ctx.signal }) : undefined
   const env = { ...process.env }
@@ -143,7 +147,7 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
     await daemon.close()
     throw new UsageError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
   }
-  const store = daemon ?? await openStoreFor(ctx, dir)
+  const store = daemon ?? await openStoreFor(ctx, dir, { 'wait-timeout': undefined }, waitMs)
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
