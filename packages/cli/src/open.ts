@@ -38,10 +38,14 @@ export function lockHolder (dataDir: string): { pid: number, command: string } |
       let command = ''
       try {
         command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a) => a !== '').slice(0, 8).join(' ').slice(0, 300)
-      } catch {}
+      } catch {
+        // The holder may have exited since: its pid is still worth naming.
+      }
       return { pid, command }
     }
-  } catch {}
+  } catch {
+    // No /proc/locks (not Linux) or no lock file: the holder stays unnamed.
+  }
   return undefined
 }
 

@@ -156,7 +156,9 @@ export class DaemonClient implements Store {
       let body: Partial<ErrorJson> = {}
       try {
         body = JSON.parse(buf) as Partial<ErrorJson>
-      } catch {}
+      } catch {
+        // Not our JSON: the status code alone is reported.
+      }
       throw fail(body)
     }
     for await (const chunk of res) {

@@ -6,7 +6,7 @@ import fc from 'fast-check'
 import { CID } from 'multiformats/cid'
 import {
   RECORD_FORMAT, RecordInvalidError, TrustPolicy, generateWriterKey, loadIdentity, loadWriterKey, openRecord, parseWriterId,
-  parseWriterKey, signRecord, signedBytes, signerOf, splitWriterKeyName, writerTrust
+  signRecord, signedBytes, signerOf, splitWriterKeyName
 } from '../src/index.ts'
 import type { Identity, StepRecord, WriterKey } from '../src/index.ts'
 import { tempDir } from './helpers.ts'
