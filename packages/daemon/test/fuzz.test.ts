@@ -77,7 +77,7 @@ test('the record decoder: random, mutated and re-signed envelopes give only type
   // Well-formed envelopes around bodies that are not records, or records with hostile fields.
   const field = fc.oneof(fc.integer(), fc.string({ maxLength: 8 }), fc.constant(null), fc.uint8Array({ maxLength: 8 }), fc.constant(key), fc.array(fc.oneof(fc.string({ maxLength: 4 }), fc.integer()), { maxLength: 3 }))
   const forged = fc.record({
-    field: fc.constantFrom('v', 'key', 'parent', 'layer', 'size', 'env', 'created', 'producer', 'scope', 'epoch', 'extra'),
+    field: fc.constantFrom('v', 'key', 'parent', 'layer', 'size', 'env', 'created', 'producer', 'scope', 'epoch', 'writer', 'extra'),
     value: field,
     sig: fc.oneof(fc.constant(undefined), fc.uint8Array({ maxLength: 80 }))
   }).map(({ field: f, value, sig }) => {
