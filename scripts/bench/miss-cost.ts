@@ -8,12 +8,15 @@
 //
 //   node scripts/bench/miss-cost.ts [--steps 2] [--reps 5] [--peers 8] [--json]
 //
+// All daemons run for the whole benchmark and the three ways take turns in every
+// rep, so that the load of a shared machine falls on each alike.
 // Prints medians (min, max) and the extra milliseconds per missed step against
 // `none`. Targets: <= 50 ms per missed step with no peers, <= 150 ms with 8 peers.
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
+import { availableParallelism, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
@@ -54,13 +57,13 @@ async function strata (args: string[], cwd?: string): Promise<{ ms: number, stdo
 const children = new Set<ChildProcess>()
 beforeRemoval(() => { for (const c of children) c.kill('SIGKILL') })
 
-async function startDaemon (dataDir: string, port: number, bootstrap: string[]): Promise<{ child: ChildProcess, peerId: string }> {
+async function startDaemon (dataDir: string, port: number, bootstrap: string[]): Promise<{ peerId: string }> {
   mkdirSync(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/127.0.0.1/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
   const child = spawn(process.execPath, [strataBin, ...args], { env, stdio: ['ignore', 'ignore', 'inherit'] })
   children.add(child)
   const status = await waitStatus(dataDir, () => true)
-  return { child, peerId: status.peerId }
+  return { peerId: status.peerId }
 }
 
 async function waitStatus (dataDir: string, ok: (s: { peerId: string, peers: string[] }) => boolean): Promise<{ peerId: string, peers: string[] }> {
@@ -85,16 +88,12 @@ async function stop (child: ChildProcess): Promise<void> {
   children.delete(child)
 }
 
-/** Runs the cold pipeline `reps` times on `dataDir` (fresh salt each time): the wall times. */
-async function cold (work: string, dataDir: string): Promise<number[]> {
-  const out: number[] = []
-  for (let r = 0; r < reps; r++) {
-    const lines = [`salt: ${randomBytes(8).toString('hex')}`, 'base: host', 'steps:']
-    for (let i = 0; i < steps; i++) lines.push(`  - name: s${i}`, '    run: "true"')
-    writeFileSync(join(work, 'strata.yml'), lines.join('\n') + '\n')
-    out.push((await strata(['run', '--data-dir', dataDir], work)).ms)
-  }
-  return out
+/** One cold run of the pipeline on `dataDir` with a fresh salt: its wall time. */
+async function cold (work: string, dataDir: string): Promise<number> {
+  const lines = [`salt: ${randomBytes(8).toString('hex')}`, 'base: host', 'steps:']
+  for (let i = 0; i < steps; i++) lines.push(`  - name: s${i}`, '    run: "true"')
+  writeFileSync(join(work, 'strata.yml'), lines.join('\n') + '\n')
+  return (await strata(['run', '--data-dir', dataDir], work)).ms
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
@@ -106,28 +105,33 @@ try {
   mkdirSync(work, { recursive: true })
   const basePort = 20000 + Math.floor(Math.random() * 30000)
 
-  process.stderr.write('no daemon...\n')
-  const none = await cold(work, join(scratch, 'none'))
-
-  process.stderr.write('lone daemon...\n')
+  // Everything runs at once and the three ways take turns within each rep, so that a
+  // change in the machine's load over the run falls on all three alike.
+  process.stderr.write(`starting a lone daemon and a daemon with ${peerCount} peers...\n`)
   const loneDir = join(scratch, 'lone')
-  const lone = await startDaemon(loneDir, basePort, [])
-  const withLone = await cold(work, loneDir)
-  await stop(lone.child)
-
-  process.stderr.write(`daemon with ${peerCount} peers...\n`)
-  const peers: Array<{ child: ChildProcess, addr: string }> = []
+  await startDaemon(loneDir, basePort, [])
+  const peers: string[] = []
   for (let i = 0; i < peerCount; i++) {
     const port = basePort + 1 + i
-    const p = await startDaemon(join(scratch, `peer-${i}`), port, peers.length > 0 ? [peers[0]!.addr] : [])
-    peers.push({ child: p.child, addr: `/ip4/127.0.0.1/tcp/${port}/p2p/${p.peerId}` })
+    const p = await startDaemon(join(scratch, `peer-${i}`), port, peers.length > 0 ? [peers[0]!] : [])
+    peers.push(`/ip4/127.0.0.1/tcp/${port}/p2p/${p.peerId}`)
   }
   const meDir = join(scratch, 'me')
-  const me = await startDaemon(meDir, basePort + 1 + peerCount, peers.map((p) => p.addr))
+  await startDaemon(meDir, basePort + 1 + peerCount, peers)
   await waitStatus(meDir, (s) => s.peers.length >= peerCount)
-  const withPeers = await cold(work, meDir)
-  await stop(me.child)
-  for (const p of peers) await stop(p.child)
+  const ways = [['none', join(scratch, 'none')], ['lone', loneDir], ['peers', meDir]] as const
+  const times: Record<string, number[]> = { none: [], lone: [], peers: [] }
+  for (let r = 0; r < reps; r++) {
+    process.stderr.write(`rep ${r + 1}/${reps}\n`)
+    for (let i = 0; i < ways.length; i++) {
+      const [name, dir] = ways[(r + i) % ways.length]!
+      times[name]!.push(await cold(work, dir))
+    }
+  }
+  const none = times.none!
+  const withLone = times.lone!
+  const withPeers = times.peers!
+  for (const c of [...children]) await stop(c)
 
   const extra = (xs: number[]): number => (median(xs) - median(none)) / steps
   const result = {
@@ -139,7 +143,7 @@ try {
   if (values.json === true) {
     process.stdout.write(JSON.stringify(result) + '\n')
   } else {
-    process.stdout.write(`cold ${steps}-step pipeline, every step a miss, ${reps} reps\n`)
+    process.stdout.write(`cold ${steps}-step pipeline, every step a miss, ${reps} reps (the three ways take turns), load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores\n`)
     process.stdout.write(`  no daemon            ${fmt(none)}\n`)
     process.stdout.write(`  lone daemon          ${fmt(withLone)}   x${result.ratioLone.toFixed(2)}   +${result.extraPerStepLoneMs.toFixed(0)} ms per missed step (target <= 50)\n`)
     process.stdout.write(`  daemon, ${peerCount} peers     ${fmt(withPeers)}   x${result.ratioPeers.toFixed(2)}   +${result.extraPerStepPeersMs.toFixed(0)} ms per missed step (target <= 150)\n`)
