@@ -1,4 +1,5 @@
 import { rmSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Server } from 'node:http'
 import type { PeerId } from '@libp2p/interface'
 import type { SingleKadDHT } from '@libp2p/kad-dht'
@@ -42,6 +43,10 @@ export interface ResolveResult extends FetchResult {
 }
 
 /** A strata node: the store, a libp2p host, the block exchange, records and replication. */
+/** How long the runner must have been quiet before the daemon provides new CIDs on the DHT, and the longest it waits for that. */
+const ANNOUNCE_QUIET_MS = 500
+const ANNOUNCE_MAX_DELAY_MS = 30_000
+
 export class Daemon {
   readonly dataDir: string
   readonly store: Store & LocalStore
@@ -65,6 +70,8 @@ export class Daemon {
   readonly #search: ProvidersComponents
   /** CIDs recently handed to #announce (the DHT reprovides them later by itself). */
   readonly #announced = new Set<string>()
+  /** When the runner last asked for something (a lookup, a commit, a record): provides wait for a quiet moment. */
+  #busyAt = 0
   #announcing: Promise<void> = Promise.resolve()
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
@@ -236,17 +243,23 @@ export class Daemon {
   }
 
   /**
-   * Provides what this node just produced, one CID at a time and each once: a step's
-   * layer and key are told to connected peers by gossip at once, and a burst of DHT
-   * queries would only compete with the next step's lookup for the CPU.
+   * Provides what this node just produced, one CID at a time and each once, once the
+   * runner has been quiet for a moment (at most ANNOUNCE_MAX_DELAY_MS later): a step's
+   * layer and key reach connected peers by gossip at once (and its producer is a
+   * fetch hint), while DHT queries between a pipeline's steps would compete with the
+   * next step's lookup for the CPU.
    */
   #announce (cid: CID, signal?: AbortSignal): void {
     const k = cid.toString()
     if (this.#announced.has(k)) return
     this.#announced.add(k)
     if (this.#announced.size > 4096) this.#announced.delete(this.#announced.values().next().value!)
+    const queued = Date.now()
     this.#announcing = this.#announcing.then(async () => {
-      if (signal?.aborted !== true) await this.#provide(cid, signal)
+      while (Date.now() - this.#busyAt < ANNOUNCE_QUIET_MS && Date.now() - queued < ANNOUNCE_MAX_DELAY_MS && !this.#stopping.signal.aborted) {
+        await sleep(ANNOUNCE_QUIET_MS, undefined, { signal: this.#stopping.signal }).catch(() => {})
+      }
+      if (signal?.aborted !== true && !this.#stopping.signal.aborted) await this.#provide(cid, signal)
     }).catch((err: unknown) => {
       this.#announced.delete(k)
       this.#log.debug({ err, cid: k }, 'provide failed')
@@ -262,6 +275,7 @@ export class Daemon {
 
   /** Looks a key up in `scopes` (default the read scopes): the local store, then the DHT providers of the key (see RecordService). */
   async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
+    this.#busyAt = Date.now()
     return await this.#records.lookup(key, opts)
   }
 
@@ -272,6 +286,7 @@ export class Daemon {
 
   /** Stores a record; the runner's signed records are announced and provided at once. */
   async putRecord (key: string, value: Uint8Array): Promise<void> {
+    this.#busyAt = Date.now()
     await this.#records.put(key, value)
   }
 
@@ -294,6 +309,7 @@ export class Daemon {
   // ---- the store, for the runner over the control socket ----
 
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
+    this.#busyAt = Date.now()
     const end = this.metrics.captureDuration.startTimer()
     const layer = await this.store.commit(dir, opts)
     end()
