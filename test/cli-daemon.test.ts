@@ -53,7 +53,7 @@ test('strata daemon keeps a MALLOC_ARENA_MAX and GLIBC_TUNABLES set by the user'
   assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.tcache_count=0')
 })
 
-test('strata layers, ls and pack answer while a daemon holds the store; unpack fails after --wait-timeout naming the holder', async (t) => {
+test('strata layers, ls, pack and unpack answer while a daemon holds the store', async (t) => {
   const dir = workDir(t, 'daemon-readers')
   const dataDir = join(dir, 'data')
   mkdirSync(join(dir, 'src'))
@@ -94,10 +94,27 @@ test('strata layers, ls and pack answer while a daemon holds the store; unpack f
   const packed2 = strata(['pack', join(dir, 'src2'), '--data-dir', dataDir])
   assert.equal(packed2.status, 0, packed2.stderr)
   assert.equal(strata(['layers', '--data-dir', dataDir]).stdout.trim().split('\n').length, 2)
-  // No daemon endpoint unpacks: it waits, says on whom and how long, and gives up with one line.
-  const unpack = strata(['unpack', root, join(dir, 'out'), '--data-dir', dataDir, '--wait-timeout', '500ms'])
-  assert.equal(unpack.status, 1)
-  assert.match(unpack.stderr, new RegExp(`waiting up to 0.5s \\(--wait-timeout\\) for another strata process \\(pid ${child.pid!}`))
-  const last = unpack.stderr.trim().split('\n').at(-1)!
-  assert.match(last, new RegExp(`^strata unpack: another strata process \\(pid ${child.pid!}.*\\) still holds ${dataDir} after 0.5s \\(--wait-timeout\\) \\(ERR_STORE_BUSY\\)$`))
+  const unpacked = strata(['unpack', root, join(dir, 'out'), '--data-dir', dataDir])
+  assert.equal(unpacked.status, 0, unpacked.stderr)
+  assert.equal(readFileSync(join(dir, 'out', 'hello'), 'utf8'), 'hello\n')
+})
+
+test('a command waiting for the store says on whom and how long, and gives up after --wait-timeout with one line', async (t) => {
+  const dir = workDir(t, 'daemon-wait')
+  const dataDir = join(dir, 'data')
+  assert.equal(strata(['layers', '--data-dir', dataDir]).status, 0)
+  // Another process holds the store's lock and no daemon answers.
+  const holder = spawn('flock', [join(dataDir, 'lock'), '-c', 'echo locked; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  t.after(async () => {
+    if (holder.exitCode === null && holder.signalCode === null) {
+      holder.kill('SIGKILL')
+      await once(holder, 'exit')
+    }
+  })
+  await once(holder.stdout, 'data')
+  const r = strata(['layers', '--data-dir', dataDir, '--wait-timeout', '500ms'])
+  assert.equal(r.status, 1)
+  assert.match(r.stderr, new RegExp(`^strata: waiting up to 0.5s \\(--wait-timeout\\) for another strata process \\(pid ${holder.pid!}: flock .*\\) to finish with ${dataDir}$`, 'm'))
+  assert.match(r.stderr.trim().split('\n').at(-1)!, new RegExp(`^strata layers: another strata process \\(pid ${holder.pid!}.*\\) still holds ${dataDir} after 0.5s \\(--wait-timeout\\) \\(ERR_STORE_BUSY\\)$`))
+  assert.equal(strata(['layers', '--data-dir', dataDir, '--wait-timeout', 'soon']).status, 2)
 })

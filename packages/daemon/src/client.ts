@@ -175,6 +175,11 @@ export class DaemonClient implements Store {
     if (!done) throw new ControlError('ERR_CONTROL', res.statusCode ?? 0, 'the daemon ended the entry list early')
   }
 
+  /** Writes a layer into the empty directory `dest` (absolute), as `store.unpack` does, in the daemon. */
+  async unpack (root: CID, dest: string, opts: { signal?: AbortSignal } = {}): Promise<{ entries: number, bytes: number }> {
+    return await this.#call('/v1/store/unpack', { root: root.toString(), dest }, opts) as unknown as { entries: number, bytes: number }
+  }
+
   async removeLayer (root: CID): Promise<void> {
     await this.#call('/v1/store/remove', { root: root.toString() })
   }

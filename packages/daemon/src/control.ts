@@ -17,7 +17,10 @@ import type { LookupResult } from './record-service.ts'
 /** What the control API needs from the daemon. */
 export interface ControlComponents {
   dataDir: string
-  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord'> & { entries(root: CID): AsyncIterable<Entry> }
+  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord'> & {
+    entries(root: CID): AsyncIterable<Entry>
+    unpack(root: CID, dest: string, opts?: { signal?: AbortSignal }): Promise<{ entries: number, bytes: number }>
+  }
   /** The size budget, when the daemon has one: `/v1/gc`'s default sizes. */
   budget: GcBudgetInit | undefined
   status(opts: { signal?: AbortSignal, copies?: boolean }): Promise<DaemonStatus>
@@ -132,6 +135,12 @@ export function routes (daemon: ControlComponents): Map<string, Handler> {
     return { layer: l !== undefined ? layerJson(l) : null }
   })
   r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
+  // `strata unpack` while the daemon holds the store: the daemon writes the layer into `dest` (an absolute path on this machine).
+  r.set('/v1/store/unpack', async (b, _res, signal) => {
+    const dest = str(b, 'dest')
+    if (!dest.startsWith('/')) throw new BadRequestError('"dest" must be an absolute path')
+    return await store.unpack(cid(b, 'root'), dest, { signal })
+  })
   // A layer's entries, one NDJSON line each, as fast as the reader takes them (`strata ls` while the daemon holds the store).
   r.set('/v1/store/entries', async (b, res, signal) => {
     const root = cid(b, 'root')

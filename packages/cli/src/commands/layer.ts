@@ -49,7 +49,8 @@ export const unpack: Command = {
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, json, 2)
     const root = parseCid(positionals[0]!)
-    const store = await openStoreFor(ctx, dataDirOf(values), values)
+    // While a daemon holds the store, it writes the layer out (it runs on this machine, as root).
+    const store = await daemonFor(ctx, dataDirOf(values)) ?? await openStoreFor(ctx, dataDirOf(values), values)
     try {
       const started = performance.now()
       const result = await store.unpack(root, resolve(positionals[1]!), { signal: ctx.signal })
