@@ -7,7 +7,7 @@ import type { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { generateWriterKey, loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
 import type { StepRecord } from '@strata/records'
-import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk } from '../src/index.ts'
+import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk, writerOf } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
 import { connect, memoryLogger, publishLayer, startDaemon, tempDir, writeTree } from './helpers.ts'
 
@@ -36,6 +36,10 @@ test('a bad key file or peer list is an error naming the file (and line) and the
   // A raw ed25519 public key (hex) names the same peer as its peer id.
   const me = await loadIdentity(tempDir(t))
   assert.deepEqual(parsePeerList(Buffer.from(me.publicKey).toString('hex'), '/etc/peers'), [me.peerId])
+  // Writer keys in a trusted-writers file: kept as given; a bad line is named by file and line.
+  const { key: w } = generateWriterKey('ci-main-1')
+  assert.deepEqual(parsePeerList(`# main's key\n${w.id}@main\n${me.peerId}@pr/*\n`, '/etc/writers', writerOf), [`${w.id}@main`, `${me.peerId}@pr/*`])
+  assert.throws(() => parsePeerList(`${w.id}@main\nci-main-1:c2hvcnQ=@main\n`, '/etc/writers', writerOf), { code: 'ERR_DAEMON_CONFIG', message: /^\/etc\/writers:2: "ci-main-1:c2hvcnQ=@main" is not a trusted writer \(NAME-N:BASE64 or a peer id, optionally @SCOPES\)/ })
   await assert.rejects(startDaemon(t, { trustedWriters: ['nobody'] }), { code: 'ERR_DAEMON_CONFIG', message: /"nobody" is not a writer key \(NAME-N:BASE64\), a peer id or an ed25519 public key/ })
 })
 
