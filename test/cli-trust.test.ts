@@ -105,10 +105,11 @@ test('strata run --writer-key signs its records with the key; without one, with 
   const pub = made.stdout.trim()
   const keyFile = join(dir, 'secrets', 'ci-main-1.key')
   const peerId = strata(['id', '--data-dir', data], dir).stdout.trim().split('\n')[0]!.split(/\s+/)[0]!
-  writeFileSync(join(dir, 'strata.yml'), `base: host\nsalt: ${dir}\nsteps:\n  - name: look\n    env: [STRATA_WRITER_KEY_FILE]\n    run: echo "env=[\${STRATA_WRITER_KEY_FILE:-}]"\n`)
+  writeFileSync(join(dir, 'strata.yml'), `base: host\nsalt: ${dir}\nsteps:\n  - name: look\n    env: [STRATA_WRITER_KEY_FILE]\n    run: echo "env=[\${STRATA_WRITER_KEY_FILE:-}]"; if [ -e ${keyFile} ]; then echo key=visible; else echo key=hidden; fi; ls ${dir}/secrets >/dev/null\n`)
   const signed = strata(['run', '--data-dir', data, '--scope', 'main', '--json'], dir, { STRATA_WRITER_KEY_FILE: keyFile })
   assert.equal(signed.status, 0, signed.stderr)
   assert.match(signed.stderr, /env=\[\]$/m, 'the path is not in the step\'s environment')
+  assert.match(signed.stderr, /key=hidden$/m, 'the key file is not in the step\'s filesystem, though the dir it is in is')
   assert.doesNotMatch(signed.stderr, /ci-main-1\.key/)
   const record = await storedRecord(data, capturedKey(signed.stdout, 'look'), 'main', [`${pub}@main`])
   assert.equal(record.writer, pub)

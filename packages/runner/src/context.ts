@@ -42,7 +42,7 @@ export interface RunnerContext {
   readonly killGraceMs: number
   readonly limits: InputLimits
   readonly fleetSalt: string | null
-  readonly sandbox: { tmpSize?: number, shared?: readonly string[] }
+  readonly sandbox: { tmpSize?: number, shared?: readonly string[], hide?: readonly string[] }
 }
 
 /** One step as its phases see it: what it is, what it starts from, what the run holds and where it reports. */

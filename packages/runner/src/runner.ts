@@ -71,6 +71,8 @@ export interface RunnerInit {
    * Default none: records are signed by the node identity.
    */
   writerKey?: WriterKey
+  /** Host paths no step sees on the host base, like the data dir: where the writer key came from. Default none. */
+  hide?: readonly string[]
   /** Aborts creating the runner (loading the identity). */
   signal?: AbortSignal
   /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
@@ -140,7 +142,7 @@ class StepRunner implements Runner {
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     const realDataDir = realpathSync(dataDir)
-    const sandbox = { tmpSize: init.tmpSize, shared: init.shared }
+    const sandbox = { tmpSize: init.tmpSize, shared: init.shared, hide: init.hide?.map((p) => realpathSync(p)) }
     checkSandboxOptions(sandbox, realDataDir)
     const own = writerTrust(init.trustedPeers ?? [])
     const remote = init.remote

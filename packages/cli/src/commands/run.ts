@@ -130,7 +130,7 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
       logger: ctx.logger,
       ...trust,
       env,
-      ...(writerKey !== undefined ? { writerKey } : {}),
+      ...(writerKey !== undefined ? { writerKey, hide: [writerKeyFile!] } : {}),
       ...(salt !== undefined && salt !== '' ? { salt } : {}),
       ...(output !== undefined ? { output } : {}),
       ...(daemon !== undefined ? { remote: daemon } : {})
