@@ -54,6 +54,11 @@ export class ProviderSearch implements AsyncIterable<PeerId> {
     this.#grace ??= setTimeout(() => this.#enough.abort(new Error('enough is known')), this.#opts.graceMs)
   }
 
+  /** Nothing more is wanted: the search ends now. */
+  end (): void {
+    if (!this.#enough.signal.aborted) this.#enough.abort(new Error('search ended by its caller'))
+  }
+
   async * [Symbol.asyncIterator] (): AsyncGenerator<PeerId> {
     const self = this.#c.peerId.toString()
     const seen = new Set<string>()

@@ -7,6 +7,7 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
+import type { WriterKey } from '@strata/records'
 import type { LayerInfo } from '@strata/store'
 import { createDaemon } from '../src/index.ts'
 import type { Daemon, DaemonInit } from '../src/index.ts'
@@ -89,7 +90,7 @@ export async function connect (daemons: Daemon[]): Promise<void> {
 }
 
 /** Commits `tree` on `daemon` as a layer and signs, stores and announces a record for `key` (default a fresh one) in `scope` (default `default`). */
-export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree, opts: { key?: CID, scope?: string, epoch?: number } = {}): Promise<{ key: CID, layer: LayerInfo }> {
+export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree, opts: { key?: CID, scope?: string, epoch?: number, writer?: WriterKey } = {}): Promise<{ key: CID, layer: LayerInfo }> {
   const dir = `${tempDir(t)}/upper`
   writeTree(dir, tree)
   const layer = await daemon.commit(dir)
@@ -97,8 +98,8 @@ export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree, 
   const scope = opts.scope ?? 'default'
   const identity = await loadIdentity(daemon.dataDir)
   const envelope = signRecord({
-    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch
-  }, identity)
+    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch, writer: opts.writer?.id ?? null
+  }, opts.writer ?? identity)
   await daemon.putRecord(recordKey(key, scope), envelope)
   return { key, layer }
 }

@@ -17,7 +17,7 @@ test('record size: a signed record just under the limit verifies; one past it is
   const key = cidOf(DAG_CBOR, dagCbor.encode({ size: 1 }))
   // Three variables: each stays under the kernel's limit on one NAME=value, which records are held to as well.
   const sign = (envBytes: number): Uint8Array => signRecord({
-    v: RECORD_FORMAT, key, parent: null, layer: key, size: 0, env: [0, 1, 2].map((i) => `BIG${i}=${'x'.repeat(Math.ceil(envBytes / 3))}`), created: 0, producer: identity.peerId, scope: 'main', epoch: 0
+    v: RECORD_FORMAT, key, parent: null, layer: key, size: 0, env: [0, 1, 2].map((i) => `BIG${i}=${'x'.repeat(Math.ceil(envBytes / 3))}`), created: 0, producer: identity.peerId, scope: 'main', epoch: 0, writer: null
   }, identity)
   const probe = sign(0).length
   const at = sign(MAX_RECORD_SIZE - probe - 32)

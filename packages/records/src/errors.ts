@@ -17,6 +17,16 @@ export class IdentityError extends RecordsError {
   }
 }
 
+/** A writer key file cannot be read or is not a writer key. */
+export class WriterKeyError extends RecordsError {
+  override name = 'WriterKeyError'
+  readonly path: string
+  constructor (path: string, detail: string, opts?: { cause?: unknown }) {
+    super('ERR_WRITER_KEY', `${path}: ${detail}`, opts)
+    this.path = path
+  }
+}
+
 /** Why a record was refused; stable, used as a metric label. */
 export type RecordRejectReason =
   | 'malformed' | 'too-large' | 'unsigned' | 'version' | 'bad-signature' | 'untrusted-signer' | 'wrong-key' | 'old-epoch' | 'wrong-scope'

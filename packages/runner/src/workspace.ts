@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs'
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync, realpathSync } from 'node:fs'
 import { chmod, chown, lstat, mkdir, readdir, rename, rmdir, symlink, utimes, writeFile } from 'node:fs/promises'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import type { Logger } from 'pino'
@@ -470,6 +470,20 @@ export async function absorbWorkspace (runDir: string, wsPath: string, lowers: r
   await rename(wu, target)
   // Its time moves with every top-level change: identical changes must make identical layers.
   await utimes(target, 0, 0)
+}
+
+/** The workspace with its host dir resolved (the data dir is compared by real path), checked, and the data dir to skip when it holds it. */
+export function resolveWorkspace (ws: WorkspaceSpec, dataDir: string): WorkspaceSpec {
+  let dir = ws.dir
+  try {
+    dir = realpathSync(ws.dir)
+  } catch {
+    // checkWorkspace says what is wrong with it
+  }
+  const resolved: WorkspaceSpec = { dir, path: ws.path }
+  const skip = checkWorkspace(resolved, dataDir)
+  if (skip !== undefined) resolved.skip = skip
+  return resolved
 }
 
 /**
