@@ -149,14 +149,15 @@ test('strata run in words: a store warning is one line, no JSON line; 1 step, th
   assert.equal(strata(['layers', '--data-dir', data]).status, 0)
   // A dir in layers/ that the index does not know: the store removes it on open, with a warning.
   mkdirSync(join(data, 'layers', 'not-a-layer'))
-  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: one\n    run: "true"\n')
+  // strata.yml is in the checkout: a step without a filter would see (and key) the edit below.
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: one\n    filter: []\n    run: "true"\n')
   const first = strata(['run', '--data-dir', data], dir)
   assert.equal(first.status, 0, first.stderr)
   assert.doesNotMatch(first.stdout + first.stderr, jsonLine)
   assert.match(first.stderr, /^strata: warning: removing a layer dir that is not a complete layer \(layer=not-a-layer\)$/m)
   assert.match(first.stderr, /^strata: 1 step, 0 cached, in /m)
 
-  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: one\n    run: "true"\n  - name: two\n    run: "true"\n')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: one\n    filter: []\n    run: "true"\n  - name: two\n    run: "true"\n')
   const second = strata(['run', '--data-dir', data], dir)
   assert.equal(second.status, 0, second.stderr)
   assert.match(second.stderr, /^strata: 2 steps, 1 cached, in /m)

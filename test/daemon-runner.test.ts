@@ -29,6 +29,10 @@ async function clientOf (t: TestContext, d: Daemon): Promise<DaemonClient> {
 const SIDE_ROOT = '/var/tmp/strata-daemon-test-side'
 mkdirSync(SIDE_ROOT, { recursive: true })
 
+/** The checkout of runOn()'s pipelines (empty): the same on A and B, so that their keys are the same. */
+const CHECKOUT = '/var/tmp/strata-daemon-test-checkout'
+mkdirSync(CHECKOUT, { recursive: true })
+
 function sideChannel (t: TestContext): { dir: string, ran: () => string[] } {
   const dir = mkdtempSync(`${SIDE_ROOT}/s-`)
   t.after(() => rmSync(dir, { recursive: true, force: true }))
@@ -48,7 +52,7 @@ async function runOn (client: DaemonClient, yml: string, logger = memoryLogger()
   const events: RunnerEvent[] = []
   const out = new Sink()
   const runner = await createRunner({ store: client, remote: client, logger, output: { stdout: out, stderr: out, prefix: true }, shared: [SIDE_ROOT] })
-  await runner.run(parsePipeline(yml, { file: '/var/tmp/strata.yml' }), { onEvent: (e) => events.push(e) })
+  await runner.run(parsePipeline(yml, { file: `${CHECKOUT}/strata.yml` }), { onEvent: (e) => events.push(e) })
   return events
 }
 
