@@ -22,6 +22,8 @@ test('a private fleet: members with the key share the cache across scopes; a hos
     `salt: ${tag}`,
     'steps:',
     '  - name: make',
+    // The checkout holds the hosts' data dirs and the swarm key: the step reads none of it.
+    '    filter: []',
     `    run: mkdir -p /opt/${tag} && seq 1 20000 > /opt/${tag}/blob`,
     ''
   ].join('\n'))
@@ -99,7 +101,8 @@ test('a fleet that trusts a writer key, not VMs: the main job holding the key pu
   const data = (h: Host): string => join(dir, h.name)
   for (const h of cluster.hosts) mkdirSync(data(h))
   const tag = `strata-writers-${process.pid}-${Date.now()}`
-  const pipeline = (name: string, content: string): string => ['base: host', `salt: ${tag}`, 'steps:', `  - name: ${name}`, `    run: mkdir -p /opt/${tag} && echo ${content} > /opt/${tag}/${name}`, ''].join('\n')
+  // The checkout holds the VMs' data dirs and the key files: the step reads none of it.
+  const pipeline = (name: string, content: string): string => ['base: host', `salt: ${tag}`, 'steps:', `  - name: ${name}`, '    filter: []', `    run: mkdir -p /opt/${tag} && echo ${content} > /opt/${tag}/${name}`, ''].join('\n')
   writeFileSync(join(dir, 'strata.yml'), pipeline('build', 'main'))
   mkdirSync(join(dir, 'pr'))
   writeFileSync(join(dir, 'pr', 'strata.yml'), pipeline('poison', 'pr'))

@@ -316,10 +316,12 @@ static int tree_walk(int dfd, struct tree_buf *b, char *rel, size_t rlen) {
     memcpy(rel + (rlen ? rlen + 1 : 0), names[i], nlen);
     rel[len] = 0;
     struct stat st;
-    if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) != 0) { err = errno; break; }
+    // An entry removed since the readdir is not there: what was walked is what exists.
+    if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) != 0) { if (errno == ENOENT) continue; err = errno; break; }
     if ((err = tb_put(b, rel, len, &st)) != 0) break;
     if (S_ISDIR(st.st_mode) && !(b->skip && b->skip[0] && strcmp(rel, b->skip) == 0)) {
       int sub = openat(dirfd(d), names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0 && errno == ENOENT) continue;
       if (sub < 0) { err = errno; break; }
       err = tree_walk(sub, b, rel, len);
     }
