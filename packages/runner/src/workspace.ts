@@ -6,7 +6,7 @@ import type { Logger } from 'pino'
 import { statTreeAsync } from '@strata/sys'
 import { ChainTooLongError, InputLimitError, WorkspaceError } from './errors.ts'
 import { applyFilter, compileFilter } from './filter.ts'
-import type { FilterEntry } from './filter.ts'
+import type { FilterEntry, FilterResult } from './filter.ts'
 import { inputDigest } from './key.ts'
 import type { DigestKey } from './key.ts'
 import type { InputLimits } from './inputs.ts'
@@ -180,8 +180,7 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   if (rec.n - 1 > maxWalked) throw new InputLimitError(step, 'walked', maxWalked)
   const digests = Buffer.alloc(rec.n * 32)
   if (cache !== undefined) reuseDigests(tree, rec, cache, digests)
-  const entries = entriesOf(rec)
-  const result = applyFilter(entries, compiled, ws.skip)
+  const result = compiled === null ? unfiltered(rec, ws.skip) : applyFilter(entriesOf(rec), compiled, ws.skip)
   const visible = result.visible
 
   const todo: number[] = []
@@ -221,6 +220,23 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
     opts.log?.info({ err, file }, 'cannot write the workspace stat cache')
   }
   return { path: ws.path, digest, files, hidden: result.hidden, unmatched: result.unmatched, listing: async () => listing }
+}
+
+/** applyFilter without patterns, without building the entry tree: all but the top-level .git and `skip`. */
+function unfiltered (rec: Records, skip: string | undefined): FilterResult {
+  const visible = new Uint8Array(rec.n - 1).fill(1)
+  const hidden: string[] = []
+  for (const top of ['.git', skip]) {
+    if (top === undefined) continue
+    for (let k = 1; k < rec.n; k++) {
+      const rel = rec.rel[k]!
+      if (rel === top || (rel.length > top.length && rel.startsWith(top) && rel[top.length] === '/')) {
+        visible[k - 1] = 0
+        if (rel === top) hidden.push(top)
+      }
+    }
+  }
+  return { visible, hidden, unmatched: [] }
 }
 
 function entriesOf (rec: Records): FilterEntry[] {
