@@ -6,9 +6,9 @@ import * as dagCbor from '@ipld/dag-cbor'
 import fc from 'fast-check'
 import type { CID } from 'multiformats/cid'
 import { lgetxattrs } from '@strata/sys'
+import { tempDir } from '@strata/testing'
 import { ChunkerError, cidOf, comparePaths, DAG_CBOR, decodeEntryList, decodeRoot, FsPool, materialize, removeTree } from '../src/index.ts'
 import type { ContentSource } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
 
 /**
  * Property tests: whatever a peer sends as a manifest, the decoders and the

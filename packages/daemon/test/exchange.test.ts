@@ -3,8 +3,9 @@ import { test } from 'node:test'
 import { lpStream } from '@libp2p/utils'
 import type { CID } from 'multiformats/cid'
 import { cidOf, RAW } from '@strata/chunker'
+import { digestTree } from '@strata/testing'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeWant, MAX_MESSAGE_SIZE } from '../src/index.ts'
-import { bytes, connect, digestTree, publishLayer, startDaemon } from './helpers.ts'
+import { bytes, connect, publishLayer, startDaemon } from './helpers.ts'
 
 test('a want-list over the outstanding limit gets the stream aborted; the server keeps serving', async (t) => {
   const a = await startDaemon(t, { exchange: { maxOutstandingWants: 4 } })

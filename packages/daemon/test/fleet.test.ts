@@ -2,8 +2,9 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import { openStore } from '@strata/store'
+import { digestTree, memoryLogger, tempDir } from '@strata/testing'
 import { RecordNotFoundError } from '../src/index.ts'
-import { digestTree, bytes, connect, memoryLogger, publishLayer, startDaemon, tempDir, wrapStore, writeTree } from './helpers.ts'
+import { bytes, connect, publishLayer, startDaemon, wrapStore, writeFixedTree } from './helpers.ts'
 
 test('a layer committed on A is restored on B byte-identically', async (t) => {
   const a = await startDaemon(t)
@@ -27,7 +28,7 @@ test('a node that holds most blocks asks only for the missing ones', async (t) =
   const shared = bytes('shared', 4 * 1024 * 1024)
   const fresh = bytes('fresh', 100_000)
   const upper = `${tempDir(t)}/u`
-  writeTree(upper, { 'shared.bin': shared })
+  writeFixedTree(upper, { 'shared.bin': shared })
   await b.commit(upper)
   const { key } = await publishLayer(t, a, { 'shared.bin': shared, 'new.bin': fresh })
   const got = await b.resolve(key)
@@ -64,7 +65,7 @@ test('a peer that serves corrupted bytes is banned and the fetch completes from 
   await connect([a, evil, b])
   const tree = { 'big.bin': bytes('corrupt-test', 2 * 1024 * 1024) }
   const upper = `${tempDir(t)}/u`
-  writeTree(upper, tree)
+  writeFixedTree(upper, tree)
   const onEvil = await evil.commit(upper)
   const { key, layer } = await publishLayer(t, a, tree)
   assert.equal(onEvil.root.toString(), layer.root.toString())

@@ -4,8 +4,8 @@ import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { ClassicLevel } from 'classic-level'
 import { decodeRoot } from '@strata/chunker'
+import { describeTree } from '@strata/testing'
 import { openStore } from '../src/index.ts'
-import { describeTree } from '../../chunker/test/helpers.ts'
 
 /** Runs a child (node FILE ...args) and resolves with how it ended. */
 export async function runChild (file: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, signal: NodeJS.Signals | null, stderr: string }> {
