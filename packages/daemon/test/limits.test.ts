@@ -355,8 +355,8 @@ test('a want-list flood of 10^6 CIDs: streams reset, daemon RSS bounded, another
   // wants at once, and the rest at the idle timeout once the client stops asking.
   assert.ok(results.every((e) => e !== undefined), 'a flooded stream ended cleanly')
   assert.ok(cutOff > 0, 'no stream was cut off while flooding')
-  const log = readFileSync(`${dir}/daemon.log`, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { msg?: string, err?: { code?: string } })
-  const limited = log.filter((l) => l.msg === 'block stream aborted' && l.err?.code === 'ERR_PEER_LIMIT').length
+  const log = readFileSync(`${dir}/daemon.log`, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { event?: string, err?: { code?: string } })
+  const limited = log.filter((l) => l.event === 'block-stream-aborted' && l.err?.code === 'ERR_PEER_LIMIT').length
   assert.ok(limited > 0, 'no stream was reset for its outstanding wants')
   t.diagnostic(`${wanted} CIDs sent, ${cutOff} of ${perStream} streams cut off mid-flood (${limited} for outstanding wants), daemon RSS ${(before / 1048576).toFixed(0)} -> peak ${(peak / 1048576).toFixed(0)} MiB`)
   const c = await startDaemon(t)

@@ -53,7 +53,7 @@ test('a peer without the fleet\'s pre-shared key cannot connect; one with it can
   chmodSync(loose, 0o644)
   const { logger, lines } = memoryLogger()
   const b = await startDaemon(t, { pskFile: loose, logger })
-  assert.ok(lines.some((l) => l.level === 40 && /readable by other users/.test(String(l.msg))))
+  assert.ok(lines.some((l) => l.level === 40 && l.event === 'psk-file-readable' && l.file === loose))
   const outsider = await startDaemon(t)
   const otherKey = await startDaemon(t, { pskFile: await pskFile(t) })
   await connect([a, b])
