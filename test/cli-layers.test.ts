@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process'
 import type { SpawnSyncReturns } from 'node:child_process'
 import { existsSync, realpathSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
 import { bin, strata } from './helpers.ts'
 import type { CliResult } from './helpers.ts'
 

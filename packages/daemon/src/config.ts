@@ -152,7 +152,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
   const psk = init.pskFile !== undefined ? await readPsk(init.pskFile) : undefined
   if (init.allowPeersFile !== undefined) allowPeers = [...(allowPeers ?? []), ...await readPeerList(init.allowPeersFile)]
   if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile, writerOf)]
-  if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
+  if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ event: 'psk-file-readable', file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
   return {
     dataDir: init.dataDir,
     listen: init.listen ?? ['/ip4/0.0.0.0/tcp/7401'],

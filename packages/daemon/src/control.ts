@@ -8,6 +8,7 @@ import type { Entry } from '@strata/chunker'
 import { checkScope, MAX_READ_SCOPES } from '@strata/records'
 import type { StepRecord } from '@strata/records'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
+import { BadRequestError } from './errors.ts'
 import type { GcBudgetInit } from './gc.ts'
 import type { FetchResult } from './layer-fetch.ts'
 import { MAX_REQUEST_BYTES, entryJson, layerJson } from './protocol.ts'
@@ -44,11 +45,6 @@ const STATUS_OF: Readonly<Record<string, number>> = {
   ERR_NO_PROVIDERS: 404,
   ERR_LAYER_NOT_FOUND: 404,
   ERR_BLOCK_NOT_FOUND: 404
-}
-
-class BadRequestError extends Error {
-  override name = 'BadRequestError'
-  readonly code = 'ERR_BAD_REQUEST'
 }
 
 type Body = Record<string, unknown>

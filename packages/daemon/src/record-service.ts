@@ -84,7 +84,7 @@ export class RecordService {
   #rejected (err: RecordInvalidError, context: Record<string, unknown>, msg: string): void {
     this.#init.counters.recordsRejected++
     this.#init.rejected[err.reason] = (this.#init.rejected[err.reason] ?? 0) + 1
-    this.#log.warn({ err, reason: err.reason, ...context }, msg)
+    this.#log.warn({ event: 'record-rejected', err, reason: err.reason, ...context }, msg)
   }
 
   /**

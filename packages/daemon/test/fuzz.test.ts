@@ -5,9 +5,10 @@ import fc from 'fast-check'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord, TrustPolicy, verifyEnvelope } from '@strata/records'
+import { tempDir } from '@strata/testing'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant, MAX_WANTS_PER_MESSAGE, ProtocolViolationError } from '../src/index.ts'
 import { claimedKey, decodeRecordRequest } from '../src/records.ts'
-import { bytes, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
+import { bytes, startDaemon, varint, writeFixedTree } from './helpers.ts'
 
 /**
  * Property tests over what a peer can send: block-exchange frames and signed
@@ -110,7 +111,7 @@ test('a record request with hostile scopes or keys is a ProtocolViolationError',
 test('random frames sent to a live daemon: every stream ends, answered or reset, and the daemon keeps serving', async (t) => {
   const a = await startDaemon(t, { exchange: { firstByteTimeoutMs: 1000, idleTimeoutMs: 1000 } })
   const upper = `${tempDir(t)}/upper`
-  writeTree(upper, { f: bytes('fuzz-live', 200_000) })
+  writeFixedTree(upper, { f: bytes('fuzz-live', 200_000) })
   const layer = await a.commit(upper)
   const b = await startDaemon(t)
   await b.node.dial(a.node.getMultiaddrs()[0]!)

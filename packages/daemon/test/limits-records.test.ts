@@ -4,9 +4,10 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { loadIdentity, MAX_RECORD_SIZE, RECORD_FORMAT, RecordInvalidError, recordKey, signRecord, TrustPolicy, verifyEnvelope } from '@strata/records'
+import { tempDir } from '@strata/testing'
 import { RECORDS_PROTOCOL, RecordNotFoundError, encodeRecordRequest } from '../src/index.ts'
 import { MAX_REQUEST_SIZE } from '../src/records.ts'
-import { connect, startDaemon, tempDir } from './helpers.ts'
+import { connect, startDaemon } from './helpers.ts'
 
 // The record limits of doc/LIMITS.md: the size of a signed record, of a request on
 // /strata/records/2.0.0, and of an answer to one.

@@ -4,7 +4,8 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
 import { RecordNotFoundError } from '../src/index.ts'
-import { connect, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { tempDir } from '@strata/testing'
+import { connect, startDaemon, writeFixedTree } from './helpers.ts'
 
 const freshKey = (tag: string): ReturnType<typeof cidOf> => cidOf(DAG_CBOR, dagCbor.encode({ lookup: tag, at: process.hrtime.bigint().toString() }))
 
@@ -26,7 +27,7 @@ test('a connected peer that holds a record is asked directly, even if it never p
   const [holder, reader] = [await startDaemon(t, SLOW_DHT), await startDaemon(t, SLOW_DHT)]
   await connect([holder, reader])
   const upper = `${tempDir(t)}/upper`
-  writeTree(upper, { f: 'held quietly' })
+  writeFixedTree(upper, { f: 'held quietly' })
   const layer = await holder.store.commit(upper)
   const key = freshKey('quiet')
   const me = await loadIdentity(holder.dataDir)

@@ -7,9 +7,10 @@ import type { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { generateWriterKey, loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
 import type { StepRecord } from '@strata/records'
+import { memoryLogger, tempDir } from '@strata/testing'
 import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk, writerOf } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
-import { connect, memoryLogger, publishLayer, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { connect, publishLayer, startDaemon, writeFixedTree } from './helpers.ts'
 
 const freshKey = (tag: string): CID => cidOf(DAG_CBOR, dagCbor.encode({ trust: tag, at: process.hrtime.bigint().toString() }))
 
@@ -56,7 +57,7 @@ test('a peer without the fleet\'s pre-shared key cannot connect; one with it can
   chmodSync(loose, 0o644)
   const { logger, lines } = memoryLogger()
   const b = await startDaemon(t, { pskFile: loose, logger })
-  assert.ok(lines.some((l) => l.level === 40 && /readable by other users/.test(String(l.msg))))
+  assert.ok(lines.some((l) => l.level === 40 && l.event === 'psk-file-readable' && l.file === loose))
   const outsider = await startDaemon(t)
   const otherKey = await startDaemon(t, { pskFile: await pskFile(t) })
   await connect([a, b])
@@ -109,7 +110,7 @@ test('bad records are each a miss with the reason logged and counted, and their 
   const w = await loadIdentity(writer.dataDir)
   const e = await loadIdentity(evil.dataDir)
   const upper = `${tempDir(t)}/u`
-  writeTree(upper, { 'payload.sh': 'echo owned' })
+  writeFixedTree(upper, { 'payload.sh': 'echo owned' })
   const layer = (await evil.commit(upper)).root
   const envelope = (body: unknown, sig?: Uint8Array): Uint8Array => dagCbor.encode(sig === undefined ? { body: dagCbor.encode(body) } : { body: dagCbor.encode(body), sig })
   const sigOf = (bytes: Uint8Array): Uint8Array => dagCbor.decode<{ sig: Uint8Array }>(bytes).sig

@@ -1,10 +1,8 @@
+import { StrataError } from '@strata/errors'
+
 /** Base of every error this package throws; callers branch on `code`, never on the message. */
-export class RecordsError extends Error {
-  readonly code: string
-  constructor (code: string, message: string, opts?: { cause?: unknown }) {
-    super(message, opts)
-    this.code = code
-  }
+export class RecordsError extends StrataError {
+  override name = 'RecordsError'
 }
 
 /** The node identity key file cannot be read, created or used as an ed25519 key. */

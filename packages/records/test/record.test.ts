@@ -3,9 +3,9 @@ import assert from 'node:assert/strict'
 import { statSync } from 'node:fs'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
+import { tempDir } from '@strata/testing'
 import { checkScope, loadIdentity, openRecord, parseWriter, writerTrust, publicKeyFromPeerId, RECORD_DOMAIN, RECORD_FORMAT, recordKey, signRecord, signedBytes } from '../src/index.ts'
 import type { Identity, RecordPolicy, StepRecord } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
 
 const KEY = CID.parse('bafyreigcmak4ndasecjyghkogh3rsnwb7sokiohsyu4xfh6eczx234qegm')
 const LAYER = CID.parse('bafyreiglmc4hm2ogieenyqz7it45tmn5ugb3vkrh22c3s2vxlpqomeuh4q')

@@ -9,7 +9,7 @@ import {
   signRecord, signedBytes, signerOf, splitWriterKeyName
 } from '../src/index.ts'
 import type { Identity, StepRecord, WriterKey } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
+import { tempDir } from '@strata/testing'
 
 const KEY = CID.parse('bafyreigcmak4ndasecjyghkogh3rsnwb7sokiohsyu4xfh6eczx234qegm')
 const LAYER = CID.parse('bafyreiglmc4hm2ogieenyqz7it45tmn5ugb3vkrh22c3s2vxlpqomeuh4q')

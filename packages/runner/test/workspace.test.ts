@@ -4,14 +4,10 @@ import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { parsePipeline } from '../src/index.ts'
-import type { Pipeline, RunnerEvent } from '../src/index.ts'
+import type { RunnerEvent } from '../src/index.ts'
 import { applyFilter, compileFilter } from '../src/filter.ts'
-import { harness, mountsMentioning, sideChannel, statuses, tempDir, writeTree } from './helpers.ts'
-
-function pipelineIn (dir: string, yml: string): Pipeline {
-  writeFileSync(`${dir}/strata.yml`, yml)
-  return parsePipeline(yml, { file: `${dir}/strata.yml` })
-}
+import { tempDir, writeTree } from '@strata/testing'
+import { harness, mountsMentioning, pipelineIn, sideChannel, statuses } from './helpers.ts'
 
 const keys = (events: readonly RunnerEvent[]): string[] => events.flatMap((e) => e.type === 'key' ? [e.key] : [])
 
