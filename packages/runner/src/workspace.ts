@@ -23,6 +23,12 @@ export interface WorkspaceSpec {
   path: string
   /** A dir inside the checkout (relative) that is never walked, keyed or seen: the data dir, when the checkout holds it. */
   skip?: string
+  /**
+   * The walk of the checkout, made by the first scan of a run and reused by the steps
+   * after it: steps write to their own upper dirs, never to the checkout, so one walk
+   * per run is enough (resolveWorkspace makes a fresh spec for each run).
+   */
+  walked?: { at: number, maxBytes: number, tree: Promise<Buffer> }
 }
 
 /** What a step's workspace adds to its key and to its mount. */
@@ -148,10 +154,12 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   const maxWalked = maxFiles * 10
   const compiled = filter === undefined ? null : compileFilter(filter)
   const sig = JSON.stringify([filter ?? null, ws.skip ?? null])
-  const walkStart = Date.now() * 1e6
+  const maxTreeBytes = Math.min(maxWalked * 512, 2 ** 31 - 1)
+  if (ws.walked?.maxBytes !== maxTreeBytes) ws.walked = { at: Date.now() * 1e6, maxBytes: maxTreeBytes, tree: walk(ws.dir, maxTreeBytes, ws.skip) }
+  const walkStart = ws.walked.at
   let tree: Buffer
   try {
-    tree = await walk(ws.dir, Math.min(maxWalked * 512, 2 ** 31 - 1), ws.skip)
+    tree = await ws.walked.tree
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'E2BIG') throw new InputLimitError(step, 'walked', maxWalked)
     throw new WorkspaceError(ws.dir, `cannot read it: ${(err as Error).message}`, { cause: err })
