@@ -157,6 +157,9 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   const maxTreeBytes = Math.min(maxWalked * 512, 2 ** 31 - 1)
   if (ws.walked?.maxBytes !== maxTreeBytes) ws.walked = { at: Date.now() * 1e6, maxBytes: maxTreeBytes, tree: walk(ws.dir, maxTreeBytes, ws.skip) }
   const walkStart = ws.walked.at
+  // Read while the walk runs on the thread pool.
+  const file = statCachePath(opts.cacheDir, ws.dir, opts.digestKey.key)
+  const cached = loadStatCache(file)
   let tree: Buffer
   try {
     tree = await ws.walked.tree
@@ -164,9 +167,8 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
     if ((err as NodeJS.ErrnoException).code === 'E2BIG') throw new InputLimitError(step, 'walked', maxWalked)
     throw new WorkspaceError(ws.dir, `cannot read it: ${(err as Error).message}`, { cause: err })
   }
+  const cache = await cached
   opts.signal?.throwIfAborted()
-  const file = statCachePath(opts.cacheDir, ws.dir, opts.digestKey.key)
-  const cache = await loadStatCache(file)
 
   const known = cache !== undefined && !cache.racy && cache.tree.equals(tree) ? cache.results.get(sig) : undefined
   if (known !== undefined && cache !== undefined) {
