@@ -207,6 +207,17 @@ test('statTree lists every path once, sorted, never following a symlink; the asy
   await assert.rejects(statTreeAsync!(join(dir, 'nope'), 1 << 20), { code: 'ENOENT' })
 })
 
+test('statTree with a dir to skip lists that dir but nothing below it', async (t) => {
+  const dir = tempDir(t)
+  mkdirSync(join(dir, 'keep', 'data', 'deep'), { recursive: true })
+  writeFileSync(join(dir, 'keep', 'data', 'deep', 'f'), 'x')
+  writeFileSync(join(dir, 'keep', 'g'), 'y')
+  const names = (b: Buffer): string[] => b.toString().split('\n').slice(0, -1).map((l) => l.split('\0')[0]!)
+  assert.deepEqual(names(statTree!(dir, 1 << 20, 'keep/data')), ['', 'keep', 'keep/data', 'keep/g'])
+  assert.deepEqual(names(await statTreeAsync!(dir, 1 << 20, 'keep/data')), ['', 'keep', 'keep/data', 'keep/g'])
+  assert.deepEqual(names(statTree!(dir, 1 << 20)), ['', 'keep', 'keep/data', 'keep/data/deep', 'keep/data/deep/f', 'keep/g'])
+})
+
 test('enableVerity fails with ENOTSUP or ENOTTY where the filesystem has no fs-verity, and changes nothing', (t) => {
   const dir = tempDir(t)
   writeFileSync(join(dir, 'f'), 'x')
