@@ -85,7 +85,8 @@ interface Records {
   ctime: Float64Array
 }
 
-function parseTree (tree: Buffer): Records {
+/** The walk's records; without `decode` the paths stay bytes (`rel` is empty), for a walk only compared against. */
+function parseTree (tree: Buffer, decode = true): Records {
   // A path may hold a newline: counting them gives at least the number of records.
   let max = 0
   for (let i = tree.indexOf(10); i !== -1; i = tree.indexOf(10, i + 1)) max++
@@ -99,7 +100,7 @@ function parseTree (tree: Buffer): Records {
     while (tree[i] !== 0) i++
     r.start[k] = pos
     r.meta[k] = i
-    r.rel[k] = i === pos ? '' : tree.toString('utf8', pos, i)
+    r.rel[k] = i === pos || !decode ? '' : tree.toString('utf8', pos, i)
     i++
     while (tree[i] !== 0) i++
     i++
@@ -267,7 +268,7 @@ function entriesOf (rec: Records): FilterEntry[] {
 
 /** Copies the digest of every record identical to last time's (same path, inode, mode, ctime, size). */
 function reuseDigests (tree: Buffer, rec: Records, cache: StatCache, digests: Buffer): void {
-  const old = parseTree(cache.tree)
+  const old = parseTree(cache.tree, false)
   let byPath: Map<string, number> | undefined
   let j = 0
   for (let k = 1; k < rec.n; k++) {
@@ -275,7 +276,7 @@ function reuseDigests (tree: Buffer, rec: Records, cache: StatCache, digests: Bu
     // The walks are in the same order: most records are found by moving along the old one.
     while (j < old.n && (old.mode[j]! & S_IFMT) !== S_IFREG) j++
     let found: number
-    if (j < old.n && old.rel[j] === rec.rel[k]) {
+    if (j < old.n && sameBytes(cache.tree, old.start[j]!, old.meta[j]!, tree, rec.start[k]!, rec.meta[k]!)) {
       if (!sameBytes(cache.tree, old.meta[j]!, old.end[j]!, tree, rec.meta[k]!, rec.end[k]!)) {
         // The same file, changed: read again.
         j++
@@ -285,9 +286,9 @@ function reuseDigests (tree: Buffer, rec: Records, cache: StatCache, digests: Bu
     } else {
       if (byPath === undefined) {
         byPath = new Map()
-        for (let i = 1; i < old.n; i++) if ((old.mode[i]! & S_IFMT) === S_IFREG) byPath.set(old.rel[i]!, i)
+        for (let i = 1; i < old.n; i++) if ((old.mode[i]! & S_IFMT) === S_IFREG) byPath.set(cache.tree.toString('latin1', old.start[i]!, old.meta[i]!), i)
       }
-      const i = byPath.get(rec.rel[k]!)
+      const i = byPath.get(tree.toString('latin1', rec.start[k]!, rec.meta[k]!))
       found = i !== undefined && sameBytes(cache.tree, old.meta[i]!, old.end[i]!, tree, rec.meta[k]!, rec.end[k]!) ? i : -1
     }
     if (found === -1) continue

@@ -1,11 +1,14 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { setTimeout as delay } from 'node:timers/promises'
 import { dirname } from 'node:path'
 import { parsePipeline } from '../src/index.ts'
 import type { RunnerEvent } from '../src/index.ts'
 import { applyFilter, compileFilter } from '../src/filter.ts'
+import { UNSALTED } from '../src/key.ts'
+import { scanWorkspace } from '../src/workspace.ts'
 import { tempDir, writeTree } from '@strata/testing'
 import { harness, mountsMentioning, pipelineIn, sideChannel, statuses } from './helpers.ts'
 
@@ -213,4 +216,36 @@ steps:
   await h.runner.run(p, { onEvent: h.onEvent })
   assert.deepEqual(statuses(h.events), ['a:hit', 'b:hit'], 'what the runs wrote to the data dir is not in the key')
   assert.deepEqual(mountsMentioning(h.dataDir), [])
+})
+
+test('the stat cache never hides a change: each scan equals a scan without a cache', async (t) => {
+  const dir = tempDir(t)
+  const ws = `${dir}/checkout`
+  writeTree(ws, { a: 'one', b: { c: 'two', d: 'three' }, e: 'four', '.git': { HEAD: 'x' } })
+  await delay(1100) // older than the racy window: the cache trusts these records
+  const cacheDir = `${dir}/cache`
+  const scan = async (cache: string, filter?: string[]): Promise<string> =>
+    Buffer.from((await scanWorkspace('s', { dir: ws, path: '/workspace' }, filter, { cacheDir: cache, digestKey: UNSALTED })).digest).toString('hex')
+  let fresh = 0
+  const same = async (what: string, filter?: string[]): Promise<void> => {
+    const expected = await scan(`${dir}/fresh-${fresh++}`, filter)
+    assert.equal(await scan(cacheDir, filter), expected, what)
+    assert.equal(await scan(cacheDir, filter), expected, `${what}, again`)
+  }
+  await same('cold')
+  await same('with a filter', ['b/**'])
+  const before = await scan(cacheDir)
+  writeFileSync(`${ws}/b/c`, 'TWO') // same size, new content
+  assert.notEqual(await scan(cacheDir), before)
+  await same('a file rewritten at the same size')
+  rmSync(`${ws}/a`)
+  writeFileSync(`${ws}/a0`, 'one')
+  await same('a file renamed')
+  chmodSync(`${ws}/e`, 0o755)
+  await same('an execute bit set')
+  writeFileSync(`${ws}/.git/HEAD`, 'y')
+  assert.equal(await scan(cacheDir), await scan(`${dir}/fresh-git`), '.git is not in the digest')
+  await delay(1100)
+  writeFileSync(`${ws}/b/d`, 'THREE')
+  await same('a change after the cache trusted its record', ['b/**'])
 })
