@@ -9,6 +9,7 @@ import {
 } from './errors.ts'
 import type { SourcePosition } from './errors.ts'
 import { MAX_LOWER_LAYERS } from './sandbox.ts'
+import { parseStepOptions } from './step-options.ts'
 
 /** The filesystem a pipeline starts from. */
 export type BaseSpec =
@@ -34,6 +35,12 @@ export interface StepSpec {
   /** Absolute paths or globs, read in the step's view. */
   inputs: string[]
   cache: boolean
+  /** `cache: { ttl }`: a record older than this (by its `created`) is a miss, `expired`. */
+  ttlMs?: number
+  /** Paths relative to the workspace, copied to the host after the step ran or hit (outputs.ts). */
+  outputs?: string[]
+  /** Env names passed from the caller's environment to the step, in no key, record or log. */
+  secrets?: string[]
   timeoutMs?: number
   /** Bytes the step's /tmp (and /dev/shm) may hold: the pipeline's `tmp-size`. Default: the runner's. */
   tmpSize?: number
@@ -81,7 +88,7 @@ export const PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
 })
 
 const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'steps'] as const
-const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'cache', 'timeout'] as const
+const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'cache', 'timeout', 'outputs', 'secrets'] as const
 const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
@@ -367,14 +374,8 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
       }
     }
 
-    let cache = true
-    const cacheNode = f.get('cache')
-    if (cacheNode !== undefined) {
-      if (!isScalar(cacheNode) || typeof cacheNode.value !== 'boolean') {
-        throw new PipelineWrongTypeError(nodeAt(cacheNode, 0), `${stepWhere} "cache"`, 'true or false', describe(cacheNode))
-      }
-      cache = cacheNode.value
-    }
+    const extras = parseStepOptions(f, stepWhere, (n) => nodeAt(n, item.range?.[0] ?? 0), new Set(env.map((e) => e.name)))
+    const cache = extras.cache
 
     let timeoutMs: number | undefined
     const timeoutNode = f.get('timeout')
@@ -393,6 +394,9 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
     const step: StepSpec = { name, run, cwd, env, inputs, cache, at: at(item.range?.[0] ?? 0) }
     if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
     if (tmpSize !== undefined) step.tmpSize = tmpSize
+    if (extras.ttlMs !== undefined) step.ttlMs = extras.ttlMs
+    if (extras.outputs.length > 0) step.outputs = extras.outputs
+    if (extras.secrets.length > 0) step.secrets = extras.secrets
     steps.push(step)
   }
 

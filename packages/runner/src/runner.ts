@@ -29,6 +29,10 @@ import { isDiskFull, isFull, makeScratch, mountSpill, sweepSpills } from './scra
 import type { Scratch, Spill } from './scratch.ts'
 import { ENV_NAME, checkStrataEnv, envObject, envProblem, readStrataEnv } from './strata-env.ts'
 import { LayeredView } from './view.ts'
+import { deliverOutputs, outputPlaces, planOutputs } from './outputs.ts'
+import type { OutputPlaces } from './outputs.ts'
+import { checkExportDir, exportLayers } from './export.ts'
+import { describeExpiry, isExpired } from './ttl.ts'
 
 export interface RunnerInit {
   store: Store
@@ -85,10 +89,12 @@ export interface RunOptions {
   signal?: AbortSignal
   /** Run every step, looking nothing up (results are still captured and recorded). Default false. */
   noCache?: boolean
+  /** run() only: write the changes of the whole run (every step's layer merged, whiteouts applied) into this dir, absent or empty. */
+  export?: string
   onEvent?: (event: RunnerEvent) => void
 }
 
-export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'layer-corrupt' | 'no-cache' | 'uncached-step' | 'cache-off'
+export type MissReason = 'no-record' | 'invalid-record' | 'expired' | 'layer-missing' | 'layer-corrupt' | 'no-cache' | 'uncached-step' | 'cache-off'
 
 export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
@@ -103,6 +109,10 @@ export type RunnerEvent =
   | { type: 'capture-failed', step: string, key: string, error: Error }
   /** Once per run: the data dir's filesystem is full; later steps look nothing up, commit nothing and run on scratch space elsewhere. */
   | { type: 'cache-off', step: string, error: Error }
+  /** After a step that declares `outputs` ran or hit: they are in the host workspace. */
+  | { type: 'outputs', step: string, paths: string[], entries: number, bytes: number, durationMs: number }
+  /** After the last step, with `export`: the run's changes are in `dir`. */
+  | { type: 'exported', step: string, dir: string, entries: number, bytes: number, durationMs: number }
   | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
 
 export interface StepResult {
@@ -160,6 +170,8 @@ export interface WhyStep {
   reasons: string[]
   /** A step below could not be restored, so this step's inputs were read without its changes. */
   approximate: boolean
+  /** The record for `key` is older than the step's `cache: { ttl }`. */
+  expired?: { created: number, ttlMs: number }
 }
 
 export interface WhyReport {
@@ -287,14 +299,18 @@ class StepRunner implements Runner {
     const started = performance.now()
     const chain: Chain = { base: pipeline.base, baseId: pipeline.baseId ?? null, parent: null, layers: [], envLines: [], approximate: false }
     const results: StepResult[] = []
+    const exportDir = opts.export !== undefined ? await checkExportDir(opts.export) : undefined
     const base = await this.#baseIdentity(chain, opts)
     const hold = this.#hold()
     try {
       for (const [index, step] of pipeline.steps.entries()) {
         if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
         opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
-        results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts, hold))
+        const places = outputPlaces(pipeline, step)
+        results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts, hold, places))
+        if (step.outputs !== undefined) await this.#deliver(chain, step, places, opts)
       }
+      if (exportDir !== undefined) await this.#export(chain, pipeline.steps.at(-1)!.name, exportDir, opts)
     } finally {
       await dropHold(hold)
     }
@@ -348,15 +364,19 @@ class StepRunner implements Runner {
         key = (await encodeDescriptor(descriptor)).key
       }
       const changes = previous !== undefined ? diffDescriptors(previous, descriptor) : []
-      const found = await this.#lookup(key)
+      const found = await this.#lookup(key, undefined, step.cache ? step.ttlMs : undefined)
+      const expired = 'expired' in found && found.expired !== undefined && step.ttlMs !== undefined ? { created: found.expired, ttlMs: step.ttlMs } : undefined
+      const reasons = previous === undefined ? ['this step has not run here before'] : changes.map(describeChange)
+      if (expired !== undefined) reasons.push(describeExpiry(expired.created, expired.ttlMs))
       steps.push({
         name: step.name,
         key: key.toString(),
         previousKey: previousKey?.toString() ?? null,
         hit: step.cache && 'record' in found,
         changes,
-        reasons: previous === undefined ? ['this step has not run here before'] : changes.map(describeChange),
-        approximate
+        reasons,
+        approximate,
+        ...(expired !== undefined ? { expired } : {})
       })
       chain.parent = key
       if ('record' in found) {
@@ -431,8 +451,10 @@ class StepRunner implements Runner {
 
   /** The first record, in read-scope order, that verifies under the policy and whose layer is here. */
   /** With `hold`, the layer is leased before it is looked for, so that a collection cannot take it between the check and the mount. */
-  async #lookup (key: CID, hold?: Hold): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason }> {
+  /** With `ttlMs`, a record older than that is skipped: `expired` (with its `created`) unless another scope has a valid one. */
+  async #lookup (key: CID, hold?: Hold, ttlMs?: number): Promise<{ record: StepRecord, layer: LayerInfo } | { reason: MissReason, expired?: number }> {
     let reason: MissReason = 'no-record'
+    let expired: number | undefined
     for (const scope of this.#policy.scopes) {
       const bytes = await this.#store.getRecord(recordKey(key, scope))
       if (bytes === undefined) continue
@@ -446,6 +468,11 @@ class StepRunner implements Runner {
         if (reason === 'no-record') reason = 'invalid-record'
         continue
       }
+      if (isExpired(record.created, ttlMs)) {
+        if (reason === 'no-record' || reason === 'invalid-record') reason = 'expired'
+        expired ??= record.created
+        continue
+      }
       hold?.lease.add(record.layer.toString())
       // A layer changed since its commit is marked by the check and never hit: the step runs again.
       const found = await this.#store.checkLayer(record.layer)
@@ -456,7 +483,7 @@ class StepRunner implements Runner {
       }
       return { record, layer: found.layer }
     }
-    return { reason }
+    return expired !== undefined ? { reason, expired } : { reason }
   }
 
   /** A lease on the layers this run mounts (under the store's data dir, where its collector looks). */
@@ -464,7 +491,7 @@ class StepRunner implements Runner {
     return { lease: takeLease(this.#store.dataDir), dirs: [], cacheOff: false }
   }
 
-  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
+  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces): Promise<StepResult> {
     const emit = opts.onEvent ?? ((): void => {})
     const t0 = performance.now()
     let described: Described
@@ -485,12 +512,12 @@ class StepRunner implements Runner {
     if (hold.cacheOff) {
       emit({ type: 'miss', step: step.name, key: keyString, reason: 'cache-off' })
     } else if (step.cache && opts.noCache !== true) {
-      let found = await this.#lookup(key, hold)
+      let found = await this.#lookup(key, hold, step.ttlMs)
       let fromPeers: { providers: number, bytes: number } | undefined
       if (!('record' in found) && this.#remote !== undefined) {
         fromPeers = await this.#fromFleet(step.name, key, opts)
         if (fromPeers !== undefined) {
-          const again = await this.#lookup(key, hold)
+          const again = await this.#lookup(key, hold, step.ttlMs)
           if ('record' in again) found = again
           else fromPeers = undefined
         }
@@ -551,6 +578,12 @@ class StepRunner implements Runner {
         const v = e.value ?? this.#env[e.name]
         if (v !== undefined) env[e.name] = v
       }
+      // Secrets reach the step's environment only: not the descriptor, the record or a log line.
+      for (const name of step.secrets ?? []) {
+        const v = this.#env[name]
+        if (v !== undefined) env[name] = v
+        else this.#log.info({ step: step.name, secret: name }, 'a secret the step declares is not set')
+      }
       const ranAt = performance.now()
       const result = await runSandbox({
         name: step.name,
@@ -582,6 +615,8 @@ class StepRunner implements Runner {
       const ownEnv = await readStrataEnv(step.name, `${runDir}/env`)
       // The steps above get this environment: one that exec would refuse is this step's failure, and nothing is committed.
       checkStrataEnv(step.name, [...chain.envLines, ...ownEnv], BASE_ENV)
+      // A missing output is the step's failure, found before anything is committed.
+      if (step.outputs !== undefined && places !== undefined) await planOutputs(step.name, new LayeredView([`${runDir}/u`, ...chain.layers], basePath), places, step.outputs, opts)
       emit({ type: 'ran', step: step.name, key: keyString, exitCode: 0, durationMs: ranMs })
       if (hold.cacheOff) return keep(ownEnv)
 
@@ -657,6 +692,28 @@ class StepRunner implements Runner {
         await rm(runDir, { recursive: true, force: true })
       }
     }
+  }
+
+  /** Copies the outputs of the step just done (the top of `chain`) into the host workspace; a problem fails the step. */
+  async #deliver (chain: Chain, step: StepSpec, places: OutputPlaces, opts: RunOptions): Promise<void> {
+    const t0 = performance.now()
+    try {
+      const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
+      const done = await deliverOutputs(step.name, view, places, step.outputs ?? [], { signal: opts.signal, log: this.#log })
+      opts.onEvent?.({ type: 'outputs', step: step.name, paths: done.paths, entries: done.entries, bytes: done.bytes, durationMs: performance.now() - t0 })
+    } catch (err) {
+      const e = opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error
+      opts.onEvent?.({ type: 'failed', step: step.name, key: chain.parent?.toString(), reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
+      throw e
+    }
+  }
+
+  /** Writes the run's changes (every layer of the chain merged) into `dir`. */
+  async #export (chain: Chain, last: string, dir: string, opts: RunOptions): Promise<void> {
+    const t0 = performance.now()
+    const done = await exportLayers(chain.layers, dir, { signal: opts.signal })
+    this.#log.info({ dir, entries: done.entries, bytes: done.bytes }, 'exported the run\'s changes')
+    opts.onEvent?.({ type: 'exported', step: last, dir, entries: done.entries, bytes: done.bytes, durationMs: performance.now() - t0 })
   }
 
   /** A scratch dir for a step: on the data dir's filesystem while caching is on; on a spill tmpfs once that filesystem is full. */

@@ -124,17 +124,31 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
   }
 }
 
+/** Says in one line why a step cannot run here, before anything else can fail with EPERM. */
+export class NeedsRootError extends Error {
+  override name = 'NeedsRootError'
+  readonly code = 'ERR_NEEDS_ROOT'
+  constructor (command: string) {
+    super(`strata ${command} needs root (OverlayFS, mount namespaces)`)
+  }
+}
+
+function requireRoot (command: string): void {
+  if (process.getuid?.() !== 0) throw new NeedsRootError(command)
+}
+
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
+    requireRoot('run')
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
-        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
+        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, ...(typeof values.export === 'string' ? { export: values.export } : {}), onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
       return 0
@@ -165,6 +179,7 @@ export const exec: Command = {
       'no-cache': { type: 'boolean', default: false }
     }, 'any')
     if (typeof values.name !== 'string') throw new UsageError('--name is required')
+    requireRoot('exec')
     if (positionals.length === 0) throw new UsageError('no command given after --')
     const json = values.json === true
     const env: EnvDecl[] = ((values.env ?? []) as string[]).map((decl) => {
@@ -225,7 +240,7 @@ export const why: Command = {
       return 0
     }
     for (const s of report.steps) {
-      const head = s.hit ? 'would HIT' : s.previousKey === null ? 'would MISS: never ran here' : 'would MISS'
+      const head = s.hit ? 'would HIT' : s.previousKey === null ? 'would MISS: never ran here' : s.expired !== undefined && s.changes.length === 0 ? 'would MISS: expired' : 'would MISS'
       ctx.stdout.write(`${s.name}: ${head}${s.approximate ? ' (approximate: a step below would run first)' : ''}\n`)
       for (const r of s.reasons) ctx.stdout.write(`  - ${r}\n`)
     }
