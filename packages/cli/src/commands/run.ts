@@ -124,17 +124,11 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
   }
 }
 
-/** Says in one line why a step cannot run here, before anything else can fail with EPERM. */
-export class NeedsRootError extends Error {
-  override name = 'NeedsRootError'
-  readonly code = 'ERR_NEEDS_ROOT'
-  constructor (command: string) {
-    super(`strata ${command} needs root (OverlayFS, mount namespaces)`)
-  }
-}
-
-function requireRoot (command: string): void {
-  if (process.getuid?.() !== 0) throw new NeedsRootError(command)
+/** Steps need OverlayFS and mount namespaces: as another user, say so in one line instead of an EPERM from deep inside. */
+function notRoot (ctx: CommandContext, command: string): boolean {
+  if (process.getuid?.() === 0) return false
+  ctx.stderr.write(`strata ${command} needs root (OverlayFS, mount namespaces)\n`)
+  return true
 }
 
 export const run: Command = {
@@ -143,7 +137,7 @@ export const run: Command = {
   usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
     const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
-    requireRoot('run')
+    if (notRoot(ctx, 'run')) return 1
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
@@ -179,7 +173,7 @@ export const exec: Command = {
       'no-cache': { type: 'boolean', default: false }
     }, 'any')
     if (typeof values.name !== 'string') throw new UsageError('--name is required')
-    requireRoot('exec')
+    if (notRoot(ctx, 'exec')) return 1
     if (positionals.length === 0) throw new UsageError('no command given after --')
     const json = values.json === true
     const env: EnvDecl[] = ((values.env ?? []) as string[]).map((decl) => {
