@@ -38,7 +38,7 @@ export function parseStepOptions (f: ReadonlyMap<string, Node>, where: string, a
         if (!isScalar(k) || k.value !== 'ttl') throw new PipelineUnknownKeyError(at(k), isScalar(k) ? String(k.value) : '?', `${where} "cache"`, ['ttl'])
         const v = pair.value as Node | null
         if (!isScalar(v) || (typeof v.value !== 'string' && typeof v.value !== 'number')) {
-          throw new PipelineWrongTypeError(at(v ?? k), `${where} "cache" "ttl"`, 'a duration such as "12h", "7d", "30m"', 'something else')
+          throw new PipelineWrongTypeError(at(v ?? k), `${where} "cache" "ttl"`, 'a duration such as "12h", "7d", "30m"', describe(v))
         }
         const ms = parseTtl(v.value)
         if (ms === undefined) throw new PipelineInvalidValueError(at(v), `${where} "cache" "ttl" ${JSON.stringify(v.value)} is not a duration between 1s and 365d (e.g. "12h", "7d", "1h30m")`)
@@ -46,7 +46,7 @@ export function parseStepOptions (f: ReadonlyMap<string, Node>, where: string, a
       }
       if (out.ttlMs === undefined) throw new PipelineInvalidValueError(at(cacheNode), `${where} "cache" mapping needs "ttl"`)
     } else {
-      throw new PipelineWrongTypeError(at(cacheNode), `${where} "cache"`, 'true, false or { ttl: DURATION }', isSeq(cacheNode) ? 'a list' : 'something else')
+      throw new PipelineWrongTypeError(at(cacheNode), `${where} "cache"`, 'true or false, or { ttl: DURATION }', describe(cacheNode))
     }
   }
 
@@ -88,12 +88,23 @@ export function checkOutputPath (text: string): string | { problem: string } {
 }
 
 function list (node: Node, what: string, expected: string, at: At, limit: 'outputs' | 'secrets'): Array<[Node, string]> {
-  if (!isSeq(node)) throw new PipelineWrongTypeError(at(node), what, expected, isMap(node) ? 'a mapping' : 'a single value')
+  if (!isSeq(node)) throw new PipelineWrongTypeError(at(node), what, expected, describe(node))
   const extra = node.items[MAX_STEP_LIST]
   if (extra !== undefined) throw new PipelineLimitError(at(extra as Node), limit, MAX_STEP_LIST, `${what} has more than ${MAX_STEP_LIST} entries`)
   return node.items.map((item) => {
     const n = item as Node
-    if (!isScalar(n) || typeof n.value !== 'string') throw new PipelineWrongTypeError(at(n), `${what} entry`, 'a string', 'something else')
+    if (!isScalar(n) || typeof n.value !== 'string') throw new PipelineWrongTypeError(at(n), `${what} entry`, 'a string', describe(n))
     return [n, n.value]
   })
+}
+
+function describe (node: unknown): string {
+  if (isMap(node)) return 'a mapping'
+  if (isSeq(node)) return 'a list'
+  if (isScalar(node)) {
+    const v = node.value
+    if (v === null) return 'nothing (null)'
+    return typeof v === 'string' ? `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v)}` : `the ${typeof v} ${String(v)}`
+  }
+  return 'nothing'
 }
