@@ -15,6 +15,8 @@ export interface OutputPlaces {
   viewDir: string
   /** Absolute host dir they are written under, at the same relative path. */
   hostDir: string
+  /** The checkout: nothing is written outside it. */
+  hostRoot: string
 }
 
 /**
@@ -23,9 +25,12 @@ export interface OutputPlaces {
  * A workspace mounted at a fixed path redirects both here.
  */
 export function outputPlaces (pipeline: Pick<Pipeline, 'file' | 'base'>, step: Pick<StepSpec, 'cwd'>): OutputPlaces {
-  if (pipeline.base.kind === 'host') return { viewDir: step.cwd, hostDir: step.cwd }
-  return { viewDir: step.cwd, hostDir: pipeline.file !== undefined ? dirname(pipeline.file) : process.cwd() }
+  const hostRoot = pipeline.file !== undefined ? dirname(pipeline.file) : process.cwd()
+  if (pipeline.base.kind === 'host') return { viewDir: step.cwd, hostDir: step.cwd, hostRoot }
+  return { viewDir: step.cwd, hostDir: hostRoot, hostRoot }
 }
+
+const within = (p: string, dir: string): boolean => p === dir || p.startsWith(dir === '/' ? '/' : `${dir}/`)
 
 export interface OutputsDelivered {
   paths: string[]
@@ -71,7 +76,13 @@ export async function planOutputs (step: string, view: LayeredView, places: Outp
  * (less setuid/setgid) and times are kept; owners become the host dir's owner.
  * Never follows a symlink on the host.
  */
-export async function deliverOutputs (step: string, view: LayeredView, places: OutputPlaces, paths: readonly string[], opts: { signal?: AbortSignal | undefined, log?: Logger } = {}): Promise<OutputsDelivered> {
+export async function deliverOutputs (step: string, view: LayeredView, places: OutputPlaces, paths: readonly string[], opts: { signal?: AbortSignal | undefined, log?: Logger, mask?: string } = {}): Promise<OutputsDelivered> {
+  for (const p of paths) {
+    const dest = posix.join(places.hostDir, p)
+    // A host-base step may have its cwd anywhere: outputs still land only in the checkout.
+    if (!within(dest, places.hostRoot)) throw new OutputUnsafeError(step, p, `${dest} is outside the checkout ${places.hostRoot}`)
+    if (opts.mask !== undefined && (within(dest, opts.mask) || within(opts.mask, dest))) throw new OutputUnsafeError(step, p, `${dest} would reach strata's data dir`)
+  }
   const plans = await planOutputs(step, view, places, paths, opts)
   const owner = lstatSync(places.hostDir)
   let entries = 0

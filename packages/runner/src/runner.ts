@@ -699,7 +699,7 @@ class StepRunner implements Runner {
     const t0 = performance.now()
     try {
       const view = new LayeredView(chain.layers, chain.base.kind === 'host' ? '/' : chain.base.path)
-      const done = await deliverOutputs(step.name, view, places, step.outputs ?? [], { signal: opts.signal, log: this.#log })
+      const done = await deliverOutputs(step.name, view, places, step.outputs ?? [], { signal: opts.signal, log: this.#log, mask: this.#dataDir })
       opts.onEvent?.({ type: 'outputs', step: step.name, paths: done.paths, entries: done.entries, bytes: done.bytes, durationMs: performance.now() - t0 })
     } catch (err) {
       const e = opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error

@@ -2,6 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
 import { chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { pino } from 'pino'
 import { parsePipeline, StepFailedError } from '../src/index.ts'
@@ -135,6 +136,15 @@ test('outputs refuse .., absolute paths and symlinks that lead out of the worksp
   const p = pipelineIn(proj, 'base: host\nsteps:\n  - name: s\n    run: rm linked && mkdir linked && echo x > linked/f\n    outputs: [linked/f]\n')
   await assert.rejects(h.runner.run(p), { code: 'ERR_OUTPUT_UNSAFE' })
   assert.deepEqual(readdirSync(outside), [])
+
+  // A step whose cwd is outside the checkout writes nothing there; nor does an output that would reach the data dir.
+  const tag = randomBytes(4).toString('hex')
+  const elsewhere = pipelineIn(proj, `base: host\nsteps:\n  - name: s\n    cwd: /opt\n    run: mkdir x-${tag}\n    outputs: [x-${tag}]\n`)
+  await assert.rejects(h.runner.run(elsewhere), { code: 'ERR_OUTPUT_UNSAFE' })
+  assert.equal(existsSync(`/opt/x-${tag}`), false)
+  const parent = dirname(h.dataDir)
+  const data = pipelineIn(parent, 'base: host\nsteps:\n  - name: s\n    run: "true"\n    outputs: [data]\n')
+  await assert.rejects(h.runner.run(data), { code: 'ERR_OUTPUT_UNSAFE' })
 })
 
 test('export writes the run\'s merged changes: a file a later step deleted is absent, the base is not there', async (t) => {
