@@ -112,3 +112,8 @@ async function cachedTreeDigest (root: string, cacheDir: string, opts: { signal?
   await rename(tmp, cacheFile)
   return digest
 }
+
+/** Where the base's files are: the host's root, or the rootfs directory. */
+export function baseRoot (base: BaseSpec): string {
+  return base.kind === 'host' ? '/' : base.path
+}

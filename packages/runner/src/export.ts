@@ -2,7 +2,10 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { resolve } from 'node:path'
+import type { Chain } from './chain.ts'
+import type { RunnerContext } from './context.ts'
 import { ExportDirError } from './errors.ts'
+import type { Emit } from './events.ts'
 import { copyTree, planTree } from './tree-copy.ts'
 import { LayeredView } from './view.ts'
 
@@ -41,4 +44,12 @@ export async function exportLayers (layers: readonly string[], dir: string, opts
   } finally {
     rmSync(empty, { recursive: true, force: true })
   }
+}
+
+/** After the last step of a run: writes its changes (every layer of the chain) into `dir`, and says so. */
+export async function exportRun (ctx: RunnerContext, chain: Chain, last: string, dir: string, opts: { signal?: AbortSignal | undefined, onEvent?: Emit | undefined }): Promise<void> {
+  const t0 = performance.now()
+  const done = await exportLayers(chain.layers, dir, { signal: opts.signal })
+  ctx.log.info({ dir, entries: done.entries, bytes: done.bytes }, 'exported the run\'s changes')
+  opts.onEvent?.({ type: 'exported', step: last, dir, entries: done.entries, bytes: done.bytes, durationMs: performance.now() - t0 })
 }

@@ -3,11 +3,15 @@ import { lchownSync, lstatSync, mkdirSync, renameSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { basename, dirname, posix } from 'node:path'
 import type { Logger } from 'pino'
-import { OutputNotFoundError, OutputUnsafeError } from './errors.ts'
+import { baseRoot } from './base.ts'
+import type { Chain } from './chain.ts'
+import type { RunnerContext } from './context.ts'
+import { OutputNotFoundError, OutputUnsafeError, StepCancelledError } from './errors.ts'
+import type { Emit } from './events.ts'
 import type { Pipeline, StepSpec } from './pipeline.ts'
 import { copyTree, planTree } from './tree-copy.ts'
 import type { CopyPlan } from './tree-copy.ts'
-import type { LayeredView } from './view.ts'
+import { LayeredView } from './view.ts'
 
 /** Where a step's outputs are read (in its view) and written (on the host). */
 export interface OutputPlaces {
@@ -144,4 +148,19 @@ function linkProblem (places: OutputPlaces, link: string, target: string): strin
   }
   if (!inside(posix.resolve(posix.dirname(link), target))) return `symlink ${link} -> ${target} leads out of the workspace`
   return undefined
+}
+
+/** Copies the outputs of the step just done (the top of `chain`) into the host workspace; a problem fails the step. */
+export async function deliverStepOutputs (ctx: RunnerContext, chain: Chain, step: StepSpec, places: OutputPlaces, opts: { signal?: AbortSignal | undefined, onEvent?: Emit | undefined }): Promise<void> {
+  const t0 = performance.now()
+  try {
+    const view = new LayeredView(chain.layers, baseRoot(chain.base))
+    const done = await deliverOutputs(step.name, view, places, step.outputs ?? [], { signal: opts.signal, log: ctx.log, mask: ctx.dataDir })
+    opts.onEvent?.({ type: 'outputs', step: step.name, paths: done.paths, entries: done.entries, bytes: done.bytes, durationMs: performance.now() - t0 })
+  } catch (err) {
+    const e = opts.signal?.aborted === true ? new StepCancelledError(step.name, { cause: err }) : err as Error
+    const key = chain.parent?.toString()
+    opts.onEvent?.({ type: 'failed', step: step.name, ...(key !== undefined ? { key } : {}), reason: e instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - t0, error: e })
+    throw e
+  }
 }

@@ -4,6 +4,10 @@ import { StrataEnvError } from './errors.ts'
 
 export { ENV_NAME, MAX_ENV_BYTES, MAX_ENV_STRING, envObject, envProblem, isEnvLine } from '@strata/records'
 
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+/** What every step's environment starts with, before the $STRATA_ENV lines below it and its declared env. */
+export const BASE_ENV: Readonly<Record<string, string>> = { PATH: DEFAULT_PATH, HOME: '/root' }
+
 /** What one step's $STRATA_ENV file may hold. */
 const MAX_ENV_FILE = MAX_ENV_BYTES
 

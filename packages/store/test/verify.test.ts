@@ -144,7 +144,12 @@ test('committing the same tree again replaces a corrupt layer; a leased one is s
   store = await openStore({ dataDir })
   t.after(() => store.close())
   assert.deepEqual(readdirSync(join(dataDir, 'aside')), [], 'removed once the lease ended')
-  assert.deepEqual(describeTree(info.path), describeTree(join(dir, 'src')))
+  // A commit clears setuid/setgid bits (a layer carries none): the rest is the source as it was.
+  const expected = Object.fromEntries(Object.entries(describeTree(join(dir, 'src'))).map(([p, e]) => {
+    const d = e as { mode: string }
+    return [p, { ...d, mode: (parseInt(d.mode, 8) & ~0o6000).toString(8) }]
+  }))
+  assert.deepEqual(describeTree(info.path), expected)
 })
 
 test('a collection removes a corrupt layer', async (t) => {

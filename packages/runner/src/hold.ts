@@ -1,0 +1,68 @@
+import { closeSync, openSync, readdirSync, rmSync } from 'node:fs'
+import { rm } from 'node:fs/promises'
+import { flock } from '@strata/sys'
+import { takeLease } from '@strata/store'
+import type { Lease } from '@strata/store'
+import type { RunnerContext } from './context.ts'
+import { DiskFullError } from './errors.ts'
+import type { Emit } from './events.ts'
+import { sweepSpills } from './scratch.ts'
+import type { Spill } from './scratch.ts'
+
+/**
+ * What a run holds until it ends: a lease on its layers, the run dirs of steps whose
+ * result was not captured (mounted as lower dirs), and once the data dir's filesystem
+ * is full, caching off and the scratch space used instead.
+ */
+export interface Hold {
+  lease: Lease
+  dirs: Array<{ dir: string, fd: number }>
+  cacheOff: boolean
+  spill?: Spill
+}
+
+/** A lease on the layers this run mounts (under the store's data dir, where its collector looks). */
+export function takeHold (ctx: RunnerContext): Hold {
+  return { lease: takeLease(ctx.store.dataDir), dirs: [], cacheOff: false }
+}
+
+export async function dropHold (hold: Hold): Promise<void> {
+  hold.lease.release()
+  try {
+    for (const { dir, fd } of hold.dirs) {
+      closeSync(fd)
+      await rm(dir, { recursive: true, force: true })
+    }
+  } finally {
+    await hold.spill?.release()
+  }
+}
+
+/** Turns caching off for the rest of the run, once, and says so. */
+export function cacheOff (ctx: RunnerContext, hold: Hold, step: string, cause: unknown, emit: Emit): void {
+  if (hold.cacheOff) return
+  hold.cacheOff = true
+  const error = cause instanceof DiskFullError ? cause : new DiskFullError(ctx.dataDir, { cause })
+  ctx.log.info({ err: error, step }, 'caching is off for the rest of the run')
+  emit({ type: 'cache-off', step, error })
+}
+
+/** Removes scratch dirs, and unmounts scratch space, whose owner is gone (it held an flock on `lock` while alive). */
+export async function sweepRuns (ctx: RunnerContext): Promise<void> {
+  await sweepSpills(ctx.log)
+  const root = `${ctx.dataDir}/runner/run`
+  for (const name of readdirSync(root)) {
+    const dir = `${root}/${name}`
+    let fd: number | undefined
+    try {
+      fd = openSync(`${dir}/lock`, 'r')
+      if (!flock(fd, { exclusive: true, wait: false })) continue
+    } catch {
+      // no lock file: creation was interrupted
+    } finally {
+      if (fd !== undefined) closeSync(fd)
+    }
+    ctx.log.info({ dir }, 'removing a scratch dir left by a dead run')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
