@@ -88,12 +88,13 @@ export async function deliverOutputs (step: string, view: LayeredView, places: O
     if (opts.mask !== undefined && (within(dest, opts.mask) || within(opts.mask, dest))) throw new OutputUnsafeError(step, p, `${dest} would reach strata's data dir`)
   }
   const plans = await planOutputs(step, view, places, paths, opts)
-  const owner = lstatSync(places.hostDir)
+  // The checkout's owner: the CI user who uploads or deletes them.
+  const owner = lstatSync(places.hostRoot)
   let entries = 0
   let bytes = 0
   for (const [i, p] of paths.entries()) {
     const dest = posix.join(places.hostDir, p)
-    hostParents(step, places.hostDir, p, owner)
+    hostParents(step, places.hostRoot, posix.relative(places.hostRoot, dest), p, owner)
     const tag = randomBytes(6).toString('hex')
     const staging = `${dirname(dest)}/.${basename(dest)}.strata-${tag}`
     const old = `${dirname(dest)}/.${basename(dest)}.strata-old-${tag}`
@@ -118,10 +119,10 @@ export async function deliverOutputs (step: string, view: LayeredView, places: O
   return { paths: [...paths], entries, bytes }
 }
 
-/** Makes the host dirs between `hostDir` and output `p`, refusing a symlink or non-dir on the way. */
-function hostParents (step: string, hostDir: string, p: string, owner: { uid: number, gid: number }): void {
-  const parts = p.split('/').slice(0, -1)
-  let dir = hostDir
+/** Makes the host dirs between the checkout and `rel` (output `p`), refusing a symlink or non-dir on the way. */
+function hostParents (step: string, hostRoot: string, rel: string, p: string, owner: { uid: number, gid: number }): void {
+  const parts = rel.split('/').slice(0, -1)
+  let dir = hostRoot
   for (const c of parts) {
     dir = `${dir}/${c}`
     let st

@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
-import { chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chownSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { pino } from 'pino'
@@ -72,21 +72,23 @@ test('outputs reach the host after a miss and, byte for byte with modes and time
   assert.deepEqual(snapshot(`${proj}/dist`), afterMiss)
 })
 
-test('outputs are relative to the step\'s cwd, and take the owner of the dir they land in', async (t) => {
+test('outputs are relative to the step\'s cwd, and take the checkout\'s owner', async (t) => {
   const h = await harness(t)
   const proj = tempDir(t)
-  mkdirSync(`${proj}/work`)
-  chownSync(`${proj}/work`, 1234, 2345)
+  chownSync(proj, 1234, 2345)
+  // `gen` exists only in the steps' filesystem: on the host it is made for the output.
   const p = pipelineIn(proj, `base: host
 steps:
+  - name: prepare
+    run: mkdir gen
   - name: gen
-    cwd: work
+    cwd: gen
     run: mkdir -p out && echo generated > out/file.txt && chown 0:0 out/file.txt
     outputs: [out/file.txt]
 `)
   await h.runner.run(p)
-  assert.equal(readFileSync(`${proj}/work/out/file.txt`, 'utf8'), 'generated\n')
-  for (const path of ['work/out', 'work/out/file.txt']) {
+  assert.equal(readFileSync(`${proj}/gen/out/file.txt`, 'utf8'), 'generated\n')
+  for (const path of ['gen', 'gen/out', 'gen/out/file.txt']) {
     const st = lstatSync(`${proj}/${path}`)
     assert.deepEqual([st.uid, st.gid], [1234, 2345], path)
   }
