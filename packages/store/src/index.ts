@@ -1,5 +1,6 @@
-export { openStore, STORE_FORMAT } from './store.ts'
-export type { OpenStoreInit, LocalStore } from './store.ts'
+export { openStore, STORE_FORMAT } from './open.ts'
+export type { OpenStoreInit } from './open.ts'
+export type { LocalStore } from './store.ts'
 export type { Store, StoreInit, LayerInfo, BlockSource, CommitOptions, RestoreOptions, ProgressEvent, GcOptions, GcReport, GcKept, LayerCheck, LayerVerification, VerifyOptions } from './types.ts'
 export { fingerprint } from './fingerprint.ts'
 export type { Fingerprint } from './fingerprint.ts'

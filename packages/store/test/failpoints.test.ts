@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process'
 import { ClassicLevel } from 'classic-level'
 import { openStore, FAILPOINTS } from '../src/index.ts'
 import type { FailpointName } from '../src/index.ts'
+import { MBLOCK, PENDING } from '../src/keys.ts'
 import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import type { Tree } from '../../chunker/test/helpers.ts'
 import { assertConsistent, runChild } from './helpers.ts'
@@ -85,7 +86,7 @@ test('a layer dir whose commit was interrupted after its rename is dropped at re
   assert.equal(ended.signal, 'SIGKILL')
   const db = new ClassicLevel<string, string>(join(data, 'index'))
   const pending: string[] = []
-  for await (const k of db.keys({ gte: 'pending:', lt: 'pending;' })) pending.push(k.slice('pending:'.length))
+  for await (const k of db.keys(PENDING.range)) pending.push(PENDING.id(k))
   await db.close()
   assert.equal(pending.length, 1)
   const fd = openSync(join(data, 'layers', pending[0]!, 'big.bin'), 'r+')
@@ -108,7 +109,7 @@ test('a commit killed between the batches of a large manifest leaves no layer an
   assert.equal(ended.signal, 'SIGKILL', ended.stderr)
   const db = new ClassicLevel<string, string>(join(data, 'index'))
   let written = 0
-  for await (const _ of db.keys({ gte: 'mblock:', lt: 'mblock;' })) written++
+  for await (const _ of db.keys(MBLOCK.range)) written++
   await db.close()
   assert.ok(written > 0, 'the kill came after a first batch of manifest blocks')
   // Reopening sweeps them (assertConsistent checks that no key is left without its layer).

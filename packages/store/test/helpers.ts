@@ -5,6 +5,8 @@ import { spawn } from 'node:child_process'
 import { ClassicLevel } from 'classic-level'
 import { decodeRoot } from '@strata/chunker'
 import { openStore } from '../src/index.ts'
+import { BLOCK, K_OPEN, LAYER, MBLOCK, PENDING, REMOVING, USED } from '../src/keys.ts'
+import type { Family } from '../src/keys.ts'
 import { describeTree } from '../../chunker/test/helpers.ts'
 
 /** Runs a child (node FILE ...args) and resolves with how it ended. */
@@ -46,16 +48,16 @@ export async function assertConsistent (dataDir: string, expected: Map<string, u
     const linked = new Set<string>()
     for (const root of roots) {
       linked.add(root)
-      for (const c of decodeRoot((await db.get(`mblock:${root}`))!).entries) linked.add(c.toString())
+      for (const c of decodeRoot((await db.get(MBLOCK.key(root)))!).entries) linked.add(c.toString())
     }
+    const within = (key: string, f: Pick<Family, 'range'>): boolean => key >= f.range.gte && key < f.range.lt
     for await (const key of db.keys()) {
-      const [kind] = key.split(':')
-      assert.notEqual(kind, 'pending', `marker left: ${key}`)
-      assert.notEqual(kind, 'removing', `marker left: ${key}`)
-      if (kind === 'block') assert.ok(live.has(key.slice(key.lastIndexOf(':') + 1)), `orphan block location ${key}`)
-      if (kind === 'mblock') assert.ok(linked.has(key.slice('mblock:'.length)), `orphan manifest block ${key}`)
-      if (kind === 'used' || kind === 'layer') assert.ok(live.has(key.slice(kind.length + 1)), `orphan ${key}`)
-      assert.notEqual(key, 'meta:open', 'the store was closed but still looks open')
+      assert.ok(!within(key, PENDING), `marker left: ${key}`)
+      assert.ok(!within(key, REMOVING), `marker left: ${key}`)
+      if (within(key, BLOCK)) assert.ok(live.has(BLOCK.layer(key)), `orphan block location ${key}`)
+      if (within(key, MBLOCK)) assert.ok(linked.has(MBLOCK.id(key)), `orphan manifest block ${key}`)
+      for (const f of [USED, LAYER]) if (within(key, f)) assert.ok(live.has(f.id(key)), `orphan ${key}`)
+      assert.notEqual(key, K_OPEN, 'the store was closed but still looks open')
     }
   } finally {
     await db.close()

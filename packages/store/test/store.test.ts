@@ -8,6 +8,7 @@ import { ClassicLevel } from 'classic-level'
 import type { CID } from 'multiformats/cid'
 import { openStore } from '../src/index.ts'
 import type { BlockSource } from '../src/index.ts'
+import { K_VERSION, LAYER, PENDING } from '../src/keys.ts'
 import { FsPool } from '@strata/chunker'
 import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import type { Tree } from '../../chunker/test/helpers.ts'
@@ -168,7 +169,7 @@ test('refuses a store of another format version, clearly', async (t) => {
   const store = await openStore({ dataDir: data })
   await store.close()
   const db = new ClassicLevel<string, string>(join(data, 'index'))
-  await db.put('meta:version', '999')
+  await db.put(K_VERSION, '999')
   await db.close()
   await assert.rejects(openStore({ dataDir: data }), { code: 'ERR_STORE_VERSION', message: /format version 999/ })
 })
@@ -305,8 +306,8 @@ test('a layer restored under the peer policy keeps it when unpacked, and after a
   await consumer.close()
   // A crash between the rename and the index write: the pending marker survives, the layer key does not.
   const db = new ClassicLevel<string, string>(join(data, 'index'))
-  await db.del(`layer:${layer.root.toString()}`)
-  await db.put(`pending:${layer.root.toString()}`, JSON.stringify({ untrusted: true }))
+  await db.del(LAYER.key(layer.root.toString()))
+  await db.put(PENDING.key(layer.root.toString()), JSON.stringify({ untrusted: true }))
   await db.close()
   consumer = await openStore({ dataDir: data })
   t.after(() => consumer.close())

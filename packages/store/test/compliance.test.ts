@@ -1,0 +1,15 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { openStore } from '../src/index.ts'
+import { storeCompliance } from './compliance.ts'
+
+storeCompliance('openStore', async () => {
+  const dataDir = mkdtempSync('/var/tmp/strata-compliance-store-')
+  const store = await openStore({ dataDir })
+  return {
+    store,
+    close: async () => {
+      await store.close()
+      rmSync(dataDir, { recursive: true, force: true })
+    }
+  }
+})
