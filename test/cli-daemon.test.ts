@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
@@ -51,4 +51,70 @@ test('strata daemon keeps a MALLOC_ARENA_MAX and GLIBC_TUNABLES set by the user'
   const { env } = await daemonProcess(t, { MALLOC_ARENA_MAX: '5', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' })
   assert.equal(env.get('MALLOC_ARENA_MAX'), '5')
   assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.tcache_count=0')
+})
+
+test('strata layers, ls, pack and unpack answer while a daemon holds the store', async (t) => {
+  const dir = workDir(t, 'daemon-readers')
+  const dataDir = join(dir, 'data')
+  mkdirSync(join(dir, 'src'))
+  writeFileSync(join(dir, 'src', 'hello'), 'hello\n')
+  const packed = strata(['pack', join(dir, 'src'), '--data-dir', dataDir])
+  assert.equal(packed.status, 0, packed.stderr)
+  const root = packed.stdout.trim()
+  const child = spawn(process.execPath, [bin, 'daemon', '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--replicas', '0'], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM')
+      await once(child, 'exit')
+    }
+  })
+  const deadline = Date.now() + 30_000
+  while (strata(['status', '--json', '--data-dir', dataDir]).status !== 0) {
+    if (child.exitCode !== null) assert.fail(`daemon exited with ${child.exitCode}: ${stderr}`)
+    if (Date.now() > deadline) assert.fail(`daemon not ready after 30 s: ${stderr}`)
+    await delay(200)
+  }
+  // Before, each of these printed "waiting for another strata process" and never finished.
+  const layers = strata(['layers', '--data-dir', dataDir, '--json'])
+  assert.equal(layers.status, 0, layers.stderr)
+  assert.deepEqual(layers.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { root: string }).root), [root])
+  assert.doesNotMatch(layers.stderr, /waiting/)
+  const ls = strata(['ls', root, '--data-dir', dataDir])
+  assert.equal(ls.status, 0, ls.stderr)
+  assert.match(ls.stdout, /^-rw-r--r-- +0 +0 +6 hello$/m)
+  const lsJson = strata(['ls', root, '--data-dir', dataDir, '--json'])
+  assert.equal((JSON.parse(lsJson.stdout.trim()) as { path: string, size: number }).size, 6)
+  const missing = strata(['ls', 'bafyreiglmc4hm2ogieenyqz7it45tmn5ugb3vkrh22c3s2vxlpqomeuh4q', '--data-dir', dataDir])
+  assert.equal(missing.status, 2)
+  assert.match(missing.stderr, /no layer bafyrei\w+ in the store/)
+  mkdirSync(join(dir, 'src2'))
+  writeFileSync(join(dir, 'src2', 'more'), 'more\n')
+  const packed2 = strata(['pack', join(dir, 'src2'), '--data-dir', dataDir])
+  assert.equal(packed2.status, 0, packed2.stderr)
+  assert.equal(strata(['layers', '--data-dir', dataDir]).stdout.trim().split('\n').length, 2)
+  const unpacked = strata(['unpack', root, join(dir, 'out'), '--data-dir', dataDir])
+  assert.equal(unpacked.status, 0, unpacked.stderr)
+  assert.equal(readFileSync(join(dir, 'out', 'hello'), 'utf8'), 'hello\n')
+})
+
+test('a command waiting for the store says on whom and how long, and gives up after --wait-timeout with one line', async (t) => {
+  const dir = workDir(t, 'daemon-wait')
+  const dataDir = join(dir, 'data')
+  assert.equal(strata(['layers', '--data-dir', dataDir]).status, 0)
+  // Another process holds the store's lock and no daemon answers.
+  const holder = spawn('flock', [join(dataDir, 'lock'), '-c', 'echo locked; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  t.after(async () => {
+    if (holder.exitCode === null && holder.signalCode === null) {
+      holder.kill('SIGKILL')
+      await once(holder, 'exit')
+    }
+  })
+  await once(holder.stdout, 'data')
+  const r = strata(['layers', '--data-dir', dataDir, '--wait-timeout', '500ms'])
+  assert.equal(r.status, 1)
+  assert.match(r.stderr, new RegExp(`^strata: waiting up to 0.5s \\(--wait-timeout\\) for another strata process \\(pid ${holder.pid!}: flock .*\\) to finish with ${dataDir}$`, 'm'))
+  assert.match(r.stderr.trim().split('\n').at(-1)!, new RegExp(`^strata layers: another strata process \\(pid ${holder.pid!}.*\\) still holds ${dataDir} after 0.5s \\(--wait-timeout\\) \\(ERR_STORE_BUSY\\)$`))
+  assert.equal(strata(['layers', '--data-dir', dataDir, '--wait-timeout', 'soon']).status, 2)
 })

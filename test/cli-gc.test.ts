@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { buildTree, tempDir } from '../packages/chunker/test/helpers.ts'
+import { buildTree, tempDir } from '@strata/testing'
 import { strata } from './helpers.ts'
 
 test('strata gc on a store without a daemon: recent layers stay under the budget, go over the hard limit; bad sizes are usage errors', (t) => {

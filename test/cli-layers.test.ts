@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process'
 import type { SpawnSyncReturns } from 'node:child_process'
 import { existsSync, realpathSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { buildTree, describeTree, tempDir } from '../packages/chunker/test/helpers.ts'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
 import { bin, strata } from './helpers.ts'
 import type { CliResult } from './helpers.ts'
 
@@ -63,7 +63,7 @@ test('strata help lists every command by its own usage line; an unknown command 
   const help = strata(['help'])
   assert.equal(help.status, 0, help.stderr)
   const names = [...help.stdout.matchAll(/^ {2}strata (\S+)/gm)].map((m) => m[1])
-  assert.deepEqual(names, ['run', 'exec', 'why', 'daemon', 'id', 'status', 'gc', 'keygen-psk', 'pack', 'unpack', 'ls', 'layers', 'verify'])
+  assert.deepEqual(names, ['run', 'exec', 'why', 'daemon', 'id', 'status', 'gc', 'keygen-psk', 'keygen-writer', 'pack', 'unpack', 'ls', 'layers', 'verify'])
   for (const name of names) {
     const usage = strata([name!, '--no-such-flag'])
     assert.equal(usage.status, 2, `strata ${name} --no-such-flag: ${usage.stderr}`)

@@ -7,7 +7,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { buildTree, tempDir } from '../packages/chunker/test/helpers.ts'
+import { buildTree, tempDir } from '@strata/testing'
 import { bin, strata, workDir } from './helpers.ts'
 import type { CliResult } from './helpers.ts'
 

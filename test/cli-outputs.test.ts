@@ -40,6 +40,15 @@ test('strata run copies outputs to the checkout on a miss and a hit, says RAN (n
   assert.match(second.stderr, /^test: RAN \(not cached\)/m)
 })
 
+test('a missing output fails strata run with exit 1, naming it', (t) => {
+  const dir = workDir(t, 'cli-outputs')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: build\n    run: "true"\n    outputs: [dist]\n')
+  const r = strata(['run', '--data-dir', join(dir, 'data')], dir)
+  assert.equal(r.status, 1, r.stderr)
+  assert.match(r.stderr, /^build: FAILED \(step "build": output dist does not exist/m)
+  assert.match(r.stderr, /\(ERR_OUTPUT_NOT_FOUND\)$/m)
+})
+
 test('strata why says a record is expired, with its age and the ttl', async (t) => {
   const dir = workDir(t, 'cli-outputs')
   const data = join(dir, 'data')

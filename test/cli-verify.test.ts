@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
-import { buildTree, tempDir } from '../packages/chunker/test/helpers.ts'
+import { buildTree, tempDir } from '@strata/testing'
 import { strata, workDir } from './helpers.ts'
 
 function flipByte (path: string, offset: number): void {

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { Writable } from 'node:stream'
 import { test } from 'node:test'
 import type { TestContext } from 'node:test'
 import { CID } from 'multiformats/cid'
@@ -8,15 +7,8 @@ import { createRunner, parsePipeline } from '@strata/runner'
 import type { RunnerEvent } from '@strata/runner'
 import { connectDaemon } from '@strata/daemon'
 import type { Daemon, DaemonClient } from '@strata/daemon'
-import { connect, digestTree, memoryLogger, startDaemon } from '../packages/daemon/test/helpers.ts'
-
-class Sink extends Writable {
-  text = ''
-  override _write (chunk: Buffer, _enc: string, cb: () => void): void {
-    this.text += chunk.toString()
-    cb()
-  }
-}
+import { digestTree, memoryLogger, Sink } from '@strata/testing'
+import { connect, startDaemon } from '../packages/daemon/test/helpers.ts'
 
 async function clientOf (t: TestContext, d: Daemon): Promise<DaemonClient> {
   const c = await connectDaemon(d.dataDir)

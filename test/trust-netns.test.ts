@@ -89,3 +89,72 @@ test('a private fleet: members with the key share the cache across scopes; a hos
   const peers1 = (await daemonReady(h1, data(h1), dir)).peers
   assert.ok(!peers1.includes(s3.peerId) && !peers1.includes(s4.peerId), `h1 is connected to ${peers1.join(', ')}`)
 })
+
+test('a fleet that trusts a writer key, not VMs: the main job holding the key publishes; a PR VM without it reads main but cannot write it', async (t) => {
+  const cluster: Cluster = await createCluster({ hosts: 3 })
+  t.after(() => cluster.destroy())
+  const dir = mkdtempSync('/var/tmp/strata-writers-netns-')
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const [mainVm, prVm, readerVm] = cluster.hosts as [Host, Host, Host]
+  const data = (h: Host): string => join(dir, h.name)
+  for (const h of cluster.hosts) mkdirSync(data(h))
+  const tag = `strata-writers-${process.pid}-${Date.now()}`
+  const pipeline = (name: string, content: string): string => ['base: host', `salt: ${tag}`, 'steps:', `  - name: ${name}`, `    run: mkdir -p /opt/${tag} && echo ${content} > /opt/${tag}/${name}`, ''].join('\n')
+  writeFileSync(join(dir, 'strata.yml'), pipeline('build', 'main'))
+  mkdirSync(join(dir, 'pr'))
+  writeFileSync(join(dir, 'pr', 'strata.yml'), pipeline('poison', 'pr'))
+
+  // The key is made once, kept in the CI's secret store; only main's job gets the file.
+  const made = await strataOn(mainVm, ['keygen-writer', 'ci-main', '--dir', join(dir, 'secrets')], dir)
+  assert.equal(made.exitCode, 0, made.stderr)
+  const pub = made.stdout.trim()
+  const keyFile = join(dir, 'secrets', 'ci-main-1.key')
+  const trustFile = join(dir, 'writers')
+  writeFileSync(trustFile, `# main's writer key\n${pub}@main\n`)
+
+  const stdio = { stdio: ['ignore', 'ignore', 'pipe'] as ['ignore', 'ignore', 'pipe'] }
+  // Every VM runs the same daemon command line: no VM's peer id is known in advance.
+  const daemon = (h: Host, extra: string[]): void => {
+    const p = h.spawn(process.execPath, [bin, 'daemon', '--data-dir', data(h), '--listen', `/ip4/${h.address}/tcp/4001`, '--replicas', '0', '--trusted-writers-file', trustFile, ...extra], stdio)
+    p.stderr?.resume()
+  }
+  daemon(mainVm, [])
+  const s1 = await daemonReady<Status>(mainVm, data(mainVm), dir)
+  const boot = ['--bootstrap', `/ip4/${mainVm.address}/tcp/4001/p2p/${s1.peerId}`]
+  daemon(prVm, boot)
+  await daemonReady(prVm, data(prVm), dir, s1.peerId)
+  daemon(readerVm, boot)
+  await daemonReady(readerVm, data(readerVm), dir, s1.peerId)
+
+  const onMain = await strataOn(mainVm, ['run', '--data-dir', data(mainVm), '--scope', 'main'], dir, { STRATA_WRITER_KEY_FILE: keyFile })
+  assert.equal(onMain.exitCode, 0, onMain.stderr)
+  assert.match(onMain.stderr, /^build: MISS/m)
+
+  // The PR VM hits main's layer from the peer.
+  const pr = await strataOn(prVm, ['run', '--data-dir', data(prVm)], dir, { STRATA_SCOPE: 'pr/5', STRATA_READ_SCOPES: 'pr/5,main' })
+  assert.equal(pr.exitCode, 0, pr.stderr)
+  assert.match(pr.stderr, /^build: HIT peer/m)
+
+  // It writes a record claiming main, signed by its own identity: every other VM refuses it.
+  const poison = await strataOn(prVm, ['run', '--data-dir', data(prVm), '--scope', 'main'], join(dir, 'pr'))
+  assert.equal(poison.exitCode, 0, poison.stderr)
+  assert.match(poison.stderr, /^poison: MISS/m)
+  // Both other VMs learned it by gossip and refused it as untrusted (before anyone else wrote in main).
+  for (const h of [mainVm, readerVm]) {
+    const deadline = Date.now() + 20_000
+    for (;;) {
+      const s = await daemonReady<Status & { recordsRejected: Record<string, number> }>(h, data(h), dir)
+      if ((s.recordsRejected['untrusted-signer'] ?? 0) >= 1) break
+      if (Date.now() > deadline) assert.fail(`${h.name} did not refuse the PR VM's main record: ${JSON.stringify(s.recordsRejected)}`)
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+  }
+  // Looked up, it is a miss: the step runs.
+  const reader = await strataOn(readerVm, ['run', '--data-dir', data(readerVm), '--scope', 'main'], join(dir, 'pr'))
+  assert.equal(reader.exitCode, 0, reader.stderr)
+  assert.match(reader.stderr, /^poison: MISS/m)
+  // Main's record, signed by the key, is a hit on the third VM too.
+  const fromMain = await strataOn(readerVm, ['run', '--data-dir', data(readerVm), '--scope', 'main'], dir)
+  assert.equal(fromMain.exitCode, 0, fromMain.stderr)
+  assert.match(fromMain.stderr, /^build: HIT peer/m)
+})

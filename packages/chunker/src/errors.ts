@@ -1,11 +1,12 @@
+import { StrataError } from '@strata/errors'
+
 /** Base of every error this package throws; callers branch on `code`. */
-export class ChunkerError extends Error {
-  readonly code: string
+export class ChunkerError extends StrataError {
+  override name = 'ChunkerError'
   /** The entry path concerned, relative to the layer root, when there is one. */
   readonly path: string | undefined
   constructor (code: string, message: string, opts?: { path?: string, cause?: unknown }) {
-    super(opts?.path !== undefined ? `${message}: ${JSON.stringify(opts.path)}` : message, { cause: opts?.cause })
-    this.code = code
+    super(code, opts?.path !== undefined ? `${message}: ${JSON.stringify(opts.path)}` : message, { cause: opts?.cause })
     this.path = opts?.path
   }
 }

@@ -4,9 +4,9 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync,
 import { join } from 'node:path'
 import * as dagCbor from '@ipld/dag-cbor'
 import type { CID } from 'multiformats/cid'
+import { tempDir } from '@strata/testing'
 import { cidOf, DAG_CBOR, materialize, RAW } from '../src/index.ts'
 import type { ContentSource } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
 
 type Raw = Record<string, unknown>
 

@@ -5,9 +5,9 @@ import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { lgetxattrs, lsetxattr, lutimens } from '@strata/sys'
 import type { CID } from 'multiformats/cid'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
 import { materialize, packTree, readManifest, verifyBlock } from '../src/index.ts'
 import type { ContentSource, Drop, PackOptions } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from './helpers.ts'
 
 /** Packs `dir`; the source serves the manifest from memory and content from the tree as it is after the pack. */
 async function pack (dir: string, opts: PackOptions = {}): Promise<{ root: CID, source: ContentSource }> {

@@ -3,10 +3,10 @@ import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { buildTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { FsPool, packTree, readManifest } from '../src/index.ts'
 import type { Entry, PackOptions } from '../src/index.ts'
-import { buildTree, tempDir } from './helpers.ts'
-import type { Tree } from './helpers.ts'
 
 async function entriesOf (dir: string, opts: PackOptions = {}): Promise<Entry[]> {
   const packed = await packTree(dir, opts)

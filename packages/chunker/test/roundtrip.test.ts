@@ -7,10 +7,10 @@ import type { CID } from 'multiformats/cid'
 import { mknod, S_IFCHR } from '@strata/sys'
 import { createServer } from 'node:net'
 import { setTimeout as delay } from 'node:timers/promises'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { packTree, materialize, verifyBlock, readManifest, MAX_BLOCK_SIZE } from '../src/index.ts'
 import type { ContentSource, PackOptions } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from './helpers.ts'
-import type { Tree } from './helpers.ts'
 
 /** Packs `dir` and returns its root with a source serving every block from memory, verified. */
 export async function packToMemory (dir: string, opts: PackOptions = {}): Promise<{ root: CID, source: ContentSource, blocks: Map<string, Uint8Array> }> {

@@ -21,6 +21,7 @@ const commands: Array<[name: string, load: () => Promise<Command>]> = [
   ['status', async () => (await import('./commands/daemon.ts')).status],
   ['gc', async () => (await import('./commands/gc.ts')).gc],
   ['keygen-psk', async () => (await import('./commands/daemon.ts')).keygenPsk],
+  ['keygen-writer', async () => (await import('./commands/writer.ts')).keygenWriter],
   ['pack', async () => (await import('./commands/layer.ts')).pack],
   ['unpack', async () => (await import('./commands/layer.ts')).unpack],
   ['ls', async () => (await import('./commands/layer.ts')).ls],

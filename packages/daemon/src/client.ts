@@ -1,11 +1,12 @@
 import { request, Agent } from 'node:http'
+import type { IncomingMessage } from 'node:http'
 import { existsSync } from 'node:fs'
 import type { CID } from 'multiformats/cid'
 import { writerTrust } from '@strata/records'
 import type { BlockSource, CommitOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
 import { SOCKET_NAME, layerOf } from './protocol.ts'
-import type { ErrorJson, FetchJson, LayerJson, LookupJson, StatusJson } from './protocol.ts'
+import type { EntryJson, ErrorJson, FetchJson, LayerJson, LookupJson, StatusJson } from './protocol.ts'
 
 export interface RemoteResolve {
   layer: LayerInfo
@@ -147,6 +148,47 @@ export class DaemonClient implements Store {
 
   async listLayers (): Promise<LayerInfo[]> {
     return ((await this.#call('/v1/store/layers', {})).layers as LayerJson[]).map(layerOf)
+  }
+
+  /** A layer's entries as the daemon's store lists them, streamed. Throws ControlError (`ERR_LAYER_NOT_FOUND` when it has no such layer). */
+  async * entries (root: CID, opts: { signal?: AbortSignal } = {}): AsyncGenerator<EntryJson> {
+    const data = Buffer.from(JSON.stringify({ root: root.toString() }))
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = request({ socketPath: this.socketPath, path: '/v1/store/entries', method: 'POST', agent: this.#agent, headers: { 'content-type': 'application/json', 'content-length': data.length }, signal: opts.signal }, resolve)
+      req.on('error', (err) => reject(opts.signal?.aborted === true ? err : new ControlError('ERR_CONTROL_UNREACHABLE', 0, `cannot reach the daemon at ${this.socketPath}: ${err.message}`, { cause: err })))
+      req.end(data)
+    })
+    res.setEncoding('utf8')
+    let buf = ''
+    let done = false
+    const fail = (line: Partial<ErrorJson>): ControlError => new ControlError(line.error?.code ?? 'ERR_CONTROL', res.statusCode ?? 0, line.error?.message ?? '/v1/store/entries failed')
+    if ((res.statusCode ?? 500) >= 400) {
+      for await (const chunk of res) buf += chunk as string
+      let body: Partial<ErrorJson> = {}
+      try {
+        body = JSON.parse(buf) as Partial<ErrorJson>
+      } catch {
+        // Not our JSON: the status code alone is reported.
+      }
+      throw fail(body)
+    }
+    for await (const chunk of res) {
+      buf += chunk as string
+      let nl: number
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = JSON.parse(buf.slice(0, nl)) as { type?: string, entry?: EntryJson } & Partial<ErrorJson>
+        buf = buf.slice(nl + 1)
+        if (line.type === 'entry' && line.entry !== undefined) yield line.entry
+        else if (line.type === 'error') throw fail(line)
+        else if (line.type === 'done') done = true
+      }
+    }
+    if (!done) throw new ControlError('ERR_CONTROL', res.statusCode ?? 0, 'the daemon ended the entry list early')
+  }
+
+  /** Writes a layer into the empty directory `dest` (absolute), as `store.unpack` does, in the daemon. */
+  async unpack (root: CID, dest: string, opts: { signal?: AbortSignal } = {}): Promise<{ entries: number, bytes: number }> {
+    return await this.#call('/v1/store/unpack', { root: root.toString(), dest }, opts) as unknown as { entries: number, bytes: number }
   }
 
   async removeLayer (root: CID): Promise<void> {

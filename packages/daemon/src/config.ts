@@ -38,7 +38,8 @@ export interface DaemonInit {
   /** Peers (besides the producer) that pull each new layer. Default 2. */
   replicas?: number
   /**
-   * Whose records are accepted: peer ids (or ed25519 public keys, 64 hex digits),
+   * Whose records are accepted: writer keys (`NAME-N:BASE64`, as `strata
+   * keygen-writer` prints them), peer ids (or ed25519 public keys, 64 hex digits),
    * each optionally `@GLOB` to trust it only in the scopes GLOB matches (`ID@pr/*`).
    * Default: anyone whose signature checks out. This node is always trusted.
    */
@@ -86,7 +87,7 @@ export interface DaemonConfig {
   dnsServer: string | undefined
   mdns: boolean
   replicas: number
-  /** Normalized writer entries (`PEERID` or `PEERID@GLOB`), or undefined for any signer. */
+  /** Normalized writer entries (`ID` or `ID@GLOB`, ID a peer id or `NAME-N:BASE64`), or undefined for any signer. */
   trustedWriters: string[] | undefined
   epoch: number
   readScopes: string[]
@@ -117,7 +118,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
     try {
       return normalize(p)
     } catch (err) {
-      throw new DaemonConfigError(`${JSON.stringify(p)} is not a peer id or an ed25519 public key${normalize === writerOf ? ', optionally with @SCOPE-PATTERN' : ''}`, { cause: err })
+      throw new DaemonConfigError(`${JSON.stringify(p)} is not ${normalize === writerOf ? 'a writer key (NAME-N:BASE64), a peer id or an ed25519 public key, optionally with @SCOPE-PATTERN' : 'a peer id or an ed25519 public key'}`, { cause: err })
     }
   })
   for (const addr of init.bootstrap ?? []) {
@@ -151,7 +152,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
   const psk = init.pskFile !== undefined ? await readPsk(init.pskFile) : undefined
   if (init.allowPeersFile !== undefined) allowPeers = [...(allowPeers ?? []), ...await readPeerList(init.allowPeersFile)]
   if (init.trustedWritersFile !== undefined) trustedWriters = [...(trustedWriters ?? []), ...await readPeerList(init.trustedWritersFile, writerOf)]
-  if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
+  if (psk !== undefined && (statSync(init.pskFile!).mode & 0o077) !== 0) log.warn({ event: 'psk-file-readable', file: init.pskFile }, 'the pre-shared key file is readable by other users: chmod 600 it')
   return {
     dataDir: init.dataDir,
     listen: init.listen ?? ['/ip4/0.0.0.0/tcp/7401'],

@@ -1,21 +1,27 @@
 import { createServer } from 'node:http'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { once } from 'node:events'
 import { chmodSync, rmSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
+import type { Entry } from '@strata/chunker'
 import { checkScope, MAX_READ_SCOPES } from '@strata/records'
 import type { StepRecord } from '@strata/records'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
+import { BadRequestError } from './errors.ts'
 import type { GcBudgetInit } from './gc.ts'
 import type { FetchResult } from './layer-fetch.ts'
-import { MAX_REQUEST_BYTES, layerJson } from './protocol.ts'
+import { MAX_REQUEST_BYTES, entryJson, layerJson } from './protocol.ts'
 import type { DaemonStatus, ErrorJson, FetchJson, LookupJson, StatusJson } from './protocol.ts'
 import type { LookupResult } from './record-service.ts'
 
 /** What the control API needs from the daemon. */
 export interface ControlComponents {
   dataDir: string
-  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord' | 'checkLayer'> & Pick<LocalStore, 'layerRoots' | 'verifyLayer'>
+  store: Pick<Store, 'getLayer' | 'listLayers' | 'getBlock' | 'hasBlock' | 'getRecord' | 'checkLayer'> & Pick<LocalStore, 'layerRoots' | 'verifyLayer'> & {
+    entries(root: CID): AsyncIterable<Entry>
+    unpack(root: CID, dest: string, opts?: { signal?: AbortSignal }): Promise<{ entries: number, bytes: number }>
+  }
   /** The size budget, when the daemon has one: `/v1/gc`'s default sizes. */
   budget: GcBudgetInit | undefined
   status(opts: { signal?: AbortSignal, copies?: boolean }): Promise<DaemonStatus>
@@ -39,11 +45,6 @@ const STATUS_OF: Readonly<Record<string, number>> = {
   ERR_NO_PROVIDERS: 404,
   ERR_LAYER_NOT_FOUND: 404,
   ERR_BLOCK_NOT_FOUND: 404
-}
-
-class BadRequestError extends Error {
-  override name = 'BadRequestError'
-  readonly code = 'ERR_BAD_REQUEST'
 }
 
 type Body = Record<string, unknown>
@@ -142,6 +143,28 @@ export function routes (daemon: ControlComponents): Map<string, Handler> {
     return { layers: out }
   })
   r.set('/v1/store/layers', async () => ({ layers: (await store.listLayers()).map(layerJson) }))
+  // `strata unpack` while the daemon holds the store: the daemon writes the layer into `dest` (an absolute path on this machine).
+  r.set('/v1/store/unpack', async (b, _res, signal) => {
+    const dest = str(b, 'dest')
+    if (!dest.startsWith('/')) throw new BadRequestError('"dest" must be an absolute path')
+    return await store.unpack(cid(b, 'root'), dest, { signal })
+  })
+  // A layer's entries, one NDJSON line each, as fast as the reader takes them (`strata ls` while the daemon holds the store).
+  r.set('/v1/store/entries', async (b, res, signal) => {
+    const root = cid(b, 'root')
+    if (await store.getLayer(root) === undefined) throw Object.assign(new Error(`no layer ${root.toString()} in the store`), { code: 'ERR_LAYER_NOT_FOUND' })
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+    try {
+      for await (const e of store.entries(root)) {
+        if (signal.aborted) break
+        if (!res.write(JSON.stringify({ type: 'entry', entry: entryJson(e) }) + '\n')) await once(res, 'drain', { signal })
+      }
+      res.end(JSON.stringify({ type: 'done' }) + '\n')
+    } catch (err) {
+      res.end(JSON.stringify({ type: 'error', ...errorJson(err) }) + '\n')
+    }
+    return undefined
+  })
   r.set('/v1/store/remove', async (b, _res, signal) => {
     await daemon.removeLayer(cid(b, 'root'), { signal })
     return {}

@@ -1,6 +1,8 @@
 import { rmSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Server } from 'node:http'
 import type { PeerId } from '@libp2p/interface'
+import type { SingleKadDHT } from '@libp2p/kad-dht'
 import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
@@ -43,6 +45,10 @@ export interface ResolveResult extends FetchResult {
 }
 
 /** A strata node: the store, a libp2p host, the block exchange, records and replication. */
+/** How long the runner must have been quiet before the daemon provides new CIDs on the DHT, and the longest it waits for that. */
+const ANNOUNCE_QUIET_MS = 500
+const ANNOUNCE_MAX_DELAY_MS = 30_000
+
 export class Daemon {
   readonly dataDir: string
   readonly store: Store & LocalStore
@@ -66,6 +72,11 @@ export class Daemon {
   readonly #replication: Replication
   readonly #search: ProvidersComponents
   readonly #discovery: Discovery
+  /** CIDs recently handed to #announce (the DHT reprovides them later by itself). */
+  readonly #announced = new Set<string>()
+  /** When the runner last asked for something (a lookup, a commit, a record): provides wait for a quiet moment. */
+  #busyAt = 0
+  #announcing: Promise<void> = Promise.resolve()
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
   #started = false
@@ -134,8 +145,10 @@ export class Daemon {
       dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
       publish,
       providers,
-      provide: (cid, signal) => { this.#background(this.#provide(cid, signal)) },
+      provide: (cid, signal) => { this.#announce(cid, signal) },
       learned: (record) => { this.#replication.announced(record) },
+      connectedPeers: () => node.getPeers(),
+      routablePeers: () => (node.services.dht as SingleKadDHT).routingTable.size,
       logger: log
     }, { trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
   }
@@ -244,6 +257,31 @@ export class Daemon {
     })
   }
 
+  /**
+   * Provides what this node just produced, one CID at a time and each once, once the
+   * runner has been quiet for a moment (at most ANNOUNCE_MAX_DELAY_MS later): a step's
+   * layer and key reach connected peers by gossip at once (and its producer is a
+   * fetch hint), while DHT queries between a pipeline's steps would compete with the
+   * next step's lookup for the CPU.
+   */
+  #announce (cid: CID, signal?: AbortSignal): void {
+    const k = cid.toString()
+    if (this.#announced.has(k)) return
+    this.#announced.add(k)
+    if (this.#announced.size > 4096) this.#announced.delete(this.#announced.values().next().value!)
+    const queued = Date.now()
+    this.#announcing = this.#announcing.then(async () => {
+      while (Date.now() - this.#busyAt < ANNOUNCE_QUIET_MS && Date.now() - queued < ANNOUNCE_MAX_DELAY_MS && !this.#stopping.signal.aborted) {
+        await sleep(ANNOUNCE_QUIET_MS, undefined, { signal: this.#stopping.signal }).catch(() => {})
+      }
+      if (signal?.aborted !== true && !this.#stopping.signal.aborted) await this.#provide(cid, signal)
+    }).catch((err: unknown) => {
+      this.#announced.delete(k)
+      this.#log.debug({ err, cid: k }, 'provide failed')
+    })
+    this.#background(this.#announcing)
+  }
+
   async #provide (cid: CID, signal?: AbortSignal): Promise<void> {
     await this.node.contentRouting.provide(cid, { signal: this.#signal(signal, 30_000) })
   }
@@ -252,6 +290,7 @@ export class Daemon {
 
   /** Looks a key up in `scopes` (default the read scopes): the local store, then the DHT providers of the key (see RecordService). */
   async lookup (key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupResult> {
+    this.#busyAt = Date.now()
     return await this.#records.lookup(key, opts)
   }
 
@@ -262,6 +301,7 @@ export class Daemon {
 
   /** Stores a record; the runner's signed records are announced and provided at once. */
   async putRecord (key: string, value: Uint8Array): Promise<void> {
+    this.#busyAt = Date.now()
     await this.#records.put(key, value)
   }
 
@@ -284,11 +324,12 @@ export class Daemon {
   // ---- the store, for the runner over the control socket ----
 
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
+    this.#busyAt = Date.now()
     const end = this.metrics.captureDuration.startTimer()
     const layer = await this.store.commit(dir, opts)
     end()
     this.budget?.check()
-    this.#background(this.#provide(layer.root))
+    this.#announce(layer.root)
     return layer
   }
 

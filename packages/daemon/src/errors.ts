@@ -1,10 +1,8 @@
+import { StrataError } from '@strata/errors'
+
 /** Base of every error this package throws; callers branch on `code`, never on the message. */
-export class DaemonError extends Error {
-  readonly code: string
-  constructor (code: string, message: string, opts?: { cause?: unknown }) {
-    super(message, opts)
-    this.code = code
-  }
+export class DaemonError extends StrataError {
+  override name = 'DaemonError'
 }
 
 /** A peer sent bytes that are not a well-formed block-exchange or record message. */
@@ -78,6 +76,14 @@ export class ListenError extends DaemonError {
         : sys === 'EACCES' ? 'permission denied' : (opts.cause as Error | undefined)?.message ?? String(opts.cause)
     super('ERR_LISTEN', `cannot listen on ${address}: ${why}`, opts)
     this.address = address
+  }
+}
+
+/** A control request is malformed (not a JSON object, a missing or bad field, too large): the control server answers 400 with it. */
+export class BadRequestError extends DaemonError {
+  override name = 'BadRequestError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_BAD_REQUEST', message, opts)
   }
 }
 

@@ -1,5 +1,6 @@
 import { CID } from 'multiformats/cid'
 import type { RecordRejectReason } from '@strata/records'
+import type { Entry } from '@strata/chunker'
 import type { LayerInfo } from '@strata/store'
 import type { ExchangeCounters } from './exchange.ts'
 
@@ -12,7 +13,32 @@ export const SOCKET_NAME = 'strata.sock'
 /** Largest request body: a record or a path, never block data. */
 export const MAX_REQUEST_BYTES = 1024 * 1024
 
+/** One line of `/v1/store/entries`: a layer entry as `strata ls` shows it (xattr names, the number of chunks). */
+export interface EntryJson {
+  path: string
+  type: string
+  mode: number
+  uid: number
+  gid: number
+  mtime: [number, number]
+  size: number
+  target?: string
+  opaque?: true
+  xattrs?: string[]
+  chunks?: number
+}
+
 export interface LayerJson { root: string, path: string, size: number, entries: number, blocks: number, created: number }
+
+export function entryJson (e: Entry): EntryJson {
+  return {
+    path: e.path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, size: e.size,
+    ...(e.target !== undefined ? { target: e.target } : {}),
+    ...(e.opaque === true ? { opaque: true as const } : {}),
+    ...(e.xattrs !== undefined ? { xattrs: e.xattrs.map(([n]) => n) } : {}),
+    ...(e.chunks !== undefined ? { chunks: e.chunks.length } : {})
+  }
+}
 
 export function layerJson (l: LayerInfo): LayerJson {
   return { root: l.root.toString(), path: l.path, size: l.size, entries: l.entries, blocks: l.blocks, created: l.created }

@@ -54,9 +54,15 @@ export class ProviderSearch implements AsyncIterable<PeerId> {
     this.#grace ??= setTimeout(() => this.#enough.abort(new Error('enough is known')), this.#opts.graceMs)
   }
 
+  /** Nothing more is wanted: the search ends now. */
+  end (): void {
+    if (!this.#enough.signal.aborted) this.#enough.abort(new Error('search ended by its caller'))
+  }
+
   async * [Symbol.asyncIterator] (): AsyncGenerator<PeerId> {
     const self = this.#c.peerId.toString()
     const seen = new Set<string>()
+    let ran = false
     try {
       for await (const p of this.#c.contentRouting.findProviders(this.#cid, { signal: this.signal })) {
         const k = p.id.toString()
@@ -65,11 +71,24 @@ export class ProviderSearch implements AsyncIterable<PeerId> {
         if (p.multiaddrs.length > 0) await this.#c.peerStore.merge(p.id, { multiaddrs: p.multiaddrs }).catch(() => {})
         yield p.id
       }
+      ran = true
     } catch (err) {
+      ran = true
       if (this.#opts.signal?.aborted === true) throw err
       this.#c.logger.debug({ err, cid: this.#cid.toString(), what: this.#opts.what }, 'provider search ended')
     } finally {
       clearTimeout(this.#grace)
+      // Why it ended, as a stable field: a miss that waits out the timeout is slow for every step that misses.
+      this.#c.logger.debug({ event: 'provider-search-end', end: ran ? this.#end() : 'caller', cid: this.#cid.toString(), what: this.#opts.what, providers: seen.size }, 'provider search done')
     }
+  }
+
+  /** Why a search that ran to its end ended: the DHT query ran out (`exhausted`), or which signal stopped it. */
+  #end (): 'exhausted' | 'settled' | 'stopped' | 'cancelled' | 'timeout' {
+    if (!this.signal.aborted) return 'exhausted'
+    if (this.#enough.signal.aborted) return 'settled'
+    if (this.#opts.stop?.aborted === true) return 'stopped'
+    if (this.#opts.signal?.aborted === true) return 'cancelled'
+    return 'timeout'
   }
 }

@@ -9,6 +9,9 @@ import { RecordNotFoundError } from './errors.ts'
 import type { ProviderSearch, ProviderSearchOptions } from './providers.ts'
 import { MAX_REQUEST_SIZE, RECORDS_PROTOCOL, RECORDS_TOPIC, claimedKey, decodeRecordRequest, encodeRecordRequest } from './records.ts'
 
+/** Record requests in flight for one lookup. */
+const LOOKUP_CONCURRENCY = 8
+
 export interface LookupResult {
   record: StepRecord
   /** The signed envelope, as the producer signed it. */
@@ -25,13 +28,17 @@ export interface RecordCounters {
 export interface RecordServiceComponents {
   store: Pick<Store, 'getRecord' | 'putRecord' | 'has'>
   handle(protocol: string, handler: StreamHandler, opts: { maxInboundStreams: number }): Promise<void>
-  dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
+  dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal, negotiateFully?: boolean }): Promise<Stream>
   /** Publishes on a gossipsub topic. */
   publish(topic: string, data: Uint8Array): Promise<unknown>
   /** A provider search for `cid` (see ProviderSearch). */
   providers(cid: CID, opts: Omit<ProviderSearchOptions, 'timeoutMs' | 'stop'>): ProviderSearch
   /** Provides `cid` on the DHT in the background. */
   provide(cid: CID, signal?: AbortSignal): void
+  /** The peers connected now: asked directly, beside the DHT's providers. */
+  connectedPeers(): PeerId[]
+  /** How many peers the DHT's routing table holds: the peers a DHT query starts from. */
+  routablePeers(): number
   /** A record learned by gossip was stored (replication looks at it). */
   learned(record: StepRecord): void
   logger: Logger
@@ -43,6 +50,8 @@ export interface RecordServiceInit {
   readScopes: readonly string[]
   /** Providers asked for one record at most. */
   maxProviders: number
+  /** How long one peer may take to answer a record request. Default 3 000 ms. */
+  askTimeoutMs?: number
   counters: RecordCounters
   /** Records refused, by reason. */
   rejected: Partial<Record<RecordRejectReason, number>>
@@ -75,7 +84,7 @@ export class RecordService {
   #rejected (err: RecordInvalidError, context: Record<string, unknown>, msg: string): void {
     this.#init.counters.recordsRejected++
     this.#init.rejected[err.reason] = (this.#init.rejected[err.reason] ?? 0) + 1
-    this.#log.warn({ err, reason: err.reason, ...context }, msg)
+    this.#log.warn({ event: 'record-rejected', err, reason: err.reason, ...context }, msg)
   }
 
   /**
@@ -107,42 +116,85 @@ export class RecordService {
     const result = (b: LookupResult & { rank: number }): LookupResult => ({ record: b.record, envelope: b.envelope, source: b.source })
     if (best?.rank === 0) return result(best)
     const wanted = scopes.slice(0, best?.rank ?? scopes.length)
-    const search = this.#c.providers(key, { signal: opts.signal, what: 'record' })
+    // With no peer connected nobody can answer, and the DHT would wait for one to appear.
+    const connected = this.#c.connectedPeers()
+    if (connected.length === 0) {
+      if (best !== undefined) return result(best)
+      throw new RecordNotFoundError(key.toString(), rejected ?? 'no peer is connected')
+    }
+    // A DHT query starts from the routing table: when it holds no peer beyond the
+    // connected ones, asking each of those directly is the whole search, and it ends
+    // when the last has answered.
+    const covered = connected.length <= this.#init.maxProviders && this.#c.routablePeers() <= connected.length
+    const search = covered ? undefined : this.#c.providers(key, { signal: opts.signal, what: 'record' })
     // With a record here already, a better scope elsewhere is worth a short wait only.
-    if (best !== undefined) search.settle()
-    let asked = 0
-    try {
-      for await (const provider of search) {
-        if (asked++ >= this.#init.maxProviders) break
-        let answers: Uint8Array[]
-        try {
-          answers = await this.#ask(provider, key, wanted, search.signal)
-        } catch (err) {
-          this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
-          continue
-        }
-        for (const [rank, bytes] of answers.entries()) {
-          const scope = wanted[rank]!
-          if (bytes.length === 0 || (best !== undefined && best.rank <= rank)) continue
-          try {
-            const record = verifyEnvelope(bytes, trust.reading([scope]), key)
-            await this.#c.store.putRecord(recordKey(key, scope), bytes)
-            best = { record, envelope: bytes, source: 'dht', rank }
-          } catch (err) {
-            if (!(err instanceof RecordInvalidError)) throw err
-            rejected = err.message
-            this.#rejected(err, { key: key.toString(), scope, peer: provider.toString() }, 'ignoring a record from a peer')
-          }
-        }
-        if (best?.rank === 0) break
-        if (best !== undefined) search.settle()
+    if (best !== undefined) search?.settle()
+    const enough = new AbortController()
+    const asked = new Set<string>()
+    const running = new Set<Promise<void>>()
+    const askOne = async (provider: PeerId): Promise<void> => {
+      let answers: Uint8Array[]
+      try {
+        const signals = [enough.signal, AbortSignal.timeout(this.#init.askTimeoutMs ?? 3000)]
+        if (opts.signal !== undefined) signals.push(opts.signal)
+        answers = await this.#ask(provider, key, wanted, AbortSignal.any(signals))
+      } catch (err) {
+        this.#log.debug({ err, peer: provider.toString() }, 'record request failed')
+        return
       }
+      for (const [rank, bytes] of answers.entries()) {
+        const scope = wanted[rank]!
+        if (bytes.length === 0 || (best !== undefined && best.rank <= rank)) continue
+        try {
+          const record = verifyEnvelope(bytes, trust.reading([scope]), key)
+          await this.#c.store.putRecord(recordKey(key, scope), bytes)
+          best = { record, envelope: bytes, source: 'dht', rank }
+        } catch (err) {
+          if (!(err instanceof RecordInvalidError)) throw err
+          rejected = err.message
+          this.#rejected(err, { key: key.toString(), scope, peer: provider.toString() }, 'ignoring a record from a peer')
+        }
+      }
+      if (best?.rank === 0) {
+        enough.abort(new Error('a record in the first scope was found'))
+        search?.end()
+      } else if (best !== undefined) {
+        search?.settle()
+      }
+    }
+    // Connected peers are asked at once, DHT providers as they are found; a few requests at a time.
+    const enqueue = async (provider: PeerId): Promise<boolean> => {
+      const id = provider.toString()
+      if (asked.has(id)) return true
+      if (asked.size >= this.#init.maxProviders || enough.signal.aborted) return false
+      asked.add(id)
+      while (running.size >= LOOKUP_CONCURRENCY) await Promise.race(running)
+      const task: Promise<void> = askOne(provider).finally(() => running.delete(task))
+      running.add(task)
+      return true
+    }
+    const direct = (async () => {
+      for (const p of connected) if (!await enqueue(p)) break
+    })()
+    try {
+      if (search !== undefined) {
+        for await (const provider of search) {
+          if (!await enqueue(provider)) break
+        }
+      }
+      await direct
+      while (running.size > 0) await Promise.allSettled([...running])
     } catch (err) {
+      search?.end()
+      enough.abort(err)
+      await Promise.allSettled([direct, ...running])
       if (opts.signal?.aborted === true) throw err
       this.#log.debug({ err, key: key.toString() }, 'record search ended')
     }
+    if (opts.signal?.aborted === true) throw opts.signal.reason
+    this.#log.debug({ key: key.toString(), connected: connected.length, asked: asked.size, dht: search !== undefined, found: best !== undefined }, 'record lookup ended')
     if (best !== undefined) return result(best)
-    throw new RecordNotFoundError(key.toString(), rejected ?? (asked === 0 ? 'no peer provides it' : `none of ${asked} providers had a usable one`))
+    throw new RecordNotFoundError(key.toString(), rejected ?? `none of the ${asked.size} peers asked has one`)
   }
 
   /** A record announced on the gossip topic: verified (in any scope: a lookup checks the scope when it reads), stored, replicated. */
@@ -183,7 +235,8 @@ export class RecordService {
     const bytes = await this.#c.store.getRecord(recordKey(key, scope))
     if (bytes === undefined) throw new RecordNotFoundError(key.toString(), `not in the local store in scope ${scope}`)
     const record = verifyEnvelope(bytes, this.#init.trust.reading([scope]), key)
-    await this.#c.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
+    // The announcement is on its way in the background: the runner's next step need not wait for the peers.
+    void this.#c.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
     this.#c.provide(key, opts.signal)
     if (await this.#c.store.has(record.layer)) this.#c.provide(record.layer, opts.signal)
     return record
@@ -203,7 +256,8 @@ export class RecordService {
 
   /** The peer's envelopes for `key` in each of `scopes` (empty where it has none). */
   async #ask (peer: PeerId, key: CID, scopes: readonly string[], signal: AbortSignal): Promise<Uint8Array[]> {
-    const stream = await this.#c.dialProtocol(peer, RECORDS_PROTOCOL, { signal })
+    // The protocol name goes out with the request: one round trip less on every ask.
+    const stream = await this.#c.dialProtocol(peer, RECORDS_PROTOCOL, { signal, negotiateFully: false })
     try {
       const lp = lpStream(stream, { maxDataLength: MAX_RECORD_SIZE })
       await lp.write(encodeRecordRequest({ key, scopes: [...scopes] }), { signal })

@@ -148,7 +148,7 @@ export class BlockServer {
       }
       await stream.close({ signal: AbortSignal.timeout(init.idleTimeoutMs) })
     } catch (err) {
-      this.#log.debug({ err, peer }, 'block stream aborted')
+      this.#log.debug({ event: 'block-stream-aborted', err, peer }, 'block stream aborted')
       stream.abort(err as Error)
     } finally {
       const open = (this.#streams.get(peer) ?? 1) - 1

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { parseWriter, peerIdFromPublicKey } from '@strata/records'
+import { parseWriter, parseWriterId, peerIdFromPublicKey } from '@strata/records'
 import { DaemonConfigError } from './errors.ts'
 
 /** The header of a libp2p private network key file (the go-ipfs / js-libp2p `swarm.key` format, v1). */
@@ -68,17 +68,19 @@ export function peerIdOf (s: string): string {
 }
 
 /**
- * A trusted-writer entry with its peer normalized: `ID` or `ID@GLOB`, where ID is a
- * peer id or an ed25519 public key in hex and GLOB limits it to matching scopes.
+ * A trusted-writer entry with its signer normalized: `ID` or `ID@GLOB`, where ID is
+ * a writer key's public part (`NAME-N:BASE64`, as `strata keygen-writer` prints it),
+ * a peer id or an ed25519 public key in hex, and GLOB limits it to matching scopes.
  */
 export function writerOf (entry: string): string {
   const w = parseWriter(entry)
-  const peer = peerIdOf(w.peer)
+  const peer = parseWriterId(w.peer) !== undefined ? w.peer : peerIdOf(w.peer)
   return w.scopes === null ? peer : `${peer}@${w.scopes}`
 }
 
 /** Peer ids (or ed25519 public keys in hex), one a line; `#` starts a comment; blank lines are skipped. A bad line is named as path:line. */
 export function parsePeerList (text: string, path: string, normalize: (line: string) => string = peerIdOf): string[] {
+  const what = normalize === writerOf ? 'a trusted writer (NAME-N:BASE64 or a peer id, optionally @SCOPES)' : 'a peer id'
   const out: string[] = []
   for (const [i, raw] of text.split(/\r?\n/).entries()) {
     const line = raw.replace(/#.*$/, '').trim()
@@ -86,7 +88,7 @@ export function parsePeerList (text: string, path: string, normalize: (line: str
     try {
       out.push(normalize(line))
     } catch (err) {
-      throw new DaemonConfigError(`${path}:${i + 1}: ${JSON.stringify(line.slice(0, 80))} is not a peer id`, { cause: err })
+      throw new DaemonConfigError(`${path}:${i + 1}: ${JSON.stringify(line.slice(0, 80))} is not ${what}`, { cause: err })
     }
   }
   return out

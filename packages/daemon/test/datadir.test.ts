@@ -1,7 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { tempDir } from '@strata/testing'
 import { connectDaemon } from '../src/index.ts'
-import { startDaemon, tempDir } from './helpers.ts'
+import { startDaemon } from './helpers.ts'
 
 test('a daemon given a relative data dir works in absolute paths: its store, its socket and what it reports', async (t) => {
   const dir = tempDir(t, 'strata-yaml-daemon-')

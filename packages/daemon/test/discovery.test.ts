@@ -3,10 +3,11 @@ import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino } from 'pino'
+import { tempDir } from '@strata/testing'
 import { createDaemon } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
 import { checkBootstrapAddress, checkDnsServer, Discovery } from '../src/discovery.ts'
-import { startDaemon, tempDir } from './helpers.ts'
+import { startDaemon } from './helpers.ts'
 
 /** Waits until `daemon` is connected to `peer` (the test's own timeout bounds it). */
 async function connectedTo (daemon: Daemon, peer: string): Promise<void> {

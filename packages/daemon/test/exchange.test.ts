@@ -1,21 +1,44 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
+import type { Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
+import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { CID } from 'multiformats/cid'
 import { cidOf, RAW } from '@strata/chunker'
+import { digestTree, memoryLogger } from '@strata/testing'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeWant, MAX_MESSAGE_SIZE } from '../src/index.ts'
-import { bytes, connect, digestTree, publishLayer, startDaemon } from './helpers.ts'
+import { bytes, connect, publishLayer, startDaemon } from './helpers.ts'
+
+/**
+ * Reads from a stream the server should reset: fails if an answer comes, and if the
+ * read ends on its own bound instead (a server that only stays silent leaves the
+ * stream open). Returns the `err` the server logged, past `lines[from]`, when it aborted the stream.
+ */
+async function assertServerReset (stream: Stream, lp: LengthPrefixedStream<Stream>, lines: Array<Record<string, unknown>>, from: number): Promise<{ code?: string }> {
+  const bound = new Error('the server neither answered nor reset the stream')
+  const ac = new AbortController()
+  const timer = setTimeout(() => ac.abort(bound), 10_000)
+  const err = await lp.read({ signal: ac.signal }).then(() => assert.fail('the server answered'), (e: unknown) => e)
+  clearTimeout(timer)
+  assert.notEqual(err, bound, 'the server stayed silent')
+  assert.equal(stream.status, 'reset', 'the stream was not reset by the server')
+  const aborted = lines.slice(from).filter((l) => l.event === 'block-stream-aborted')
+  assert.equal(aborted.length, 1, 'the server logged no stream abort')
+  return aborted[0]!.err as { code?: string }
+}
 
 test('a want-list over the outstanding limit gets the stream aborted; the server keeps serving', async (t) => {
-  const a = await startDaemon(t, { exchange: { maxOutstandingWants: 4 } })
+  const { logger, lines } = memoryLogger()
+  const a = await startDaemon(t, { exchange: { maxOutstandingWants: 4 }, logger })
   const b = await startDaemon(t)
   await connect([a, b])
   const { layer } = await publishLayer(t, a, { f: 'limits' })
   const tooMany = Array.from({ length: 5 }, (_, i) => cidOf(RAW, Buffer.from(String(i))))
   const stream = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
   const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE })
+  const from = lines.length
   await lp.write(encodeWant(tooMany))
-  await assert.rejects(lp.read({ signal: AbortSignal.timeout(5000) }))
+  assert.equal((await assertServerReset(stream, lp, lines, from)).code, 'ERR_PEER_LIMIT')
   // Within the limit, the same peer is answered: a block it has, a dont-have for one it lacks.
   const ok = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
   const lp2 = lpStream(ok, { maxDataLength: MAX_MESSAGE_SIZE })
@@ -57,15 +80,18 @@ test('a want-list is answered as its lookups finish: a slow block holds up none 
 })
 
 test('an oversized or malformed message aborts only its stream', async (t) => {
-  const a = await startDaemon(t)
+  const { logger, lines } = memoryLogger()
+  const a = await startDaemon(t, { logger })
   const b = await startDaemon(t)
   await connect([a, b])
   const { key } = await publishLayer(t, a, { f: bytes('after-abuse', 100_000) })
-  for (const junk of [Uint8Array.of(0x09, 1, 2, 3), new Uint8Array(MAX_MESSAGE_SIZE + 10)]) {
+  const cases: Array<[Uint8Array, string]> = [[Uint8Array.of(0x09, 1, 2, 3), 'ERR_PROTOCOL_VIOLATION'], [new Uint8Array(MAX_MESSAGE_SIZE + 10), 'ERR_MSG_DATA_TOO_LONG']]
+  for (const [junk, code] of cases) {
     const stream = await b.node.dialProtocol(a.node.peerId, BLOCKS_PROTOCOL)
     const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE + 100 })
+    const from = lines.length
     await lp.write(junk).catch(() => {})
-    await assert.rejects(lp.read({ signal: AbortSignal.timeout(5000) }))
+    assert.equal((await assertServerReset(stream, lp, lines, from)).code, code)
   }
   const got = await b.resolve(key)
   assert.equal(got.layer.size, 100_000)

@@ -2,10 +2,11 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import type { CID } from 'multiformats/cid'
+import { digestTree, tempDir } from '@strata/testing'
+import type { PlainTree as Tree } from '@strata/testing'
 import { BlockUnavailableError } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
-import { bytes, connect, digestTree, publishLayer, startDaemon, tempDir, writeTree } from './helpers.ts'
-import type { Tree } from './helpers.ts'
+import { bytes, connect, publishLayer, startDaemon, writeFixedTree } from './helpers.ts'
 
 /** `n` files of 20 KB, one block each, named so that manifest order is file order. */
 function manyFiles (seed: string, n: number): Tree {
@@ -119,7 +120,7 @@ test('a fetch from a slow and a fast provider completes, the fast one carrying m
   await connect([a, slow, b])
   const tree = manyFiles('slow', 200)
   const upper = `${tempDir(t)}/u`
-  writeTree(upper, tree)
+  writeFixedTree(upper, tree)
   await slow.commit(upper)
   const { layer } = await publishLayer(t, a, tree)
   const getBlock = slow.store.getBlock.bind(slow.store)
@@ -145,7 +146,7 @@ test('a peer sharing the fetch that goes away is dialled a few times, not in a l
   const { layer } = await publishLayer(t, a, tree)
   // The sharer holds the layer too, as a peer that has fetched most of it would.
   const upper = `${tempDir(t)}/u`
-  writeTree(upper, tree)
+  writeFixedTree(upper, tree)
   await sharer.commit(upper)
   const blocks = await contentBlocks(a, layer.root)
   const dials = countDials(b)

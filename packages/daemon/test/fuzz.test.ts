@@ -5,9 +5,10 @@ import fc from 'fast-check'
 import { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR, MAX_BLOCK_SIZE, RAW } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, RecordInvalidError, signRecord, TrustPolicy, verifyEnvelope } from '@strata/records'
+import { tempDir } from '@strata/testing'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeBlockHeader, encodeDontHave, encodeWant, MAX_WANTS_PER_MESSAGE, ProtocolViolationError } from '../src/index.ts'
 import { claimedKey, decodeRecordRequest } from '../src/records.ts'
-import { bytes, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
+import { bytes, startDaemon, varint, writeFixedTree } from './helpers.ts'
 
 /**
  * Property tests over what a peer can send: block-exchange frames and signed
@@ -66,7 +67,7 @@ test('the record decoder: random, mutated and re-signed envelopes give only type
   const identity = await loadIdentity(tempDir(t))
   const policy = new TrustPolicy(identity.peerId, [identity.peerId])
   const key = cidOf(DAG_CBOR, dagCbor.encode({ fuzz: 1 }))
-  const record = { v: RECORD_FORMAT, key, parent: null, layer: cidOf(DAG_CBOR, dagCbor.encode({ layer: 1 })), size: 10, env: ['A=1'], created: 1, producer: identity.peerId, scope: 'main', epoch: 0 }
+  const record = { v: RECORD_FORMAT, key, parent: null, layer: cidOf(DAG_CBOR, dagCbor.encode({ layer: 1 })), size: 10, env: ['A=1'], created: 1, producer: identity.peerId, scope: 'main', epoch: 0, writer: null }
   const good = signRecord(record, identity)
   assert.equal(verifyEnvelope(good, policy, key).layer.toString(), record.layer.toString())
   const flipped = fc.tuple(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), fc.option(fc.nat(), { nil: undefined })).map(([flips, cut]) => {
@@ -77,7 +78,7 @@ test('the record decoder: random, mutated and re-signed envelopes give only type
   // Well-formed envelopes around bodies that are not records, or records with hostile fields.
   const field = fc.oneof(fc.integer(), fc.string({ maxLength: 8 }), fc.constant(null), fc.uint8Array({ maxLength: 8 }), fc.constant(key), fc.array(fc.oneof(fc.string({ maxLength: 4 }), fc.integer()), { maxLength: 3 }))
   const forged = fc.record({
-    field: fc.constantFrom('v', 'key', 'parent', 'layer', 'size', 'env', 'created', 'producer', 'scope', 'epoch', 'extra'),
+    field: fc.constantFrom('v', 'key', 'parent', 'layer', 'size', 'env', 'created', 'producer', 'scope', 'epoch', 'writer', 'extra'),
     value: field,
     sig: fc.oneof(fc.constant(undefined), fc.uint8Array({ maxLength: 80 }))
   }).map(({ field: f, value, sig }) => {
@@ -110,7 +111,7 @@ test('a record request with hostile scopes or keys is a ProtocolViolationError',
 test('random frames sent to a live daemon: every stream ends, answered or reset, and the daemon keeps serving', async (t) => {
   const a = await startDaemon(t, { exchange: { firstByteTimeoutMs: 1000, idleTimeoutMs: 1000 } })
   const upper = `${tempDir(t)}/upper`
-  writeTree(upper, { f: bytes('fuzz-live', 200_000) })
+  writeFixedTree(upper, { f: bytes('fuzz-live', 200_000) })
   const layer = await a.commit(upper)
   const b = await startDaemon(t)
   await b.node.dial(a.node.getMultiaddrs()[0]!)

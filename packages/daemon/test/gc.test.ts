@@ -2,8 +2,9 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
+import { memoryLogger, tempDir } from '@strata/testing'
 import { createDaemon, connectDaemon } from '../src/index.ts'
-import { bytes, memoryLogger, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { bytes, startDaemon, writeFixedTree } from './helpers.ts'
 
 const bin = join(import.meta.dirname, '..', '..', 'cli', 'bin', 'strata.js')
 
@@ -39,8 +40,8 @@ test('the daemon budget removes the least recently used layer after a commit, lo
   const dir = tempDir(t)
   const size = 200_000
   const daemon = await startDaemon(t, { logger, gc: { maxSize: size, hardLimit: size } })
-  writeTree(`${dir}/one`, { f: bytes('one', size) })
-  writeTree(`${dir}/two`, { f: bytes('two', size) })
+  writeFixedTree(`${dir}/one`, { f: bytes('one', size) })
+  writeFixedTree(`${dir}/two`, { f: bytes('two', size) })
   const one = await daemon.commit(`${dir}/one`)
   await daemon.budget!.idle()
   assert.equal(await daemon.store.has(one.root), true, 'a store within its budget lost a layer')

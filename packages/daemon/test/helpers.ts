@@ -1,67 +1,25 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import type { TestContext } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import type { CID } from 'multiformats/cid'
-import { pino } from 'pino'
-import type { Logger } from 'pino'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
+import type { WriterKey } from '@strata/records'
 import type { LayerInfo } from '@strata/store'
+import { tempDir, writeTree } from '@strata/testing'
+import type { PlainTree } from '@strata/testing'
 import { createDaemon } from '../src/index.ts'
 import type { Daemon, DaemonInit } from '../src/index.ts'
 
-export interface Tree { [name: string]: string | Uint8Array | Tree }
-
 /** Writes `tree` with fixed times, so that the same tree gives the same layer on every node. */
-export function writeTree (dir: string, tree: Tree): void {
-  mkdirSync(dir, { recursive: true })
-  for (const [name, v] of Object.entries(tree)) {
-    const p = `${dir}/${name}`
-    if (typeof v === 'string' || v instanceof Uint8Array) {
-      writeFileSync(p, v)
-      utimesSync(p, 1_000_000, 1_000_000)
-    } else {
-      writeTree(p, v)
-    }
-  }
-  utimesSync(dir, 1_000_000, 1_000_000)
-}
-
-/** Path -> sha256 of every regular file (and '<dir>' for dirs) under `dir`. */
-export function digestTree (dir: string, prefix = ''): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const name of readdirSync(dir).sort()) {
-    const p = `${dir}/${name}`
-    const rel = `${prefix}${name}`
-    const st = statSync(p)
-    if (st.isDirectory()) {
-      out[rel] = '<dir>'
-      Object.assign(out, digestTree(p, `${rel}/`))
-    } else {
-      out[rel] = createHash('sha256').update(readFileSync(p)).digest('hex')
-    }
-  }
-  return out
+export function writeFixedTree (dir: string, tree: PlainTree): void {
+  writeTree(dir, tree, { mtime: 1_000_000 })
 }
 
 /** Seeded pseudo-random bytes: the same seed gives the same content on every node. */
 export function bytes (seed: string, n: number): Uint8Array {
   const key = createHash('sha256').update(seed).digest()
   return createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(n))
-}
-
-export function tempDir (t: TestContext, prefix = 'strata-daemon-'): string {
-  const dir = mkdtempSync(`/var/tmp/${prefix}`)
-  t.after(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
-
-/** Collects log lines so a test can assert what was logged. */
-export function memoryLogger (): { logger: Logger, lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = []
-  const logger = pino({ level: 'debug' }, { write: (s: string) => { lines.push(JSON.parse(s) as Record<string, unknown>) } })
-  return { logger, lines }
 }
 
 /** A started daemon on 127.0.0.1 with an ephemeral port and its own data dir, stopped after the test. */
@@ -89,16 +47,16 @@ export async function connect (daemons: Daemon[]): Promise<void> {
 }
 
 /** Commits `tree` on `daemon` as a layer and signs, stores and announces a record for `key` (default a fresh one) in `scope` (default `default`). */
-export async function publishLayer (t: TestContext, daemon: Daemon, tree: Tree, opts: { key?: CID, scope?: string, epoch?: number } = {}): Promise<{ key: CID, layer: LayerInfo }> {
+export async function publishLayer (t: TestContext, daemon: Daemon, tree: PlainTree, opts: { key?: CID, scope?: string, epoch?: number, writer?: WriterKey } = {}): Promise<{ key: CID, layer: LayerInfo }> {
   const dir = `${tempDir(t)}/upper`
-  writeTree(dir, tree)
+  writeFixedTree(dir, tree)
   const layer = await daemon.commit(dir)
   const key = opts.key ?? cidOf(DAG_CBOR, dagCbor.encode({ test: randomBytes(16) }))
   const scope = opts.scope ?? 'default'
   const identity = await loadIdentity(daemon.dataDir)
   const envelope = signRecord({
-    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch
-  }, identity)
+    v: RECORD_FORMAT, key, parent: null, layer: layer.root, size: layer.size, env: [], created: Date.now(), producer: identity.peerId, scope, epoch: opts.epoch ?? daemon.trust.epoch, writer: opts.writer?.id ?? null
+  }, opts.writer ?? identity)
   await daemon.putRecord(recordKey(key, scope), envelope)
   return { key, layer }
 }

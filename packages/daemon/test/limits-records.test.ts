@@ -4,9 +4,10 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { loadIdentity, MAX_RECORD_SIZE, RECORD_FORMAT, RecordInvalidError, recordKey, signRecord, TrustPolicy, verifyEnvelope } from '@strata/records'
+import { tempDir } from '@strata/testing'
 import { RECORDS_PROTOCOL, RecordNotFoundError, encodeRecordRequest } from '../src/index.ts'
 import { MAX_REQUEST_SIZE } from '../src/records.ts'
-import { connect, startDaemon, tempDir } from './helpers.ts'
+import { connect, startDaemon } from './helpers.ts'
 
 // The record limits of doc/LIMITS.md: the size of a signed record, of a request on
 // /strata/records/2.0.0, and of an answer to one.
@@ -17,7 +18,7 @@ test('record size: a signed record just under the limit verifies; one past it is
   const key = cidOf(DAG_CBOR, dagCbor.encode({ size: 1 }))
   // Three variables: each stays under the kernel's limit on one NAME=value, which records are held to as well.
   const sign = (envBytes: number): Uint8Array => signRecord({
-    v: RECORD_FORMAT, key, parent: null, layer: key, size: 0, env: [0, 1, 2].map((i) => `BIG${i}=${'x'.repeat(Math.ceil(envBytes / 3))}`), created: 0, producer: identity.peerId, scope: 'main', epoch: 0
+    v: RECORD_FORMAT, key, parent: null, layer: key, size: 0, env: [0, 1, 2].map((i) => `BIG${i}=${'x'.repeat(Math.ceil(envBytes / 3))}`), created: 0, producer: identity.peerId, scope: 'main', epoch: 0, writer: null
   }, identity)
   const probe = sign(0).length
   const at = sign(MAX_RECORD_SIZE - probe - 32)

@@ -16,6 +16,8 @@ import { pino } from 'pino'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
+import { digestTree, tempDir } from '@strata/testing'
+import type { PlainTree as Tree } from '@strata/testing'
 import { BlockUnavailableError, BLOCKS_PROTOCOL, createDaemon, encodeWant, MAX_WANTS_PER_MESSAGE } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
 import { NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
@@ -23,8 +25,7 @@ import { RateLimiter } from '../src/rate.ts'
 import { BlockExchange } from '../src/exchange.ts'
 import { MAX_BANS } from '../src/bans.ts'
 import { SERVE_READ_BUFFER } from '../src/server.ts'
-import { bytes, digestTree, startDaemon, tempDir, writeTree, varint } from './helpers.ts'
-import type { Tree } from './helpers.ts'
+import { bytes, startDaemon, varint, writeFixedTree } from './helpers.ts'
 
 /** A bare libp2p node that speaks no strata protocol of its own: the hostile peer. */
 async function rawClient (t: TestContext): Promise<Libp2p> {
@@ -51,7 +52,7 @@ async function ended (stream: Stream): Promise<Error | undefined> {
 
 async function commitTree (t: TestContext, d: Daemon, tree: Tree): Promise<CID> {
   const dir = `${tempDir(t)}/upper`
-  writeTree(dir, tree)
+  writeFixedTree(dir, tree)
   return (await d.commit(dir)).root
 }
 
@@ -313,7 +314,7 @@ const FLOOD_HEAP_MB = 256
 // peer makes any two it holds at once from this peer cross the limit.
 test('a want-list flood of 10^6 CIDs: streams reset, daemon RSS bounded, another peer served', async (t) => {
   const dir = tempDir(t)
-  writeTree(`${dir}/upper`, { f: bytes('flood', 600_000) })
+  writeFixedTree(`${dir}/upper`, { f: bytes('flood', 600_000) })
   const child = spawn(process.execPath, [`--max-old-space-size=${FLOOD_HEAP_MB}`, new URL('./fixtures/limits-daemon.ts', import.meta.url).pathname, `${dir}/data`, `${dir}/upper`, JSON.stringify({ idleTimeoutMs: 2000, maxOutstandingWants: MAX_WANTS_PER_MESSAGE }), `${dir}/daemon.log`], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.after(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   const [line] = await once(createInterface({ input: child.stdout }), 'line') as [string]
@@ -354,8 +355,8 @@ test('a want-list flood of 10^6 CIDs: streams reset, daemon RSS bounded, another
   // wants at once, and the rest at the idle timeout once the client stops asking.
   assert.ok(results.every((e) => e !== undefined), 'a flooded stream ended cleanly')
   assert.ok(cutOff > 0, 'no stream was cut off while flooding')
-  const log = readFileSync(`${dir}/daemon.log`, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { msg?: string, err?: { code?: string } })
-  const limited = log.filter((l) => l.msg === 'block stream aborted' && l.err?.code === 'ERR_PEER_LIMIT').length
+  const log = readFileSync(`${dir}/daemon.log`, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { event?: string, err?: { code?: string } })
+  const limited = log.filter((l) => l.event === 'block-stream-aborted' && l.err?.code === 'ERR_PEER_LIMIT').length
   assert.ok(limited > 0, 'no stream was reset for its outstanding wants')
   t.diagnostic(`${wanted} CIDs sent, ${cutOff} of ${perStream} streams cut off mid-flood (${limited} for outstanding wants), daemon RSS ${(before / 1048576).toFixed(0)} -> peak ${(peak / 1048576).toFixed(0)} MiB`)
   const c = await startDaemon(t)

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import { test } from 'node:test'
 import { IDENTITY_FILE, loadIdentity } from '@strata/records'
+import { tempDir } from '@strata/testing'
 import { createDaemon, loadPrivateKey } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
 
 test('the libp2p key is the identity the runner signs with', async (t) => {
   const dir = tempDir(t)

@@ -6,9 +6,10 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { tcp } from '@libp2p/tcp'
 import { lpStream } from '@libp2p/utils'
 import { createLibp2p } from 'libp2p'
+import { digestTree } from '@strata/testing'
 import { BLOCKS_PROTOCOL, decodeMessage, encodeWant, MAX_MESSAGE_SIZE } from '../src/index.ts'
 import { noiseCrypto } from '../src/noise-crypto.ts'
-import { bytes, connect, digestTree, publishLayer, startDaemon } from './helpers.ts'
+import { bytes, connect, publishLayer, startDaemon } from './helpers.ts'
 
 test('the daemon\'s Noise crypto talks to the library\'s own: a plain libp2p node fetches a large block from a daemon', async (t) => {
   const d = await startDaemon(t)

@@ -5,8 +5,9 @@ import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { openStore } from '@strata/store'
+import { memoryLogger, tempDir } from '@strata/testing'
 import { createScrubber } from '../src/scrub.ts'
-import { memoryLogger, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { startDaemon, writeFixedTree } from './helpers.ts'
 
 const text = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} ${i}\n`).join('')
 
@@ -23,8 +24,8 @@ test('a scrub pass finds a layer with a changed byte, marks it, logs and counts 
   const dir = tempDir(t)
   const store = await openStore({ dataDir: `${dir}/data` })
   t.after(() => store.close())
-  writeTree(`${dir}/a`, { 'big.bin': text('a', 50_000), 'small': 'x' })
-  writeTree(`${dir}/b`, { 'lib.so': text('b', 50_000) })
+  writeFixedTree(`${dir}/a`, { 'big.bin': text('a', 50_000), 'small': 'x' })
+  writeFixedTree(`${dir}/b`, { 'lib.so': text('b', 50_000) })
   const a = await store.commit(`${dir}/a`)
   const b = await store.commit(`${dir}/b`)
   overwrite(`${b.path}/lib.so`, 123_456, '#')
@@ -47,7 +48,7 @@ test('a scrub pass reads at most its rate: a slow scrub is stopped mid-pass by i
   const dir = tempDir(t)
   const store = await openStore({ dataDir: `${dir}/data` })
   t.after(() => store.close())
-  writeTree(`${dir}/a`, { 'one': text('one', 50_000), 'two': text('two', 50_000) })
+  writeFixedTree(`${dir}/a`, { 'one': text('one', 50_000), 'two': text('two', 50_000) })
   await store.commit(`${dir}/a`)
   // One byte a second: the first file's read has to wait far longer than this test runs.
   const scrub = createScrubber({ store, logger: memoryLogger().logger }, { bytesPerSecond: 1 })
@@ -65,7 +66,7 @@ test('the daemon scrubs in the background and counts what it found in its metric
   // The first background pass, over an empty store, starts at once.
   while (daemon.scrub.counters.passes === 0) await sleep(10)
   const src = tempDir(t)
-  writeTree(`${src}/tree`, { 'f': text('f', 20_000) })
+  writeFixedTree(`${src}/tree`, { 'f': text('f', 20_000) })
   const layer = await daemon.store.commit(`${src}/tree`)
   overwrite(`${layer.path}/f`, 10, '#')
   await daemon.scrub.pass()
@@ -92,8 +93,8 @@ async function strata (args: string[]): Promise<{ status: number | null, stdout:
 test('strata verify goes through a running daemon, which marks the corrupt layer in its store', async (t) => {
   const daemon = await startDaemon(t, { scrub: { bytesPerSecond: 0 } })
   const src = tempDir(t)
-  writeTree(`${src}/a`, { 'f': text('f', 20_000) })
-  writeTree(`${src}/b`, { 'g': text('g', 20_000) })
+  writeFixedTree(`${src}/a`, { 'f': text('f', 20_000) })
+  writeFixedTree(`${src}/b`, { 'g': text('g', 20_000) })
   const a = await daemon.store.commit(`${src}/a`)
   const b = await daemon.store.commit(`${src}/b`)
   overwrite(`${b.path}/g`, 99, '#')

@@ -5,11 +5,12 @@ import type { TestContext } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import type { CID } from 'multiformats/cid'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
-import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
+import { generateWriterKey, loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
 import type { StepRecord } from '@strata/records'
-import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk } from '../src/index.ts'
+import { memoryLogger, tempDir } from '@strata/testing'
+import { DaemonConfigError, parsePeerList, parsePsk, RecordNotFoundError, writePsk, writerOf } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
-import { connect, memoryLogger, publishLayer, startDaemon, tempDir, writeTree } from './helpers.ts'
+import { connect, publishLayer, startDaemon, writeFixedTree } from './helpers.ts'
 
 const freshKey = (tag: string): CID => cidOf(DAG_CBOR, dagCbor.encode({ trust: tag, at: process.hrtime.bigint().toString() }))
 
@@ -36,7 +37,11 @@ test('a bad key file or peer list is an error naming the file (and line) and the
   // A raw ed25519 public key (hex) names the same peer as its peer id.
   const me = await loadIdentity(tempDir(t))
   assert.deepEqual(parsePeerList(Buffer.from(me.publicKey).toString('hex'), '/etc/peers'), [me.peerId])
-  await assert.rejects(startDaemon(t, { trustedWriters: ['nobody'] }), { code: 'ERR_DAEMON_CONFIG', message: /"nobody" is not a peer id or an ed25519 public key/ })
+  // Writer keys in a trusted-writers file: kept as given; a bad line is named by file and line.
+  const { key: w } = generateWriterKey('ci-main-1')
+  assert.deepEqual(parsePeerList(`# main's key\n${w.id}@main\n${me.peerId}@pr/*\n`, '/etc/writers', writerOf), [`${w.id}@main`, `${me.peerId}@pr/*`])
+  assert.throws(() => parsePeerList(`${w.id}@main\nci-main-1:c2hvcnQ=@main\n`, '/etc/writers', writerOf), { code: 'ERR_DAEMON_CONFIG', message: /^\/etc\/writers:2: "ci-main-1:c2hvcnQ=@main" is not a trusted writer \(NAME-N:BASE64 or a peer id, optionally @SCOPES\)/ })
+  await assert.rejects(startDaemon(t, { trustedWriters: ['nobody'] }), { code: 'ERR_DAEMON_CONFIG', message: /"nobody" is not a writer key \(NAME-N:BASE64\), a peer id or an ed25519 public key/ })
 })
 
 test('--require-psk without a key refuses to start', async (t) => {
@@ -52,7 +57,7 @@ test('a peer without the fleet\'s pre-shared key cannot connect; one with it can
   chmodSync(loose, 0o644)
   const { logger, lines } = memoryLogger()
   const b = await startDaemon(t, { pskFile: loose, logger })
-  assert.ok(lines.some((l) => l.level === 40 && /readable by other users/.test(String(l.msg))))
+  assert.ok(lines.some((l) => l.level === 40 && l.event === 'psk-file-readable' && l.file === loose))
   const outsider = await startDaemon(t)
   const otherKey = await startDaemon(t, { pskFile: await pskFile(t) })
   await connect([a, b])
@@ -88,7 +93,7 @@ test('a peer not on the allow-list is refused after the handshake, before any pr
 
 /** A record as `signer` would sign it, for `key` in `scope`. */
 function recordFor (signer: { peerId: string }, key: CID, layer: CID, over: Partial<StepRecord> = {}): StepRecord {
-  return { v: RECORD_FORMAT, key, parent: null, layer, size: 1, env: [], created: Date.now(), producer: signer.peerId, scope: 'main', epoch: 5, ...over }
+  return { v: RECORD_FORMAT, key, parent: null, layer, size: 1, env: [], created: Date.now(), producer: signer.peerId, scope: 'main', epoch: 5, writer: null, ...over }
 }
 
 /**
@@ -105,7 +110,7 @@ test('bad records are each a miss with the reason logged and counted, and their 
   const w = await loadIdentity(writer.dataDir)
   const e = await loadIdentity(evil.dataDir)
   const upper = `${tempDir(t)}/u`
-  writeTree(upper, { 'payload.sh': 'echo owned' })
+  writeFixedTree(upper, { 'payload.sh': 'echo owned' })
   const layer = (await evil.commit(upper)).root
   const envelope = (body: unknown, sig?: Uint8Array): Uint8Array => dagCbor.encode(sig === undefined ? { body: dagCbor.encode(body) } : { body: dagCbor.encode(body), sig })
   const sigOf = (bytes: Uint8Array): Uint8Array => dagCbor.decode<{ sig: Uint8Array }>(bytes).sig
@@ -206,6 +211,31 @@ test('a node without writer trust may read, but its records are ignored by other
   assert.equal((await prReader.resolve(prKey, { scopes: ['pr/9', 'main'] })).record.scope, 'pr/9')
   await assert.rejects(prReader.resolve(prKey, { scopes: ['main'] }), (err: Error) => err instanceof RecordNotFoundError && /not trusted to write scope main/.test(err.reason))
   assert.equal(await prReader.store.has(onMain.layer.root), false)
+})
+
+test('records signed by a writer key are hits wherever NAME-N:KEY@main is trusted, whatever VM wrote them', async (t) => {
+  const { key: main1 } = generateWriterKey('ci-main-1')
+  const { key: main2 } = generateWriterKey('ci-main-2')
+  const mainVm = await startDaemon(t, { trustedWriters: [`${main1.id}@main`, `${main2.id}@main`] })
+  const reader = await startDaemon(t, { trustedWriters: [`${main1.id}@main`] })
+  const vmOnly = await startDaemon(t, { trustedWriters: [mainVm.peerId] })
+  const prOnly = await startDaemon(t, { trustedWriters: [`${main1.id}@pr/*`] })
+  const rotated = await startDaemon(t, { trustedWriters: [`${main2.id}@main`] })
+  await connect([mainVm, reader, vmOnly, prOnly, rotated])
+  const { key, layer } = await publishLayer(t, mainVm, { f: 'main build' }, { scope: 'main', writer: main1 })
+  const hit = await reader.resolve(key, { scopes: ['main'] })
+  assert.equal(hit.record.writer, main1.id)
+  assert.equal(hit.record.producer, mainVm.peerId, 'the record still says where the layer is')
+  assert.equal(await reader.store.has(layer.root), true)
+  // Trusting the VM is not trusting the key it signed with; a key trusted for pr/* cannot write main; after a rotation the old key is out.
+  for (const [who, d] of [['vm only', vmOnly], ['pr only', prOnly], ['rotated', rotated]] as const) {
+    await assert.rejects(d.resolve(key, { scopes: ['main'] }), (err: Error) => err instanceof RecordNotFoundError && /untrusted-signer/.test(err.reason), who)
+    assert.ok((d.rejected['untrusted-signer'] ?? 0) >= 1, who)
+    assert.equal(await d.store.has(layer.root), false, who)
+  }
+  // The next generation's records are hits where it is trusted.
+  const next = await publishLayer(t, mainVm, { f: 'main build, new key' }, { scope: 'main', writer: main2 })
+  assert.equal((await rotated.resolve(next.key, { scopes: ['main'] })).record.writer, main2.id)
 })
 
 test('records announced by gossip are verified before they are stored, and refusals counted by reason', async (t) => {

@@ -1,10 +1,8 @@
+import { StrataError } from '@strata/errors'
+
 /** Base of every error this package throws; callers branch on `code`, never on the message. */
-export class RecordsError extends Error {
-  readonly code: string
-  constructor (code: string, message: string, opts?: { cause?: unknown }) {
-    super(message, opts)
-    this.code = code
-  }
+export class RecordsError extends StrataError {
+  override name = 'RecordsError'
 }
 
 /** The node identity key file cannot be read, created or used as an ed25519 key. */
@@ -13,6 +11,16 @@ export class IdentityError extends RecordsError {
   readonly path: string
   constructor (path: string, opts?: { cause?: unknown }) {
     super('ERR_IDENTITY', `cannot use the identity key ${path}: ${(opts?.cause as Error | undefined)?.message ?? 'invalid key'}`, opts)
+    this.path = path
+  }
+}
+
+/** A writer key file cannot be read or is not a writer key. */
+export class WriterKeyError extends RecordsError {
+  override name = 'WriterKeyError'
+  readonly path: string
+  constructor (path: string, detail: string, opts?: { cause?: unknown }) {
+    super('ERR_WRITER_KEY', `${path}: ${detail}`, opts)
     this.path = path
   }
 }

@@ -3,10 +3,12 @@ export { IDENTITY_FILE, loadIdentity, peerIdFromPublicKey, publicKeyFromPeerId, 
 export type { Identity } from './identity.ts'
 export {
   DEFAULT_SCOPE, MAX_READ_SCOPES, MAX_RECORD_SIZE, RECORD_DOMAIN, RECORD_FORMAT, RECORD_PREFIX,
-  checkEpoch, checkScope, claimedKey, openRecord, recordKey, signRecord, signedBytes, verifyEnvelope
+  checkEpoch, checkScope, claimedKey, signerOf, openRecord, recordKey, signRecord, signedBytes, verifyEnvelope
 } from './record.ts'
 export type { StepRecord } from './record.ts'
 export { TrustPolicy, parseWriter, writerTrust } from './trust.ts'
 export type { RecordPolicy } from './trust.ts'
-export { IdentityError, RecordInvalidError, RecordsError } from './errors.ts'
+export { IdentityError, RecordInvalidError, RecordsError, WriterKeyError } from './errors.ts'
+export { generateWriterKey, isWriterBaseName, isWriterKeyName, loadWriterKey, parseWriterId, parseWriterKey, splitWriterKeyName } from './writer-key.ts'
+export type { WriterKey } from './writer-key.ts'
 export type { RecordRejectReason } from './errors.ts'

@@ -5,16 +5,21 @@ import type { RecordRejectReason } from './errors.ts'
 import { publicKeyFromPeerId, verifySignature } from './identity.ts'
 import { envObject, envProblem, isEnvLine } from './env.ts'
 import type { Identity } from './identity.ts'
+import { parseWriterId } from './writer-key.ts'
+import type { WriterKey } from './writer-key.ts'
 import type { RecordPolicy } from './trust.ts'
 
 /**
- * Bumped when the record body layout changes. Format 2 added `scope` and `epoch`;
- * format 1 records are refused (reason `version`), the step then runs and writes a
- * format 2 record.
+ * Bumped when the record body layout changes. Format 2 added `scope` and `epoch`,
+ * format 3 `writer` (records signed by a named writer key). Format 2 records are
+ * still read (they are format 3 records signed by their producer's identity);
+ * format 1 records are refused (reason `version`).
  */
-export const RECORD_FORMAT = 2
-/** Domain separation: a signature over a record can never be mistaken for one over anything else. */
-export const RECORD_DOMAIN = 'strata/record/v2\n'
+export const RECORD_FORMAT = 3
+/** Domain separation: a signature over a record can never be mistaken for one over anything else, nor for another format. */
+export const RECORD_DOMAIN = 'strata/record/v3\n'
+/** The formats a reader opens, with the domain string each was signed under. */
+const DOMAINS: ReadonlyMap<unknown, string> = new Map([[2, 'strata/record/v2\n'], [3, RECORD_DOMAIN]])
 /** The scope a record is written in when none is configured. */
 export const DEFAULT_SCOPE = 'default'
 /** Scopes a reader may name at most (its own, then fallbacks). */
@@ -37,13 +42,18 @@ export interface StepRecord {
   env: string[]
   /** Milliseconds since the epoch (informational: trust decisions use `epoch`, not clocks). */
   created: number
-  /** Peer id of the signer. */
+  /** Peer id of the node that produced the layer (where it is); the signer too unless `writer` is set. */
   producer: string
   /** Where the record was written, e.g. a branch: `main`, `pr/123`. */
   scope: string
   /** The trust epoch its writer was configured with; readers refuse records older than theirs. */
   epoch: number
+  /** The writer key that signed it, `NAME-N:BASE64`; null when the producer's identity signed it (always null in format 2). */
+  writer: string | null
 }
+
+/** Who signed a record: its writer key's id, else its producer's peer id. What trust policies name. */
+export const signerOf = (record: Pick<StepRecord, 'producer' | 'writer'>): string => record.writer ?? record.producer
 
 const SCOPE = /^[A-Za-z0-9._+-]+(?:\/[A-Za-z0-9._+-]+)*$/
 
@@ -67,9 +77,9 @@ export function checkEpoch (epoch: unknown): number {
 export const recordKey = (key: CID | string, scope: string): string => `runner/record/${key.toString()}/${scope}`
 export const RECORD_PREFIX = 'runner/record/'
 
-/** The exact bytes a record's signature covers: utf8(RECORD_DOMAIN) || body. */
-export function signedBytes (body: Uint8Array): Uint8Array {
-  const prefix = Buffer.from(RECORD_DOMAIN, 'utf8')
+/** The exact bytes a record's signature covers: utf8(domain) || body, the domain of format `v` (default this one). */
+export function signedBytes (body: Uint8Array, v: number = RECORD_FORMAT): Uint8Array {
+  const prefix = Buffer.from(DOMAINS.get(v) ?? RECORD_DOMAIN, 'utf8')
   const out = new Uint8Array(prefix.length + body.length)
   out.set(prefix)
   out.set(body, prefix.length)
@@ -78,17 +88,23 @@ export function signedBytes (body: Uint8Array): Uint8Array {
 
 /**
  * Signed envelope: dag-cbor `{ body, sig }` where `body` is the dag-cbor encoding
- * (canonical: map keys sorted) of the StepRecord and `sig` is the producer's
- * ed25519 signature over utf8(RECORD_DOMAIN) || body. The signer's public key is
- * inside its peer id, so verifying needs nothing but the envelope.
+ * (canonical: map keys sorted) of the StepRecord and `sig` is the signer's
+ * ed25519 signature over utf8(RECORD_DOMAIN) || body. The signer is the writer key
+ * the record names (`writer`), or the producer's identity when it names none; its
+ * public key is inside the id, so verifying needs nothing but the envelope.
  */
-export function signRecord (record: StepRecord, identity: Identity): Uint8Array {
-  if (record.producer !== identity.peerId) throw new TypeError('record.producer must be the signing identity')
+export function signRecord (record: StepRecord, signer: Identity | WriterKey): Uint8Array {
+  if ('peerId' in signer) {
+    if (record.producer !== signer.peerId) throw new TypeError('record.producer must be the signing identity')
+    if (record.writer !== null) throw new TypeError('a record signed by the node identity names no writer key')
+  } else if (record.writer !== signer.id) {
+    throw new TypeError('record.writer must be the signing writer key')
+  }
   if (record.v !== RECORD_FORMAT) throw new TypeError(`record.v must be ${RECORD_FORMAT}`)
   checkScope(record.scope)
   checkEpoch(record.epoch)
   const body = dagCbor.encode(record)
-  const sig = identity.sign(signedBytes(body))
+  const sig = signer.sign(signedBytes(body))
   return dagCbor.encode({ body, sig })
 }
 
@@ -122,11 +138,15 @@ export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): 
     throw fail('malformed', 'body does not decode', err)
   }
   if (typeof record !== 'object' || record === null) throw fail('malformed', 'body is not a map')
-  if (record.v !== RECORD_FORMAT) throw fail('version', `has format ${String(record.v)}, this reader reads format ${RECORD_FORMAT} only`)
+  if (!DOMAINS.has(record.v)) throw fail('version', `has format ${String(record.v)}, this reader reads formats ${[...DOMAINS.keys()].join(' and ')}`)
   if (typeof record.producer !== 'string') throw fail('malformed', 'has no producer')
-  const pub = publicKeyFromPeerId(record.producer)
-  if (pub === undefined) throw fail('malformed', `producer ${record.producer} is not an ed25519 peer id`)
-  if (!verifySignature(pub, signedBytes(body), env.sig)) throw fail('bad-signature', `signature does not verify for ${record.producer}`)
+  // Format 2 has no writer field: its producer signed it.
+  const writer: unknown = record.v === 2 ? null : record.writer
+  if (writer !== null && typeof writer !== 'string') throw fail('malformed', 'has a writer that is not a string')
+  const signer = writer ?? record.producer
+  const pub = writer !== null ? parseWriterId(writer)?.publicKey : publicKeyFromPeerId(record.producer)
+  if (pub === undefined) throw fail('malformed', writer !== null ? `writer ${writer.slice(0, 200)} is not NAME-N:BASE64` : `producer ${record.producer.slice(0, 200)} is not an ed25519 peer id`)
+  if (!verifySignature(pub, signedBytes(body, record.v), env.sig)) throw fail('bad-signature', `signature does not verify for ${signer.slice(0, 200)}`)
   if (CID.asCID(record.layer) === null || !Array.isArray(record.env) || !record.env.every((l) => typeof l === 'string') ||
     typeof record.scope !== 'string' || typeof record.epoch !== 'number' || !Number.isInteger(record.epoch)) {
     throw fail('malformed', 'is malformed')
@@ -135,7 +155,8 @@ export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): 
   // Its env is exported to the steps above it: one that exec would refuse must never be a hit.
   const envTooLarge = envProblem(envObject(record.env))
   if (envTooLarge !== undefined) throw fail('too-large', `env: ${envTooLarge.reason}`)
-  if (!policy.trusts(record.producer, record.scope)) throw fail('untrusted-signer', `signed by ${record.producer}, who is not trusted to write scope ${record.scope}`)
+  if (record.v === 2) record = { ...record, writer: null }
+  if (!policy.trusts(signer, record.scope)) throw fail('untrusted-signer', `signed by ${signer}, who is not trusted to write scope ${record.scope}`)
   if (CID.asCID(record.key)?.equals(key) !== true) throw fail('wrong-key', 'is about another key')
   const epoch = policy.epoch ?? 0
   if (record.epoch < epoch) throw fail('old-epoch', `was written in epoch ${record.epoch}, before epoch ${epoch}`)

@@ -2,8 +2,8 @@ import { posix } from 'node:path'
 
 /** What a reader accepts. */
 export interface RecordPolicy {
-  /** Whether records signed by `peer` in `scope` are accepted. */
-  trusts (peer: string, scope: string): boolean
+  /** Whether records signed by `signer` (a peer id, or a writer key's `NAME-N:BASE64`) in `scope` are accepted. */
+  trusts (signer: string, scope: string): boolean
   /** Records written in an earlier epoch are refused. Default 0. */
   epoch?: number
   /** Scopes the reader uses; undefined: any (the daemon checks scope when it reads, not when it learns). */
@@ -13,7 +13,8 @@ export interface RecordPolicy {
 const SCOPE_GLOB = /^[A-Za-z0-9._+*-]+(?:\/[A-Za-z0-9._+*-]+)*$/
 
 /**
- * A trusted-writer entry: `PEERID` (trusted in every scope) or `PEERID@GLOB`
+ * A trusted-writer entry: `ID` (trusted in every scope) or `ID@GLOB`, ID being a
+ * peer id or a writer key's public part `NAME-N:BASE64`
  * (trusted in the scopes GLOB matches: `*` within one `/`-part, `**` across parts,
  * e.g. `pr/*`). Throws TypeError for a malformed glob.
  */

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict'
 import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { test } from 'node:test'
+import { tempDir } from '@strata/testing'
 import { IDENTITY_FILE, IdentityError, loadIdentity, peerIdFromPublicKey, verifySignature } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
 
 // DER PKCS#8 header of an ed25519 private key; the 32-byte seed follows.
 const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex')

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict'
 import { statSync } from 'node:fs'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
+import { tempDir } from '@strata/testing'
 import { checkScope, loadIdentity, openRecord, parseWriter, writerTrust, publicKeyFromPeerId, RECORD_DOMAIN, RECORD_FORMAT, recordKey, signRecord, signedBytes } from '../src/index.ts'
 import type { Identity, RecordPolicy, StepRecord } from '../src/index.ts'
-import { tempDir } from './helpers.ts'
 
 const KEY = CID.parse('bafyreigcmak4ndasecjyghkogh3rsnwb7sokiohsyu4xfh6eczx234qegm')
 const LAYER = CID.parse('bafyreiglmc4hm2ogieenyqz7it45tmn5ugb3vkrh22c3s2vxlpqomeuh4q')
@@ -13,7 +13,7 @@ const LAYER = CID.parse('bafyreiglmc4hm2ogieenyqz7it45tmn5ugb3vkrh22c3s2vxlpqome
 const trusting = (...peers: string[]): RecordPolicy => ({ trusts: (p) => peers.includes(p) })
 
 function recordOf (me: Identity, over: Partial<StepRecord> = {}): StepRecord {
-  return { v: RECORD_FORMAT, key: KEY, parent: null, layer: LAYER, size: 5, env: ['A=1'], created: 1, producer: me.peerId, scope: 'main', epoch: 3, ...over }
+  return { v: RECORD_FORMAT, key: KEY, parent: null, layer: LAYER, size: 5, env: ['A=1'], created: 1, producer: me.peerId, scope: 'main', epoch: 3, writer: null, ...over }
 }
 
 /** An envelope whose body is `body` as given (any shape) and whose signature is `sign`'s over it. */
@@ -37,9 +37,9 @@ test('the signature covers the domain string and the canonical body, nothing els
   const record = recordOf(me)
   const env = dagCbor.decode<{ body: Uint8Array, sig: Uint8Array }>(signRecord(record, me))
   assert.deepEqual(Buffer.from(env.body), Buffer.from(dagCbor.encode(record)))
-  const expected = Buffer.concat([Buffer.from('strata/record/v2\n'), dagCbor.encode(record)])
+  const expected = Buffer.concat([Buffer.from('strata/record/v3\n'), dagCbor.encode(record)])
   assert.deepEqual(Buffer.from(signedBytes(env.body)), expected)
-  assert.equal(RECORD_DOMAIN, 'strata/record/v2\n')
+  assert.equal(RECORD_DOMAIN, 'strata/record/v3\n')
   // ed25519 is deterministic: signing the documented bytes by hand gives the same signature.
   assert.deepEqual(Buffer.from(env.sig), Buffer.from(me.sign(expected)))
   assert.equal(recordKey(KEY, 'pr/123'), `runner/record/${KEY.toString()}/pr/123`)

@@ -56,9 +56,10 @@ export async function capture (ctx: RunnerContext, s: StepContext, run: Run, des
       created: Date.now(),
       producer: ctx.identity.peerId,
       scope: ctx.scope,
-      epoch: ctx.policy.epoch
+      epoch: ctx.policy.epoch,
+      writer: ctx.writerKey?.id ?? null
     }
-    await ctx.store.putRecord(recordKey(key, ctx.scope), signRecord(record, ctx.identity))
+    await ctx.store.putRecord(recordKey(key, ctx.scope), signRecord(record, ctx.writerKey ?? ctx.identity))
     await remember(ctx, s.lastId, key, bytes)
   } catch (err) {
     // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { Identity, RecordPolicy } from '@strata/records'
+import type { Identity, RecordPolicy, WriterKey } from '@strata/records'
 import type { Store } from '@strata/store'
 import type { BaseIdentity } from './base.ts'
 import type { Chain } from './chain.ts'
@@ -30,6 +30,8 @@ export interface RunnerContext {
   readonly dataDir: string
   readonly log: Logger
   readonly identity: Identity
+  /** The writer key records are signed with; the identity signs them without one. */
+  readonly writerKey: WriterKey | undefined
   /** Whose records count as hits, the scopes read (most preferred first), and the epoch records are written in. */
   readonly policy: RecordPolicy & { scopes: readonly string[], epoch: number }
   /** The scope records are written in. */
@@ -41,7 +43,7 @@ export interface RunnerContext {
   readonly killGraceMs: number
   readonly limits: InputLimits
   readonly fleetSalt: string | null
-  readonly sandbox: { tmpSize?: number, shared?: readonly string[] }
+  readonly sandbox: { tmpSize?: number, shared?: readonly string[], hide?: readonly string[] }
 }
 
 /** One step as its phases see it: what it is, what it starts from, what the run holds and where it reports. */

@@ -1,10 +1,8 @@
+import { StrataError } from '@strata/errors'
+
 /** Base of every error this package throws; callers branch on `code`, never on the message. */
-export class RunnerError extends Error {
-  readonly code: string
-  constructor (code: string, message: string, opts?: { cause?: unknown }) {
-    super(message, opts)
-    this.code = code
-  }
+export class RunnerError extends StrataError {
+  override name = 'RunnerError'
 }
 
 /** Where in strata.yml a problem is: 1-based line and column. */
@@ -16,6 +14,7 @@ export interface SourcePosition {
 
 /** Base of the strata.yml errors: each names the file, line and column. */
 export class PipelineError extends RunnerError {
+  override name = 'PipelineError'
   readonly file: string
   readonly line: number
   readonly column: number

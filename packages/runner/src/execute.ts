@@ -66,6 +66,7 @@ export async function execute (ctx: RunnerContext, s: StepContext, run: Run, key
     lowers: chain.layers,
     base: baseRoot(chain.base),
     mask: chain.base.kind === 'host' ? ctx.dataDir : undefined,
+    hide: ctx.sandbox.hide,
     run: step.run,
     tmpSize: step.tmpSize ?? ctx.sandbox.tmpSize,
     shared: ctx.sandbox.shared,

@@ -4,7 +4,7 @@ import { isAbsolute, posix, resolve } from 'node:path'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { DEFAULT_SCOPE, MAX_READ_SCOPES, checkEpoch, checkScope, loadIdentity, writerTrust } from '@strata/records'
-import type { Identity } from '@strata/records'
+import type { Identity, WriterKey } from '@strata/records'
 import type { Store } from '@strata/store'
 import type { BaseIdentity } from './base.ts'
 import { capture } from './capture.ts'
@@ -41,7 +41,7 @@ export interface RunnerInit {
   /** Where the runner keeps its identity and scratch dirs. Default: the store's data dir (must be the same filesystem). */
   dataDir?: string
   logger?: Logger
-  /** Peer ids (besides this node's own) whose records count as hits; `ID@GLOB` limits one to the scopes GLOB matches. Default none. */
+  /** Signers (peer ids or writer keys' `NAME-N:BASE64`, besides this node's own) whose records count as hits; `ID@GLOB` limits one to the scopes GLOB matches. Default none. */
   trustedPeers?: readonly string[]
   /** The scope this runner's records are written in (e.g. the branch: `main`, `pr/123`). Default `default`. */
   scope?: string
@@ -68,6 +68,14 @@ export interface RunnerInit {
    * Default none.
    */
   salt?: string
+  /**
+   * The writer key this job signs its records with (from the CI's secret store):
+   * readers that trust its public part accept them, whatever VM ran the job.
+   * Default none: records are signed by the node identity.
+   */
+  writerKey?: WriterKey
+  /** Host paths no step sees on the host base, like the data dir: where the writer key came from. Default none. */
+  hide?: readonly string[]
   /** Aborts creating the runner (loading the identity). */
   signal?: AbortSignal
   /** The fleet (a strata daemon), asked on a local miss. Default none: this machine only. */
@@ -139,7 +147,7 @@ class StepRunner implements Runner {
 
   constructor (init: RunnerInit, dataDir: string, identity: Identity) {
     const realDataDir = realpathSync(dataDir)
-    const sandbox = { tmpSize: init.tmpSize, shared: init.shared }
+    const sandbox = { tmpSize: init.tmpSize, shared: init.shared, hide: init.hide?.map((p) => realpathSync(p)) }
     checkSandboxOptions(sandbox, realDataDir)
     const own = writerTrust(init.trustedPeers ?? [])
     const remote = init.remote
@@ -151,9 +159,10 @@ class StepRunner implements Runner {
       dataDir: realDataDir,
       log: (init.logger ?? pino({ level: 'silent' })).child({ component: 'runner' }),
       identity,
+      writerKey: init.writerKey,
       // With a fleet, the writers it trusts are trusted too.
       policy: {
-        trusts: (p, s) => p === identity.peerId || own(p, s) || (remote !== undefined && remote.trusts(p, s)),
+        trusts: (p, s) => p === identity.peerId || p === init.writerKey?.id || own(p, s) || (remote !== undefined && remote.trusts(p, s)),
         epoch: checkEpoch(init.epoch ?? remote?.epoch ?? 0),
         scopes
       },

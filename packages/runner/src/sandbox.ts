@@ -27,6 +27,8 @@ export interface SandboxSpec {
   base: string
   /** A host path (real, absolute) that must not exist in the view: the data dir, on the host base. */
   mask?: string
+  /** More host paths (real, absolute) absent from the view on the host base: a writer key file. */
+  hide?: readonly string[]
   run: string
   /** Bytes the step's /tmp and /dev/shm may each hold. Default DEFAULT_TMP_SIZE. */
   tmpSize?: number
@@ -145,7 +147,9 @@ export async function runSandbox (spec: SandboxSpec, lowerOption: string): Promi
   checkSandboxOptions({ tmpSize, shared }, spec.mask)
   const env: Record<string, string> = { ...spec.env, STRATA_ENV: STRATA_ENV_PATH }
   env.PATH ??= HOST_PATH
-  const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', spec.mask ?? '', spec.cwd, spec.name, String(tmpSize), ...shared]
+  const hidden = [spec.mask ?? '', ...(spec.hide ?? [])].filter((p) => p !== '')
+  for (const p of hidden) if (!p.startsWith('/') || p.includes('\n')) throw new TypeError(`cannot hide ${JSON.stringify(p)} from a step: not an absolute path on one line`)
+  const args = [spec.runDir, lowerOption, spec.base === '/' ? '1' : '0', hidden.join('\n'), spec.cwd, spec.name, String(tmpSize), ...shared]
   const out = spec.output
   const passThrough = !out.prefix && out.stdout === process.stdout && out.stderr === process.stderr
   const started = performance.now()

@@ -3,9 +3,10 @@ import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { copyFileSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { tempDir } from '@strata/testing'
 import { parsePipeline } from '../src/index.ts'
 import { baseIdentity } from '../src/base.ts'
-import { harness, SIDE_ROOT, sideChannel, statuses, tempDir } from './helpers.ts'
+import { harness, SIDE_ROOT, sideChannel, statuses } from './helpers.ts'
 
 /** A root filesystem with just /bin/sh and /bin/cat and their libraries, copied from the host. */
 function makeRootfs (dir: string): void {

@@ -1,8 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync, writeFileSync } from 'node:fs'
+import { tempDir } from '@strata/testing'
 import { parsePipeline } from '../src/index.ts'
-import { harness, sideChannel, statuses, tempDir } from './helpers.ts'
+import { harness, sideChannel, statuses } from './helpers.ts'
 
 test('a 60-step chain mounts every layer below each step and hits all 60 on the next run', async (t) => {
   const h = await harness(t)

@@ -7,15 +7,10 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { CID } from 'multiformats/cid'
 import { openStore } from '@strata/store'
 import type { LocalStore, Store } from '@strata/store'
-import { createRunner, parsePipeline } from '../src/index.ts'
+import { Sink, tempDir, writeTree } from '@strata/testing'
+import { createRunner } from '../src/index.ts'
 import type { RemoteCache, RunnerEvent } from '../src/index.ts'
-import { harness, SIDE_ROOT, sideChannel, Sink, statuses, tempDir, writeTree } from './helpers.ts'
-
-function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
-  writeTree(dir, {})
-  writeFileSync(`${dir}/strata.yml`, yml)
-  return parsePipeline(yml, { file: `${dir}/strata.yml` })
-}
+import { harness, pipelineIn, SIDE_ROOT, sideChannel, statuses } from './helpers.ts'
 
 /**
  * Runs `fn` with a tmpfs of `size` mounted on a new dir under /var/tmp, then

@@ -1,33 +1,17 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { Writable } from 'node:stream'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import type { TestContext } from 'node:test'
 import { openStore } from '@strata/store'
 import type { LocalStore } from '@strata/store'
 import type { Store } from '@strata/store'
-import { createRunner } from '../src/index.ts'
+import { Sink, tempDir } from '@strata/testing'
+import { createRunner, parsePipeline } from '../src/index.ts'
 import type { Runner, RunnerEvent, RunnerInit } from '../src/index.ts'
 
-/** A tree for tests: a string is a file, an object a directory, `{ symlink }` a link. */
-export interface Tree { [name: string]: string | Tree | { symlink: string } }
-
-export function writeTree (dir: string, tree: Tree): void {
+/** Parses `yml` as the strata.yml of `dir` (made if absent), where it is also written (a step may read it). */
+export function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
   mkdirSync(dir, { recursive: true })
-  for (const [name, v] of Object.entries(tree)) {
-    const p = `${dir}/${name}`
-    if (typeof v === 'string') writeFileSync(p, v)
-    else if ('symlink' in v && typeof v.symlink === 'string') symlinkSync(v.symlink, p)
-    else writeTree(p, v as Tree)
-  }
-}
-
-/**
- * A temp dir on the root filesystem (not /tmp: steps get a fresh tmpfs there, so
- * files a step must see through the host base live under /var/tmp), removed after the test.
- */
-export function tempDir (t: TestContext, prefix = 'strata-runner-'): string {
-  const dir = mkdtempSync(`/var/tmp/${prefix}`)
-  t.after(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
+  writeFileSync(`${dir}/strata.yml`, yml)
+  return parsePipeline(yml, { file: `${dir}/strata.yml` })
 }
 
 /**
@@ -53,14 +37,6 @@ export function sideChannel (t: TestContext): { dir: string, lines: (name?: stri
         return []
       }
     }
-  }
-}
-
-export class Sink extends Writable {
-  text = ''
-  override _write (chunk: Buffer, _enc: string, cb: () => void): void {
-    this.text += chunk.toString()
-    cb()
   }
 }
 

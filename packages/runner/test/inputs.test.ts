@@ -2,10 +2,10 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { chmodSync } from 'node:fs'
 import { lsetxattr, mknod, S_IFCHR, S_IFIFO } from '@strata/sys'
+import { tempDir, writeTree } from '@strata/testing'
 import { collectInputs } from '../src/inputs.ts'
 import { digestKey, inputDigest } from '../src/key.ts'
 import { LayeredView } from '../src/view.ts'
-import { tempDir, writeTree } from './helpers.ts'
 
 const sha = (s: string): Buffer => inputDigest().update(s).digest()
 

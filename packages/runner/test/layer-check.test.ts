@@ -2,8 +2,9 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
+import { tempDir, writeTree } from '@strata/testing'
 import { parsePipeline } from '../src/index.ts'
-import { harness, sideChannel, statuses, tempDir, writeTree } from './helpers.ts'
+import { harness, sideChannel, statuses } from './helpers.ts'
 
 test('a flipped byte in a cached layer is a miss (layer-corrupt): the step runs again, and the next run hits with good bytes', async (t) => {
   const h = await harness(t)

@@ -7,12 +7,8 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { pino } from 'pino'
 import { parsePipeline, StepFailedError } from '../src/index.ts'
 import type { RunnerEvent } from '../src/index.ts'
-import { harness, Sink, sideChannel, statuses, tempDir } from './helpers.ts'
-
-function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
-  writeFileSync(`${dir}/strata.yml`, yml)
-  return parsePipeline(yml, { file: `${dir}/strata.yml` })
-}
+import { Sink, tempDir } from '@strata/testing'
+import { harness, pipelineIn, sideChannel, statuses } from './helpers.ts'
 
 /** Every entry under `dir`: type, mode, owner, mtime in ns, content digest or link target. */
 function snapshot (dir: string): Record<string, string> {

@@ -2,9 +2,9 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import fc from 'fast-check'
+import { tempDir } from '@strata/testing'
 import { loadPipeline, parseDuration, parsePipeline, parseSize, PIPELINE_LIMITS, PipelineError } from '../src/index.ts'
 import { firstInvalidUtf8 } from '../src/pipeline.ts'
-import { tempDir } from './helpers.ts'
 
 const FILE = '/work/app/strata.yml'
 

@@ -6,14 +6,10 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { CID } from 'multiformats/cid'
 import { openStore } from '@strata/store'
-import { createRunner, parsePipeline, shellQuote, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
+import { tempDir, writeTree } from '@strata/testing'
+import { createRunner, shellQuote, StepCancelledError, StepFailedError, StepTimeoutError } from '../src/index.ts'
 import type { RunnerEvent } from '../src/index.ts'
-import { harness, mountsMentioning, processesMatching, sideChannel, statuses, tempDir, writeTree } from './helpers.ts'
-
-function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
-  writeFileSync(`${dir}/strata.yml`, yml)
-  return parsePipeline(yml, { file: `${dir}/strata.yml` })
-}
+import { harness, mountsMentioning, pipelineIn, processesMatching, sideChannel, statuses } from './helpers.ts'
 
 test('a host pipeline runs, captures, and on the second run hits every step without running anything', async (t) => {
   const h = await harness(t)

@@ -1,10 +1,11 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
+import { tempDir } from '@strata/testing'
 import { decodeDescriptor } from '../src/index.ts'
 import { descriptorKey } from '../src/slots.ts'
 import { CID } from 'multiformats/cid'
-import { harness, tempDir } from './helpers.ts'
+import { harness } from './helpers.ts'
 
 test('the fleet salt keys the input digests: the same salt shares keys, another salt or none misses, and no descriptor holds a salt in clear', async (t) => {
   const h = await harness(t)

@@ -8,9 +8,10 @@ import { once } from 'node:events'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { setTimeout as delay } from 'node:timers/promises'
+import { tempDir } from '@strata/testing'
 import { parsePipeline } from '../src/index.ts'
 import { StepFailedError } from '../src/errors.ts'
-import { harness, processesMatching, sideChannel, tempDir } from './helpers.ts'
+import { harness, processesMatching, sideChannel } from './helpers.ts'
 import type { Harness } from './helpers.ts'
 
 /** What step `name` printed, without the prefix. */

@@ -1,17 +1,11 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFileSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import { DEFAULT_SCOPE, loadIdentity, openRecord, recordKey, signRecord } from '@strata/records'
-import { parsePipeline } from '../src/index.ts'
+import { tempDir } from '@strata/testing'
 import type { RunnerEvent } from '../src/index.ts'
 import { envProblem, MAX_ENV_BYTES, MAX_ENV_STRING } from '../src/strata-env.ts'
-import { harness, sideChannel, statuses, tempDir } from './helpers.ts'
-
-function pipelineIn (dir: string, yml: string): ReturnType<typeof parsePipeline> {
-  writeFileSync(`${dir}/strata.yml`, yml)
-  return parsePipeline(yml, { file: `${dir}/strata.yml` })
-}
+import { harness, pipelineIn, sideChannel, statuses } from './helpers.ts'
 
 /** Shell that appends `n` variables NAME0..NAME<n-1> of `bytes` x's each to $STRATA_ENV. */
 const bigVars = (name: string, n: number, bytes: number): string =>

@@ -2,8 +2,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { lsetxattr, mknod, S_IFCHR } from '@strata/sys'
+import { tempDir, writeTree } from '@strata/testing'
 import { LayeredView } from '../src/view.ts'
-import { tempDir, writeTree } from './helpers.ts'
 
 function layers (root: string): { base: string, low: string, high: string } {
   const base = `${root}/base`

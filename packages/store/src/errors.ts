@@ -1,10 +1,8 @@
+import { StrataError } from '@strata/errors'
+
 /** Base of every error this package throws; callers branch on `code`. */
-export class StoreError extends Error {
-  readonly code: string
-  constructor (code: string, message: string, opts?: { cause?: unknown }) {
-    super(message, opts)
-    this.code = code
-  }
+export class StoreError extends StrataError {
+  override name = 'StoreError'
 }
 
 /** Another process holds the store and the caller asked not to wait. */

@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { openStore } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
-import type { Tree } from '../../chunker/test/helpers.ts'
 import { assertConsistent } from './helpers.ts'
 
 /** A tmpfs of `size` mounted on a new dir; unmounted, then the dir removed, after the test. */

@@ -4,11 +4,11 @@ import { closeSync, existsSync, openSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { ClassicLevel } from 'classic-level'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { openStore, FAILPOINTS } from '../src/index.ts'
 import type { FailpointName } from '../src/index.ts'
 import { MBLOCK, PENDING } from '../src/keys.ts'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
-import type { Tree } from '../../chunker/test/helpers.ts'
 import { assertConsistent, runChild } from './helpers.ts'
 
 const child = join(import.meta.dirname, 'fixtures', 'failpoint-child.ts')

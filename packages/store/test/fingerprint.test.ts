@@ -2,8 +2,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { chmodSync, closeSync, openSync, renameSync, rmSync, utimesSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
+import { buildTree, tempDir } from '@strata/testing'
 import { fingerprint } from '../src/fingerprint.ts'
-import { buildTree, tempDir } from '../../chunker/test/helpers.ts'
 
 const tree = {
   'a': { dir: { 'é.txt': 'accent', 'z': 'last', 'B': 'upper', 'ñ': { dir: { 'deep': 'x' } } } },

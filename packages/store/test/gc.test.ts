@@ -4,9 +4,9 @@ import { existsSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { CID } from 'multiformats/cid'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
 import { MAX_LEASE_FILES, openStore, parseSize, takeLease } from '../src/index.ts'
 import type { LayerInfo, LocalStore, Store } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import { assertConsistent, runChild } from './helpers.ts'
 
 const text = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} ${i} ${(i * 2654435761) % 1000003}\n`).join('')

@@ -4,10 +4,10 @@ import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { ClassicLevel } from 'classic-level'
 import { decodeRoot } from '@strata/chunker'
+import { describeTree } from '@strata/testing'
 import { openStore } from '../src/index.ts'
 import { BLOCK, K_OPEN, LAYER, MBLOCK, PENDING, REMOVING, USED } from '../src/keys.ts'
 import type { Family } from '../src/keys.ts'
-import { describeTree } from '../../chunker/test/helpers.ts'
 
 /** Runs a child (node FILE ...args) and resolves with how it ended. */
 export async function runChild (file: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, signal: NodeJS.Signals | null, stderr: string }> {

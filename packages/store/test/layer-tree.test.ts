@@ -7,10 +7,10 @@ import { execFileSync } from 'node:child_process'
 import { createServer } from 'node:net'
 import fc from 'fast-check'
 import { lsetxattr, lutimens, mknod, S_IFIFO } from '@strata/sys'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { openStore } from '../src/index.ts'
 import type { Store } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
-import type { Tree } from '../../chunker/test/helpers.ts'
 
 /**
  * One tree per layer: what a step's layer shows when its own dir is mounted (a

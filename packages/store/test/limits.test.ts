@@ -5,8 +5,8 @@ import { test } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import { cidOf, DAG_CBOR, LIMITS, MAX_BLOCK_SIZE } from '@strata/chunker'
 import type { CID } from 'multiformats/cid'
+import { tempDir } from '@strata/testing'
 import { openStore } from '../src/index.ts'
-import { tempDir } from '../../chunker/test/helpers.ts'
 
 // doc/LIMITS.md, manifest bytes per layer: a layer from a peer whose manifest blocks
 // add up to more than LIMITS.manifestBytes is refused during restore.

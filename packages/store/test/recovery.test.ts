@@ -3,8 +3,8 @@ import assert from 'node:assert/strict'
 import { closeSync, openSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
 import { openStore } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
 import { assertConsistent } from './helpers.ts'
 
 const text = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} ${i} ${(i * 2654435761) % 1000003}\n`).join('')

@@ -6,12 +6,12 @@ import { execFileSync, spawn } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ClassicLevel } from 'classic-level'
 import type { CID } from 'multiformats/cid'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { openStore } from '../src/index.ts'
 import type { BlockSource } from '../src/index.ts'
 import { K_VERSION, LAYER, PENDING } from '../src/keys.ts'
 import { FsPool } from '@strata/chunker'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
-import type { Tree } from '../../chunker/test/helpers.ts'
 
 const bigText = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} line ${i} ${(i * 2654435761) % 1000003}\n`).join('')
 

@@ -5,9 +5,9 @@ import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
 import { isVerity } from '@strata/sys'
+import { buildTree, describeTree, tempDir } from '@strata/testing'
+import type { Tree } from '@strata/testing'
 import { openStore, takeLease } from '../src/index.ts'
-import { buildTree, describeTree, tempDir } from '../../chunker/test/helpers.ts'
-import type { Tree } from '../../chunker/test/helpers.ts'
 
 const bigText = (seed: string, n: number): string => Array.from({ length: n }, (_, i) => `${seed} line ${i} ${(i * 2654435761) % 1000003}\n`).join('')
 

@@ -98,12 +98,20 @@ static void make_hider(const char *hider, const char *mask) {
     host[i] = '\0';
     join(in, hider, host);
     if (i == len) {
-      TRY(mknod(in, S_IFCHR | 0000, makedev(0, 0)), "whiteout %s: %s", in, strerror(errno));
+      if (mknod(in, S_IFCHR | 0000, makedev(0, 0)) < 0 && errno != EEXIST) fail("whiteout %s: %s", in, strerror(errno));
       break;
     }
     struct stat st;
     if (lstat(host, &st) < 0 || !S_ISDIR(st.st_mode)) return; // nothing to hide below a non-directory
-    TRY(mkdir(in, 0700), "mkdir %s: %s", in, strerror(errno));
+    if (mkdir(in, 0700) < 0) {
+      // Made for another hidden path: a directory goes on, a whiteout already hides all below.
+      struct stat made;
+      if (errno == EEXIST && lstat(in, &made) == 0) {
+        if (S_ISDIR(made.st_mode)) continue;
+        return;
+      }
+      fail("mkdir %s: %s", in, strerror(errno));
+    }
     TRY(chown(in, st.st_uid, st.st_gid), "chown %s: %s", in, strerror(errno));
     TRY(chmod(in, st.st_mode & 07777), "chmod %s: %s", in, strerror(errno));
     struct timespec ts[2] = { st.st_atim, st.st_mtim };
@@ -372,9 +380,17 @@ static int run_init(char **argv, int argc) {
   TRY(chdir("l"), "chdir %s/l: %s", run_dir, strerror(errno));
   if (strcmp(host_base, "1") == 0) {
     do_mount("strata-hide", "../h", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k");
-    if (mask[0] != '\0') {
-      join(p, run_dir, "/h");
-      make_hider(p, mask);
+    // MASK: the host paths to hide, one a line (the data dir first).
+    join(p, run_dir, "/h");
+    for (const char *s = mask; *s != '\0';) {
+      const char *e = strchr(s, '\n');
+      size_t n = e != NULL ? (size_t)(e - s) : strlen(s);
+      char one[PATH_MAX_];
+      if (n >= sizeof one) fail("mask too long");
+      memcpy(one, s, n);
+      one[n] = '\0';
+      if (n > 0) make_hider(p, one);
+      s += n + (e != NULL ? 1 : 0);
     }
     do_mount("strata-base", "../b", "overlay", MS_RDONLY, "lowerdir=../h:/");
   }

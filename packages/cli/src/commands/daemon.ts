@@ -70,7 +70,7 @@ export const daemon: Command = {
   name: 'daemon',
   summary: 'run the strata node: share layers with the fleet over libp2p; strata run uses it while it runs',
   usage: 'strata daemon [--config FILE] [--data-dir D] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--bootstrap-interval SECONDS] [--dns-server IP[:PORT]] [--replicas N] [--metrics-listen HOST:PORT] [--mdns] ' +
-    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer PEERID[@SCOPES]]... [--trusted-writers-file FILE] [--epoch N] [--read-scope S]... ' +
+    '[--psk-file FILE] [--require-psk] [--allow-peer PEERID]... [--allow-peers-file FILE] [--trusted-writer NAME-N:KEY|PEERID[@SCOPES]]... [--trusted-writers-file FILE] [--epoch N] [--read-scope S]... ' +
     '[--max-size SIZE [--hard-limit SIZE]] [--scrub-rate SIZE]',
   async run (ctx) {
     const v = await daemonArgs(ctx)

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path'
+import { checkEpoch, checkScope, loadWriterKey, parseWriter } from '@strata/records'
 import { CID } from 'multiformats/cid'
-import { checkEpoch, checkScope } from '@strata/records'
 import { createRunner, loadPipeline, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
 import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
@@ -8,7 +8,7 @@ import { count, dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
 // The client alone: importing the whole daemon package would load libp2p on every run.
 import { connectDaemon } from '@strata/daemon/client'
-import { openStoreFor } from '../open.ts'
+import { openStoreFor, WAIT_USAGE, waitFlag, waitTimeoutOf } from '../open.ts'
 import { sizeOption } from './gc.ts'
 import { reporter, seconds } from '../progress.ts'
 
@@ -17,9 +17,16 @@ const jsonFlag = { json: { type: 'boolean', default: false } } as const
 const trustFlags = {
   scope: { type: 'string' },
   'read-scope': { type: 'string', multiple: true },
-  epoch: { type: 'string' }
+  epoch: { type: 'string' },
+  'writer-key': { type: 'string' },
+  'trusted-writer': { type: 'string', multiple: true },
+  ...waitFlag
 } as const
-const TRUST_USAGE = '[--scope S] [--read-scope S]... [--epoch N]'
+const TRUST_USAGE = `[--scope S] [--read-scope S]... [--epoch N] [--writer-key FILE] [--trusted-writer NAME-N:KEY[@SCOPES]]... ${WAIT_USAGE}`
+/** Where the writer key is read from when --writer-key is not given; never passed on to a step. */
+const WRITER_KEY_ENV = 'STRATA_WRITER_KEY_FILE'
+
+type TrustOptions = Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'trustedPeers'> & { writerKeyFile?: string, waitMs?: number }
 /** Bounds on what a step's inputs make the runner read; ERR_INPUT_LIMIT names these flags. */
 const limitFlags = {
   'max-input-files': { type: 'string' },
@@ -41,8 +48,8 @@ export function inputLimitOptions (values: ArgValues): Pick<RunnerInit, 'inputLi
 }
 
 /** The runner's scope options from flags, then the environment; bad values are usage errors. */
-export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = process.env): Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'> {
-  const out: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch'> = {}
+export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = process.env): TrustOptions {
+  const out: TrustOptions = {}
   try {
     const scope = typeof values.scope === 'string' ? values.scope : env.STRATA_SCOPE
     if (scope !== undefined && scope !== '') out.scope = checkScope(scope)
@@ -51,7 +58,15 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
     if (read.length > 0) out.readScopes = read.map(checkScope)
     const epoch = typeof values.epoch === 'string' ? values.epoch : env.STRATA_EPOCH
     if (epoch !== undefined && epoch !== '') out.epoch = checkEpoch(/^\d+$/.test(epoch) ? Number(epoch) : epoch)
+    const keyFile = typeof values['writer-key'] === 'string' ? values['writer-key'] : env[WRITER_KEY_ENV]
+    if (keyFile !== undefined && keyFile !== '') out.writerKeyFile = keyFile
+    const writers = Array.isArray(values['trusted-writer']) ? values['trusted-writer'].filter((x): x is string => typeof x === 'string') : []
+    for (const w of writers) parseWriter(w)
+    if (writers.length > 0) out.trustedPeers = writers
+    // A run queues behind another run for as long as that takes, unless told otherwise.
+    out.waitMs = waitTimeoutOf(values, Infinity)
   } catch (err) {
+    if (err instanceof UsageError) throw err
     throw new UsageError((err as Error).message)
   }
   return out
@@ -92,14 +107,19 @@ function exitCodeOf (err: unknown): number | undefined {
 }
 
 /** Through the daemon when one answers on the data dir's socket (it holds the store), else on the store itself. */
-async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, trust: Pick<RunnerInit, 'scope' | 'readScopes' | 'epoch' | 'inputLimits' | 'tmpSize'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
+async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, opts: TrustOptions & Pick<RunnerInit, 'inputLimits' | 'tmpSize'>, fn: (runner: Awaited<ReturnType<typeof createRunner>>, observe: (e: RunnerEvent) => void) => Promise<T>): Promise<T> {
+  const { writerKeyFile, waitMs, ...trust } = opts
+  // Read before anything runs: no step can see or change the file's content or its path.
+  const writerKey = writerKeyFile !== undefined ? await loadWriterKey(writerKeyFile, { signal: ctx.signal }) : undefined
+  const env = { ...process.env }
+  delete env[WRITER_KEY_ENV]
   const daemon = await connectDaemon(dir, { signal: ctx.signal })
   // The daemon re-verifies what the runner writes in its own epoch: two epochs would refuse each other's records.
   if (daemon !== undefined && trust.epoch !== undefined && trust.epoch !== daemon.epoch) {
     await daemon.close()
     throw new EpochMismatchError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
   }
-  const store = daemon ?? await openStoreFor(ctx, dir)
+  const store = daemon ?? await openStoreFor(ctx, dir, { 'wait-timeout': undefined }, waitMs)
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
@@ -109,6 +129,8 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, t
       store,
       logger: ctx.logger,
       ...trust,
+      env,
+      ...(writerKey !== undefined ? { writerKey, hide: [writerKeyFile!] } : {}),
       ...(salt !== undefined && salt !== '' ? { salt } : {}),
       ...(output !== undefined ? { output } : {}),
       ...(daemon !== undefined ? { remote: daemon } : {})

@@ -1,10 +1,9 @@
-import { chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync, linkSync, chmodSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync, linkSync, chmodSync, openSync, closeSync, ftruncateSync, writeSync, statSync, utimesSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { lgetxattrs, lsetxattr, lutimens, mknod, S_IFCHR, S_IFIFO } from '@strata/sys'
 
-/** One node of a test tree, built from a plain object. */
+/** One node of a layer test tree (buildTree), built from a plain object. */
 export type Node =
   | string | Uint8Array
   | { file: string | Uint8Array, mode?: number, uid?: number, gid?: number, mtime?: [number, number], xattrs?: Record<string, string> }
@@ -16,12 +15,7 @@ export type Node =
   | { sparse: number, data: Array<[number, string]> }
 export interface Tree { [name: string]: Node }
 
-export function tempDir (t: { after: (fn: () => void) => void }, prefix = 'strata-test-'): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix))
-  t.after(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
-
+/** Builds `tree` at `root` with everything a layer carries: modes, owners, times, xattrs, links, whiteouts, holes. */
 export function buildTree (root: string, tree: Tree): void {
   mkdirSync(root, { recursive: true })
   const dirTimes: Array<[string, [number, number]]> = []
@@ -96,5 +90,45 @@ export function describeTree (root: string): Record<string, unknown> {
     if (st.isDirectory()) for (const name of readdirSync(abs).sort()) walk(rel === '' ? name : `${rel}/${name}`)
   }
   walk('')
+  return out
+}
+
+/** A plain tree (writeTree): a string or bytes is a file, `{ symlink }` a link, any other object a directory. */
+export interface PlainTree { [name: string]: string | Uint8Array | { symlink: string } | PlainTree }
+
+/**
+ * Writes `tree` under `dir`. With `mtime` (seconds), every file and directory gets
+ * that time, so the same tree gives the same layer on every node and in every run.
+ */
+export function writeTree (dir: string, tree: PlainTree, opts: { mtime?: number } = {}): void {
+  mkdirSync(dir, { recursive: true })
+  for (const [name, v] of Object.entries(tree)) {
+    const p = `${dir}/${name}`
+    if (typeof v === 'string' || v instanceof Uint8Array) {
+      writeFileSync(p, v)
+      if (opts.mtime !== undefined) utimesSync(p, opts.mtime, opts.mtime)
+    } else if ('symlink' in v && typeof v.symlink === 'string') {
+      symlinkSync(v.symlink, p)
+    } else {
+      writeTree(p, v as PlainTree, opts)
+    }
+  }
+  if (opts.mtime !== undefined) utimesSync(dir, opts.mtime, opts.mtime)
+}
+
+/** Path -> sha256 of every regular file (and '<dir>' for dirs) under `dir`. */
+export function digestTree (dir: string, prefix = ''): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const name of readdirSync(dir).sort()) {
+    const p = `${dir}/${name}`
+    const rel = `${prefix}${name}`
+    const st = statSync(p)
+    if (st.isDirectory()) {
+      out[rel] = '<dir>'
+      Object.assign(out, digestTree(p, `${rel}/`))
+    } else {
+      out[rel] = createHash('sha256').update(readFileSync(p)).digest('hex')
+    }
+  }
   return out
 }

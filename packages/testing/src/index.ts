@@ -1,0 +1,5 @@
+export { tempDir } from './temp.ts'
+export type { AfterHook } from './temp.ts'
+export { buildTree, describeTree, digestTree, writeTree } from './tree.ts'
+export type { Node, PlainTree, Tree } from './tree.ts'
+export { memoryLogger, Sink } from './output.ts'
