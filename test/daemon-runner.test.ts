@@ -105,5 +105,5 @@ steps:
   const { logger, lines } = memoryLogger()
   assert.deepEqual(outcome(await runOn(await clientOf(t, b), yml, logger)), ['only:ran'])
   assert.deepEqual(side.ran(), ['only', 'only'])
-  assert.ok(lines.some((l) => l.msg === 'not in the fleet: running the step'))
+  assert.ok(lines.some((l) => l.event === 'fleet-miss'))
 })

@@ -49,7 +49,7 @@ test('the daemon budget removes the least recently used layer after a commit, lo
   await daemon.budget!.idle()
   assert.equal(await daemon.store.has(one.root), false, 'the least recently used layer is still there')
   assert.equal(await daemon.store.has(two.root), true)
-  const warned = lines.find((l) => l.msg === 'removing the last known copy of a layer in the fleet: the store is over its hard limit')
+  const warned = lines.find((l) => l.event === 'last-copy-removed')
   assert.equal(warned?.layer, one.root.toString())
   // strata gc goes through the daemon that holds the store.
   const cli = await strata(['gc', '--data-dir', daemon.dataDir, '--max-size', '0', '--dry-run', '--json'])

@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs'
-import { storeCompliance } from '../../store/test/compliance.ts'
+import { storeCompliance } from '@strata/store/compliance'
 import { connectDaemon } from '../src/client.ts'
 import { createDaemon } from '../src/daemon.ts'
 import type { Daemon } from '../src/daemon.ts'

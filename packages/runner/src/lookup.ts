@@ -100,7 +100,7 @@ async function fromFleet (ctx: RunnerContext, remote: NonNullable<RunnerContext[
     return { providers: got.providers, bytes: got.bytes }
   } catch (err) {
     // A cancel surfaces when the step would run: the run dir and events are handled there.
-    ctx.log.info({ err, step, key: key.toString() }, 'not in the fleet: running the step')
+    ctx.log.info({ event: 'fleet-miss', err, step, key: key.toString() }, 'not in the fleet: running the step')
     return undefined
   }
 }

@@ -104,7 +104,7 @@ export class Collector {
           return false
         }
       }
-      if (lastCopy) log.warn({ layer: l.root, size: l.size, dryRun }, 'removing the last known copy of a layer in the fleet: the store is over its hard limit')
+      if (lastCopy) log.warn({ event: 'last-copy-removed', layer: l.root, size: l.size, dryRun }, 'removing the last known copy of a layer in the fleet: the store is over its hard limit')
       else log.info({ layer: l.root, size: l.size, lastUsed: l.lastUsed, dryRun }, 'removing a least recently used layer')
       report.removed.push({ root: l.root, size: l.size, lastUsed: l.lastUsed, lastCopy })
       kept.delete(l.root)

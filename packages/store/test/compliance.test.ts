@@ -1,6 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { openStore } from '../src/index.ts'
-import { storeCompliance } from './compliance.ts'
+import { storeCompliance } from '../src/compliance.ts'
 
 storeCompliance('openStore', async () => {
   const dataDir = mkdtempSync('/var/tmp/strata-compliance-store-')

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { cidOf, decodeEntryList, decodeRoot, verifyBlock, RAW } from '@strata/chunker'
 import type { CID } from 'multiformats/cid'
-import type { Store } from '../src/index.ts'
+import type { Store } from './types.ts'
 
 /** A store under test and how to end it. */
 export interface OpenedStore {
