@@ -8,8 +8,7 @@ import { runSandbox } from './sandbox.ts'
 import { isDiskFull, makeScratch, mountSpill } from './scratch.ts'
 import type { Scratch } from './scratch.ts'
 import { BASE_ENV, checkStrataEnv, envObject, readStrataEnv } from './strata-env.ts'
-import { planOutputs } from './outputs.ts'
-import { LayeredView } from './view.ts'
+import { outputView, planOutputs } from './outputs.ts'
 
 /** A step's scratch dir while it runs; `kept` once its upper dir stays mounted under the later steps of the run. */
 export interface Run extends Scratch {
@@ -92,7 +91,7 @@ export async function execute (ctx: RunnerContext, s: StepContext, run: Run, key
   // The steps above get this environment: one that exec would refuse is this step's failure, and nothing is committed.
   checkStrataEnv(step.name, [...chain.envLines, ...ownEnv], BASE_ENV)
   // A missing output is the step's failure, found before anything is committed.
-  if (step.outputs !== undefined && s.places !== undefined) await planOutputs(step.name, new LayeredView([`${run.runDir}/u`, ...chain.layers], baseRoot(chain.base)), s.places, step.outputs, s)
+  if (step.outputs !== undefined && s.places !== undefined) await planOutputs(step.name, outputView(s.places, [`${run.runDir}/u`, ...chain.layers], baseRoot(chain.base)), s.places, step.outputs, s)
   emit({ type: 'ran', step: step.name, key, exitCode: 0, durationMs: ranMs })
   return { ownEnv, ranMs }
 }

@@ -34,6 +34,15 @@ export function outputPlaces (pipeline: Pick<Pipeline, 'file' | 'base'>, step: P
   return { viewDir: step.cwd, hostDir: hostRoot, hostRoot }
 }
 
+/**
+ * The filesystem outputs are read from: `layers` (newest first, the step's own on
+ * top) over `base`, merged as OverlayFS merges them. With a workspace mounted from
+ * the checkout, this is where its layers' subtree goes over the checkout.
+ */
+export function outputView (_places: OutputPlaces, layers: readonly string[], base: string): LayeredView {
+  return new LayeredView(layers, base)
+}
+
 const within = (p: string, dir: string): boolean => p === dir || p.startsWith(dir === '/' ? '/' : `${dir}/`)
 
 export interface OutputsDelivered {
@@ -155,7 +164,7 @@ function linkProblem (places: OutputPlaces, link: string, target: string): strin
 export async function deliverStepOutputs (ctx: RunnerContext, chain: Chain, step: StepSpec, places: OutputPlaces, opts: { signal?: AbortSignal | undefined, onEvent?: Emit | undefined }): Promise<void> {
   const t0 = performance.now()
   try {
-    const view = new LayeredView(chain.layers, baseRoot(chain.base))
+    const view = outputView(places, chain.layers, baseRoot(chain.base))
     const done = await deliverOutputs(step.name, view, places, step.outputs ?? [], { signal: opts.signal, log: ctx.log, mask: ctx.dataDir })
     opts.onEvent?.({ type: 'outputs', step: step.name, paths: done.paths, entries: done.entries, bytes: done.bytes, durationMs: performance.now() - t0 })
   } catch (err) {
