@@ -192,7 +192,7 @@ export class RecordService {
       this.#log.debug({ err, key: key.toString() }, 'record search ended')
     }
     if (opts.signal?.aborted === true) throw opts.signal.reason
-    this.#log.debug({ key: key.toString(), connected: connected.length, asked: asked.size, dht: search !== undefined, found: best !== undefined }, 'record lookup ended')
+    this.#log.debug({ event: 'record-lookup-end', key: key.toString(), connected: connected.length, asked: asked.size, dht: search !== undefined, found: best !== undefined }, 'record lookup ended')
     if (best !== undefined) return result(best)
     throw new RecordNotFoundError(key.toString(), rejected ?? `none of the ${asked.size} peers asked has one`)
   }
