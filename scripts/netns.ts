@@ -109,6 +109,8 @@ export interface Cluster {
    * kills whatever else still runs in the namespaces, and deletes them. Idempotent.
    */
   destroy: (opts?: { graceMs?: number }) => Promise<void>
+  /** Shapes every host's link as `link` says, or takes the shaping off (undefined). */
+  shape: (link: LinkShape | undefined) => void
   /**
    * Keeps the cluster after this process ends (for the CLI's `up`): no teardown on
    * exit, and `cleanup` leaves it alone. Tracked processes are forgotten.
@@ -279,7 +281,7 @@ class NetnsCluster implements Cluster {
     this.switchNs = `${prefix}-sw`
   }
 
-  build (count: number, link?: LinkShape): void {
+  build (count: number): void {
     live.add(this)
     installHandlers()
     const owner = `${ALIAS_TAG} owner=${process.pid} start=${startTime('self') ?? '?'}`
@@ -300,12 +302,6 @@ class NetnsCluster implements Cluster {
       ip(['-n', ns, 'addr', 'add', `${address}/24`, 'dev', HOST_IF])
       ip(['-n', ns, 'link', 'set', HOST_IF, 'up'])
       ip(['-n', ns, 'link', 'set', 'lo', 'up'])
-      if (link !== undefined) {
-        // Both ends' egress: the host's sending, and the switch's sending to it.
-        const shape = ['root', 'tbf', 'rate', link.rate, 'burst', String(link.burstBytes ?? 64 * 1024), 'latency', `${link.latencyMs ?? 20}ms`]
-        tc(ns, ['qdisc', 'add', 'dev', HOST_IF, ...shape])
-        tc(this.switchNs, ['qdisc', 'add', 'dev', name, ...shape])
-      }
       const cgroup = cg === undefined ? undefined : `${cg.dir}/${ns}`
       if (cgroup !== undefined) mkdirSync(cgroup)
       this.#cgroups.set(ns, cgroup)
@@ -321,6 +317,22 @@ class NetnsCluster implements Cluster {
           return { rx: l!.stats64.rx.bytes, tx: l!.stats64.tx.bytes }
         }
       })
+    }
+  }
+
+  shape (link: LinkShape | undefined): void {
+    if (link !== undefined && !RATE_RE.test(link.rate)) throw new TypeError(`link.rate must be like 200mbit, got ${JSON.stringify(link.rate)}`)
+    for (const h of this.hosts) {
+      // Both ends' egress: the host's sending, and the switch's sending to it.
+      for (const [ns, dev] of [[h.ns, HOST_IF], [this.switchNs, h.name]] as const) {
+        if (link === undefined) {
+          try {
+            tc(ns, ['qdisc', 'del', 'dev', dev, 'root'])
+          } catch {
+            // Not shaped.
+          }
+        } else tc(ns, ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', link.rate, 'burst', String(link.burstBytes ?? 64 * 1024), 'latency', `${link.latencyMs ?? 20}ms`])
+      }
     }
   }
 
@@ -477,7 +489,8 @@ export async function createCluster (init: ClusterInit): Promise<Cluster> {
   if (init.link !== undefined && !RATE_RE.test(init.link.rate)) throw new TypeError(`link.rate must be like 200mbit, got ${JSON.stringify(init.link.rate)}`)
   const cluster = new NetnsCluster(prefix)
   try {
-    cluster.build(count, init.link)
+    cluster.build(count)
+    if (init.link !== undefined) cluster.shape(init.link)
   } catch (err) {
     cluster.destroySync(0)
     throw err
