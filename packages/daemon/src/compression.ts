@@ -1,7 +1,7 @@
 import { constants, createZstdCompress, createZstdDecompress } from 'node:zlib'
 import type { ZstdCompress, ZstdDecompress } from 'node:zlib'
 import type { Stream } from '@libp2p/interface'
-import type { Uint8ArrayList } from 'uint8arraylist'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { DaemonError } from './errors.ts'
 
 /**
@@ -12,6 +12,8 @@ import { DaemonError } from './errors.ts'
 export const ZSTD_LEVEL = 1
 /** Decompressed bytes handed over at a time: a frame reader cuts messages out of each piece. */
 const INFLATE_CHUNK = 256 * 1024
+/** Compressed output gathered before it goes to the stream: a batch's, as one muxer frame where it fits. */
+const DEFLATE_CHUNK = 256 * 1024
 
 /** A peer's compressed bytes are not a zstd stream. */
 export class DecompressionError extends DaemonError {
@@ -33,16 +35,22 @@ export class DecompressionLimitError extends DaemonError {
  * The serving side of a compressed block stream: one zstd context for the stream's
  * life, so that small blocks are compressed with the context of the blocks sent
  * before them, flushed after every batch so that a batch can be decoded as soon as
- * it arrives. Output goes to the stream as zstd produces it; a full stream pauses
- * the compressor.
+ * it arrives. A batch's output goes to the stream in one write (one muxer frame, one
+ * window update from the peer, where it fits); a full stream pauses the compressor.
  */
 export class StreamCompressor {
   readonly #z: ZstdCompress
+  readonly #stream: Stream
+  readonly #drainMs: number
+  /** Output of the batch being flushed, not written yet. */
+  readonly #out = new Uint8ArrayList()
   #failed: Error | undefined
   readonly #failure: Promise<never>
 
   constructor (stream: Stream, opts: { level?: number, drainMs: number, onBytes?: (n: number) => void }) {
-    this.#z = createZstdCompress({ params: { [constants.ZSTD_c_compressionLevel]: opts.level ?? ZSTD_LEVEL } })
+    this.#stream = stream
+    this.#drainMs = opts.drainMs
+    this.#z = createZstdCompress({ chunkSize: DEFLATE_CHUNK, params: { [constants.ZSTD_c_compressionLevel]: opts.level ?? ZSTD_LEVEL } })
     const z = this.#z
     const failure = Promise.withResolvers<never>()
     failure.promise.catch(() => {})
@@ -57,14 +65,7 @@ export class StreamCompressor {
     z.on('data', (b: Buffer) => {
       if (this.#failed !== undefined) return
       opts.onBytes?.(b.length)
-      try {
-        if (stream.send(b)) return
-      } catch (err) {
-        fail(err as Error)
-        return
-      }
-      z.pause()
-      stream.onDrain({ signal: AbortSignal.timeout(opts.drainMs) }).then(() => z.resume(), fail)
+      this.#out.append(b)
     })
   }
 
@@ -73,6 +74,7 @@ export class StreamCompressor {
     if (this.#failed !== undefined) throw this.#failed
     for (const b of bytes) this.#z.write(b)
     await this.#flush(constants.ZSTD_e_flush)
+    await this.#send()
   }
 
   /** Ends the zstd frame (the peer's decompressor expects its end before the stream's). */
@@ -81,6 +83,14 @@ export class StreamCompressor {
     const ended = new Promise<void>((resolve) => this.#z.once('end', resolve))
     this.#z.end()
     await Promise.race([ended, this.#failure])
+    await this.#send()
+  }
+
+  async #send (): Promise<void> {
+    if (this.#out.byteLength === 0) return
+    const out = this.#out.sublist()
+    this.#out.consume(out.byteLength)
+    if (!this.#stream.send(out)) await this.#stream.onDrain({ signal: AbortSignal.timeout(this.#drainMs) })
   }
 
   #flush (kind: number): Promise<void> {

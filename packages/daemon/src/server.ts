@@ -16,6 +16,11 @@ import { appendFrame, sendRaw } from './wire.ts'
 export const SERVE_READ_BUFFER = 256 * 1024
 /** Answers are sent together once this many bytes wait (or the next lookup is not done yet). */
 const COALESCE_BYTES = 256 * 1024
+/**
+ * The same on a compressed stream, in bytes before compression: node_modules-like
+ * blocks shrink to about a quarter, so a flush still fills about one muxer frame.
+ */
+const COMPRESSED_COALESCE_BYTES = 1024 * 1024
 
 /** What the serving side needs. */
 export interface BlockServerComponents {
@@ -84,6 +89,7 @@ export class BlockServer {
       const counters = this.#c.counters
       if (opts.compressed === true) compressor = new StreamCompressor(stream, { drainMs: init.idleTimeoutMs, onBytes: (n) => { counters.wireBytesToPeers += n } })
       const z = compressor
+      const coalesce = z !== undefined ? COMPRESSED_COALESCE_BYTES : COALESCE_BYTES
       const send = async (bytes: Uint8ArrayList): Promise<void> => {
         if (z !== undefined) {
           await z.write(bytes)
@@ -156,7 +162,7 @@ export class BlockServer {
             this.#c.counters.blocksToPeers++
           }
           answers++
-          if (out.byteLength >= COALESCE_BYTES) await flush()
+          if (out.byteLength >= coalesce) await flush()
         }
         await flush()
       }
