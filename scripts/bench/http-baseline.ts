@@ -6,6 +6,7 @@
 //   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,8] [--unshaped-consumers 1]
 //                                       [--rate 200mbit] [--reps 3] [--hosts 8] [--server node|python]
 //                                       [--no-https] [--no-strata] [--no-dedup] [--json] [--keep] [--fs ext4|here]
+//                                       [--profile DIR]
 //
 // Two phases over the same cluster, tree and daemons: links unshaped (veth: only
 // CPU counts), then every host's link shaped both ways to --rate (tc tbf; the
@@ -121,12 +122,17 @@ export function machineBusySeconds (): number {
   return (user + nice + system + irq + softirq) / CLOCK_TICKS
 }
 
+/** Node flags the daemons start with (--profile DIR: a CPU profile each, written when it stops). */
+let daemonNodeFlags: string[] = []
+
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
 
 async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
   await mkdir(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
-  const child = host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+  const child = daemonNodeFlags.length === 0
+    ? host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+    : host.spawn(process.execPath, [...daemonNodeFlags, strataBin(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
   const deadline = Date.now() + 60_000
   for (;;) {
     if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)
@@ -291,8 +297,9 @@ interface Phase { name: string, link: LinkShape | undefined, counts: number[] }
 async function main (): Promise<void> {
   const flags = parseFlags(process.argv.slice(2), {
     tree: '', consumers: '1,8', 'unshaped-consumers': '1', reps: '3', hosts: '8', rate: '200mbit', server: 'node',
-    json: false, strata: true, https: true, dedup: true, keep: false, fs: 'ext4'
+    json: false, strata: true, https: true, dedup: true, keep: false, fs: 'ext4', profile: ''
   })
+  if (flags.profile !== '') daemonNodeFlags = ['--cpu-prof', `--cpu-prof-dir=${flags.profile}`]
   const reps = Number(flags.reps)
   const consumerHosts = Number(flags.hosts)
   const parseCounts = (v: string, name: string): number[] => {
