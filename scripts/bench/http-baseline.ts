@@ -456,6 +456,8 @@ async function main (): Promise<void> {
       const c = fleet.consumers[0]!
       const counters = async (): Promise<{ bytesFromPeers: number }> => (await control(c.dataDir, '/v1/status', { copies: false }) as { counters: { bytesFromPeers: number } }).counters
       const layerBytes = (await treeStats(bumped)).bytes
+      const held: string[] = []
+      await forgetLayer(fleet, 0)
       for (const variant of ['as installed', 'one mtime']) {
         const commit = async (dir: string, name: string): Promise<string> => {
           const src = join(work, 'strata', name)
@@ -465,6 +467,10 @@ async function main (): Promise<void> {
         }
         const first = variant === 'as installed' ? fleet.layer : await commit(tree, 'src-epoch')
         const second = await commit(bumped, variant === 'as installed' ? 'src-bumped' : 'src-bumped-epoch')
+        // The consumer holds the first layer and nothing else of either tree.
+        for (const root of held) await control(c.dataDir, '/v1/store/remove', { root })
+        held.length = 0
+        held.push(first, second)
         await control(c.dataDir, '/v1/fetch', { root: first })
         const before = await counters()
         const wireBefore = c.host.linkBytes()
