@@ -91,7 +91,7 @@ test('two strata runs at once on one store both succeed: the second waits for th
   assert.equal(a.status, 0, a.stderr)
   assert.equal(b.status, 0, b.stderr)
   const both = a.stderr + b.stderr
-  assert.match(both, /waiting for another strata process/)
+  assert.match(both, /waiting until it is done \(--wait-timeout to bound it\) for another strata process \(pid \d+: [^)]*\)/)
   // One ran the steps, the other then found them cached.
   assert.equal((both.match(/^slow: MISS/mg) ?? []).length, 1, both)
   assert.equal((both.match(/^slow: HIT local/mg) ?? []).length, 1, both)

@@ -231,7 +231,7 @@ export class Daemon {
       removeLayer: async (root, o) => { await this.removeLayer(root, o) },
       gc: async (o) => await this.gc(o),
       putRecord: async (key, value) => { await this.putRecord(key, value) },
-      countHit: (source) => { this.metrics.hits.inc({ source }) }
+      countHit: (source) => { if (source === 'miss') this.metrics.misses.inc(); else this.metrics.hits.inc({ source }) }
     }
   }
 

@@ -23,12 +23,14 @@ export interface MetricsComponents {
 export class DaemonMetrics {
   readonly registry = new Registry()
   readonly hits: Counter<'source'>
+  readonly misses: Counter
   readonly fetchDuration: Histogram
   readonly captureDuration: Histogram
 
   constructor (components: MetricsComponents) {
     const registers = [this.registry]
-    this.hits = new Counter({ name: 'strata_hits_total', help: 'Step lookups by outcome: local hit, peer hit, miss', labelNames: ['source'], registers })
+    this.hits = new Counter({ name: 'strata_hits_total', help: 'Step lookups that hit, by where the layer came from: local or peer', labelNames: ['source'], registers })
+    this.misses = new Counter({ name: 'strata_misses_total', help: 'Step lookups that missed: the step ran', registers })
     const buckets = [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300]
     this.fetchDuration = new Histogram({ name: 'strata_fetch_duration_seconds', help: 'Restoring a layer from peers', buckets, registers })
     this.captureDuration = new Histogram({ name: 'strata_capture_duration_seconds', help: 'Committing a captured layer into the store', buckets, registers })
@@ -42,6 +44,8 @@ export class DaemonMetrics {
     }
     counter('strata_bytes_from_peers_total', 'Block bytes received from peers', () => c.bytesFromPeers)
     counter('strata_bytes_to_peers_total', 'Block bytes served to peers', () => c.bytesToPeers)
+    counter('strata_wire_bytes_from_peers_total', 'Bytes the block streams carried from peers, compressed where negotiated', () => c.wireBytesFromPeers)
+    counter('strata_wire_bytes_to_peers_total', 'Bytes the block streams carried to peers, compressed where negotiated', () => c.wireBytesToPeers)
     counter('strata_blocks_rejected_total', 'Blocks from peers that did not match their CID', () => c.blocksRejected)
     // One series per reason a record was refused (untrusted-signer, old-epoch, wrong-scope, bad-signature, ...).
     new Counter({

@@ -35,7 +35,14 @@ test('the metrics endpoint reports bytes exchanged, peers and hits', async (t) =
   await connect([a, b])
   const { key } = await publishLayer(t, a, { 'm.bin': bytes('metrics', 300_000) })
   await b.resolve(key)
-  a.metrics.hits.inc({ source: 'local' })
+  // What the runner reports through the control socket.
+  const client = await connectDaemon(a.dataDir)
+  assert.ok(client !== undefined)
+  t.after(() => client.close())
+  await client.report('local')
+  await client.report('peer')
+  await client.report('peer')
+  await client.report('miss')
   const text = await new Promise<string>((resolve, reject) => {
     request({ host: '127.0.0.1', port: a.metricsPort, path: '/metrics' }, (res) => {
       let s = ''
@@ -48,6 +55,9 @@ test('the metrics endpoint reports bytes exchanged, peers and hits', async (t) =
   assert.equal(value('strata_peers_connected'), 1)
   assert.equal(value('strata_blocks_rejected_total'), 0)
   assert.match(text, /^strata_hits_total\{source="local"\} 1$/m)
+  assert.match(text, /^strata_hits_total\{source="peer"\} 2$/m)
+  assert.doesNotMatch(text, /source="miss"/, 'a miss is not a hit of any source')
+  assert.equal(value('strata_misses_total'), 1)
 })
 
 test('the producer stops mid-transfer while a replica exists: the fetch completes from the replica', async (t) => {
