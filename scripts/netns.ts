@@ -3,7 +3,13 @@
 // root namespace gains no link, address or route. Hosts get 10.231.0.<i+1>/24 and no
 // default route: they reach each other and their own loopback, nothing else.
 //
-//   node scripts/netns.ts up N [--prefix P]   create a cluster and keep it (prints it)
+// With `link`, every host's link is shaped both ways with `tc` (tbf: a rate, a burst
+// and a queue of `latencyMs`): the cluster looks like a fleet of VMs, each with its
+// own NIC, where the one serving everybody is limited by its link. Each host also
+// gets a cgroup of its own (cgroup v2, else v1 cpuacct), so `Host.cpuSeconds()`
+// says what the processes started on it used.
+//
+//   node scripts/netns.ts up N [--prefix P] [--rate 200mbit]   create a cluster and keep it (prints it)
 //   node scripts/netns.ts down PREFIX          remove one cluster and its processes
 //   node scripts/netns.ts list                 clusters on this machine and their owners
 //   node scripts/netns.ts cleanup [--all]      remove clusters whose creator has died
@@ -14,7 +20,7 @@
 import { spawn as spawnChild, spawnSync } from 'node:child_process'
 import type { ChildProcess, SpawnOptions, StdioOptions } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync } from 'node:fs'
 
 export const SUBNET = '10.231.0.0/24'
 export const MAX_HOSTS = 250
@@ -33,6 +39,17 @@ export interface ClusterInit {
    * letters and digits, 2 to 24 characters. Default `stn<pid>x<random>`, unique per run.
    */
   prefix?: string
+  /** Shapes every host's link, both ways, alike (the server's as the clients'). Default: unshaped veth. */
+  link?: LinkShape
+}
+
+export interface LinkShape {
+  /** Rate each way, as tc takes it: `200mbit`, `1gbit`. */
+  rate: string
+  /** Bytes sent at line speed before the rate applies. Default 64 KiB (a GSO packet must fit). */
+  burstBytes?: number
+  /** Longest a packet waits in the queue before it is dropped. Default 20 ms. */
+  latencyMs?: number
 }
 
 export interface ExecOptions {
@@ -76,6 +93,10 @@ export interface Host {
    * cluster tracks it and terminates it (group and all) on destroy().
    */
   spawn: (cmd: string, args?: string[], opts?: HostSpawnOptions) => ChildProcess
+  /** CPU seconds used so far by every process started with exec or spawn on this host (its cgroup). */
+  cpuSeconds: () => number
+  /** Bytes the host's link has received and sent so far (its interface counters). */
+  linkBytes: () => { rx: number, tx: number }
 }
 
 export interface Cluster {
@@ -88,6 +109,8 @@ export interface Cluster {
    * kills whatever else still runs in the namespaces, and deletes them. Idempotent.
    */
   destroy: (opts?: { graceMs?: number }) => Promise<void>
+  /** Shapes every host's link as `link` says, or takes the shaping off (undefined). */
+  shape: (link: LinkShape | undefined) => void
   /**
    * Keeps the cluster after this process ends (for the CLI's `up`): no teardown on
    * exit, and `cleanup` leaves it alone. Tracked processes are forgotten.
@@ -117,6 +140,60 @@ function ip (args: string[]): string {
   if (r.error !== undefined) throw new NetnsCommandError(`ip ${args.join(' ')}`, null, null, '', { cause: r.error })
   if (r.status !== 0) throw new NetnsCommandError(`ip ${args.join(' ')}`, r.status, r.signal, r.stderr)
   return r.stdout
+}
+
+/** Runs `tc ARGS` inside namespace `ns`; throws NetnsCommandError on failure. */
+function tc (ns: string, args: string[]): void {
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'tc', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+  if (r.error !== undefined) throw new NetnsCommandError(`tc ${args.join(' ')}`, null, null, '', { cause: r.error })
+  if (r.status !== 0) throw new NetnsCommandError(`tc ${args.join(' ')} in ${ns}`, r.status, r.signal, r.stderr)
+}
+
+const RATE_RE = /^\d+(\.\d+)?(bit|kbit|mbit|gbit)$/
+
+/** `rate` as tc writes it, in bits a second. */
+export function rateBits (rate: string): number {
+  const m = /^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$/.exec(rate)
+  if (m === null) throw new TypeError(`a rate is a number and bit, kbit, mbit or gbit, got ${JSON.stringify(rate)}`)
+  return Number(m[1]) * { bit: 1, kbit: 1e3, mbit: 1e6, gbit: 1e9 }[m[2] as 'bit']
+}
+
+/** Where each host's cgroup goes: the v2 hierarchy (alone or beside v1), else v1's cpuacct. */
+function cgroupRoot (): { dir: string, v2: boolean } | undefined {
+  for (const [base, v2] of [['/sys/fs/cgroup', true], ['/sys/fs/cgroup/unified', true], ['/sys/fs/cgroup/cpuacct', false]] as const) {
+    if (existsSync(`${base}/${v2 ? 'cgroup.controllers' : 'cpuacct.usage'}`)) return { dir: `${base}/${CGROUP_DIR}`, v2 }
+  }
+  return undefined
+}
+
+const CGROUP_DIR = 'strata-netns'
+
+function cgroupSeconds (dir: string, v2: boolean): number {
+  try {
+    if (!v2) return Number(readFileSync(`${dir}/cpuacct.usage`, 'utf8').trim()) / 1e9
+    const usec = /^usage_usec (\d+)$/m.exec(readFileSync(`${dir}/cpu.stat`, 'utf8'))
+    return usec === null ? 0 : Number(usec[1]) / 1e6
+  } catch {
+    return 0
+  }
+}
+
+/** Removes the cgroups of cluster `prefix` (empty once its processes are gone). */
+function removeCgroups (prefix: string): void {
+  const root = cgroupRoot()
+  if (root === undefined || !existsSync(root.dir)) return
+  for (const name of readdirSync(root.dir)) {
+    if (!name.startsWith(prefix + '-')) continue
+    for (let i = 0; i < 50; i++) {
+      try {
+        rmdirSync(`${root.dir}/${name}`)
+        break
+      } catch {
+        // Its last processes are still exiting.
+        sleepSync(20)
+      }
+    }
+  }
 }
 
 /** Field 22 of /proc/PID/stat (start time in clock ticks), or null when PID is gone. */
@@ -181,6 +258,7 @@ function removeNamespaces (prefix: string, known: string[] = []): void {
       // Best effort: `cleanup` retries leftovers.
     }
   }
+  removeCgroups(prefix)
 }
 
 interface Tracked {
@@ -193,6 +271,8 @@ class NetnsCluster implements Cluster {
   readonly switchNs: string
   readonly hosts: Host[] = []
   readonly #tracked = new Set<Tracked>()
+  /** Each host's cgroup directory, where it has one. */
+  readonly #cgroups = new Map<string, string | undefined>()
   #destroyed = false
   #released = false
 
@@ -209,6 +289,8 @@ class NetnsCluster implements Cluster {
     ip(['-n', this.switchNs, 'link', 'add', BRIDGE, 'type', 'bridge'])
     ip(['-n', this.switchNs, 'link', 'set', BRIDGE, 'alias', owner])
     ip(['-n', this.switchNs, 'link', 'set', BRIDGE, 'up'])
+    const cg = cgroupRoot()
+    if (cg !== undefined) mkdirSync(cg.dir, { recursive: true })
     for (let i = 0; i < count; i++) {
       const name = `h${i + 1}`
       const ns = `${this.prefix}-${name}`
@@ -220,13 +302,37 @@ class NetnsCluster implements Cluster {
       ip(['-n', ns, 'addr', 'add', `${address}/24`, 'dev', HOST_IF])
       ip(['-n', ns, 'link', 'set', HOST_IF, 'up'])
       ip(['-n', ns, 'link', 'set', 'lo', 'up'])
+      const cgroup = cg === undefined ? undefined : `${cg.dir}/${ns}`
+      if (cgroup !== undefined) mkdirSync(cgroup)
+      this.#cgroups.set(ns, cgroup)
       this.hosts.push({
         name,
         ns,
         address,
         exec: (cmd, args = [], opts = {}) => this.#exec(ns, cmd, args, opts),
-        spawn: (cmd, args = [], opts = {}) => this.#spawn(ns, cmd, args, opts).child
+        spawn: (cmd, args = [], opts = {}) => this.#spawn(ns, cmd, args, opts).child,
+        cpuSeconds: () => cgroup === undefined ? 0 : cgroupSeconds(cgroup, cg!.v2),
+        linkBytes: () => {
+          const [l] = JSON.parse(ip(['-j', '-s', '-n', ns, 'link', 'show', HOST_IF])) as Array<{ stats64: { rx: { bytes: number }, tx: { bytes: number } } }>
+          return { rx: l!.stats64.rx.bytes, tx: l!.stats64.tx.bytes }
+        }
       })
+    }
+  }
+
+  shape (link: LinkShape | undefined): void {
+    if (link !== undefined && !RATE_RE.test(link.rate)) throw new TypeError(`link.rate must be like 200mbit, got ${JSON.stringify(link.rate)}`)
+    for (const h of this.hosts) {
+      // Both ends' egress: the host's sending, and the switch's sending to it.
+      for (const [ns, dev] of [[h.ns, HOST_IF], [this.switchNs, h.name]] as const) {
+        if (link === undefined) {
+          try {
+            tc(ns, ['qdisc', 'del', 'dev', dev, 'root'])
+          } catch {
+            // Not shaped.
+          }
+        } else tc(ns, ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', link.rate, 'burst', String(link.burstBytes ?? 64 * 1024), 'latency', `${link.latencyMs ?? 20}ms`])
+      }
     }
   }
 
@@ -239,7 +345,11 @@ class NetnsCluster implements Cluster {
       // A group of its own, so that terminate() reaches a shell's children too.
       detached: true
     }
-    const child = spawnChild('ip', ['netns', 'exec', ns, cmd, ...args], options)
+    // The command joins the host's cgroup before it starts, so everything it forks is counted.
+    const cgroup = this.#cgroups.get(ns)
+    const child = cgroup === undefined
+      ? spawnChild('ip', ['netns', 'exec', ns, cmd, ...args], options)
+      : spawnChild('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, 'ip', 'netns', 'exec', ns, cmd, ...args], options)
     const tracked: Tracked = {
       child,
       exited: new Promise((resolve) => {
@@ -376,9 +486,11 @@ export async function createCluster (init: ClusterInit): Promise<Cluster> {
   const prefix = init.prefix ?? `stn${process.pid}x${randomBytes(3).toString('hex')}`
   if (!PREFIX_RE.test(prefix)) throw new TypeError(`prefix must match ${PREFIX_RE}, got ${JSON.stringify(prefix)}`)
   if (listNamespaces().some((n) => n.startsWith(prefix + '-'))) throw new Error(`namespaces named ${prefix}-* already exist; pick another prefix or run: node scripts/netns.ts down ${prefix}`)
+  if (init.link !== undefined && !RATE_RE.test(init.link.rate)) throw new TypeError(`link.rate must be like 200mbit, got ${JSON.stringify(init.link.rate)}`)
   const cluster = new NetnsCluster(prefix)
   try {
     cluster.build(count)
+    if (init.link !== undefined) cluster.shape(init.link)
   } catch (err) {
     cluster.destroySync(0)
     throw err
@@ -452,7 +564,7 @@ export function cleanup (opts: { all?: boolean } = {}): string[] {
 }
 
 function usage (): never {
-  console.error('usage: node scripts/netns.ts up N [--prefix P] | down PREFIX | list | cleanup [--all]')
+  console.error('usage: node scripts/netns.ts up N [--prefix P] [--rate 200mbit] | down PREFIX | list | cleanup [--all]')
   process.exit(2)
 }
 
@@ -462,8 +574,10 @@ async function main (argv: string[]): Promise<void> {
     const count = Number(rest[0])
     const at = rest.indexOf('--prefix')
     const prefix = at === -1 ? undefined : rest[at + 1]
-    if (!Number.isInteger(count) || (at !== -1 && prefix === undefined)) usage()
-    const cluster = await createCluster({ hosts: count, prefix })
+    const r = rest.indexOf('--rate')
+    const rate = r === -1 ? undefined : rest[r + 1]
+    if (!Number.isInteger(count) || (at !== -1 && prefix === undefined) || (r !== -1 && rate === undefined)) usage()
+    const cluster = await createCluster({ hosts: count, prefix, ...(rate !== undefined ? { link: { rate } } : {}) })
     cluster.release()
     console.log(`cluster ${cluster.prefix} (switch namespace ${cluster.switchNs}, ${SUBNET})`)
     for (const h of cluster.hosts) console.log(`${h.name}  ${h.address}  ip netns exec ${h.ns} ...`)

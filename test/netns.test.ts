@@ -152,3 +152,36 @@ test('cleanup removes the leftovers of a killed run and spares a live cluster', 
   assert.equal(pidAlive(Number(sleeper)), false)
   assert.equal(listNamespaces().filter((n) => n.startsWith(ours.prefix + '-')).length, 2)
 })
+
+/** `from` sends `bytes` to `to` over TCP; resolves with how long `to` took to read them all, and how many it read. */
+async function transfer (from: Cluster['hosts'][0], to: Cluster['hosts'][0], port: number, bytes: number): Promise<{ got: number, seconds: number }> {
+  const server = from.spawn(process.execPath, ['-e', `
+    const srv = require('node:net').createServer((s) => s.end(Buffer.alloc(${bytes}, 7)))
+    srv.listen(${port}, ${JSON.stringify(from.address)}, () => console.log('listening'))`])
+  const [ready] = await once(createInterface({ input: server.stdout! }), 'line') as [string]
+  assert.equal(ready, 'listening')
+  const { stdout } = await to.exec(process.execPath, ['-e', `
+    const t0 = performance.now(); let n = 0
+    const s = require('node:net').connect(${port}, ${JSON.stringify(from.address)})
+    s.on('data', (d) => { n += d.length }).on('end', () => console.log(n, (performance.now() - t0) / 1000))`])
+  const [got, seconds] = stdout.trim().split(' ').map(Number) as [number, number]
+  return { got, seconds }
+}
+
+test('a shaped link carries no more than its rate, both ways; a host counts its CPU and link bytes', async (t) => {
+  const cluster = await createCluster({ hosts: 2, link: { rate: '40mbit' } })
+  t.after(() => cluster.destroy())
+  const [h1, h2] = cluster.hosts as [Cluster['hosts'][0], Cluster['hosts'][0]]
+  const bytes = 2e6
+  // The burst (64 KiB) goes at line speed; the rest cannot go faster than the rate.
+  const least = (bytes - 64 * 1024) * 8 / 40e6
+  const rxBefore = h2.linkBytes().rx
+  const cpuBefore = h2.cpuSeconds()
+  for (const [from, to, port] of [[h1, h2, 7001], [h2, h1, 7002]] as const) {
+    const { got, seconds } = await transfer(from, to, port, bytes)
+    assert.equal(got, bytes)
+    assert.ok(seconds >= least, `${bytes} bytes from ${from.name} to ${to.name} took ${seconds} s over a 40mbit link, at least ${least} s expected`)
+  }
+  assert.ok(h2.linkBytes().rx - rxBefore >= bytes, 'the link counted the bytes')
+  assert.ok(h2.cpuSeconds() > cpuBefore, 'the processes started on h2 are counted in its cgroup')
+})

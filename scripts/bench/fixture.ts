@@ -1,9 +1,11 @@
 // Benchmark fixtures: pinned npm projects kept in the repo (package.json + lockfile
 // only) and materialized on demand into a cache dir outside the repo.
 //
-//   node scripts/bench/fixture.ts [big-tree|npm-app]   prints path, file count, bytes
+//   node scripts/bench/fixture.ts [big-tree|big-tree-bump|npm-app]   prints path, file count, bytes
 //
 // big-tree: node_modules of >= 50k files and >= 300 MB for pack/unpack against tar.
+// big-tree-bump: big-tree with one dependency moved one release (webpack), for the
+//           dedup of a second node_modules layer against the first.
 // npm-app:  a realistic app (~550 packages in the lockfile); the step-runner
 //           benchmark runs its `npm ci` as a step, so use fixtureDir('npm-app').
 //
@@ -19,7 +21,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { removeNow, removeOnExit } from './cleanup.ts'
 
-export type FixtureName = 'big-tree' | 'npm-app'
+export type FixtureName = 'big-tree' | 'big-tree-bump' | 'npm-app'
 
 export const DEFAULT_CACHE_DIR = '/var/tmp/strata-bench'
 
@@ -73,6 +75,11 @@ export async function bigTree (): Promise<string> {
   return await materialize('big-tree')
 }
 
+/** The big tree after one dependency bump; see materialize(). */
+export async function bumpedTree (): Promise<string> {
+  return await materialize('big-tree-bump')
+}
+
 export interface TreeStats {
   /** Every entry below the root, as `find ROOT -mindepth 1 | wc -l` counts them. */
   entries: number
@@ -111,8 +118,8 @@ function run (cmd: string, args: string[], cwd: string): Promise<void> {
 
 if (import.meta.main) {
   const name = (process.argv[2] ?? 'big-tree') as FixtureName
-  if (name !== 'big-tree' && name !== 'npm-app') {
-    console.error(`unknown fixture ${name}; expected big-tree or npm-app`)
+  if (name !== 'big-tree' && name !== 'big-tree-bump' && name !== 'npm-app') {
+    console.error(`unknown fixture ${name}; expected big-tree, big-tree-bump or npm-app`)
     process.exit(2)
   }
   const started = performance.now()

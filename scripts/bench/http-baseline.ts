@@ -1,18 +1,26 @@
-// The central-cache baseline of issue C's benchmarks 1 and 2, in a netns cluster: one
-// host serves the tree as a `.tar.zst` over HTTP, 1, 4 and 8 consumers on the other
-// hosts fetch it at once with `curl | zstd -d | tar -x` into their own directories.
+// strata's restore against a central cache, in a netns cluster: one host serves the
+// tree as a `.tar.zst` over HTTP (and HTTPS, TLS 1.3), consumers on the other hosts
+// fetch it at once with `curl | zstd -d | tar -x` into their own directories; the
+// strata side restores the same tree from a producer daemon on the server's host.
 //
-//   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,4,8] [--reps 3]
-//                                       [--hosts 4] [--server node|python] [--no-strata] [--json] [--keep]
-//                                       [--fs ext4|here]
+//   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,8] [--unshaped-consumers 1]
+//                                       [--rate 200mbit] [--reps 3] [--hosts 8] [--server node|python]
+//                                       [--no-https] [--no-strata] [--no-dedup] [--json] [--keep] [--fs ext4|here]
+//                                       [--profile DIR]
 //
-// Timed per consumer: from its start to the end of `sync` after tar (the data is on
-// disk, as a restore must leave it). Untimed: creating the archive (reported apart),
-// removing the previous rep's directories and an `sync` before each rep. Consumers
-// are spread round-robin over `--hosts` consumer hosts; the server has a host alone.
-// The strata side runs in the same reps, alternating with the baseline: `strata daemon`
-// on the server's host holds the tree as a layer (packed untimed), one daemon per
-// consumer fetches it from the fleet into its own store (restoreWithStrata), then sync.
+// Two phases over the same cluster, tree and daemons: links unshaped (veth: only
+// CPU counts), then every host's link shaped both ways to --rate (tc tbf; the
+// server's host the same as every other), which doc/decisions/compression.md says
+// why. Timed per consumer: from its start to the end of `sync` after the restore.
+// Per rep: the CPU seconds of every host's cgroup (server or producer included), the
+// bytes the consumer hosts' links carried, the daemons' own CPU and peak RSS.
+// Untimed: creating the archive, packing the layer, removing the previous rep's
+// directories and a `sync` before each rep. Consumers are spread round-robin over
+// `--hosts` consumer hosts; methods alternate within a rep. Then, unless --no-dedup,
+// consumer 0 holds the layer and fetches the same tree after one dependency bump
+// (fixture big-tree-bump): the block bytes it moves against the layer's size, with
+// the trees as npm installed them and with every mtime set to one epoch. The
+// targets of issue I are printed last, each against the baseline of the same run.
 // Everything is written to a journaled ext4 made for the run (scratch-fs.ts says
 // why); --fs here writes to the cache dir's own filesystem instead.
 
@@ -26,18 +34,17 @@ import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { setTimeout as delay } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { createCluster, terminate } from '../netns.ts'
-import type { Host } from '../netns.ts'
-import { bigTree, DEFAULT_CACHE_DIR, treeStats } from './fixture.ts'
+import { createCluster, rateBits, terminate } from '../netns.ts'
+import type { Host, LinkShape } from '../netns.ts'
+import { bigTree, bumpedTree, DEFAULT_CACHE_DIR, treeStats } from './fixture.ts'
 import type { TreeStats } from './fixture.ts'
 import { formatTable, parseFlags, strataBin, summarize } from './measure.ts'
 import { scratchFs } from './scratch-fs.ts'
-import type { Summary } from './measure.ts'
 
 const SERVE_FILE = fileURLToPath(new URL('./serve-file.ts', import.meta.url))
 const ARCHIVE = 'tree.tar.zst'
 const PORT = 8080
-const TARGET_FANOUT = 2.0
+const TLS_PORT = 8443
 
 export class StrataNotReadyError extends Error {
   override name = 'StrataNotReadyError'
@@ -116,12 +123,17 @@ export function machineBusySeconds (): number {
   return (user + nice + system + irq + softirq) / CLOCK_TICKS
 }
 
+/** Node flags the daemons start with (--profile DIR: a CPU profile each, written when it stops). */
+let daemonNodeFlags: string[] = []
+
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
 
 async function startDaemon (host: Host, dataDir: string, port: number, bootstrap: string[], log: string): Promise<{ peerId: string, pid: number | undefined }> {
   await mkdir(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
-  const child = host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+  const child = daemonNodeFlags.length === 0
+    ? host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+    : host.spawn(process.execPath, [...daemonNodeFlags, strataBin(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
   const deadline = Date.now() + 60_000
   for (;;) {
     if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)
@@ -182,7 +194,7 @@ export async function restoreWithStrata (fleet: StrataFleet, i: number): Promise
 
 /** The baseline consumer: fetch, decompress and extract in one pipeline, then sync. */
 async function restoreWithHttp (url: string, host: Host, dest: string): Promise<string> {
-  const script = 'set -o pipefail; curl -sSf --max-time 900 "$1" | zstd -d -q | tar -xf - -C "$2" && sync'
+  const script = 'set -o pipefail; curl -sSfk --max-time 900 "$1" | zstd -d -q | tar -xf - -C "$2" && sync'
   await host.exec('bash', ['-c', script, 'restore', url, dest])
   return dest
 }
@@ -192,7 +204,7 @@ interface Method {
   prepare: (n: number) => Promise<void>
   /** Consumer i's restore; resolves with the restored tree's directory. */
   restore: (i: number) => Promise<string>
-  /** CPU seconds its processes used since `prepare`, where it can tell. */
+  /** The daemons' figures since `prepare`, where it can tell (strata). */
   cpu?: (n: number) => Cpu
 }
 
@@ -202,18 +214,17 @@ interface Method {
  */
 interface Cpu { producer: number, consumerMean: number, consumerUserMean: number, total: number, consumerPeakRssMb: number }
 
-interface MethodResult {
-  consumers: number
-  /** Every consumer's seconds, one array per rep. */
-  samples: number[][]
-  /** Over all consumers of all reps. */
-  perConsumer: Summary
-  /** The slowest consumer of each rep: when the last consumer is done. */
-  slowest: Summary
-  /** The daemons' CPU seconds in each rep (strata only). */
-  cpu: Cpu[]
-  /** The whole machine's busy CPU seconds in each rep. */
-  machineCpu: number[]
+/** One rep of one method with n consumers. */
+interface Rep {
+  /** Every consumer's seconds. */
+  seconds: number[]
+  /** CPU seconds of every host's cgroup together: server (or producer) and consumers. */
+  hostsCpu: number
+  /** The whole machine's busy CPU seconds (other work on the machine included). */
+  machineCpu: number
+  /** Bytes the consumer hosts' links carried, both ways, per consumer. */
+  wireBytesPerConsumer: number
+  daemons?: Cpu
 }
 
 async function timed (fn: () => Promise<void>): Promise<number> {
@@ -240,13 +251,21 @@ async function createArchive (tree: string, file: string): Promise<number> {
   })
 }
 
-async function startServer (host: Host, kind: string, dir: string): Promise<() => Promise<void>> {
+/** A self-signed P-256 certificate for the HTTPS baseline, made at bench start. */
+function makeCertificate (dir: string): { cert: string, key: string } {
+  const cert = join(dir, 'cert.pem')
+  const key = join(dir, 'key.pem')
+  run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=strata-bench', '-keyout', key, '-out', cert])
+  return { cert, key }
+}
+
+async function startServer (host: Host, kind: string, dir: string, port: number, tls?: { cert: string, key: string }): Promise<() => Promise<void>> {
   const child = kind === 'python'
-    ? host.spawn('python3', ['-u', '-m', 'http.server', '--bind', host.address, '--directory', dir, String(PORT)])
-    : host.spawn(process.execPath, [SERVE_FILE, join(dir, ARCHIVE), host.address, String(PORT)])
+    ? host.spawn('python3', ['-u', '-m', 'http.server', '--bind', host.address, '--directory', dir, String(port)])
+    : host.spawn(process.execPath, [SERVE_FILE, join(dir, ARCHIVE), host.address, String(port), ...(tls !== undefined ? [tls.cert, tls.key] : [])])
   if (kind === 'python') {
     // http.server announces itself late and on stdout only when unbuffered; ask it instead.
-    const client = host.spawn('curl', ['-sSf', '-o', '/dev/null', '--retry', '50', '--retry-delay', '0', '--retry-connrefused', '--max-time', '20', `http://${host.address}:${PORT}/`])
+    const client = host.spawn('curl', ['-sSf', '-o', '/dev/null', '--retry', '50', '--retry-delay', '0', '--retry-connrefused', '--max-time', '20', `http://${host.address}:${port}/`])
     const [code] = await once(client, 'close') as [number | null]
     if (code !== 0) throw new Error('python3 -m http.server did not answer')
   } else {
@@ -260,20 +279,53 @@ function sameTree (a: TreeStats, b: TreeStats): boolean {
   return a.entries === b.entries && a.files === b.files && a.dirs === b.dirs && a.symlinks === b.symlinks && a.bytes === b.bytes
 }
 
+const TARGETS = {
+  /** Bytes a one-consumer restore moves, against the archive's size. */
+  wire: 1.15,
+  /** CPU seconds of a one-consumer restore on unshaped links, against the HTTP baseline's. */
+  cpu: 1.0,
+  /** One consumer on shaped links, against HTTP. */
+  shapedOne: 1.0,
+  /** Eight consumers on shaped links, against HTTP's eight, and against strata's own one. */
+  shapedFanout: 0.5,
+  shapedFanoutVsOne: 2.0,
+  /** Bytes a layer after one dependency bump moves when the first is present, against its size. */
+  dedup: 0.15
+}
+
+interface Phase { name: string, link: LinkShape | undefined, counts: number[] }
+
 async function main (): Promise<void> {
-  const flags = parseFlags(process.argv.slice(2), { tree: '', consumers: '1,4,8', reps: '3', hosts: '4', server: 'node', json: false, strata: true, keep: false, fs: 'ext4' })
+  const flags = parseFlags(process.argv.slice(2), {
+    tree: '', consumers: '1,8', 'unshaped-consumers': '1', reps: '3', hosts: '8', rate: '200mbit', server: 'node',
+    json: false, strata: true, https: true, dedup: true, keep: false, fs: 'ext4', profile: ''
+  })
+  if (flags.profile !== '') daemonNodeFlags = ['--cpu-prof', `--cpu-prof-dir=${flags.profile}`]
   const reps = Number(flags.reps)
   const consumerHosts = Number(flags.hosts)
-  const counts = flags.consumers.split(',').map(Number)
+  const parseCounts = (v: string, name: string): number[] => {
+    const list = v === '' ? [] : v.split(',').map(Number)
+    if (list.some((n) => !Number.isInteger(n) || n < 1 || n > 64)) throw new TypeError(`--${name} must list counts from 1 to 64, got ${v}`)
+    return list
+  }
+  const shapedCounts = parseCounts(flags.consumers, 'consumers')
+  const unshapedCounts = parseCounts(flags['unshaped-consumers'], 'unshaped-consumers')
   if (!Number.isInteger(reps) || reps < 1) throw new TypeError(`--reps must be a positive integer, got ${flags.reps}`)
   if (!Number.isInteger(consumerHosts) || consumerHosts < 1 || consumerHosts > 64) throw new TypeError(`--hosts must be 1 to 64, got ${flags.hosts}`)
-  if (counts.some((n) => !Number.isInteger(n) || n < 1 || n > 64)) throw new TypeError(`--consumers must list counts from 1 to 64, got ${flags.consumers}`)
   if (flags.server !== 'node' && flags.server !== 'python') throw new TypeError(`--server must be node or python, got ${flags.server}`)
   if (flags.fs !== 'ext4' && flags.fs !== 'here') throw new TypeError(`--fs must be ext4 or here, got ${flags.fs}`)
+  if (flags.https && flags.server !== 'node') throw new TypeError('--https needs --server node')
+  const phases: Phase[] = []
+  if (unshapedCounts.length > 0) phases.push({ name: 'unshaped', link: undefined, counts: unshapedCounts })
+  if (flags.rate !== '' && flags.rate !== 'none' && shapedCounts.length > 0) {
+    rateBits(flags.rate)
+    phases.push({ name: `shaped ${flags.rate}`, link: { rate: flags.rate }, counts: shapedCounts })
+  }
   const progress = (line: string): void => { process.stderr.write(line + '\n') }
   requireTools()
 
   const tree = flags.tree !== '' ? flags.tree : await bigTree()
+  const bumped = flags.dedup && flags.strata ? await bumpedTree() : undefined
   const stats = await treeStats(tree)
   // Other work on the machine skews every figure; the report says how busy it was.
   const loadBefore = loadavg()[0]!
@@ -282,11 +334,11 @@ async function main (): Promise<void> {
   // The cluster's exit handler must run before the scratch space goes (a consumer
   // still extracting into it would leave debris), so it is created first.
   const cluster = await createCluster({ hosts: 1 + consumerHosts })
-  // A producer store, the archive, and a store and a directory per consumer, at
-  // twice the tree's bytes each: a small file takes a whole 4 KiB block.
-  const most = Math.max(...counts)
+  // A producer store (two layers), the archive, and a store and a directory per
+  // consumer, at twice the tree's bytes each: a small file takes a whole 4 KiB block.
+  const most = Math.max(...phases.flatMap((p) => p.counts))
   const scratch = scratchFs(process.env.STRATA_BENCH_CACHE ?? DEFAULT_CACHE_DIR, `http-baseline-${process.pid}`,
-    Math.max(8, Math.ceil((2 * most + 4) * 2 * stats.bytes / 2 ** 30)), flags.fs)
+    Math.max(8, Math.ceil((2 * most + 10) * 2 * stats.bytes / 2 ** 30)), flags.fs)
   const work = scratch.dir
   progress(`writing to ${work}: ${scratch.kind}`)
   // --keep leaves the daemons' logs (and stores) for a look afterwards.
@@ -299,7 +351,7 @@ async function main (): Promise<void> {
   }
   const [server, ...consumers] = cluster.hosts as [Host, ...Host[]]
   const hostFor = (i: number): Host => consumers[i % consumers.length]!
-  let stopServer = async (): Promise<void> => {}
+  const stops: Array<() => Promise<void>> = []
 
   try {
     const serveDir = join(work, 'serve')
@@ -307,37 +359,42 @@ async function main (): Promise<void> {
     const packSeconds = await createArchive(tree, join(serveDir, ARCHIVE))
     const archiveBytes = (await stat(join(serveDir, ARCHIVE))).size
     progress(`archive ${(archiveBytes / 1e6).toFixed(1)} MB in ${packSeconds.toFixed(1)} s; serving from ${server.ns} (${server.address}) with ${flags.server}`)
-    stopServer = await startServer(server, flags.server, serveDir)
+    stops.push(await startServer(server, flags.server, serveDir, PORT))
     const url = `http://${server.address}:${PORT}/${ARCHIVE}`
 
     const dest = (i: number): string => join(work, `dest-${i}`)
-    const methods = new Map<string, Method>([['http', {
-      prepare: async (n) => {
-        await Promise.all(Array.from({ length: most }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
-        await Promise.all(Array.from({ length: n }, async (_, i) => await mkdir(dest(i), { recursive: true })))
-      },
-      restore: async (i) => await restoreWithHttp(url, hostFor(i), dest(i))
-    }]])
+    const clearDests = async (n: number): Promise<void> => {
+      await Promise.all(Array.from({ length: most }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
+      await Promise.all(Array.from({ length: n }, async (_, i) => await mkdir(dest(i), { recursive: true })))
+    }
+    const methods = new Map<string, Method>([['http', { prepare: clearDests, restore: async (i) => await restoreWithHttp(url, hostFor(i), dest(i)) }]])
+    if (flags.https) {
+      const tls = makeCertificate(serveDir)
+      stops.push(await startServer(server, 'node', serveDir, TLS_PORT, tls))
+      const tlsUrl = `https://${server.address}:${TLS_PORT}/${ARCHIVE}`
+      methods.set('https', { prepare: clearDests, restore: async (i) => await restoreWithHttp(tlsUrl, hostFor(i), dest(i)) })
+    }
     let strataStatus = 'measured'
     let strataPackSeconds: number | null = null
+    let fleet: StrataFleet | undefined
     if (flags.strata) {
       try {
-        const fleet = await startStrataFleet(server, hostFor, most, tree, join(work, 'strata'))
-        strataPackSeconds = fleet.packSeconds
-        progress(`strata: layer ${fleet.layer} packed on ${server.name} in ${fleet.packSeconds.toFixed(1)} s; ${most} consumer daemons`)
-        const daemons = [fleet.producer.pid, ...fleet.consumers.map((c) => c.pid)]
+        fleet = await startStrataFleet(server, hostFor, most, tree, join(work, 'strata'))
+        const f = fleet
+        strataPackSeconds = f.packSeconds
+        progress(`strata: layer ${f.layer} packed on ${server.name} in ${f.packSeconds.toFixed(1)} s; ${most} consumer daemons`)
+        const daemons = [f.producer.pid, ...f.consumers.map((c) => c.pid)]
         let before: Array<{ user: number, sys: number }> = []
         methods.set('strata', {
           prepare: async () => {
-            for (let i = 0; i < most; i++) await forgetLayer(fleet, i)
+            for (let i = 0; i < most; i++) await forgetLayer(f, i)
             before = daemons.map(cpuSeconds)
           },
-          restore: async (i) => await restoreWithStrata(fleet, i),
-          // Where a fan-out's time goes on a small host: the daemons' CPU seconds in the rep.
+          restore: async (i) => await restoreWithStrata(f, i),
           cpu: (n) => {
             const used = daemons.map((pid, k) => { const c = cpuSeconds(pid); return { user: c.user - before[k]!.user, sys: c.sys - before[k]!.sys } })
             const consumersUsed = used.slice(1, n + 1)
-            const sum = (list: typeof used, f: (c: { user: number, sys: number }) => number): number => list.reduce((a, c) => a + f(c), 0)
+            const sum = (list: typeof used, fn: (c: { user: number, sys: number }) => number): number => list.reduce((a, c) => a + fn(c), 0)
             return {
               producer: used[0]!.user + used[0]!.sys,
               consumerMean: sum(consumersUsed, (c) => c.user + c.sys) / n,
@@ -354,48 +411,79 @@ async function main (): Promise<void> {
       }
     } else strataStatus = 'not measured (--no-strata)'
 
-    const samples = new Map<string, Map<number, number[][]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
-    const cpuUsed = new Map<string, Map<number, Cpu[]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
-    const machineUsed = new Map<string, Map<number, number[]>>([...methods.keys()].map((m) => [m, new Map(counts.map((n) => [n, []]))]))
+    const hostsCpu = (): number => cluster.hosts.reduce((n, h) => n + h.cpuSeconds(), 0)
+    const consumerWire = (): number => consumers.reduce((n, h) => { const b = h.linkBytes(); return n + b.rx + b.tx }, 0)
+    /** results[phase][method][n] = reps */
+    const results: Record<string, Record<string, Record<number, Rep[]>>> = {}
     const verified = new Set<string>()
-    for (const n of counts) {
-      for (let rep = 0; rep < reps; rep++) {
-        // Methods alternate within a rep, so that drift over the run hits both alike.
-        for (const [name, method] of methods) {
-          await method.prepare(n)
-          run('sync', [])
-          const restored: string[] = []
-          const busyBefore = machineBusySeconds()
-          const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
-          const busy = machineBusySeconds() - busyBefore
-          samples.get(name)!.get(n)!.push(seconds)
-          machineUsed.get(name)!.get(n)!.push(busy)
-          const cpu = method.cpu?.(n)
-          if (cpu !== undefined) cpuUsed.get(name)!.get(n)!.push(cpu)
-          progress(`${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((s) => s.toFixed(2)).join(' ')} s; machine CPU s ${busy.toFixed(1)}${cpu === undefined ? '' : `; CPU s: producer ${cpu.producer.toFixed(1)}, each consumer ${cpu.consumerMean.toFixed(1)} (user ${cpu.consumerUserMean.toFixed(1)}), all ${cpu.total.toFixed(1)}; consumer peak RSS ${cpu.consumerPeakRssMb.toFixed(0)} MB`}`)
-          if (!verified.has(name)) {
-            const got = await treeStats(restored[0]!)
-            if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
-            verified.add(name)
+    for (const phase of phases) {
+      cluster.shape(phase.link)
+      const byMethod: Record<string, Record<number, Rep[]>> = results[phase.name] = {}
+      for (const n of phase.counts) {
+        for (let rep = 0; rep < reps; rep++) {
+          // Methods alternate within a rep, so that drift over the run hits both alike.
+          for (const [name, method] of methods) {
+            await method.prepare(n)
+            run('sync', [])
+            const restored: string[] = []
+            const busyBefore = machineBusySeconds()
+            const cpuBefore = hostsCpu()
+            const wireBefore = consumerWire()
+            const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
+            const r: Rep = { seconds, hostsCpu: hostsCpu() - cpuBefore, machineCpu: machineBusySeconds() - busyBefore, wireBytesPerConsumer: (consumerWire() - wireBefore) / n }
+            const daemons = method.cpu?.(n)
+            if (daemons !== undefined) r.daemons = daemons
+            ;((byMethod[name] ??= {})[n] ??= []).push(r)
+            progress(`${phase.name} ${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((x) => x.toFixed(2)).join(' ')} s; hosts CPU s ${r.hostsCpu.toFixed(1)}, machine ${r.machineCpu.toFixed(1)}; wire ${(r.wireBytesPerConsumer / 1e6).toFixed(1)} MB a consumer${daemons === undefined ? '' : `; daemons CPU s: producer ${daemons.producer.toFixed(1)}, each consumer ${daemons.consumerMean.toFixed(1)} (user ${daemons.consumerUserMean.toFixed(1)}); consumer peak RSS ${daemons.consumerPeakRssMb.toFixed(0)} MB`}`)
+            if (!verified.has(name)) {
+              const got = await treeStats(restored[0]!)
+              if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)
+              verified.add(name)
+            }
           }
         }
       }
     }
+    cluster.shape(undefined)
     await Promise.all(Array.from({ length: most }, async (_, i) => await rm(dest(i), { recursive: true, force: true })))
 
-    const results: Record<string, MethodResult[]> = {}
-    for (const [method, byCount] of samples) {
-      results[method] = [...byCount].map(([consumersN, s]) => ({
-        consumers: consumersN,
-        samples: s,
-        perConsumer: summarize(s.flat()),
-        slowest: summarize(s.map((r) => Math.max(...r))),
-        cpu: cpuUsed.get(method)!.get(consumersN)!,
-        machineCpu: machineUsed.get(method)!.get(consumersN)!
-      }))
+    // Dedup: consumer 0 holds the first layer and fetches the same tree after one
+    // dependency bump: as npm installed both (every file and directory has the time of
+    // its install), and with every time set to one epoch in both, as a reproducible
+    // capture would leave them.
+    const dedup: Array<{ variant: string, layerBytes: number, blockBytes: number, wireBytes: number }> = []
+    if (fleet !== undefined && bumped !== undefined) {
+      const c = fleet.consumers[0]!
+      const counters = async (): Promise<{ bytesFromPeers: number }> => (await control(c.dataDir, '/v1/status', { copies: false }) as { counters: { bytesFromPeers: number } }).counters
+      const layerBytes = (await treeStats(bumped)).bytes
+      const held: string[] = []
+      await forgetLayer(fleet, 0)
+      for (const variant of ['as installed', 'one mtime']) {
+        const commit = async (dir: string, name: string): Promise<string> => {
+          const src = join(work, 'strata', name)
+          run('cp', ['-a', '--reflink=auto', dir, src])
+          if (variant === 'one mtime') run('find', [src, '-exec', 'touch', '-h', '-d', '@1000000000', '{}', '+'])
+          return (await control(fleet.producer.dataDir, '/v1/store/commit', { dir: src }) as { root: string }).root
+        }
+        const first = variant === 'as installed' ? fleet.layer : await commit(tree, 'src-epoch')
+        const second = await commit(bumped, variant === 'as installed' ? 'src-bumped' : 'src-bumped-epoch')
+        // The consumer holds the first layer and nothing else of either tree.
+        for (const root of held) await control(c.dataDir, '/v1/store/remove', { root })
+        held.length = 0
+        held.push(first, second)
+        await control(c.dataDir, '/v1/fetch', { root: first })
+        const before = await counters()
+        const wireBefore = c.host.linkBytes()
+        await control(c.dataDir, '/v1/fetch', { root: second })
+        const wireAfter = c.host.linkBytes()
+        const d = { variant, layerBytes, blockBytes: (await counters()).bytesFromPeers - before.bytesFromPeers, wireBytes: wireAfter.rx + wireAfter.tx - wireBefore.rx - wireBefore.tx }
+        dedup.push(d)
+        progress(`dedup (${variant}): the bumped layer (${(layerBytes / 1e6).toFixed(1)} MB of files) moved ${(d.blockBytes / 1e6).toFixed(1)} MB of blocks, ${(d.wireBytes / 1e6).toFixed(1)} MB on the wire`)
+      }
     }
+
     const report = {
-      benchmark: 'fan-out restore, central HTTP cache vs strata',
+      benchmark: 'restore, central HTTP(S) cache vs strata, on unshaped and shaped links',
       tree: { path: tree, ...stats },
       archive: { bytes: archiveBytes, packSeconds, compression: 'zstd -T0 -3' },
       server: flags.server,
@@ -406,39 +494,70 @@ async function main (): Promise<void> {
       loadAverage: { before: loadBefore, after: loadavg()[0]! },
       strata: strataStatus,
       strataPackSeconds,
-      results
+      phases,
+      results,
+      dedup
     }
     if (flags.json) {
       console.log(JSON.stringify(report, null, 2))
       return
     }
     console.log(`tree: ${tree} (${stats.entries} entries, ${(stats.bytes / 1e6).toFixed(1)} MB; archive ${(archiveBytes / 1e6).toFixed(1)} MB, packed in ${packSeconds.toFixed(1)} s)`)
-    console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}`)
-    console.log(`written to ${report.filesystem}`)
+    console.log(`medians over ${reps} reps; consumers on ${consumerHosts} hosts, server (${flags.server}) on its own; strata: ${strataStatus}; written to ${report.filesystem}`)
     console.log(`1-minute load average ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after (${cpus().length} CPUs)`)
-    const rows = [['method', 'consumers', 'per consumer s', 'slowest s', 'min-max slowest', 'vs 1 consumer', 'aggregate MB/s', 'machine CPU s', 'CPU s each (user)', 'CPU s all', 'peak RSS MB']]
-    for (const [method, list] of Object.entries(results)) {
-      const one = list.find((r) => r.consumers === 1)?.slowest.median
-      for (const r of list) {
-        rows.push([
-          method,
-          String(r.consumers),
-          r.perConsumer.median.toFixed(2),
-          r.slowest.median.toFixed(2),
-          `${r.slowest.min.toFixed(2)}-${r.slowest.max.toFixed(2)}`,
-          one === undefined ? '' : (r.slowest.median / one).toFixed(2) + 'x',
-          (r.consumers * stats.bytes / 1e6 / r.slowest.median).toFixed(0),
-          summarize(r.machineCpu).median.toFixed(1),
-          r.cpu.length === 0 ? '' : `${summarize(r.cpu.map((c) => c.consumerMean)).median.toFixed(1)} (${summarize(r.cpu.map((c) => c.consumerUserMean)).median.toFixed(1)})`,
-          r.cpu.length === 0 ? '' : summarize(r.cpu.map((c) => c.total)).median.toFixed(1),
-          r.cpu.length === 0 ? '' : Math.max(...r.cpu.map((c) => c.consumerPeakRssMb)).toFixed(0)
-        ])
+    const med = (list: Rep[], f: (r: Rep) => number): number => summarize(list.map(f)).median
+    const slowest = (r: Rep): number => Math.max(...r.seconds)
+    for (const phase of [...phases].reverse()) {
+      console.log(`\n${phase.name}${phase.link === undefined ? ' (veth, no limit)' : ' each way on every host, the server\'s too (tbf)'}`)
+      const rows = [['method', 'consumers', 'slowest s', 'min-max', 'vs http', 'vs its 1', 'hosts CPU s', 'CPU s a restore', 'wire MB a consumer', 'daemon CPU s (producer / consumer)', 'peak RSS MB']]
+      const byMethod = results[phase.name]!
+      for (const [method, byN] of Object.entries(byMethod)) {
+        for (const n of phase.counts) {
+          const list = byN[n]!
+          const http = byMethod.http![n]!
+          const one = byN[1]
+          const daemons = list.flatMap((r) => r.daemons === undefined ? [] : [r.daemons])
+          rows.push([
+            method, String(n), med(list, slowest).toFixed(2),
+            `${Math.min(...list.map(slowest)).toFixed(2)}-${Math.max(...list.map(slowest)).toFixed(2)}`,
+            (med(list, slowest) / med(http, slowest)).toFixed(2) + 'x',
+            one === undefined ? '' : (med(list, slowest) / med(one, slowest)).toFixed(2) + 'x',
+            med(list, (r) => r.hostsCpu).toFixed(1),
+            (med(list, (r) => r.hostsCpu) / n).toFixed(1),
+            (med(list, (r) => r.wireBytesPerConsumer) / 1e6).toFixed(1),
+            daemons.length === 0 ? '' : `${summarize(daemons.map((d) => d.producer)).median.toFixed(1)} / ${summarize(daemons.map((d) => d.consumerMean)).median.toFixed(1)}`,
+            daemons.length === 0 ? '' : Math.max(...daemons.map((d) => d.consumerPeakRssMb)).toFixed(0)
+          ])
+        }
       }
+      console.log(formatTable(rows))
     }
-    console.log(formatTable(rows))
-    console.log(`target (issue C): strata with 8 consumers <= ${TARGET_FANOUT}x its time with one, and <= 1.0x the http baseline`)
+    // The targets of issue I, each against the baseline measured in this run.
+    const unshaped = results.unshaped
+    const shaped = phases.find((p) => p.link !== undefined)
+    const checks: string[][] = [['target', 'strata', 'against', 'ratio', 'limit', '']]
+    const check = (name: string, value: number, base: number, limit: number, unit: string): void => {
+      const ratio = value / base
+      checks.push([name, `${value.toFixed(unit === 'MB' ? 1 : 2)} ${unit}`, `${base.toFixed(unit === 'MB' ? 1 : 2)} ${unit}`, ratio.toFixed(2) + 'x', `<= ${limit}x`, ratio <= limit ? 'met' : 'NOT met'])
+    }
+    const s1 = unshaped?.strata?.[1]
+    if (s1 !== undefined) {
+      check('bytes on the wire, one restore, vs the tar.zst', med(s1, (r) => r.wireBytesPerConsumer) / 1e6, archiveBytes / 1e6, TARGETS.wire, 'MB')
+      check('CPU of one restore, unshaped, vs http', med(s1, (r) => r.hostsCpu), med(unshaped!.http![1]!, (r) => r.hostsCpu), TARGETS.cpu, 's')
+    }
+    if (shaped !== undefined && results[shaped.name]?.strata !== undefined) {
+      const sh = results[shaped.name]!
+      const one = sh.strata![1]
+      if (one !== undefined) check('one consumer, shaped, vs http', med(one, slowest), med(sh.http![1]!, slowest), TARGETS.shapedOne, 's')
+      const eight = sh.strata![8]
+      if (eight !== undefined) check('8 consumers, shaped, vs http\'s 8', med(eight, slowest), med(sh.http![8]!, slowest), TARGETS.shapedFanout, 's')
+      if (eight !== undefined && one !== undefined) check('8 consumers, shaped, vs strata\'s one', med(eight, slowest), med(one, slowest), TARGETS.shapedFanoutVsOne, 's')
+    }
+    for (const d of dedup) check(`a layer after one bump (${d.variant}), block bytes moved vs its size`, d.blockBytes / 1e6, d.layerBytes / 1e6, TARGETS.dedup, 'MB')
+    console.log('\ntargets')
+    console.log(formatTable(checks))
   } finally {
-    await stopServer()
+    for (const stop of stops) await stop()
     await cluster.destroy()
     removeWork()
   }

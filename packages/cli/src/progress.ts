@@ -50,10 +50,14 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
   const progress = new Progress(ctx.stderr)
   const ran = new Map<string, number>()
   let cacheOff = false
-  /** Misses worth a word: the cached layer was there but found corrupt. */
+  /** Misses worth a word: the cached layer was there but found corrupt, or too old for the step's ttl. */
   const corrupt = new Set<string>()
   /** Filter patterns and input globs that matched nothing, said on the step's line. */
   const warnings = new Map<string, string[]>()
+  const expired = new Set<string>()
+  /** `cache: false` steps: they always run, which is no miss. */
+  const uncached = new Set<string>()
+  const missed = (step: string): string => uncached.has(step) ? 'RAN (not cached)' : `MISS${corrupt.has(step) ? ' (cached layer corrupt)' : expired.has(step) ? ' (expired)' : ''} →`
   const line = (step: string, text: string): void => {
     progress.stop()
     const warn = warnings.get(step) ?? []
@@ -77,20 +81,32 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
         break
       case 'miss':
         if (e.reason === 'layer-corrupt') corrupt.add(e.step)
+        if (e.reason === 'expired') expired.add(e.step)
+        if (e.reason === 'uncached-step') uncached.add(e.step)
         break
       case 'ran':
         ran.set(e.step, e.durationMs)
         // With caching off nothing is captured: this is the step's last word.
-        if (cacheOff) line(e.step, `MISS → ran in ${seconds(e.durationMs)}, not cached`)
+        if (cacheOff) line(e.step, uncached.has(e.step) ? `RAN (not cached) in ${seconds(e.durationMs)}` : `MISS → ran in ${seconds(e.durationMs)}, not cached`)
         break
       case 'capture-progress':
         progress.update(`${e.step}: capturing`, e.unit, e.done, e.total)
         break
       case 'captured':
-        line(e.step, `MISS${corrupt.has(e.step) ? ' (cached layer corrupt)' : ''} → ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
+        line(e.step, uncached.has(e.step)
+          ? `RAN (not cached) in ${seconds(ran.get(e.step) ?? 0)}`
+          : `${missed(e.step)} ran in ${seconds(ran.get(e.step) ?? 0)}, captured ${formatBytes(e.size)} in ${seconds(e.durationMs)}`)
         break
       case 'capture-failed':
-        line(e.step, `MISS${corrupt.has(e.step) ? ' (cached layer corrupt)' : ''} → ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${oneLine(e.error)}`)
+        line(e.step, uncached.has(e.step)
+          ? `RAN (not cached) in ${seconds(ran.get(e.step) ?? 0)}; its layer could not be stored: ${oneLine(e.error)}`
+          : `${missed(e.step)} ran in ${seconds(ran.get(e.step) ?? 0)}, not cached: ${oneLine(e.error)}`)
+        break
+      case 'outputs':
+        line(e.step, `outputs ${e.paths.join(', ')} → workspace (${count(e.entries, 'entry', 'entries')}, ${formatBytes(e.bytes)})`)
+        break
+      case 'exported':
+        line('strata', `exported the run's changes to ${e.dir} (${count(e.entries, 'entry', 'entries')}, ${formatBytes(e.bytes)})`)
         break
       case 'cache-off':
         cacheOff = true

@@ -16,6 +16,13 @@ import { ProtocolViolationError } from './errors.ts'
  * by closing its side.
  */
 export const BLOCKS_PROTOCOL = '/strata/blocks/1.0.0'
+/**
+ * The same messages, with everything the server sends on a stream going through one
+ * zstd stream (one context for the stream's life, flushed after each write, ended
+ * before the server closes its side). WANTs travel as in 1.0.0. A client offers it
+ * first and falls back to 1.0.0 with a peer that does not know it.
+ */
+export const BLOCKS_PROTOCOL_ZSTD = '/strata/blocks/1.1.0'
 export const MSG_WANT = 0x01
 export const MSG_BLOCK = 0x02
 export const MSG_DONT_HAVE = 0x03

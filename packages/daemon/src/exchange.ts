@@ -1,7 +1,7 @@
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Logger } from 'pino'
 import type { Store } from '@strata/store'
-import { BLOCKS_PROTOCOL, MAX_WANTS_PER_MESSAGE } from './codec.ts'
+import { BLOCKS_PROTOCOL, BLOCKS_PROTOCOL_ZSTD, MAX_WANTS_PER_MESSAGE } from './codec.ts'
 import { Bans } from './bans.ts'
 import { BlockServer } from './server.ts'
 import { PeerBlockSource } from './source.ts'
@@ -15,7 +15,8 @@ export interface ExchangeComponents {
     handle(protocol: string, handler: (stream: Stream, connection: Connection) => void | Promise<void>, opts?: { maxInboundStreams?: number, maxOutboundStreams?: number }): Promise<void>
     unhandle(protocol: string): Promise<void>
   }
-  dialProtocol(peer: PeerId, protocol: string, opts?: { signal?: AbortSignal }): Promise<Stream>
+  /** Dials the first of `protocols` the peer speaks (multistream-select). */
+  dialProtocol(peer: PeerId, protocols: string | string[], opts?: { signal?: AbortSignal }): Promise<Stream>
   logger: Logger
 }
 
@@ -44,6 +45,11 @@ export interface ExchangeInit {
   servePeerBytesPerSecond?: number
   /** Bytes one peer may be sent at once after a quiet spell. Default 8 MiB. */
   servePeerBurstBytes?: number
+  /**
+   * Offer and serve `/strata/blocks/1.1.0` (answers compressed with zstd) besides
+   * 1.0.0. false: speak 1.0.0 only, as daemons before it did. Default true.
+   */
+  compress?: boolean
 }
 
 export interface ExchangeCounters {
@@ -54,6 +60,10 @@ export interface ExchangeCounters {
   blocksRejected: number
   /** Blocks whose sending was delayed by a peer's serving rate. */
   blocksThrottled: number
+  /** Bytes the block streams carried from peers (compressed where the peer speaks 1.1.0), framing included. */
+  wireBytesFromPeers: number
+  /** Bytes the block streams carried to peers, likewise. */
+  wireBytesToPeers: number
 }
 
 export interface FetchStats {
@@ -64,12 +74,12 @@ export interface FetchStats {
 }
 
 /**
- * `/strata/blocks/1.0.0`: serves blocks from the store (BlockServer) and fetches
+ * `/strata/blocks/1.1.0` (compressed) and `1.0.0`: serves blocks from the store (BlockServer) and fetches
  * them from providers (PeerBlockSource, one per restore); the ban list and the
  * blocks landed lately are shared by both sides.
  */
 export class BlockExchange {
-  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0, blocksThrottled: 0 }
+  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0, blocksThrottled: 0, wireBytesFromPeers: 0, wireBytesToPeers: 0 }
   readonly init: Required<ExchangeInit>
   readonly #c: ExchangeComponents
   readonly #log: Logger
@@ -94,7 +104,8 @@ export class BlockExchange {
       landedBytes: init.landedBytes ?? 64 * 1024 * 1024,
       landingWaitMs: init.landingWaitMs ?? 3000,
       servePeerBytesPerSecond: init.servePeerBytesPerSecond ?? 256 * 1024 * 1024,
-      servePeerBurstBytes: init.servePeerBurstBytes ?? 8 * 1024 * 1024
+      servePeerBurstBytes: init.servePeerBurstBytes ?? 8 * 1024 * 1024,
+      compress: init.compress ?? true
     }
     if (this.init.wantBatch < 1 || this.init.wantBatch > MAX_WANTS_PER_MESSAGE) throw new TypeError(`wantBatch must be 1..${MAX_WANTS_PER_MESSAGE}`)
     this.#bans = new Bans(this.init.banMs, this.#log)
@@ -113,18 +124,25 @@ export class BlockExchange {
     }, this.init)
   }
 
+  /** The protocols this node serves and offers, preferred first. */
+  get protocols (): string[] {
+    return this.init.compress ? [BLOCKS_PROTOCOL_ZSTD, BLOCKS_PROTOCOL] : [BLOCKS_PROTOCOL]
+  }
+
   async start (): Promise<void> {
-    await this.#c.registrar.handle(BLOCKS_PROTOCOL, (stream, connection) => { void this.#server.serve(stream, connection) }, {
-      maxInboundStreams: this.init.maxInboundStreams,
-      maxOutboundStreams: this.init.streamsPerProvider * 4
-    })
+    // libp2p counts streams per protocol; the server holds a peer to one total over both.
+    const limits = { maxInboundStreams: this.init.maxInboundStreams, maxOutboundStreams: this.init.streamsPerProvider * 4 }
+    for (const protocol of this.protocols) {
+      const compressed = protocol === BLOCKS_PROTOCOL_ZSTD
+      await this.#c.registrar.handle(protocol, (stream, connection) => { void this.#server.serve(stream, connection, { compressed }) }, limits)
+    }
     this.#started = true
   }
 
   async stop (): Promise<void> {
     if (!this.#started) return
     this.#started = false
-    await this.#c.registrar.unhandle(BLOCKS_PROTOCOL)
+    for (const protocol of this.protocols) await this.#c.registrar.unhandle(protocol)
   }
 
   isBanned (peer: PeerId | string): boolean {
@@ -152,7 +170,9 @@ export class BlockExchange {
       isBanned: (peer) => this.#bans.has(peer),
       ban: (peer, reason) => { this.#bans.add(peer, reason) },
       landed: (key, bytes) => { this.#server.landed(key, bytes) },
-      dialProtocol: async (peer, protocol, o) => await this.#c.dialProtocol(peer, protocol, o),
+      dialProtocol: async (peer, protocols, o) => await this.#c.dialProtocol(peer, protocols, o),
+      protocols: this.protocols,
+      onWireBytes: (n) => { this.counters.wireBytesFromPeers += n },
       logger: this.#log
     }, providers, { ...opts, onClose: () => this.#sources.delete(source) })
     this.#sources.add(source)

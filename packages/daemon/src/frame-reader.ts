@@ -1,7 +1,20 @@
 import type { Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface'
 import { LengthPrefixedDecoder } from '@libp2p/utils'
 import type { Uint8ArrayList } from 'uint8arraylist'
-import { PeerLimitError } from './errors.ts'
+import { StreamDecompressor } from './compression.ts'
+import { DaemonError, PeerLimitError, ProtocolViolationError } from './errors.ts'
+
+export interface FrameReaderOptions {
+  maxDataLength: number
+  maxQueued: number
+  /**
+   * The stream's bytes are one zstd stream around the frames: they are decompressed
+   * first, up to `allowance()` bytes in all (see StreamDecompressor).
+   */
+  inflate?: { allowance: () => number }
+  /** Told the size of every chunk the stream brings, before decompression. */
+  onBytes?: (n: number) => void
+}
 
 /**
  * The length-prefixed messages of a stream, cut out of each chunk as the muxer
@@ -16,6 +29,8 @@ export class FrameReader {
   readonly #decoder: LengthPrefixedDecoder
   readonly #maxQueued: number
   readonly #frames: Uint8ArrayList[] = []
+  readonly #inflate: StreamDecompressor | undefined
+  readonly #onBytes: ((n: number) => void) | undefined
   #queued = 0
   #ended = false
   #error: Error | undefined
@@ -25,40 +40,83 @@ export class FrameReader {
    * `maxQueued` bounds the bytes of decoded messages not read yet, and with them
    * what a peer that sends faster than it was asked can make this side hold.
    */
-  constructor (stream: Stream, opts: { maxDataLength: number, maxQueued: number }) {
+  constructor (stream: Stream, opts: FrameReaderOptions) {
     this.#stream = stream
     this.#maxQueued = opts.maxQueued
+    this.#onBytes = opts.onBytes
     // What the decoder holds is at most a partial message and the chunk being cut.
     this.#decoder = new LengthPrefixedDecoder({ maxDataLength: opts.maxDataLength, maxBufferSize: opts.maxDataLength + opts.maxQueued })
+    if (opts.inflate !== undefined) {
+      this.#inflate = new StreamDecompressor({
+        allowance: opts.inflate.allowance,
+        maxInput: opts.maxQueued,
+        onPlain: (b) => { this.#decode(b) },
+        onError: (err) => { this.#fail(err) },
+        onEnd: () => { this.#ended = true; this.#wake?.() }
+      })
+    }
     stream.addEventListener('message', this.#onMessage)
     stream.addEventListener('remoteCloseWrite', this.#onEnd)
     stream.addEventListener('close', this.#onClose)
   }
 
+  /** Decompressed bytes so far (0 on a plain stream). */
+  get plainBytes (): number {
+    return this.#inflate?.plainBytes ?? 0
+  }
+
   readonly #onMessage = (evt: StreamMessageEvent): void => {
     if (this.#error !== undefined) return
+    this.#onBytes?.(evt.data.byteLength)
+    if (this.#inflate === undefined) {
+      this.#decode(evt.data)
+      return
+    }
     try {
-      for (const frame of this.#decoder.decode(evt.data)) {
+      this.#inflate.push(evt.data)
+    } catch (err) {
+      this.#fail(err as Error)
+    }
+  }
+
+  #decode (data: Uint8Array | Uint8ArrayList): void {
+    if (this.#error !== undefined) return
+    try {
+      for (const frame of this.#decoder.decode(data)) {
         this.#frames.push(frame)
         this.#queued += frame.byteLength
       }
       if (this.#queued > this.#maxQueued) throw new PeerLimitError(`peer sent ${this.#queued} bytes that were not read yet, limit ${this.#maxQueued}`)
     } catch (err) {
-      this.#error = err as Error
-      // Not from inside the stream's own dispatch.
-      queueMicrotask(() => { this.#stream.abort(this.#error!) })
+      this.#fail(err instanceof DaemonError ? err : new ProtocolViolationError(`peer sent a malformed frame: ${(err as Error).message}`, { cause: err }))
+      return
     }
     this.#wake?.()
   }
 
+  #fail (err: Error): void {
+    if (this.#error !== undefined) return
+    this.#error = err
+    this.#inflate?.close()
+    // Not from inside the stream's own dispatch.
+    queueMicrotask(() => { this.#stream.abort(err) })
+    this.#wake?.()
+  }
+
   readonly #onEnd = (): void => {
+    // Compressed: the end comes once the decompressor has given out what it holds.
+    if (this.#inflate !== undefined) {
+      this.#inflate.end()
+      return
+    }
     this.#ended = true
     this.#wake?.()
   }
 
   readonly #onClose = (evt: StreamCloseEvent): void => {
-    this.#ended = true
     if (evt.error !== undefined) this.#error ??= evt.error
+    if (this.#inflate === undefined || evt.error !== undefined) this.#ended = true
+    else this.#inflate.end()
     this.#wake?.()
   }
 
@@ -88,6 +146,7 @@ export class FrameReader {
 
   /** Stops listening to the stream. */
   close (): void {
+    this.#inflate?.close()
     this.#stream.removeEventListener('message', this.#onMessage)
     this.#stream.removeEventListener('remoteCloseWrite', this.#onEnd)
     this.#stream.removeEventListener('close', this.#onClose)

@@ -44,6 +44,8 @@ export class DaemonMetrics {
     }
     counter('strata_bytes_from_peers_total', 'Block bytes received from peers', () => c.bytesFromPeers)
     counter('strata_bytes_to_peers_total', 'Block bytes served to peers', () => c.bytesToPeers)
+    counter('strata_wire_bytes_from_peers_total', 'Bytes the block streams carried from peers, compressed where negotiated', () => c.wireBytesFromPeers)
+    counter('strata_wire_bytes_to_peers_total', 'Bytes the block streams carried to peers, compressed where negotiated', () => c.wireBytesToPeers)
     counter('strata_blocks_rejected_total', 'Blocks from peers that did not match their CID', () => c.blocksRejected)
     // One series per reason a record was refused (untrusted-signer, old-epoch, wrong-scope, bad-signature, ...).
     new Counter({

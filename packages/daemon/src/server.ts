@@ -7,6 +7,7 @@ import type { Store } from '@strata/store'
 import { MAX_MESSAGE_SIZE, decodeMessage, encodeBlockHeader, encodeDontHave } from './codec.ts'
 import { PeerLimitError, ProtocolViolationError } from './errors.ts'
 import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
+import { StreamCompressor } from './compression.ts'
 import { RateLimiter } from './rate.ts'
 import { scavenges } from './scavenge.ts'
 import { appendFrame, sendRaw } from './wire.ts'
@@ -15,6 +16,11 @@ import { appendFrame, sendRaw } from './wire.ts'
 export const SERVE_READ_BUFFER = 256 * 1024
 /** Answers are sent together once this many bytes wait (or the next lookup is not done yet). */
 const COALESCE_BYTES = 256 * 1024
+/**
+ * The same on a compressed stream, in bytes before compression: node_modules-like
+ * blocks shrink to about a quarter, so a flush still fills about one muxer frame.
+ */
+const COMPRESSED_COALESCE_BYTES = 1024 * 1024
 
 /** What the serving side needs. */
 export interface BlockServerComponents {
@@ -27,7 +33,7 @@ export interface BlockServerComponents {
 }
 
 /**
- * The serving side of `/strata/blocks/1.0.0`: answers want-lists from the store and
+ * The serving side of `/strata/blocks/1.1.0` and `1.0.0`: answers want-lists from the store and
  * from the blocks landed lately, paced per peer, within the per-peer limits.
  */
 export class BlockServer {
@@ -64,12 +70,14 @@ export class BlockServer {
   /**
    * Answers want-lists until the client closes its side: a BLOCK or a DONT_HAVE per
    * CID, in the order the lookups finish. Any misbehaviour or silence past the
-   * limits aborts the stream.
+   * limits aborts the stream. `compressed`: what it sends goes through one zstd
+   * stream (`/strata/blocks/1.1.0`).
    */
-  async serve (stream: Stream, connection: Connection): Promise<void> {
+  async serve (stream: Stream, connection: Connection, opts: { compressed?: boolean } = {}): Promise<void> {
     const init = this.#init
     const peer = connection.remotePeer.toString()
     let counted = 0
+    let compressor: StreamCompressor | undefined
     const streams = (this.#streams.get(peer) ?? 0) + 1
     this.#streams.set(peer, streams)
     try {
@@ -78,6 +86,18 @@ export class BlockServer {
       if (streams > init.maxInboundStreams) throw new PeerLimitError(`peer ${peer} has ${streams} block streams open, limit ${init.maxInboundStreams}`)
       // A client sends only want-lists (two in flight): more unread bytes than this is a flood.
       const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_SIZE, maxBufferSize: SERVE_READ_BUFFER })
+      const counters = this.#c.counters
+      if (opts.compressed === true) compressor = new StreamCompressor(stream, { drainMs: init.idleTimeoutMs, onBytes: (n) => { counters.wireBytesToPeers += n } })
+      const z = compressor
+      const coalesce = z !== undefined ? COMPRESSED_COALESCE_BYTES : COALESCE_BYTES
+      const send = async (bytes: Uint8ArrayList): Promise<void> => {
+        if (z !== undefined) {
+          await z.write(bytes)
+          return
+        }
+        counters.wireBytesToPeers += bytes.byteLength
+        await sendRaw(stream, bytes, init.idleTimeoutMs)
+      }
       for (let first = true; ; first = false) {
         let frame: Uint8ArrayList
         try {
@@ -110,7 +130,7 @@ export class BlockServer {
         let answers = 0
         const flush = async (): Promise<void> => {
           if (out.byteLength === 0) return
-          await sendRaw(stream, out.sublist(), init.idleTimeoutMs)
+          await send(out.sublist())
           out.consume(out.byteLength)
           this.#outstanding.set(peer, (this.#outstanding.get(peer) ?? answers) - answers)
           counted -= answers
@@ -142,15 +162,17 @@ export class BlockServer {
             this.#c.counters.blocksToPeers++
           }
           answers++
-          if (out.byteLength >= COALESCE_BYTES) await flush()
+          if (out.byteLength >= coalesce) await flush()
         }
         await flush()
       }
+      await compressor?.end()
       await stream.close({ signal: AbortSignal.timeout(init.idleTimeoutMs) })
     } catch (err) {
       this.#log.debug({ event: 'block-stream-aborted', err, peer }, 'block stream aborted')
       stream.abort(err as Error)
     } finally {
+      compressor?.close()
       const open = (this.#streams.get(peer) ?? 1) - 1
       if (open <= 0) this.#streams.delete(peer)
       else this.#streams.set(peer, open)

@@ -3,8 +3,9 @@ import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { verifyBlock, BlockMismatchError } from '@strata/chunker'
-import { BLOCKS_PROTOCOL, MAX_MESSAGE_SIZE, decodeMessage, encodeWant } from './codec.ts'
-import { PeerTimeoutError, ProtocolViolationError } from './errors.ts'
+import { BLOCKS_PROTOCOL_ZSTD, MAX_MESSAGE_SIZE, decodeMessage, encodeWant } from './codec.ts'
+import type { Message } from './codec.ts'
+import { DaemonError, PeerTimeoutError, ProtocolViolationError } from './errors.ts'
 import type { ExchangeInit } from './exchange.ts'
 import { FrameReader } from './frame-reader.ts'
 import { appendFrame, sendRaw } from './wire.ts'
@@ -51,7 +52,10 @@ export interface SessionHost {
   /** Fires when the fetch ends. */
   readonly signal: AbortSignal
   readonly init: Required<ExchangeInit>
-  dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
+  dialProtocol(peer: PeerId, protocols: string | string[], opts: { signal: AbortSignal }): Promise<Stream>
+  /** The block protocols to offer, preferred first. */
+  readonly protocols: string[]
+  onWireBytes(n: number): void
   /** The session's stream is up: it joins the provider's pool and may be given wants. */
   opened(session: BlockSession): void
   /** Whether the fetch still has wants that `provider` has not said it lacks. */
@@ -60,6 +64,8 @@ export interface SessionHost {
   dontHave(provider: Provider, want: Want): void
   /** `provider` sent bytes that do not hash to `want`'s CID. */
   wrongBlock(provider: Provider, want: Want): void
+  /** `provider` sent what no honest peer sends (a malformed answer, a compression bomb): it is banned. */
+  misbehaved(provider: Provider, reason: string): void
   /** `provider` sent `want`'s verified bytes. */
   received(provider: Provider, want: Want, bytes: Uint8Array): void
   /** Wants that must be asked again (their session failed). */
@@ -88,6 +94,10 @@ const SESSION_LINGER_MS = 1000
  * so this is only reached by a peer that sends what nobody asked for.
  */
 const CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
+/** The most one answer takes on the wire before compression: a frame and its length prefix. */
+const MAX_ANSWER_BYTES = MAX_MESSAGE_SIZE + 8
+/** Errors of what a peer sent, as opposed to how the stream went: the peer is banned. */
+const MISBEHAVIOUR = new Set(['ERR_PROTOCOL_VIOLATION', 'ERR_PEER_LIMIT', 'ERR_DECOMPRESSION', 'ERR_DECOMPRESSION_LIMIT'])
 
 /**
  * One stream to one provider, carrying many want-lists (pipelined: answers come back
@@ -134,14 +144,18 @@ export class BlockSession {
     const readSignal = AbortSignal.any([host.signal, idle.signal])
     try {
       const dialSignal = AbortSignal.any([host.signal, AbortSignal.timeout(ms)])
-      stream = await host.dialProtocol(p.peer, BLOCKS_PROTOCOL, { signal: dialSignal })
+      stream = await host.dialProtocol(p.peer, host.protocols, { signal: dialSignal })
       const s = stream
-      frames = new FrameReader(s, { maxDataLength: MAX_MESSAGE_SIZE, maxQueued: CLIENT_QUEUED_BYTES })
+      // Compressed answers may expand to at most what was asked: a frame per want.
+      let asked = 0
+      const inflate = s.protocol === BLOCKS_PROTOCOL_ZSTD ? { allowance: () => asked * MAX_ANSWER_BYTES } : undefined
+      frames = new FrameReader(s, { maxDataLength: MAX_MESSAGE_SIZE, maxQueued: CLIENT_QUEUED_BYTES, onBytes: host.onWireBytes, ...(inflate !== undefined ? { inflate } : {}) })
       let wake: (() => void) | undefined
       let writing = Promise.resolve()
       this.#send = (wants) => {
         if (this.inflight.size === 0) lastAnswer = performance.now()
         for (const w of wants) this.inflight.set(w.key, w)
+        asked += wants.length
         const out = new Uint8ArrayList()
         appendFrame(out, encodeWant(wants.map((w) => w.cid)))
         writing = writing.then(async () => { await sendRaw(s, out, host.init.idleTimeoutMs, host.signal) })
@@ -164,15 +178,28 @@ export class BlockSession {
           wake = undefined
           continue
         }
-        const frame = await frames.next(readSignal)
+        let frame
+        try {
+          frame = await frames.next(readSignal)
+        } catch (err) {
+          if (err instanceof DaemonError && MISBEHAVIOUR.has(err.code)) host.misbehaved(p, err.message)
+          throw err
+        }
         if (frame === undefined) throw new ProtocolViolationError(`peer ${k} closed the stream with ${this.inflight.size} wants unanswered`)
         lastAnswer = performance.now()
         answered = true
         const whole = frame.subarray()
-        const msg = decodeMessage(whole)
-        if (msg.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
-        const w = this.inflight.get(msg.cid.toString())
-        if (w === undefined) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
+        let msg: Exclude<Message, { type: 'want' }>
+        try {
+          const m = decodeMessage(whole)
+          if (m.type === 'want') throw new ProtocolViolationError('a server sent a want-list')
+          if (!this.inflight.has(m.cid.toString())) throw new ProtocolViolationError(`peer ${k} answered a block it was not asked for`)
+          msg = m
+        } catch (err) {
+          host.misbehaved(p, (err as Error).message)
+          throw err
+        }
+        const w = this.inflight.get(msg.cid.toString())!
         this.inflight.delete(w.key)
         if (this.inflight.size === 0) idleSince = performance.now()
         if (msg.type === 'dont-have') {

@@ -17,7 +17,11 @@ export interface SourceComponents {
   ban(peer: PeerId | string, reason: string): void
   /** Keeps a verified block for peers fetching the same layer. */
   landed(key: string, bytes: Uint8Array): void
-  dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
+  dialProtocol(peer: PeerId, protocols: string | string[], opts: { signal: AbortSignal }): Promise<Stream>
+  /** The block protocols to offer, preferred first. */
+  protocols: string[]
+  /** Bytes a session's stream brought in, as they arrive. */
+  onWireBytes(n: number): void
   logger: Logger
 }
 
@@ -141,7 +145,10 @@ export class PeerBlockSource implements BlockSource {
       signal: this.#abort.signal,
       init: c.init,
       dialProtocol: c.dialProtocol,
+      protocols: c.protocols,
+      onWireBytes: c.onWireBytes,
       logger: c.logger,
+      misbehaved: (p, reason) => { c.ban(p.peer, reason) },
       opened: (session) => {
         session.provider.sessions.push(session)
         this.#dispatch()

@@ -6,6 +6,7 @@ import type { Chain } from './chain.ts'
 import type { Emit } from './events.ts'
 import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
+import type { OutputPlaces } from './outputs.ts'
 import type { StepSpec } from './pipeline.ts'
 import type { OutputOptions } from './sandbox.ts'
 
@@ -62,4 +63,6 @@ export interface StepContext {
   readonly emit: Emit
   /** When the step started (performance.now()). */
   readonly t0: number
+  /** Where its `outputs` are read and written (run() only). */
+  readonly places?: OutputPlaces | undefined
 }

@@ -64,9 +64,9 @@ export class PipelineEncodingError extends PipelineError {
 /** A bound on what strata.yml may declare (PIPELINE_LIMITS: steps, env or inputs entries) is exceeded; the position is the first entry past it. */
 export class PipelineLimitError extends PipelineError {
   override name = 'PipelineLimitError'
-  readonly limit: 'steps' | 'env' | 'inputs'
+  readonly limit: 'steps' | 'env' | 'inputs' | 'outputs' | 'secrets'
   readonly max: number
-  constructor (at: SourcePosition, limit: 'steps' | 'env' | 'inputs', max: number, reason: string) {
+  constructor (at: SourcePosition, limit: 'steps' | 'env' | 'inputs' | 'outputs' | 'secrets', max: number, reason: string) {
     super('ERR_PIPELINE_LIMIT', at, reason)
     this.limit = limit
     this.max = max
@@ -312,4 +312,40 @@ export function formatMs (ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`
   if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`
   return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`
+}
+
+/** A declared output is not in the step's filesystem after it ran (or in the layer it hit): likely a broken build. */
+export class OutputNotFoundError extends RunnerError {
+  override name = 'OutputNotFoundError'
+  readonly step: string
+  readonly path: string
+  constructor (step: string, path: string) {
+    super('ERR_OUTPUT_NOT_FOUND', `step "${step}": output ${path} does not exist in the step's filesystem after it ran; check the build, or remove it from "outputs"`)
+    this.step = step
+    this.path = path
+  }
+}
+
+/** An output would lead out of the workspace (a symlink) or be written through a symlink on the host. */
+export class OutputUnsafeError extends RunnerError {
+  override name = 'OutputUnsafeError'
+  readonly step: string
+  readonly path: string
+  readonly reason: string
+  constructor (step: string, path: string, reason: string) {
+    super('ERR_OUTPUT_UNSAFE', `step "${step}": output ${path} is not copied: ${reason}`)
+    this.step = step
+    this.path = path
+    this.reason = reason
+  }
+}
+
+/** `export` names a directory that cannot take the export: not empty, not a directory, or not writable. */
+export class ExportDirError extends RunnerError {
+  override name = 'ExportDirError'
+  readonly dir: string
+  constructor (dir: string, reason: string, opts?: { cause?: unknown }) {
+    super('ERR_EXPORT_DIR', `cannot export to ${dir}: ${reason}`, opts)
+    this.dir = dir
+  }
 }

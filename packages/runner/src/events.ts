@@ -1,6 +1,6 @@
 /** What a run reports as it goes: one event per phase of a step, and the result of each step. */
 
-export type MissReason = 'no-record' | 'invalid-record' | 'layer-missing' | 'layer-corrupt' | 'no-cache' | 'uncached-step' | 'cache-off'
+export type MissReason = 'no-record' | 'invalid-record' | 'expired' | 'layer-missing' | 'layer-corrupt' | 'no-cache' | 'uncached-step' | 'cache-off'
 
 export type RunnerEvent =
   | { type: 'start', step: string, index: number, total: number }
@@ -16,6 +16,10 @@ export type RunnerEvent =
   | { type: 'capture-failed', step: string, key: string, error: Error }
   /** Once per run: the data dir's filesystem is full; later steps look nothing up, commit nothing and run on scratch space elsewhere. */
   | { type: 'cache-off', step: string, error: Error }
+  /** After a step that declares `outputs` ran or hit: they are in the host workspace. */
+  | { type: 'outputs', step: string, paths: string[], entries: number, bytes: number, durationMs: number }
+  /** After the last step, with `export`: the run's changes are in `dir`. */
+  | { type: 'exported', step: string, dir: string, entries: number, bytes: number, durationMs: number }
   | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
 
 export interface StepResult {

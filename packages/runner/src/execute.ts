@@ -11,6 +11,7 @@ import { isDiskFull, makeScratch, mountSpill } from './scratch.ts'
 import type { Scratch } from './scratch.ts'
 import { BASE_ENV, checkStrataEnv, envObject, readStrataEnv } from './strata-env.ts'
 import { absorbWorkspace, prepareWorkspace } from './workspace.ts'
+import { outputView, planOutputs } from './outputs.ts'
 
 /** A step's scratch dir while it runs; `kept` once its upper dir stays mounted under the later steps of the run. */
 export interface Run extends Scratch {
@@ -72,6 +73,12 @@ export async function execute (ctx: RunnerContext, s: StepContext, run: Run, key
     const v = e.value ?? ctx.env[e.name]
     if (v !== undefined) env[e.name] = v
   }
+  // Secrets reach the step's environment only: not the descriptor, the record or a log line.
+  for (const name of step.secrets ?? []) {
+    const v = ctx.env[name]
+    if (v !== undefined) env[name] = v
+    else ctx.log.info({ step: step.name, secret: name }, 'a secret the step declares is not set')
+  }
   const ranAt = performance.now()
   const result = await runSandbox({
     name: step.name,
@@ -107,6 +114,8 @@ export async function execute (ctx: RunnerContext, s: StepContext, run: Run, key
   checkStrataEnv(step.name, [...chain.envLines, ...ownEnv], BASE_ENV)
   // What the step changed in the workspace is part of its layer, at the workspace path.
   if (run.workspace !== undefined) await absorbWorkspace(run.runDir, run.workspace.path, chain.layers, baseRoot(chain.base))
+  // A missing output is the step's failure, found before anything is committed.
+  if (step.outputs !== undefined && s.places !== undefined) await planOutputs(step.name, outputView(s.places, [`${run.runDir}/u`, ...chain.layers], baseRoot(chain.base)), s.places, step.outputs, s)
   emit({ type: 'ran', step: step.name, key, exitCode: 0, durationMs: ranMs })
   return { ownEnv, ranMs }
 }

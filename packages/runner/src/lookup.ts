@@ -9,6 +9,7 @@ import { cacheOff } from './hold.ts'
 import type { Hold } from './hold.ts'
 import { isFull } from './scratch.ts'
 import { BASE_ENV, envObject, envProblem } from './strata-env.ts'
+import { isExpired } from './ttl.ts'
 
 /** A record that counts, and its layer, checked and here. */
 export interface Found {
@@ -20,7 +21,7 @@ export interface Found {
 export type Hit = Found & { fromPeers?: { providers: number, bytes: number } }
 
 /** A hit or why not. */
-export type Lookup = Hit | { reason: MissReason }
+export type Lookup = Hit | { reason: MissReason, expired?: number }
 
 /**
  * Whether the step can be a hit: nothing is looked up once caching is off or when
@@ -33,11 +34,11 @@ export async function lookupStep (ctx: RunnerContext, s: StepContext, key: CID):
   if (hold.cacheOff) return { reason: 'cache-off' }
   if (!step.cache || s.noCache) return { reason: step.cache ? 'no-cache' : 'uncached-step' }
 
-  let found: Lookup = await lookupLocal(ctx, key, hold)
+  let found: Lookup = await lookupLocal(ctx, key, hold, step.ttlMs)
   if (!('record' in found) && ctx.remote !== undefined) {
     const fromPeers = await fromFleet(ctx, ctx.remote, step.name, key, s.signal)
     if (fromPeers !== undefined) {
-      const again = await lookupLocal(ctx, key, hold)
+      const again = await lookupLocal(ctx, key, hold, step.ttlMs)
       if ('record' in again) found = { ...again, fromPeers }
     }
   }
@@ -56,8 +57,10 @@ export async function lookupStep (ctx: RunnerContext, s: StepContext, key: CID):
  * The first record, in read-scope order, that verifies under the policy and whose layer is here.
  * With `hold`, the layer is leased before it is looked for, so that a collection cannot take it between the check and the mount.
  */
-export async function lookupLocal (ctx: RunnerContext, key: CID, hold?: Hold): Promise<Found | { reason: MissReason }> {
+export async function lookupLocal (ctx: RunnerContext, key: CID, hold?: Hold, ttlMs?: number): Promise<Found | { reason: MissReason, expired?: number }> {
   let reason: MissReason = 'no-record'
+  // With a ttl, a record older than it is skipped: `expired` (with its `created`) unless another scope has a valid one.
+  let expired: number | undefined
   for (const scope of ctx.policy.scopes) {
     const bytes = await ctx.store.getRecord(recordKey(key, scope))
     if (bytes === undefined) continue
@@ -71,6 +74,11 @@ export async function lookupLocal (ctx: RunnerContext, key: CID, hold?: Hold): P
       if (reason === 'no-record') reason = 'invalid-record'
       continue
     }
+    if (isExpired(record.created, ttlMs)) {
+      if (reason === 'no-record' || reason === 'invalid-record') reason = 'expired'
+      expired ??= record.created
+      continue
+    }
     hold?.lease.add(record.layer.toString())
     // A layer changed since its commit is marked by the check and never hit: the step runs again.
     const found = await ctx.store.checkLayer(record.layer)
@@ -81,7 +89,7 @@ export async function lookupLocal (ctx: RunnerContext, key: CID, hold?: Hold): P
     }
     return { record, layer: found.layer }
   }
-  return { reason }
+  return expired !== undefined ? { reason, expired } : { reason }
 }
 
 /** Asks the fleet for `key`; any failure is a miss (the step runs), never an error. */

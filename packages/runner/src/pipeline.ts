@@ -11,6 +11,7 @@ import type { SourcePosition } from './errors.ts'
 import { patternProblem } from './filter.ts'
 import { MAX_LOWER_LAYERS } from './sandbox.ts'
 import type { WorkspaceSpec } from './workspace.ts'
+import { parseStepOptions } from './step-options.ts'
 
 /** The filesystem a pipeline starts from. */
 export type BaseSpec =
@@ -38,6 +39,12 @@ export interface StepSpec {
   /** Workspace globs (see filter.ts): the only workspace files the step sees and keys. Default: the whole workspace but .git. */
   filter?: string[]
   cache: boolean
+  /** `cache: { ttl }`: a record older than this (by its `created`) is a miss, `expired`. */
+  ttlMs?: number
+  /** Paths relative to the workspace, copied to the host after the step ran or hit (outputs.ts). */
+  outputs?: string[]
+  /** Env names passed from the caller's environment to the step, in no key, record or log. */
+  secrets?: string[]
   timeoutMs?: number
   /** Bytes the step's /tmp (and /dev/shm) may hold: the pipeline's `tmp-size`. Default: the runner's. */
   tmpSize?: number
@@ -88,7 +95,7 @@ export const PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
 
 const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'workspace', 'steps'] as const
 const WORKSPACE_KEYS = ['dir', 'path'] as const
-const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'filter', 'cache', 'timeout'] as const
+const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'filter', 'cache', 'timeout', 'outputs', 'secrets'] as const
 /** Where the checkout is in every step's view unless strata.yml says otherwise. */
 export const DEFAULT_WORKSPACE_PATH = '/workspace'
 /** Mounted over by the sandbox after the workspace: a workspace there would be hidden. */
@@ -426,14 +433,8 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
       }
     }
 
-    let cache = true
-    const cacheNode = f.get('cache')
-    if (cacheNode !== undefined) {
-      if (!isScalar(cacheNode) || typeof cacheNode.value !== 'boolean') {
-        throw new PipelineWrongTypeError(nodeAt(cacheNode, 0), `${stepWhere} "cache"`, 'true or false', describe(cacheNode))
-      }
-      cache = cacheNode.value
-    }
+    const extras = parseStepOptions(f, stepWhere, (n) => nodeAt(n, item.range?.[0] ?? 0), new Set(env.map((e) => e.name)))
+    const cache = extras.cache
 
     let timeoutMs: number | undefined
     const timeoutNode = f.get('timeout')
@@ -453,6 +454,9 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
     if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
     if (filter !== undefined) step.filter = filter
     if (tmpSize !== undefined) step.tmpSize = tmpSize
+    if (extras.ttlMs !== undefined) step.ttlMs = extras.ttlMs
+    if (extras.outputs.length > 0) step.outputs = extras.outputs
+    if (extras.secrets.length > 0) step.secrets = extras.secrets
     steps.push(step)
   }
 

@@ -27,6 +27,9 @@ import { MAX_LOWER_LAYERS, checkSandboxOptions } from './sandbox.ts'
 import type { OutputOptions } from './sandbox.ts'
 import { ENV_NAME, envObject } from './strata-env.ts'
 import { why } from './why.ts'
+import { deliverStepOutputs, outputPlaces } from './outputs.ts'
+import type { OutputPlaces } from './outputs.ts'
+import { checkExportDir, exportRun } from './export.ts'
 import type { WhyReport } from './why.ts'
 import { resolveWorkspace } from './workspace.ts'
 import type { WorkspaceSpec } from './workspace.ts'
@@ -85,6 +88,8 @@ export interface RunOptions {
   signal?: AbortSignal
   /** Run every step, looking nothing up (results are still captured and recorded). Default false. */
   noCache?: boolean
+  /** run() only: write the changes of the whole run (every step's layer merged, whiteouts applied) into this dir, absent or empty. */
+  export?: string
   onEvent?: (event: RunnerEvent) => void
 }
 
@@ -198,14 +203,18 @@ class StepRunner implements Runner {
     const chain = baseChain(pipeline.base, pipeline.baseId)
     if (pipeline.workspace !== undefined) chain.workspace = resolveWorkspace(pipeline.workspace, this.#ctx.dataDir)
     const results: StepResult[] = []
+    const exportDir = opts.export !== undefined ? await checkExportDir(opts.export) : undefined
     const base = await chainBase(this.#ctx, chain, opts)
     const hold = takeHold(this.#ctx)
     try {
       for (const [index, step] of pipeline.steps.entries()) {
         if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
         opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
-        results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts, hold))
+        const places = outputPlaces(pipeline, step)
+        results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts, hold, places))
+        if (step.outputs !== undefined) await deliverStepOutputs(this.#ctx, chain, step, places, opts)
       }
+      if (exportDir !== undefined) await exportRun(this.#ctx, chain, pipeline.steps.at(-1)!.name, exportDir, opts)
     } finally {
       await dropHold(hold)
     }
@@ -232,10 +241,10 @@ class StepRunner implements Runner {
   }
 
   /** One step: describe → lookup → the hit, or execute → capture. */
-  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold): Promise<StepResult> {
+  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces): Promise<StepResult> {
     const ctx = this.#ctx
     const emit = opts.onEvent ?? ((): void => {})
-    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now() }
+    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places }
     /** Reports the step's failure; a step error from execute() was reported there. */
     const failed = (err: Error, key?: string): Error => {
       emit({ type: 'failed', step: step.name, ...(key !== undefined ? { key } : {}), reason: err instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - s.t0, error: err })

@@ -10,6 +10,7 @@ import type { Pipeline } from './pipeline.ts'
 import { lastKey } from './slots.ts'
 import { resolveWorkspace } from './workspace.ts'
 import { workspaceChanges } from './workspace-why.ts'
+import { describeExpiry } from './ttl.ts'
 
 export interface WhyStep {
   name: string
@@ -27,6 +28,8 @@ export interface WhyStep {
   approximate: boolean
   /** Filter patterns and input globs that match nothing now. */
   warnings: string[]
+  /** The record for `key` is older than the step's `cache: { ttl }`. */
+  expired?: { created: number, ttlMs: number }
 }
 
 export interface WhyReport {
@@ -58,16 +61,20 @@ export async function why (ctx: RunnerContext, pipeline: Pipeline, stepName: str
     const changes = previous !== undefined
       ? await workspaceChanges(diffDescriptors(previous, descriptor), ctx.dataDir, chainId(pipeline.file, step.name), previous, described.scan)
       : []
-    const found = await lookupLocal(ctx, key)
+    const found = await lookupLocal(ctx, key, undefined, step.cache ? step.ttlMs : undefined)
+    const expired = 'expired' in found && found.expired !== undefined && step.ttlMs !== undefined ? { created: found.expired, ttlMs: step.ttlMs } : undefined
+    const reasons = previous === undefined ? ['this step has not run here before'] : changes.map(describeChange)
+    if (expired !== undefined) reasons.push(describeExpiry(expired.created, expired.ttlMs))
     steps.push({
       name: step.name,
       key: key.toString(),
       previousKey: previousKey?.toString() ?? null,
       hit: step.cache && 'record' in found,
       changes,
-      reasons: previous === undefined ? ['this step has not run here before'] : changes.map(describeChange),
+      reasons,
       approximate,
-      warnings: described.warnings
+      warnings: described.warnings,
+      ...(expired !== undefined ? { expired } : {})
     })
     chain.parent = key
     if ('record' in found) {

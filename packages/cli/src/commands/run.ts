@@ -146,17 +146,25 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
   }
 }
 
+/** Steps need OverlayFS and mount namespaces: as another user, say so in one line instead of an EPERM from deep inside. */
+function notRoot (ctx: CommandContext, command: string): boolean {
+  if (process.getuid?.() === 0) return false
+  ctx.stderr.write(`strata ${command} needs root (OverlayFS, mount namespaces)\n`)
+  return true
+}
+
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
+    if (notRoot(ctx, 'run')) return 1
     const json = values.json === true
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
-        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, onEvent: both(reporter(ctx, json), observe) }))
+        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, ...(typeof values.export === 'string' ? { export: values.export } : {}), onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
       return 0
@@ -187,6 +195,7 @@ export const exec: Command = {
       'no-cache': { type: 'boolean', default: false }
     }, 'any')
     if (typeof values.name !== 'string') throw new UsageError('--name is required')
+    if (notRoot(ctx, 'exec')) return 1
     if (positionals.length === 0) throw new UsageError('no command given after --')
     const json = values.json === true
     const env: EnvDecl[] = ((values.env ?? []) as string[]).map((decl) => {
@@ -247,7 +256,7 @@ export const why: Command = {
       return 0
     }
     for (const s of report.steps) {
-      const head = s.hit ? 'would HIT' : s.previousKey === null ? 'would MISS: never ran here' : 'would MISS'
+      const head = s.hit ? 'would HIT' : s.previousKey === null ? 'would MISS: never ran here' : s.expired !== undefined && s.changes.length === 0 ? 'would MISS: expired' : 'would MISS'
       ctx.stdout.write(`${s.name}: ${head}${s.approximate ? ' (approximate: a step below would run first)' : ''}\n`)
       for (const r of s.reasons) ctx.stdout.write(`  - ${r}\n`)
       for (const w of s.warnings) ctx.stdout.write(`  warning: ${w}\n`)
