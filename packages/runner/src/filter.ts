@@ -158,9 +158,9 @@ export interface FilterResult {
 
 /**
  * Decides each entry; `patterns` null means no filter: everything but the top-level
- * `.git`. `never` (a relative path) is left out whatever the patterns say.
+ * `.git`. `never` (relative paths) are left out whatever the patterns say.
  */
-export function applyFilter (entries: readonly FilterEntry[], patterns: readonly CompiledPattern[] | null, never?: string): FilterResult {
+export function applyFilter (entries: readonly FilterEntry[], patterns: readonly CompiledPattern[] | null, never: readonly string[] = []): FilterResult {
   const n = entries.length
   const visible = new Uint8Array(n)
   // The index of the last pattern matching the entry or a parent of it, -1 for none.
@@ -169,7 +169,7 @@ export function applyFilter (entries: readonly FilterEntry[], patterns: readonly
   for (let i = 0; i < n; i++) {
     const e = entries[i]!
     const inGit = e.rel === '.git' || e.rel.startsWith('.git/')
-    if (never !== undefined && (e.rel === never || e.rel.startsWith(`${never}/`))) {
+    if (never.some((n) => e.rel === n || e.rel.startsWith(`${n}/`))) {
       last[i] = -1
       continue
     }

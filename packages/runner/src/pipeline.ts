@@ -464,7 +464,12 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
   if (baseId !== undefined) pipeline.baseId = baseId
   if (salt !== undefined) pipeline.salt = salt
   if (tmpSize !== undefined) pipeline.tmpSize = tmpSize
-  if (workspace !== undefined) pipeline.workspace = workspace
+  if (workspace !== undefined) {
+    // What outputs copy into the checkout is a product of the pipeline, not a source of it.
+    const outs = [...new Set(steps.flatMap((st) => st.outputs ?? []).map((o) => o.split('/').filter((c) => c !== '' && c !== '.').join('/')).filter((o) => o !== ''))]
+    if (outs.length > 0) workspace.exclude = outs
+    pipeline.workspace = workspace
+  }
   return pipeline
 }
 

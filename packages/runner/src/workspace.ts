@@ -24,6 +24,12 @@ export interface WorkspaceSpec {
   /** A dir inside the checkout (relative) that is never walked, keyed or seen: the data dir, when the checkout holds it. */
   skip?: string
   /**
+   * Relative paths never keyed nor seen: what the pipeline's `outputs` copy into the
+   * checkout (keying them would make every run after the first miss; a step sees
+   * what the steps below it built, not a stale copy).
+   */
+  exclude?: string[]
+  /**
    * The walk of the checkout, made by the first scan of a run and reused by the steps
    * after it: steps write to their own upper dirs, never to the checkout, so one walk
    * per run is enough (resolveWorkspace makes a fresh spec for each run).
@@ -154,7 +160,8 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   const maxBytes = opts.limits?.maxBytes ?? DEFAULT_MAX_BYTES
   const maxWalked = maxFiles * 10
   const compiled = filter === undefined ? null : compileFilter(filter)
-  const sig = JSON.stringify([filter ?? null, ws.skip ?? null])
+  const never = [...(ws.skip !== undefined ? [ws.skip] : []), ...(ws.exclude ?? [])]
+  const sig = JSON.stringify([filter ?? null, never])
   const maxTreeBytes = Math.min(maxWalked * 512, 2 ** 31 - 1)
   if (ws.walked?.maxBytes !== maxTreeBytes) ws.walked = { at: Date.now() * 1e6, maxBytes: maxTreeBytes, tree: walk(ws.dir, maxTreeBytes, ws.skip) }
   const walkStart = ws.walked.at
@@ -182,7 +189,7 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
       unmatched: known.unmatched,
       listing: async () => {
         const r = parseTree(t)
-        return buildListing(ws.dir, t, r, digests, applyFilter(entriesOf(r), compiled, ws.skip).visible)
+        return buildListing(ws.dir, t, r, digests, applyFilter(entriesOf(r), compiled, never).visible)
       }
     }
   }
@@ -191,7 +198,7 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
   if (rec.n - 1 > maxWalked) throw new InputLimitError(step, 'walked', maxWalked)
   const digests = Buffer.alloc(rec.n * 32)
   if (cache !== undefined) reuseDigests(tree, rec, cache, digests)
-  const result = compiled === null ? unfiltered(rec, ws.skip) : applyFilter(entriesOf(rec), compiled, ws.skip)
+  const result = compiled === null ? unfiltered(rec, never) : applyFilter(entriesOf(rec), compiled, never)
   const visible = result.visible
 
   const todo: number[] = []
@@ -234,11 +241,10 @@ export async function scanWorkspace (step: string, ws: WorkspaceSpec, filter: re
 }
 
 /** applyFilter without patterns, without building the entry tree: all but the top-level .git and `skip`. */
-function unfiltered (rec: Records, skip: string | undefined): FilterResult {
+function unfiltered (rec: Records, never: readonly string[]): FilterResult {
   const visible = new Uint8Array(rec.n - 1).fill(1)
   const hidden: string[] = []
-  for (const top of ['.git', skip]) {
-    if (top === undefined) continue
+  for (const top of ['.git', ...never]) {
     for (let k = 1; k < rec.n; k++) {
       const rel = rec.rel[k]!
       if (rel === top || (rel.length > top.length && rel.startsWith(top) && rel[top.length] === '/')) {
@@ -508,6 +514,7 @@ export function resolveWorkspace (ws: WorkspaceSpec, dataDir: string): Workspace
     // checkWorkspace says what is wrong with it
   }
   const resolved: WorkspaceSpec = { dir, path: ws.path }
+  if (ws.exclude !== undefined) resolved.exclude = ws.exclude
   const skip = checkWorkspace(resolved, dataDir)
   if (skip !== undefined) resolved.skip = skip
   return resolved
