@@ -155,6 +155,19 @@ function hostParents (step: string, hostRoot: string, rel: string, p: string, ow
 
 /** Why a symlink at view path `link` with `target` may not be written, or undefined when it may. */
 function linkProblem (places: OutputPlaces, link: string, target: string): string | undefined {
+  if (places.workspace !== undefined) {
+    // The view is rooted at the workspace: `..` past its root must not clamp there, so resolve under a root no path has.
+    if (target.startsWith('/')) {
+      const ws = places.workspace
+      const norm = posix.normalize(target)
+      return norm === ws || norm.startsWith(`${ws}/`)
+        ? `symlink ${link} -> ${target} is absolute: on the host it would point elsewhere (make it relative)`
+        : `symlink ${link} -> ${target} leads out of the workspace`
+    }
+    const root = '/\0workspace'
+    const r = posix.resolve(root + posix.dirname(link), target)
+    return r === root || r.startsWith(`${root}/`) ? undefined : `symlink ${link} -> ${target} leads out of the workspace`
+  }
   const inside = (p: string): boolean => p === places.viewDir || p.startsWith(`${places.viewDir === '/' ? '' : places.viewDir}/`)
   if (target.startsWith('/')) {
     if (!inside(posix.normalize(target))) return `symlink ${link} -> ${target} leads out of the workspace`
