@@ -44,7 +44,11 @@ export function outputPlaces (pipeline: Pick<Pipeline, 'file' | 'base' | 'worksp
  * the checkout, this is where its layers' subtree goes over the checkout.
  */
 export function outputView (places: OutputPlaces, layers: readonly string[], base: string): LayeredView {
-  if (places.workspace !== undefined) return new LayeredView(layers.map((l) => `${l}${places.workspace!}`), places.hostRoot)
+  if (places.workspace !== undefined) {
+    // Only the layers that changed something in the workspace have its dir.
+    const dirs = layers.map((l) => `${l}${places.workspace!}`).filter((d) => lstatSync(d, { throwIfNoEntry: false })?.isDirectory() === true)
+    return new LayeredView(dirs, places.hostRoot)
+  }
   return new LayeredView(layers, base)
 }
 
