@@ -29,8 +29,8 @@ test('strata run copies outputs to the checkout on a miss and a hit, says RAN (n
   assert.equal(readFileSync(join(dir, 'dist/app.js'), 'utf8'), 'built\n')
   assert.equal(readFileSync(join(dir, 'report.xml'), 'utf8'), '<ok/>\n')
   assert.equal(existsSync(join(dir, 'gone.txt')), false, 'only declared outputs reach the checkout')
-  // The export holds what the run changed, relative to /: the checkout's path inside it.
-  const exported = join(dir, 'export', dir)
+  // The export holds what the run changed, relative to /: the workspace at its path in the steps' view.
+  const exported = join(dir, 'export', 'workspace')
   assert.deepEqual(readdirSync(exported).sort(), ['dist', 'report.xml'], 'gone.txt, deleted by the later step, is absent')
 
   const second = strata(['run', '--data-dir', data], dir)
