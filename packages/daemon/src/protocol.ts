@@ -2,6 +2,7 @@ import { CID } from 'multiformats/cid'
 import type { RecordRejectReason } from '@strata/records'
 import type { LayerInfo } from '@strata/store'
 import type { ExchangeCounters } from './exchange.ts'
+import type { HitSource, ProcessStats, RecentHit } from './fleet-view.ts'
 
 /**
  * The control API's wire: HTTP + JSON on a unix socket in the data dir, `POST` only.
@@ -43,6 +44,14 @@ export interface DaemonStatus {
   epoch: number
   readScopes: string[]
   privateNetwork: boolean
+  /** Steps served since start, by source, as the runner reported them. */
+  hits: Record<HitSource, number>
+  /** The last few of them, oldest first. */
+  recentHits: RecentHit[]
+  /** Records learned from peers on new connections (gossip does not replay). */
+  recordSync: { syncs: number, recordsSynced: number, syncsDropped: number, remembered: number }
+  /** This daemon's memory and open descriptors. */
+  process: ProcessStats
 }
 
 /** `/v1/status`. */
