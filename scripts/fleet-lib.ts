@@ -227,7 +227,7 @@ export class Fleet {
 
   /** Log lines of daemon `i` (its current data dir, or `logFile`) as objects; unparsable lines skipped. */
   events (logFile: string): Array<Record<string, unknown>> {
-    let text = ''
+    let text: string
     try {
       text = readFileSync(logFile, 'utf8')
     } catch {
