@@ -58,6 +58,8 @@ export interface FleetInit {
   daemonArgs?: string[]
   /** STRATA_LOG_LEVEL of the daemons; default info (the resolve and sync events). */
   logLevel?: string
+  /** Extra environment of every daemon (e.g. NODE_OPTIONS=--max-old-space-size=256). */
+  env?: NodeJS.ProcessEnv
 }
 
 export class Fleet {
@@ -111,7 +113,7 @@ export class Fleet {
       ...boot, ...(this.#init.daemonArgs ?? []), ...(opts.args ?? [])
     ], {
       stdio: ['ignore', 'ignore', 'ignore'],
-      env: { ...process.env, ...HERMETIC, STRATA_LOG_LEVEL: this.#init.logLevel ?? 'info', STRATA_LOG_FILE: logFile }
+      env: { ...process.env, ...HERMETIC, ...this.#init.env, STRATA_LOG_LEVEL: this.#init.logLevel ?? 'info', STRATA_LOG_FILE: logFile }
     })
     if (child.pid === undefined) throw new Error(`cannot start a daemon on ${host.name}`)
     const d: FleetDaemon = { index: i, host, dataDir, logFile, child, pid: child.pid, peerId: '', generation }

@@ -31,6 +31,10 @@ export interface ReplicationInit {
  * rendezvous hash of (layer, peer), and the first `replicas` pull the layer. Every
  * peer ranks alike, so no coordination is needed.
  */
+/** Replication fetches running at once, and layers waiting or running at most. */
+export const MAX_REPLICATIONS_RUNNING = 2
+export const MAX_REPLICATIONS_QUEUED = 256
+
 export class Replication {
   readonly #c: ReplicationComponents
   readonly #init: ReplicationInit
@@ -51,18 +55,40 @@ export class Replication {
     candidates.add(self)
     candidates.delete(record.producer)
     if (!top(root, candidates, this.#init.replicas).includes(self)) return
+    // Every writer may announce many layers at once: pull a few at a time, queue a bounded number.
+    if (this.#replicating.size >= MAX_REPLICATIONS_QUEUED) {
+      this.dropped++
+      return
+    }
     this.#replicating.add(root)
-    const hint = parsePeerId(record.producer)
-    this.#c.background((async () => {
-      try {
-        if (await this.#c.store.has(record.layer)) return
-        await this.#c.fetch(record.layer, { hints: hint !== undefined ? [hint] : [] })
-        this.#init.counters.replicated++
-        this.#c.logger.info({ layer: root }, 'replicated')
-      } finally {
-        this.#replicating.delete(root)
-      }
-    })())
+    this.#queue.push(record)
+    this.#next()
+  }
+
+  /** Layers not pulled because the queue was full. */
+  dropped = 0
+  readonly #queue: StepRecord[] = []
+  #running = 0
+
+  #next (): void {
+    while (this.#running < MAX_REPLICATIONS_RUNNING && this.#queue.length > 0) {
+      const record = this.#queue.shift()!
+      const root = record.layer.toString()
+      const hint = parsePeerId(record.producer)
+      this.#running++
+      this.#c.background((async () => {
+        try {
+          if (await this.#c.store.has(record.layer)) return
+          await this.#c.fetch(record.layer, { hints: hint !== undefined ? [hint] : [] })
+          this.#init.counters.replicated++
+          this.#c.logger.info({ layer: root }, 'replicated')
+        } finally {
+          this.#replicating.delete(root)
+          this.#running--
+          this.#next()
+        }
+      })())
+    }
   }
 }
 
