@@ -164,6 +164,9 @@ try {
   results.lookup = { ms: lookups, misses: lookupMisses, local: localLookups }
   rows.push([`DHT lookup by a late joiner (${lookupMisses} missed, ${localLookups} local)`, ms(median(lookups)), ms(percentile(lookups, 99)), ms(Math.max(...lookups))])
 
+  if (opts.churn) await churn()
+  if (opts.partition) await partition()
+
   const final = fleet.running.map((i) => procStats(fleet.daemons[i]!.pid)?.rss ?? NaN)
   rows.push(['RSS per daemon (end)', mb(median(final)), mb(percentile(final, 99)), mb(Math.max(...final))])
   results.loadEnd = loadavg()
@@ -174,4 +177,96 @@ try {
   if (opts.json !== undefined) writeFileSync(opts.json, JSON.stringify(results, null, 1))
 } finally {
   await fleet.destroy()
+}
+
+/** A pipeline of one step making a few MB, in its own directory; returns the directory. */
+function pipelineDir (name: string, lines: number): string {
+  const dir = join(work, name)
+  mkdirSync(dir, { recursive: true })
+  const tag = `strata-fleet-${process.pid}-${name}`
+  writeFileSync(join(dir, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: make',
+    `    run: mkdir -p /opt/${tag} && seq 1 ${lines} > /opt/${tag}/data`, ''].join('\n'))
+  return dir
+}
+
+async function holdersOf (root: string): Promise<number[]> {
+  const out: number[] = []
+  for (const i of fleet.running) if ((await fleet.layers(i)).has(root)) out.push(i)
+  return out
+}
+
+/**
+ * While 4 consumers restore a new layer, kill -9 a third of the fleet (its producer and
+ * a replica among them, never every holder), start new daemons in their place; every
+ * run must complete (a hit or the step run), the layer must survive, and a holder's
+ * `copies` must come to the truth.
+ */
+async function churn (): Promise<void> {
+  const dir = pipelineDir('churn', 600_000)
+  const producer = 2 + Math.floor(Math.random() * (N - 2))
+  const run = await fleet.strata(producer, ['run', '--json', '--data-dir', fleet.daemons[producer]!.dataDir], { cwd: dir })
+  if (run.exitCode !== 0) throw new Error(`churn producer h${producer + 1}: ${run.stderr}`)
+  const root = outcomes(run.stdout).get('make')!.layer!
+  const before = await waitFor('the churn layer on its replicas', 120_000, async () => {
+    const h = await holdersOf(root)
+    return h.length >= 1 + REPLICAS ? h : undefined
+  }, () => '', 500)
+  const others = fleet.running.filter((i) => !before.includes(i) && !SEEDS.includes(i)).sort(() => Math.random() - 0.5)
+  const consumers = others.slice(0, 4)
+  const replica = before.find((i) => i !== producer)!
+  const victims = [producer, ...(before.length > 2 ? [replica] : []), ...others.slice(4)].slice(0, Math.floor(N / 3))
+  log(`churn: layer on ${before.map((i) => `h${i + 1}`).join(' ')}; killing ${victims.length} (${victims.map((i) => `h${i + 1}`).join(' ')}); consumers ${consumers.map((i) => `h${i + 1}`).join(' ')}`)
+  const t = Date.now()
+  const runs = consumers.map(async (c) => {
+    const r = await fleet.strata(c, ['run', '--json', '--data-dir', fleet.daemons[c]!.dataDir], { cwd: dir, timeoutMs: 300_000 })
+    return { c, r, ms: Date.now() - t }
+  })
+  for (const v of victims) await fleet.kill9(v)
+  for (const v of victims) fleet.start(v, { bootstrap: SEEDS })
+  const done = await Promise.all(runs)
+  const how = done.map(({ c, r, ms: took }) => `h${c + 1} ${r.exitCode === 0 ? outcomes(r.stdout).get('make')?.how ?? '?' : `exit ${r.exitCode ?? r.signal}`} in ${ms(took)}`)
+  for (const v of victims) await fleet.ready(v, { peers: 1, ms: 120_000 })
+  const after = await holdersOf(root)
+  const reporter = after.find((i) => !victims.includes(i))!
+  const tc = Date.now()
+  let last = ''
+  await waitFor('churn: copies equal the live holders', 180_000, async () => {
+    const st = await fleet.status(reporter, { copies: true, ms: 60_000 })
+    const truth = (await holdersOf(root)).length
+    const claimed = st.layers.find((l) => l.root === root)?.copies
+    last = `status ${claimed}, truth ${truth}`
+    return claimed === truth ? true : undefined
+  }, () => last, 2000)
+  results.churn = { victims: victims.length, runs: how, holdersBefore: before.length, holdersAfter: after.length, copiesConvergeMs: Date.now() - tc }
+  log(`churn: ${how.join(', ')}; holders ${before.length} -> ${after.length}; copies right after ${ms(Date.now() - tc)}`)
+  rows.push([`churn: consumer runs (${victims.length} killed)`, ms(median(done.map((d) => d.ms))), ms(percentile(done.map((d) => d.ms), 99)), ms(Math.max(...done.map((d) => d.ms)))])
+  if (done.some(({ r }) => r.exitCode !== 0) || after.length === 0) throw new Error(`churn failed: ${how.join(', ')}, holders after ${after.length}`)
+}
+
+/** Splits the fleet in halves, writes a record in each, heals: time until every daemon has both. */
+async function partition (): Promise<void> {
+  const all = fleet.running
+  const side = all.filter((_, k) => k % 2 === 1)
+  const rest = all.filter((i) => !side.includes(i))
+  fleet.partition(side)
+  const keys: string[] = []
+  for (const [name, half] of [['split-a', rest], ['split-b', side]] as const) {
+    const dir = pipelineDir(name, 30_000)
+    const h = half[Math.floor(Math.random() * half.length)]!
+    const r = await fleet.strata(h, ['run', '--json', '--data-dir', fleet.daemons[h]!.dataDir], { cwd: dir })
+    if (r.exitCode !== 0) throw new Error(`partition: run on h${h + 1}: ${r.stderr}`)
+    keys.push(recordKey(outcomes(r.stdout).get('make')!.key, 'default'))
+  }
+  await delay(15_000)
+  fleet.heal()
+  const t = Date.now()
+  let lacking = 0
+  await waitFor('partition: every daemon has the records of both halves', 180_000, async () => {
+    lacking = 0
+    for (const i of fleet.running) for (const k of keys) if (!(await fleet.hasRecord(i, k))) lacking++
+    return lacking === 0 ? true : undefined
+  }, () => `${lacking} missing`, 250)
+  results.partition = { healToAllMs: Date.now() - t }
+  rows.push(['partition: heal to every daemon', ms(Date.now() - t), '-', '-'])
+  log(`partition: both halves' records everywhere ${ms(Date.now() - t)} after healing`)
 }
