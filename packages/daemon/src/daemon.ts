@@ -150,7 +150,7 @@ export class Daemon {
       learn: async (envelope) => { await this.#records.announced(envelope); await this.#remember(envelope) },
       stopping: this.#stopping.signal,
       logger: log
-    })
+    }, { records: config.recentRecords })
   }
 
   /** Keeps a record this node stored (verified: only then is it in the store) for peers that connect later. */

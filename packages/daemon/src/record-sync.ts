@@ -20,6 +20,11 @@ const CONCURRENCY = 4
 const MAX_PENDING = 256
 const TIMEOUT_MS = 10_000
 
+export interface RecordSyncInit {
+  /** Records kept and sent per connection, at most RECENT_RECORDS; 0 turns the replay off. */
+  records: number
+}
+
 export interface RecordSyncComponents {
   handle(protocol: string, handler: StreamHandler, opts: { maxInboundStreams: number }): Promise<void>
   dialProtocol(peer: PeerId, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
@@ -39,8 +44,11 @@ export class RecordSync {
   #running = 0
   readonly counters = { syncs: 0, recordsSynced: 0, syncsDropped: 0 }
 
-  constructor (components: RecordSyncComponents) {
+  readonly #max: number
+
+  constructor (components: RecordSyncComponents, init: RecordSyncInit = { records: RECENT_RECORDS }) {
     this.#c = components
+    this.#max = Math.max(0, Math.min(RECENT_RECORDS, Math.floor(init.records)))
   }
 
   async start (): Promise<void> {
@@ -49,7 +57,7 @@ export class RecordSync {
 
   /** A record this node stored (its own, or learned): kept to send on new connections. */
   remember (envelope: Uint8Array): void {
-    if (envelope.length > MAX_RECORD_SIZE) return
+    if (this.#max === 0 || envelope.length > MAX_RECORD_SIZE) return
     let slot: string
     try {
       const c = claimedKey(envelope)
@@ -61,7 +69,7 @@ export class RecordSync {
     if (at !== -1) this.#bytes -= this.#recent.splice(at, 1)[0]!.bytes.length
     this.#recent.push({ slot, bytes: envelope })
     this.#bytes += envelope.length
-    while (this.#recent.length > RECENT_RECORDS || this.#bytes > RECENT_BYTES) this.#bytes -= this.#recent.shift()!.bytes.length
+    while (this.#recent.length > this.#max || this.#bytes > RECENT_BYTES) this.#bytes -= this.#recent.shift()!.bytes.length
   }
 
   get remembered (): number {
@@ -70,7 +78,7 @@ export class RecordSync {
 
   /** A new connection: ask the peer what it stored last (queued, a few at a time). */
   connected (peer: PeerId): void {
-    if (this.#c.stopping.aborted) return
+    if (this.#max === 0 || this.#c.stopping.aborted) return
     if (this.#pending.some((p) => p.equals(peer))) return
     if (this.#pending.length >= MAX_PENDING) {
       this.counters.syncsDropped++
