@@ -82,7 +82,7 @@ function expected (p: number, input: string): string {
   return out
 }
 
-interface Sample { t: number, daemon: number, rss: number, heap: number, fds: number }
+interface Sample { t: number, daemon: number, rss: number, heap: number, external: number, fds: number }
 const samples: Sample[] = []
 const tally = { runs: 0, failed: 0, wrong: 0, steps: { local: 0, peer: 0, ran: 0 } }
 const failures: string[] = []
@@ -101,12 +101,16 @@ try {
     for (const i of fleet.running) {
       const p = procStats(fleet.daemons[i]!.pid)
       let heap = NaN
+      let external = NaN
       try {
-        heap = (await fleet.status(i)).process.heapUsed
+        const st = (await fleet.status(i)).process
+        heap = st.heapUsed
+        // Buffers (blocks in flight, the landed-blocks window) live outside the V8 heap.
+        external = st.external
       } catch {
         // Busy or restarting: the sample has no heap.
       }
-      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, heap, fds: p.fds })
+      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, heap, external, fds: p.fds })
     }
   }
   const sampler = (async () => {
@@ -178,19 +182,19 @@ const firstQ = samples.filter((s) => s.t <= span / 4)
 const lastQ = samples.filter((s) => s.t >= span * 3 / 4)
 const rows: string[] = []
 let flat = true
-for (const metric of ['rss', 'heap', 'fds'] as const) {
+for (const metric of ['rss', 'heap', 'external', 'fds'] as const) {
   for (let i = 0; i < N; i++) {
     const a = median(firstQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const b = median(lastQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const change = (b - a) / a
     if (Math.abs(change) > 0.1) flat = false
     const fmt = (x: number): string => metric === 'fds' ? String(x) : `${(x / 1048576).toFixed(1)} MB`
-    rows.push(`${metric.padEnd(5)} h${String(i + 1).padEnd(3)} ${fmt(a).padStart(10)} ${fmt(b).padStart(10)} ${(change * 100).toFixed(1).padStart(7)} %`)
+    rows.push(`${metric.padEnd(8)} h${String(i + 1).padEnd(3)} ${fmt(a).padStart(10)} ${fmt(b).padStart(10)} ${(change * 100).toFixed(1).padStart(7)} %`)
   }
 }
 console.log(`\nsoak: ${N} daemons, ${MINUTES} min, ${tally.runs} runs (${tally.failed} failed, ${tally.wrong} wrong results); steps: ${tally.steps.local} local hits, ${tally.steps.peer} peer hits, ${tally.steps.ran} ran; load at end ${loadavg().map((x) => x.toFixed(1)).join(' ')}`)
 console.log(`first quarter (t <= ${(span / 4).toFixed(1)} min) vs last quarter (t >= ${(span * 3 / 4).toFixed(1)} min), medians per daemon:`)
-console.log(`${'what'.padEnd(10)} ${'first'.padStart(10)} ${'last'.padStart(10)} ${'change'.padStart(9)}`)
+console.log(`${'what'.padEnd(13)} ${'first'.padStart(10)} ${'last'.padStart(10)} ${'change'.padStart(9)}`)
 for (const r of rows) console.log(r)
 console.log(flat ? 'flat: every daemon within 10 %' : 'NOT flat: some daemon moved more than 10 %')
 for (const f of failures.slice(0, 20)) console.log(`  ${f}`)
