@@ -39,6 +39,13 @@ test('churn: a third of 8 daemons killed -9 (the producer among them) while thre
   const steps = outcomes(made.stdout)
   const roots = [...steps.values()].map((o) => o.layer!)
   assert.equal(roots.length, 2, made.stdout)
+  // The producer's own misses (no record anywhere yet) are logged with the lookup's outcome.
+  const producerLog = fleet.daemons[producer]!.logFile
+  for (const o of steps.values()) {
+    const why = fleet.events(producerLog).find((e) => e.event === 'resolve' && e.key === o.key)
+    assert.ok(why?.outcome === 'miss' && why.stage === 'lookup' && why.code === 'ERR_RECORD_NOT_FOUND' && typeof why.reason === 'string',
+      `the producer's miss of ${o.key} is not logged with its reason: ${JSON.stringify(why)}`)
+  }
   const holders = async (root: string): Promise<number[]> => {
     const out: number[] = []
     for (const i of fleet.running) if ((await fleet.layers(i)).has(root)) out.push(i)
