@@ -26,7 +26,8 @@ export class DaemonClient implements Store {
   readonly trustedWriters: readonly string[] | null
   /** The daemon's trust epoch: the runner writes its records in it and refuses older ones. */
   readonly epoch: number
-  readonly #agent = new Agent({ keepAlive: true, maxSockets: 8 })
+  // Idle sockets close on this side well before the daemon's keepAliveTimeout (control.ts).
+  readonly #agent = new Agent({ keepAlive: true, maxSockets: 8, timeout: 30_000 })
 
   constructor (socketPath: string, dataDir: string, trustedWriters: readonly string[] | null, epoch = 0) {
     this.socketPath = socketPath

@@ -10,6 +10,7 @@ import type { GcBudgetInit } from './gc.ts'
 import type { ScrubInit } from './scrub.ts'
 import { SOCKET_NAME } from './protocol.ts'
 import { peerIdOf, readPeerList, readPsk, writerOf } from './trust.ts'
+import { RECENT_RECORDS } from './record-sync.ts'
 
 /**
  * The index's LevelDB write buffer in a daemon's store: a restore writes its whole
@@ -64,6 +65,8 @@ export interface DaemonInit {
   providerGraceMs?: number
   /** Providers asked for one layer at most. Default 16. */
   maxProviders?: number
+  /** Records sent to a peer on each new connection (gossip does not replay); 0: none. Default 64. */
+  recentRecords?: number
   exchange?: ExchangeInit
   logger?: Logger
   /** Control socket path, or false for none. Default `<dataDir>/strata.sock`. */
@@ -98,6 +101,7 @@ export interface DaemonConfig {
   providerTimeoutMs: number
   providerGraceMs: number
   maxProviders: number
+  recentRecords: number
   exchange: ExchangeInit | undefined
   socket: string | false
   metricsListen: string | undefined
@@ -169,6 +173,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
     providerTimeoutMs: init.providerTimeoutMs ?? 5000,
     providerGraceMs: init.providerGraceMs ?? 300,
     maxProviders: init.maxProviders ?? 16,
+    recentRecords: init.recentRecords ?? RECENT_RECORDS,
     exchange: init.exchange,
     socket: init.socket ?? `${init.dataDir}/${SOCKET_NAME}`,
     metricsListen: init.metricsListen,

@@ -216,6 +216,9 @@ async function readBody (req: IncomingMessage): Promise<Body> {
   }
 }
 
+/** How long an idle kept-alive control connection stays open on the daemon's side. */
+export const SERVER_IDLE_MS = 60_000
+
 /** Listens on `socketPath` (mode 0600: only root talks to the daemon). */
 export async function startControl (daemon: ControlComponents, socketPath: string, log: Logger): Promise<Server> {
   const table = routes(daemon)
@@ -240,6 +243,9 @@ export async function startControl (daemon: ControlComponents, socketPath: strin
       }
     })()
   })
+  // The client drops an idle kept-alive socket first (CLIENT_IDLE_MS): a server closing it
+  // while the client reuses it is a request lost with ECONNRESET.
+  server.keepAliveTimeout = SERVER_IDLE_MS
   rmSync(socketPath, { force: true })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)

@@ -8,7 +8,7 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, Store } from '@strata/store'
-import { TrustPolicy } from '@strata/records'
+import { RECORD_PREFIX, TrustPolicy, claimedKey, recordKey } from '@strata/records'
 import type { RecordRejectReason, StepRecord } from '@strata/records'
 import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
 import type { DaemonConfig, DaemonInit } from './config.ts'
@@ -20,6 +20,7 @@ import { BlockExchange } from './exchange.ts'
 import { GcBudget } from './gc.ts'
 import { LayerFetch } from './layer-fetch.ts'
 import type { FetchOptions, FetchResult } from './layer-fetch.ts'
+import { HitLog, processStats } from './fleet-view.ts'
 import { DaemonMetrics, serveMetrics } from './metrics.ts'
 import { createNode, loadPrivateKey } from './node.ts'
 import { createScrubber } from './scrub.ts'
@@ -29,6 +30,7 @@ import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { RecordService } from './record-service.ts'
+import { RecordSync } from './record-sync.ts'
 import type { LookupResult } from './record-service.ts'
 import { FETCHING_TOPIC, RECORDS_TOPIC } from './records.ts'
 import { Replication, parsePeerId } from './replication.ts'
@@ -64,6 +66,9 @@ export class Daemon {
   readonly rejected: Partial<Record<RecordRejectReason, number>> = {}
   readonly readScopes: string[]
   readonly privateNetwork: boolean
+  /** Hits and misses the runner reported, for the fleet view. */
+  readonly hits = new HitLog()
+  readonly #sync: RecordSync
   readonly #config: DaemonConfig
   readonly #log: Logger
   readonly #ownsStore: boolean
@@ -151,6 +156,27 @@ export class Daemon {
       routablePeers: () => (node.services.dht as SingleKadDHT).routingTable.size,
       logger: log
     }, { trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
+    this.#sync = new RecordSync({
+      handle: async (protocol, handler, o) => { await node.handle(protocol, handler, o) },
+      dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
+      holds: async (slot) => (await store.getRecord(slot)) !== undefined,
+      learn: async (envelope) => { await this.#records.announced(envelope); await this.#remember(envelope) },
+      stopping: this.#stopping.signal,
+      logger: log
+    }, { records: config.recentRecords })
+  }
+
+  /** Keeps a record this node stored (verified: only then is it in the store) for peers that connect later. */
+  async #remember (envelope: Uint8Array): Promise<void> {
+    let slot: string
+    try {
+      const c = claimedKey(envelope)
+      slot = recordKey(c.key, c.scope)
+    } catch {
+      return
+    }
+    const held = await this.store.getRecord(slot)
+    if (held !== undefined) this.#sync.remember(held)
   }
 
   get peerId (): string {
@@ -166,12 +192,14 @@ export class Daemon {
     await this.node.start()
     await this.exchange.start()
     await this.#records.start()
+    await this.#sync.start()
+    this.node.addEventListener('peer:connect', (evt) => { this.#sync.connected(evt.detail) })
     const pubsub = this.node.services.pubsub
     pubsub.addEventListener('message', (evt) => {
       const msg = evt.detail
       if (msg.topic === FETCHING_TOPIC && msg.type === 'signed') this.#layers.announced(msg.from, msg.data)
       if (msg.topic !== RECORDS_TOPIC) return
-      void this.#records.announced(msg.data).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
+      void this.#records.announced(msg.data).then(async () => { await this.#remember(msg.data) }).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
     })
     pubsub.subscribe(RECORDS_TOPIC)
     pubsub.subscribe(FETCHING_TOPIC)
@@ -231,7 +259,11 @@ export class Daemon {
       removeLayer: async (root, o) => { await this.removeLayer(root, o) },
       gc: async (o) => await this.gc(o),
       putRecord: async (key, value) => { await this.putRecord(key, value) },
-      countHit: (source) => { if (source === 'miss') this.metrics.misses.inc(); else this.metrics.hits.inc({ source }) }
+      countHit: (source) => {
+        if (source === 'miss') this.metrics.misses.inc()
+        else this.metrics.hits.inc({ source })
+        this.hits.add(source)
+      }
     }
   }
 
@@ -303,6 +335,7 @@ export class Daemon {
   async putRecord (key: string, value: Uint8Array): Promise<void> {
     this.#busyAt = Date.now()
     await this.#records.put(key, value)
+    if (key.startsWith(RECORD_PREFIX)) await this.#remember(value)
   }
 
   /** Restores a layer from the fleet: every provider is asked, local blocks are taken locally. One fetch per layer at a time. */
@@ -313,11 +346,29 @@ export class Daemon {
   /** Lookup, then fetch: what the runner asks for on a local miss. */
   async resolve (key: CID, opts: FetchOptions & { scopes?: readonly string[] } = {}): Promise<ResolveResult> {
     const t0 = performance.now()
-    const found = await this.lookup(key, { signal: opts.signal, scopes: opts.scopes })
+    // Every outcome is one line with `event: 'resolve'`: a miss says which stage failed and why.
+    const outcome = (stage: string, extra: Record<string, unknown>): Record<string, unknown> =>
+      ({ event: 'resolve', stage, key: key.toString(), peers: this.node.getPeers().length, ms: Math.round(performance.now() - t0), ...extra })
+    let found: LookupResult
+    try {
+      found = await this.lookup(key, { signal: opts.signal, scopes: opts.scopes })
+    } catch (err) {
+      // No record is the ordinary first run of a step: not a warning.
+      this.#log.info(outcome('lookup', { outcome: 'miss', code: (err as { code?: string }).code, reason: (err as { reason?: string }).reason ?? (err as Error).message }), 'resolve: no record')
+      throw err
+    }
     const hints: PeerId[] = [...(opts.hints ?? [])]
     const producer = parsePeerId(found.record.producer)
     if (producer !== undefined) hints.push(producer)
-    const fetched = await this.fetchLayer(found.record.layer, { ...opts, hints })
+    let fetched: FetchResult
+    try {
+      fetched = await this.fetchLayer(found.record.layer, { ...opts, hints })
+    } catch (err) {
+      // A record names a layer the fleet should hold: a failed fetch is worth a warning.
+      this.#log.warn(outcome('fetch', { outcome: 'miss', layer: found.record.layer.toString(), recordSource: found.source, code: (err as { code?: string }).code, reason: (err as Error).message }), 'resolve: record found, layer not fetched')
+      throw err
+    }
+    this.#log.info(outcome('done', { outcome: 'hit', layer: found.record.layer.toString(), recordSource: found.source, providers: fetched.providers, bytes: fetched.bytes }), 'resolved')
     return { ...fetched, record: found.record, envelope: found.envelope, recordSource: found.source, durationMs: performance.now() - t0 }
   }
 
@@ -339,15 +390,31 @@ export class Daemon {
     await this.node.contentRouting.cancelReprovide(root, { signal: this.#signal(opts.signal, 5000) }).catch((err: unknown) => this.#log.debug({ err }, 'cancelReprovide failed'))
   }
 
-  /** Peers the DHT knows to hold `root`, this node included when it does. */
+  /**
+   * Peers the DHT knows to hold `root` and that answer (connected, or dialled within
+   * 2 s), this node included when it does. A provider record outlives its peer by
+   * hours: counting a dead one would tell GC a last copy is not the last.
+   */
   async copies (root: CID, opts: { signal?: AbortSignal } = {}): Promise<number> {
     let n = (await this.store.has(root)) ? 1 : 0
+    const checks: Array<Promise<boolean>> = []
     try {
-      for await (const _ of this.#providers(root, { signal: opts.signal, timeoutMs: Math.min(this.#config.providerTimeoutMs, 2000), what: 'copies' })) n++
+      for await (const peer of this.#providers(root, { signal: opts.signal, timeoutMs: Math.min(this.#config.providerTimeoutMs, 2000), what: 'copies' })) checks.push(this.#alive(peer, opts.signal))
     } catch {
       // The caller's signal fired: the count so far is what the fleet is known to hold.
     }
+    for (const alive of await Promise.all(checks)) if (alive) n++
     return n
+  }
+
+  async #alive (peer: PeerId, signal?: AbortSignal): Promise<boolean> {
+    if (this.node.getConnections(peer).length > 0) return true
+    try {
+      await this.node.dial(peer, { signal: this.#signal(signal, 2000) })
+      return true
+    } catch {
+      return false
+    }
   }
 
   /** One collection of the store; a layer's copies are what the DHT knows (1: this is the last one). */
@@ -377,7 +444,11 @@ export class Daemon {
       trustedWriters: this.trust.writers !== undefined ? [...this.trust.writers] : null,
       epoch: this.trust.epoch,
       readScopes: this.readScopes,
-      privateNetwork: this.privateNetwork
+      privateNetwork: this.privateNetwork,
+      hits: { ...this.hits.totals },
+      recentHits: this.hits.recent,
+      recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
+      process: processStats()
     }
   }
 }

@@ -56,6 +56,9 @@ export interface LayerFetchInit {
  * the same layer at once find each other on the gossip topic `/strata/fetching/1`
  * and split it (see PeerBlockSource).
  */
+/** Providers one fetch asks at most, announced sharing peers included. */
+export const MAX_FETCH_PROVIDERS = 64
+
 export class LayerFetch {
   readonly #c: LayerFetchComponents
   readonly #init: LayerFetchInit
@@ -170,6 +173,8 @@ export class LayerFetch {
     if (peers.size > 64) peers.delete(peers.keys().next().value!)
     const source = this.#fetching.get(key)
     if (source === undefined || this.#c.exchange.isBanned(from)) return
+    // Identities are free: past this many, peers announcing the layer are not added to a running fetch.
+    if (source.providers.length >= MAX_FETCH_PROVIDERS) return
     source.addProvider(from)
     // The newcomer learns about us in turn.
     this.#announce(root)

@@ -3,6 +3,7 @@ import type { RecordRejectReason } from '@strata/records'
 import type { Entry } from '@strata/chunker'
 import type { LayerInfo } from '@strata/store'
 import type { ExchangeCounters } from './exchange.ts'
+import type { HitSource, ProcessStats, RecentHit } from './fleet-view.ts'
 
 /**
  * The control API's wire: HTTP + JSON on a unix socket in the data dir, `POST` only.
@@ -69,6 +70,14 @@ export interface DaemonStatus {
   epoch: number
   readScopes: string[]
   privateNetwork: boolean
+  /** Steps served since start, by source, as the runner reported them. */
+  hits: Record<HitSource, number>
+  /** The last few of them, oldest first. */
+  recentHits: RecentHit[]
+  /** Records learned from peers on new connections (gossip does not replay). */
+  recordSync: { syncs: number, recordsSynced: number, syncsDropped: number, remembered: number }
+  /** This daemon's memory and open descriptors. */
+  process: ProcessStats
 }
 
 /** `/v1/status`. */

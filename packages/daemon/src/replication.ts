@@ -31,6 +31,13 @@ export interface ReplicationInit {
  * rendezvous hash of (layer, peer), and the first `replicas` pull the layer. Every
  * peer ranks alike, so no coordination is needed.
  */
+/** Replication fetches running at once, and layers waiting or running at most. */
+export const MAX_REPLICATIONS_RUNNING = 2
+export const MAX_REPLICATIONS_QUEUED = 256
+/** Tries of one replication, the next after REPLICATION_RETRY_MS times the tries so far. */
+export const REPLICATION_ATTEMPTS = 3
+export const REPLICATION_RETRY_MS = 5000
+
 export class Replication {
   readonly #c: ReplicationComponents
   readonly #init: ReplicationInit
@@ -51,18 +58,49 @@ export class Replication {
     candidates.add(self)
     candidates.delete(record.producer)
     if (!top(root, candidates, this.#init.replicas).includes(self)) return
+    // Every writer may announce many layers at once: pull a few at a time, queue a bounded number.
+    if (this.#replicating.size >= MAX_REPLICATIONS_QUEUED) {
+      this.dropped++
+      return
+    }
     this.#replicating.add(root)
-    const hint = parsePeerId(record.producer)
-    this.#c.background((async () => {
-      try {
-        if (await this.#c.store.has(record.layer)) return
-        await this.#c.fetch(record.layer, { hints: hint !== undefined ? [hint] : [] })
-        this.#init.counters.replicated++
-        this.#c.logger.info({ layer: root }, 'replicated')
-      } finally {
-        this.#replicating.delete(root)
-      }
-    })())
+    this.#queue.push({ record, attempt: 1 })
+    this.#next()
+  }
+
+  /** Layers not pulled because the queue was full. */
+  dropped = 0
+  readonly #queue: Array<{ record: StepRecord, attempt: number }> = []
+  #running = 0
+
+  #next (): void {
+    while (this.#running < MAX_REPLICATIONS_RUNNING && this.#queue.length > 0) {
+      const { record, attempt } = this.#queue.shift()!
+      const root = record.layer.toString()
+      const hint = parsePeerId(record.producer)
+      this.#running++
+      this.#c.background((async () => {
+        let retry = false
+        try {
+          if (await this.#c.store.has(record.layer)) return
+          await this.#c.fetch(record.layer, { hints: hint !== undefined ? [hint] : [] })
+          this.#init.counters.replicated++
+          this.#c.logger.info({ layer: root }, 'replicated')
+        } catch (err) {
+          // A fetch that failed (no provider yet, a peer gone) is tried again a little later:
+          // without it the layer stays one copy short for good.
+          retry = attempt < REPLICATION_ATTEMPTS
+          this.#c.logger.warn({ event: 'replication-failed', layer: root, attempt, retry, err }, 'replication fetch failed')
+        } finally {
+          this.#running--
+          if (retry) {
+            const t = setTimeout(() => { this.#queue.push({ record, attempt: attempt + 1 }); this.#next() }, REPLICATION_RETRY_MS * attempt)
+            t.unref()
+          } else this.#replicating.delete(root)
+          this.#next()
+        }
+      })())
+    }
   }
 }
 

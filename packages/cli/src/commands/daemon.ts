@@ -205,6 +205,14 @@ export const status: Command = {
       const reasons = Object.entries(s.recordsRejected ?? {}).map(([r, n]) => `${r} ${n}`)
       if (reasons.length > 0) ctx.stdout.write(`  records rejected by reason: ${reasons.join(', ')}\n`)
       ctx.stdout.write(`trust: epoch ${s.epoch ?? 0}, writers ${s.trustedWriters === null ? 'any' : s.trustedWriters.length}, ${s.privateNetwork === true ? 'private network' : 'open network'}\n`)
+      // The fleet view: how steps were served, what this node learned on reconnecting, what it costs.
+      if (s.hits !== undefined) {
+        const recent = s.recentHits ?? []
+        const by = (src: string): number => recent.filter((h) => h.source === src).length
+        ctx.stdout.write(`steps: ${s.hits.local} local, ${s.hits.peer} from peers, ${s.hits.miss} missed; last ${recent.length}: ${by('local')} local, ${by('peer')} peer, ${by('miss')} miss\n`)
+      }
+      if (s.recordSync !== undefined) ctx.stdout.write(`records synced on connect: ${s.recordSync.recordsSynced} in ${s.recordSync.syncs} syncs\n`)
+      if (s.process !== undefined) ctx.stdout.write(`process: rss ${formatBytes(s.process.rss)}, heap ${formatBytes(s.process.heapUsed)} of ${formatBytes(s.process.heapTotal)}, ${s.process.fds} fds, up ${s.process.uptimeS}s\n`)
       return 0
     } finally {
       await client.close()

@@ -1,0 +1,38 @@
+import { readdirSync } from 'node:fs'
+
+/** How a step was served, as the runner reports it (`/v1/event`) or the daemon resolved it. */
+export type HitSource = 'local' | 'peer' | 'miss'
+
+export interface RecentHit { source: HitSource, at: number }
+
+/** What `strata status` shows of this process: memory and descriptors, for soaks and leak hunts. */
+export interface ProcessStats { rss: number, heapUsed: number, heapTotal: number, external: number, fds: number, uptimeS: number }
+
+/** Hits and misses remembered for the fleet view: the last RECENT_HITS only, and totals. */
+export const RECENT_HITS = 64
+
+export class HitLog {
+  readonly totals: Record<HitSource, number> = { local: 0, peer: 0, miss: 0 }
+  readonly #recent: RecentHit[] = []
+
+  add (source: HitSource): void {
+    this.totals[source]++
+    this.#recent.push({ source, at: Date.now() })
+    if (this.#recent.length > RECENT_HITS) this.#recent.shift()
+  }
+
+  get recent (): RecentHit[] {
+    return [...this.#recent]
+  }
+}
+
+export function processStats (): ProcessStats {
+  const m = process.memoryUsage()
+  let fds = -1
+  try {
+    fds = readdirSync('/proc/self/fd').length
+  } catch {
+    // Not Linux: unknown.
+  }
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, fds, uptimeS: Math.round(process.uptime()) }
+}

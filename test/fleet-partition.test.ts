@@ -1,0 +1,89 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { recordKey } from '@strata/records'
+import { Fleet, outcomes, waitFor } from '../scripts/fleet-lib.ts'
+import { workDir } from './helpers.ts'
+
+const HOSTS = 8
+const A = [0, 1, 2, 3]
+const B = [4, 5, 6, 7]
+/** One seed in each half, so each half still has one while split. */
+const SEEDS = [0, 4]
+
+function pipeline (tag: string): string {
+  return [
+    'base: host',
+    `salt: ${tag}`,
+    'steps:',
+    '  - name: make',
+    `    run: mkdir -p /opt/${tag} && seq 1 200000 > /opt/${tag}/blob && sha256sum /opt/${tag}/blob > /opt/${tag}/blob.sum`,
+    '  - name: use',
+    `    run: sha256sum -c /opt/${tag}/blob.sum && wc -l < /opt/${tag}/blob > /opt/${tag}/lines`,
+    ''
+  ].join('\n')
+}
+
+test('partition: 8 daemons split in two halves keep serving what each holds (misses run), and records written during the split reach every daemon after healing', { timeout: 300_000 }, async (t) => {
+  const dir = workDir(t, 'fleet-partition')
+  const fleet = await Fleet.create({ hosts: HOSTS, workDir: join(dir, 'fleet'), daemonArgs: ['--replicas', '2'] })
+  t.after(() => fleet.destroy())
+  const tag = `strata-part-${process.pid}-${Date.now()}`
+  for (const name of ['before', 'a', 'b']) writeFileSync(join(dir, `${name}.yml`), pipeline(`${tag}-${name}`))
+  const run = async (i: number, file: string): Promise<ReturnType<typeof outcomes>> => {
+    const r = await fleet.strata(i, ['run', '--json', '-f', file, '--data-dir', fleet.daemons[i]!.dataDir], { cwd: dir, timeoutMs: 150_000 })
+    assert.equal(r.signal, null, `h${i + 1} ${file}: cut off at its bound: ${r.stderr}`)
+    assert.equal(r.exitCode, 0, `h${i + 1} ${file}: ${r.stderr}`)
+    const got = outcomes(r.stdout)
+    t.diagnostic(`h${i + 1} ${file}: ${[...got].map(([s, o]) => `${s} ${o.how}`).join(', ')}`)
+    return got
+  }
+
+  for (let i = 0; i < HOSTS; i++) fleet.start(i, { bootstrap: SEEDS })
+  for (let i = 0; i < HOSTS; i++) await fleet.ready(i, { peers: 2 })
+
+  // Before the split: h2 makes the layers, replication copies them.
+  const before = await run(1, 'before.yml')
+  const roots = [...before.values()].map((o) => o.layer!)
+  const holdersOf = async (root: string, among: number[]): Promise<number[]> => {
+    const out: number[] = []
+    for (const i of among) if ((await fleet.layers(i)).has(root)) out.push(i)
+    return out
+  }
+  await waitFor('each layer held by the producer and 2 replicas', 60_000, async () =>
+    (await Promise.all(roots.map(async (r) => await holdersOf(r, fleet.running)))).every((h) => h.length >= 3) ? true : undefined, () => '', 500)
+  const heldInB = await Promise.all(roots.map(async (r) => await holdersOf(r, B)))
+
+  fleet.partition(B)
+  // Each half runs its own new pipeline, and a consumer in B restores the first one:
+  // from B's copies if B holds them, else the step runs.
+  const inA = await run(2, 'a.yml')
+  const inB = await run(5, 'b.yml')
+  const consumerB = B.find((i) => heldInB.every((h) => !h.includes(i)) && i !== 5)
+  if (consumerB !== undefined) {
+    const got = await run(consumerB, 'before.yml')
+    for (const [n, step] of ['make', 'use'].entries()) {
+      if (heldInB[n]!.length > 0) assert.notEqual(got.get(step)?.how, 'ran', `h${consumerB + 1} ran ${step} though h${heldInB[n]![0]! + 1} in its half holds it`)
+    }
+  }
+  const consumerA = A.find((i) => i !== 1 && i !== 2)!
+  const gotA = await run(consumerA, 'before.yml')
+  assert.ok([...gotA.values()].every((o) => o.how !== 'ran'), 'the producer\'s half serves its layers')
+  // Nothing crossed: B has not learned A's record.
+  const slots = [...inA.values(), ...inB.values()].map((o) => recordKey(o.key, 'default'))
+  assert.equal(await fleet.hasRecord(5, recordKey(inA.get('make')!.key, 'default')), false, 'a record crossed the partition')
+
+  fleet.heal()
+  let missing = ''
+  await waitFor('every daemon knows the records written in both halves during the split', 120_000, async () => {
+    const lacking: string[] = []
+    for (const i of fleet.running) {
+      for (const s of slots) if (!(await fleet.hasRecord(i, s))) lacking.push(`h${i + 1}`)
+    }
+    missing = [...new Set(lacking)].join(' ')
+    return lacking.length === 0 ? true : undefined
+  }, () => `still lacking: ${missing}`, 1000)
+  const synced = await Promise.all(fleet.running.map(async (i) => (await fleet.status(i)).recordSync.recordsSynced))
+  t.diagnostic(`records learned on reconnecting, by daemon: ${synced.join(' ')}`)
+})
