@@ -39,7 +39,7 @@ try {
   for (let i = 0; i <= C; i++) fleet.start(i, { bootstrap: [0] })
   for (let i = 0; i <= C; i++) await fleet.ready(i, { peers: 1, ms: 120_000 })
   const tag = `strata-fanout-${process.pid}`
-  writeFileSync(join(work, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: big',
+  writeFileSync(join(work, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: big', '    filter: []',
     `    run: mkdir -p /opt/${tag} && head -c ${MB}M /dev/urandom > /opt/${tag}/blob`, ''].join('\n'))
   const made = await fleet.strata(0, ['run', '--json', '--data-dir', fleet.daemons[0]!.dataDir], { cwd: work })
   if (made.exitCode !== 0) throw new Error(`producer: ${made.stderr}`)

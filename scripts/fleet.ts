@@ -96,7 +96,7 @@ try {
     const dir = join(work, `p${r}`)
     rmSync(dir, { recursive: true, force: true })
     mkdirSync(dir)
-    writeFileSync(join(dir, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: make',
+    writeFileSync(join(dir, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: make', '    filter: []',
       `    run: mkdir -p /opt/${tag} && seq 1 ${20000 + r} > /opt/${tag}/data`, ''].join('\n'))
     const run = await fleet.strata(producer, ['run', '--json', '--data-dir', fleet.daemons[producer]!.dataDir], { cwd: dir })
     if (run.exitCode !== 0) throw new Error(`run on h${producer + 1}: ${run.stderr}`)
@@ -199,7 +199,7 @@ function pipelineDir (name: string, lines: number): string {
   const dir = join(work, name)
   mkdirSync(dir, { recursive: true })
   const tag = `strata-fleet-${process.pid}-${name}`
-  writeFileSync(join(dir, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: make',
+  writeFileSync(join(dir, 'strata.yml'), ['base: host', `salt: ${tag}`, 'steps:', '  - name: make', '    filter: []',
     `    run: mkdir -p /opt/${tag} && seq 1 ${lines} > /opt/${tag}/data`, ''].join('\n'))
   return dir
 }
