@@ -323,3 +323,24 @@ export function outcomes (stdout: string): Map<string, { how: 'local' | 'peer' |
   }
   return out
 }
+
+/**
+ * Two steps: a blob of `lines` lines, then a step that checks it, so a wrong restore
+ * fails the run. The checkout holds the daemons' data dirs, which change as they
+ * work: the steps read none of it.
+ */
+export function blobPipeline (tag: string, lines: number): string {
+  return [
+    'base: host',
+    `salt: ${tag}`,
+    'steps:',
+    '  - name: make',
+    '    filter: []',
+    `    run: mkdir -p /opt/${tag} && seq 1 ${lines} > /opt/${tag}/blob && sha256sum /opt/${tag}/blob > /opt/${tag}/blob.sum`,
+    '  - name: use',
+    '    filter: []',
+    `    run: sha256sum -c /opt/${tag}/blob.sum && wc -l < /opt/${tag}/blob > /opt/${tag}/lines`,
+    ''
+  ].join('\n')
+}
+

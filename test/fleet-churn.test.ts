@@ -2,35 +2,18 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Fleet, outcomes, waitFor } from '../scripts/fleet-lib.ts'
+import { Fleet, blobPipeline, outcomes, waitFor } from '../scripts/fleet-lib.ts'
 import { workDir } from './helpers.ts'
 
 const HOSTS = 8
 const SEEDS = [0, 1]
-
-/** Two steps: a blob of a few MB, then a step that checks it (a wrong restore fails the run). */
-function pipeline (tag: string): string {
-  return [
-    'base: host',
-    `salt: ${tag}`,
-    'steps:',
-    '  - name: make',
-    // The checkout holds the daemons' data dirs, which change as they work: the steps read none of it.
-    '    filter: []',
-    `    run: mkdir -p /opt/${tag} && seq 1 400000 > /opt/${tag}/blob && sha256sum /opt/${tag}/blob > /opt/${tag}/blob.sum`,
-    '  - name: use',
-    '    filter: []',
-    `    run: sha256sum -c /opt/${tag}/blob.sum && wc -l < /opt/${tag}/blob > /opt/${tag}/lines`,
-    ''
-  ].join('\n')
-}
 
 test('churn: a third of 8 daemons killed -9 (the producer among them) while three consumers restore; every run completes, no replicated layer is lost, copy counts converge, misses are logged with their reason', { timeout: 300_000 }, async (t) => {
   const dir = workDir(t, 'fleet-churn')
   const fleet = await Fleet.create({ hosts: HOSTS, workDir: join(dir, 'fleet'), daemonArgs: ['--replicas', '2'] })
   t.after(() => fleet.destroy())
   const tag = `strata-churn-${process.pid}-${Date.now()}`
-  writeFileSync(join(dir, 'strata.yml'), pipeline(tag))
+  writeFileSync(join(dir, 'strata.yml'), blobPipeline(tag, 400000))
 
   for (let i = 0; i < HOSTS; i++) fleet.start(i, { bootstrap: SEEDS })
   for (let i = 0; i < HOSTS; i++) await fleet.ready(i, { peers: 2 })

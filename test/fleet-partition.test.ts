@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { recordKey } from '@strata/records'
-import { Fleet, outcomes, waitFor } from '../scripts/fleet-lib.ts'
+import { Fleet, blobPipeline, outcomes, waitFor } from '../scripts/fleet-lib.ts'
 import { workDir } from './helpers.ts'
 
 const HOSTS = 8
@@ -12,28 +12,13 @@ const B = [4, 5, 6, 7]
 /** One seed in each half, so each half still has one while split. */
 const SEEDS = [0, 4]
 
-function pipeline (tag: string): string {
-  return [
-    'base: host',
-    `salt: ${tag}`,
-    'steps:',
-    '  - name: make',
-    // The checkout holds the daemons' data dirs, which change as they work: the steps read none of it.
-    '    filter: []',
-    `    run: mkdir -p /opt/${tag} && seq 1 200000 > /opt/${tag}/blob && sha256sum /opt/${tag}/blob > /opt/${tag}/blob.sum`,
-    '  - name: use',
-    '    filter: []',
-    `    run: sha256sum -c /opt/${tag}/blob.sum && wc -l < /opt/${tag}/blob > /opt/${tag}/lines`,
-    ''
-  ].join('\n')
-}
 
 test('partition: 8 daemons split in two halves keep serving what each holds (misses run), and records written during the split reach every daemon after healing', { timeout: 300_000 }, async (t) => {
   const dir = workDir(t, 'fleet-partition')
   const fleet = await Fleet.create({ hosts: HOSTS, workDir: join(dir, 'fleet'), daemonArgs: ['--replicas', '2'] })
   t.after(() => fleet.destroy())
   const tag = `strata-part-${process.pid}-${Date.now()}`
-  for (const name of ['before', 'a', 'b']) writeFileSync(join(dir, `${name}.yml`), pipeline(`${tag}-${name}`))
+  for (const name of ['before', 'a', 'b']) writeFileSync(join(dir, `${name}.yml`), blobPipeline(`${tag}-${name}`, 200000))
   const run = async (i: number, file: string): Promise<ReturnType<typeof outcomes>> => {
     const r = await fleet.strata(i, ['run', '--json', '-f', file, '--data-dir', fleet.daemons[i]!.dataDir], { cwd: dir, timeoutMs: 150_000 })
     assert.equal(r.signal, null, `h${i + 1} ${file}: cut off at its bound: ${r.stderr}`)
