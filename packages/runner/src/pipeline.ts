@@ -12,6 +12,7 @@ import { patternProblem } from './filter.ts'
 import { MAX_LOWER_LAYERS } from './sandbox.ts'
 import type { WorkspaceSpec } from './workspace.ts'
 import { parseStepOptions } from './step-options.ts'
+import { describeNode as describe } from './yaml-words.ts'
 
 /** The filesystem a pipeline starts from. */
 export type BaseSpec =
@@ -546,18 +547,6 @@ function scalarString (node: unknown, what: string, at: At, lenient = false): st
   throw new PipelineWrongTypeError(pos, what, lenient ? 'a string (or number/boolean)' : 'a string', describe(node))
 }
 
-function describe (node: unknown): string {
-  if (isMap(node)) return 'a mapping'
-  if (isSeq(node)) return 'a list'
-  if (isScalar(node)) {
-    const v = node.value
-    if (v === null) return 'nothing (null)'
-    if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v)}`
-    return `${typeof v === 'number' ? 'the number' : typeof v === 'boolean' ? 'the boolean' : 'the value'} ${String(v)}`
-  }
-  if (node === null || node === undefined) return 'nothing'
-  return 'an alias or tag'
-}
 
 function firstLine (s: string): string {
   const i = s.indexOf('\n')

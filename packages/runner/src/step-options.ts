@@ -4,6 +4,7 @@ import type { Node } from 'yaml'
 import { PipelineInvalidValueError, PipelineLimitError, PipelineUnknownKeyError, PipelineWrongTypeError } from './errors.ts'
 import type { SourcePosition } from './errors.ts'
 import { parseTtl } from './ttl.ts'
+import { describeNode as describe } from './yaml-words.ts'
 
 /** Entries in one step's `outputs` or `secrets`, as for `inputs`. */
 export const MAX_STEP_LIST = 1024
@@ -98,13 +99,3 @@ function list (node: Node, what: string, expected: string, at: At, limit: 'outpu
   })
 }
 
-function describe (node: unknown): string {
-  if (isMap(node)) return 'a mapping'
-  if (isSeq(node)) return 'a list'
-  if (isScalar(node)) {
-    const v = node.value
-    if (v === null) return 'nothing (null)'
-    return typeof v === 'string' ? `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v)}` : `the ${typeof v} ${String(v)}`
-  }
-  return 'nothing'
-}
