@@ -8,7 +8,7 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, Store } from '@strata/store'
-import { RECORD_PREFIX, TrustPolicy, claimedKey, recordKey } from '@strata/records'
+import { RECORD_PREFIX, TrustPolicy } from '@strata/records'
 import type { RecordRejectReason, StepRecord } from '@strata/records'
 import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
 import type { DaemonConfig, DaemonInit } from './config.ts'
@@ -30,7 +30,7 @@ import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { RecordService } from './record-service.ts'
-import { RecordSync } from './record-sync.ts'
+import { RecordSync, slotOf } from './record-sync.ts'
 import type { LookupResult } from './record-service.ts'
 import { FETCHING_TOPIC, RECORDS_TOPIC } from './records.ts'
 import { Replication, parsePeerId } from './replication.ts'
@@ -168,13 +168,8 @@ export class Daemon {
 
   /** Keeps a record this node stored (verified: only then is it in the store) for peers that connect later. */
   async #remember (envelope: Uint8Array): Promise<void> {
-    let slot: string
-    try {
-      const c = claimedKey(envelope)
-      slot = recordKey(c.key, c.scope)
-    } catch {
-      return
-    }
+    const slot = slotOf(envelope)
+    if (slot === undefined) return
     const held = await this.store.getRecord(slot)
     if (held !== undefined) this.#sync.remember(held)
   }

@@ -58,13 +58,8 @@ export class RecordSync {
   /** A record this node stored (its own, or learned): kept to send on new connections. */
   remember (envelope: Uint8Array): void {
     if (this.#max === 0 || envelope.length > MAX_RECORD_SIZE) return
-    let slot: string
-    try {
-      const c = claimedKey(envelope)
-      slot = recordKey(c.key, c.scope)
-    } catch {
-      return
-    }
+    const slot = slotOf(envelope)
+    if (slot === undefined) return
     const at = this.#recent.findIndex((r) => r.slot === slot)
     if (at !== -1) this.#bytes -= this.#recent.splice(at, 1)[0]!.bytes.length
     this.#recent.push({ slot, bytes: envelope })
@@ -112,13 +107,8 @@ export class RecordSync {
           if (signal.aborted) throw err
           break // the server closed: that was all
         }
-        let slot: string
-        try {
-          const c = claimedKey(frame)
-          slot = recordKey(c.key, c.scope)
-        } catch {
-          continue
-        }
+        const slot = slotOf(frame)
+        if (slot === undefined) continue
         if (await this.#c.holds(slot)) continue
         await this.#c.learn(frame)
         learned++
@@ -144,5 +134,15 @@ export class RecordSync {
       this.#c.logger.debug({ err }, 'recent-records stream aborted')
       stream.abort(err as Error)
     }
+  }
+}
+
+/** The store slot of a record envelope (its key and scope, as it claims them), or undefined when it cannot be read. */
+export function slotOf (envelope: Uint8Array): string | undefined {
+  try {
+    const c = claimedKey(envelope)
+    return recordKey(c.key, c.scope)
+  } catch {
+    return undefined
   }
 }
