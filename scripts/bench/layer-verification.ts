@@ -18,25 +18,13 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fingerprint, openStore } from '../../packages/store/src/index.ts'
 import { cacheRoot } from './fixture.ts'
-import { formatTable, parseFlags, summarize } from './measure.ts'
+import { formatTable, gauss, parseFlags, rng, summarize } from './measure.ts'
 import { removeNow, removeOnExit } from './cleanup.ts'
 
 const flags = parseFlags(process.argv.slice(2), { files: '5000', reps: '5', tree: '', json: false as boolean })
 const files = Number(flags.files)
 const reps = Number(flags.reps)
 if (!Number.isSafeInteger(files) || files < 1 || !Number.isSafeInteger(reps) || reps < 1) throw new TypeError('--files and --reps want whole numbers >= 1')
-
-/** A deterministic PRNG, so that every run builds the same tree. */
-function rng (seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Packages of a few files each, sizes log-normal around a median of ~460 bytes, 1 in 200 files large. */
 function buildTree (dir: string, n: number): number {
@@ -56,10 +44,6 @@ function buildTree (dir: string, n: number): number {
     }
   }
   return bytes
-}
-
-function gauss (r: () => number): number {
-  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r())
 }
 
 function text (r: () => number, size: number): Buffer {

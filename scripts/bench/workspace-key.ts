@@ -24,29 +24,13 @@ import { createRunner, parsePipeline } from '../../packages/runner/src/index.ts'
 import { UNSALTED } from '../../packages/runner/src/key.ts'
 import { scanWorkspace } from '../../packages/runner/src/workspace.ts'
 import { cacheRoot } from './fixture.ts'
-import { formatTable, parseFlags, summarize } from './measure.ts'
+import { formatTable, gauss, parseFlags, rng, summarize } from './measure.ts'
 import { removeNow, removeOnExit } from './cleanup.ts'
 
 const flags = parseFlags(process.argv.slice(2), { files: '50000', reps: '5', tree: '', json: false as boolean })
 const files = Number(flags.files)
 const reps = Number(flags.reps)
 if (!Number.isSafeInteger(files) || files < 1 || !Number.isSafeInteger(reps) || reps < 1) throw new TypeError('--files and --reps want whole numbers >= 1')
-
-/** A deterministic PRNG, so that every run builds the same tree. */
-function rng (seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-function gauss (r: () => number): number {
-  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r())
-}
 
 /** Packages of a few files each, sizes log-normal around a median of ~4 KiB, 1 in 100 files large (100 KB-2 MB). */
 function buildTree (dir: string, n: number): { files: number, bytes: number } {
