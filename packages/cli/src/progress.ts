@@ -118,6 +118,9 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
         line(e.step, `FAILED (${why})`)
         break
       }
+      case 'skipped':
+        line(e.step, e.reason === 'parent-failed' ? 'SKIPPED (a step it uses failed)' : 'SKIPPED (cancelled)')
+        break
       default:
         break
     }

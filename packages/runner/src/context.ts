@@ -65,4 +65,6 @@ export interface StepContext {
   readonly t0: number
   /** Where its `outputs` are read and written (run() only). */
   readonly places?: OutputPlaces | undefined
+  /** Where its command's output goes (prefixed with its name while other steps run at once). */
+  readonly output: OutputOptions
 }

@@ -20,6 +20,8 @@ export type RunnerEvent =
   | { type: 'outputs', step: string, paths: string[], entries: number, bytes: number, durationMs: number }
   /** After the last step, with `export`: the run's changes are in `dir`. */
   | { type: 'exported', step: string, dir: string, entries: number, bytes: number, durationMs: number }
+  /** A step that never started: a step it uses failed, or another step's failure cancelled the run. */
+  | { type: 'skipped', step: string, reason: 'parent-failed' | 'cancelled' }
   | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
 
 export interface StepResult {

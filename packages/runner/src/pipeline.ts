@@ -49,6 +49,10 @@ export interface StepSpec {
   timeoutMs?: number
   /** Bytes the step's /tmp (and /dev/shm) may hold: the pipeline's `tmp-size`. Default: the runner's. */
   tmpSize?: number
+  /** The steps whose filesystems and $STRATA_ENV this step builds on, merged in this order (the last on top). Absent: the step before it (none for the first). */
+  use?: string[]
+  /** Set SOURCE_DATE_EPOCH for the step and clamp the mtimes it writes to it, so that the same work makes the same layer. */
+  reproducible?: boolean
   /** Where the step is defined, for messages. */
   at?: SourcePosition
 }

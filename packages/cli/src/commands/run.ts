@@ -1,8 +1,8 @@
 import { resolve } from 'node:path'
 import { checkEpoch, checkScope, loadWriterKey, parseWriter } from '@strata/records'
 import { CID } from 'multiformats/cid'
-import { createRunner, loadPipeline, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
-import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
+import { createRunner, loadPipeline, MAX_JOBS, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
+import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit, RunResult } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { count, dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
@@ -153,20 +153,46 @@ function notRoot (ctx: CommandContext, command: string): boolean {
   return true
 }
 
+/** `--jobs N` / `-j N`: steps run at once at most; absent, the runner's default (the number of CPUs). */
+function jobsOf (values: ArgValues): number | undefined {
+  const v = values.jobs
+  if (typeof v !== 'string') return undefined
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > MAX_JOBS) throw new UsageError(`--jobs: ${JSON.stringify(v)} is not a whole number of steps from 1 to ${MAX_JOBS}`)
+  return Number(v)
+}
+
+/** The run's last line: steps, hits, wall time, and with steps run at once, the critical path and the time that saved. */
+export function summary (result: Pick<RunResult, 'steps' | 'durationMs' | 'criticalPath' | 'stepsMs'>): string {
+  let text = `strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}`
+  const saved = result.stepsMs - result.durationMs
+  if (result.criticalPath.steps.length > 1 && saved >= 100) {
+    text += `; critical path ${result.criticalPath.steps.join(' → ')} (${seconds(result.criticalPath.durationMs)}), ${seconds(saved)} saved by running steps at once`
+  }
+  return text
+}
+
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [-j|--jobs N] [-k|--keep-going] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' }, jobs: { type: 'string', short: 'j' }, 'keep-going': { type: 'boolean', short: 'k', default: false } }, 0)
     if (notRoot(ctx, 'run')) return 1
     const json = values.json === true
+    const jobs = jobsOf(values)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
-        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, ...(typeof values.export === 'string' ? { export: values.export } : {}), onEvent: both(reporter(ctx, json), observe) }))
-      if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
-      else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
+        await runner.run(pipeline, {
+          signal: ctx.signal,
+          noCache: values['no-cache'] === true,
+          keepGoing: values['keep-going'] === true,
+          ...(jobs !== undefined ? { jobs } : {}),
+          ...(typeof values.export === 'string' ? { export: values.export } : {}),
+          onEvent: both(reporter(ctx, json), observe)
+        }))
+      if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs, criticalPath: result.criticalPath, stepsMs: result.stepsMs }) + '\n')
+      else ctx.stderr.write(summary(result) + '\n')
       return 0
     } catch (err) {
       const code = exitCodeOf(err)
