@@ -4,6 +4,8 @@ export type {
 } from './runner.ts'
 export { loadPipeline, parsePipeline, parseDuration, parseSize, shellQuote, MAX_TMP_SIZE, PIPELINE_LIMITS } from './pipeline.ts'
 export type { Pipeline, StepSpec, EnvDecl, BaseSpec, ParseOptions, PipelineLimits } from './pipeline.ts'
+export { stepGraph, renderGraph, renderDot } from './graph.ts'
+export type { StepGraph } from './graph.ts'
 export { KEY_FORMAT, diffDescriptors, describeChange, decodeDescriptor, encodeDescriptor } from './key.ts'
 export type { KeyDescriptor, KeyChange } from './key.ts'
 export type { BaseIdentity } from './base.ts'

@@ -314,6 +314,8 @@ function execSpec (step: ExecStep): StepSpec {
   const cwd = posix.resolve('/', step.cwd ?? '/')
   const spec: StepSpec = {
     name: step.name,
+    // An exec() step chains by `parent`, not by `use`.
+    use: [],
     run: step.run,
     cwd,
     env: [...(step.env ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),

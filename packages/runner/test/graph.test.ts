@@ -1,157 +1,132 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, statSync, writeFileSync } from 'node:fs'
-import { CID } from 'multiformats/cid'
-import { tempDir } from '@strata/testing'
-import { recordKey } from '@strata/records'
-import type { RunnerEvent } from '../src/index.ts'
-import { harness, pipelineIn, sideChannel, statuses } from './helpers.ts'
+import { spawnSync } from 'node:child_process'
+import fc from 'fast-check'
+import { parsePipeline, renderDot, renderGraph, stepGraph } from '../src/index.ts'
+import type { Pipeline } from '../src/index.ts'
 
-const status = (events: readonly RunnerEvent[]): Record<string, string> => Object.fromEntries(statuses(events).map((s) => s.split(':') as [string, string]))
-const keyOf = (events: readonly RunnerEvent[], step: string): string => events.flatMap((e) => e.type === 'key' && e.step === step ? [e.key] : [])[0]!
+/** A pipeline of `true` steps: `[name, use]`, `use` undefined for none. */
+function pipeline (steps: Array<[string, string[]?]>): Pipeline {
+  const body = steps.map(([name, use]) => `  - name: ${name}\n    run: "true"${use !== undefined ? `\n    use: [${use.join(', ')}]` : ''}`)
+  return parsePipeline(`base: host\nsteps:\n${body.join('\n')}\n`)
+}
 
-/** base -> {left, right} -> join: each branch sees its own file of the checkout only. */
-const diamond = (side: string, leftRun = 'cat /workspace/l.txt > /opt/left'): string => `base: host
-steps:
-  - name: base
-    filter: []
-    run: mkdir -p /opt && echo base > /opt/base && echo base >> ${side}/ran
-  - name: left
-    use: [base]
-    filter: [l.txt]
-    run: ${leftRun} && echo left >> ${side}/ran
-  - name: right
-    use: [base]
-    filter: [r.txt]
-    run: cat /workspace/r.txt > /opt/right && echo right >> ${side}/ran
-  - name: join
-    use: [left, right]
-    filter: []
-    run: cat /opt/base /opt/left /opt/right > /opt/joined && cp /opt/joined ${side}/joined && echo join >> ${side}/ran
-`
+const DIAMOND: Array<[string, string[]?]> = [['system'], ['node-deps', ['system']], ['py-deps', ['system']], ['test', ['node-deps', 'py-deps']]]
 
-test('a diamond: a changed branch re-runs the join, the other branch hits; a branch that makes the same layer again keeps the join\'s hit', async (t) => {
-  const h = await harness(t)
-  const side = sideChannel(t)
-  const proj = tempDir(t)
-  writeFileSync(`${proj}/l.txt`, 'L1\n')
-  writeFileSync(`${proj}/r.txt`, 'R1\n')
-  let p = pipelineIn(proj, diamond(side.dir))
-  await h.runner.run(p, { onEvent: h.onEvent })
-  assert.deepEqual(side.lines().sort(), ['base', 'join', 'left', 'right'])
-  assert.equal(readFileSync(`${side.dir}/joined`, 'utf8'), 'base\nL1\nR1\n', 'the join sees both branches over the base')
-  h.events.length = 0
-  writeFileSync(`${proj}/r.txt`, 'R2\n')
-  await h.runner.run(p, { onEvent: h.onEvent })
-  assert.deepEqual(status(h.events), { base: 'hit', left: 'hit', right: 'ran', join: 'ran' })
-
-  // The left branch's command changes but writes the same file: only it runs; the join hits.
-  h.events.length = 0
-  const before = side.lines().length
-  p = pipelineIn(proj, diamond(side.dir, 'cp /workspace/l.txt /opt/left'))
-  await h.runner.run(p, { onEvent: h.onEvent })
-  assert.deepEqual(side.lines().slice(before), ['left'])
-  assert.deepEqual(status(h.events), { base: 'hit', left: 'ran', right: 'hit', join: 'hit' })
-
-  // why says how the parent changed.
-  const report = await h.runner.why(p, 'join')
-  assert.equal(report.steps.at(-1)!.hit, true)
+test('order puts each step after those it uses and keeps file order where the graph leaves it free', () => {
+  assert.deepEqual(stepGraph(pipeline(DIAMOND)).order, ['system', 'node-deps', 'py-deps', 'test'])
+  // Forward references: each step moves only as far as it must.
+  const g = stepGraph(pipeline([['test', ['lint', 'deps']], ['docs', []], ['lint', ['deps']], ['deps', []], ['last']]))
+  assert.deepEqual(g.order, ['docs', 'deps', 'lint', 'test', 'last'])
+  assert.deepEqual(g.parents.get('test'), ['lint', 'deps'])
+  assert.deepEqual(g.parents.get('last'), ['deps'])
+  assert.deepEqual(g.children.get('deps'), ['test', 'lint', 'last'])
+  assert.deepEqual(g.children.get('test'), [])
 })
 
-test('the join is mounted on its parents in use order: the last listed wins a file both write', async (t) => {
-  const h = await harness(t)
-  const side = sideChannel(t)
-  const proj = tempDir(t)
-  const yml = (order: string): string => `base: host
-steps:
-  - { name: one, filter: [], run: "mkdir -p /opt && echo one > /opt/x && echo one > /opt/one" }
-  - { name: two, use: [], filter: [], run: "mkdir -p /opt && echo two > /opt/x && echo two > /opt/two" }
-  - { name: join, use: [${order}], filter: [], cache: false, run: "cat /opt/x /opt/one /opt/two | tr '\\\\n' ' ' > ${side.dir}/seen-${order.replace(', ', '-')}" }
-`
-  await h.runner.run(pipelineIn(proj, yml('one, two')))
-  await h.runner.run(pipelineIn(proj, yml('two, one')))
-  assert.equal(readFileSync(`${side.dir}/seen-one-two`, 'utf8'), 'two one two ')
-  assert.equal(readFileSync(`${side.dir}/seen-two-one`, 'utf8'), 'one one two ')
+test('ancestors merge the parents\' stacks in listed order, each step once where it first appears', () => {
+  const g = stepGraph(pipeline(DIAMOND))
+  assert.deepEqual(g.ancestors('test'), ['system', 'node-deps', 'py-deps'])
+  assert.deepEqual(g.ancestors('node-deps'), ['system'])
+  assert.deepEqual(g.ancestors('system'), [])
+  // The listed order decides which branch lies on top.
+  assert.deepEqual(stepGraph(pipeline([...DIAMOND.slice(0, 3), ['test', ['py-deps', 'node-deps']]])).ancestors('test'), ['system', 'py-deps', 'node-deps'])
+  // A parent listed last that is already below an earlier one stays below it: b was built on a.
+  const h = stepGraph(pipeline([['a'], ['b'], ['c', ['b', 'a']], ['d', ['a']], ['e', ['c', 'd', 'b']], ['f', []]]))
+  assert.deepEqual(h.ancestors('c'), ['a', 'b'])
+  assert.deepEqual(h.ancestors('e'), ['a', 'b', 'c', 'd'])
+  assert.deepEqual(h.ancestors('f'), [])
+  assert.throws(() => h.ancestors('nope'), TypeError)
 })
 
-test('independent steps run at once: two branches of sleep overlap', async (t) => {
-  const h = await harness(t)
-  const side = sideChannel(t)
-  const proj = tempDir(t)
-  const branch = (name: string): string => `  - { name: ${name}, use: [], filter: [], cache: false, run: "date +%s.%N >> ${side.dir}/${name}; sleep 1.5; date +%s.%N >> ${side.dir}/${name}" }\n`
-  const p = pipelineIn(proj, `base: host\nsteps:\n${branch('a')}${branch('b')}`)
-  const result = await h.runner.run(p, { jobs: 2, onEvent: h.onEvent })
-  const [aStart, aEnd] = side.lines('a').map(Number)
-  const [bStart, bEnd] = side.lines('b').map(Number)
-  assert.ok(aStart! < bEnd! && bStart! < aEnd!, `the two steps overlapped: a ${aStart}-${aEnd}, b ${bStart}-${bEnd}`)
-  assert.equal(result.steps.length, 2)
-  assert.ok(result.stepsMs > result.durationMs, 'the steps add up to more than the run took')
-
-  // With one job they take turns.
-  await h.runner.run(p, { jobs: 1 })
-  const a2 = side.lines('a').map(Number).slice(2)
-  const b2 = side.lines('b').map(Number).slice(2)
-  assert.ok(a2[1]! <= b2[0]! || b2[1]! <= a2[0]!, 'with --jobs 1 the steps did not overlap')
+test('for any graph: order is topological, ancestors are the steps it builds on, each after its own, each parent\'s stack in order', () => {
+  const graphs = fc.integer({ min: 1, max: 12 }).chain((n) => fc.record({
+    // Step i may use any step before it in the graph; file order is a shuffle of that, to get forward references.
+    uses: fc.tuple(...Array.from({ length: n }, (_, i) => fc.option(fc.shuffledSubarray(Array.from({ length: i }, (_, j) => j)), { nil: undefined }))),
+    file: fc.shuffledSubarray(Array.from({ length: n }, (_, i) => i), { minLength: n, maxLength: n })
+  }))
+  fc.assert(fc.property(graphs, ({ uses, file }) => {
+    // Without `use`, a step uses the one before it in the file: give every step a use so the graph is the generated one.
+    const steps = file.map((i): [string, string[]] => [`s${i}`, (uses[i] ?? []).map((j) => `s${j}`)])
+    const p = pipeline(steps)
+    const g = stepGraph(p)
+    const at = new Map(g.order.map((s, i) => [s, i]))
+    assert.equal(g.order.length, steps.length)
+    for (const [name, use] of steps) {
+      for (const u of use) assert.ok(at.get(u)! < at.get(name)!, `${u} before ${name}`)
+      const below = g.ancestors(name)
+      // Exactly the transitive closure of use, each once.
+      const closure = new Set<string>()
+      const visit = (s: string): void => {
+        for (const u of g.parents.get(s)!) {
+          if (!closure.has(u)) {
+            closure.add(u)
+            visit(u)
+          }
+        }
+      }
+      visit(name)
+      assert.deepEqual(new Set(below), closure)
+      assert.equal(below.length, closure.size)
+      // Every step lies above the steps it builds on.
+      for (const [k, s] of below.entries()) for (const a of g.ancestors(s)) assert.ok(below.indexOf(a) < k, `${a} below ${s} in the stack of ${name}`)
+      // The first parent's stack is the bottom of the merge, as it is.
+      if (use.length > 0) assert.deepEqual(below.slice(0, g.ancestors(use[0]!).length + 1), [...g.ancestors(use[0]!), use[0]!])
+    }
+  }), { numRuns: 300 })
 })
 
-test('a failing branch cancels the other: nothing of it is committed, and steps above are skipped', async (t) => {
-  const h = await harness(t, { killGraceMs: 500 })
-  const side = sideChannel(t)
-  const proj = tempDir(t)
-  const p = pipelineIn(proj, `base: host
-steps:
-  - { name: slow, use: [], filter: [], run: "echo started >> ${side.dir}/slow; sleep 30; echo done >> ${side.dir}/slow" }
-  - { name: bad, use: [], filter: [], run: "while [ ! -s ${side.dir}/slow ]; do sleep 0.05; done; exit 3" }
-  - { name: top, use: [slow, bad], filter: [], run: "echo top >> ${side.dir}/ran" }
-`)
-  await assert.rejects(h.runner.run(p, { onEvent: h.onEvent }), { code: 'ERR_STEP_FAILED', exitCode: 3 })
-  assert.deepEqual(side.lines('slow'), ['started'], 'the slow branch was stopped before it finished')
-  assert.deepEqual(side.lines(), [], 'the step above never ran')
-  const failed = h.events.filter((e) => e.type === 'failed').map((e) => `${e.step}:${e.type === 'failed' ? e.reason : ''}`).sort()
-  assert.deepEqual(failed, ['bad:exit', 'slow:cancel'])
-  assert.deepEqual(h.events.filter((e) => e.type === 'skipped').map((e) => e.step), ['top'])
-  assert.equal(h.events.filter((e) => e.type === 'captured').length, 0)
-  assert.equal(await h.store.getRecord(recordKey(keyOf(h.events, 'slow'), 'default')), undefined, 'no record of the cancelled step')
-  assert.deepEqual(await h.store.listLayers(), [])
+test('a pipeline built in code with an unknown name or a cycle is a TypeError', () => {
+  const p = pipeline([['a'], ['b']])
+  assert.throws(() => stepGraph({ steps: [{ ...p.steps[0]!, use: ['nope'] }] }), TypeError)
+  assert.throws(() => stepGraph({ steps: [{ ...p.steps[0]!, use: ['b'] }, { ...p.steps[1]!, use: ['a'] }] }), /cycle among a, b/)
 })
 
-test('keepGoing: a failure leaves the steps that do not depend on it running to the end', async (t) => {
-  const h = await harness(t)
-  const side = sideChannel(t)
-  const proj = tempDir(t)
-  const p = pipelineIn(proj, `base: host
-steps:
-  - { name: bad, use: [], filter: [], run: "exit 4" }
-  - { name: good, use: [], filter: [], run: "sleep 0.5; echo good >> ${side.dir}/ran" }
-  - { name: above-bad, use: [bad], filter: [], run: "echo above >> ${side.dir}/ran" }
-`)
-  await assert.rejects(h.runner.run(p, { keepGoing: true, onEvent: h.onEvent }), { code: 'ERR_STEP_FAILED', exitCode: 4 })
-  assert.deepEqual(side.lines(), ['good'])
-  assert.deepEqual(status(h.events), { bad: 'failed', good: 'ran' })
-  assert.deepEqual(h.events.filter((e) => e.type === 'skipped').map((e) => e.type === 'skipped' ? `${e.step}:${e.reason}` : ''), ['above-bad:parent-failed'])
+test('renderGraph: a line per step in order with what it uses and its state, aligned', () => {
+  // test first in the file: the lines follow the graph. system needs `use: []`, else it would use test, the step before it.
+  const p = pipeline([['test', ['node-deps', 'py-deps']], ['system', []], ...DIAMOND.slice(1, 3)])
+  assert.equal(renderGraph(p), [
+    'system     <- (base)',
+    'node-deps  <- system',
+    'py-deps    <- system',
+    'test       <- node-deps, py-deps',
+    ''
+  ].join('\n'))
+  const states = new Map([['system', 'would hit'], ['node-deps', 'would hit'], ['py-deps', 'would run'], ['test', 'would run (cache: false)']])
+  assert.equal(renderGraph(p, states), [
+    'system     <- (base)              [would hit]',
+    'node-deps  <- system              [would hit]',
+    'py-deps    <- system              [would run]',
+    'test       <- node-deps, py-deps  [would run (cache: false)]',
+    ''
+  ].join('\n'))
 })
 
-test('reproducible: SOURCE_DATE_EPOCH is set and captured mtimes are clamped, so running the step again makes the same layer', async (t) => {
-  const h = await harness(t)
-  const proj = tempDir(t)
-  const yml = (reproducible: boolean): string => `base: host
-steps:
-  - name: build
-    filter: []
-    reproducible: ${reproducible}
-    run: mkdir -p /opt/out && echo "$SOURCE_DATE_EPOCH" > /opt/out/epoch && date +%N > /dev/null
-`
-  const layers = async (reproducible: boolean): Promise<string[]> => {
-    const p = pipelineIn(proj, yml(reproducible))
-    const out: string[] = []
-    for (let i = 0; i < 2; i++) out.push((await h.runner.run(p, { noCache: true })).steps[0]!.layer)
-    return out
+/** The statements of a dot graph as renderDot writes them: one a line between the braces. */
+function dotStatements (dot: string): string[] {
+  const lines = dot.trimEnd().split('\n')
+  assert.equal(lines[0], 'digraph strata {')
+  assert.equal(lines.at(-1), '}')
+  return lines.slice(1, -1).map((l) => l.trim())
+}
+
+test('renderDot: every step a quoted node with its state, an edge from each step to those that use it, the base on top', () => {
+  const states = new Map([['system', 'would hit'], ['node-deps', 'would run "now"\\'], ['test', 'would run']])
+  const dot = renderDot(pipeline(DIAMOND), states)
+  const statements = dotStatements(dot)
+  assert.ok(statements.includes('"system" [label="system\\nwould hit", fillcolor="#c8e6c9"];'), dot)
+  // Quotes and backslashes in a label are escaped; a step without a state is its name alone.
+  assert.ok(statements.includes('"node-deps" [label="node-deps\\nwould run \\"now\\"\\\\", fillcolor="#ffe0b2"];'), dot)
+  assert.ok(statements.includes('"py-deps" [label="py-deps"];'), dot)
+  const edges = statements.filter((s) => s.includes(' -> '))
+  assert.deepEqual(edges, ['"(base)" -> "system";', '"system" -> "node-deps";', '"system" -> "py-deps";', '"node-deps" -> "test";', '"py-deps" -> "test";'])
+  // Graphviz reads it, when it is installed.
+  const r = spawnSync('dot', ['-Tsvg'], { input: dot, encoding: 'utf8' })
+  if (r.error === undefined) {
+    assert.equal(r.status, 0, r.stderr)
+    assert.match(r.stdout, /<svg/)
+    // SVG writes "-" as &#45;.
+    for (const name of ['system', 'node&#45;deps', 'py&#45;deps', 'test']) assert.match(r.stdout, new RegExp(`<title>${name}</title>`))
+    assert.match(r.stdout, /<title>system&#45;&gt;node&#45;deps<\/title>/)
   }
-  const plain = await layers(false)
-  assert.notEqual(plain[0], plain[1], 'without it, the mtimes of the run make another layer each time')
-  const repro = await layers(true)
-  assert.equal(repro[0], repro[1])
-  const layer = await h.store.getLayer(CID.parse(repro[0]!))
-  assert.equal(readFileSync(`${layer!.path}/opt/out/epoch`, 'utf8'), '315532800\n')
-  assert.equal(statSync(`${layer!.path}/opt/out/epoch`).mtimeMs, 315532800 * 1000)
 })
