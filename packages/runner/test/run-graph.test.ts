@@ -19,6 +19,7 @@ steps:
   - name: left
     use: [base]
     filter: [l.txt]
+    reproducible: true
     run: ${leftRun} && echo left >> ${side}/ran
   - name: right
     use: [base]
@@ -53,9 +54,21 @@ test('a diamond: a changed branch re-runs the join, the other branch hits; a bra
   assert.deepEqual(side.lines().slice(before), ['left'])
   assert.deepEqual(status(h.events), { base: 'hit', left: 'ran', right: 'hit', join: 'hit' })
 
-  // why says how the parent changed.
+  // The branch changes what it writes: it re-runs, and so does the join.
+  writeFileSync(`${proj}/l.txt`, 'L2\n')
   const report = await h.runner.why(p, 'join')
-  assert.equal(report.steps.at(-1)!.hit, true)
+  const join = report.steps.find((s) => s.name === 'join')!
+  assert.equal(join.approximate, true)
+  assert.ok(join.reasons.includes('left will run first: this assumes it makes the same layer as before'), join.reasons.join('; '))
+  h.events.length = 0
+  await h.runner.run(p, { onEvent: h.onEvent })
+  assert.deepEqual(status(h.events), { base: 'hit', left: 'ran', right: 'hit', join: 'ran' })
+  assert.equal(readFileSync(`${side.dir}/joined`, 'utf8'), 'base\nL2\nR2\n')
+  // Back to the first content: the left branch's old layer and the join's old record come back.
+  writeFileSync(`${proj}/l.txt`, 'L1\n')
+  const back = await h.runner.why(p, 'join')
+  assert.deepEqual(back.steps.map((s) => [s.name, s.hit]), [['base', true], ['left', true], ['right', true], ['join', true]])
+  assert.ok(back.steps.at(-1)!.reasons.includes('left re-ran and produced another layer'), back.steps.at(-1)!.reasons.join('; '))
 })
 
 test('the join is mounted on its parents in use order: the last listed wins a file both write', async (t) => {
