@@ -13,6 +13,7 @@ const FLAGS: Record<string, string> = {
   '-f': 'the pipeline file (also --file; default strata.yml)',
   '--no-cache': 'run every step instead of restoring it (results are still captured)',
   'exec --no-cache': 'an uncached step: run the command every time, store no layer',
+  '--graph': 'print the steps as a graph, each with the steps it uses and whether it would hit or run now, and run nothing; --graph=dot: the same as Graphviz dot',
   '--export': 'after the last step, write what the steps changed (their layers merged, deletions applied) into DIR, absent or empty',
   '--scope': 'the scope records are written in (default $STRATA_SCOPE, else default)',
   '--read-scope': 'a scope records are read from, most preferred first (default $STRATA_READ_SCOPES, else the own scope)',

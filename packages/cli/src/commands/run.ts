@@ -1,7 +1,7 @@
 import { resolve } from 'node:path'
 import { checkEpoch, checkScope, loadWriterKey, parseWriter } from '@strata/records'
 import { CID } from 'multiformats/cid'
-import { createRunner, loadPipeline, MAX_JOBS, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
+import { createRunner, loadPipeline, MAX_JOBS, MAX_TMP_SIZE, parseDuration, parseSize, renderDot, renderGraph } from '@strata/runner'
 import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit, RunResult } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { count, dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
@@ -11,6 +11,7 @@ import { connectDaemon } from '@strata/daemon/client'
 import { openStoreFor, WAIT_USAGE, waitFlag, waitTimeoutOf } from '../open.ts'
 import { sizeOption } from './gc.ts'
 import { reporter, seconds } from '../progress.ts'
+import { GRAPH_USAGE, graphArgv, graphFlag, graphFormat, graphStates } from './graph.ts'
 
 const jsonFlag = { json: { type: 'boolean', default: false } } as const
 /** Where records are written and read: flags, else STRATA_SCOPE / STRATA_READ_SCOPES / STRATA_EPOCH. */
@@ -174,13 +175,20 @@ export function summary (result: Pick<RunResult, 'steps' | 'durationMs' | 'criti
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [-j|--jobs N] [-k|--keep-going] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [-j|--jobs N] [-k|--keep-going] [--no-cache] [--export DIR] ${GRAPH_USAGE} ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' }, jobs: { type: 'string', short: 'j' }, 'keep-going': { type: 'boolean', short: 'k', default: false } }, 0)
-    if (notRoot(ctx, 'run')) return 1
+    const { values } = parseCommandArgs({ ...ctx, argv: graphArgv(ctx.argv) }, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, ...graphFlag, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' }, jobs: { type: 'string', short: 'j' }, 'keep-going': { type: 'boolean', short: 'k', default: false } }, 0)
+    const graph = graphFormat(values)
+    // The graph runs nothing: like why, it needs no mounts.
+    if (graph === undefined && notRoot(ctx, 'run')) return 1
     const json = values.json === true
     const jobs = jobsOf(values)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
+    if (graph !== undefined) {
+      const states = await withRunner(ctx, dataDirOf(values), false, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner) => await graphStates(runner, pipeline, ctx.signal))
+      ctx.stdout.write(graph === 'dot' ? renderDot(pipeline, states) : renderGraph(pipeline, states))
+      return 0
+    }
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
         await runner.run(pipeline, {
