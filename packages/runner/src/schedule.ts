@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os'
 import type { Chain } from './chain.ts'
 import { StepCancelledError } from './errors.ts'
 import type { RunnerEvent, StepResult } from './events.ts'
+import { stepGraph } from './graph.ts'
 import type { StepSpec } from './pipeline.ts'
 
 /** The steps of a run as a graph, by index in file order. */
@@ -18,36 +19,12 @@ export interface RunGraph {
 /** Most steps a run lets run at once. */
 export const MAX_JOBS = 256
 
-/** `use` resolved to indexes; no `use` (a pipeline built in code) is the step before. A name it lacks or a cycle is a TypeError (strata.yml's parser names them first, with their lines). */
+/** The graph of `steps` by index (stepGraph checks names and cycles). */
 export function runGraph (steps: readonly StepSpec[]): RunGraph {
+  const graph = stepGraph({ steps: [...steps] })
   const index = new Map(steps.map((s, i) => [s.name, i]))
-  const parents = steps.map((s, i) => (s.use ?? (i === 0 ? [] : [steps[i - 1]!.name])).map((name) => {
-    const p = index.get(name)
-    if (p === undefined) throw new TypeError(`step ${s.name} uses ${name}, which the pipeline does not have`)
-    return p
-  }))
-  // Depth first, iteratively: a chain of hundreds of steps must not recurse that deep.
-  const state = new Uint8Array(steps.length)
-  for (let root = 0; root < steps.length; root++) {
-    if (state[root] !== 0) continue
-    const stack: Array<[number, number]> = [[root, 0]]
-    state[root] = 1
-    while (stack.length > 0) {
-      const top = stack[stack.length - 1]!
-      const next = parents[top[0]]![top[1]++]
-      if (next === undefined) {
-        state[top[0]] = 2
-        stack.pop()
-      } else if (state[next] === 1) {
-        throw new TypeError(`the steps' use makes a cycle through ${steps[next]!.name}`)
-      } else if (state[next] === 0) {
-        state[next] = 1
-        stack.push([next, 0])
-      }
-    }
-  }
-  const used = new Set(parents.flat())
-  const leaves = steps.map((_, i) => i).filter((i) => !used.has(i))
+  const parents = steps.map((s) => graph.parents.get(s.name)!.map((name) => index.get(name)!))
+  const leaves = steps.map((_, i) => i).filter((i) => graph.children.get(steps[i]!.name)!.length === 0)
   const parallel = parents.some((ps, i) => !(i === 0 ? ps.length === 0 : ps.length === 1 && ps[0] === i - 1))
   return { names: steps.map((s) => s.name), parents, leaves, parallel }
 }
