@@ -25,8 +25,13 @@ steps:
 ${extra}`
 }
 
+/** Polls `cond`; a run that never gets there fails the test instead of hanging it. */
 async function until (cond: () => boolean): Promise<void> {
-  while (!cond()) await delay(20)
+  const deadline = Date.now() + 60_000
+  while (!cond()) {
+    if (Date.now() > deadline) assert.fail('gave up waiting')
+    await delay(20)
+  }
 }
 
 const types = (events: readonly RunnerEvent[]): string[] => events.filter((e) => e.type !== 'capture-progress').map((e) => e.type)
