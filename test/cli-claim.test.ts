@@ -12,7 +12,7 @@ import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
-import { bin, startDaemonProcess, workDir } from './helpers.ts'
+import { bin, startDaemonProcess, strata, workDir } from './helpers.ts'
 
 interface Gate {
   port: number
@@ -167,4 +167,16 @@ test('--claim-wait bounds the wait: past it the run builds the step beside the o
   g.open()
   assert.equal(await first.exit, 0, first.err())
   assert.equal(g.ran(), 2)
+})
+
+test('--claim-wait takes a duration, as --timeout does', (t) => {
+  const dir = workDir(t, 'claimloc-cli')
+  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: build\n    run: "true"\n')
+  for (const command of [['run'], ['exec', '--name', 'build']]) {
+    const r = strata([...command, '--claim-wait', 'soon', '--data-dir', join(dir, 'data'), ...(command[0] === 'exec' ? ['--', 'true'] : [])], dir)
+    assert.equal(r.status, 2, r.stderr)
+    assert.match(r.stderr, new RegExp(`^strata ${command[0]!}: --claim-wait: "soon" is not a duration`, 'm'))
+  }
+  const ok = strata(['run', '--claim-wait', '0s', '--data-dir', join(dir, 'data')], dir)
+  assert.equal(ok.status, 0, ok.stderr)
 })

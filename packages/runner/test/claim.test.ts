@@ -129,6 +129,24 @@ steps:
   assert.equal((await first).steps[0]!.status, 'ran')
 })
 
+test('a run cancelled while it waits for another build ends as cancelled, and the build goes on', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const p = pipelineIn(tempDir(t), gated(side))
+  const b: RunnerEvent[] = []
+  const first = h.runner.run(p)
+  await until(() => side.lines().length > 0)
+  const cancel = new AbortController()
+  const second = h.runner.run(p, { signal: cancel.signal, onEvent: (e) => b.push(e) })
+  await until(() => b.some((e) => e.type === 'wait'))
+  cancel.abort()
+  await assert.rejects(second, { code: 'ERR_STEP_CANCELLED' })
+  assert.deepEqual(b.filter((e) => e.type === 'failed').map((e) => e.type === 'failed' && e.reason), ['cancel'])
+  writeFileSync(`${side.dir}/go`, '')
+  assert.equal((await first).steps[0]!.status, 'ran')
+  assert.deepEqual(side.lines(), ['ran'])
+})
+
 test('a claim file no live process holds is removed when a runner starts; a held one stays', async (t) => {
   const h = await harness(t)
   const dir = `${h.dataDir}/runner/claims`
