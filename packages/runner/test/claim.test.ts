@@ -161,6 +161,15 @@ test('a claim file no live process holds is removed when a runner starts; a held
       // gone already
     }
     await exited
+    // flock's exit is seen before its child's: the lock goes with the last of the group.
+    for (;;) {
+      try {
+        process.kill(-holder.pid!, 0)
+      } catch {
+        return
+      }
+      await delay(10)
+    }
   }
   t.after(stop)
   await once(holder.stdout, 'data')
