@@ -10,17 +10,19 @@ import type { BaseIdentity } from './base.ts'
 import { capture } from './capture.ts'
 import { baseChain, chainBase, loadChain, mergeChains } from './chain.ts'
 import type { Chain } from './chain.ts'
+import { claimStep } from './claim.ts'
+import type { Claimed } from './claim.ts'
 import type { RemoteCache, RunnerContext, StepContext } from './context.ts'
 import { chainId, describe } from './describe.ts'
 import type { Described } from './describe.ts'
 import { ChainTooLongError, RunnerError, StepCancelledError, StepFailedError, StepTimeoutError } from './errors.ts'
 import { checkJobs, runGraph, schedule, timing } from './schedule.ts'
-import type { Scheduled } from './schedule.ts'
+import type { JobSlot, Scheduled } from './schedule.ts'
 import type { RunnerEvent, StepResult } from './events.ts'
 import { closeRun, execute, openRun } from './execute.ts'
 import type { Run } from './execute.ts'
 import { hit } from './hit.ts'
-import { dropHold, sweepRuns, takeHold } from './hold.ts'
+import { claimsDir, dropHold, sweepRuns, takeHold } from './hold.ts'
 import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
 import { lookupStep } from './lookup.ts'
@@ -97,6 +99,11 @@ export interface RunOptions {
   jobs?: number
   /** run() only: after a step fails, go on with the steps that do not depend on it instead of cancelling the others. Default false. */
   keepGoing?: boolean
+  /**
+   * How long a step that misses waits while another step, process or peer builds its key,
+   * before running it too; never past the step's timeout. Default 30 minutes.
+   */
+  claimWaitMs?: number
 }
 
 export interface RunResult {
@@ -149,6 +156,7 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 export async function createRunner (init: RunnerInit): Promise<Runner> {
   const dataDir = resolve(init.dataDir ?? init.store.dataDir)
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
+  await mkdir(claimsDir(dataDir), { recursive: true })
   const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
   await runner.sweep()
@@ -194,7 +202,8 @@ class StepRunner implements Runner {
       killGraceMs: init.killGraceMs ?? 10_000,
       limits: init.inputLimits ?? {},
       fleetSalt: init.salt ?? null,
-      sandbox
+      sandbox,
+      claims: new Map()
     }
   }
 
@@ -220,13 +229,13 @@ class StepRunner implements Runner {
     // Lines of steps running at once would interleave: each carries its step's name then.
     const output = graph.parallel && jobs > 1 ? { ...this.#ctx.output, prefix: true } : this.#ctx.output
     const hold = takeHold(this.#ctx)
-    const scheduled = schedule(graph, jobs, opts, async (index, parents, signal) => {
+    const scheduled = schedule(graph, jobs, opts, async (index, parents, signal, slot) => {
       const step = pipeline.steps[index]!
       const chain = mergeChains(template, parents)
       opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
       const places = outputPlaces(pipeline, step)
       const stepOpts = { ...opts, signal }
-      const result = await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), stepOpts, hold, places, output)
+      const result = await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), stepOpts, hold, places, output, slot)
       if (step.outputs !== undefined) await deliverStepOutputs(this.#ctx, chain, step, places, stepOpts)
       return { result, chain }
     })
@@ -264,10 +273,10 @@ class StepRunner implements Runner {
   }
 
   /** One step: describe → lookup → the hit, or execute → capture. */
-  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces, output?: OutputOptions): Promise<StepResult> {
+  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces, output?: OutputOptions, slot?: JobSlot): Promise<StepResult> {
     const ctx = this.#ctx
     const emit = opts.onEvent ?? ((): void => {})
-    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places, output: output ?? ctx.output }
+    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places, output: output ?? ctx.output, claimWaitMs: opts.claimWaitMs, slot }
     /** Reports the step's failure; a step error from execute() was reported there. */
     const failed = (err: Error, key?: string): Error => {
       emit({ type: 'failed', step: step.name, ...(key !== undefined ? { key } : {}), reason: err instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - s.t0, error: err })
@@ -286,22 +295,45 @@ class StepRunner implements Runner {
 
     const found = await lookupStep(ctx, s, described.key)
     if ('record' in found) return await hit(ctx, s, described, found)
-    ctx.log.debug({ step: step.name, key, reason: found.reason }, 'miss')
-    emit({ type: 'miss', step: step.name, key, reason: found.reason })
-
-    let run: Run
+    // One build per key: another building it now means a wait, then its result.
+    let claimed: Awaited<ReturnType<typeof claimStep>>
     try {
-      run = await openRun(ctx, s, described)
+      claimed = await claimStep(ctx, s, described.key)
     } catch (err) {
       throw failed(err as Error, key)
     }
     try {
+      // Given up while it waited: hit or build, the step holds a job slot again.
+      await slot?.take()
+    } catch (err) {
+      if ('held' in claimed) await claimed.held.release('failed')
+      throw failed(new StepCancelledError(step.name, { cause: err }), key)
+    }
+    if ('found' in claimed) return await hit(ctx, s, described, claimed.found)
+    const claim: Claimed = claimed.held
+    ctx.log.debug({ step: step.name, key, reason: found.reason }, 'miss')
+    emit({ type: 'miss', step: step.name, key, reason: found.reason })
+
+    let outcome: 'built' | 'failed' = 'failed'
+    let run: Run
+    try {
+      run = await openRun(ctx, s, described)
+    } catch (err) {
+      await claim.release(outcome)
+      throw failed(err as Error, key)
+    }
+    try {
       const ran = await execute(ctx, s, run, key)
-      return await capture(ctx, s, run, described, ran)
+      const result = await capture(ctx, s, run, described, ran)
+      // A result that could not be stored left no record for the waiters.
+      if (result.layer !== '') outcome = 'built'
+      return result
     } catch (err) {
       if (err instanceof StepFailedError || err instanceof StepTimeoutError || err instanceof StepCancelledError) throw err
       throw failed(opts.signal?.aborted === true && !(err instanceof RunnerError) ? new StepCancelledError(step.name, { cause: err }) : err as Error, key)
     } finally {
+      // Never throws: a claim not released expires with this process.
+      await claim.release(outcome)
       await closeRun(run)
     }
   }

@@ -41,6 +41,13 @@ export interface Scheduled {
   chains: Array<Chain | undefined>
 }
 
+/** A step's share of the run's `jobs`: given up while it only waits, taken back before it goes on. */
+export interface JobSlot {
+  release (): void
+  /** Takes the slot back if it was given up; a cancel of the run rejects. */
+  take (): Promise<void>
+}
+
 /** A step that never started: a step it uses failed or the run was cancelled. */
 class NotRun extends Error {}
 
@@ -92,7 +99,7 @@ export async function schedule (
   graph: RunGraph,
   jobs: number,
   opts: { signal?: AbortSignal | undefined, keepGoing?: boolean | undefined, onEvent?: ((e: RunnerEvent) => void) | undefined },
-  run: (index: number, parents: Chain[], signal: AbortSignal) => Promise<{ result: StepResult, chain: Chain }>
+  run: (index: number, parents: Chain[], signal: AbortSignal, slot: JobSlot) => Promise<{ result: StepResult, chain: Chain }>
 ): Promise<Scheduled> {
   const cancel = new AbortController()
   const signal = opts.signal !== undefined ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal
@@ -114,20 +121,29 @@ export async function schedule (
         opts.onEvent?.({ type: 'skipped', step: graph.names[i]!, reason: 'parent-failed' })
         throw new NotRun()
       }
-      let release: () => void
+      let release: (() => void) | undefined
       try {
         release = await slots.take(signal)
       } catch {
         opts.onEvent?.({ type: 'skipped', step: graph.names[i]!, reason: 'cancelled' })
         throw new NotRun()
       }
+      const slot: JobSlot = {
+        release: () => {
+          release?.()
+          release = undefined
+        },
+        take: async () => {
+          release ??= await slots.take(signal)
+        }
+      }
       try {
-        const { result, chain } = await run(i, parents, signal)
+        const { result, chain } = await run(i, parents, signal, slot)
         out.results[i] = result
         out.chains[i] = chain
         return chain
       } finally {
-        release()
+        slot.release()
       }
     })()
     p.catch((err: unknown) => {
