@@ -56,6 +56,8 @@ export interface LayerStoreInit {
   inlineMax: number | undefined
   touchEveryMs: number
   pool: FsPool | undefined
+  /** File workers that outlive this store (a shared store's, kept across its turns); the store does not end them. */
+  workers?: (() => FsPool) | undefined
   verity: boolean
 }
 
@@ -83,6 +85,7 @@ export class LayerStore implements Store, LocalStore {
   readonly #inlineMax: number | undefined
   #pool: FsPool | undefined
   readonly #poolGiven: boolean
+  readonly #sharedWorkers: (() => FsPool) | undefined
   #closed = false
 
   constructor (init: LayerStoreInit) {
@@ -94,6 +97,7 @@ export class LayerStore implements Store, LocalStore {
     this.#inlineMax = init.inlineMax
     this.#pool = init.pool
     this.#poolGiven = init.pool !== undefined
+    this.#sharedWorkers = init.workers
     this.#dirs = new Dirs(dataDir)
     this.#uses = new Uses(db, log, init.touchEveryMs)
     this.#locks = new RootLocks(dataDir)
@@ -137,6 +141,7 @@ export class LayerStore implements Store, LocalStore {
 
   /** Worker threads for file I/O, started on first use and kept until close(). */
   get #workers (): FsPool {
+    if (this.#pool === undefined && this.#sharedWorkers !== undefined) return this.#sharedWorkers()
     this.#pool ??= new FsPool()
     return this.#pool
   }
