@@ -186,7 +186,7 @@ test('an exclusive opener and shared stores keep out of each other\'s way; a bou
     await assert.rejects(bounded.listLayers(), (err: { code?: string, holder?: { pid: number, command: string } }) => {
       assert.equal(err.code, 'ERR_STORE_BUSY')
       assert.equal(err.holder?.pid, holder.pid)
-      assert.match(err.holder.command, /^flock /)
+      assert.match(err.holder?.command ?? '', /^flock /)
       return true
     })
     await kill()
