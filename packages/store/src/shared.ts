@@ -12,13 +12,15 @@ import type { OpenStoreInit } from './open.ts'
 import type { LayerStore, LocalStore } from './store.ts'
 import type { BlockSource, CommitOptions, GcOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, RestoreOptions, Store, VerifyOptions } from './types.ts'
 
-const IDLE_MS = 20
+const IDLE_MS = 500
+/** How often an idle turn checks whether another process waits for it. */
+const IDLE_POLL_MS = 10
 const MAX_TURN_MS = 200
 const YIELD_MS = 50
 const NOTICE_MS = 1000
 
 export interface SharedStoreInit extends OpenStoreInit {
-  /** How long the index stays open after the last call ended, for the next one (unless another process waits). Default 20 ms. */
+  /** How long the index stays open after the last call ended, for this process's next call; given up at once when another process waits. Default 500 ms. */
   idleMs?: number
   /** Past this long holding the store, a turn ends at its next pause when another process waits. Default 200 ms. */
   maxTurnMs?: number
@@ -134,7 +136,7 @@ class SharedLayerStore implements SharedStore {
         }
       }
       this.#active++
-      clearTimeout(this.#idle)
+      clearInterval(this.#idle)
       this.#idle = undefined
       try {
         return await turn.store
@@ -154,10 +156,16 @@ class SharedLayerStore implements SharedStore {
       void this.#end(turn, waited || (turn.ending && !this.#closed))
       return
     }
-    this.#idle = setTimeout(() => {
+    // Idle, the turn is kept for this process's next call, and given up as soon as another process asks.
+    const since = performance.now()
+    this.#idle = setInterval(() => {
+      if (this.#active > 0 || this.#turn !== turn) return
+      const asked = othersWaiting(this.dataDir)
+      if (!asked && performance.now() - since < this.#idleMs) return
+      clearInterval(this.#idle)
       this.#idle = undefined
-      if (this.#active === 0 && this.#turn === turn) void this.#end(turn, false)
-    }, this.#idleMs)
+      void this.#end(turn, asked)
+    }, Math.min(IDLE_POLL_MS, this.#idleMs))
   }
 
   #begin (): Turn {
@@ -199,7 +207,7 @@ class SharedLayerStore implements SharedStore {
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    clearTimeout(this.#idle)
+    clearInterval(this.#idle)
     this.#idle = undefined
     try {
       const turn = this.#turn
