@@ -5,6 +5,9 @@ import type { Entry, MaterializeOptions } from '@strata/chunker'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import { StoreClosedError } from './errors.ts'
+import { commitError, packCommit, sameFilesystem } from './commit.ts'
+import type { PackedTree } from './commit.ts'
+import { ManifestSpill } from './spill.ts'
 import { acquireTurn, acquireUse, othersWaiting } from './lock.ts'
 import type { LockWait } from './lock.ts'
 import { openLocked, prepare } from './open.ts'
@@ -223,8 +226,36 @@ class SharedLayerStore implements SharedStore {
     }
   }
 
-  async commit (dir: string, opts?: CommitOptions): Promise<LayerInfo> {
-    return await this.#use(async (s) => await s.commit(dir, opts))
+  /**
+   * A tree it can move in is packed between two turns (the walk, chunking and
+   * hashing take no turn), in place, its entry lists kept in a staging dir that
+   * recovery leaves alone; the second turn indexes and installs it. A tree it must
+   * copy is committed in one turn.
+   */
+  async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
+    let inPlace: boolean
+    try {
+      inPlace = opts.keepSource !== true && sameFilesystem(dir, `${this.dataDir}/staging`)
+    } catch (err) {
+      throw commitError(dir, err)
+    }
+    if (!inPlace) return await this.#use(async (s) => await s.commit(dir, opts))
+    const work = await this.#use(async (s) => s.holdStaging())
+    try {
+      const spill = new ManifestSpill(`${work.dir}/manifest`)
+      let packed: PackedTree
+      try {
+        opts.signal?.throwIfAborted()
+        packed = await packCommit({ log: this.#log, workers: this.#workers, inlineMax: this.#init.inlineMax }, dir, opts, (b) => spill.add(b))
+      } finally {
+        spill.close()
+      }
+      return await this.#use(async (s) => await s.installPacked(dir, packed, spill.blocks()))
+    } catch (err) {
+      throw commitError(dir, err)
+    } finally {
+      work.release()
+    }
   }
 
   async has (root: CID): Promise<boolean> {

@@ -12,7 +12,9 @@ import { BlockIndex } from './block-index.ts'
 import { checkLayer, markCorrupt, verifyLayer } from './check.ts'
 import type { CheckDeps } from './check.ts'
 import { Collector } from './collector.ts'
-import { commitTree, Installer } from './commit.ts'
+import { commitTree, installPacked, Installer } from './commit.ts'
+import type { PackedTree } from './commit.ts'
+import type { ManifestBlock } from './plan.ts'
 import { Dirs } from './dirs.ts'
 import { ManifestIndex } from './manifest.ts'
 import type { Leftovers } from './manifest.ts'
@@ -166,6 +168,16 @@ export class LayerStore implements Store, LocalStore {
 
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
     return await commitTree({ log: this.#log, dirs: this.#dirs, manifests: this.#manifests, installer: this.#installer, workers: () => this.#workers, inlineMax: this.#inlineMax }, dir, opts)
+  }
+
+  /** A staging dir for work done while the store is closed; recovery leaves it alone until `release()` (a shared store's commit). */
+  holdStaging (): { dir: string, release: () => void } {
+    return this.#dirs.held()
+  }
+
+  /** Installs a tree packed in place (commit.ts packCommit) while the store was closed. */
+  async installPacked (src: string, packed: PackedTree, lists: Iterable<ManifestBlock>): Promise<LayerInfo> {
+    return await installPacked({ log: this.#log, dirs: this.#dirs, manifests: this.#manifests, installer: this.#installer, workers: () => this.#workers, inlineMax: this.#inlineMax }, src, packed, lists)
   }
 
   async restore (root: CID, source: BlockSource, opts: RestoreOptions = {}): Promise<LayerInfo> {

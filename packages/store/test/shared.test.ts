@@ -195,3 +195,46 @@ test('an exclusive opener and shared stores keep out of each other\'s way; a bou
     await bounded.close()
   }
 })
+
+test('a commit packs its tree between two turns: another process reads the store while the walk is under way', async (t) => {
+  const dir = tempDir(t, 'share-store-')
+  const data = join(dir, 'data')
+  const files: Tree = {}
+  for (let i = 0; i < 6000; i++) files[`f${i}`] = `file ${i}\n`
+  const d = join(dir, 'tree')
+  buildTree(d, { many: { dir: files } })
+  const packer = start(t, ['pack', data, d])
+  await line(packer, 'packing')
+  // Stopped where it holds no turn (it would hold one for its index writes, after the walk).
+  let free = false
+  for (let i = 0; !free; i++) {
+    assert.ok(i < 500, 'the store stayed held while the commit packed')
+    process.kill(packer.p.pid!, 'SIGSTOP')
+    free = lockFree(data) && !packer.out.some((l) => l.startsWith('baf'))
+    if (!free) {
+      process.kill(packer.p.pid!, 'SIGCONT')
+      await sleep(10)
+    }
+  }
+  try {
+    const store = await openSharedStore({ dataDir: data, waitMs: 20_000 })
+    try {
+      assert.deepEqual(await store.listLayers(), [])
+      await store.putRecord('meanwhile', Buffer.from('yes'))
+    } finally {
+      await store.close()
+    }
+  } finally {
+    process.kill(packer.p.pid!, 'SIGCONT')
+  }
+  assert.equal(await packer.exited, 0, packer.stderr())
+  const root = CID.parse(packer.out.at(-1)!)
+  const store = await openSharedStore({ dataDir: data })
+  try {
+    assert.equal((await store.getLayer(root))?.entries, 6001)
+    assert.equal((await store.verifyLayer(root)).status, 'ok')
+    assert.deepEqual(Buffer.from((await store.getRecord('meanwhile'))!), Buffer.from('yes'))
+  } finally {
+    await store.close()
+  }
+})
