@@ -9,7 +9,11 @@
 //   turn after a write  the same when the turn before wrote a record (LevelDB turns
 //                       its log into a table at the next open)
 //
-//   node scripts/bench/shared-store.ts [--layers N] [--reps N] [--json]
+// and a warm run of a pipeline of --steps steps (every step a HIT), the store opened,
+// the runner made, the pipeline run and the store closed as `strata run` does, on an
+// exclusive store (the baseline of these two rows) and on a shared one. Needs root.
+//
+//   node scripts/bench/shared-store.ts [--layers N] [--reps N] [--steps N] [--json]
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -17,11 +21,14 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { CID } from 'multiformats/cid'
 import { openSharedStore, openStore } from '../../packages/store/src/index.ts'
 import type { Store } from '../../packages/store/src/index.ts'
+import { createRunner, parsePipeline } from '../../packages/runner/src/index.ts'
 import { cacheRoot } from './fixture.ts'
 import { removeNow, removeOnExit } from './cleanup.ts'
 import { formatTable, summarize } from './measure.ts'
 
-const { values } = parseArgs({ options: { layers: { type: 'string', default: '300' }, reps: { type: 'string', default: '40' }, json: { type: 'boolean', default: false } } })
+const { values } = parseArgs({ options: { layers: { type: 'string', default: '300' }, reps: { type: 'string', default: '40' }, steps: { type: 'string', default: '8' }, json: { type: 'boolean', default: false } } })
+const steps = Number(values.steps)
+if (!Number.isInteger(steps) || steps < 1) throw new TypeError(`--steps wants a whole number >= 1, got ${values.steps}`)
 const layers = Number(values.layers)
 const reps = Number(values.reps)
 if (!Number.isInteger(layers) || layers < 1) throw new TypeError(`--layers wants a whole number >= 1, got ${values.layers}`)
@@ -30,7 +37,7 @@ if (!Number.isInteger(reps) || reps < 1) throw new TypeError(`--reps wants a who
 const scratch = removeOnExit(join(cacheRoot(), `shared-store-${process.pid}`))
 const data = join(scratch, 'data')
 mkdirSync(scratch, { recursive: true })
-const samples: Record<string, number[]> = { 'held: lookup': [], 'shared: lookup': [], turn: [], 'turn after a write': [] }
+const samples: Record<string, number[]> = { 'held: lookup': [], 'shared: lookup': [], turn: [], 'turn after a write': [], 'warm run: exclusive': [], 'warm run: shared': [] }
 const IDLE_MS = 1
 
 const lookup = async (store: Store, roots: CID[], i: number): Promise<void> => {
@@ -88,18 +95,43 @@ try {
   } finally {
     await shared.close()
   }
+
+  process.stderr.write(`warm runs of ${steps} steps\n`)
+  const file = join(scratch, 'strata.yml')
+  const yml = ['base: host', 'steps:']
+  for (let i = 0; i < steps; i++) yml.push(`  - name: s${i}`, '    filter: []', `    run: mkdir -p /opt/strata-bench-shared && echo ${i} > /opt/strata-bench-shared/s${i}`)
+  writeFileSync(file, yml.join('\n') + '\n')
+  const pipeline = parsePipeline(yml.join('\n') + '\n', { file })
+  const warmRun = async (open: () => Promise<Store>): Promise<number> => {
+    const t0 = performance.now()
+    const store = await open()
+    try {
+      const result = await (await createRunner({ store })).run(pipeline)
+      if (result.steps.some((st) => st.status !== 'hit') && samples['warm run: exclusive']!.length > 0) throw new Error('a warm run missed')
+    } finally {
+      await store.close()
+    }
+    return performance.now() - t0
+  }
+  await warmRun(async () => await openStore({ dataDir: data }))
+  for (let r = 0; r < Math.min(reps, 10); r++) {
+    samples['warm run: exclusive']!.push(await warmRun(async () => await openStore({ dataDir: data })))
+    samples['warm run: shared']!.push(await warmRun(async () => await openSharedStore({ dataDir: data })))
+  }
 } finally {
   removeNow(scratch)
 }
 
 const base = summarize(samples['held: lookup']!).median
+const runBase = summarize(samples['warm run: exclusive']!).median
 if (values.json === true) {
-  process.stdout.write(JSON.stringify({ layers, reps, samples }) + '\n')
+  process.stdout.write(JSON.stringify({ layers, reps, steps, samples }) + '\n')
 } else {
   const rows = [['', 'median ms', 'min', 'max', 'ratio']]
   for (const [k, v] of Object.entries(samples)) {
     const s = summarize(v)
-    rows.push([k, s.median.toFixed(2), s.min.toFixed(2), s.max.toFixed(2), `${(s.median / base).toFixed(1)}x held`])
+    const ratio = k.startsWith('warm run') ? `${(s.median / runBase).toFixed(2)}x exclusive` : `${(s.median / base).toFixed(1)}x held`
+    rows.push([k, s.median.toFixed(2), s.min.toFixed(2), s.max.toFixed(2), ratio])
   }
-  process.stdout.write(`${layers} layers, ${reps} repetitions\n` + formatTable(rows) + '\n')
+  process.stdout.write(`${layers} layers, ${reps} repetitions, warm runs of ${steps} steps\n` + formatTable(rows) + '\n')
 }
