@@ -8,6 +8,7 @@ import { StoreClosedError } from './errors.ts'
 import { commitError, packCommit, sameFilesystem } from './commit.ts'
 import type { PackedTree } from './commit.ts'
 import { ManifestSpill } from './spill.ts'
+import { takeLease } from './lease.ts'
 import { acquireTurn, acquireUse, othersWaiting } from './lock.ts'
 import type { LockWait } from './lock.ts'
 import { openLocked, prepare } from './open.ts'
@@ -302,10 +303,20 @@ class SharedLayerStore implements SharedStore {
     return await this.#use(async (s) => await s.unpack(root, dest, opts))
   }
 
-  /** A turn per manifest block: a slow reader of a large layer does not keep other processes waiting. */
+  /**
+   * A turn per manifest block: a slow reader of a large layer does not keep other
+   * processes waiting. A lease keeps another process's collection from removing
+   * the layer in between.
+   */
   async * entries (root: CID): AsyncGenerator<Entry, void, undefined> {
-    const decoded = decodeRoot(await this.getBlock(root))
-    for (const cid of decoded.entries) yield * decodeEntryList(await this.getBlock(cid))
+    const lease = takeLease(this.dataDir)
+    try {
+      lease.add(root.toString())
+      const decoded = decodeRoot(await this.getBlock(root))
+      for (const cid of decoded.entries) yield * decodeEntryList(await this.getBlock(cid))
+    } finally {
+      lease.release()
+    }
   }
 
   touch (root: CID | string, at = Date.now()): void {
