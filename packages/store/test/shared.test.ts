@@ -1,8 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFileSync } from 'node:fs'
+import { readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import type { ChildProcessWithoutNullStreams } from 'node:child_process'
 import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -10,7 +10,7 @@ import { CID } from 'multiformats/cid'
 import { buildTree, describeTree, tempDir } from '@strata/testing'
 import type { Tree } from '@strata/testing'
 import { openSharedStore, openStore } from '../src/index.ts'
-import { assertConsistent } from './helpers.ts'
+import { assertConsistent, runChild } from './helpers.ts'
 
 const child = join(import.meta.dirname, 'fixtures', 'shared-child.ts')
 
@@ -238,3 +238,44 @@ test('a commit packs its tree between two turns: another process reads the store
     await store.close()
   }
 })
+
+for (const point of ['packing', 'commit:manifest-partial', 'commit:manifest-written', 'commit:renamed', 'commit:located'] as const) {
+  const survives = point === 'commit:renamed' || point === 'commit:located'
+  test(`a shared store's commit killed at ${point} leaves the store consistent, with the layer ${survives ? 'complete' : 'absent'}`, async (t) => {
+    const dir = tempDir(t, 'share-store-')
+    const data = join(dir, 'data')
+    const template = join(dir, 'template')
+    // Enough entries for the walk to say it is under way before it ends.
+    const files: Tree = {}
+    for (let i = 0; i < (point === 'packing' ? 1500 : 10); i++) files[`f${i}`] = `file ${i}\n`
+    buildTree(template, { many: { dir: files }, ...tree('kill') })
+    const expected = describeTree(template)
+    // The root, from a commit elsewhere of the same tree.
+    execFileSync('cp', ['-a', template, join(dir, 'ref')])
+    const other = await openStore({ dataDir: join(dir, 'other') })
+    const root = (await other.commit(join(dir, 'ref'))).root.toString()
+    await other.close()
+    const src = join(dir, 'src')
+    execFileSync('cp', ['-a', template, src])
+    if (point === 'packing') {
+      const packer = start(t, ['pack-freeze', data, src])
+      await line(packer, 'packing')
+      packer.p.kill('SIGKILL')
+      await packer.exited
+      // Its held staging dir is there until a turn's recovery finds it unheld.
+      assert.equal(readdirSync(join(data, 'staging')).length, 1)
+    } else {
+      const ended = await runChild(join(import.meta.dirname, 'fixtures', 'failpoint-child.ts'), ['shared-commit', data, src], { STRATA_FAILPOINT: point })
+      assert.equal(ended.signal, 'SIGKILL', `the child did not reach ${point}: ${ended.stderr}`)
+    }
+    assert.deepEqual(await assertConsistent(data, new Map([[root, expected]]), dir), survives ? [root] : [])
+    const store = await openSharedStore({ dataDir: data })
+    try {
+      execFileSync('cp', ['-a', template, join(dir, 'again')])
+      assert.equal((await store.commit(join(dir, 'again'))).root.toString(), root)
+      assert.equal((await store.verifyLayer(root)).status, 'ok')
+    } finally {
+      await store.close()
+    }
+  })
+}
