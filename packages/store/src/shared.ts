@@ -162,14 +162,17 @@ class SharedLayerStore implements SharedStore {
     }
     // Idle, the turn is kept for this process's next call, and given up as soon as another process asks.
     const since = performance.now()
-    this.#idle = setInterval(() => {
-      if (this.#active > 0 || this.#turn !== turn) return
+    const idle = setInterval(() => {
+      if (this.#turn !== turn || turn.closing) {
+        clearInterval(idle)
+        return
+      }
+      if (this.#active > 0) return
       const asked = othersWaiting(this.dataDir)
       if (!asked && performance.now() - since < this.#idleMs) return
-      clearInterval(this.#idle)
-      this.#idle = undefined
       void this.#end(turn, asked)
     }, Math.min(IDLE_POLL_MS, this.#idleMs))
+    this.#idle = idle
   }
 
   #begin (): Turn {
@@ -193,6 +196,10 @@ class SharedLayerStore implements SharedStore {
     if (turn.closing) return
     turn.closing = true
     turn.ending = true
+    if (this.#turn === turn) {
+      clearInterval(this.#idle)
+      this.#idle = undefined
+    }
     try {
       await (await turn.store).close()
     } catch (err) {
