@@ -87,7 +87,7 @@ test('two processes committing through shared stores at once end with every laye
   }
 })
 
-test('a process calling the store back to back, alone and inside hold(), lets another process in between its calls', async (t) => {
+test('a process calling the store back to back from two loops, alone and inside hold(), lets another process in between its calls', async (t) => {
   const dir = tempDir(t, 'share-store-')
   const data = join(dir, 'data')
   const stop = join(dir, 'stop')
