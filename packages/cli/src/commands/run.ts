@@ -64,7 +64,7 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
     const writers = Array.isArray(values['trusted-writer']) ? values['trusted-writer'].filter((x): x is string => typeof x === 'string') : []
     for (const w of writers) parseWriter(w)
     if (writers.length > 0) out.trustedPeers = writers
-    // A run queues behind another run for as long as that takes, unless told otherwise.
+    // A run waits for its turns with the store for as long as that takes, unless told otherwise.
     out.waitMs = waitTimeoutOf(values, Infinity)
   } catch (err) {
     if (err instanceof UsageError) throw err
