@@ -21,7 +21,15 @@ export interface RemoteCache {
   trusts (peer: string, scope: string): boolean
   /** The fleet's trust epoch, when it has one. */
   readonly epoch?: number
+  /** Claims `key` across the fleet before this node builds it, so that one node builds and the others take its record. */
+  claim? (key: string, opts: { scope: string, signal?: AbortSignal }): Promise<FleetClaim>
 }
+
+/** `granted`: this node builds the key and releases the claim after; `held`: a trusted peer builds it. */
+export type FleetClaim =
+  | { status: 'granted', release (outcome: 'built' | 'failed'): Promise<void> }
+  | { status: 'held', holder: string,
+      settled (opts: { signal?: AbortSignal, timeoutMs: number }): Promise<'record' | 'released' | 'expired' | 'timeout'> }
 
 /** The runner's settings, fixed when it is created: what every phase of every step reads. */
 export interface RunnerContext {

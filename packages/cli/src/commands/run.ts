@@ -119,6 +119,8 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
     await daemon.close()
     throw new EpochMismatchError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
   }
+  // Claims are trusted like records: signed by the same writer key.
+  daemon?.signClaimsWith(writerKey)
   const store = daemon ?? await openStoreFor(ctx, dir, { 'wait-timeout': undefined }, waitMs)
   try {
     // With --json, stdout carries events only: step output goes to stderr.
