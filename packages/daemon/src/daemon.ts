@@ -491,7 +491,7 @@ export class Daemon {
       hits: { ...this.hits.totals },
       recentHits: this.hits.recent,
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
-      claims: { ...this.claimCounters, live: this.claims.table.size, rejectedBy: { ...this.claimsRejected } },
+      claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
       process: processStats()
     }
   }

@@ -82,8 +82,8 @@ export interface DaemonStatus {
   recordSync: { syncs: number, recordsSynced: number, syncsDropped: number, remembered: number }
   /** This daemon's memory and open descriptors. */
   process: ProcessStats
-  /** One build per key: claims granted to this node's runners, held by others, peers' claims expired, claims refused (and why), live now. */
-  claims: { granted: number, held: number, expired: number, rejected: number, live: number, rejectedBy: Partial<Record<RecordRejectReason, number>> }
+  /** One build per key: claims granted to this node's runners, held by others, peers' claims expired, claims refused (and why), live now, peers that hear this node's claims. */
+  claims: { granted: number, held: number, expired: number, rejected: number, live: number, subscribers: number, rejectedBy: Partial<Record<RecordRejectReason, number>> }
 }
 
 /** `/v1/status`. */
