@@ -27,6 +27,7 @@ const FLAGS: Record<string, string> = {
   '--parent': 'the key printed by the step this one runs on (its layers are mounted below)',
   '--cwd': 'the directory the command runs in (default the current one)',
   '--timeout': 'kill the command after this long (e.g. 90s, 10m)',
+  '--claim-wait': 'how long a step that misses waits while another process or peer builds the same key, then runs it too (default 30m, never past the step\'s timeout)',
   '--listen': 'a libp2p address to listen on; repeat for several (default /ip4/0.0.0.0/tcp/7401)',
   '--bootstrap': 'a peer address to connect to at start; repeat for several (also $STRATA_BOOTSTRAP)',
   '--replicas': 'how many peers copy a newly announced layer (default 2)',

@@ -3,6 +3,7 @@ import type { Identity, RecordPolicy, WriterKey } from '@strata/records'
 import type { Store } from '@strata/store'
 import type { BaseIdentity } from './base.ts'
 import type { Chain } from './chain.ts'
+import type { ProcessClaim } from './claim.ts'
 import type { Emit } from './events.ts'
 import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
@@ -52,6 +53,8 @@ export interface RunnerContext {
   readonly limits: InputLimits
   readonly fleetSalt: string | null
   readonly sandbox: { tmpSize?: number, shared?: readonly string[], hide?: readonly string[] }
+  /** The keys steps of this runner are building now (claim.ts), so that a second step with the same key waits for the first. */
+  readonly claims: Map<string, ProcessClaim>
 }
 
 /** One step as its phases see it: what it is, what it starts from, what the run holds and where it reports. */
@@ -73,4 +76,6 @@ export interface StepContext {
   readonly t0: number
   /** Where its `outputs` are read and written (run() only). */
   readonly places?: OutputPlaces | undefined
+  /** How long the step waits for another build of its key before running it anyway. Default 30 minutes, never past its timeout. */
+  readonly claimWaitMs?: number | undefined
 }

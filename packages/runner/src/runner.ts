@@ -10,6 +10,8 @@ import type { BaseIdentity } from './base.ts'
 import { capture } from './capture.ts'
 import { baseChain, chainBase, loadChain } from './chain.ts'
 import type { Chain } from './chain.ts'
+import { claimStep } from './claim.ts'
+import type { Claimed } from './claim.ts'
 import type { RemoteCache, RunnerContext, StepContext } from './context.ts'
 import { chainId, describe } from './describe.ts'
 import type { Described } from './describe.ts'
@@ -18,7 +20,7 @@ import type { RunnerEvent, StepResult } from './events.ts'
 import { closeRun, execute, openRun } from './execute.ts'
 import type { Run } from './execute.ts'
 import { hit } from './hit.ts'
-import { dropHold, sweepRuns, takeHold } from './hold.ts'
+import { claimsDir, dropHold, sweepRuns, takeHold } from './hold.ts'
 import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
 import { lookupStep } from './lookup.ts'
@@ -91,6 +93,11 @@ export interface RunOptions {
   /** run() only: write the changes of the whole run (every step's layer merged, whiteouts applied) into this dir, absent or empty. */
   export?: string
   onEvent?: (event: RunnerEvent) => void
+  /**
+   * How long a step that misses waits while another step, process or peer builds its key,
+   * before running it too; never past the step's timeout. Default 30 minutes.
+   */
+  claimWaitMs?: number
 }
 
 export interface RunResult {
@@ -138,6 +145,7 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 export async function createRunner (init: RunnerInit): Promise<Runner> {
   const dataDir = resolve(init.dataDir ?? init.store.dataDir)
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
+  await mkdir(claimsDir(dataDir), { recursive: true })
   const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
   await runner.sweep()
@@ -183,7 +191,8 @@ class StepRunner implements Runner {
       killGraceMs: init.killGraceMs ?? 10_000,
       limits: init.inputLimits ?? {},
       fleetSalt: init.salt ?? null,
-      sandbox
+      sandbox,
+      claims: new Map()
     }
   }
 
@@ -244,7 +253,7 @@ class StepRunner implements Runner {
   async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces): Promise<StepResult> {
     const ctx = this.#ctx
     const emit = opts.onEvent ?? ((): void => {})
-    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places }
+    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places, claimWaitMs: opts.claimWaitMs }
     /** Reports the step's failure; a step error from execute() was reported there. */
     const failed = (err: Error, key?: string): Error => {
       emit({ type: 'failed', step: step.name, ...(key !== undefined ? { key } : {}), reason: err instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - s.t0, error: err })
@@ -263,22 +272,38 @@ class StepRunner implements Runner {
 
     const found = await lookupStep(ctx, s, described.key)
     if ('record' in found) return await hit(ctx, s, described, found)
+    // One build per key: another building it now means a wait, then its result.
+    let claim: Claimed
+    try {
+      const claimed = await claimStep(ctx, s, described.key)
+      if ('found' in claimed) return await hit(ctx, s, described, claimed.found)
+      claim = claimed.held
+    } catch (err) {
+      throw failed(err as Error, key)
+    }
     ctx.log.debug({ step: step.name, key, reason: found.reason }, 'miss')
     emit({ type: 'miss', step: step.name, key, reason: found.reason })
 
+    let outcome: 'built' | 'failed' = 'failed'
     let run: Run
     try {
       run = await openRun(ctx, s, described)
     } catch (err) {
+      await claim.release(outcome)
       throw failed(err as Error, key)
     }
     try {
       const ran = await execute(ctx, s, run, key)
-      return await capture(ctx, s, run, described, ran)
+      const result = await capture(ctx, s, run, described, ran)
+      // A result that could not be stored left no record for the waiters.
+      if (result.layer !== '') outcome = 'built'
+      return result
     } catch (err) {
       if (err instanceof StepFailedError || err instanceof StepTimeoutError || err instanceof StepCancelledError) throw err
       throw failed(opts.signal?.aborted === true && !(err instanceof RunnerError) ? new StepCancelledError(step.name, { cause: err }) : err as Error, key)
     } finally {
+      // Never throws: a claim not released expires with this process.
+      await claim.release(outcome)
       await closeRun(run)
     }
   }

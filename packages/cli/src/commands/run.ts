@@ -72,6 +72,18 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
   return out
 }
 
+/** How long a step that misses waits while another process or peer builds its key (RunOptions.claimWaitMs). */
+const claimFlags = { 'claim-wait': { type: 'string' } } as const
+const CLAIM_USAGE = '[--claim-wait DURATION]'
+
+export function claimOptions (values: ArgValues): { claimWaitMs?: number } {
+  const text = values['claim-wait']
+  if (typeof text !== 'string') return {}
+  const ms = parseDuration(text)
+  if (ms === undefined) throw new UsageError(`--claim-wait: ${JSON.stringify(text)} is not a duration (e.g. 0s, 90s, 10m, 1h30m)`)
+  return { claimWaitMs: ms }
+}
+
 /** `--tmp-size`, else STRATA_TMP_SIZE: what each step's /tmp may hold when strata.yml says nothing. */
 const sandboxFlags = { 'tmp-size': { type: 'string' } } as const
 const SANDBOX_USAGE = '[--tmp-size SIZE]'
@@ -158,15 +170,16 @@ function notRoot (ctx: CommandContext, command: string): boolean {
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${CLAIM_USAGE} ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
+    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, ...claimFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
     if (notRoot(ctx, 'run')) return 1
     const json = values.json === true
+    const claim = claimOptions(values)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
-        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, ...(typeof values.export === 'string' ? { export: values.export } : {}), onEvent: both(reporter(ctx, json), observe) }))
+        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, ...claim, ...(typeof values.export === 'string' ? { export: values.export } : {}), onEvent: both(reporter(ctx, json), observe) }))
       if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
       else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
       return 0
@@ -181,13 +194,14 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json] -- CMD...`,
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${CLAIM_USAGE} ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
       ...trustFlags,
       ...limitFlags,
       ...sandboxFlags,
+      ...claimFlags,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -220,6 +234,7 @@ export const exec: Command = {
       if (ms === undefined || ms <= 0) throw new UsageError(`--timeout: ${JSON.stringify(values.timeout)} is not a duration (e.g. 90s, 10m, 1h30m)`)
       step.timeoutMs = ms
     }
+    const claim = claimOptions(values)
     let started = false
     const onStart = (e: RunnerEvent): void => {
       if (e.type === 'start') started = true
@@ -227,7 +242,7 @@ export const exec: Command = {
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) => {
         try {
-          return await runner.exec(step, { signal: ctx.signal, onEvent: both(both(reporter(ctx, json), observe), onStart) })
+          return await runner.exec(step, { signal: ctx.signal, ...claim, onEvent: both(both(reporter(ctx, json), observe), onStart) })
         } catch (err) {
           // The runner refuses its arguments (a step or variable name) with a TypeError before the step starts.
           if (err instanceof TypeError && !started) throw new UsageError(err.message, { cause: err })
