@@ -181,3 +181,19 @@ test('when the claimant process is killed, its daemon stops renewing and the wai
   assert.match(metrics, /^strata_claims_held_total 1$/m)
   assert.match(metrics, /^strata_claims_granted_total 1$/m)
 })
+
+test('a claim renewed by its client outlives its lease, whether the node or a writer key signs the renewals', { timeout: 120_000 }, async (t) => {
+  const { key: writer } = generateWriterKey('ci-main-1')
+  const nodes = await fleet(t, 2)
+  const [byIdentity, byWriter] = [freshKey().toString(), freshKey().toString()]
+  const mine = await nodes[0]!.client.claim(byIdentity, { scope: 'default' })
+  nodes[0]!.client.signClaimsWith(writer)
+  const signed = await nodes[0]!.client.claim(byWriter, { scope: 'default' })
+  assert.deepEqual([mine.status, signed.status], ['granted', 'granted'])
+  const theirs = await Promise.all([byIdentity, byWriter].map(async (k) => await nodes[1]!.client.claim(k, { scope: 'default' })))
+  // Well past one lease (10 s): only renewals keep the claims live.
+  const outcomes = await Promise.all(held(theirs).map(async (c) => await c.settled({ timeoutMs: 15_000 })))
+  assert.deepEqual(outcomes, ['timeout', 'timeout'])
+  assert.equal(nodes[1]!.daemon.claimCounters.expired, 0)
+  for (const c of granted([mine, signed])) await c.release('failed')
+})
