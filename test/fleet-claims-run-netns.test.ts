@@ -65,6 +65,7 @@ test('two VMs start the same cold pipeline at once: each step runs on exactly on
   assert.deepEqual(status.map((s) => s.claims.granted), ran)
   assert.ok(status[waiter]!.claims.held >= 1)
   assert.equal(status[0]!.claims.expired + status[1]!.claims.expired, 0)
+  assert.deepEqual(status.map((s) => s.hits.peer), ran.map((n) => 3 - n), 'every step a VM did not build came from its peer')
 })
 
 test('the claimant is killed -9 mid-step: the waiter runs the step once the lease expires, and its run succeeds', { timeout: 300_000 }, async (t) => {
