@@ -1,5 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -10,8 +11,8 @@ import { workDir } from './helpers.ts'
 const HERMETIC: NodeJS.ProcessEnv = { STRATA_SCOPE: '', STRATA_READ_SCOPES: '', STRATA_EPOCH: '', STRATA_SALT: '', STRATA_BOOTSTRAP: '' }
 
 /** Two daemons in network namespaces that hear each other's claims. */
-async function twoHosts (t: { after: (fn: () => Promise<void>) => void }, dir: string): Promise<Fleet> {
-  const fleet = await Fleet.create({ hosts: 2, workDir: join(dir, 'fleet'), prefix: `claimnet${randomBytes(3).toString('hex')}`, daemonArgs: ['--replicas', '0'] })
+async function twoHosts (t: { after: (fn: () => Promise<void>) => void }, dir: string, daemonArgs: string[] = []): Promise<Fleet> {
+  const fleet = await Fleet.create({ hosts: 2, workDir: join(dir, 'fleet'), prefix: `claimnet${randomBytes(3).toString('hex')}`, daemonArgs: ['--replicas', '0', ...daemonArgs] })
   t.after(async () => { await fleet.destroy() })
   fleet.start(0)
   fleet.start(1, { bootstrap: [0] })
@@ -39,12 +40,11 @@ function slowPipeline (tag: string): string {
   ].join('\n')
 }
 
-test('two VMs start the same cold pipeline at once: each step runs on exactly one and hits from that peer on the other', { timeout: 300_000 }, async (t) => {
-  const dir = workDir(t, 'claimnet-run')
-  const fleet = await twoHosts(t, dir)
+/** Both VMs run the pipeline at once; each step must run on one and hit from it on the other. */
+async function coldOnTwo (fleet: Fleet, dir: string, env: NodeJS.ProcessEnv = {}): Promise<void> {
   const tag = `strata-claimnet-${process.pid}-${Date.now()}`
   writeFileSync(join(dir, 'strata.yml'), slowPipeline(tag))
-  const runs = await Promise.all([0, 1].map(async (i) => await fleet.strata(i, ['run', '--json', '--data-dir', fleet.daemons[i]!.dataDir], { cwd: dir, timeoutMs: 240_000 })))
+  const runs = await Promise.all([0, 1].map(async (i) => await fleet.strata(i, ['run', '--json', '--data-dir', fleet.daemons[i]!.dataDir], { cwd: dir, timeoutMs: 240_000, env })))
   for (const r of runs) assert.equal(r.exitCode, 0, r.stderr)
   const seen = runs.map((r) => outcomes(r.stdout))
   const ran = [0, 0]
@@ -66,6 +66,24 @@ test('two VMs start the same cold pipeline at once: each step runs on exactly on
   assert.ok(status[waiter]!.claims.held >= 1)
   assert.equal(status[0]!.claims.expired + status[1]!.claims.expired, 0)
   assert.deepEqual(status.map((s) => s.hits.peer), ran.map((n) => 3 - n), 'every step a VM did not build came from its peer')
+}
+
+test('two VMs start the same cold pipeline at once: each step runs on exactly one and hits from that peer on the other', { timeout: 300_000 }, async (t) => {
+  const dir = workDir(t, 'claimnet-run')
+  await coldOnTwo(await twoHosts(t, dir), dir)
+})
+
+test('with a writer key and daemons that trust only it, the claims are signed by it and still one VM builds each step', { timeout: 300_000 }, async (t) => {
+  const dir = workDir(t, 'claimnet-writer')
+  const secrets = join(dir, 'secrets')
+  const trustFile = join(dir, 'writers')
+  // The key is made before the fleet, as a CI secret is: keygen-writer needs no daemon.
+  const made = spawnSync(process.execPath, [bin, 'keygen-writer', 'ci-main', '--dir', secrets], { encoding: 'utf8' })
+  assert.equal(made.status, 0, made.stderr)
+  writeFileSync(trustFile, `${made.stdout.trim()}@default\n`)
+  const fleet = await twoHosts(t, dir, ['--trusted-writers-file', trustFile])
+  await coldOnTwo(fleet, dir, { STRATA_WRITER_KEY_FILE: join(secrets, 'ci-main-1.key') })
+  for (const i of [0, 1]) assert.deepEqual((await fleet.status(i)).claims.rejectedBy, {}, 'no claim was refused: the writer signed them all')
 })
 
 test('the claimant is killed -9 mid-step: the waiter runs the step once the lease expires, and its run succeeds', { timeout: 300_000 }, async (t) => {
