@@ -73,7 +73,15 @@ export async function claimStep (ctx: RunnerContext, s: StepContext, key: CID): 
     releases.push(claimInProcess(ctx, k, s.step.name))
 
     // This machine: another process building the key.
-    const local = await claimLocal(`${claimsDir(ctx.dataDir)}/${k}`, deadline, s, (pid) => waiting('local', pid))
+    let local: Awaited<ReturnType<typeof claimLocal>>
+    try {
+      local = await claimLocal(`${claimsDir(ctx.dataDir)}/${k}`, deadline, s, (pid) => waiting('local', pid))
+    } catch (err) {
+      if (err instanceof StepCancelledError) throw err
+      // A full disk or a read-only data dir: the step builds without this machine's claim.
+      ctx.log.info({ err, step: s.step.name, key: k }, 'cannot claim the key on this machine: building it anyway')
+      return { held: claimed }
+    }
     if (local === undefined) return passed(ctx, s, k, claimed)
     releases.push(local.release)
     if (local.waited) {
@@ -199,7 +207,9 @@ async function claimLocal (path: string, deadline: number, s: StepContext, onHol
         }
       } else {
         const { buffer, bytesRead } = await file.read(Buffer.alloc(32), 0, 32, 0)
-        onHolder(buffer.subarray(0, bytesRead).toString().trim())
+        const pid = buffer.subarray(0, bytesRead).toString().trim()
+        // A holder that just took the lock writes its pid next: named at the next attempt.
+        if (pid !== '' || waited) onHolder(pid)
       }
     } finally {
       if (!mine) await file.close()

@@ -25,8 +25,13 @@ steps:
 ${extra}`
 }
 
+/** Polls `cond`; a run that never gets there fails the test instead of hanging it. */
 async function until (cond: () => boolean): Promise<void> {
-  while (!cond()) await delay(20)
+  const deadline = Date.now() + 60_000
+  while (!cond()) {
+    if (Date.now() > deadline) assert.fail('gave up waiting')
+    await delay(20)
+  }
 }
 
 const types = (events: readonly RunnerEvent[]): string[] => events.filter((e) => e.type !== 'capture-progress').map((e) => e.type)
@@ -124,6 +129,24 @@ steps:
   assert.equal((await first).steps[0]!.status, 'ran')
 })
 
+test('a run cancelled while it waits for another build ends as cancelled, and the build goes on', async (t) => {
+  const h = await harness(t)
+  const side = sideChannel(t)
+  const p = pipelineIn(tempDir(t), gated(side))
+  const b: RunnerEvent[] = []
+  const first = h.runner.run(p)
+  await until(() => side.lines().length > 0)
+  const cancel = new AbortController()
+  const second = h.runner.run(p, { signal: cancel.signal, onEvent: (e) => b.push(e) })
+  await until(() => b.some((e) => e.type === 'wait'))
+  cancel.abort()
+  await assert.rejects(second, { code: 'ERR_STEP_CANCELLED' })
+  assert.deepEqual(b.filter((e) => e.type === 'failed').map((e) => e.type === 'failed' && e.reason), ['cancel'])
+  writeFileSync(`${side.dir}/go`, '')
+  assert.equal((await first).steps[0]!.status, 'ran')
+  assert.deepEqual(side.lines(), ['ran'])
+})
+
 test('a claim file no live process holds is removed when a runner starts; a held one stays', async (t) => {
   const h = await harness(t)
   const dir = `${h.dataDir}/runner/claims`
@@ -138,6 +161,15 @@ test('a claim file no live process holds is removed when a runner starts; a held
       // gone already
     }
     await exited
+    // flock's exit is seen before its child's: the lock goes with the last of the group.
+    for (;;) {
+      try {
+        process.kill(-holder.pid!, 0)
+      } catch {
+        return
+      }
+      await delay(10)
+    }
   }
   t.after(stop)
   await once(holder.stdout, 'data')
