@@ -163,6 +163,13 @@ export class ClaimService {
       this.#log.info({ event: 'claim-held', key: k, holder: w.claim.claimant, id: w.id }, 'key held by another claim')
       return { status: 'held', holder: w.claim.claimant, id: w.id }
     }
+    // This machine's runners claim the fleet only while they hold the key's claim file (an flock):
+    // a claim of this node still live on the key is a runner's that lost that lock by dying.
+    for (const l of this.table.live(k)) {
+      if (!l.own) continue
+      this.#log.info({ event: 'claim-superseded', key: k, id: l.id }, 'a claim of this node whose runner is gone is released for a new one')
+      await this.#lose(l.id)
+    }
     const before = this.table.winner(k, scopes)
     if (before !== undefined) return held(before)
     const peers = this.#c.connectedPeers()
@@ -208,6 +215,8 @@ export class ClaimService {
     }
     own.lost = true
     this.table.remove(id, 'released')
+    // Peers forget it within its lease; so does this node, if its client never sends the release.
+    setTimeout(() => { if (this.#own.get(id)?.lost === true) this.#own.delete(id) }, MAX_LEASE_MS).unref()
   }
 
   /**

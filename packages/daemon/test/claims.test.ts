@@ -197,3 +197,29 @@ test('a claim renewed by its client outlives its lease, whether the node or a wr
   assert.equal(nodes[1]!.daemon.claimCounters.expired, 0)
   for (const c of granted([mine, signed])) await c.release('failed')
 })
+
+test('a new claim on a node supersedes the node\'s own claim whose client died: granted at once, and the peers waiting on the old one are told it was released', { timeout: 120_000 }, async (t) => {
+  const [builder, waiter] = await fleet(t, 2)
+  const key = freshKey().toString()
+  const script = [
+    "import { connectDaemon } from '@strata/daemon/client'",
+    'const c = await connectDaemon(process.argv[1])',
+    "const claim = await c.claim(process.argv[2], { scope: 'default' })",
+    "process.stdout.write(claim.status + '\\n')",
+    'setInterval(() => {}, 1000)'
+  ].join('\n')
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, builder!.daemon.dataDir, key], { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => { child.kill('SIGKILL') })
+  const [line] = await once(child.stdout, 'data') as [Buffer]
+  assert.equal(line.toString().trim(), 'granted')
+  const theirs = await waiter!.client.claim(key, { scope: 'default' })
+  assert.equal(theirs.status, 'held')
+  const settled = theirs.settled({ timeoutMs: 60_000 })
+  child.kill('SIGKILL')
+  await once(child, 'exit')
+  // The runner that takes over holds this machine's claim file: the dead runner's fleet claim is not a reason to wait.
+  const next = await builder!.client.claim(key, { scope: 'default' })
+  assert.equal(next.status, 'granted')
+  assert.equal(await settled, 'released')
+  if (next.status === 'granted') await next.release('failed')
+})
