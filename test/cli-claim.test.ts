@@ -122,6 +122,8 @@ test('kill -9 of the run building a step: the waiting run builds it itself and s
   const waiter = runs.find(waiting)!
   const builder = runs.find((r) => r !== waiter)!
   assert.deepEqual(events(waiter).find((e) => e.type === 'wait'), { type: 'wait', step: 'build', key: events(waiter).find((e) => e.type === 'key')!.key, holder: String(builder.child.pid), where: 'local' })
+  // Killed mid-step: the builder holds its claims (here and in the fleet) and its step has started.
+  await until(() => g.ran() >= 1, () => builder.err())
   builder.child.kill('SIGKILL')
   await builder.exit
   g.open()

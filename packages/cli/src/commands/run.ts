@@ -132,7 +132,10 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
     await daemon.close()
     throw new EpochMismatchError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
   }
+  // Claims are trusted like records: signed by the same writer key.
+  daemon?.signClaimsWith(writerKey)
   const store = daemon ?? await openStoreFor(ctx, dir, { 'wait-timeout': undefined }, waitMs)
+  const reports = new Set<Promise<void>>()
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
@@ -151,10 +154,15 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
     // The daemon counts hits by source and misses for its metrics.
     const observe = (e: RunnerEvent): void => {
       if (daemon === undefined || (e.type !== 'hit' && e.type !== 'miss')) return
-      daemon.report(e.type === 'hit' ? e.source : 'miss').catch((err: unknown) => ctx.logger.debug({ err }, 'could not report to the daemon'))
+      const sent: Promise<void> = daemon.report(e.type === 'hit' ? e.source : 'miss')
+        .catch((err: unknown) => ctx.logger.debug({ err }, 'could not report to the daemon'))
+        .finally(() => reports.delete(sent))
+      reports.add(sent)
     }
     return await fn(runner, observe)
   } finally {
+    // Closing the client drops requests in flight: the last step's report would be lost.
+    await Promise.allSettled([...reports])
     await store.close()
   }
 }
