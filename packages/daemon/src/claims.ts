@@ -23,6 +23,8 @@ export const CLAIMS_TOPIC = '/strata/claims/1'
 export const CLAIMS_PROTOCOL = '/strata/claims/1.0.0'
 /** After announcing a claim, how long to wait for a simultaneous one before deciding who builds. */
 export const CLAIM_SETTLE_MS = 500
+/** The shortest settle window: below it, a claim announced at the same moment may not have arrived yet even on a quiet LAN. */
+export const MIN_CLAIM_SETTLE_MS = 50
 /** How long a released claim's waiters wait for its record before being told it was released (the record travels on another topic). */
 export const RELEASE_GRACE_MS = 1_000
 /** A direct ask: one peer's answer time, the peers asked and how many at once. */
@@ -173,8 +175,9 @@ export class ClaimService {
     const before = this.table.winner(k, scopes)
     if (before !== undefined) return held(before)
     const peers = this.#c.connectedPeers()
+    let slowestAsk = 0
     if (peers.length > 0) {
-      await this.#askPeers(key, peers.slice(0, MAX_ASKED), opts.signal)
+      slowestAsk = await this.#askPeers(key, peers.slice(0, MAX_ASKED), opts.signal)
       const asked = this.table.winner(k, scopes)
       if (asked !== undefined) return held(asked)
     }
@@ -183,7 +186,9 @@ export class ClaimService {
     this.#publish(envelope)
     try {
       // With no peer connected nobody can claim at the same moment.
-      if (peers.length > 0) await sleep(this.#init.settleMs ?? CLAIM_SETTLE_MS, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
+      // A claim made at the same moment reaches us about as fast as the peers answered: a few of their round trips, within bounds.
+      const settleMs = this.#init.settleMs ?? Math.min(CLAIM_SETTLE_MS, Math.max(MIN_CLAIM_SETTLE_MS, 4 * slowestAsk))
+      if (peers.length > 0) await sleep(settleMs, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
     } catch (err) {
       await this.#lose(id)
       throw err
@@ -344,14 +349,23 @@ export class ClaimService {
     void this.#c.publish(CLAIMS_TOPIC, envelope).catch((err: unknown) => this.#log.debug({ err }, 'claim publish failed'))
   }
 
-  /** Asks `peers` at once (a few at a time) for their live claims on `key`; what they answer goes into the table. */
-  async #askPeers (key: CID, peers: PeerId[], signal?: AbortSignal): Promise<void> {
+  /**
+   * Asks `peers` at once (a few at a time) for their live claims on `key`; what they
+   * answer goes into the table. Returns the slowest answer's round trip in ms (the
+   * whole bound when none answered).
+   */
+  async #askPeers (key: CID, peers: PeerId[], signal?: AbortSignal): Promise<number> {
     const queue = [...peers]
+    let slowest = 0
+    let answered = false
     const worker = async (): Promise<void> => {
       for (let p = queue.shift(); p !== undefined; p = queue.shift()) {
         if (signal?.aborted === true) return
         try {
+          const t0 = performance.now()
           const answers = await this.#ask(p, key, AbortSignal.any([AbortSignal.timeout(ASK_TIMEOUT_MS), ...(signal !== undefined ? [signal] : [])]))
+          slowest = Math.max(slowest, performance.now() - t0)
+          answered = true
           for (const a of answers) this.table.receive(a.envelope, { remainingMs: a.remainingMs, from: p.toString() })
         } catch (err) {
           this.#log.debug({ err, peer: p.toString() }, 'claim ask failed')
@@ -360,6 +374,7 @@ export class ClaimService {
     }
     await Promise.all(Array.from({ length: Math.min(ASK_CONCURRENCY, peers.length) }, worker))
     if (signal?.aborted === true) throw signal.reason
+    return answered ? slowest : ASK_TIMEOUT_MS
   }
 
   async #ask (peer: PeerId, key: CID, signal: AbortSignal): Promise<Array<{ envelope: Uint8Array, remainingMs: number }>> {
