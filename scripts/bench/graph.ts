@@ -80,6 +80,10 @@ function criticalPathMs (ms: Map<string, number>, chain: boolean): number {
   return Math.max(...finish.values())
 }
 
+type Form = 'graph' | 'chain'
+
+interface SingleRep { cold: RunOutcome, warm: RunOutcome, coldCpuS: number }
+
 interface RunOutcome {
   wallS: number
   /** The runner's own duration (done event). */
@@ -97,6 +101,11 @@ function parseRun (stdout: string, wallS: number): RunOutcome {
   for (const e of events) if (e.type === 'hit') source.set(e.step, e.source as 'local' | 'peer')
   const steps = new Map(done.steps.map((s) => [s.name, { how: s.status === 'ran' ? 'ran' as const : source.get(s.name) ?? 'local', ms: s.durationMs }]))
   return { wallS, runS: done.durationMs / 1000, steps, waits: events.filter((e) => e.type === 'wait').length }
+}
+
+/** Cached steps the run built (ran) rather than took from a cache. */
+function builtSteps (r: RunOutcome): number {
+  return [...r.steps].filter(([name, s]) => s.how === 'ran' && STEPS.find((d) => d.name === name)?.cache !== false).length
 }
 
 async function strataRun (fleet: Fleet, i: number, dataDir: string, cwd: string): Promise<RunOutcome> {
@@ -119,7 +128,7 @@ function checkout (template: string, dest: string, salt: string, chain: boolean)
 
 async function main (): Promise<void> {
   const flags = parseFlags(process.argv.slice(2), {
-    reps: '1', 'fleet-reps': '1', hosts: '4', rate: '1gbit', chain: false, single: true, fleet: true, 'py-modules': '300', json: false, keep: false
+    reps: '3', 'fleet-reps': '1', hosts: '4', rate: '1gbit', chain: false, single: true, fleet: true, 'py-modules': '300', json: false, keep: false
   })
   const reps = Number(flags.reps)
   const fleetReps = Number(flags['fleet-reps'])
@@ -141,27 +150,28 @@ async function main (): Promise<void> {
     const built = Date.now()
     const co: Checkout = buildCheckout(template, join(work, 'fixture-scratch'), { pyModules: Number(flags['py-modules']), debFiles: 200 })
     progress(`checkout in ${((Date.now() - built) / 1000).toFixed(1)} s: npm ${co.npm.packages} packages (${co.npm.files} files) as local tarballs${co.npm.skipped.length > 0 ? ` (left out: ${co.npm.skipped.join('; ')})` : ''}; wheel of ${co.py.modules} modules; .deb of ${co.debFiles} files`)
-    const form = flags.chain ? 'chain' : 'graph'
 
-    // (a) one host, no daemon: cold, then warm.
-    const single: Array<{ cold: RunOutcome, warm: RunOutcome, coldCpuS: number }> = []
+    // (a) one host, no daemon: cold, then warm; the chain form too, as the baseline.
+    const forms: Form[] = flags.chain ? ['chain'] : ['graph', 'chain']
+    const single: Record<Form, SingleRep[]> = { graph: [], chain: [] }
     if (flags.single) {
       for (let rep = 0; rep < reps; rep++) {
-        const dir = join(work, `single-${rep}`)
-        const cwd = checkout(template, join(dir, 'checkout'), `${tag}-single-${rep}`, flags.chain)
-        const data = join(dir, 'data')
-        mkdirSync(data, { recursive: true })
-        const cpu0 = fleet.hosts[0]!.cpuSeconds()
-        const cold = await strataRun(fleet, 0, data, cwd)
-        const coldCpuS = fleet.hosts[0]!.cpuSeconds() - cpu0
-        const ran = [...cold.steps.values()].filter((s) => s.how === 'ran').length
-        if (ran !== STEPS.length) throw new RunFailedError(`the cold run ran ${ran} of ${STEPS.length} steps`)
-        const warm = await strataRun(fleet, 0, data, cwd)
-        const warmRan = [...warm.steps].filter(([name, s]) => s.how === 'ran' && STEPS.find((d) => d.name === name)!.cache).map(([name]) => name)
-        if (warmRan.length > 0) throw new RunFailedError(`the warm run ran ${warmRan.join(', ')}`)
-        single.push({ cold, warm, coldCpuS })
-        const sum = [...cold.steps.values()].reduce((n, s) => n + s.ms, 0) / 1000
-        progress(`single rep ${rep + 1}/${reps} (${form}): cold ${cold.wallS.toFixed(1)} s (steps ${[...cold.steps].map(([n, s]) => `${n} ${(s.ms / 1000).toFixed(1)}`).join(', ')}; sum ${sum.toFixed(1)} s; CPU ${coldCpuS.toFixed(1)} s), warm ${warm.wallS.toFixed(2)} s`)
+        for (const f of rep % 2 === 0 ? forms : [...forms].reverse()) {
+          const dir = join(work, `single-${f}-${rep}`)
+          const cwd = checkout(template, join(dir, 'checkout'), `${tag}-single-${f}-${rep}`, f === 'chain')
+          const data = join(dir, 'data')
+          mkdirSync(data, { recursive: true })
+          const cpu0 = fleet.hosts[0]!.cpuSeconds()
+          const cold = await strataRun(fleet, 0, data, cwd)
+          const coldCpuS = fleet.hosts[0]!.cpuSeconds() - cpu0
+          const ran = [...cold.steps.values()].filter((s) => s.how === 'ran').length
+          if (ran !== STEPS.length) throw new RunFailedError(`the cold run (${f}) ran ${ran} of ${STEPS.length} steps`)
+          const warm = await strataRun(fleet, 0, data, cwd)
+          if (builtSteps(warm) > 0) throw new RunFailedError(`the warm run (${f}) ran a cached step: ${[...warm.steps].map(([n, s]) => `${n} ${s.how}`).join(', ')}`)
+          single[f].push({ cold, warm, coldCpuS })
+          const sum = [...cold.steps.values()].reduce((n, s) => n + s.ms, 0) / 1000
+          progress(`single rep ${rep + 1}/${reps} (${f}): cold ${cold.wallS.toFixed(1)} s (steps ${[...cold.steps].map(([n, s]) => `${n} ${(s.ms / 1000).toFixed(1)}`).join(', ')}; sum ${sum.toFixed(1)} s; CPU ${coldCpuS.toFixed(1)} s), warm ${warm.wallS.toFixed(2)} s`)
+        }
       }
     }
 
@@ -195,7 +205,7 @@ async function main (): Promise<void> {
           const perHostCpuS = fleet.hosts.map((h, i) => h.cpuSeconds() - before[i]!)
           const cpuS = perHostCpuS.reduce((a, b) => a + b, 0)
           fleetRuns.push({ kind, cpuS, perHostCpuS, wallS, runs })
-          const built = runs.reduce((n, r) => n + [...r.steps].filter(([name, s]) => s.how === 'ran' && STEPS.find((d) => d.name === name)!.cache).length, 0)
+          const built = runs.reduce((n, r) => n + builtSteps(r), 0)
           progress(`fleet rep ${rep + 1}/${fleetReps}, ${kind === 'one' ? 'h1 alone' : `${hosts} hosts at once`}: ${wallS.toFixed(1)} s; CPU ${cpuS.toFixed(1)} s (by host ${perHostCpuS.map((c) => c.toFixed(1)).join(' ')}); cached steps built ${built}, waits ${runs.reduce((n, r) => n + r.waits, 0)}; ${runs.map((r, k) => `h${runners[k]! + 1}: ${[...r.steps].map(([n, s]) => `${n} ${s.how}`).join(', ')}`).join('; ')}`)
         }
       }
@@ -203,42 +213,48 @@ async function main (): Promise<void> {
 
     const report = {
       benchmark: 'graph pipeline: parallel branches, and one build per key across a fleet',
-      form,
+      form: forms[0],
       cpus: cpus().length,
       loadAverage: { before: loadBefore, after: loadavg()[0]! },
       rate: flags.rate,
       checkout: co,
-      single: single.map((s) => ({ cold: { ...s.cold, steps: Object.fromEntries(s.cold.steps) }, warm: { ...s.warm, steps: Object.fromEntries(s.warm.steps) }, coldCpuS: s.coldCpuS })),
+      single: Object.fromEntries(forms.map((f) => [f, single[f].map((s) => ({ cold: { ...s.cold, steps: Object.fromEntries(s.cold.steps) }, warm: { ...s.warm, steps: Object.fromEntries(s.warm.steps) }, coldCpuS: s.coldCpuS }))])),
       fleet: fleetRuns.map((f) => ({ ...f, runs: f.runs.map((r) => ({ ...r, steps: Object.fromEntries(r.steps) })) }))
     }
     if (flags.json) {
       console.log(JSON.stringify(report, null, 2))
       return
     }
-    console.log(`graph benchmark, ${form} form; ${cpus().length} CPUs, 1-minute load ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after; links ${flags.rate === 'none' ? 'unshaped' : `${flags.rate} each way (tbf)`}`)
+    console.log(`graph benchmark, ${forms[0]} form; ${cpus().length} CPUs, 1-minute load ${report.loadAverage.before.toFixed(1)} before, ${report.loadAverage.after.toFixed(1)} after; links ${flags.rate === 'none' ? 'unshaped' : `${flags.rate} each way (tbf)`}`)
     console.log(`npm: ${co.npm.packages} packages, ${co.npm.files} files; wheel: ${co.py.modules} modules; .deb: ${co.debFiles} files`)
     const med = (xs: number[]): string => { const s = summarize(xs); return xs.length === 1 ? s.median.toFixed(2) : `${s.median.toFixed(2)} (${s.min.toFixed(2)}-${s.max.toFixed(2)})` }
-    if (single.length > 0) {
-      const sums = single.map((s) => [...s.cold.steps.values()].reduce((n, x) => n + x.ms, 0) / 1000)
-      const crit = single.map((s) => criticalPathMs(new Map([...s.cold.steps].map(([n, x]) => [n, x.ms])), flags.chain) / 1000)
-      console.log(`\n(a) one host, no daemon: medians of ${single.length} (min-max)`)
-      const rows = [['', 'seconds', 'ratio']]
-      rows.push(['cold: strata run, wall', med(single.map((s) => s.cold.wallS)), ''])
-      rows.push(['cold: sum of the steps\' durations', med(sums), `${summarize(single.map((s, k) => sums[k]! / s.cold.wallS)).median.toFixed(2)}x the wall (parallel speed-up)`])
-      rows.push(['cold: critical path', med(crit), `${summarize(single.map((s, k) => crit[k]! / s.cold.wallS)).median.toFixed(2)}x the wall`])
-      for (const st of STEPS) rows.push([`  ${st.name}`, med(single.map((s) => (s.cold.steps.get(st.name)?.ms ?? NaN) / 1000)), ''])
-      rows.push(['cold: CPU (h1 cgroup)', med(single.map((s) => s.coldCpuS)), ''])
-      rows.push(['warm: strata run, wall', med(single.map((s) => s.warm.wallS)), `${summarize(single.map((s) => s.warm.wallS / s.cold.wallS)).median.toFixed(3)}x cold`])
+    if (single[forms[0]!].length > 0) {
+      console.log(`\n(a) one host, no daemon: medians of ${reps} (min-max); ${forms.length > 1 ? 'the graph and the chain form alternate' : 'the chain form'}`)
+      const rows = [['', ...forms.map((f) => `${f} s`), ...forms.map((f) => `${f} ratio`)]]
+      const row = (label: string, value: (s: SingleRep, f: Form) => number, ratio?: (s: SingleRep, f: Form) => number, ratioLabel = ''): void => {
+        rows.push([label, ...forms.map((f) => med(single[f].map((s) => value(s, f)))), ...forms.map((f) => ratio === undefined ? '' : `${summarize(single[f].map((s) => ratio(s, f))).median.toFixed(2)}x${ratioLabel}`)])
+      }
+      const sum = (s: SingleRep): number => [...s.cold.steps.values()].reduce((n, x) => n + x.ms, 0) / 1000
+      const crit = (s: SingleRep, f: Form): number => criticalPathMs(new Map([...s.cold.steps].map(([n, x]) => [n, x.ms])), f === 'chain') / 1000
+      row('cold: strata run, wall', (s) => s.cold.wallS)
+      row('cold: sum of the steps\' durations', sum, (s) => sum(s) / s.cold.wallS, ' the wall')
+      row('cold: critical path', crit, (s, f) => crit(s, f) / s.cold.wallS, ' the wall')
+      for (const st of STEPS) row(`  ${st.name}`, (s) => (s.cold.steps.get(st.name)?.ms ?? NaN) / 1000)
+      row('cold: CPU (h1 cgroup)', (s) => s.coldCpuS)
+      row('warm: strata run, wall', (s) => s.warm.wallS, (s) => s.warm.wallS / s.cold.wallS, ' cold')
       console.log(formatTable(rows))
+      const speedUp = summarize(single[forms[0]!].map((s) => [...s.cold.steps.values()].reduce((n, x) => n + x.ms, 0) / 1000 / s.cold.wallS)).median
+      console.log(`parallel speed-up (${forms[0]} form, sum of the steps / cold wall): ${speedUp.toFixed(2)}x`)
+      if (forms.length > 1) console.log(`cold wall, graph vs chain form: ${summarize(single.graph.map((s, k) => s.cold.wallS / single.chain[k]!.cold.wallS)).median.toFixed(2)}x`)
     }
     if (fleetRuns.length > 0) {
       const one = fleetRuns.filter((f) => f.kind === 'one')
       const all = fleetRuns.filter((f) => f.kind === 'all')
-      const builds = (f: typeof fleetRuns[number]): number => f.runs.reduce((n, r) => n + [...r.steps].filter(([name, s]) => s.how === 'ran' && STEPS.find((d) => d.name === name)!.cache).length, 0)
+      const builds = (f: typeof fleetRuns[number]): number => f.runs.reduce((n, r) => n + builtSteps(r), 0)
       console.log(`\n(b) ${hosts} hosts, a daemon each: medians of ${one.length} (min-max)`)
       const rows = [['', 'CPU s (all hosts)', 'runner host CPU s', 'wall s', 'cached steps built']]
-      rows.push(['h1 alone', med(one.map((f) => f.cpuS)), med(one.map((f) => f.perHostCpuS[0]!)), med(one.map((f) => f.wallS)), med(one.map(builds))])
-      rows.push([`${hosts} at once`, med(all.map((f) => f.cpuS)), '', med(all.map((f) => f.wallS)), med(all.map(builds))])
+      rows.push(['h1 alone', med(one.map((f) => f.cpuS)), med(one.map((f) => f.perHostCpuS[0]!)), med(one.map((f) => f.wallS)), String(summarize(one.map(builds)).median)])
+      rows.push([`${hosts} at once`, med(all.map((f) => f.cpuS)), '', med(all.map((f) => f.wallS)), String(summarize(all.map(builds)).median)])
       console.log(formatTable(rows))
       const ratio = summarize(all.map((f, k) => f.cpuS / one[k]!.cpuS)).median
       console.log(`fleet CPU, ${hosts} hosts at once vs one alone: ${ratio.toFixed(2)}x (one build per key: about 1x; every host building: about ${hosts}x)`)
