@@ -21,7 +21,7 @@ import { cpSync, mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { Fleet, runEvents, waitFor } from '../fleet-lib.ts'
+import { Fleet, procStats, runEvents, waitFor } from '../fleet-lib.ts'
 import { cacheRoot } from './fixture.ts'
 import { removeOnExit } from './cleanup.ts'
 import { formatTable, parseFlags, summarize } from './measure.ts'
@@ -82,6 +82,18 @@ function criticalPathMs (ms: Map<string, number>, chain: boolean): number {
 
 type Form = 'graph' | 'chain'
 
+/** One fleet measurement: h1 alone, or every host at once. */
+interface FleetRep {
+  kind: 'one' | 'all'
+  /** CPU seconds of every host's cgroup together (daemons, runs and their steps). */
+  cpuS: number
+  perHostCpuS: number[]
+  /** Of that, the daemons' own. */
+  daemonsCpuS: number
+  wallS: number
+  runs: RunOutcome[]
+}
+
 interface SingleRep { cold: RunOutcome, warm: RunOutcome, coldCpuS: number }
 
 interface RunOutcome {
@@ -89,8 +101,8 @@ interface RunOutcome {
   /** The runner's own duration (done event). */
   runS: number
   steps: Map<string, { how: 'ran' | 'local' | 'peer', ms: number }>
-  /** `wait` events: a step waited for another's build of its key. */
-  waits: number
+  /** `wait` events: a step waited for another build of its key (in this process, on this host, on a peer). */
+  waits: Array<{ step: string, where: string }>
 }
 
 function parseRun (stdout: string, wallS: number): RunOutcome {
@@ -100,7 +112,7 @@ function parseRun (stdout: string, wallS: number): RunOutcome {
   const source = new Map<string, 'local' | 'peer'>()
   for (const e of events) if (e.type === 'hit') source.set(e.step, e.source as 'local' | 'peer')
   const steps = new Map(done.steps.map((s) => [s.name, { how: s.status === 'ran' ? 'ran' as const : source.get(s.name) ?? 'local', ms: s.durationMs }]))
-  return { wallS, runS: done.durationMs / 1000, steps, waits: events.filter((e) => e.type === 'wait').length }
+  return { wallS, runS: done.durationMs / 1000, steps, waits: events.filter((e) => e.type === 'wait').map((e) => ({ step: e.step, where: String(e.where) })) }
 }
 
 /** Cached steps the run built (ran) rather than took from a cache. */
@@ -176,7 +188,7 @@ async function main (): Promise<void> {
     }
 
     // (b) the fleet: one host alone, then all at once, each on fresh daemons and stores.
-    const fleetRuns: Array<{ kind: 'one' | 'all', cpuS: number, perHostCpuS: number[], wallS: number, runs: RunOutcome[] }> = []
+    const fleetRuns: FleetRep[] = []
     if (flags.fleet) {
       const startDaemons = async (): Promise<void> => {
         for (let i = 0; i < hosts; i++) await fleet.stop(i)
@@ -198,15 +210,18 @@ async function main (): Promise<void> {
           const salt = `${tag}-fleet-${kind}-${rep}`
           const dirs = runners.map((i) => checkout(template, join(work, `fleet-${kind}-${rep}`, `h${i + 1}`), salt, flags.chain))
           const before = fleet.hosts.map((h) => h.cpuSeconds())
+          const daemonCpu = (): number => fleet.running.reduce((n, i) => n + (procStats(fleet.daemons[i]!.pid)?.cpuS ?? 0), 0)
+          const daemonsBefore = daemonCpu()
           const started = process.hrtime.bigint()
           const runs = await Promise.all(runners.map(async (i, k) => await strataRun(fleet, i, fleet.daemons[i]!.dataDir, dirs[k]!)))
           const wallS = Number(process.hrtime.bigint() - started) / 1e9
           await delay(2000)
           const perHostCpuS = fleet.hosts.map((h, i) => h.cpuSeconds() - before[i]!)
           const cpuS = perHostCpuS.reduce((a, b) => a + b, 0)
-          fleetRuns.push({ kind, cpuS, perHostCpuS, wallS, runs })
+          const daemonsCpuS = daemonCpu() - daemonsBefore
+          fleetRuns.push({ kind, cpuS, perHostCpuS, daemonsCpuS, wallS, runs })
           const built = runs.reduce((n, r) => n + builtSteps(r), 0)
-          progress(`fleet rep ${rep + 1}/${fleetReps}, ${kind === 'one' ? 'h1 alone' : `${hosts} hosts at once`}: ${wallS.toFixed(1)} s; CPU ${cpuS.toFixed(1)} s (by host ${perHostCpuS.map((c) => c.toFixed(1)).join(' ')}); cached steps built ${built}, waits ${runs.reduce((n, r) => n + r.waits, 0)}; ${runs.map((r, k) => `h${runners[k]! + 1}: ${[...r.steps].map(([n, s]) => `${n} ${s.how}`).join(', ')}`).join('; ')}`)
+          progress(`fleet rep ${rep + 1}/${fleetReps}, ${kind === 'one' ? 'h1 alone' : `${hosts} hosts at once`}: ${wallS.toFixed(1)} s; CPU ${cpuS.toFixed(1)} s (by host ${perHostCpuS.map((c) => c.toFixed(1)).join(' ')}; daemons ${daemonsCpuS.toFixed(1)}); cached steps built ${built}; ${runs.map((r, k) => `h${runners[k]! + 1}: ${[...r.steps].map(([n, s]) => `${n} ${s.how}${r.waits.some((w) => w.step === n) ? ` after a wait (${r.waits.filter((w) => w.step === n).map((w) => w.where).join(', ')})` : ''}`).join(', ')}`).join('; ')}`)
         }
       }
     }
@@ -250,11 +265,14 @@ async function main (): Promise<void> {
     if (fleetRuns.length > 0) {
       const one = fleetRuns.filter((f) => f.kind === 'one')
       const all = fleetRuns.filter((f) => f.kind === 'all')
-      const builds = (f: typeof fleetRuns[number]): number => f.runs.reduce((n, r) => n + builtSteps(r), 0)
+      const builds = (f: FleetRep): number => f.runs.reduce((n, r) => n + builtSteps(r), 0)
       console.log(`\n(b) ${hosts} hosts, a daemon each: medians of ${one.length} (min-max)`)
-      const rows = [['', 'CPU s (all hosts)', 'runner host CPU s', 'wall s', 'cached steps built']]
-      rows.push(['h1 alone', med(one.map((f) => f.cpuS)), med(one.map((f) => f.perHostCpuS[0]!)), med(one.map((f) => f.wallS)), String(summarize(one.map(builds)).median)])
-      rows.push([`${hosts} at once`, med(all.map((f) => f.cpuS)), '', med(all.map((f) => f.wallS)), String(summarize(all.map(builds)).median)])
+      const peerHits = (f: FleetRep): number => f.runs.reduce((n, r) => n + [...r.steps.values()].filter((s) => s.how === 'peer').length, 0)
+      const rows = [['', 'CPU s, all hosts', 'of which daemons', 'h1', 'wall s', 'cached steps built', 'peer hits']]
+      for (const [label, list] of [['h1 alone', one], [`${hosts} at once`, all]] as const) {
+        rows.push([label, med(list.map((f) => f.cpuS)), med(list.map((f) => f.daemonsCpuS)), med(list.map((f) => f.perHostCpuS[0]!)), med(list.map((f) => f.wallS)),
+          String(summarize(list.map(builds)).median), String(summarize(list.map(peerHits)).median)])
+      }
       console.log(formatTable(rows))
       const ratio = summarize(all.map((f, k) => f.cpuS / one[k]!.cpuS)).median
       console.log(`fleet CPU, ${hosts} hosts at once vs one alone: ${ratio.toFixed(2)}x (one build per key: about 1x; every host building: about ${hosts}x)`)
