@@ -276,6 +276,14 @@ async function main (): Promise<void> {
       console.log(formatTable(rows))
       const ratio = summarize(all.map((f, k) => f.cpuS / one[k]!.cpuS)).median
       console.log(`fleet CPU, ${hosts} hosts at once vs one alone: ${ratio.toFixed(2)}x (one build per key: about 1x; every host building: about ${hosts}x)`)
+      // What a host costs that took every cached step from a peer: the part of the
+      // fleet's CPU one build per key cannot save.
+      const restorers = all.flatMap((f) => f.runs.flatMap((r, i) => builtSteps(r) === 0 ? [f.perHostCpuS[i]!] : []))
+      if (restorers.length > 0) {
+        const alone = summarize(one.map((f) => f.perHostCpuS[0]!)).median
+        const r = summarize(restorers).median
+        console.log(`a host that built no cached step: ${r.toFixed(2)} CPU s, ${(r / alone).toFixed(2)}x h1 building alone (${restorers.length} hosts)`)
+      }
     }
   } finally {
     await fleet.destroy()
