@@ -17,7 +17,7 @@
 // Every measurement has its own salt, so nothing hits across them. --chain writes
 // the pipeline without `use` (each step on the one before), for a strata without it.
 
-import { cpSync, mkdirSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
@@ -191,7 +191,11 @@ async function main (): Promise<void> {
     const fleetRuns: FleetRep[] = []
     if (flags.fleet) {
       const startDaemons = async (): Promise<void> => {
-        for (let i = 0; i < hosts; i++) await fleet.stop(i)
+        for (let i = 0; i < hosts; i++) {
+          const old = fleet.daemons[i]?.dataDir
+          await fleet.stop(i)
+          if (old !== undefined) rmSync(old, { recursive: true, force: true })
+        }
         for (let i = 0; i < hosts; i++) fleet.start(i, { bootstrap: [0] })
         await fleet.ready(0)
         for (let i = 1; i < hosts; i++) await fleet.ready(i, { peers: 1 })
