@@ -2,33 +2,11 @@
 // with (packages/cli/bin/strata.js): checked on the running process, as the kernel sees it.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { setTimeout as delay } from 'node:timers/promises'
-import { bin, strata, workDir } from './helpers.ts'
-
-/** A `strata daemon` on loopback for the data dir, stopped after the test; resolves once `strata status` answers. */
-async function startDaemonProcess (t: { after: (fn: () => Promise<void> | void) => void }, dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [bin, 'daemon', '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--replicas', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } })
-  let stderr = ''
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  t.after(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM')
-      await once(child, 'exit')
-    }
-  })
-  const deadline = Date.now() + 30_000
-  while (strata(['status', '--json', '--data-dir', dataDir]).status !== 0) {
-    if (child.exitCode !== null) assert.fail(`daemon exited with ${child.exitCode}: ${stderr}`)
-    if (Date.now() > deadline) assert.fail(`daemon not ready after 30 s: ${stderr}`)
-    await delay(200)
-  }
-  return child
-}
+import { startDaemonProcess, strata, workDir } from './helpers.ts'
 
 async function daemonProcess (t: { after: (fn: () => Promise<void> | void) => void }, env: NodeJS.ProcessEnv): Promise<{ argv: string[], env: Map<string, string> }> {
   const dir = workDir(t, 'daemon-exec')

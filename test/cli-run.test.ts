@@ -1,9 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { bin, strata, workDir } from './helpers.ts'
+import { strata, workDir } from './helpers.ts'
 
 test('strata run prints a status line per step, hits on the second run, and why explains a miss', (t) => {
   const dir = workDir(t, 'cli-run')
@@ -76,26 +75,6 @@ test('strata exec prints a key that chains the next step', (t) => {
   const again = strata(['exec', '--name', 'a', '--data-dir', data, '--', 'sh', '-c', 'echo from-a > /opt/strata-exec-a'], dir)
   assert.equal(again.stdout.trim().split('\n').at(-1), keyA)
   assert.match(again.stderr, /^a: HIT local/m)
-})
-
-test('two strata runs at once on one store both succeed: the second waits for the first', async (t) => {
-  const dir = workDir(t, 'cli-run')
-  const data = join(dir, 'data')
-  writeFileSync(join(dir, 'strata.yml'), 'base: host\nsteps:\n  - name: slow\n    run: sleep 1; echo done > /opt/strata-concurrent\n  - name: after\n    run: cat /opt/strata-concurrent\n')
-  const start = (): Promise<{ status: number | null, stderr: string }> => new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, 'run', '--data-dir', data], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
-    let stderr = ''
-    p.stderr.on('data', (b: Buffer) => { stderr += b.toString() })
-    p.on('exit', (status) => resolve({ status, stderr }))
-  })
-  const [a, b] = await Promise.all([start(), start()])
-  assert.equal(a.status, 0, a.stderr)
-  assert.equal(b.status, 0, b.stderr)
-  const both = a.stderr + b.stderr
-  assert.match(both, /waiting until it is done \(--wait-timeout to bound it\) for another strata process \(pid \d+: [^)]*\)/)
-  // One ran the steps, the other then found them cached.
-  assert.equal((both.match(/^slow: MISS/mg) ?? []).length, 1, both)
-  assert.equal((both.match(/^slow: HIT local/mg) ?? []).length, 1, both)
 })
 
 test('strata run with a relative data dir (--data-dir data, ./data, STRATA_DATA_DIR=data) mounts the layers below a step and hits again', (t) => {

@@ -1,6 +1,9 @@
 // What the CLI tests share: running `strata` as `npx strata` would, here or on a
 // test cluster's host, and a working directory a step can see.
-import { spawnSync } from 'node:child_process'
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
@@ -43,4 +46,24 @@ export function workDir (t: { after: (fn: () => void) => void }, name: string): 
   const dir = mkdtempSync(`/var/tmp/strata-${name}-`)
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   return dir
+}
+
+/** A `strata daemon` on loopback for the data dir, stopped after the test; resolves once `strata status` answers. */
+export async function startDaemonProcess (t: { after: (fn: () => Promise<void> | void) => void }, dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [bin, 'daemon', '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--replicas', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } })
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM')
+      await once(child, 'exit')
+    }
+  })
+  const deadline = Date.now() + 30_000
+  while (strata(['status', '--json', '--data-dir', dataDir]).status !== 0) {
+    if (child.exitCode !== null) assert.fail(`daemon exited with ${child.exitCode}: ${stderr}`)
+    if (Date.now() > deadline) assert.fail(`daemon not ready after 30 s: ${stderr}`)
+    await delay(200)
+  }
+  return child
 }

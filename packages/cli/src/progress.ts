@@ -39,6 +39,9 @@ export class Progress {
 
 export const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)}s`
 
+/** A peer id short enough for a status line: its head and tail (all begin alike, `12D3KooW`). */
+export const shortPeer = (id: string): string => id.length > 16 ? `${id.slice(0, 4)}…${id.slice(-6)}` : id
+
 /** An error's message as part of a status line: its first line, cut short. */
 function oneLine (err: Error): string {
   const first = err.message.split('\n', 1)[0] ?? ''
@@ -79,6 +82,9 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
           ? `HIT peer (${count(e.providers, 'provider')}, ${formatBytes(e.bytes)} in ${seconds(e.durationMs)})`
           : `HIT ${e.source} (${formatBytes(e.size)} in ${seconds(e.durationMs)})`)
         break
+      case 'wait':
+        line(e.step, `WAIT (building ${e.where === 'process' ? 'in this run' : e.where === 'local' ? (e.holder !== '' ? `in pid ${e.holder}` : 'in another process') : `on ${shortPeer(e.holder)}`})`)
+        break
       case 'miss':
         if (e.reason === 'layer-corrupt') corrupt.add(e.step)
         if (e.reason === 'expired') expired.add(e.step)
@@ -118,6 +124,9 @@ export function reporter (ctx: Pick<CommandContext, 'stdout' | 'stderr'>, json: 
         line(e.step, `FAILED (${why})`)
         break
       }
+      case 'skipped':
+        line(e.step, e.reason === 'parent-failed' ? 'SKIPPED (a step it uses failed)' : 'SKIPPED (cancelled)')
+        break
       default:
         break
     }

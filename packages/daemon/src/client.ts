@@ -1,12 +1,14 @@
 import { request, Agent } from 'node:http'
 import type { IncomingMessage } from 'node:http'
+import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import type { CID } from 'multiformats/cid'
-import { writerTrust } from '@strata/records'
+import { CID } from 'multiformats/cid'
+import { CLAIM_FORMAT, CLAIM_ID_BYTES, signClaim, writerTrust } from '@strata/records'
+import type { StepClaim, WriterKey } from '@strata/records'
 import type { BlockSource, CommitOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, ProgressEvent, RestoreOptions, Store } from '@strata/store'
 import { ControlError } from './errors.ts'
-import { SOCKET_NAME, layerOf } from './protocol.ts'
-import type { EntryJson, ErrorJson, FetchJson, LayerJson, LookupJson, StatusJson } from './protocol.ts'
+import { CLAIM_LEASE_MS, CLAIM_RENEW_MS, SOCKET_NAME, layerOf } from './protocol.ts'
+import type { ClaimJson, ClaimWaitJson, EntryJson, ErrorJson, FetchJson, LayerJson, LookupJson, StatusJson } from './protocol.ts'
 
 export interface RemoteResolve {
   layer: LayerInfo
@@ -14,6 +16,17 @@ export interface RemoteResolve {
   bytes: number
   durationMs: number
 }
+
+/**
+ * A fleet claim on a key (the runner's `RemoteCache.claim`): `granted`, this node
+ * builds and must `release` when done; `held`, the peer `holder` builds, and
+ * `settled` says when that ended: its record arrived, it was released, its lease
+ * expired, or `timeoutMs` passed.
+ */
+export type FleetClaim =
+  | { status: 'granted', release (outcome: 'built' | 'failed'): Promise<void> }
+  | { status: 'held', holder: string,
+      settled (opts: { signal?: AbortSignal, timeoutMs: number }): Promise<'record' | 'released' | 'expired' | 'timeout'> }
 
 /**
  * Talks to a running daemon over its control socket. It is a `Store` (the daemon
@@ -44,6 +57,69 @@ export class DaemonClient implements Store {
   }
 
   #writers: ((peer: string, scope: string) => boolean) | undefined
+  #claimSigner: WriterKey | undefined
+  #peerId: string | undefined
+
+  /** Signs this client's claims with `key` (what it signs its records with); without one the daemon's identity signs them. */
+  signClaimsWith (key: WriterKey | undefined): void {
+    this.#claimSigner = key
+  }
+
+  /**
+   * Claims `key` in the fleet before building it (see FleetClaim). While granted,
+   * the claim is renewed every CLAIM_RENEW_MS over the socket: when this process
+   * dies the renewals stop, and peers see the lease expire.
+   */
+  async claim (key: string, opts: { scope: string, signal?: AbortSignal }): Promise<FleetClaim> {
+    const signer = this.#claimSigner
+    let claim: StepClaim | undefined
+    if (signer !== undefined) {
+      this.#peerId ??= (await this.status({ copies: false, signal: opts.signal })).peerId
+      claim = { v: CLAIM_FORMAT, key: CID.parse(key), claimant: this.#peerId, writer: signer.id, scope: opts.scope, epoch: this.epoch, id: randomBytes(CLAIM_ID_BYTES), leaseMs: CLAIM_LEASE_MS, seq: 0, release: false }
+    }
+    const signed = (c: StepClaim): string => Buffer.from(signClaim(c, signer!)).toString('base64')
+    const out = await this.#call('/v1/claim', { key, scope: opts.scope, ...(claim !== undefined ? { envelope: signed(claim) } : {}) }, { signal: opts.signal }) as unknown as ClaimJson
+    if (out.status === 'held') {
+      // Our own claim lost to a simultaneous one: only we can sign its release.
+      if (out.own !== undefined && claim !== undefined) {
+        await this.#call('/v1/claim/release', { id: out.own, envelope: signed({ ...claim, seq: 1, release: true }) }).catch(() => {})
+      }
+      return {
+        status: 'held',
+        holder: out.holder,
+        settled: async (o) => (await this.#call('/v1/claim/wait', { key, scope: opts.scope, id: out.id, timeoutMs: Math.max(0, Math.round(o.timeoutMs)) }, { signal: o.signal }) as unknown as ClaimWaitJson).outcome
+      }
+    }
+    const id = out.id
+    let seq = 0
+    let timer: NodeJS.Timeout | undefined
+    let released = false
+    const renew = async (): Promise<void> => {
+      seq++
+      try {
+        await this.#call('/v1/claim/renew', { id, ...(claim !== undefined ? { envelope: signed({ ...claim, seq }) } : {}) })
+      } catch (err) {
+        // Gone on the daemon's side (its lease ran out): nothing left to renew. Anything else: try again next time.
+        if ((err as { code?: string }).code === 'ERR_CLAIM_NOT_FOUND') return
+      }
+      if (!released) schedule()
+    }
+    const schedule = (): void => {
+      timer = setTimeout(() => { void renew() }, CLAIM_RENEW_MS)
+      // The claim must not keep a finished process alive.
+      timer.unref()
+    }
+    schedule()
+    return {
+      status: 'granted',
+      release: async (outcome) => {
+        if (released) return
+        released = true
+        clearTimeout(timer)
+        await this.#call('/v1/claim/release', { id, outcome, ...(claim !== undefined ? { envelope: signed({ ...claim, seq: seq + 1, release: true }) } : {}) })
+      }
+    }
+  }
 
   async #call (path: string, body: object, opts: { signal?: AbortSignal, onLine?: (line: Record<string, unknown>) => void } = {}): Promise<Record<string, unknown>> {
     return await new Promise((resolve, reject) => {

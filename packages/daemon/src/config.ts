@@ -67,6 +67,8 @@ export interface DaemonInit {
   maxProviders?: number
   /** Records sent to a peer on each new connection (gossip does not replay); 0: none. Default 64. */
   recentRecords?: number
+  /** After announcing a claim, how long to wait for a simultaneous one before deciding who builds. Default 500 ms (CLAIM_SETTLE_MS). */
+  claimSettleMs?: number
   exchange?: ExchangeInit
   logger?: Logger
   /** Control socket path, or false for none. Default `<dataDir>/strata.sock`. */
@@ -102,6 +104,7 @@ export interface DaemonConfig {
   providerGraceMs: number
   maxProviders: number
   recentRecords: number
+  claimSettleMs: number | undefined
   exchange: ExchangeInit | undefined
   socket: string | false
   metricsListen: string | undefined
@@ -132,6 +135,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
       throw new DaemonConfigError(`bootstrap address ${(err as Error).message}`, { cause: err })
     }
   }
+  if (init.claimSettleMs !== undefined && (!Number.isInteger(init.claimSettleMs) || init.claimSettleMs < 0 || init.claimSettleMs > 60_000)) throw new DaemonConfigError(`claimSettleMs must be a whole number of milliseconds from 0 to 60000, got ${init.claimSettleMs}`)
   const interval = init.bootstrapIntervalMs
   if (interval !== undefined && (!Number.isInteger(interval) || interval < 0)) throw new DaemonConfigError(`bootstrapIntervalMs must be a whole number of milliseconds >= 0, got ${interval}`)
   if (init.dnsServer !== undefined) {
@@ -174,6 +178,7 @@ export async function readConfig (init: DaemonInit, log: Logger): Promise<Daemon
     providerGraceMs: init.providerGraceMs ?? 300,
     maxProviders: init.maxProviders ?? 16,
     recentRecords: init.recentRecords ?? RECENT_RECORDS,
+    claimSettleMs: init.claimSettleMs,
     exchange: init.exchange,
     socket: init.socket ?? `${init.dataDir}/${SOCKET_NAME}`,
     metricsListen: init.metricsListen,

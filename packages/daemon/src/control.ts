@@ -10,9 +10,11 @@ import type { StepRecord } from '@strata/records'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, ProgressEvent, Store } from '@strata/store'
 import { BadRequestError } from './errors.ts'
 import type { GcBudgetInit } from './gc.ts'
+import type { ClaimService } from './claims.ts'
+import { MAX_WAIT_MS } from './claims.ts'
 import type { FetchResult } from './layer-fetch.ts'
 import { MAX_REQUEST_BYTES, entryJson, layerJson } from './protocol.ts'
-import type { DaemonStatus, ErrorJson, FetchJson, LookupJson, StatusJson } from './protocol.ts'
+import type { ClaimJson, ClaimWaitJson, DaemonStatus, ErrorJson, FetchJson, LookupJson, StatusJson } from './protocol.ts'
 import type { LookupResult } from './record-service.ts'
 
 /** What the control API needs from the daemon. */
@@ -35,6 +37,8 @@ export interface ControlComponents {
   putRecord(key: string, value: Uint8Array): Promise<void>
   /** Counts a lookup outcome the runner reports. */
   countHit(source: 'local' | 'peer' | 'miss'): void
+  /** One build per key across the fleet. */
+  claims: Pick<ClaimService, 'claim' | 'renew' | 'release' | 'wait'>
 }
 
 /** The HTTP status of a failed request, by the error's code; anything else is a 500. */
@@ -44,7 +48,9 @@ const STATUS_OF: Readonly<Record<string, number>> = {
   ERR_RECORD_NOT_FOUND: 404,
   ERR_NO_PROVIDERS: 404,
   ERR_LAYER_NOT_FOUND: 404,
-  ERR_BLOCK_NOT_FOUND: 404
+  ERR_BLOCK_NOT_FOUND: 404,
+  ERR_CLAIM_NOT_FOUND: 404,
+  ERR_CLAIMS_BUSY: 503
 }
 
 type Body = Record<string, unknown>
@@ -61,6 +67,30 @@ const cid = (body: Body, name: string): CID => {
   } catch (err) {
     throw new BadRequestError(`"${name}" is not a CID`, { cause: err })
   }
+}
+
+/** A scope (`name`), checked. */
+function scopeOf (body: Body, name: string): string {
+  try {
+    return checkScope(body[name])
+  } catch (err) {
+    throw new BadRequestError(`"${name}": ${(err as Error).message}`, { cause: err })
+  }
+}
+
+/** An optional signed claim, base64 (`name`). */
+function envelopeOf (body: Body, name: string): Uint8Array | undefined {
+  const v = body[name]
+  if (v === undefined) return undefined
+  if (typeof v !== 'string' || v.length > 4096) throw new BadRequestError(`"${name}" must be a signed claim in base64`)
+  return Buffer.from(v, 'base64')
+}
+
+const CLAIM_ID = /^[0-9a-f]{32}$/
+function claimId (body: Body, name: string): string {
+  const v = str(body, name)
+  if (!CLAIM_ID.test(v)) throw new BadRequestError(`"${name}" must be a claim id (32 hex digits)`)
+  return v
 }
 
 /** An optional list of scopes (`scopes`), each checked; undefined when absent. */
@@ -124,6 +154,23 @@ export function routes (daemon: ControlComponents): Map<string, Handler> {
     if (source !== 'local' && source !== 'peer' && source !== 'miss') throw new BadRequestError('"source" must be local, peer or miss')
     daemon.countHit(source)
     return {}
+  })
+  // One build per key: a claim, its renewals and release, and a wait on another's claim (see claims.ts).
+  r.set('/v1/claim', async (b, _res, signal): Promise<ClaimJson> => await daemon.claims.claim(cid(b, 'key'), scopeOf(b, 'scope'), { envelope: envelopeOf(b, 'envelope'), signal }))
+  r.set('/v1/claim/renew', async (b) => {
+    await daemon.claims.renew(claimId(b, 'id'), { envelope: envelopeOf(b, 'envelope') })
+    return {}
+  })
+  r.set('/v1/claim/release', async (b) => {
+    const outcome = b.outcome
+    if (outcome !== undefined && outcome !== 'built' && outcome !== 'failed') throw new BadRequestError('"outcome" must be built or failed')
+    await daemon.claims.release(claimId(b, 'id'), { envelope: envelopeOf(b, 'envelope'), outcome })
+    return {}
+  })
+  r.set('/v1/claim/wait', async (b, _res, signal): Promise<ClaimWaitJson> => {
+    const t = b.timeoutMs
+    if (typeof t !== 'number' || !Number.isSafeInteger(t) || t < 0 || t > MAX_WAIT_MS) throw new BadRequestError(`"timeoutMs" must be a whole number of milliseconds up to ${MAX_WAIT_MS}`)
+    return { outcome: await daemon.claims.wait(cid(b, 'key'), scopeOf(b, 'scope'), claimId(b, 'id'), { timeoutMs: t, signal }) }
   })
   r.set('/v1/store/commit', async (b, _res, signal) => layerJson(await daemon.commit(str(b, 'dir'), { keepSource: b.keepSource === true, signal })))
   r.set('/v1/store/layer', async (b) => {

@@ -8,8 +8,10 @@ import { pino } from 'pino'
 import type { Logger } from 'pino'
 import { openStore } from '@strata/store'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, Store } from '@strata/store'
-import { RECORD_PREFIX, TrustPolicy } from '@strata/records'
-import type { RecordRejectReason, StepRecord } from '@strata/records'
+import { RECORD_PREFIX, TrustPolicy, loadIdentity, recordKey, verifyEnvelope } from '@strata/records'
+import type { Identity, RecordRejectReason, StepRecord } from '@strata/records'
+import type { ClaimCounters } from './claim-table.ts'
+import { CLAIMS_TOPIC, ClaimService } from './claims.ts'
 import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
 import type { DaemonConfig, DaemonInit } from './config.ts'
 import { startControl } from './control.ts'
@@ -62,6 +64,12 @@ export class Daemon {
   readonly budget: GcBudget | undefined
   readonly scrub: Scrubber
   readonly counters = { recordsLearned: 0, recordsRejected: 0, replicated: 0 }
+  /** Claims granted to this node's runners, held by others, peers' claims that expired, claims refused. */
+  readonly claimCounters: ClaimCounters = { granted: 0, held: 0, expired: 0, rejected: 0 }
+  /** Claims refused, by reason. */
+  readonly claimsRejected: Partial<Record<RecordRejectReason, number>> = {}
+  /** One build per key across the fleet (see ClaimService). */
+  readonly claims: ClaimService
   /** Records refused, by reason (the metric's labels). */
   readonly rejected: Partial<Record<RecordRejectReason, number>> = {}
   readonly readScopes: string[]
@@ -88,7 +96,7 @@ export class Daemon {
   #control: Server | undefined
   #metricsServer: Server | undefined
 
-  constructor (config: DaemonConfig, store: Store & LocalStore, ownsStore: boolean, node: StrataNode, log: Logger) {
+  constructor (config: DaemonConfig, store: Store & LocalStore, ownsStore: boolean, node: StrataNode, log: Logger, identity: Identity) {
     this.#config = config
     this.dataDir = config.dataDir
     this.store = store
@@ -118,7 +126,10 @@ export class Daemon {
       rejected: this.rejected,
       replicated: () => this.counters.replicated,
       peers: () => node.getPeers().length,
-      scrub: this.scrub.counters
+      scrub: this.scrub.counters,
+      claims: this.claimCounters,
+      claimsRejected: this.claimsRejected,
+      liveClaims: () => this.claims.table.size
     })
     this.budget = config.gc !== undefined ? new GcBudget({ collect: async (o) => await this.gc(o), logger: log }, config.gc) : undefined
     const publish = async (topic: string, data: Uint8Array): Promise<unknown> => await node.services.pubsub.publish(topic, data)
@@ -152,10 +163,20 @@ export class Daemon {
       providers,
       provide: (cid, signal) => { this.#announce(cid, signal) },
       learned: (record) => { this.#replication.announced(record) },
+      recorded: (record) => { this.claims.recorded(record.key, record.scope) },
       connectedPeers: () => node.getPeers(),
       routablePeers: () => (node.services.dht as SingleKadDHT).routingTable.size,
       logger: log
     }, { trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
+    this.claims = new ClaimService({
+      identity,
+      publish,
+      handle: async (protocol, handler, o) => { await node.handle(protocol, handler, o) },
+      dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
+      connectedPeers: () => node.getPeers(),
+      hasRecord: async (key, scopes) => await this.#hasRecord(key, scopes),
+      logger: log.child({ component: 'claims' })
+    }, { trust: this.trust, readScopes: this.readScopes, counters: this.claimCounters, rejected: this.claimsRejected, ...(config.claimSettleMs !== undefined ? { settleMs: config.claimSettleMs } : {}) })
     this.#sync = new RecordSync({
       handle: async (protocol, handler, o) => { await node.handle(protocol, handler, o) },
       dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
@@ -164,6 +185,21 @@ export class Daemon {
       stopping: this.#stopping.signal,
       logger: log
     }, { records: config.recentRecords })
+  }
+
+  /** Whether the store holds a trusted record for `key` in one of `scopes`. */
+  async #hasRecord (key: CID, scopes: readonly string[]): Promise<boolean> {
+    for (const scope of scopes) {
+      const bytes = await this.store.getRecord(recordKey(key, scope))
+      if (bytes === undefined) continue
+      try {
+        verifyEnvelope(bytes, this.trust.reading([scope]), key)
+        return true
+      } catch {
+        // Refused: as if absent (lookups log why).
+      }
+    }
+    return false
   }
 
   /** Keeps a record this node stored (verified: only then is it in the store) for peers that connect later. */
@@ -188,16 +224,26 @@ export class Daemon {
     await this.exchange.start()
     await this.#records.start()
     await this.#sync.start()
+    await this.claims.start()
     this.node.addEventListener('peer:connect', (evt) => { this.#sync.connected(evt.detail) })
     const pubsub = this.node.services.pubsub
     pubsub.addEventListener('message', (evt) => {
       const msg = evt.detail
       if (msg.topic === FETCHING_TOPIC && msg.type === 'signed') this.#layers.announced(msg.from, msg.data)
+      if (msg.topic === CLAIMS_TOPIC) {
+        try {
+          this.claims.announced(msg.data, msg.type === 'signed' ? msg.from.toString() : undefined)
+        } catch (err) {
+          this.#log.warn({ err }, 'claim not handled')
+        }
+        return
+      }
       if (msg.topic !== RECORDS_TOPIC) return
       void this.#records.announced(msg.data).then(async () => { await this.#remember(msg.data) }).catch((err: unknown) => this.#log.warn({ err }, 'announcement not handled'))
     })
     pubsub.subscribe(RECORDS_TOPIC)
     pubsub.subscribe(FETCHING_TOPIC)
+    pubsub.subscribe(CLAIMS_TOPIC)
     this.#started = true
     try {
       if (this.#config.socket !== false) this.#control = await startControl(this.#controlComponents(), this.#config.socket, this.#log)
@@ -218,6 +264,7 @@ export class Daemon {
     if (!this.#started) return
     this.#started = false
     this.#stopping.abort(new Error('daemon stopping'))
+    this.claims.stop()
     await this.#discovery.stop()
     await this.budget?.stop()
     await this.scrub.stop()
@@ -254,6 +301,7 @@ export class Daemon {
       removeLayer: async (root, o) => { await this.removeLayer(root, o) },
       gc: async (o) => await this.gc(o),
       putRecord: async (key, value) => { await this.putRecord(key, value) },
+      claims: this.claims,
       countHit: (source) => {
         if (source === 'miss') this.metrics.misses.inc()
         else this.metrics.hits.inc({ source })
@@ -443,6 +491,7 @@ export class Daemon {
       hits: { ...this.hits.totals },
       recentHits: this.hits.recent,
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
+      claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
       process: processStats()
     }
   }
@@ -453,6 +502,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   const config = await readConfig(init, log)
   const privateKey = await loadPrivateKey(config.dataDir)
+  const identity = await loadIdentity(config.dataDir)
   const store = init.store ?? await openStore({ dataDir: config.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES })
   try {
     const node = await createNode({
@@ -462,7 +512,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
       ...(config.allowPeers !== undefined ? { allowPeers: config.allowPeers } : {}),
       ...(config.psk !== undefined ? { psk: config.psk } : {})
     })
-    return new Daemon(config, store, init.store === undefined, node, log)
+    return new Daemon(config, store, init.store === undefined, node, log, identity)
   } catch (err) {
     if (init.store === undefined) await store.close()
     throw new DaemonConfigError(`cannot create the libp2p node: ${(err as Error).message}`, { cause: err })

@@ -96,3 +96,21 @@ export class ControlError extends DaemonError {
     this.status = status
   }
 }
+
+/** A claim the control client names is not live on this node (it ended: released, or its lease ran out). */
+export class ClaimNotFoundError extends DaemonError {
+  override name = 'ClaimNotFoundError'
+  readonly id: string
+  constructor (id: string, opts?: { cause?: unknown }) {
+    super('ERR_CLAIM_NOT_FOUND', `no live claim ${id} on this node (released, or its lease ran out)`, opts)
+    this.id = id
+  }
+}
+
+/** Too many control clients wait on claims at once. */
+export class ClaimsBusyError extends DaemonError {
+  override name = 'ClaimsBusyError'
+  constructor (message: string, opts?: { cause?: unknown }) {
+    super('ERR_CLAIMS_BUSY', message, opts)
+  }
+}

@@ -17,6 +17,12 @@ export interface MetricsComponents {
   peers(): number
   /** The background scrub's running totals. */
   scrub: Readonly<{ corrupt: number, bytes: number }>
+  /** The claims' running totals. */
+  claims: Readonly<{ granted: number, held: number, expired: number }>
+  /** Claims refused, by reason. */
+  claimsRejected: Readonly<Partial<Record<string, number>>>
+  /** Live claims in the table, this node's and its peers'. */
+  liveClaims(): number
 }
 
 /** The daemon's Prometheus metrics, in a registry of its own (several daemons may share a process). */
@@ -61,6 +67,20 @@ export class DaemonMetrics {
     counter('strata_layers_corrupt_found_total', 'Layers the background scrub found corrupt and marked', () => components.scrub.corrupt)
     counter('strata_scrub_bytes_total', 'Layer content bytes the background scrub re-read', () => components.scrub.bytes)
     counter('strata_layers_replicated_total', 'Layers pulled to keep copies in the fleet', () => components.replicated())
+    counter('strata_claims_granted_total', 'Claims that let this node\'s runner build a key no peer was building', () => components.claims.granted)
+    counter('strata_claims_held_total', 'Claims answered "held": another node was building the key, the runner waited for it', () => components.claims.held)
+    counter('strata_claims_expired_total', 'Peers\' claims that expired: their holder died or stopped renewing', () => components.claims.expired)
+    new Counter({
+      name: 'strata_claims_rejected_total',
+      help: 'Claims refused, by reason (untrusted-signer, bad-signature, ...): ignored',
+      labelNames: ['reason'],
+      registers,
+      collect () {
+        this.reset()
+        for (const [reason, n] of Object.entries(components.claimsRejected)) this.inc({ reason }, n ?? 0)
+      }
+    })
+    gauge('strata_claims_live', 'Live claims this node knows, its own and its peers\'', () => components.liveClaims())
     gauge('strata_peers_connected', 'Peers with an open connection', () => components.peers())
   }
 

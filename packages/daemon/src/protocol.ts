@@ -13,6 +13,10 @@ import type { HitSource, ProcessStats, RecentHit } from './fleet-view.ts'
 export const SOCKET_NAME = 'strata.sock'
 /** Largest request body: a record or a path, never block data. */
 export const MAX_REQUEST_BYTES = 1024 * 1024
+/** The lease a claim asks for: how long peers wait for a holder that stopped renewing. */
+export const CLAIM_LEASE_MS = 10_000
+/** How often a client renews a claim it holds, well within the lease: two renewals may be lost. */
+export const CLAIM_RENEW_MS = 3_000
 
 /** One line of `/v1/store/entries`: a layer entry as `strata ls` shows it (xattr names, the number of chunks). */
 export interface EntryJson {
@@ -78,6 +82,8 @@ export interface DaemonStatus {
   recordSync: { syncs: number, recordsSynced: number, syncsDropped: number, remembered: number }
   /** This daemon's memory and open descriptors. */
   process: ProcessStats
+  /** One build per key: claims granted to this node's runners, held by others, peers' claims expired, claims refused (and why), live now, peers that hear this node's claims. */
+  claims: { granted: number, held: number, expired: number, rejected: number, live: number, subscribers: number, rejectedBy: Partial<Record<RecordRejectReason, number>> }
 }
 
 /** `/v1/status`. */
@@ -91,3 +97,9 @@ export interface FetchJson { layer: LayerJson, providers: number, bytes: number,
 
 /** How any request fails: the body, or the last NDJSON line (`type: 'error'`). */
 export interface ErrorJson { error: { code: string, message: string } }
+
+/** `/v1/claim`: granted (`id`: this claim, renewed with `/v1/claim/renew`), or held by `holder` (`id`: its claim, waited on with `/v1/claim/wait`; `own`: this node's claim that lost, to be released by the client that signed it). */
+export type ClaimJson = { status: 'granted', id: string } | { status: 'held', holder: string, id: string, own?: string }
+
+/** `/v1/claim/wait`. */
+export interface ClaimWaitJson { outcome: 'record' | 'released' | 'expired' | 'timeout' }

@@ -41,6 +41,8 @@ export interface RecordServiceComponents {
   routablePeers(): number
   /** A record learned by gossip was stored (replication looks at it). */
   learned(record: StepRecord): void
+  /** A verified record is in the store now, however it came (gossip, a peer's answer, this node's runner). */
+  recorded?(record: StepRecord): void
   logger: Logger
 }
 
@@ -148,6 +150,7 @@ export class RecordService {
         try {
           const record = verifyEnvelope(bytes, trust.reading([scope]), key)
           await this.#c.store.putRecord(recordKey(key, scope), bytes)
+          this.#c.recorded?.(record)
           best = { record, envelope: bytes, source: 'dht', rank }
         } catch (err) {
           if (!(err instanceof RecordInvalidError)) throw err
@@ -212,6 +215,7 @@ export class RecordService {
     const slot = recordKey(k, record.scope)
     const held = await this.#c.store.getRecord(slot)
     if (held === undefined || !this.#verifies(held, record.key, record.scope)) await this.#c.store.putRecord(slot, data)
+    this.#c.recorded?.(record)
     this.#gossiped.add(k)
     // Only a hint for lookup's `source`: keep the newest keys, not all of them.
     if (this.#gossiped.size > 100_000) this.#gossiped.delete(this.#gossiped.values().next().value!)
@@ -235,6 +239,7 @@ export class RecordService {
     const bytes = await this.#c.store.getRecord(recordKey(key, scope))
     if (bytes === undefined) throw new RecordNotFoundError(key.toString(), `not in the local store in scope ${scope}`)
     const record = verifyEnvelope(bytes, this.#init.trust.reading([scope]), key)
+    this.#c.recorded?.(record)
     // The announcement is on its way in the background: the runner's next step need not wait for the peers.
     void this.#c.publish(RECORDS_TOPIC, bytes).catch((err: unknown) => this.#log.debug({ err }, 'gossip publish failed'))
     this.#c.provide(key, opts.signal)

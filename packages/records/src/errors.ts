@@ -40,3 +40,15 @@ export class RecordInvalidError extends RecordsError {
     this.reason = reason
   }
 }
+
+/** A claim does not decode, verify or match its key, or the reader's policy refuses it (the reasons of a record's refusal). */
+export class ClaimInvalidError extends RecordsError {
+  override name = 'ClaimInvalidError'
+  readonly key: string
+  readonly reason: RecordRejectReason
+  constructor (key: string, reason: RecordRejectReason, detail: string, opts?: { cause?: unknown }) {
+    super('ERR_CLAIM_INVALID', `claim for ${key}: ${detail} (${reason})`, opts)
+    this.key = key
+    this.reason = reason
+  }
+}

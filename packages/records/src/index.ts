@@ -8,7 +8,12 @@ export {
 export type { StepRecord } from './record.ts'
 export { TrustPolicy, parseWriter, writerTrust } from './trust.ts'
 export type { RecordPolicy } from './trust.ts'
-export { IdentityError, RecordInvalidError, RecordsError, WriterKeyError } from './errors.ts'
+export { ClaimInvalidError, IdentityError, RecordInvalidError, RecordsError, WriterKeyError } from './errors.ts'
 export { generateWriterKey, isWriterBaseName, isWriterKeyName, loadWriterKey, parseWriterId, parseWriterKey, splitWriterKeyName } from './writer-key.ts'
 export type { WriterKey } from './writer-key.ts'
 export type { RecordRejectReason } from './errors.ts'
+export {
+  CLAIM_DOMAIN, CLAIM_FORMAT, CLAIM_ID_BYTES, MAX_CLAIM_SEQ, MAX_CLAIM_SIZE, MAX_LEASE_MS,
+  claimIdHex, claimSignedBytes, claimSignerOf, compareClaimIds, openClaim, signClaim
+} from './claim.ts'
+export type { StepClaim } from './claim.ts'

@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import type { Stats } from 'node:fs'
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { machine } from 'node:os'
 import { BaseError } from './errors.ts'
 import type { BaseSpec } from './pipeline.ts'
@@ -107,9 +107,15 @@ async function cachedTreeDigest (root: string, cacheDir: string, opts: { signal?
   }
   const digest = await treeDigest(root, entries, opts.signal)
   await mkdir(cacheDir, { recursive: true })
-  const tmp = `${cacheFile}.${process.pid}.tmp`
-  await writeFile(tmp, JSON.stringify({ root, fingerprint, digest: Buffer.from(digest).toString('hex') }))
-  await rename(tmp, cacheFile)
+  // Two runs of this machine, or two steps of one run, may write it at once: each its own file, renamed over.
+  const tmp = `${cacheFile}.${randomBytes(4).toString('hex')}.tmp`
+  try {
+    await writeFile(tmp, JSON.stringify({ root, fingerprint, digest: Buffer.from(digest).toString('hex') }))
+    await rename(tmp, cacheFile)
+  } catch (err) {
+    await rm(tmp, { force: true })
+    throw err
+  }
   return digest
 }
 

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs'
 import { RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
 import type { StepRecord } from '@strata/records'
 import type { LayerInfo } from '@strata/store'
-import { stack } from './chain.ts'
+import { rememberStack, stack, uncapturedId } from './chain.ts'
 import type { RunnerContext, StepContext } from './context.ts'
 import { remember } from './describe.ts'
 import type { Described } from './describe.ts'
@@ -10,6 +10,7 @@ import type { StepResult } from './events.ts'
 import type { Ran, Run } from './execute.ts'
 import { cacheOff } from './hold.ts'
 import { encodeDescriptor } from './key.ts'
+import { clampMtimes } from './reproducible.ts'
 import { normalizeUpperRoot } from './sandbox.ts'
 import { isDiskFull } from './scratch.ts'
 
@@ -21,10 +22,12 @@ import { isDiskFull } from './scratch.ts'
 export async function capture (ctx: RunnerContext, s: StepContext, run: Run, described: Described, ran: Ran): Promise<StepResult> {
   const { step, chain, hold, emit } = s
   const { ownEnv, ranMs } = ran
-  if (hold.cacheOff) return keep(s, run, described, ownEnv)
+  if (hold.cacheOff) return await keep(s, run, described, ownEnv)
 
   const capAt = performance.now()
   await normalizeUpperRoot(run.runDir)
+  const epoch = described.descriptor.epoch
+  if (epoch !== undefined) clampMtimes(`${run.runDir}/u`, epoch)
   let layer: LayerInfo
   try {
     layer = await ctx.store.commit(`${run.runDir}/u`, {
@@ -37,7 +40,7 @@ export async function capture (ctx: RunnerContext, s: StepContext, run: Run, des
     ctx.log.info({ err, step: step.name, key: described.key.toString() }, 'capture failed: the step ran, its result is not cached')
     emit({ type: 'capture-failed', step: step.name, key: described.key.toString(), error: err as Error })
     if (isDiskFull(err)) cacheOff(ctx, hold, step.name, err, emit)
-    return keep(s, run, described, ownEnv)
+    return await keep(s, run, described, ownEnv)
   }
   let { key, bytes } = described
   try {
@@ -61,26 +64,27 @@ export async function capture (ctx: RunnerContext, s: StepContext, run: Run, des
     }
     await ctx.store.putRecord(recordKey(key, ctx.scope), signRecord(record, ctx.writerKey ?? ctx.identity))
     await remember(ctx, s.lastId, key, bytes, described.scan)
+    await rememberStack(ctx, key, chain)
   } catch (err) {
     // Committed but not recorded (a full index): the layer serves the rest of this run, and nothing finds it later.
     if (s.signal?.aborted === true) throw err
     ctx.log.info({ err, step: step.name, key: key.toString() }, 'recording the capture failed: the step ran, its result is not cached')
     emit({ type: 'capture-failed', step: step.name, key: key.toString(), error: err as Error })
     if (isDiskFull(err)) cacheOff(ctx, hold, step.name, err, emit)
-    stack(chain, key, layer.path, ownEnv)
+    stack(chain, key, { id: layer.root, path: layer.path, env: ownEnv, step: step.name })
     return { name: step.name, key: key.toString(), layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - s.t0 }
   }
   const capMs = performance.now() - capAt
   emit({ type: 'captured', step: step.name, key: key.toString(), layer: layer.root.toString(), size: layer.size, entries: layer.entries, durationMs: capMs })
   ctx.log.info({ step: step.name, key: key.toString(), layer: layer.root.toString(), ranMs, capMs }, 'captured')
-  stack(chain, key, layer.path, ownEnv)
+  stack(chain, key, { id: layer.root, path: layer.path, env: ownEnv, step: step.name })
   return { name: step.name, key: key.toString(), layer: layer.root.toString(), status: 'ran', size: layer.size, env: ownEnv, durationMs: performance.now() - s.t0 }
 }
 
 /** Keeps the step's upper dir mounted under the later steps of this run, uncached. */
-function keep (s: StepContext, run: Run, described: Described, ownEnv: string[]): StepResult {
+async function keep (s: StepContext, run: Run, described: Described, ownEnv: string[]): Promise<StepResult> {
   s.hold.dirs.push({ dir: run.runDir, fd: run.lockFd })
   run.kept = true
-  stack(s.chain, described.key, `${run.runDir}/u`, ownEnv)
+  stack(s.chain, described.key, { id: await uncapturedId(), path: `${run.runDir}/u`, env: ownEnv, step: s.step.name })
   return { name: s.step.name, key: described.key.toString(), layer: '', status: 'ran', size: 0, env: ownEnv, durationMs: performance.now() - s.t0 }
 }

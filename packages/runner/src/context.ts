@@ -3,12 +3,14 @@ import type { Identity, RecordPolicy, WriterKey } from '@strata/records'
 import type { Store } from '@strata/store'
 import type { BaseIdentity } from './base.ts'
 import type { Chain } from './chain.ts'
+import type { ProcessClaim } from './claim.ts'
 import type { Emit } from './events.ts'
 import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
 import type { OutputPlaces } from './outputs.ts'
 import type { StepSpec } from './pipeline.ts'
 import type { OutputOptions } from './sandbox.ts'
+import type { JobSlot } from './schedule.ts'
 
 /** What the runner needs from the fleet: find a key's record and bring its layer into the store. */
 export interface RemoteCache {
@@ -21,7 +23,15 @@ export interface RemoteCache {
   trusts (peer: string, scope: string): boolean
   /** The fleet's trust epoch, when it has one. */
   readonly epoch?: number
+  /** Claims `key` across the fleet before this node builds it, so that one node builds and the others take its record. */
+  claim? (key: string, opts: { scope: string, signal?: AbortSignal }): Promise<FleetClaim>
 }
+
+/** `granted`: this node builds the key and releases the claim after; `held`: a trusted peer builds it. */
+export type FleetClaim =
+  | { status: 'granted', release (outcome: 'built' | 'failed'): Promise<void> }
+  | { status: 'held', holder: string,
+      settled (opts: { signal?: AbortSignal, timeoutMs: number }): Promise<'record' | 'released' | 'expired' | 'timeout'> }
 
 /** The runner's settings, fixed when it is created: what every phase of every step reads. */
 export interface RunnerContext {
@@ -44,6 +54,8 @@ export interface RunnerContext {
   readonly limits: InputLimits
   readonly fleetSalt: string | null
   readonly sandbox: { tmpSize?: number, shared?: readonly string[], hide?: readonly string[] }
+  /** The keys steps of this runner are building now (claim.ts), so that a second step with the same key waits for the first. */
+  readonly claims: Map<string, ProcessClaim>
 }
 
 /** One step as its phases see it: what it is, what it starts from, what the run holds and where it reports. */
@@ -65,4 +77,10 @@ export interface StepContext {
   readonly t0: number
   /** Where its `outputs` are read and written (run() only). */
   readonly places?: OutputPlaces | undefined
+  /** Where its command's output goes (prefixed with its name while other steps run at once). */
+  readonly output: OutputOptions
+  /** run() only: the step's job slot, given up while it waits for another build of its key. */
+  readonly slot?: JobSlot | undefined
+  /** How long the step waits for another build of its key before running it anyway. Default 30 minutes, never past its timeout. */
+  readonly claimWaitMs?: number | undefined
 }

@@ -6,11 +6,12 @@ import type { BaseIdentity } from './base.ts'
 import type { Chain } from './chain.ts'
 import type { RunnerContext } from './context.ts'
 import { collectInputs } from './inputs.ts'
-import { KEY_FORMAT, decodeDescriptor, digestKey, encodeDescriptor, envValueDigest } from './key.ts'
+import { KEY_FORMAT, decodeDescriptor, digestKey, encodeDescriptor, envLinesDigest, envValueDigest } from './key.ts'
 import type { KeyDescriptor } from './key.ts'
 import type { StepSpec } from './pipeline.ts'
 import { descriptorKey, lastKey } from './slots.ts'
 import { LayeredView } from './view.ts'
+import { sourceDateEpoch } from './reproducible.ts'
 import { scanWorkspace } from './workspace.ts'
 import type { WorkspaceScan } from './workspace.ts'
 import { rememberWorkspace } from './workspace-why.ts'
@@ -44,7 +45,7 @@ export async function describe (ctx: RunnerContext, chain: Chain, base: BaseIden
   })
   const descriptor: KeyDescriptor = {
     v: KEY_FORMAT,
-    parent: chain.parent ?? base,
+    below: { base, layers: chain.entries.map((e) => e.id), env: envLinesDigest(chain.envLines, keyed) },
     run: step.run,
     cwd: step.cwd,
     user: USER,
@@ -54,6 +55,8 @@ export async function describe (ctx: RunnerContext, chain: Chain, base: BaseIden
     platform: { os: 'linux', arch: machine() },
     salt: keyed.id
   }
+  const epoch = sourceDateEpoch(ctx, step)
+  if (epoch !== undefined) descriptor.epoch = epoch
   const { key, bytes } = await encodeDescriptor(descriptor)
   const out: Described = { descriptor, key, bytes, warnings }
   if (scan !== undefined) out.scan = scan

@@ -61,12 +61,18 @@ export class PipelineEncodingError extends PipelineError {
   }
 }
 
-/** A bound on what strata.yml may declare (PIPELINE_LIMITS: steps, env or inputs entries) is exceeded; the position is the first entry past it. */
+/** Which bound a PipelineLimitError names. */
+export type PipelineLimit = 'steps' | 'layers' | 'env' | 'inputs' | 'outputs' | 'secrets'
+
+/**
+ * A bound on what strata.yml may declare (PIPELINE_LIMITS: steps, layers below a step, env or inputs entries)
+ * is exceeded; the position is the first entry past it (for `layers`: the step's `use`, or the step).
+ */
 export class PipelineLimitError extends PipelineError {
   override name = 'PipelineLimitError'
-  readonly limit: 'steps' | 'env' | 'inputs' | 'outputs' | 'secrets'
+  readonly limit: PipelineLimit
   readonly max: number
-  constructor (at: SourcePosition, limit: 'steps' | 'env' | 'inputs' | 'outputs' | 'secrets', max: number, reason: string) {
+  constructor (at: SourcePosition, limit: PipelineLimit, max: number, reason: string) {
     super('ERR_PIPELINE_LIMIT', at, reason)
     this.limit = limit
     this.max = max
@@ -116,6 +122,55 @@ export class PipelineDuplicateStepError extends PipelineError {
   constructor (at: SourcePosition, step: string, first: SourcePosition) {
     super('ERR_PIPELINE_DUPLICATE_STEP', at, `a step named "${step}" is already defined at line ${first.line}, column ${first.column}`)
     this.step = step
+  }
+}
+
+/** A step's `use` names no step of the file; `suggestion` is the closest name, when one is close. */
+export class PipelineUnknownStepError extends PipelineError {
+  override name = 'PipelineUnknownStepError'
+  readonly step: string
+  readonly use: string
+  readonly suggestion: string | undefined
+  constructor (at: SourcePosition, step: string, use: string, suggestion?: string) {
+    super('ERR_PIPELINE_UNKNOWN_STEP', at, `step "${step}" uses "${use}", which is not a step of this file${suggestion !== undefined ? `; did you mean "${suggestion}"?` : ''}`)
+    this.step = step
+    this.use = use
+    this.suggestion = suggestion
+  }
+}
+
+/** A step names itself in its `use`. */
+export class PipelineSelfUseError extends PipelineError {
+  override name = 'PipelineSelfUseError'
+  readonly step: string
+  constructor (at: SourcePosition, step: string) {
+    super('ERR_PIPELINE_SELF_USE', at, `step "${step}" uses itself: "use" names the steps it builds on`)
+    this.step = step
+  }
+}
+
+/** A step names another twice in one `use`. */
+export class PipelineDuplicateUseError extends PipelineError {
+  override name = 'PipelineDuplicateUseError'
+  readonly step: string
+  readonly use: string
+  constructor (at: SourcePosition, step: string, use: string, first: SourcePosition) {
+    super('ERR_PIPELINE_DUPLICATE_USE', at, `step "${step}" uses "${use}" twice (first at line ${first.line}, column ${first.column})`)
+    this.step = step
+    this.use = use
+  }
+}
+
+/**
+ * The steps' `use` (or their default, the step before) make a cycle; `cycle` lists it
+ * in the direction of `use`, its first step again last (`a -> b -> a`: a uses b, b uses a).
+ */
+export class PipelineCycleError extends PipelineError {
+  override name = 'PipelineCycleError'
+  readonly cycle: readonly string[]
+  constructor (at: SourcePosition, cycle: readonly string[], note?: string) {
+    super('ERR_PIPELINE_CYCLE', at, `"use" makes a cycle: ${cycle.join(' -> ')} (each uses the next)${note !== undefined ? `; ${note}` : ''}`)
+    this.cycle = cycle
   }
 }
 

@@ -9,6 +9,11 @@ export type RunnerEvent =
   | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'local', durationMs: number }
   | { type: 'hit', step: string, key: string, layer: string, size: number, source: 'peer', durationMs: number, providers: number, bytes: number }
   | { type: 'miss', step: string, key: string, reason: MissReason }
+  /**
+   * The step missed while another builds its key: a step of this run (`holder` its name), another
+   * process on this machine (its pid) or a peer (its peer id). A hit or a miss follows.
+   */
+  | { type: 'wait', step: string, key: string, holder: string, where: 'process' | 'local' | 'peer' }
   | { type: 'ran', step: string, key: string, exitCode: 0, durationMs: number }
   | { type: 'capture-progress', step: string, unit: 'entries' | 'bytes', done: number, total: number }
   | { type: 'captured', step: string, key: string, layer: string, size: number, entries: number, durationMs: number }
@@ -20,6 +25,8 @@ export type RunnerEvent =
   | { type: 'outputs', step: string, paths: string[], entries: number, bytes: number, durationMs: number }
   /** After the last step, with `export`: the run's changes are in `dir`. */
   | { type: 'exported', step: string, dir: string, entries: number, bytes: number, durationMs: number }
+  /** A step that never started: a step it uses failed, or another step's failure cancelled the run. */
+  | { type: 'skipped', step: string, reason: 'parent-failed' | 'cancelled' }
   | { type: 'failed', step: string, key?: string, reason: 'exit' | 'timeout' | 'cancel' | 'error', exitCode: number | null, signal: string | null, durationMs: number, error: Error }
 
 export interface StepResult {

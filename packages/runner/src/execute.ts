@@ -11,6 +11,7 @@ import { isDiskFull, makeScratch, mountSpill } from './scratch.ts'
 import type { Scratch } from './scratch.ts'
 import { BASE_ENV, checkStrataEnv, envObject, readStrataEnv } from './strata-env.ts'
 import { absorbWorkspace, prepareWorkspace } from './workspace.ts'
+import { sourceDateEpoch } from './reproducible.ts'
 import { outputView, planOutputs } from './outputs.ts'
 
 /** A step's scratch dir while it runs; `kept` once its upper dir stays mounted under the later steps of the run. */
@@ -73,6 +74,8 @@ export async function execute (ctx: RunnerContext, s: StepContext, run: Run, key
     const v = e.value ?? ctx.env[e.name]
     if (v !== undefined) env[e.name] = v
   }
+  const epoch = sourceDateEpoch(ctx, step)
+  if (epoch !== undefined) env.SOURCE_DATE_EPOCH = String(epoch)
   // Secrets reach the step's environment only: not the descriptor, the record or a log line.
   for (const name of step.secrets ?? []) {
     const v = ctx.env[name]
@@ -93,7 +96,7 @@ export async function execute (ctx: RunnerContext, s: StepContext, run: Run, key
     cwd: step.cwd,
     ...(run.workspace !== undefined ? { workspace: run.workspace } : {}),
     env,
-    output: ctx.output,
+    output: s.output,
     timeoutMs: step.timeoutMs,
     killGraceMs: ctx.killGraceMs,
     signal: s.signal,

@@ -1,4 +1,4 @@
-import { stack } from './chain.ts'
+import { rememberStack, stack } from './chain.ts'
 import type { RunnerContext, StepContext } from './context.ts'
 import { remember } from './describe.ts'
 import type { Described } from './describe.ts'
@@ -13,12 +13,13 @@ export async function hit (ctx: RunnerContext, s: StepContext, described: Descri
   const key = described.key.toString()
   try {
     await remember(ctx, s.lastId, described.key, described.bytes, described.scan)
+    await rememberStack(ctx, described.key, s.chain)
   } catch (err) {
     // It serves why() only: the hit stands.
     ctx.log.info({ err, step: step.name, key }, 'cannot note the step\'s key for why()')
     if (isDiskFull(err)) cacheOff(ctx, s.hold, step.name, err, emit)
   }
-  stack(s.chain, described.key, found.layer.path, found.record.env)
+  stack(s.chain, described.key, { id: found.record.layer, path: found.layer.path, env: found.record.env, step: step.name })
   const layer = found.layer.root.toString()
   const durationMs = performance.now() - s.t0
   ctx.log.debug({ step: step.name, key, layer }, 'hit')

@@ -1,4 +1,4 @@
-import { closeSync, openSync, readdirSync, rmSync } from 'node:fs'
+import { closeSync, fstatSync, openSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { flock } from '@strata/sys'
 import { takeLease } from '@strata/store'
@@ -47,9 +47,18 @@ export function cacheOff (ctx: RunnerContext, hold: Hold, step: string, cause: u
   emit({ type: 'cache-off', step, error })
 }
 
-/** Removes scratch dirs, and unmounts scratch space, whose owner is gone (it held an flock on `lock` while alive). */
+/** Where the claim files of keys being built live (claim.ts): a key's file, locked by the process building it. */
+export function claimsDir (dataDir: string): string {
+  return `${dataDir}/runner/claims`
+}
+
+/**
+ * Removes scratch dirs, and unmounts scratch space, whose owner is gone (it held an flock on `lock` while alive);
+ * and claim files no live process holds (a build killed mid-step leaves its own), so that their dir does not grow.
+ */
 export async function sweepRuns (ctx: RunnerContext): Promise<void> {
   await sweepSpills(ctx.log)
+  sweepClaims(claimsDir(ctx.dataDir))
   const root = `${ctx.dataDir}/runner/run`
   for (const name of readdirSync(root)) {
     const dir = `${root}/${name}`
@@ -64,5 +73,29 @@ export async function sweepRuns (ctx: RunnerContext): Promise<void> {
     }
     ctx.log.info({ dir }, 'removing a scratch dir left by a dead run')
     rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+function sweepClaims (dir: string): void {
+  let names: string[]
+  try {
+    names = readdirSync(dir)
+  } catch {
+    return
+  }
+  for (const name of names) {
+    let fd: number | undefined
+    try {
+      fd = openSync(`${dir}/${name}`, 'r')
+      if (!flock(fd, { exclusive: true, wait: false })) continue
+      // Who removes a claim file holds its lock, so the file at the path stays the one locked here, or another.
+      const held = fstatSync(fd)
+      const there = statSync(`${dir}/${name}`)
+      if (held.ino === there.ino && held.dev === there.dev) unlinkSync(`${dir}/${name}`)
+    } catch {
+      // gone meanwhile: its holder released it
+    } finally {
+      if (fd !== undefined) closeSync(fd)
+    }
   }
 }

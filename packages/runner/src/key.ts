@@ -9,8 +9,23 @@ import type { InputEntry } from './inputs.ts'
 /**
  * Version of the key descriptor layout; bumping it changes every key. 2: digests
  * keyed by the salts, the salt itself hashed. 3: the workspace, by paths relative to it.
+ * 4: what lies below by its identity (the layers' root CIDs and the merged env), not
+ * by the parents' keys.
  */
-export const KEY_FORMAT = 3
+export const KEY_FORMAT = 4
+
+/**
+ * The filesystem a step is mounted on, by identity: the base, the root CIDs of the
+ * layers stacked on it (bottom first) and the keyed digest of the $STRATA_ENV lines
+ * they add up to (null when none). Two runs that stack the same layers get the same
+ * value whatever keys produced them: a parent that re-ran and wrote the same files
+ * leaves its children's keys as they were (early cutoff).
+ */
+export interface Below {
+  base: BaseIdentity
+  layers: CID[]
+  env: Uint8Array | null
+}
 
 /**
  * Everything a step's result may depend on. Its dag-cbor encoding hashed with
@@ -18,8 +33,7 @@ export const KEY_FORMAT = 3
  */
 export interface KeyDescriptor {
   v: number
-  /** The previous step's key, or the base's identity for the first step. */
-  parent: CID | BaseIdentity
+  below: Below
   run: string
   cwd: string
   /** uid:gid the command runs as. */
@@ -40,6 +54,8 @@ export interface KeyDescriptor {
   salt: Uint8Array | null
   /** Only for `cache: false` steps: the layer the run produced (their key is known after the run). */
   output?: CID
+  /** Only for `reproducible` steps: the SOURCE_DATE_EPOCH the step ran with and its mtimes were clamped to. */
+  epoch?: number
 }
 
 export interface EncodedKey {
@@ -94,6 +110,14 @@ export function digestKey (salt: string | null, fleetSalt: string | null = null)
 /** No salts: the public constant key. */
 export const UNSALTED: DigestKey = digestKey(null, null)
 
+/** The merged $STRATA_ENV lines below a step, as one keyed digest; null when there are none. */
+export function envLinesDigest (lines: readonly string[], key: DigestKey = UNSALTED): Uint8Array | null {
+  if (lines.length === 0) return null
+  const h = createHmac('sha256', key.key).update('strata/env-lines/v1\0')
+  for (const line of lines) h.update(lengthPrefixed(line))
+  return new Uint8Array(h.digest())
+}
+
 /** Env values enter the key as this keyed digest, never in clear. */
 export function envValueDigest (value: string, key: DigestKey = UNSALTED): Uint8Array {
   return new Uint8Array(createHmac('sha256', key.key).update('strata/env-value/v2\0').update(value).digest())
@@ -118,7 +142,9 @@ function keyObject (key: DigestKey): KeyObject {
 /** One difference between two descriptors, in terms a user understands. */
 export type KeyChange =
   | { field: 'format', before: number, after: number }
-  | { field: 'parent', before: string, after: string }
+  /** The layers below, bottom first: `step` names, when why() knows it, the step whose layer differs. */
+  | { field: 'layers', before: string[], after: string[] }
+  | { field: 'below-env', before: string | null, after: string | null }
   | { field: 'base', detail: 'os-release' | 'arch' | 'base-id' | 'kind' | 'tree', before: string, after: string }
   | { field: 'run', before: string, after: string }
   | { field: 'cwd', before: string, after: string }
@@ -133,6 +159,7 @@ export type KeyChange =
   | { field: 'platform', before: string, after: string }
   | { field: 'salt', before: string | null, after: string | null }
   | { field: 'output', before: string | null, after: string | null }
+  | { field: 'reproducible', before: number | null, after: number | null }
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex').slice(0, 16)
 const eqBytes = (a: Uint8Array | null | undefined, b: Uint8Array | null | undefined): boolean =>
@@ -143,23 +170,21 @@ export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): K
   const out: KeyChange[] = []
   // Other formats digest and record fields otherwise: comparing them field by field would only mislead.
   if (before.v !== after.v) return [{ field: 'format', before: before.v, after: after.v }]
-  const pb = CID.asCID(before.parent)
-  const pa = CID.asCID(after.parent)
-  if (pb !== null && pa !== null) {
-    if (!pb.equals(pa)) out.push({ field: 'parent', before: pb.toString(), after: String(pa) })
-  } else if (pb === null && pa === null) {
-    const b = before.parent as BaseIdentity
-    const a = after.parent as BaseIdentity
-    if (b.kind !== a.kind) out.push({ field: 'base', detail: 'kind', before: b.kind, after: a.kind })
-    else if (b.kind === 'host' && a.kind === 'host') {
-      if (!eqBytes(b.osRelease, a.osRelease)) out.push({ field: 'base', detail: 'os-release', before: hex(b.osRelease), after: hex(a.osRelease) })
-      if (b.arch !== a.arch) out.push({ field: 'base', detail: 'arch', before: b.arch, after: a.arch })
-    } else if (b.kind === 'dir' && a.kind === 'dir') {
-      if (!eqBytes(b.digest, a.digest)) out.push({ field: 'base', detail: 'tree', before: hex(b.digest), after: hex(a.digest) })
-    }
-    if (b.id !== a.id) out.push({ field: 'base', detail: 'base-id', before: String(b.id), after: String(a.id) })
-  } else {
-    out.push({ field: 'parent', before: pb === null ? 'the base' : String(pb), after: pa === null ? 'the base' : String(pa) })
+  const b = before.below.base
+  const a = after.below.base
+  if (b.kind !== a.kind) out.push({ field: 'base', detail: 'kind', before: b.kind, after: a.kind })
+  else if (b.kind === 'host' && a.kind === 'host') {
+    if (!eqBytes(b.osRelease, a.osRelease)) out.push({ field: 'base', detail: 'os-release', before: hex(b.osRelease), after: hex(a.osRelease) })
+    if (b.arch !== a.arch) out.push({ field: 'base', detail: 'arch', before: b.arch, after: a.arch })
+  } else if (b.kind === 'dir' && a.kind === 'dir') {
+    if (!eqBytes(b.digest, a.digest)) out.push({ field: 'base', detail: 'tree', before: hex(b.digest), after: hex(a.digest) })
+  }
+  if (b.id !== a.id) out.push({ field: 'base', detail: 'base-id', before: String(b.id), after: String(a.id) })
+  const lb = before.below.layers.map(String)
+  const la = after.below.layers.map(String)
+  if (lb.length !== la.length || lb.some((x, i) => x !== la[i])) out.push({ field: 'layers', before: lb, after: la })
+  if (!eqBytes(before.below.env, after.below.env)) {
+    out.push({ field: 'below-env', before: before.below.env === null ? null : hex(before.below.env), after: after.below.env === null ? null : hex(after.below.env) })
   }
   if (before.run !== after.run) out.push({ field: 'run', before: before.run, after: after.run })
   if (before.cwd !== after.cwd) out.push({ field: 'cwd', before: before.cwd, after: after.cwd })
@@ -206,6 +231,7 @@ export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): K
   const ob = before.output?.toString() ?? null
   const oa = after.output?.toString() ?? null
   if (ob !== oa) out.push({ field: 'output', before: ob, after: oa })
+  if ((before.epoch ?? null) !== (after.epoch ?? null)) out.push({ field: 'reproducible', before: before.epoch ?? null, after: after.epoch ?? null })
   return out
 }
 
@@ -213,7 +239,8 @@ export function diffDescriptors (before: KeyDescriptor, after: KeyDescriptor): K
 export function describeChange (c: KeyChange): string {
   switch (c.field) {
     case 'format': return `the key format changed (v${c.before} -> v${c.after})`
-    case 'parent': return `the step below changed (its key ${short(c.before)} -> ${short(c.after)})`
+    case 'layers': return layersChange(c.before, c.after)
+    case 'below-env': return 'the $STRATA_ENV lines of the steps below changed'
     case 'base': return c.detail === 'base-id'
       ? `base-id changed (${c.before} -> ${c.after})`
       : c.detail === 'kind' ? `the base changed (${c.before} -> ${c.after})` : `the base's ${c.detail} changed (${c.before} -> ${c.after})`
@@ -239,9 +266,17 @@ export function describeChange (c: KeyChange): string {
     case 'platform': return `the platform changed (${c.before} -> ${c.after})`
     case 'salt': return `the salt changed (${c.before ?? 'none'} -> ${c.after ?? 'none'})`
     case 'output': return 'the uncached step produced another layer'
+    case 'reproducible': return c.after === null ? 'the step is no longer reproducible' : c.before === null ? 'the step is now reproducible' : `SOURCE_DATE_EPOCH changed (${c.before} -> ${c.after})`
   }
 }
 
-function short (s: string): string {
-  return s.length > 20 ? `${s.slice(0, 8)}...${s.slice(-8)}` : s
+/** What changed in the stack below, in layers: added, gone, or the same layers in another order. */
+function layersChange (before: readonly string[], after: readonly string[]): string {
+  const b = new Set(before)
+  const a = new Set(after)
+  const added = after.filter((x) => !b.has(x)).length
+  const gone = before.filter((x) => !a.has(x)).length
+  if (added === 0 && gone === 0) return 'the layers below are stacked in another order'
+  const parts = [added > 0 ? `${added} new` : '', gone > 0 ? `${gone} gone` : ''].filter((x) => x !== '')
+  return `the layers below changed (${parts.join(', ')})`
 }

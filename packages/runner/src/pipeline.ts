@@ -12,6 +12,8 @@ import { patternProblem } from './filter.ts'
 import { MAX_LOWER_LAYERS } from './sandbox.ts'
 import type { WorkspaceSpec } from './workspace.ts'
 import { parseStepOptions } from './step-options.ts'
+import { resolveUse } from './use.ts'
+import type { UseDecl } from './use.ts'
 import { describeNode as describe } from './yaml-words.ts'
 
 /** The filesystem a pipeline starts from. */
@@ -30,6 +32,12 @@ export interface EnvDecl {
 
 export interface StepSpec {
   name: string
+  /**
+   * The steps whose filesystems and $STRATA_ENV this one builds on, merged in this order
+   * (the last on top); empty: the base alone. The parser always fills it: without `use`
+   * in strata.yml, the step before it (the first step: none).
+   */
+  use: string[]
   /** Shell script, run as `/bin/sh -e -c run`. */
   run: string
   /** Absolute working directory inside the step's view. */
@@ -49,6 +57,8 @@ export interface StepSpec {
   timeoutMs?: number
   /** Bytes the step's /tmp (and /dev/shm) may hold: the pipeline's `tmp-size`. Default: the runner's. */
   tmpSize?: number
+  /** `reproducible`: SOURCE_DATE_EPOCH set for the step and captured mtimes clamped to it; default the pipeline's. */
+  reproducible?: boolean
   /** Where the step is defined, for messages. */
   at?: SourcePosition
 }
@@ -61,6 +71,8 @@ export interface Pipeline {
   salt?: string
   /** `tmp-size`: bytes each step's /tmp (and /dev/shm) may hold; copied into every step. */
   tmpSize?: number
+  /** Top-level `reproducible`: the default of every step's (copied into the steps that do not set theirs). */
+  reproducible?: boolean
   /** The checkout every step sees at `path`; absent only for text parsed without a file name and without `workspace:`. */
   workspace?: WorkspaceSpec
   steps: StepSpec[]
@@ -79,8 +91,10 @@ export interface ParseOptions {
 export interface PipelineLimits {
   /** Size of the file in bytes. */
   bytes: number
-  /** Steps: every step stacks its layer on those below it, and OverlayFS stacks at most MAX_LOWER_LAYERS below a step. */
+  /** Steps in the file. */
   steps: number
+  /** Distinct steps below any one step (those it uses and theirs): each is a layer, and OverlayFS stacks at most MAX_LOWER_LAYERS. */
+  layers: number
   /** Entries in one step's `env`. */
   env: number
   /** Entries in one step's `inputs`, and in its `filter`. */
@@ -90,13 +104,14 @@ export interface PipelineLimits {
 export const PIPELINE_LIMITS: Readonly<PipelineLimits> = Object.freeze({
   bytes: 1024 * 1024,
   steps: MAX_LOWER_LAYERS + 1,
+  layers: MAX_LOWER_LAYERS,
   env: 1024,
   inputs: 1024
 })
 
-const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'workspace', 'steps'] as const
+const TOP_KEYS = ['base', 'base-id', 'salt', 'tmp-size', 'reproducible', 'workspace', 'steps'] as const
 const WORKSPACE_KEYS = ['dir', 'path'] as const
-const STEP_KEYS = ['name', 'run', 'cwd', 'env', 'inputs', 'filter', 'cache', 'timeout', 'outputs', 'secrets'] as const
+const STEP_KEYS = ['name', 'use', 'run', 'cwd', 'env', 'inputs', 'filter', 'cache', 'timeout', 'outputs', 'secrets', 'reproducible'] as const
 /** Where the checkout is in every step's view unless strata.yml says otherwise. */
 export const DEFAULT_WORKSPACE_PATH = '/workspace'
 /** Mounted over by the sandbox after the workspace: a workspace there would be hidden. */
@@ -279,6 +294,15 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
     }
   }
 
+  const reproducibleNode = top.get('reproducible')
+  let reproducible: boolean | undefined
+  if (reproducibleNode !== undefined) {
+    if (!isScalar(reproducibleNode) || typeof reproducibleNode.value !== 'boolean') {
+      throw new PipelineWrongTypeError(nodeAt(reproducibleNode, 0), '"reproducible"', 'true or false', describe(reproducibleNode))
+    }
+    reproducible = reproducibleNode.value
+  }
+
   // The checkout: strata.yml's directory unless `workspace.dir` says otherwise; text
   // parsed without a file name has no directory, hence no workspace unless it names one.
   let workspace: WorkspaceSpec | undefined = opts.named ? { dir, path: DEFAULT_WORKSPACE_PATH } : undefined
@@ -313,7 +337,7 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
   const over = stepsNode.items[limits.steps]
   if (over !== undefined) {
     throw new PipelineLimitError(nodeAt(over as Node, 0), 'steps', limits.steps,
-      `more than ${limits.steps} steps: each step is mounted on the layers of the steps before it, and OverlayFS stacks at most ${MAX_LOWER_LAYERS} below a step`)
+      `more than ${limits.steps} steps: a step is mounted on the layers of the steps it uses and of theirs, and OverlayFS stacks at most ${MAX_LOWER_LAYERS} below a step`)
   }
 
   // Steps start in the workspace, wherever the checkout is on the host; relative
@@ -321,6 +345,7 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
   const defaultCwd = workspace?.path ?? '/'
   const seen = new Map<string, SourcePosition>()
   const steps: StepSpec[] = []
+  const uses: UseDecl[] = []
   for (const [i, item] of stepsNode.items.entries()) {
     yield
     signal?.throwIfAborted()
@@ -340,6 +365,16 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
     if (first !== undefined) throw new PipelineDuplicateStepError(nameAt, name, first)
     seen.set(name, nameAt)
     const stepWhere = `step "${name}"`
+    const decl: UseDecl = { name, at: at(item.range?.[0] ?? 0) }
+    const useNode = f.get('use')
+    if (useNode !== undefined) {
+      const useAt = nodeAt(useNode, 0)
+      if (!isSeq(useNode)) throw new PipelineWrongTypeError(useAt, `${stepWhere} "use"`, 'a list of step names', describe(useNode))
+      decl.useAt = useAt
+      // Names are resolved once every step is read: a step may use one defined later.
+      decl.use = useNode.items.map((e) => ({ name: scalarString(e, `${stepWhere} "use" entry`, at), at: nodeAt(e as Node, 0) }))
+    }
+    uses.push(decl)
 
     const runNode = requireField(f, 'run', stepWhere, nodeAt(item, 0))
     const run = scalarString(runNode, `${stepWhere} "run"`, at)
@@ -451,20 +486,28 @@ function * validate (text: string, opts: { file: string, signal?: AbortSignal | 
       timeoutMs = ms
     }
 
-    const step: StepSpec = { name, run, cwd, env, inputs, cache, at: at(item.range?.[0] ?? 0) }
+    const step: StepSpec = { name, use: [], run, cwd, env, inputs, cache, at: decl.at }
     if (timeoutMs !== undefined) step.timeoutMs = timeoutMs
     if (filter !== undefined) step.filter = filter
     if (tmpSize !== undefined) step.tmpSize = tmpSize
     if (extras.ttlMs !== undefined) step.ttlMs = extras.ttlMs
     if (extras.outputs.length > 0) step.outputs = extras.outputs
     if (extras.secrets.length > 0) step.secrets = extras.secrets
+    const stepReproducible = extras.reproducible ?? reproducible
+    if (stepReproducible !== undefined) step.reproducible = stepReproducible
     steps.push(step)
   }
+
+  yield
+  signal?.throwIfAborted()
+  const parents = yield * resolveUse(uses, limits.layers, signal)
+  for (const [i, step] of steps.entries()) step.use = parents[i]!
 
   const pipeline: Pipeline = { file, base, steps }
   if (baseId !== undefined) pipeline.baseId = baseId
   if (salt !== undefined) pipeline.salt = salt
   if (tmpSize !== undefined) pipeline.tmpSize = tmpSize
+  if (reproducible !== undefined) pipeline.reproducible = reproducible
   if (workspace !== undefined) {
     // What outputs copy into the checkout is a product of the pipeline, not a source of it.
     const outs = [...new Set(steps.flatMap((st) => st.outputs ?? []).map((o) => o.split('/').filter((c) => c !== '' && c !== '.').join('/')).filter((o) => o !== ''))]

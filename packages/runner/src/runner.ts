@@ -8,17 +8,21 @@ import type { Identity, WriterKey } from '@strata/records'
 import type { Store } from '@strata/store'
 import type { BaseIdentity } from './base.ts'
 import { capture } from './capture.ts'
-import { baseChain, chainBase, loadChain } from './chain.ts'
+import { baseChain, chainBase, loadChain, mergeChains } from './chain.ts'
 import type { Chain } from './chain.ts'
+import { claimStep } from './claim.ts'
+import type { Claimed } from './claim.ts'
 import type { RemoteCache, RunnerContext, StepContext } from './context.ts'
 import { chainId, describe } from './describe.ts'
 import type { Described } from './describe.ts'
 import { ChainTooLongError, RunnerError, StepCancelledError, StepFailedError, StepTimeoutError } from './errors.ts'
+import { checkJobs, runGraph, schedule, timing } from './schedule.ts'
+import type { JobSlot, Scheduled } from './schedule.ts'
 import type { RunnerEvent, StepResult } from './events.ts'
 import { closeRun, execute, openRun } from './execute.ts'
 import type { Run } from './execute.ts'
 import { hit } from './hit.ts'
-import { dropHold, sweepRuns, takeHold } from './hold.ts'
+import { claimsDir, dropHold, sweepRuns, takeHold } from './hold.ts'
 import type { Hold } from './hold.ts'
 import type { InputLimits } from './inputs.ts'
 import { lookupStep } from './lookup.ts'
@@ -91,13 +95,27 @@ export interface RunOptions {
   /** run() only: write the changes of the whole run (every step's layer merged, whiteouts applied) into this dir, absent or empty. */
   export?: string
   onEvent?: (event: RunnerEvent) => void
+  /** run() only: steps run at once at most (those whose parents are done). Default: the number of CPUs. */
+  jobs?: number
+  /** run() only: after a step fails, go on with the steps that do not depend on it instead of cancelling the others. Default false. */
+  keepGoing?: boolean
+  /**
+   * How long a step that misses waits while another step, process or peer builds its key,
+   * before running it too; never past the step's timeout. Default 30 minutes.
+   */
+  claimWaitMs?: number
 }
 
 export interface RunResult {
+  /** The steps that ran or hit, in file order. */
   steps: StepResult[]
   /** The environment the steps' $STRATA_ENV lines add up to. */
   env: Record<string, string>
   durationMs: number
+  /** The chain of steps whose durations, end to end, took longest: what bounds the run's wall time. */
+  criticalPath: { steps: string[], durationMs: number }
+  /** The steps' durations added up: the wall time had they run one after another. */
+  stepsMs: number
 }
 
 /** One step for exec(): what a strata.yml step has, plus where to start from. */
@@ -138,6 +156,7 @@ const STEP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 export async function createRunner (init: RunnerInit): Promise<Runner> {
   const dataDir = resolve(init.dataDir ?? init.store.dataDir)
   await mkdir(`${dataDir}/runner/run`, { recursive: true })
+  await mkdir(claimsDir(dataDir), { recursive: true })
   const identity = await loadIdentity(dataDir, { signal: init.signal })
   const runner = new StepRunner(init, dataDir, identity)
   await runner.sweep()
@@ -183,7 +202,8 @@ class StepRunner implements Runner {
       killGraceMs: init.killGraceMs ?? 10_000,
       limits: init.inputLimits ?? {},
       fleetSalt: init.salt ?? null,
-      sandbox
+      sandbox,
+      claims: new Map()
     }
   }
 
@@ -200,25 +220,37 @@ class StepRunner implements Runner {
     // Refused before the first step runs rather than at the step that would stack past it.
     if (pipeline.steps.length - 1 > MAX_LOWER_LAYERS) throw new ChainTooLongError(pipeline.steps.length - 1, MAX_LOWER_LAYERS)
     const started = performance.now()
-    const chain = baseChain(pipeline.base, pipeline.baseId)
-    if (pipeline.workspace !== undefined) chain.workspace = resolveWorkspace(pipeline.workspace, this.#ctx.dataDir)
-    const results: StepResult[] = []
+    const template = baseChain(pipeline.base, pipeline.baseId)
+    if (pipeline.workspace !== undefined) template.workspace = resolveWorkspace(pipeline.workspace, this.#ctx.dataDir)
     const exportDir = opts.export !== undefined ? await checkExportDir(opts.export) : undefined
-    const base = await chainBase(this.#ctx, chain, opts)
+    const base = await chainBase(this.#ctx, template, opts)
+    const graph = runGraph(pipeline.steps)
+    const jobs = checkJobs(opts.jobs)
+    // Lines of steps running at once would interleave: each carries its step's name then.
+    const output = graph.parallel && jobs > 1 ? { ...this.#ctx.output, prefix: true } : this.#ctx.output
     const hold = takeHold(this.#ctx)
+    const scheduled = schedule(graph, jobs, opts, async (index, parents, signal, slot) => {
+      const step = pipeline.steps[index]!
+      const chain = mergeChains(template, parents)
+      opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
+      const places = outputPlaces(pipeline, step)
+      const stepOpts = { ...opts, signal }
+      const result = await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), stepOpts, hold, places, output, slot)
+      if (step.outputs !== undefined) await deliverStepOutputs(this.#ctx, chain, step, places, stepOpts)
+      return { result, chain }
+    })
+    let done: Scheduled
     try {
-      for (const [index, step] of pipeline.steps.entries()) {
-        if (opts.signal?.aborted === true) throw new StepCancelledError(step.name, { cause: opts.signal.reason })
-        opts.onEvent?.({ type: 'start', step: step.name, index, total: pipeline.steps.length })
-        const places = outputPlaces(pipeline, step)
-        results.push(await this.#step(chain, base, step, pipeline.salt ?? null, chainId(pipeline.file, step.name), opts, hold, places))
-        if (step.outputs !== undefined) await deliverStepOutputs(this.#ctx, chain, step, places, opts)
-      }
-      if (exportDir !== undefined) await exportRun(this.#ctx, chain, pipeline.steps.at(-1)!.name, exportDir, opts)
+      done = await scheduled
+      // Every leaf's stack, in file order: the whole run's changes and environment.
+      const all = mergeChains(template, graph.leaves.map((i) => done.chains[i]!))
+      if (exportDir !== undefined) await exportRun(this.#ctx, all, pipeline.steps.at(-1)!.name, exportDir, opts)
+      const steps = done.results.filter((r): r is StepResult => r !== undefined)
+      const durationMs = performance.now() - started
+      return { steps, env: envObject(all.envLines), durationMs, ...timing(graph, done.results) }
     } finally {
       await dropHold(hold)
     }
-    return { steps: results, env: envObject(chain.envLines), durationMs: performance.now() - started }
   }
 
   async exec (step: ExecStep, opts: RunOptions = {}): Promise<StepResult> {
@@ -241,10 +273,10 @@ class StepRunner implements Runner {
   }
 
   /** One step: describe → lookup → the hit, or execute → capture. */
-  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces): Promise<StepResult> {
+  async #step (chain: Chain, base: BaseIdentity, step: StepSpec, salt: string | null, lastId: string, opts: RunOptions, hold: Hold, places?: OutputPlaces, output?: OutputOptions, slot?: JobSlot): Promise<StepResult> {
     const ctx = this.#ctx
     const emit = opts.onEvent ?? ((): void => {})
-    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places }
+    const s: StepContext = { step, chain, base, salt, lastId, hold, signal: opts.signal, noCache: opts.noCache === true, emit, t0: performance.now(), places, output: output ?? ctx.output, claimWaitMs: opts.claimWaitMs, slot }
     /** Reports the step's failure; a step error from execute() was reported there. */
     const failed = (err: Error, key?: string): Error => {
       emit({ type: 'failed', step: step.name, ...(key !== undefined ? { key } : {}), reason: err instanceof StepCancelledError ? 'cancel' : 'error', exitCode: null, signal: null, durationMs: performance.now() - s.t0, error: err })
@@ -263,22 +295,45 @@ class StepRunner implements Runner {
 
     const found = await lookupStep(ctx, s, described.key)
     if ('record' in found) return await hit(ctx, s, described, found)
-    ctx.log.debug({ step: step.name, key, reason: found.reason }, 'miss')
-    emit({ type: 'miss', step: step.name, key, reason: found.reason })
-
-    let run: Run
+    // One build per key: another building it now means a wait, then its result.
+    let claimed: Awaited<ReturnType<typeof claimStep>>
     try {
-      run = await openRun(ctx, s, described)
+      claimed = await claimStep(ctx, s, described.key)
     } catch (err) {
       throw failed(err as Error, key)
     }
     try {
+      // Given up while it waited: hit or build, the step holds a job slot again.
+      await slot?.take()
+    } catch (err) {
+      if ('held' in claimed) await claimed.held.release('failed')
+      throw failed(new StepCancelledError(step.name, { cause: err }), key)
+    }
+    if ('found' in claimed) return await hit(ctx, s, described, claimed.found)
+    const claim: Claimed = claimed.held
+    ctx.log.debug({ step: step.name, key, reason: found.reason }, 'miss')
+    emit({ type: 'miss', step: step.name, key, reason: found.reason })
+
+    let outcome: 'built' | 'failed' = 'failed'
+    let run: Run
+    try {
+      run = await openRun(ctx, s, described)
+    } catch (err) {
+      await claim.release(outcome)
+      throw failed(err as Error, key)
+    }
+    try {
       const ran = await execute(ctx, s, run, key)
-      return await capture(ctx, s, run, described, ran)
+      const result = await capture(ctx, s, run, described, ran)
+      // A result that could not be stored left no record for the waiters.
+      if (result.layer !== '') outcome = 'built'
+      return result
     } catch (err) {
       if (err instanceof StepFailedError || err instanceof StepTimeoutError || err instanceof StepCancelledError) throw err
       throw failed(opts.signal?.aborted === true && !(err instanceof RunnerError) ? new StepCancelledError(step.name, { cause: err }) : err as Error, key)
     } finally {
+      // Never throws: a claim not released expires with this process.
+      await claim.release(outcome)
       await closeRun(run)
     }
   }
@@ -291,6 +346,8 @@ function execSpec (step: ExecStep): StepSpec {
   const cwd = posix.resolve('/', step.cwd ?? '/')
   const spec: StepSpec = {
     name: step.name,
+    // An exec() step chains by `parent`, not by `use`.
+    use: [],
     run: step.run,
     cwd,
     env: [...(step.env ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),

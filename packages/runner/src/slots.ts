@@ -6,3 +6,5 @@ import type { CID } from 'multiformats/cid'
 export const descriptorKey = (key: CID | string): string => `runner/desc/${key.toString()}`
 /** The last key a step of a pipeline had, for `why`. */
 export const lastKey = (chain: string): string => `runner/last/${chain}`
+/** The stack (layer ids and env lines) below a step's key, for exec()'s `parent`. */
+export const stackKey = (key: CID | string): string => `runner/stack/${key.toString()}`

@@ -10,9 +10,11 @@ import { describeNode as describe } from './yaml-words.ts'
 export const MAX_STEP_LIST = 1024
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 
-/** What a step's `cache`, `outputs` and `secrets` keys say. */
+/** What a step's `cache`, `outputs`, `secrets` and `reproducible` keys say. */
 export interface StepOptions {
   cache: boolean
+  /** `reproducible`, when the step sets it. */
+  reproducible?: boolean
   /** `cache: { ttl }`: a record older than this is a miss. */
   ttlMs?: number
   /** Normalized relative paths, each below the workspace. */
@@ -24,7 +26,7 @@ export interface StepOptions {
 type At = (node: Node | null | undefined) => SourcePosition
 
 /**
- * Reads `cache`, `outputs` and `secrets` of one step (`f`: its keys) and checks
+ * Reads `cache`, `outputs`, `secrets` and `reproducible` of one step (`f`: its keys) and checks
  * them against `env` (a name cannot be both a declared env and a secret).
  */
 export function parseStepOptions (f: ReadonlyMap<string, Node>, where: string, at: At, envNames: ReadonlySet<string>): StepOptions {
@@ -49,6 +51,14 @@ export function parseStepOptions (f: ReadonlyMap<string, Node>, where: string, a
     } else {
       throw new PipelineWrongTypeError(at(cacheNode), `${where} "cache"`, 'true or false, or { ttl: DURATION }', describe(cacheNode))
     }
+  }
+
+  const reproducibleNode = f.get('reproducible')
+  if (reproducibleNode !== undefined) {
+    if (!isScalar(reproducibleNode) || typeof reproducibleNode.value !== 'boolean') {
+      throw new PipelineWrongTypeError(at(reproducibleNode), `${where} "reproducible"`, 'true or false', describe(reproducibleNode))
+    }
+    out.reproducible = reproducibleNode.value
   }
 
   const outputsNode = f.get('outputs')

@@ -1,5 +1,8 @@
 import { CID } from 'multiformats/cid'
-import { baseChain, chainBase } from './chain.ts'
+import { baseChain, chainBase, mergeChains, stack } from './chain.ts'
+import type { Chain } from './chain.ts'
+import { runGraph } from './schedule.ts'
+import type { RunGraph } from './schedule.ts'
 import type { RunnerContext } from './context.ts'
 import { chainId, describe, readDescriptor } from './describe.ts'
 import { StepNotFoundError } from './errors.ts'
@@ -38,15 +41,36 @@ export interface WhyReport {
   steps: WhyStep[]
 }
 
-/** Why `stepName` (and each step below it) would hit or run now: its key against the one it last had. Runs nothing. */
+/** What why() learnt of a step on its way up: what later steps say about it. */
+interface Seen {
+  name: string
+  /** Its key now differs from the one it last had. */
+  keyChanged: boolean
+  /** It would hit now. */
+  hit: boolean
+  /** The layer it stacks now (its hit's, else the one it made last time), and the one it made last time. */
+  layer?: string
+  before?: string
+}
+
+/**
+ * Why `stepName` (and each step it builds on) would hit or run now: its key against
+ * the one it last had. A step below that would run is assumed to make the layer it
+ * made last time (the steps above are then `approximate`). Runs nothing.
+ */
 export async function why (ctx: RunnerContext, pipeline: Pipeline, stepName: string, opts: { signal?: AbortSignal }): Promise<WhyReport> {
   const target = pipeline.steps.findIndex((s) => s.name === stepName)
   if (target === -1) throw new StepNotFoundError(stepName, pipeline.steps.map((s) => s.name))
-  const chain = baseChain(pipeline.base, pipeline.baseId)
-  if (pipeline.workspace !== undefined) chain.workspace = resolveWorkspace(pipeline.workspace, ctx.dataDir)
-  const base = await chainBase(ctx, chain, opts)
+  const template = baseChain(pipeline.base, pipeline.baseId)
+  if (pipeline.workspace !== undefined) template.workspace = resolveWorkspace(pipeline.workspace, ctx.dataDir)
+  const base = await chainBase(ctx, template, opts)
+  const graph = runGraph(pipeline.steps)
+  const chains: Chain[] = []
+  const seen: Seen[] = []
   const steps: WhyStep[] = []
-  for (const step of pipeline.steps.slice(0, target + 1)) {
+  for (const i of below(graph, target)) {
+    const step = pipeline.steps[i]!
+    const chain = mergeChains(template, graph.parents[i]!.map((p) => chains[p]!))
     const approximate = chain.approximate
     const described = await describe(ctx, chain, base, step, pipeline.salt ?? null, opts)
     let { descriptor, key } = described
@@ -58,31 +82,72 @@ export async function why (ctx: RunnerContext, pipeline: Pipeline, stepName: str
       descriptor = { ...descriptor, output: previous.output }
       key = (await encodeDescriptor(descriptor)).key
     }
-    const changes = previous !== undefined
+    // Another key format compares as a format change alone.
+    const changes = previous !== undefined && previous.below !== undefined
       ? await workspaceChanges(diffDescriptors(previous, descriptor), ctx.dataDir, chainId(pipeline.file, step.name), previous, described.scan)
-      : []
+      : previous !== undefined ? diffDescriptors(previous, descriptor) : []
     const found = await lookupLocal(ctx, key, undefined, step.cache ? step.ttlMs : undefined)
     const expired = 'expired' in found && found.expired !== undefined && step.ttlMs !== undefined ? { created: found.expired, ttlMs: step.ttlMs } : undefined
     const reasons = previous === undefined ? ['this step has not run here before'] : changes.map(describeChange)
+    reasons.push(...parentReasons(graph.parents[i]!.map((p) => seen[p]!)))
     if (expired !== undefined) reasons.push(describeExpiry(expired.created, expired.ttlMs))
+    const hit = step.cache && 'record' in found
     steps.push({
       name: step.name,
       key: key.toString(),
       previousKey: previousKey?.toString() ?? null,
-      hit: step.cache && 'record' in found,
+      hit,
       changes,
       reasons,
       approximate,
       warnings: described.warnings,
       ...(expired !== undefined ? { expired } : {})
     })
-    chain.parent = key
+    const made = previousKey !== null ? await lookupLocal(ctx, previousKey) : undefined
+    const me: Seen = { name: step.name, keyChanged: previousKey !== null && !previousKey.equals(key), hit }
+    if (made !== undefined && 'record' in made) me.before = made.record.layer.toString()
     if ('record' in found) {
-      chain.layers.unshift(found.layer.path)
-      chain.envLines.push(...found.record.env)
+      stack(chain, key, { id: found.record.layer, path: found.layer.path, env: found.record.env, step: step.name })
+      me.layer = found.record.layer.toString()
+    } else if (made !== undefined && 'record' in made) {
+      // It would run: assume it makes what it made last time, and say the steps above depend on that.
+      stack(chain, previousKey!, { id: made.record.layer, path: made.layer.path, env: made.record.env, step: step.name })
+      chain.approximate = true
+      me.layer = me.before
     } else {
       chain.approximate = true
     }
+    chains[i] = chain
+    seen[i] = me
   }
   return { step: stepName, steps }
+}
+
+/** The steps `target` builds on and itself, each after the steps it uses. */
+function below (graph: RunGraph, target: number): number[] {
+  const order: number[] = []
+  const visited = new Set<number>()
+  const visit = (i: number): void => {
+    if (visited.has(i)) return
+    visited.add(i)
+    for (const p of graph.parents[i]!) visit(p)
+    order.push(i)
+  }
+  visit(target)
+  return order
+}
+
+/** How each step this one uses changed: it will run first, it made another layer, or the same layer again. */
+function parentReasons (parents: readonly Seen[]): string[] {
+  const out: string[] = []
+  for (const p of parents) {
+    if (!p.hit) {
+      out.push(p.before !== undefined ? `${p.name} will run first: this assumes it makes the same layer as before` : `${p.name} will run first and has no earlier layer here`)
+    } else if (p.before !== undefined && p.layer !== p.before) {
+      out.push(`${p.name} re-ran and produced another layer`)
+    } else if (p.keyChanged && p.layer === p.before) {
+      out.push(`${p.name} changed but produced the same layer as before`)
+    }
+  }
+  return out
 }

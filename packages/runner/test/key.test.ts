@@ -10,7 +10,7 @@ import { digestKey, envValueDigest, inputDigest, UNSALTED } from '../src/key.ts'
 const base = { kind: 'host' as const, osRelease: new Uint8Array(32), arch: 'x86_64', id: null }
 const desc = (over: Partial<KeyDescriptor> = {}): KeyDescriptor => ({
   v: KEY_FORMAT,
-  parent: base,
+  below: { base, layers: [], env: null },
   run: 'npm ci',
   cwd: '/work/app',
   user: '0:0',
@@ -36,17 +36,17 @@ test('the key is the sha2-256 dag-cbor CID of the descriptor, stable and round-t
 })
 
 test('diff names each changed field', async () => {
-  const parent = (await encodeDescriptor(desc())).key
-  const before = desc({ parent })
+  const layer = (await encodeDescriptor(desc())).key
+  const before = desc({ below: { base, layers: [layer], env: null } })
   const after = desc({
-    parent: CID.parse('bafyreigcmak4ndasecjyghkogh3rsnwb7sokiohsyu4xfh6eczx234qegm'),
+    below: { base, layers: [CID.parse('bafyreigcmak4ndasecjyghkogh3rsnwb7sokiohsyu4xfh6eczx234qegm')], env: null },
     run: 'npm install',
     env: [['CI', null], ['NODE_ENV', envValueDigest('development')]],
     inputs: [{ path: '/work/app/package.json', type: 'file', exec: true, digest: new Uint8Array(32).fill(1) }, { path: '/work/app/.npmrc', type: 'file', exec: false, digest: new Uint8Array(32) }],
     salt: digestKey('2').id
   })
   const changes = diffDescriptors(before, after)
-  assert.deepEqual(changes.map((c) => c.field), ['parent', 'run', 'env', 'env', 'input', 'input', 'salt'])
+  assert.deepEqual(changes.map((c) => c.field), ['layers', 'run', 'env', 'env', 'input', 'input', 'salt'])
   assert.deepEqual(changes.map(describeChange).slice(2, 6), [
     'env NODE_ENV has another value',
     'env CI was added',
@@ -54,7 +54,8 @@ test('diff names each changed field', async () => {
     'input /work/app/.npmrc is new'
   ])
   assert.deepEqual(diffDescriptors(before, before), [])
-  const baseChange = diffDescriptors(desc(), desc({ parent: { ...base, id: 'ami-2' } }))
+  assert.equal(describeChange(changes[0]!), 'the layers below changed (1 new, 1 gone)')
+  const baseChange = diffDescriptors(desc(), desc({ below: { base: { ...base, id: 'ami-2' }, layers: [], env: null } }))
   assert.deepEqual(baseChange, [{ field: 'base', detail: 'base-id', before: 'null', after: 'ami-2' }])
 })
 

@@ -4,14 +4,15 @@ import { writeFileSync } from 'node:fs'
 import fc from 'fast-check'
 import { tempDir } from '@strata/testing'
 import { loadPipeline, parseDuration, parsePipeline, parseSize, PIPELINE_LIMITS, PipelineError } from '../src/index.ts'
+import type { PipelineLimits } from '../src/index.ts'
 import { firstInvalidUtf8 } from '../src/pipeline.ts'
 
 const FILE = '/work/app/strata.yml'
 
-function rejects (text: string, code: string, line: number, column: number, match?: RegExp): PipelineError {
+function rejects (text: string, code: string, line: number, column: number, match?: RegExp, limits?: Partial<PipelineLimits>): PipelineError {
   let caught: unknown
   try {
-    parsePipeline(text, { file: FILE })
+    parsePipeline(text, { file: FILE, ...(limits !== undefined ? { limits } : {}) })
   } catch (err) {
     caught = err
   }
@@ -263,4 +264,72 @@ test('loadPipeline stops with the signal\'s reason: aborted before, while readin
   }
   // The same file, not aborted, loads: the aborts above were not failures of their own.
   assert.equal((await loadPipeline(file, { limits })).steps[0]!.env.length, 100_000)
+})
+
+/** A pipeline of `true` steps, each `[name, extra keys]`, one key a line under it. */
+function stepsFile (steps: Array<[string, ...string[]]>, top = ''): string {
+  return `base: host\n${top}steps:\n${steps.map(([name, ...keys]) => [`  - name: ${name}`, '    run: "true"', ...keys.map((k) => `    ${k}`)].join('\n')).join('\n')}\n`
+}
+
+test('use: absent is the step before (the first step: the base), [] is the base alone, a list keeps its order', () => {
+  const p = parsePipeline(stepsFile([['system'], ['node', 'use: [system]'], ['py', 'use: [system]'], ['test', 'use: [py, node]'], ['after'], ['alone', 'use: []']]), { file: FILE })
+  assert.deepEqual(p.steps.map((s) => [s.name, s.use]), [
+    ['system', []], ['node', ['system']], ['py', ['system']], ['test', ['py', 'node']], ['after', ['test']], ['alone', []]
+  ])
+  // A file without `use` is the chain it always was.
+  assert.deepEqual(parsePipeline(stepsFile([['a'], ['b'], ['c']])).steps.map((s) => s.use), [[], ['a'], ['b']])
+})
+
+test('use may name a step defined later in the file', () => {
+  const p = parsePipeline(stepsFile([['test', 'use: [deps]'], ['deps', 'use: []']]), { file: FILE })
+  assert.deepEqual(p.steps.map((s) => [s.name, s.use]), [['test', ['deps']], ['deps', []]])
+})
+
+test('use errors name file, line and column: an unknown step with the closest name, itself, a name twice, not a list of names', () => {
+  const unknown = rejects(stepsFile([['node-deps'], ['py-deps'], ['test', 'use: [node-deps, py-dep]']]), 'ERR_PIPELINE_UNKNOWN_STEP', 9, 22,
+    /step "test" uses "py-dep", which is not a step of this file; did you mean "py-deps"\?/)
+  assert.equal(unknown.name, 'PipelineUnknownStepError')
+  rejects(stepsFile([['a'], ['b', 'use: [zzzzzz]']]), 'ERR_PIPELINE_UNKNOWN_STEP', 7, 11, /not a step of this file$/)
+  rejects(stepsFile([['a'], ['b', 'use: [a, b]']]), 'ERR_PIPELINE_SELF_USE', 7, 14, /step "b" uses itself/)
+  rejects(stepsFile([['a'], ['b', 'use:', '  - a', '  - a']]), 'ERR_PIPELINE_DUPLICATE_USE', 9, 9, /step "b" uses "a" twice \(first at line 8, column 9\)/)
+  rejects(stepsFile([['a'], ['b', 'use: a']]), 'ERR_PIPELINE_WRONG_TYPE', 7, 10, /step "b" "use" must be a list of step names, found/)
+  rejects(stepsFile([['a'], ['b', 'use: [a, [c]]']]), 'ERR_PIPELINE_WRONG_TYPE', 7, 14, /"use" entry must be a string/)
+  rejects(stepsFile([['a'], ['b', 'use: [1]']]), 'ERR_PIPELINE_WRONG_TYPE', 7, 11)
+  // The first problem in the file is the one reported, whether it needs the later steps or not.
+  rejects(stepsFile([['a', 'use: [nope]'], ['b', 'use: [b]']]), 'ERR_PIPELINE_UNKNOWN_STEP', 5, 11)
+})
+
+test('a cycle in use is refused at the entry that closes it and named in the direction of use', () => {
+  const two = rejects(stepsFile([['a', 'use: [b]'], ['b', 'use: [a]']]), 'ERR_PIPELINE_CYCLE', 5, 11, /"use" makes a cycle: a -> b -> a \(each uses the next\)$/)
+  assert.equal(two.name, 'PipelineCycleError')
+  assert.deepEqual((two as unknown as { cycle: string[] }).cycle, ['a', 'b', 'a'])
+  // Longer, off to the side of steps that are fine, and found whichever step the search starts from.
+  rejects(stepsFile([['base-ok', 'use: []'], ['x', 'use: [base-ok, z]'], ['y', 'use: [x]'], ['z', 'use: [y]']]), 'ERR_PIPELINE_CYCLE', 8, 20, /cycle: x -> z -> y -> x/)
+  // The default (the step before) takes part: the message says so.
+  rejects(stepsFile([['a', 'use: [b]'], ['b']]), 'ERR_PIPELINE_CYCLE', 5, 11, /cycle: a -> b -> a .*; "b" has no "use": it builds on the step before it/)
+})
+
+test('reproducible: per step, the top-level value the default of the others; refused unless true or false', () => {
+  const p = parsePipeline(stepsFile([['a'], ['b', 'reproducible: false'], ['c', 'reproducible: true']], 'reproducible: true\n'), { file: FILE })
+  assert.equal(p.reproducible, true)
+  assert.deepEqual(p.steps.map((s) => s.reproducible), [true, false, true])
+  const q = parsePipeline(stepsFile([['a'], ['b', 'reproducible: true']]), { file: FILE })
+  assert.equal(q.reproducible, undefined)
+  assert.deepEqual(q.steps.map((s) => s.reproducible), [undefined, true])
+  rejects(stepsFile([['a', 'reproducible: "yes"']]), 'ERR_PIPELINE_WRONG_TYPE', 5, 19, /step "a" "reproducible" must be true or false/)
+  rejects(stepsFile([['a']], 'reproducible: 1\n'), 'ERR_PIPELINE_WRONG_TYPE', 2, 15, /"reproducible" must be true or false/)
+})
+
+test('the layers below a step are bounded by the steps it builds on, not by the steps in the file', () => {
+  const limits = { layers: 2 }
+  // Wide: four branches on one step, each with one layer below it.
+  const wide = stepsFile([['a'], ['b', 'use: [a]'], ['c', 'use: [a]'], ['d', 'use: [a]'], ['e', 'use: [a]']])
+  assert.equal(parsePipeline(wide, { file: FILE, limits }).steps.length, 5)
+  // A join of two branches has three below it: refused at its use.
+  const join = rejects(`${wide}  - name: f\n    run: "true"\n    use: [b, c]\n`, 'ERR_PIPELINE_LIMIT', 19, 10,
+    /step "f" builds on 3 steps \(those it uses and theirs\), and OverlayFS stacks at most 2 layers below a step/, limits)
+  assert.equal((join as PipelineError & { limit: string }).limit, 'layers')
+  // A chain of four: the fourth has three below it, refused at the step (it has no use to point at).
+  rejects(stepsFile([['a'], ['b'], ['c'], ['d']]), 'ERR_PIPELINE_LIMIT', 9, 5, /step "d" builds on 3 steps/, limits)
+  assert.equal(parsePipeline(stepsFile([['a'], ['b'], ['c'], ['d', 'use: [b]']]), { file: FILE, limits }).steps.length, 4)
 })

@@ -159,52 +159,107 @@ export interface CommitDeps {
   inlineMax: number | undefined
 }
 
+/** A tree packed for a commit: its manifest's root block and its index plan (the entry lists went to the caller). */
+export interface PackedTree {
+  root: ManifestBlock
+  plan: IndexPlan
+}
+
+/**
+ * Packs `src` in place, normalized to what its manifest records (the layer dir is
+ * what gets mounted: it must hold exactly what the manifest says). Entry-list
+ * blocks go to `onList` as the walk goes on. Uses nothing of the index.
+ */
+export async function packCommit (deps: Pick<CommitDeps, 'log' | 'workers' | 'inlineMax'>, src: string, opts: CommitOptions, onList: (block: ManifestBlock) => void): Promise<PackedTree> {
+  // The builder checks entries as a reader would, and the walk the format's
+  // limits: the locations reported here need no second decode of the manifest.
+  const found: Located[] = []
+  const dropped = new Dropped()
+  const packed = await packTree(src, {
+    pool: deps.workers(),
+    ...(deps.inlineMax !== undefined ? { inlineMax: deps.inlineMax } : {}),
+    signal: opts.signal,
+    onBlock: (b) => found.push(b),
+    onManifestBlock: onList,
+    normalize: true,
+    onDrop: (d) => dropped.add(d),
+    onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
+  })
+  dropped.log(deps.log)
+  return { root: packed.blocks[0]!, plan: { locations: found, entries: packed.count, size: packed.size, blocks: packed.contentBlocks } }
+}
+
 /** Packs `dir` in place (normalized to what its manifest records) and installs it as a layer. */
 export async function commitTree (deps: CommitDeps, dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
   const staging = deps.dirs.staging()
   try {
     let src = dir
-    const sameFs = statSync(dir).dev === statSync(staging).dev
-    if (opts.keepSource === true || !sameFs) {
+    if (opts.keepSource === true || !sameFilesystem(dir, staging)) {
       src = `${staging}/tree`
       // cp -a keeps modes, owners, times, xattrs, hardlinks and special files; reflinks where the filesystem can.
       await execFileP('cp', ['-a', '--reflink=auto', '--', dir, src], { signal: opts.signal, maxBuffer: 1 << 20 })
     }
     opts.signal?.throwIfAborted()
-    // The builder checks entries as a reader would, and the walk the format's
-    // limits: the locations reported here need no second decode of the manifest.
-    const found: Located[] = []
-    const dropped = new Dropped()
     // Entry-list blocks go to the index while the walk goes on, a few MiB a
     // batch; the root goes with the pending marker in install.
     const lists = deps.manifests.stream()
     let installed = false
     try {
-      const packed = await packTree(src, {
-        pool: deps.workers(),
-        ...(deps.inlineMax !== undefined ? { inlineMax: deps.inlineMax } : {}),
-        signal: opts.signal,
-        onBlock: (b) => found.push(b),
-        onManifestBlock: lists.add,
-        // The layer dir is what gets mounted: it must hold exactly what the manifest says.
-        normalize: true,
-        onDrop: (d) => dropped.add(d),
-        onProgress: (p) => opts.onProgress?.({ type: 'entries', done: p.entries, total: 0 })
-      })
+      const packed = await packCommit(deps, src, opts, lists.add)
       await lists.flush()
-      dropped.log(deps.log)
-      const plan: IndexPlan = { locations: found, entries: packed.count, size: packed.size, blocks: packed.contentBlocks }
-      const info = await deps.installer.install('commit', src, packed.blocks, {}, plan)
+      const info = await deps.installer.install('commit', src, [packed.root], {}, packed.plan)
       installed = true
-      deps.log.debug({ layer: info.root.toString(), entries: packed.count, bytes: packed.size }, 'committed')
+      deps.log.debug({ layer: info.root.toString(), entries: packed.plan.entries, bytes: packed.plan.size }, 'committed')
       return info
     } finally {
       await lists.end(installed)
     }
   } catch (err) {
-    if (err instanceof StoreError) throw err
-    throw new CommitError(`cannot commit ${dir}: ${(err as Error).message}`, { cause: err })
+    throw commitError(dir, err)
   } finally {
     removeTree(staging)
   }
+}
+
+/** Bytes of entry-list blocks handed to the index before waiting for their write: a spilled manifest is not read into memory whole. */
+const INSTALL_BATCH_BYTES = 4 * 1024 * 1024
+
+/**
+ * Installs a tree packed in place by packCommit (without the index), its entry
+ * lists read back from where they were kept meanwhile: as commitTree does after its walk.
+ */
+export async function installPacked (deps: CommitDeps, src: string, packed: PackedTree, lists: Iterable<ManifestBlock>): Promise<LayerInfo> {
+  const stream = deps.manifests.stream()
+  let installed = false
+  try {
+    let bytes = 0
+    for (const block of lists) {
+      stream.add(block)
+      bytes += block.bytes.length
+      if (bytes >= INSTALL_BATCH_BYTES) {
+        await stream.flush()
+        bytes = 0
+      }
+    }
+    await stream.flush()
+    const info = await deps.installer.install('commit', src, [packed.root], {}, packed.plan)
+    installed = true
+    deps.log.debug({ layer: info.root.toString(), entries: packed.plan.entries, bytes: packed.plan.size }, 'committed')
+    return info
+  } catch (err) {
+    throw commitError(src, err)
+  } finally {
+    await stream.end(installed)
+  }
+}
+
+/** Whether `dir` can be renamed into the store's dirs (else a commit copies it). */
+export function sameFilesystem (dir: string, storeDir: string): boolean {
+  return statSync(dir).dev === statSync(storeDir).dev
+}
+
+/** A commit's failure as the store reports it: its own errors as they are, others as a CommitError naming the dir. */
+export function commitError (dir: string, err: unknown): StoreError {
+  if (err instanceof StoreError) return err
+  return new CommitError(`cannot commit ${dir}: ${(err as Error).message}`, { cause: err })
 }

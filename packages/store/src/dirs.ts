@@ -1,7 +1,25 @@
-import { existsSync, mkdirSync, renameSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { rm } from 'node:fs/promises'
 import { removeTree } from '@strata/chunker'
+import { flock } from '@strata/sys'
+
+const HELD = 'held'
+
+/** Whether a live process holds the staging dir `dir` (made by Dirs.held()). */
+export function isHeld (dir: string): boolean {
+  let fd: number
+  try {
+    fd = openSync(`${dir}/${HELD}`, 'r')
+  } catch {
+    return false
+  }
+  try {
+    return !flock(fd, { exclusive: true, wait: false })
+  } finally {
+    closeSync(fd)
+  }
+}
 
 /** The directories of a data dir: committed layers, and staging for work in progress and trees on their way out. */
 export class Dirs {
@@ -20,6 +38,33 @@ export class Dirs {
     const dir = `${this.dataDir}/staging/${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
     mkdirSync(dir)
     return dir
+  }
+
+  /**
+   * A new dir under staging/ that recovery leaves alone while this process holds
+   * the flock on its `held` file (a shared store packs there between its turns).
+   * Made while the caller has the store open, so that no recovery sees it unheld.
+   */
+  held (): { dir: string, release: () => void } {
+    const dir = this.staging()
+    let fd: number
+    try {
+      fd = openSync(`${dir}/${HELD}`, 'w', 0o600)
+    } catch (err) {
+      removeTree(dir)
+      throw err
+    }
+    flock(fd, { exclusive: true, wait: false })
+    let held = true
+    return {
+      dir,
+      release: () => {
+        if (!held) return
+        held = false
+        closeSync(fd)
+        removeTree(dir)
+      }
+    }
   }
 
   /** Takes a layer dir out of `layers/` and deletes it. */

@@ -13,6 +13,28 @@ export class StoreLockedError extends StoreError {
   }
 }
 
+/** Another process held the store for longer than the caller would wait. */
+export class StoreBusyError extends StoreError {
+  override name = 'StoreBusyError'
+  /** The process holding the store when the wait ended, when the kernel says. */
+  readonly holder: { pid: number, command: string } | undefined
+  readonly waitedMs: number
+  constructor (dataDir: string, waitedMs: number, holder?: { pid: number, command: string }) {
+    const who = holder === undefined ? 'another strata process' : `another strata process (pid ${holder.pid}${holder.command !== '' ? `: ${holder.command}` : ''})`
+    super('ERR_STORE_BUSY', `${who} still holds ${dataDir} after ${Math.round(waitedMs) / 1000}s`)
+    this.holder = holder
+    this.waitedMs = waitedMs
+  }
+}
+
+/** A call on a store that was closed. */
+export class StoreClosedError extends StoreError {
+  override name = 'StoreClosedError'
+  constructor (dataDir: string) {
+    super('ERR_STORE_CLOSED', `the store at ${dataDir} was closed`)
+  }
+}
+
 /** The store on disk has another format version than this strata reads. */
 export class StoreVersionError extends StoreError {
   override name = 'StoreVersionError'

@@ -1,5 +1,8 @@
 export { openStore, STORE_FORMAT } from './open.ts'
 export type { OpenStoreInit } from './open.ts'
+export { openSharedStore } from './shared.ts'
+export type { SharedStore, SharedStoreInit } from './shared.ts'
+export { lockHolder } from './lock.ts'
 export type { LocalStore } from './store.ts'
 export type { Store, StoreInit, LayerInfo, BlockSource, CommitOptions, RestoreOptions, ProgressEvent, GcOptions, GcReport, GcKept, LayerCheck, LayerVerification, VerifyOptions } from './types.ts'
 export { fingerprint } from './fingerprint.ts'

@@ -59,6 +59,13 @@ export interface OpenStoreInit extends StoreInit {
  * inspection, its path logged) and rebuilt from the layer dirs.
  */
 export async function openStore (init: OpenStoreInit): Promise<Store & LocalStore> {
+  const { dataDir, log } = prepare(init)
+  const release = await acquireLock(dataDir, { wait: init.wait ?? true, signal: init.signal, log })
+  return await openLocked(dataDir, log, release, init)
+}
+
+/** Normalizes the options both openers share; returns the data dir (absolute) and the store's logger. */
+export function prepare (init: OpenStoreInit): { dataDir: string, log: Logger } {
   const wb = init.indexWriteBufferBytes
   if (wb !== undefined && !(Number.isSafeInteger(wb) && wb >= MIN_INDEX_WRITE_BUFFER)) {
     throw new TypeError(`indexWriteBufferBytes must be an integer of at least ${MIN_INDEX_WRITE_BUFFER} bytes, got ${wb}`)
@@ -68,7 +75,15 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
   const dataDir = resolve(init.dataDir)
   mkdirSync(`${dataDir}/layers`, { recursive: true })
   mkdirSync(`${dataDir}/staging`, { recursive: true })
-  const release = await acquireLock(dataDir, { wait: init.wait ?? true, signal: init.signal, log })
+  return { dataDir, log }
+}
+
+/**
+ * Opens the index of a data dir whose lock the caller holds, and makes it
+ * consistent (recover.ts); `release` goes with the store (its close calls it),
+ * or is called here when the open fails.
+ */
+export async function openLocked (dataDir: string, log: Logger, release: () => void, init: OpenStoreInit & { workers?: () => FsPool }): Promise<LayerStore> {
   try {
     try {
       return await openIndex(dataDir, log, release, init)
@@ -86,7 +101,7 @@ export async function openStore (init: OpenStoreInit): Promise<Store & LocalStor
   }
 }
 
-async function openIndex (dataDir: string, log: Logger, release: () => void, init: OpenStoreInit): Promise<LayerStore> {
+async function openIndex (dataDir: string, log: Logger, release: () => void, init: OpenStoreInit & { workers?: () => FsPool }): Promise<LayerStore> {
   // Opened without CURRENT, LevelDB would start a new index over the old files and delete them.
   const files = existsSync(`${dataDir}/index`) ? readdirSync(`${dataDir}/index`) : []
   if (files.some((f) => /\.(ldb|sst|log)$/.test(f)) && !files.includes('CURRENT')) throw new IndexCorruptError('the index has table files but no CURRENT file')
@@ -105,6 +120,7 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
     inlineMax: init.inlineMax,
     touchEveryMs: init.touchEveryMs ?? TOUCH_EVERY_MS,
     pool: init.pool,
+    workers: init.workers,
     verity: init.verity ?? true
   })
   try {

@@ -17,6 +17,7 @@ import type { PendingMeta } from './meta.ts'
 import { readRange } from './block-index.ts'
 import type { Installer } from './commit.ts'
 import type { Dirs } from './dirs.ts'
+import { isHeld } from './dirs.ts'
 import type { Leftovers, ManifestIndex } from './manifest.ts'
 import type { Removal } from './remove.ts'
 import type { Uses } from './uses.ts'
@@ -38,7 +39,8 @@ export interface RecoverDeps {
 }
 
 /**
- * Makes the store consistent after a crash: staging is emptied; removals that
+ * Makes the store consistent after a crash: staging is emptied (but for the dirs
+ * a live process holds, see Dirs.held()); removals that
  * were marked are finished; a layer dir the index does not know is indexed from
  * the manifest its commit stored first (the crash fell between the rename and the
  * index write) once its content verifies, or else removed; index entries whose
@@ -51,6 +53,7 @@ export async function recover (d: RecoverDeps, rebuild = false): Promise<void> {
   const layersDir = `${dirs.dataDir}/layers`
   const stagingDir = `${dirs.dataDir}/staging`
   for (const name of readdirSync(stagingDir)) {
+    if (isHeld(`${stagingDir}/${name}`)) continue
     try {
       removeTree(`${stagingDir}/${name}`)
     } catch (err) {

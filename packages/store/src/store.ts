@@ -12,7 +12,9 @@ import { BlockIndex } from './block-index.ts'
 import { checkLayer, markCorrupt, verifyLayer } from './check.ts'
 import type { CheckDeps } from './check.ts'
 import { Collector } from './collector.ts'
-import { commitTree, Installer } from './commit.ts'
+import { commitTree, installPacked, Installer } from './commit.ts'
+import type { PackedTree } from './commit.ts'
+import type { ManifestBlock } from './plan.ts'
 import { Dirs } from './dirs.ts'
 import { ManifestIndex } from './manifest.ts'
 import type { Leftovers } from './manifest.ts'
@@ -56,6 +58,8 @@ export interface LayerStoreInit {
   inlineMax: number | undefined
   touchEveryMs: number
   pool: FsPool | undefined
+  /** File workers that outlive this store (a shared store's, kept across its turns); the store does not end them. */
+  workers?: (() => FsPool) | undefined
   verity: boolean
 }
 
@@ -83,6 +87,7 @@ export class LayerStore implements Store, LocalStore {
   readonly #inlineMax: number | undefined
   #pool: FsPool | undefined
   readonly #poolGiven: boolean
+  readonly #sharedWorkers: (() => FsPool) | undefined
   #closed = false
 
   constructor (init: LayerStoreInit) {
@@ -94,6 +99,7 @@ export class LayerStore implements Store, LocalStore {
     this.#inlineMax = init.inlineMax
     this.#pool = init.pool
     this.#poolGiven = init.pool !== undefined
+    this.#sharedWorkers = init.workers
     this.#dirs = new Dirs(dataDir)
     this.#uses = new Uses(db, log, init.touchEveryMs)
     this.#locks = new RootLocks(dataDir)
@@ -137,6 +143,7 @@ export class LayerStore implements Store, LocalStore {
 
   /** Worker threads for file I/O, started on first use and kept until close(). */
   get #workers (): FsPool {
+    if (this.#pool === undefined && this.#sharedWorkers !== undefined) return this.#sharedWorkers()
     this.#pool ??= new FsPool()
     return this.#pool
   }
@@ -161,6 +168,16 @@ export class LayerStore implements Store, LocalStore {
 
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
     return await commitTree({ log: this.#log, dirs: this.#dirs, manifests: this.#manifests, installer: this.#installer, workers: () => this.#workers, inlineMax: this.#inlineMax }, dir, opts)
+  }
+
+  /** A staging dir for work done while the store is closed; recovery leaves it alone until `release()` (a shared store's commit). */
+  holdStaging (): { dir: string, release: () => void } {
+    return this.#dirs.held()
+  }
+
+  /** Installs a tree packed in place (commit.ts packCommit) while the store was closed. */
+  async installPacked (src: string, packed: PackedTree, lists: Iterable<ManifestBlock>): Promise<LayerInfo> {
+    return await installPacked({ log: this.#log, dirs: this.#dirs, manifests: this.#manifests, installer: this.#installer, workers: () => this.#workers, inlineMax: this.#inlineMax }, src, packed, lists)
   }
 
   async restore (root: CID, source: BlockSource, opts: RestoreOptions = {}): Promise<LayerInfo> {

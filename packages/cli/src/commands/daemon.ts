@@ -212,6 +212,11 @@ export const status: Command = {
         ctx.stdout.write(`steps: ${s.hits.local} local, ${s.hits.peer} from peers, ${s.hits.miss} missed; last ${recent.length}: ${by('local')} local, ${by('peer')} peer, ${by('miss')} miss\n`)
       }
       if (s.recordSync !== undefined) ctx.stdout.write(`records synced on connect: ${s.recordSync.recordsSynced} in ${s.recordSync.syncs} syncs\n`)
+      if (s.claims !== undefined) {
+        const k = s.claims
+        const why = Object.entries(k.rejectedBy).map(([r, n]) => `${r} ${n}`)
+        ctx.stdout.write(`claims: ${k.granted} granted, ${k.held} held by peers, ${k.expired} of peers expired, ${k.rejected} rejected${why.length > 0 ? ` (${why.join(', ')})` : ''}, ${k.live} live\n`)
+      }
       if (s.process !== undefined) ctx.stdout.write(`process: rss ${formatBytes(s.process.rss)}, heap ${formatBytes(s.process.heapUsed)} of ${formatBytes(s.process.heapTotal)}, ${s.process.fds} fds, up ${s.process.uptimeS}s\n`)
       return 0
     } finally {

@@ -1,8 +1,8 @@
 import { resolve } from 'node:path'
 import { checkEpoch, checkScope, loadWriterKey, parseWriter } from '@strata/records'
 import { CID } from 'multiformats/cid'
-import { createRunner, loadPipeline, MAX_TMP_SIZE, parseDuration, parseSize } from '@strata/runner'
-import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit } from '@strata/runner'
+import { createRunner, loadPipeline, MAX_JOBS, MAX_TMP_SIZE, parseDuration, parseSize, renderDot, renderGraph } from '@strata/runner'
+import type { EnvDecl, ExecStep, InputLimits, RunnerEvent, RunnerInit, RunResult } from '@strata/runner'
 import type { Command, CommandContext } from '../context.ts'
 import { count, dataDirOf, parseCommandArgs, UsageError } from '../context.ts'
 import type { ArgValues } from '../context.ts'
@@ -11,6 +11,7 @@ import { connectDaemon } from '@strata/daemon/client'
 import { openStoreFor, WAIT_USAGE, waitFlag, waitTimeoutOf } from '../open.ts'
 import { sizeOption } from './gc.ts'
 import { reporter, seconds } from '../progress.ts'
+import { GRAPH_USAGE, graphArgv, graphFlag, graphFormat, graphStates } from './graph.ts'
 
 const jsonFlag = { json: { type: 'boolean', default: false } } as const
 /** Where records are written and read: flags, else STRATA_SCOPE / STRATA_READ_SCOPES / STRATA_EPOCH. */
@@ -63,13 +64,25 @@ export function trustOptions (values: ArgValues, env: NodeJS.ProcessEnv = proces
     const writers = Array.isArray(values['trusted-writer']) ? values['trusted-writer'].filter((x): x is string => typeof x === 'string') : []
     for (const w of writers) parseWriter(w)
     if (writers.length > 0) out.trustedPeers = writers
-    // A run queues behind another run for as long as that takes, unless told otherwise.
+    // A run waits for its turns with the store for as long as that takes, unless told otherwise.
     out.waitMs = waitTimeoutOf(values, Infinity)
   } catch (err) {
     if (err instanceof UsageError) throw err
     throw new UsageError((err as Error).message)
   }
   return out
+}
+
+/** How long a step that misses waits while another process or peer builds its key (RunOptions.claimWaitMs). */
+const claimFlags = { 'claim-wait': { type: 'string' } } as const
+const CLAIM_USAGE = '[--claim-wait DURATION]'
+
+export function claimOptions (values: ArgValues): { claimWaitMs?: number } {
+  const text = values['claim-wait']
+  if (typeof text !== 'string') return {}
+  const ms = parseDuration(text)
+  if (ms === undefined) throw new UsageError(`--claim-wait: ${JSON.stringify(text)} is not a duration (e.g. 0s, 90s, 10m, 1h30m)`)
+  return { claimWaitMs: ms }
 }
 
 /** `--tmp-size`, else STRATA_TMP_SIZE: what each step's /tmp may hold when strata.yml says nothing. */
@@ -119,7 +132,10 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
     await daemon.close()
     throw new EpochMismatchError(`epoch ${trust.epoch} differs from the daemon's (${daemon.epoch}); leave --epoch / STRATA_EPOCH unset to use the daemon's`)
   }
+  // Claims are trusted like records: signed by the same writer key.
+  daemon?.signClaimsWith(writerKey)
   const store = daemon ?? await openStoreFor(ctx, dir, { 'wait-timeout': undefined }, waitMs)
+  const reports = new Set<Promise<void>>()
   try {
     // With --json, stdout carries events only: step output goes to stderr.
     const output = json ? { stdout: ctx.stderr, stderr: ctx.stderr } : undefined
@@ -138,10 +154,15 @@ async function withRunner<T> (ctx: CommandContext, dir: string, json: boolean, o
     // The daemon counts hits by source and misses for its metrics.
     const observe = (e: RunnerEvent): void => {
       if (daemon === undefined || (e.type !== 'hit' && e.type !== 'miss')) return
-      daemon.report(e.type === 'hit' ? e.source : 'miss').catch((err: unknown) => ctx.logger.debug({ err }, 'could not report to the daemon'))
+      const sent: Promise<void> = daemon.report(e.type === 'hit' ? e.source : 'miss')
+        .catch((err: unknown) => ctx.logger.debug({ err }, 'could not report to the daemon'))
+        .finally(() => reports.delete(sent))
+      reports.add(sent)
     }
     return await fn(runner, observe)
   } finally {
+    // Closing the client drops requests in flight: the last step's report would be lost.
+    await Promise.allSettled([...reports])
     await store.close()
   }
 }
@@ -153,20 +174,55 @@ function notRoot (ctx: CommandContext, command: string): boolean {
   return true
 }
 
+/** `--jobs N` / `-j N`: steps run at once at most; absent, the runner's default (the number of CPUs). */
+function jobsOf (values: ArgValues): number | undefined {
+  const v = values.jobs
+  if (typeof v !== 'string') return undefined
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > MAX_JOBS) throw new UsageError(`--jobs: ${JSON.stringify(v)} is not a whole number of steps from 1 to ${MAX_JOBS}`)
+  return Number(v)
+}
+
+/** The run's last line: steps, hits, wall time, and with steps run at once, the critical path and the time that saved. */
+export function summary (result: Pick<RunResult, 'steps' | 'durationMs' | 'criticalPath' | 'stepsMs'>): string {
+  let text = `strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}`
+  const saved = result.stepsMs - result.durationMs
+  if (result.criticalPath.steps.length > 1 && saved >= 100) {
+    text += `; critical path ${result.criticalPath.steps.join(' → ')} (${seconds(result.criticalPath.durationMs)}), ${seconds(saved)} saved by running steps at once`
+  }
+  return text
+}
+
 export const run: Command = {
   name: 'run',
   summary: 'run the steps of strata.yml, mounting cached layers instead of re-running them',
-  usage: `strata run [-f strata.yml] [--data-dir D] [--no-cache] [--export DIR] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
+  usage: `strata run [-f strata.yml] [--data-dir D] [-j|--jobs N] [-k|--keep-going] [--no-cache] [--export DIR] ${GRAPH_USAGE} ${CLAIM_USAGE} ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json]`,
   async run (ctx) {
-    const { values } = parseCommandArgs(ctx, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' } }, 0)
-    if (notRoot(ctx, 'run')) return 1
+    const { values } = parseCommandArgs({ ...ctx, argv: graphArgv(ctx.argv) }, { ...jsonFlag, ...trustFlags, ...limitFlags, ...sandboxFlags, ...graphFlag, ...claimFlags, file: { type: 'string', short: 'f', default: 'strata.yml' }, 'no-cache': { type: 'boolean', default: false }, export: { type: 'string' }, jobs: { type: 'string', short: 'j' }, 'keep-going': { type: 'boolean', short: 'k', default: false } }, 0)
+    const graph = graphFormat(values)
+    // The graph runs nothing: like why, it needs no mounts.
+    if (graph === undefined && notRoot(ctx, 'run')) return 1
     const json = values.json === true
+    const jobs = jobsOf(values)
+    const claim = claimOptions(values)
     const pipeline = await loadPipeline(resolve(values.file as string), { signal: ctx.signal })
+    if (graph !== undefined) {
+      const states = await withRunner(ctx, dataDirOf(values), false, { ...trustOptions(values), ...inputLimitOptions(values) }, async (runner) => await graphStates(runner, pipeline, ctx.signal))
+      ctx.stdout.write(graph === 'dot' ? renderDot(pipeline, states) : renderGraph(pipeline, states))
+      return 0
+    }
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) =>
-        await runner.run(pipeline, { signal: ctx.signal, noCache: values['no-cache'] === true, ...(typeof values.export === 'string' ? { export: values.export } : {}), onEvent: both(reporter(ctx, json), observe) }))
-      if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs }) + '\n')
-      else ctx.stderr.write(`strata: ${count(result.steps.length, 'step')}, ${result.steps.filter((s) => s.status === 'hit').length} cached, in ${seconds(result.durationMs)}\n`)
+        await runner.run(pipeline, {
+          signal: ctx.signal,
+          noCache: values['no-cache'] === true,
+          keepGoing: values['keep-going'] === true,
+          ...claim,
+          ...(jobs !== undefined ? { jobs } : {}),
+          ...(typeof values.export === 'string' ? { export: values.export } : {}),
+          onEvent: both(reporter(ctx, json), observe)
+        }))
+      if (json) ctx.stdout.write(JSON.stringify({ type: 'done', steps: result.steps, env: result.env, durationMs: result.durationMs, criticalPath: result.criticalPath, stepsMs: result.stepsMs }) + '\n')
+      else ctx.stderr.write(summary(result) + '\n')
       return 0
     } catch (err) {
       const code = exitCodeOf(err)
@@ -179,13 +235,14 @@ export const run: Command = {
 export const exec: Command = {
   name: 'exec',
   summary: 'run one command as a cached step; prints its key last, to chain with --parent',
-  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json] -- CMD...`,
+  usage: `strata exec --name NAME [--input GLOB]... [--env NAME[=VALUE]]... [--parent KEY] [--cwd DIR] [--timeout DURATION] [--no-cache] [--data-dir D] ${CLAIM_USAGE} ${TRUST_USAGE} ${LIMIT_USAGE} ${SANDBOX_USAGE} [--json] -- CMD...`,
   async run (ctx) {
     const { values, positionals } = parseCommandArgs(ctx, {
       ...jsonFlag,
       ...trustFlags,
       ...limitFlags,
       ...sandboxFlags,
+      ...claimFlags,
       name: { type: 'string' },
       input: { type: 'string', multiple: true },
       env: { type: 'string', multiple: true },
@@ -218,6 +275,7 @@ export const exec: Command = {
       if (ms === undefined || ms <= 0) throw new UsageError(`--timeout: ${JSON.stringify(values.timeout)} is not a duration (e.g. 90s, 10m, 1h30m)`)
       step.timeoutMs = ms
     }
+    const claim = claimOptions(values)
     let started = false
     const onStart = (e: RunnerEvent): void => {
       if (e.type === 'start') started = true
@@ -225,7 +283,7 @@ export const exec: Command = {
     try {
       const result = await withRunner(ctx, dataDirOf(values), json, { ...trustOptions(values), ...inputLimitOptions(values), ...sandboxOptions(values) }, async (runner, observe) => {
         try {
-          return await runner.exec(step, { signal: ctx.signal, onEvent: both(both(reporter(ctx, json), observe), onStart) })
+          return await runner.exec(step, { signal: ctx.signal, ...claim, onEvent: both(both(reporter(ctx, json), observe), onStart) })
         } catch (err) {
           // The runner refuses its arguments (a step or variable name) with a TypeError before the step starts.
           if (err instanceof TypeError && !started) throw new UsageError(err.message, { cause: err })
