@@ -63,7 +63,7 @@ for (const [kind, fs] of [['tmpfs', { tmpfs: 'size=24m' }], ['ext4', { ext4: 32 
     ].join('\n'))
     const r = strata(['run', '--data-dir', data], dir)
     assert.equal(r.status, 0, r.stderr)
-    assert.match(r.stderr, /^fill: MISS → ran in [\d.]+s, not cached: .*No space left on device/m)
+    assert.match(r.stderr, /^fill: MISS → ran in [\d.]+s, not cached: .*no space left on device/im)
     assert.equal(caching(r.stderr).length, 1, r.stderr)
     assert.match(caching(r.stderr)[0]!, /^strata: caching is off for the rest of this run: the filesystem of .*\/data is full$/)
     assert.match(r.stderr, /^after: MISS → ran in [\d.]+s, not cached$/m)

@@ -56,12 +56,12 @@ test('strata run --graph prints each step with what it uses and whether it would
     ['system', 'would hit'], ['node-deps', 'would hit'], ['py-deps', 'would hit'], ['test', 'would hit']
   ])
 
-  // A branch's input changes: that branch and the join would run, the rest would hit.
+  // A branch's input changes: that branch would run, and the join hits only if it makes the same layer again.
   writeFileSync(join(dir, 'py.txt'), 'two\n')
   const changed = strata(['run', '--graph', '--data-dir', data], dir)
   assert.equal(changed.status, 0, changed.stderr)
   assert.deepEqual(changed.stdout.trim().split('\n').map((l) => /^(\S+) .*\[(.*)\]$/.exec(l)?.slice(1)), [
-    ['system', 'would hit'], ['node-deps', 'would hit'], ['py-deps', 'would run'], ['test', 'would run']
+    ['system', 'would hit'], ['node-deps', 'would hit'], ['py-deps', 'would run'], ['test', 'would hit if the steps below make the same layers']
   ])
 })
 

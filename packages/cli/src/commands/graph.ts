@@ -26,7 +26,8 @@ export function graphFormat (values: ArgValues): 'text' | 'dot' | undefined {
 
 /**
  * Each step's state as `strata why` decides it: `would hit` when a record and layer for
- * its key are here now, else `would run`. One why() per step that no earlier report
+ * its key are here now (`… if the steps below make the same layers` when a step below
+ * would run first), else `would run`. One why() per step that no earlier report
  * covered, sinks first: a report covers the steps below its step too.
  */
 export async function graphStates (runner: Pick<Runner, 'why'>, pipeline: Pipeline, signal: AbortSignal): Promise<Map<string, string>> {
@@ -41,6 +42,7 @@ export async function graphStates (runner: Pick<Runner, 'why'>, pipeline: Pipeli
 }
 
 function stateOf (s: WhyStep, cache: boolean): string {
-  if (s.hit) return 'would hit'
+  // Keys name the layers below: a step above one that runs hits only if that one makes the same layer again.
+  if (s.hit) return s.approximate ? 'would hit if the steps below make the same layers' : 'would hit'
   return cache ? 'would run' : 'would run (cache: false)'
 }
