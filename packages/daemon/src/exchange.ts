@@ -6,6 +6,8 @@ import { Bans } from './bans.ts'
 import { BlockServer } from './server.ts'
 import { PeerBlockSource } from './source.ts'
 
+import type { Refill } from './source.ts'
+
 export { PeerBlockSource } from './source.ts'
 
 /** What the block exchange needs from the libp2p node. */
@@ -172,7 +174,7 @@ export class BlockExchange {
   }
 
   /** A BlockSource that spreads wants over `providers`, verifying every block. */
-  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId } = {}): PeerBlockSource {
+  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId, refill?: Refill } = {}): PeerBlockSource {
     const source: PeerBlockSource = new PeerBlockSource({
       init: this.init,
       counters: this.counters,
