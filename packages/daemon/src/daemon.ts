@@ -29,6 +29,7 @@ import type { Scrubber } from './scrub.ts'
 import type { StrataNode } from './node.ts'
 import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
+import { OffHeapPacer } from './scavenge.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { RecordService } from './record-service.ts'
 import { RecordSync, slotOf } from './record-sync.ts'
@@ -86,6 +87,8 @@ export class Daemon {
   #announcing: Promise<void> = Promise.resolve()
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
+  /** Collects the garbage buffers that V8's own triggers leave to pile up outside its heap. */
+  readonly #offHeap = new OffHeapPacer()
   #started = false
   #control: Server | undefined
   #metricsServer: Server | undefined
@@ -216,6 +219,7 @@ export class Daemon {
       throw err instanceof DaemonConfigError ? err : new DaemonConfigError(`cannot listen: ${(err as Error).message}`, { cause: err })
     }
     this.#discovery.start()
+    this.#offHeap.start()
     this.budget?.start()
     this.budget?.check()
     this.scrub.start()
@@ -228,6 +232,7 @@ export class Daemon {
     this.#started = false
     this.#stopping.abort(new Error('daemon stopping'))
     await this.#discovery.stop()
+    this.#offHeap.stop()
     await this.budget?.stop()
     await this.scrub.stop()
     await this.scrub.stop()
