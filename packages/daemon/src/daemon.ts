@@ -108,6 +108,7 @@ export class Daemon {
       dial: async (addr, o) => await node.dial(addr, o),
       connected: (peer) => node.getPeers().some((p) => p.toString() === peer),
       ownAddresses: () => node.getMultiaddrs(),
+      peerCount: () => node.getPeers().length,
       logger: log
     }, { bootstrap: config.bootstrap, intervalMs: config.bootstrapIntervalMs, ...(config.dnsServer !== undefined ? { dnsServer: config.dnsServer } : {}) })
     this.#search = { peerId: node.peerId, contentRouting: node.contentRouting, peerStore: node.peerStore, logger: log }
