@@ -49,11 +49,20 @@ export class BoundedDhtStore extends MemoryDatastore {
     return { records: this.#providers.size, peers: this.#byPeer.size }
   }
 
+  /**
+   * Stores a copy of `val` in memory of its own. A provider record's value is a few
+   * bytes (a time), made as a view into a buffer shared with other allocations (64 KiB
+   * of them in a daemon's heap snapshot): kept for the record's 48 h, each pinned the
+   * whole buffer, and a daemon's memory outside the V8 heap grew with every CID
+   * provided in the fleet.
+   */
   override put (key: Key, val: Uint8Array, options?: AbortOptions): ReturnType<MemoryDatastore['put']> {
     const k = key.toString()
     if (k.startsWith(this.#providerPrefix)) this.#admitProvider(k)
     else if (k.startsWith(this.#recordPrefix)) this.#admitRecord(k)
-    return super.put(key, val, options)
+    const own = new Uint8Array(val.byteLength)
+    own.set(val)
+    return super.put(key, own, options)
   }
 
   override delete (key: Key, options?: AbortOptions): ReturnType<MemoryDatastore['delete']> {

@@ -205,4 +205,19 @@ test('DHT provider records: a peer announcing without end keeps only its newest,
   const key = (c: CID): string => base32.baseEncode(c.multihash.bytes)
   assert.ok(held.has(key(second.at(-1)!)), 'the newest record is kept')
   assert.ok(!held.has(key(first[0]!)), 'the flooder\'s oldest record is gone')
+  // Each value owns its memory: a few bytes of a shared buffer kept the whole buffer for 48 h.
+  for await (const { value } of store.query({ prefix: '/dht-strata/provider/' })) assert.equal(value.buffer.byteLength, value.byteLength)
+})
+
+test('the DHT store keeps a copy of each value, never a view into a larger buffer', async () => {
+  const { BoundedDhtStore } = await import('../src/dht-store.ts')
+  const { Key } = await import('interface-datastore')
+  const store = new BoundedDhtStore('/dht-strata')
+  const shared = new Uint8Array(64 * 1024).fill(7)
+  for (const k of ['/dht-strata/provider/m/p', '/dht-strata/record/r', '/peers/x']) {
+    await store.put(new Key(k), shared.subarray(100, 106))
+    const got = await store.get(new Key(k))
+    assert.deepEqual(got, new Uint8Array(6).fill(7))
+    assert.equal(got.buffer.byteLength, 6, `${k} holds the 64 KiB buffer it was cut from`)
+  }
 })
