@@ -281,15 +281,17 @@ function ipIn (ns: string, args: string[]): void {
 }
 
 /** RSS (bytes), CPU time (seconds) and open fds of a process, from /proc; undefined when it is gone. */
-export function procStats (pid: number): { rss: number, cpuS: number, fds: number } | undefined {
+export function procStats (pid: number): { rss: number, rssAnon: number, rssFile: number, cpuS: number, fds: number } | undefined {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8')
-    const rss = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024
+    const kb = (field: string): number => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0) * 1024
+    const rss = kb('VmRSS')
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     const ticks = Number(f[11]) + Number(f[12])
     const fds = readdirSync(`/proc/${pid}/fd`).length
-    return { rss, cpuS: ticks / 100, fds }
+    // Anonymous memory (malloc, V8) against pages of mapped files (shared, reclaimable).
+    return { rss, rssAnon: kb('RssAnon'), rssFile: kb('RssFile') + kb('RssShmem'), cpuS: ticks / 100, fds }
   } catch {
     return undefined
   }

@@ -4,7 +4,7 @@
 // time until a new layer has its `replicas` copies. Optionally churn and a partition.
 //
 //   node scripts/fleet.ts [--daemons 32] [--records 8] [--late 2] [--replicas 2] [--idle-s 30]
-//                         [--churn] [--partition] [--json FILE] [--logs DIR]
+//                         [--churn] [--partition] [--json FILE] [--logs DIR] [--log-level debug]
 //
 // Needs root and iproute2. Everything (namespaces, daemons, data dirs) is removed on
 // exit, on failure and on SIGINT/SIGTERM.
@@ -31,7 +31,8 @@ const { values: opts } = parseArgs({
     churn: { type: 'boolean', default: false },
     partition: { type: 'boolean', default: false },
     json: { type: 'string' },
-    logs: { type: 'string' }
+    logs: { type: 'string' },
+    'log-level': { type: 'string', default: 'info' }
   }
 })
 const N = Number(opts.daemons)
@@ -47,7 +48,7 @@ if (N < 3) throw new TypeError('--daemons must be at least 3')
 const SEEDS = [0, 1]
 const work = mkdtempSync('/var/tmp/strata-fleet-bench-')
 process.on('exit', () => rmSync(work, { recursive: true, force: true }))
-const fleet = await Fleet.create({ hosts: N + LATE, workDir: join(work, 'fleet'), daemonArgs: ['--replicas', String(REPLICAS)] })
+const fleet = await Fleet.create({ hosts: N + LATE, workDir: join(work, 'fleet'), daemonArgs: ['--replicas', String(REPLICAS)], logLevel: opts['log-level'] })
 const t0 = Date.now()
 const log = (msg: string): void => { console.error(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${msg}`) }
 const results: Record<string, unknown> = { daemons: N, records: RECORDS, late: LATE, replicas: REPLICAS, loadStart: loadavg() }

@@ -20,6 +20,7 @@ import { Discovery } from './discovery.ts'
 import { DaemonConfigError } from './errors.ts'
 import { BlockExchange } from './exchange.ts'
 import { GcBudget } from './gc.ts'
+import { HasLayer } from './has-layer.ts'
 import { LayerFetch } from './layer-fetch.ts'
 import type { FetchOptions, FetchResult } from './layer-fetch.ts'
 import { HitLog, processStats } from './fleet-view.ts'
@@ -30,6 +31,7 @@ import type { Scrubber } from './scrub.ts'
 import type { StrataNode } from './node.ts'
 import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
+import { OffHeapPacer } from './scavenge.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { RecordService } from './record-service.ts'
 import { RecordSync, slotOf } from './record-sync.ts'
@@ -77,6 +79,7 @@ export class Daemon {
   /** Hits and misses the runner reported, for the fleet view. */
   readonly hits = new HitLog()
   readonly #sync: RecordSync
+  readonly #hasLayer: HasLayer
   readonly #config: DaemonConfig
   readonly #log: Logger
   readonly #ownsStore: boolean
@@ -92,6 +95,8 @@ export class Daemon {
   #announcing: Promise<void> = Promise.resolve()
   readonly #tasks = new Set<Promise<unknown>>()
   readonly #stopping = new AbortController()
+  /** Collects the garbage buffers that V8's own triggers leave to pile up outside its heap. */
+  readonly #offHeap = new OffHeapPacer()
   #started = false
   #control: Server | undefined
   #metricsServer: Server | undefined
@@ -111,6 +116,7 @@ export class Daemon {
       dial: async (addr, o) => await node.dial(addr, o),
       connected: (peer) => node.getPeers().some((p) => p.toString() === peer),
       ownAddresses: () => node.getMultiaddrs(),
+      peerCount: () => node.getPeers().length,
       logger: log
     }, { bootstrap: config.bootstrap, intervalMs: config.bootstrapIntervalMs, ...(config.dnsServer !== undefined ? { dnsServer: config.dnsServer } : {}) })
     this.#search = { peerId: node.peerId, contentRouting: node.contentRouting, peerStore: node.peerStore, logger: log }
@@ -185,6 +191,12 @@ export class Daemon {
       stopping: this.#stopping.signal,
       logger: log
     }, { records: config.recentRecords })
+    this.#hasLayer = new HasLayer({
+      handle: async (protocol, handler, o) => { await node.handle(protocol, handler, o) },
+      dialProtocol: async (peer, protocol, o) => await node.dialProtocol(peer, protocol, o),
+      holds: async (root) => (await store.getLayer(root)) !== undefined,
+      logger: log
+    })
   }
 
   /** Whether the store holds a trusted record for `key` in one of `scopes`. */
@@ -225,6 +237,7 @@ export class Daemon {
     await this.#records.start()
     await this.#sync.start()
     await this.claims.start()
+    await this.#hasLayer.start()
     this.node.addEventListener('peer:connect', (evt) => { this.#sync.connected(evt.detail) })
     const pubsub = this.node.services.pubsub
     pubsub.addEventListener('message', (evt) => {
@@ -253,6 +266,7 @@ export class Daemon {
       throw err instanceof DaemonConfigError ? err : new DaemonConfigError(`cannot listen: ${(err as Error).message}`, { cause: err })
     }
     this.#discovery.start()
+    this.#offHeap.start()
     this.budget?.start()
     this.budget?.check()
     this.scrub.start()
@@ -266,8 +280,8 @@ export class Daemon {
     this.#stopping.abort(new Error('daemon stopping'))
     this.claims.stop()
     await this.#discovery.stop()
+    this.#offHeap.stop()
     await this.budget?.stop()
-    await this.scrub.stop()
     await this.scrub.stop()
     for (const server of [this.#control, this.#metricsServer]) {
       if (server === undefined) continue
@@ -434,30 +448,23 @@ export class Daemon {
   }
 
   /**
-   * Peers the DHT knows to hold `root` and that answer (connected, or dialled within
-   * 2 s), this node included when it does. A provider record outlives its peer by
-   * hours: counting a dead one would tell GC a last copy is not the last.
+   * Peers the DHT knows to hold `root` that say they hold it (asked within 2 s,
+   * `/strata/has/1.0.0`), this node included when it does. A provider record
+   * outlives its peer by hours, and a live peer whose fetch failed, or that removed
+   * the layer, leaves its record behind: counting either would tell GC a last copy is
+   * not the last. A peer that cannot be asked (gone, or a daemon without the probe)
+   * is not counted.
    */
   async copies (root: CID, opts: { signal?: AbortSignal } = {}): Promise<number> {
     let n = (await this.store.has(root)) ? 1 : 0
-    const checks: Array<Promise<boolean>> = []
+    const checks: Array<Promise<boolean | undefined>> = []
     try {
-      for await (const peer of this.#providers(root, { signal: opts.signal, timeoutMs: Math.min(this.#config.providerTimeoutMs, 2000), what: 'copies' })) checks.push(this.#alive(peer, opts.signal))
+      for await (const peer of this.#providers(root, { signal: opts.signal, timeoutMs: Math.min(this.#config.providerTimeoutMs, 2000), what: 'copies' })) checks.push(this.#hasLayer.ask(peer, root, this.#signal(opts.signal, 2000)))
     } catch {
       // The caller's signal fired: the count so far is what the fleet is known to hold.
     }
-    for (const alive of await Promise.all(checks)) if (alive) n++
+    for (const holds of await Promise.all(checks)) if (holds === true) n++
     return n
-  }
-
-  async #alive (peer: PeerId, signal?: AbortSignal): Promise<boolean> {
-    if (this.node.getConnections(peer).length > 0) return true
-    try {
-      await this.node.dial(peer, { signal: this.#signal(signal, 2000) })
-      return true
-    } catch {
-      return false
-    }
   }
 
   /** One collection of the store; a layer's copies are what the DHT knows (1: this is the last one). */

@@ -13,6 +13,8 @@ export const MAX_DNSADDR_DEPTH = 4
 const DIAL_CONCURRENCY = 8
 const DIAL_TIMEOUT_MS = 5000
 const DNS_TIMEOUT_MS = 2000
+/** A node with no peer dials again this soon, doubling up to the interval. */
+const ALONE_RETRY_MS = 1000
 
 const HOST_PROTOCOLS = new Set(['ip4', 'ip6', 'dns', 'dns4', 'dns6', 'dnsaddr'])
 
@@ -53,6 +55,8 @@ export interface DiscoveryComponents {
   connected: (peer: string) => boolean
   /** The node's own addresses, never dialled. */
   ownAddresses: () => Multiaddr[]
+  /** Peers the node is connected to now; a node with none retries sooner than the interval. */
+  peerCount?: () => number
   logger: Logger
 }
 
@@ -63,6 +67,8 @@ export interface DiscoveryInit {
   intervalMs: number
   /** DNS server (`IP` or `IP:PORT`) for DNS names; default the system's resolver. */
   dnsServer?: string
+  /** Longest wait for one dial (default 5 000 ms); a dial still pending past it no longer holds the round. */
+  dialTimeoutMs?: number
 }
 
 type Resolved = { addrs: Multiaddr[], error?: string }
@@ -85,6 +91,13 @@ export class Discovery {
   #stop: AbortController | undefined
   #timer: NodeJS.Timeout | undefined
   #round: Promise<void> | undefined
+  /** Wait before the next round while the node has no peer (doubling), and whether the node was alone after the last round. */
+  #aloneRetryMs = ALONE_RETRY_MS
+  #alone = false
+  /** Why each dial of the last round failed, for the warning of a node left alone. */
+  readonly #dialErrors = new Map<string, string>()
+  /** Rounds made (tests and logs). */
+  rounds = 0
 
   constructor (components: DiscoveryComponents, init: DiscoveryInit) {
     this.#c = components
@@ -114,13 +127,33 @@ export class Discovery {
     this.#timer = setTimeout(() => {
       this.#round = this.round(stop.signal).catch((err: unknown) => this.#log.warn({ err }, 'discovery round failed')).finally(() => {
         this.#round = undefined
-        if (this.#init.intervalMs > 0 && !stop.signal.aborted) this.#schedule(this.#init.intervalMs)
+        if (stop.signal.aborted) return
+        const alone = (this.#c.peerCount?.() ?? 1) === 0
+        this.#noteAlone(alone)
+        // A node without a peer (its bootstrap peers not up yet, or all gone) tries
+        // again within seconds rather than a whole interval, backing off to it.
+        if (alone && this.#init.intervalMs > 0) {
+          this.#schedule(Math.min(this.#aloneRetryMs, this.#init.intervalMs))
+          this.#aloneRetryMs *= 2
+          return
+        }
+        this.#aloneRetryMs = ALONE_RETRY_MS
+        if (this.#init.intervalMs > 0) this.#schedule(this.#init.intervalMs)
       })
     }, ms)
   }
 
+  /** A node left without any peer says so once, with why each bootstrap dial failed; and once when it has peers again. */
+  #noteAlone (alone: boolean): void {
+    if (alone && !this.#alone) this.#log.warn({ event: 'bootstrap-alone', rounds: this.rounds, failures: Object.fromEntries(this.#dialErrors) }, 'no peer after a bootstrap round')
+    else if (!alone && this.#alone) this.#log.info({ event: 'bootstrap-joined', rounds: this.rounds, peers: this.#c.peerCount?.() }, 'peers again after bootstrap rounds')
+    this.#alone = alone
+  }
+
   /** One round: resolve every entry, dial each address not connected yet. */
   async round (signal: AbortSignal): Promise<void> {
+    this.rounds++
+    this.#dialErrors.clear()
     const own = new Set(this.#c.ownAddresses().map(key))
     const targets = new Map<string, Multiaddr>()
     for (const entry of this.#init.bootstrap) {
@@ -145,14 +178,23 @@ export class Discovery {
     const known = named ?? this.#learned.get(k)
     if (known === this.#c.peerId.toString()) return
     if (known !== undefined && this.#c.connected(known)) return
+    const ms = this.#init.dialTimeoutMs ?? DIAL_TIMEOUT_MS
+    const timeout = AbortSignal.timeout(ms)
+    // A dial that does not settle when its signal fires must not hold the round, and
+    // with it every later round: the node would never dial its bootstrap list again.
+    let timer: NodeJS.Timeout | undefined
+    const overdue = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`dial still pending ${ms + 1000} ms after it started`)) }, ms + 1000) })
     try {
-      const conn = await this.#c.dial(addr, { signal: AbortSignal.any([signal, AbortSignal.timeout(DIAL_TIMEOUT_MS)]) })
+      const conn = await Promise.race([this.#c.dial(addr, { signal: AbortSignal.any([signal, timeout]) }), overdue])
       if (named === undefined) this.#learned.set(k, conn.remotePeer.toString())
       this.#log.debug({ address: addr.toString(), peer: conn.remotePeer.toString() }, 'bootstrap peer connected')
     } catch (err) {
       // A VM replaced on the same address has another identity: learn it anew.
       this.#learned.delete(k)
+      if (this.#dialErrors.size < MAX_RESOLVED_ADDRESSES) this.#dialErrors.set(addr.toString(), (err as Error).message)
       this.#log.debug({ err, address: addr.toString() }, 'bootstrap dial failed')
+    } finally {
+      clearTimeout(timer)
     }
   }
 

@@ -6,6 +6,8 @@ import { Bans } from './bans.ts'
 import { BlockServer } from './server.ts'
 import { PeerBlockSource } from './source.ts'
 
+import type { Refill } from './source.ts'
+
 export { PeerBlockSource } from './source.ts'
 
 /** What the block exchange needs from the libp2p node. */
@@ -39,6 +41,8 @@ export interface ExchangeInit {
   maxAttempts?: number
   /** Bytes of recently fetched blocks kept to serve peers fetching the same layer. Default 64 MiB. */
   landedBytes?: number
+  /** How long a landed block is kept for peers fetching the same layer. Default 30 000 ms. */
+  landedMs?: number
   /** How long a peer's want waits for a block this node is fetching at that moment. Default 3 000 ms. */
   landingWaitMs?: number
   /** Block bytes a second served to one peer, over all its streams. Default 256 MiB/s (above what one Noise connection carries). */
@@ -102,6 +106,7 @@ export class BlockExchange {
       banMs: init.banMs ?? 10 * 60_000,
       maxAttempts: init.maxAttempts ?? 6,
       landedBytes: init.landedBytes ?? 64 * 1024 * 1024,
+      landedMs: init.landedMs ?? 30_000,
       landingWaitMs: init.landingWaitMs ?? 3000,
       servePeerBytesPerSecond: init.servePeerBytesPerSecond ?? 256 * 1024 * 1024,
       servePeerBurstBytes: init.servePeerBurstBytes ?? 8 * 1024 * 1024,
@@ -143,6 +148,7 @@ export class BlockExchange {
     if (!this.#started) return
     this.#started = false
     for (const protocol of this.protocols) await this.#c.registrar.unhandle(protocol)
+    this.#server.clearLanded()
   }
 
   isBanned (peer: PeerId | string): boolean {
@@ -157,13 +163,18 @@ export class BlockExchange {
     return this.#bans.list()
   }
 
-  /** Keeps a verified block for peers fetching the same layer (bounded, oldest dropped first). */
+  /** Keeps a verified block for peers fetching the same layer (bounded in bytes and time, oldest dropped first). */
   landed (key: string, bytes: Uint8Array): void {
     this.#server.landed(key, bytes)
   }
 
+  /** Blocks kept for peers fetching the same layer, and their bytes. */
+  get landedStats (): { blocks: number, bytes: number } {
+    return this.#server.landedStats
+  }
+
   /** A BlockSource that spreads wants over `providers`, verifying every block. */
-  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId } = {}): PeerBlockSource {
+  source (providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId, refill?: Refill } = {}): PeerBlockSource {
     const source: PeerBlockSource = new PeerBlockSource({
       init: this.init,
       counters: this.counters,

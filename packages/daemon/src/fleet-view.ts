@@ -6,7 +6,7 @@ export type HitSource = 'local' | 'peer' | 'miss'
 export interface RecentHit { source: HitSource, at: number }
 
 /** What `strata status` shows of this process: memory and descriptors, for soaks and leak hunts. */
-export interface ProcessStats { rss: number, heapUsed: number, heapTotal: number, external: number, fds: number, uptimeS: number }
+export interface ProcessStats { rss: number, heapUsed: number, heapTotal: number, external: number, arrayBuffers: number, fds: number, uptimeS: number }
 
 /** Hits and misses remembered for the fleet view: the last RECENT_HITS only, and totals. */
 export const RECENT_HITS = 64
@@ -34,5 +34,5 @@ export function processStats (): ProcessStats {
   } catch {
     // Not Linux: unknown.
   }
-  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, fds, uptimeS: Math.round(process.uptime()) }
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers, fds, uptimeS: Math.round(process.uptime()) }
 }

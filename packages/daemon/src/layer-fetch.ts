@@ -95,7 +95,7 @@ export class LayerFetch {
     if (have !== undefined) return { layer: have, providers: 0, bytes: 0, durationMs: performance.now() - t0 }
     const providers = await this.#findProviders(root, opts)
     if (providers.length === 0) throw new NoProvidersError(root.toString())
-    const source = this.#c.exchange.source(providers, { self: this.#c.peerId })
+    const source = this.#c.exchange.source(providers, { self: this.#c.peerId, refill: async (known, signal) => await this.#moreProviders(root, known, signal) })
     const key = root.toString()
     this.#fetching.set(key, source)
     // Peers fetching the same layer split it and serve each other what has landed:
@@ -132,7 +132,8 @@ export class LayerFetch {
       providers.push(p)
       return true
     }
-    for (const h of opts.hints ?? []) add(h)
+    for (const h of opts.hints ?? []) if (providers.length < this.#init.maxProviders) add(h)
+    if (providers.length >= this.#init.maxProviders) return providers
     const search = this.#c.providers(root, { signal: opts.signal, what: 'layer' })
     if (providers.length > 0) search.settle()
     for await (const p of search) {
@@ -141,6 +142,27 @@ export class LayerFetch {
       if (providers.length >= this.#init.maxProviders) break
     }
     return providers
+  }
+
+  /**
+   * Providers of `root` that a running fetch does not know, for when those it has gave
+   * out: the whole search (no grace after the first), since the first the DHT lists
+   * again may be dead too.
+   */
+  async #moreProviders (root: CID, known: ReadonlySet<string>, signal: AbortSignal): Promise<PeerId[]> {
+    const found: PeerId[] = []
+    const room = MAX_FETCH_PROVIDERS - known.size
+    if (room <= 0) return found
+    try {
+      for await (const p of this.#c.providers(root, { signal, what: 'layer-refill' })) {
+        if (known.has(p.toString()) || this.#c.exchange.isBanned(p)) continue
+        found.push(p)
+        if (found.length >= room) break
+      }
+    } catch {
+      // The fetch ended: nothing more is wanted.
+    }
+    return found
   }
 
   #announce (root: CID): void {

@@ -16,6 +16,7 @@ import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { IDENTITY_FILE, IdentityError, loadIdentity } from '@strata/records'
+import { BoundedDhtStore, MAX_DHT_RECORDS, MAX_PROVIDER_RECORDS, MAX_PROVIDER_RECORDS_PER_PEER } from './dht-store.ts'
 import { ListenError } from './errors.ts'
 import { noiseCrypto } from './noise-crypto.ts'
 
@@ -51,8 +52,22 @@ export const NODE_LIMITS = {
   /** Largest gossipsub RPC frame accepted: a few records (each at most 256 KiB). */
   gossipMessageBytes: 1024 * 1024,
   /** Gossipsub streams per connection, each way. */
-  gossipStreams: 4
+  gossipStreams: 4,
+  /** DHT provider records kept in all, and per providing peer (`BoundedDhtStore`). */
+  dhtProviderRecords: MAX_PROVIDER_RECORDS,
+  dhtProviderRecordsPerPeer: MAX_PROVIDER_RECORDS_PER_PEER,
+  /** Other DHT records (PUT_VALUE) kept. */
+  dhtRecords: MAX_DHT_RECORDS
 } as const
+
+/** kad-dht's datastore prefix: a strata fleet's DHT keeps its records under it. */
+const DHT_DATASTORE_PREFIX = '/dht-strata'
+const dhtStores = new WeakMap<StrataNode, BoundedDhtStore>()
+
+/** The bounded store of a node's DHT records (its counters and sizes, for status and tests). */
+export function dhtStoreOf (node: StrataNode): BoundedDhtStore | undefined {
+  return dhtStores.get(node)
+}
 
 export type NodeLimits = { -readonly [K in keyof typeof NODE_LIMITS]: number }
 
@@ -120,9 +135,11 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
   const self: { node?: StrataNode } = {}
   const limits: NodeLimits = { ...NODE_LIMITS, ...init.limits }
   const tooMany = (p: PeerId): boolean => (self.node?.getConnections(p).length ?? 0) >= limits.connectionsPerPeer
+  const datastore = new BoundedDhtStore(DHT_DATASTORE_PREFIX, { providers: limits.dhtProviderRecords, providersPerPeer: limits.dhtProviderRecordsPerPeer, records: limits.dhtRecords })
   const node: StrataNode = await createLibp2p({
     start: false,
     privateKey: init.privateKey,
+    datastore,
     addresses: { listen: init.listen },
     transports: [tcpRememberingFailures(listenFailures)],
     connectionEncrypters: [noise({ crypto: noiseCrypto })],
@@ -157,7 +174,7 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
         peerInfoMapper: removePublicAddressesMapper,
         clientMode: false,
         logPrefix: 'libp2p:dht-strata',
-        datastorePrefix: '/dht-strata',
+        datastorePrefix: DHT_DATASTORE_PREFIX,
         maxInboundStreams: limits.dhtInboundStreams,
         maxOutboundStreams: limits.dhtOutboundStreams
       }),
@@ -171,6 +188,7 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
     }
   })
   self.node = node
+  dhtStores.set(node, datastore)
   // A start that fails to listen throws the first address that failed, with its reason.
   const start = node.start.bind(node)
   node.start = async () => {

@@ -44,9 +44,10 @@ export class BlockServer {
   /** Block streams each peer has open with us, over all its connections. */
   readonly #streams = new Map<string, number>()
   readonly #rate: RateLimiter
-  /** Blocks fetched lately, newest last: a layer still being fetched serves what has landed. */
-  readonly #landed = new Map<string, Uint8Array>()
+  /** Blocks fetched lately with when they landed, oldest first: a layer still being fetched serves what has landed. */
+  readonly #landed = new Map<string, { bytes: Uint8Array, at: number }>()
   #landedSize = 0
+  #sweep: NodeJS.Timeout | undefined
 
   constructor (components: BlockServerComponents, init: Required<ExchangeInit>) {
     this.#c = components
@@ -55,16 +56,47 @@ export class BlockServer {
     this.#rate = new RateLimiter(init.servePeerBytesPerSecond, Math.max(init.servePeerBurstBytes, MAX_MESSAGE_SIZE))
   }
 
-  /** Keeps a verified block for peers fetching the same layer (bounded, oldest dropped first). */
+  /**
+   * Keeps a verified block for peers fetching the same layer, bounded in bytes and in
+   * time: peers sharing a fetch ask for a block within seconds of its landing, and once
+   * the fetch is over the store has it (or nobody wants it). Without the time bound a
+   * daemon kept its last `landedBytes` of fetched blocks for good, its RSS growing with
+   * every layer fetched until the window was full.
+   */
   landed (key: string, bytes: Uint8Array): void {
     if (this.#init.landedBytes <= 0 || this.#landed.has(key)) return
-    this.#landed.set(key, bytes)
+    this.#landed.set(key, { bytes, at: performance.now() })
     this.#landedSize += bytes.length
-    while (this.#landedSize > this.#init.landedBytes) {
-      const [k, v] = this.#landed.entries().next().value!
-      this.#landed.delete(k)
-      this.#landedSize -= v.length
-    }
+    while (this.#landedSize > this.#init.landedBytes) this.#dropOldest()
+    this.#sweep ??= setTimeout(() => { this.#expire() }, this.#init.landedMs).unref()
+  }
+
+  /** Blocks held to serve peers fetching the same layer, and their bytes. */
+  get landedStats (): { blocks: number, bytes: number } {
+    return { blocks: this.#landed.size, bytes: this.#landedSize }
+  }
+
+  /** Drops what landed more than `landedMs` ago; comes back when the next one is due. */
+  #expire (): void {
+    this.#sweep = undefined
+    const due = performance.now() - this.#init.landedMs
+    for (let head = this.#landed.values().next().value; head !== undefined && head.at <= due; head = this.#landed.values().next().value) this.#dropOldest()
+    const head = this.#landed.values().next().value
+    if (head !== undefined) this.#sweep = setTimeout(() => { this.#expire() }, Math.max(1, head.at + this.#init.landedMs - performance.now())).unref()
+  }
+
+  #dropOldest (): void {
+    const [k, v] = this.#landed.entries().next().value!
+    this.#landed.delete(k)
+    this.#landedSize -= v.bytes.length
+  }
+
+  /** Forgets every landed block (the exchange stops). */
+  clearLanded (): void {
+    clearTimeout(this.#sweep)
+    this.#sweep = undefined
+    this.#landed.clear()
+    this.#landedSize = 0
   }
 
   /**
@@ -186,7 +218,7 @@ export class BlockServer {
   async #lookup (cid: CID, peer: string): Promise<Uint8Array | undefined> {
     const key = cid.toString()
     const landed = this.#landed.get(key)
-    if (landed !== undefined) return landed
+    if (landed !== undefined) return landed.bytes
     try {
       return await this.#c.store.getBlock(cid)
     } catch (err) {

@@ -25,6 +25,15 @@ export interface SourceComponents {
   logger: Logger
 }
 
+/** Searches for more providers one fetch may make once those it has cannot give a block. */
+export const MAX_REFILLS = 3
+
+/**
+ * More providers of the layer, none of `known` (peer ids, those this fetch has
+ * asked or holds as dropped); [] when the search finds none or `signal` fires.
+ */
+export type Refill = (known: ReadonlySet<string>, signal: AbortSignal) => Promise<PeerId[]>
+
 /**
  * Fetches blocks for one restore from a changing set of providers. Each provider
  * gets up to `streamsPerProvider` long-lived streams; wants go to the least-loaded
@@ -39,6 +48,12 @@ export interface SourceComponents {
  * owner, whose server waits a moment for the block to land. So each block crosses
  * the producer's link about once however many peers fetch it, and a DONT_HAVE from
  * the owner just sends the block to the full providers.
+ *
+ * The providers a fetch starts with are those the DHT gave first; after churn they
+ * may all be dead while the DHT lists live holders further on. A block that no
+ * provider is left to ask waits for a new search (`refill`, at most MAX_REFILLS per
+ * fetch, each excluding every provider the fetch knows) and fails only when it
+ * finds none.
  */
 export class PeerBlockSource implements BlockSource {
   /** Every block is checked against its CID in its session, before it is handed out, written or counted. */
@@ -58,12 +73,18 @@ export class PeerBlockSource implements BlockSource {
   /** Bumped when the set of peers sharing the fetch changes: owners are worked out again. */
   #sharing = 0
   readonly #host: SessionHost
+  readonly #refill: Refill | undefined
+  /** Searches made; whether one is running; whether the last found no one new. */
+  #refills = 0
+  #refilling = false
+  #exhausted = false
 
-  constructor (components: SourceComponents, providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId, onClose: () => void }) {
+  constructor (components: SourceComponents, providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId, onClose: () => void, refill?: Refill }) {
     this.#c = components
     this.#onBlock = opts.onBlock
     this.#self = opts.self?.toString() ?? ''
     this.#onClose = opts.onClose
+    this.#refill = opts.refill
     this.#host = this.#sessionHost()
     for (const p of providers) this.#add(p)
   }
@@ -100,6 +121,11 @@ export class PeerBlockSource implements BlockSource {
   /** Peers this fetch still asks. */
   get providers (): PeerId[] {
     return [...this.#providers.values()].filter((p) => !p.dropped).map((p) => p.peer)
+  }
+
+  /** Searches for more providers this fetch made. */
+  get refills (): number {
+    return this.#refills
   }
 
   /** Blocks each provider sent, and the providers dropped for holding none of the layer. */
@@ -247,8 +273,11 @@ export class PeerBlockSource implements BlockSource {
     if (this.#abort.signal.aborted) return
     const init = this.#c.init
     const usable = [...this.#providers.values()].filter((p) => this.#usable(p))
-    // Fail the wants that no provider is left to answer.
-    const hopeless = (w: Want): boolean => w.attempts >= init.maxAttempts || !usable.some((p) => !w.tried.has(p.key))
+    // Wants that no provider is left to answer wait for a search for more; they fail once none is found.
+    const orphan = (w: Want): boolean => !usable.some((p) => !w.tried.has(p.key))
+    const mayRefill = this.#refill !== undefined && (this.#refilling || (!this.#exhausted && this.#refills < MAX_REFILLS))
+    if (mayRefill && !this.#refilling && this.#queue.some((w) => w.attempts < init.maxAttempts && orphan(w))) this.#startRefill()
+    const hopeless = (w: Want): boolean => w.attempts >= init.maxAttempts || (orphan(w) && !mayRefill)
     if (this.#queue.some(hopeless)) {
       const keep: Want[] = []
       for (const w of this.#queue) {
@@ -293,6 +322,23 @@ export class PeerBlockSource implements BlockSource {
         this.#dispatch()
       }, Math.max(1, retryAt - now))
     }
+  }
+
+  /** Searches for providers this fetch does not know yet; the wants waiting for them are dispatched (or failed) after. */
+  #startRefill (): void {
+    this.#refilling = true
+    this.#refills++
+    const known = new Set(this.#providers.keys())
+    if (this.#self !== '') known.add(this.#self)
+    void this.#refill!(known, this.#abort.signal).catch(() => []).then((found) => {
+      this.#refilling = false
+      if (this.#abort.signal.aborted) return
+      let added = 0
+      for (const p of found) if (!this.#c.isBanned(p) && this.#add(p)) added++
+      this.#exhausted = added === 0
+      this.#c.logger.debug({ event: 'providers-refilled', added, refills: this.#refills }, added > 0 ? 'more providers found for a fetch whose providers gave out' : 'no more providers for a fetch whose providers gave out')
+      this.#dispatch()
+    })
   }
 
   #fail (w: Want, err: Error): void {

@@ -60,6 +60,35 @@ test('with an interval of 0 the bootstrap list is dialled at start only', { time
   assert.ok(b.node.getPeers().some((p) => p.toString() === replaced.peerId))
 })
 
+test('a node with no peer dials its bootstrap list again within seconds, not after the whole interval', { timeout: 40_000 }, async (t) => {
+  // A free port: a daemon's, stopped. The bootstrap peer comes up there after the first round failed.
+  const first = await startDaemon(t)
+  const port = portOf(first)
+  await first.stop()
+  const b = await startDaemon(t, { bootstrap: [`/ip4/127.0.0.1/tcp/${port}`], bootstrapIntervalMs: 10 * 60_000 })
+  await delay(500)
+  const a = await startDaemon(t, { listen: [`/ip4/127.0.0.1/tcp/${port}`] })
+  await connectedTo(b, a.peerId)
+})
+
+test('a bootstrap dial that never settles does not stop the rounds after it', { timeout: 30_000 }, async (t) => {
+  const a = await startDaemon(t)
+  let dials = 0
+  const d = new Discovery({
+    peerId: (await startDaemon(t)).node.peerId,
+    // The first dial ignores its signal and never settles; the next ones are ordinary.
+    dial: async (addr, o) => { if (dials++ === 0) return await new Promise(() => {}); return await a.node.dial(addr, o) },
+    connected: () => false,
+    ownAddresses: () => [],
+    peerCount: () => 0,
+    logger: pino({ level: 'silent' })
+  }, { bootstrap: [`/ip4/127.0.0.1/tcp/${portOf(a)}`], intervalMs: 100, dialTimeoutMs: 200 })
+  d.start()
+  t.after(async () => { await d.stop() })
+  while (dials < 3) await delay(50)
+  assert.ok(d.rounds >= 2)
+})
+
 test('a node never dials its own address from the bootstrap list', { timeout: 30_000 }, async (t) => {
   const a = await startDaemon(t)
   let dials = 0

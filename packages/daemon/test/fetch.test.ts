@@ -194,3 +194,35 @@ test('a restore keeps its sessions through lulls between bursts of wants: few st
   const opened = dials.get(a.peerId) ?? 0
   assert.ok(opened <= 4, `${opened} streams opened for ${blocks.length} blocks in ${Math.ceil(blocks.length / 50)} bursts`)
 })
+
+test('8 daemons: when every provider a fetch started with is dead, it searches again and completes from the one live holder', { timeout: 120_000 }, async (t) => {
+  const daemons: Daemon[] = []
+  for (let i = 0; i < 7; i++) daemons.push(await startDaemon(t))
+  await connect(daemons)
+  const [producer, holder, gone1, gone2, ...bystanders] = daemons as [Daemon, Daemon, Daemon, Daemon, ...Daemon[]]
+  const { layer } = await publishLayer(t, producer, manyFiles('churn', 40))
+  for (const d of [holder, gone1, gone2]) await d.fetchLayer(layer.root, { hints: [producer.node.peerId] })
+  // The consumer joins after those fetches (it never heard them announced), and takes
+  // one provider at first: the producer its record names, as a search cut short under
+  // load, or a DHT that lists dead providers first, gave it.
+  const consumer = await startDaemon(t, { maxProviders: 1 })
+  for (const b of bystanders) {
+    await consumer.node.dial(b.node.getMultiaddrs()[0]!)
+    await delay(250)
+  }
+  // The four provider records are found from the consumer.
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    const found = new Set<string>()
+    for await (const p of consumer.node.contentRouting.findProviders(layer.root, { signal: AbortSignal.timeout(2000) })) found.add(p.id.toString())
+    if (found.size >= 4) break
+    if (Date.now() > deadline) throw new Error(`the consumer finds ${found.size} providers of 4`)
+    await delay(200)
+  }
+  for (const d of [producer, gone1, gone2]) await d.stop()
+
+  const got = await consumer.fetchLayer(layer.root, { hints: [producer.node.peerId] })
+  assert.deepEqual(digestTree(got.layer.path), digestTree(layer.path))
+  assert.equal(got.providers, 1, 'the live holder sent the layer')
+  assert.ok(holder.exchange.counters.blocksToPeers > 0)
+})

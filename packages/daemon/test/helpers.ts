@@ -34,8 +34,17 @@ export async function startDaemon (t: TestContext, init: Partial<DaemonInit> = {
 /** Connects every daemon to the first, then waits until each sees the others' DHT and gossip. */
 export async function connect (daemons: Daemon[]): Promise<void> {
   const [first, ...rest] = daemons
-  for (const d of rest) await d.node.dial(first!.node.getMultiaddrs()[0]!)
-  for (let i = 1; i < rest.length; i++) await rest[i]!.node.dial(rest[0]!.node.getMultiaddrs()[0]!)
+  // Every daemon here is one host (127.0.0.1), and a node refuses a host's connections
+  // past NODE_LIMITS.inboundConnectionsPerSecond: a larger fleet dials at that pace.
+  const pace = async (): Promise<void> => { if (daemons.length > 4) await new Promise((resolve) => setTimeout(resolve, 250)) }
+  for (const d of rest) {
+    await d.node.dial(first!.node.getMultiaddrs()[0]!)
+    await pace()
+  }
+  for (let i = 1; i < rest.length; i++) {
+    await rest[i]!.node.dial(rest[0]!.node.getMultiaddrs()[0]!)
+    await pace()
+  }
   const deadline = Date.now() + 10_000
   for (const d of daemons) {
     while (d.node.services.pubsub.getSubscribers('/strata/records/1').length < daemons.length - 1 ||

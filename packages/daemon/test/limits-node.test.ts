@@ -11,7 +11,10 @@ import type { Connection, Stream } from '@libp2p/interface'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
-import { createNode, NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
+import { base32 } from 'multiformats/bases/base32'
+import { CID } from 'multiformats/cid'
+import { sha256 } from 'multiformats/hashes/sha2'
+import { createNode, dhtStoreOf, NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import type { NodeLimits, StrataNode } from '../src/node.ts'
 
 // The libp2p-level limits of doc/LIMITS.md, each crossed against a node built with
@@ -178,4 +181,43 @@ test('a gossip frame over the limit is dropped; the receiver keeps its other pee
   await small.services.pubsub.publish(topic, new Uint8Array(100).fill(2))
   while (!got.includes(100)) await new Promise((resolve) => setTimeout(resolve, 20))
   assert.deepEqual(got, [100])
+})
+
+test('DHT provider records: a peer announcing without end keeps only its newest, and the store never passes its total', async (t) => {
+  const server = await strataNode(t, { dhtProviderRecords: 12, dhtProviderRecordsPerPeer: 5 })
+  const store = dhtStoreOf(server)!
+  const flooders = [await strataNode(t, {}), await strataNode(t, {})]
+  for (const f of flooders) {
+    await f.dial(server.getMultiaddrs()[0]!)
+    while ((f.services.dht as unknown as { routingTable: { size: number } }).routingTable.size === 0) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  const cids = async (tag: string, n: number): Promise<CID[]> => await Promise.all(Array.from({ length: n }, async (_, i) => CID.createV1(0x55, await sha256.digest(new TextEncoder().encode(`${tag}-${i}`)))))
+  const [first, second] = [await cids('first', 20), await cids('second', 8)]
+  for (const c of first) await flooders[0]!.contentRouting.provide(c)
+  assert.deepEqual(store.providerStats, { records: 5, peers: 1 }, 'one peer keeps its newest 5')
+  for (const c of second) await flooders[1]!.contentRouting.provide(c)
+  assert.ok(store.providerStats.records <= 12, `${store.providerStats.records} provider records`)
+  assert.equal(store.providerStats.peers, 2)
+  assert.ok(store.counters.providersDropped >= 20 + 8 - 12)
+  // What is kept is each peer's newest.
+  const held = new Set<string>()
+  for await (const k of store.queryKeys({ prefix: '/dht-strata/provider/' })) held.add(k.toString().split('/').at(-2)!)
+  const key = (c: CID): string => base32.baseEncode(c.multihash.bytes)
+  assert.ok(held.has(key(second.at(-1)!)), 'the newest record is kept')
+  assert.ok(!held.has(key(first[0]!)), 'the flooder\'s oldest record is gone')
+  // Each value owns its memory: a few bytes of a shared buffer kept the whole buffer for 48 h.
+  for await (const { value } of store.query({ prefix: '/dht-strata/provider/' })) assert.equal(value.buffer.byteLength, value.byteLength)
+})
+
+test('the DHT store keeps a copy of each value, never a view into a larger buffer', async () => {
+  const { BoundedDhtStore } = await import('../src/dht-store.ts')
+  const { Key } = await import('interface-datastore')
+  const store = new BoundedDhtStore('/dht-strata')
+  const shared = new Uint8Array(64 * 1024).fill(7)
+  for (const k of ['/dht-strata/provider/m/p', '/dht-strata/record/r', '/peers/x']) {
+    await store.put(new Key(k), shared.subarray(100, 106))
+    const got = await store.get(new Key(k))
+    assert.deepEqual(got, new Uint8Array(6).fill(7))
+    assert.equal(got.buffer.byteLength, 6, `${k} holds the 64 KiB buffer it was cut from`)
+  }
 })

@@ -297,6 +297,21 @@ test('the ban list is bounded: past its size the oldest bans go first', () => {
   assert.equal(ex.isBanned(`peer-${MAX_BANS + 499}`), true)
 })
 
+test('blocks landed for peers sharing a fetch are dropped after landedMs, and past landedBytes the oldest first', async () => {
+  const ex = new BlockExchange({
+    store: { getBlock: async () => { throw new Error('no store') } },
+    registrar: { handle: async () => {}, unhandle: async () => {} },
+    dialProtocol: async () => { throw new Error('no network') },
+    logger: pino({ level: 'silent' })
+  }, { landedBytes: 3000, landedMs: 200 })
+  for (let i = 0; i < 4; i++) ex.landed(`block-${i}`, new Uint8Array(1000))
+  assert.deepEqual(ex.landedStats, { blocks: 3, bytes: 3000 }, 'past its bytes the oldest block goes')
+  // An idle daemon keeps none of them: every fetched layer once stayed in memory up to landedBytes.
+  const deadline = Date.now() + 30_000
+  while (ex.landedStats.blocks > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  assert.deepEqual(ex.landedStats, { blocks: 0, bytes: 0 })
+})
+
 function rssOf (pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
   return Number(m?.[1] ?? 0) * 1024

@@ -29,6 +29,28 @@ test('a new layer is pulled by `replicas` other peers and status counts the copi
   assert.equal(copies, 2)
 })
 
+test('copies count the peers that hold the layer, not a live peer that provides it without holding it', async (t) => {
+  const a = await startDaemon(t)
+  const b = await startDaemon(t)
+  const c = await startDaemon(t)
+  const d = await startDaemon(t)
+  await connect([a, b, c, d])
+  const { layer } = await publishLayer(t, a, { 'c.bin': bytes('copies', 300_000) })
+  await b.fetchLayer(layer.root, { hints: [a.node.peerId] })
+  // C's provider record outlives its copy, as after a fetch that failed or a removal.
+  await c.node.contentRouting.provide(layer.root)
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    const found = new Set<string>()
+    for await (const p of d.node.contentRouting.findProviders(layer.root, { signal: AbortSignal.timeout(2000) })) found.add(p.id.toString())
+    if ([a, b, c].every((x) => found.has(x.peerId))) break
+    if (Date.now() > deadline) throw new Error(`D finds ${found.size} providers of 3`)
+    await delay(100)
+  }
+  assert.equal(await d.copies(layer.root), 2, 'A and B hold it; C, alive and listed, does not')
+  assert.equal(await a.copies(layer.root), 2, 'A counts itself and B')
+})
+
 test('the metrics endpoint reports bytes exchanged, peers and hits', async (t) => {
   const a = await startDaemon(t, { metricsListen: '127.0.0.1:0' })
   const b = await startDaemon(t)

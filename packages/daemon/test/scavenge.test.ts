@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { test } from 'node:test'
-import { ScavengePacer, SCAVENGE_EVERY_BYTES } from '../src/scavenge.ts'
+import { OffHeapPacer, ScavengePacer, SCAVENGE_EVERY_BYTES } from '../src/scavenge.ts'
 
 const CALLS = fileURLToPath(new URL('./fixtures/scavenge-calls.ts', import.meta.url))
 
@@ -47,4 +47,40 @@ test('the process\'s pacer asks V8 for a minor collection per SCAVENGE_EVERY_BYT
   assert.equal(exposed.runs, expected)
   assert.deepEqual(exposed.calls, Array.from({ length: expected }, () => ({ type: 'minor' })))
   assert.deepEqual(moveBlocks(blocks, false), { active: false, runs: 0, calls: [] })
+})
+
+test('the off-heap pacer scavenges once buffers grew by `growth`, and runs a full collection when a scavenge frees too little', async () => {
+  let bytes = 0
+  const asked: string[] = []
+  // A scavenge frees half of what grew; a full collection frees the rest.
+  let base = 0
+  const p = new OffHeapPacer({
+    growth: 1000,
+    usage: () => bytes,
+    collect: async (o) => {
+      asked.push(o.type)
+      bytes = o.type === 'minor' ? base + (bytes - base) / 2 : base
+    }
+  })
+  bytes = 999
+  await p.check()
+  assert.deepEqual(asked, [], 'below the growth: nothing')
+  bytes = 1500
+  await p.check()
+  assert.deepEqual(asked, ['minor'], 'a scavenge brought it back under the growth')
+  base = 750
+  bytes = 750 + 4000
+  await p.check()
+  assert.deepEqual(asked, ['minor', 'minor', 'major'])
+  assert.deepEqual(p.runs, { minor: 2, major: 1 })
+  // Freed buffers lower the base: the next growth counts from there.
+  bytes = 100
+  await p.check()
+  bytes = 1000
+  await p.check()
+  assert.equal(p.runs.minor, 2)
+  bytes = 1100
+  await p.check()
+  assert.equal(p.runs.minor, 3)
+  assert.equal(new OffHeapPacer({ collect: undefined }).active, false)
 })
