@@ -253,24 +253,26 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   // few MB: one window ahead left the writes waiting on a round trip each time.
   // What is ahead is bounded in block bytes and in windows.
   const windowBytes = Math.max(1, Math.floor(prefetchBytes / 4))
-  const lists: Array<Promise<Uint8Array>> = []
+  // An entry list and, from format 2 on, its times block.
+  const lists: Array<Promise<[Uint8Array, Uint8Array | undefined]>> = []
   const readAhead = async (): Promise<void> => {
     try {
       // The next entry lists are asked for as soon as this one is: their request
       // then goes out ahead of this list's blocks instead of behind them.
       const askList = (k: number): void => {
         if (k >= manifest.entries.length) return
-        const p = getBlock(manifest.entries[k]!)
+        const times = manifest.version === 1 ? undefined : getBlock(manifest.times[k]!)
+        const p = Promise.all([getBlock(manifest.entries[k]!), times])
         p.catch(() => {}) // awaited in turn below
         lists.push(p)
       }
       for (let k = 0; k < LISTS_AHEAD; k++) askList(k)
       for (let k = 0; k < manifest.entries.length; k++) {
         if (ahead.stopped) return
-        const bytes = await lists.shift()!
+        const [bytes, times] = await lists.shift()!
         if (ahead.stopped) return
         askList(k + LISTS_AHEAD)
-        const list = decodeEntryList(bytes)
+        const list = decodeEntryList(bytes, { version: manifest.version, ...(times !== undefined ? { times } : {}) })
         if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
         for (const e of list) checker.check(e)
         opts.onEntryList?.(list)
@@ -295,7 +297,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
           }
           // The list's own bytes (its decoded entries and their inline data live as
           // long as it does) weigh on its last window, the one that lets go of it.
-          const weight = batchBytes + (j === list.length ? bytes.length : 0)
+          const weight = batchBytes + (j === list.length ? bytes.length + (times?.length ?? 0) : 0)
           await ahead.room(weight)
           if (ahead.stopped) return
           const blocks = fetchAll(wanted, getBlock, concurrency)
