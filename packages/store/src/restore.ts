@@ -19,8 +19,8 @@ const RESTORE_CONCURRENCY = 512
  * most an entry list each) read ahead, so that the transfer keeps going through
  * stretches of small inline files, which only the disk slows.
  */
-const RESTORE_BUDGET_BYTES = 32 * 1024 * 1024
-const RESTORE_WINDOWS_AHEAD = 32
+const RESTORE_BUDGET_BYTES = 16 * 1024 * 1024
+const RESTORE_WINDOWS_AHEAD = 8
 
 export interface RestoreDeps {
   dirs: Dirs
