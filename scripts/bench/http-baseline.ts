@@ -6,7 +6,7 @@
 //   node scripts/bench/http-baseline.ts [--tree DIR] [--consumers 1,8] [--unshaped-consumers 1]
 //                                       [--rate 200mbit] [--reps 3] [--hosts 8] [--server node|python]
 //                                       [--no-https] [--no-strata] [--no-dedup] [--json] [--keep] [--fs ext4|here]
-//                                       [--profile DIR]
+//                                       [--profile DIR] [--memory]
 //
 // Two phases over the same cluster, tree and daemons: links unshaped (veth: only
 // CPU counts), then every host's link shaped both ways to --rate (tc tbf; the
@@ -40,6 +40,7 @@ import { bigTree, bumpedTree, DEFAULT_CACHE_DIR, treeStats } from './fixture.ts'
 import type { TreeStats } from './fixture.ts'
 import { formatTable, parseFlags, strataBin, summarize } from './measure.ts'
 import { scratchFs } from './scratch-fs.ts'
+import type { MemorySample } from './memory-sampler.ts'
 
 const SERVE_FILE = fileURLToPath(new URL('./serve-file.ts', import.meta.url))
 const ARCHIVE = 'tree.tar.zst'
@@ -125,6 +126,23 @@ export function machineBusySeconds (): number {
 
 /** Node flags the daemons start with (--profile DIR: a CPU profile each, written when it stops). */
 let daemonNodeFlags: string[] = []
+/**
+ * The daemons' environment: with --memory, memory-sampler.ts preloaded (read by
+ * memoryAtPeak) through NODE_OPTIONS, so that the bin's own node flags and malloc
+ * settings stay as they are.
+ */
+let daemonEnv: NodeJS.ProcessEnv | undefined
+
+const MEMORY_SAMPLER = fileURLToPath(new URL('./memory-sampler.ts', import.meta.url))
+
+/** A daemon's main-thread JS heap and external buffers at its largest RSS so far (MB), with --memory. */
+function memoryAtPeak (dataDir: string): MemorySample['atPeakRss'] | undefined {
+  try {
+    return (JSON.parse(readFileSync(join(dataDir, 'memory-sample.json'), 'utf8')) as MemorySample).atPeakRss
+  } catch {
+    return undefined
+  }
+}
 
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
 
@@ -132,8 +150,8 @@ async function startDaemon (host: Host, dataDir: string, port: number, bootstrap
   await mkdir(dataDir, { recursive: true })
   const args = ['daemon', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/${port}`, '--replicas', '0', ...bootstrap.flatMap((b) => ['--bootstrap', b])]
   const child = daemonNodeFlags.length === 0
-    ? host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
-    : host.spawn(process.execPath, [...daemonNodeFlags, strataBin(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')] })
+    ? host.spawn(strataBin(), args, { stdio: ['ignore', 'ignore', openSync(log, 'a')], env: daemonEnv })
+    : host.spawn(process.execPath, [...daemonNodeFlags, strataBin(), ...args], { stdio: ['ignore', 'ignore', openSync(log, 'a')], env: daemonEnv })
   const deadline = Date.now() + 60_000
   for (;;) {
     if (child.exitCode !== null) throw new Error(`strata daemon on ${host.name} exited with ${child.exitCode}; see ${log}`)
@@ -298,9 +316,10 @@ interface Phase { name: string, link: LinkShape | undefined, counts: number[] }
 async function main (): Promise<void> {
   const flags = parseFlags(process.argv.slice(2), {
     tree: '', consumers: '1,8', 'unshaped-consumers': '1', reps: '3', hosts: '8', rate: '200mbit', server: 'node',
-    json: false, strata: true, https: true, dedup: true, keep: false, fs: 'ext4', profile: ''
+    json: false, strata: true, https: true, dedup: true, keep: false, fs: 'ext4', profile: '', memory: false
   })
   if (flags.profile !== '') daemonNodeFlags = ['--cpu-prof', `--cpu-prof-dir=${flags.profile}`]
+  if (flags.memory) daemonEnv = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${MEMORY_SAMPLER}`.trim() }
   const reps = Number(flags.reps)
   const consumerHosts = Number(flags.hosts)
   const parseCounts = (v: string, name: string): number[] => {
@@ -434,7 +453,8 @@ async function main (): Promise<void> {
             const daemons = method.cpu?.(n)
             if (daemons !== undefined) r.daemons = daemons
             ;((byMethod[name] ??= {})[n] ??= []).push(r)
-            progress(`${phase.name} ${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((x) => x.toFixed(2)).join(' ')} s; hosts CPU s ${r.hostsCpu.toFixed(1)}, machine ${r.machineCpu.toFixed(1)}; wire ${(r.wireBytesPerConsumer / 1e6).toFixed(1)} MB a consumer${daemons === undefined ? '' : `; daemons CPU s: producer ${daemons.producer.toFixed(1)}, each consumer ${daemons.consumerMean.toFixed(1)} (user ${daemons.consumerUserMean.toFixed(1)}); consumer peak RSS ${daemons.consumerPeakRssMb.toFixed(0)} MB`}`)
+            const memory = daemons !== undefined && flags.memory && fleet !== undefined ? memoryAtPeak(fleet.consumers[0]!.dataDir) : undefined
+            progress(`${phase.name} ${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((x) => x.toFixed(2)).join(' ')} s; hosts CPU s ${r.hostsCpu.toFixed(1)}, machine ${r.machineCpu.toFixed(1)}; wire ${(r.wireBytesPerConsumer / 1e6).toFixed(1)} MB a consumer${daemons === undefined ? '' : `; daemons CPU s: producer ${daemons.producer.toFixed(1)}, each consumer ${daemons.consumerMean.toFixed(1)} (user ${daemons.consumerUserMean.toFixed(1)}); consumer peak RSS ${daemons.consumerPeakRssMb.toFixed(0)} MB`}${memory === undefined ? '' : ` (consumer 0 at its peak: RSS ${memory.rss} MB, JS heap ${memory.heapTotal} MB, external ${memory.external} MB)`}`)
             if (!verified.has(name)) {
               const got = await treeStats(restored[0]!)
               if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)

@@ -38,6 +38,12 @@ export class EntryListWriter {
   #buf = Buffer.allocUnsafe(256 * 1024)
   #pos = 0
   #count = 0
+  readonly #mtime: boolean
+
+  /** `mtime: false` leaves each entry's `mt` out (format 2, where times have blocks of their own). */
+  constructor (opts: { mtime?: boolean } = {}) {
+    this.#mtime = opts.mtime ?? true
+  }
 
   get count (): number {
     return this.#count
@@ -70,7 +76,7 @@ export class EntryListWriter {
   #entry (e: Entry): void {
     const xattrs = e.xattrs !== undefined && e.xattrs.length > 0 ? e.xattrs : undefined
     const chunks = e.chunks !== undefined && e.chunks.length > 0 ? e.chunks : undefined
-    const keys = 6 + (chunks !== undefined ? 1 : 0) + (e.data !== undefined ? 1 : 0) +
+    const keys = (this.#mtime ? 6 : 5) + (chunks !== undefined ? 1 : 0) + (e.data !== undefined ? 1 : 0) +
       (e.target !== undefined ? 1 : 0) + (e.opaque === true ? 1 : 0) + (e.rdev !== undefined ? 1 : 0) +
       (e.type === 'file' ? 1 : 0) + (xattrs !== undefined ? 1 : 0)
     this.#head(MAJOR_MAP, keys)
@@ -135,6 +141,7 @@ export class EntryListWriter {
         this.#bytes(value)
       }
     }
+    if (!this.#mtime) return
     this.#ensure(3)
     this.#buf[this.#pos++] = KEY_MT[0]!
     this.#buf[this.#pos++] = KEY_MT[1]!

@@ -277,5 +277,18 @@ parentPort!.on('message', (req: WorkerRequest) => {
       break
     }
   }
+  release(req)
   parentPort!.postMessage({ id: req.id, error } satisfies WorkerResponse)
 })
+
+/**
+ * Frees the buffers a write request brought now rather than at this thread's next
+ * collection, which a thread that allocates little may not reach for a long time:
+ * detaching an ArrayBuffer lets go of its memory.
+ */
+function release (req: WorkerRequest & { kind: 'write' }): void {
+  const buffers = new Set<ArrayBuffer>()
+  if (req.small !== undefined) buffers.add(req.small.buffer as ArrayBuffer)
+  for (const item of req.items) for (const b of item.blocks ?? []) buffers.add(b.buffer as ArrayBuffer)
+  for (const b of buffers) if (!b.detached) b.transfer(0)
+}

@@ -2,9 +2,11 @@
  * The queue between a reader that works ahead and the one writer that follows it,
  * bounded in items and in weight (bytes). The weight of an item is given back by
  * the writer when it is done with it (`release`), which may be well after it took
- * the item: an item taken but still being worked on keeps its bytes counted. The
- * reader may always add to an empty queue, so one item heavier than the whole
- * budget still goes through, alone.
+ * the item: an item taken but still being worked on keeps its bytes counted, and
+ * the reader waits for it, so what both hold stays within the budget. The reader
+ * may add whenever nothing is held, so one item heavier than the whole budget
+ * still goes through, alone; a writer must give back what it holds before it waits
+ * for more, or the two wait for each other.
  *
  * The reader ends the queue (`end`) or fails it (`fail`: the writer's next `next`
  * throws the error). The writer stops it (`stop`) when it leaves, finished or not:
@@ -24,7 +26,7 @@ export class Lookahead<T> {
   #wakeReader: (() => void) | undefined
   #wakeWriter: (() => void) | undefined
 
-  /** At least one item; a weight of 0 lets one item in at a time, whatever it weighs. */
+  /** At least one item; a weight of 0 lets one item in at a time, whatever it weighs, once the last is released. */
   constructor (maxItems: number, maxWeight: number) {
     if (!(maxItems >= 1) || !(maxWeight >= 0)) throw new RangeError(`a lookahead needs room for one item or more and a weight of 0 or more, not ${maxItems} items and ${maxWeight}`)
     this.#maxItems = maxItems
@@ -41,9 +43,14 @@ export class Lookahead<T> {
     return this.#weight
   }
 
+  /** Items queued and not taken yet. */
+  get queued (): number {
+    return this.#queue.length
+  }
+
   /** Waits until an item of `weight` fits, or the writer stops; the caller checks `stopped` next. */
   async room (weight: number): Promise<void> {
-    while (!this.#stopped && this.#queue.length > 0 && (this.#queue.length >= this.#maxItems || this.#weight + weight > this.#maxWeight)) {
+    while (!this.#stopped && (this.#queue.length >= this.#maxItems || (this.#weight > 0 && this.#weight + weight > this.#maxWeight))) {
       await new Promise<void>((resolve) => { this.#wakeReader = resolve })
     }
   }

@@ -9,12 +9,16 @@ import { InvalidManifestError, UnsupportedEntryError } from './errors.ts'
 import { OVERLAY_XATTR } from './xattrs.ts'
 
 /**
- * The layer manifest format, version 1 (doc/FORMAT.md describes it in full).
- * Root block: { format: 'strata/layer', version: 1, count, size, root, entries: [CID] }.
- * Entry-list block: { entries: [entry...] }, entries in comparePaths order across blocks.
+ * The layer manifest format, version 2 (doc/FORMAT.md describes it in full).
+ * Root block: { format: 'strata/layer', version: 2, count, size, root, entries: [CID], times: [CID] }.
+ * Entry-list block: { entries: [entry...] }, entries in comparePaths order across blocks,
+ * without their mtimes; times block i: { mt: [Δseconds, nanoseconds, ...] } for entry list i.
+ * Version 1 (mtimes inside the entries, no times blocks) is still read.
  */
 export const FORMAT = 'strata/layer'
-export const VERSION = 1
+export const VERSION = 2
+/** The versions this reader accepts. */
+export const READ_VERSIONS: readonly number[] = [1, 2]
 
 /** Limits a manifest must keep; a decoder refuses anything past them. */
 export const LIMITS = {
@@ -35,7 +39,7 @@ export const LIMITS = {
 
 export { OVERLAY_XATTR }
 
-const ROOT_KEYS = new Set(['format', 'version', 'count', 'size', 'root', 'entries'])
+const ROOT_KEYS = new Set(['format', 'version', 'count', 'size', 'root', 'entries', 'times'])
 const ROOT_ATTR_KEYS = new Set(['m', 'u', 'g', 'mt', 'x', 'o'])
 
 
@@ -92,7 +96,11 @@ export class ManifestBuilder {
   readonly #onBlock: ((block: ManifestBlock) => void) | undefined
   // The same checks a reader makes, so that what a writer builds always reads back.
   readonly #checker = new EntryChecker(LIMITS.entries)
-  readonly #current = new EntryListWriter()
+  readonly #timeCids: CID[] = []
+  readonly #current = new EntryListWriter({ mtime: false })
+  // The current list's mtimes, seconds as the difference from the entry before.
+  #times: number[] = []
+  #lastSeconds = 0
   #currentSize = 0
   #last: string | undefined
   #count = 0
@@ -106,9 +114,11 @@ export class ManifestBuilder {
     this.#checker.check(entry)
     const est = estimateSize(entry)
     // One entry must fit one block: ~22k chunk references, a file of 1.4 GiB or so.
-    if (est > MAX_BLOCK_SIZE - 64 * 1024) throw new UnsupportedEntryError(`entry too large for a manifest block (${entry.chunks?.length ?? 0} chunks); format 1 carries files up to about 1.4 GiB`, { path: entry.path })
+    if (est > MAX_BLOCK_SIZE - 64 * 1024) throw new UnsupportedEntryError(`entry too large for a manifest block (${entry.chunks?.length ?? 0} chunks); the format carries files up to about 1.4 GiB`, { path: entry.path })
     if (this.#currentSize + est > BLOCK_SOFT_MAX && this.#current.count > 0) this.#flush()
     this.#current.add(entry)
+    this.#times.push(entry.mtime[0] - this.#lastSeconds, entry.mtime[1])
+    this.#lastSeconds = entry.mtime[0]
     this.#currentSize += est
     this.#last = entry.path
     this.#count++
@@ -121,9 +131,16 @@ export class ManifestBuilder {
     const bytes = this.#current.finish()
     if (bytes.length > MAX_BLOCK_SIZE) throw new InvalidManifestError(`an entry-list block would be ${bytes.length} bytes`, { path: this.#last })
     const block = { cid: cidOf(DAG_CBOR, bytes), bytes }
+    const timesBytes = dagCbor.encode({ mt: this.#times })
+    const times = { cid: cidOf(DAG_CBOR, timesBytes), bytes: timesBytes }
+    this.#times = []
+    this.#lastSeconds = 0
     this.#listCids.push(block.cid)
-    if (this.#onBlock !== undefined) this.#onBlock(block)
-    else this.#lists.push(block)
+    this.#timeCids.push(times.cid)
+    for (const b of [block, times]) {
+      if (this.#onBlock !== undefined) this.#onBlock(b)
+      else this.#lists.push(b)
+    }
     this.#currentSize = 0
   }
 
@@ -138,7 +155,8 @@ export class ManifestBuilder {
       count: this.#count,
       size: this.#size,
       root: rootAttrs,
-      entries: this.#listCids
+      entries: this.#listCids,
+      times: this.#timeCids
     })
     const rootBlock = { cid: cidOf(DAG_CBOR, bytes), bytes }
     return { root: rootBlock.cid, blocks: [rootBlock, ...this.#lists], count: this.#count, size: this.#size }
@@ -146,10 +164,19 @@ export class ManifestBuilder {
 }
 
 export interface ManifestRoot {
+  version: number
   count: number
   size: number
   root: RootAttributes
   entries: CID[]
+  /** Format 2: the times block of each entry list; empty in format 1. */
+  times: CID[]
+}
+
+/** Every block a root links to, in the order a manifest's blocks are kept: each entry list, then its times block. */
+export function manifestLinks (root: ManifestRoot): CID[] {
+  if (root.times.length === 0) return [...root.entries]
+  return root.entries.flatMap((cid, i) => [cid, root.times[i]!])
 }
 
 function fail (message: string, path?: string): never {
@@ -220,7 +247,8 @@ export function decodeRoot (bytes: Uint8Array): ManifestRoot {
   }
   if (!isMap(v)) fail('the manifest root must be a map')
   if (v.format !== FORMAT) fail(`not a strata layer manifest (format ${JSON.stringify(v.format)})`)
-  if (v.version !== VERSION) fail(`unsupported manifest version ${JSON.stringify(v.version)} (this strata reads ${VERSION})`)
+  if (typeof v.version !== 'number' || !READ_VERSIONS.includes(v.version)) fail(`unsupported manifest version ${JSON.stringify(v.version)} (this strata reads ${READ_VERSIONS.join(' and ')})`)
+  const version = v.version
   for (const k of Object.keys(v)) if (!ROOT_KEYS.has(k)) fail(`unexpected field ${JSON.stringify(k)} in the manifest root`)
   const count = uint(v.count, LIMITS.entries, 'count')
   const size = uint(v.size, Number.MAX_SAFE_INTEGER, 'size')
@@ -237,27 +265,59 @@ export function decodeRoot (bytes: Uint8Array): ManifestRoot {
   if (xattrs !== undefined) root.xattrs = xattrs
   if (r.o === true) root.opaque = true
   if (!Array.isArray(v.entries) || v.entries.length > LIMITS.entryBlocks) fail(`entries must be a list of at most ${LIMITS.entryBlocks} block links`)
-  const entries = (v.entries as unknown[]).map((e) => {
+  const links = (list: unknown[], what: string): CID[] => list.map((e) => {
     const cid = CID.asCID(e)
-    if (cid === null || cid.version !== 1 || cid.code !== DAG_CBOR || cid.multihash.code !== SHA2_256) fail('entry-list links must be dag-cbor sha2-256 CIDv1')
+    if (cid === null || cid.version !== 1 || cid.code !== DAG_CBOR || cid.multihash.code !== SHA2_256) fail(`${what} links must be dag-cbor sha2-256 CIDv1`)
     return cid
   })
+  const entries = links(v.entries as unknown[], 'entry-list')
+  let times: CID[] = []
+  if (version === 1) {
+    if (v.times !== undefined) fail('a version 1 manifest has no times blocks')
+  } else {
+    if (!Array.isArray(v.times) || v.times.length !== entries.length) fail('times must list one block per entry-list block')
+    times = links(v.times as unknown[], 'times')
+  }
   if (count > 0 && entries.length === 0) fail('count is positive but there are no entry blocks')
-  return { count, size, root, entries }
+  return { version, count, size, root, entries, times }
 }
 
-function decodeEntry (v: unknown): Entry {
+/** Decodes a times block of `count` entries (format 2) into their mtimes. */
+export function decodeTimes (bytes: Uint8Array, count: number): Array<[number, number]> {
+  let v: unknown
+  try {
+    v = readDagCbor(bytes)
+  } catch (err) {
+    throw new InvalidManifestError(`a times block is not valid dag-cbor (${(err as Error).message})`, { cause: err })
+  }
+  if (!isMap(v) || !Array.isArray(v.mt)) fail('a times block must be { mt: [...] }')
+  for (const k of Object.keys(v)) if (k !== 'mt') fail(`unexpected field ${JSON.stringify(k)} in a times block`)
+  const mt = v.mt as unknown[]
+  if (mt.length !== 2 * count) fail(`a times block holds ${mt.length / 2} times for ${count} entries`)
+  const out: Array<[number, number]> = new Array(count)
+  let seconds = 0
+  for (let i = 0; i < count; i++) {
+    const delta = mt[2 * i]
+    if (typeof delta !== 'number' || !Number.isSafeInteger(delta) || !Number.isSafeInteger(seconds + delta)) fail('mtime seconds must be integers')
+    seconds += delta
+    out[i] = [seconds, uint(mt[2 * i + 1], 999_999_999, 'mtime nanoseconds')]
+  }
+  return out
+}
+
+function decodeEntry (v: unknown, version: number): Entry {
   if (!isMap(v)) fail('an entry must be a map')
   const path = checkPath(v.p)
   const typeCode = uint(v.t, TYPE_CODES.length - 1, 'type', path)
   const type = TYPE_CODES[typeCode]!
+  if (version !== 1 && v.mt !== undefined) fail('a version 2 entry carries its mtime in the times block', path)
   const e: Entry = {
     path,
     type,
     mode: uint(v.m, 0o7777, 'mode', path),
     uid: uint(v.u, 0xffffffff, 'uid', path),
     gid: uint(v.g, 0xffffffff, 'gid', path),
-    mtime: decodeMtime(v.mt, path),
+    mtime: version === 1 ? decodeMtime(v.mt, path) : [0, 0],
     size: 0
   }
   const xattrs = decodeXattrs(v.x, path)
@@ -330,8 +390,14 @@ const FIELDS: ReadonlyArray<ReadonlySet<string>> = TYPE_CODES.map((t) => {
   return new Set([...common, ...more[t]])
 })
 
-/** Decodes one entry-list block. Order across blocks is checked by ManifestReader. */
-export function decodeEntryList (bytes: Uint8Array): Entry[] {
+/**
+ * Decodes one entry-list block of a manifest of `version` (default 1); in version 2 with its
+ * times block, whose mtimes it gives the entries. A version 2 list read without its times
+ * (by a reader of paths and content only) gives every entry an mtime of [0, 0].
+ * Order across blocks is checked by EntryChecker.
+ */
+export function decodeEntryList (bytes: Uint8Array, opts: { version?: number, times?: Uint8Array } = {}): Entry[] {
+  const version = opts.version ?? 1
   let v: unknown
   try {
     v = readDagCbor(bytes)
@@ -341,7 +407,13 @@ export function decodeEntryList (bytes: Uint8Array): Entry[] {
   if (!isMap(v) || !Array.isArray(v.entries)) fail('an entry-list block must be { entries: [...] }')
   // One encoding per list: padding would give the same layer another CID, and cost the reader bytes for nothing.
   for (const k of Object.keys(v)) if (k !== 'entries') fail(`unexpected field ${JSON.stringify(k)} in an entry-list block`)
-  return (v.entries as unknown[]).map(decodeEntry)
+  const entries = (v.entries as unknown[]).map((e) => decodeEntry(e, version))
+  if (opts.times !== undefined) {
+    if (version === 1) fail('a version 1 manifest has no times blocks')
+    const times = decodeTimes(opts.times, entries.length)
+    for (let i = 0; i < entries.length; i++) entries[i]!.mtime = times[i]!
+  }
+  return entries
 }
 
 /**
@@ -413,8 +485,9 @@ export class EntryChecker {
 export async function * readManifest (root: CID, getBlock: (cid: CID) => Promise<Uint8Array>): AsyncGenerator<Entry, void, undefined> {
   const decoded = decodeRoot(await getBlock(root))
   const checker = new EntryChecker(decoded.count, decoded.size)
-  for (const cid of decoded.entries) {
-    const list = decodeEntryList(await getBlock(cid))
+  for (const [i, cid] of decoded.entries.entries()) {
+    const times = decoded.version === 1 ? undefined : await getBlock(decoded.times[i]!)
+    const list = decodeEntryList(await getBlock(cid), { version: decoded.version, ...(times !== undefined ? { times } : {}) })
     if (list.length === 0) fail('an entry-list block is empty')
     for (const e of list) {
       checker.check(e)

@@ -39,7 +39,12 @@ export interface MaterializeOptions {
   preserveOwner?: boolean
   /** Which xattr marks an opaque directory: `trusted` (default as root) or `user` (for `userxattr` mounts). */
   opaqueNamespace?: 'trusted' | 'user'
-  /** Content bytes of the files ahead of the writes whose blocks are asked for at once. Default 32 MiB. */
+  /**
+   * Bytes a materialization holds at once, from the moment a block is asked for until
+   * the worker that writes it is done: file blocks, and the entry-list blocks their
+   * windows come from. A window (or file) larger than the whole budget still goes
+   * through, alone. Default 32 MiB.
+   */
   prefetchBytes?: number
   /** Windows of entries (a window is at most an entry list) read ahead of the writes. Default 8. */
   windowsAhead?: number
@@ -99,9 +104,10 @@ function ensureEmptyTarget (target: string): boolean {
   return false
 }
 
-// Files written by one worker request, and requests outstanding at once.
+// Files written by one worker request, and requests outstanding at once. A request's
+// bytes are part of the budget until it is done, so a request takes a share of it.
 const WRITE_BATCH_FILES = 256
-const WRITE_BATCH_BYTES = 16 * 1024 * 1024
+const WRITE_BATCH_SHARE = 8
 const MAX_WRITES_IN_FLIGHT = 4
 /** Entry-list blocks asked for ahead of the one being read. */
 const LISTS_AHEAD = 4
@@ -182,7 +188,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
 
   // Windows read ahead of the writes (below). Made before the pool: an option it
   // refuses (a NaN, say) leaves nothing to clean up.
-  interface Window { list: Entry[], from: number, to: number, bytes: number, blocks: Promise<Map<string, Uint8Array>> }
+  interface Window { list: Entry[], from: number, to: number, weight: number, blocks: Promise<Map<string, Uint8Array>> }
   const ahead = new Lookahead<Window>(windowsAhead, prefetchBytes)
   const pool = opts.pool ?? new FsPool()
   const inFlight: Array<Promise<void>> = []
@@ -192,6 +198,17 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const small = new FileBatch()
   let smallRels: string[] = []
   let itemBytes = 0
+  const writeBatchBytes = Math.max(64 * 1024, Math.floor(prefetchBytes / WRITE_BATCH_SHARE))
+  // A window's weight stays counted until every worker request that carries one of
+  // its files is done: requests are numbered as they are sent, and a window waits
+  // for the number of the last one holding its files.
+  let sent = 0
+  let settledUpTo = 0
+  const settledOutOfOrder = new Set<number>()
+  const holds: Array<{ after: number, weight: number }> = []
+  const releaseWritten = (): void => {
+    while (holds.length > 0 && holds[0]!.after <= settledUpTo) ahead.release(holds.shift()!.weight)
+  }
   const send = async (): Promise<void> => {
     if (items.length > 0 || small.count > 0) {
       const batch = items
@@ -205,7 +222,17 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
         smallRels = []
         transfer.push(req.small.buffer as ArrayBuffer)
       }
-      // Block bytes are copied to the worker, not transferred: they may sit in Buffer's shared pool.
+      // The blocks go to the worker in one buffer of their own, transferred: the
+      // fetched blocks (which may sit in Buffer's shared pool) are garbage at once,
+      // and the worker frees the buffer as soon as it has written it.
+      const blocksBuffer = packBlocks(batch)
+      if (blocksBuffer !== undefined) transfer.push(blocksBuffer)
+      const seq = ++sent
+      const settle = (): void => {
+        settledOutOfOrder.add(seq)
+        while (settledOutOfOrder.delete(settledUpTo + 1)) settledUpTo++
+        releaseWritten()
+      }
       const written = pool.request(req, transfer).then((res) => {
         if (res.error !== undefined) {
           const { code, message, path } = res.error
@@ -213,7 +240,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
           throw new MaterializeError(`cannot write file (${code})`, { path, cause: Object.assign(new Error(message), { code }) })
         }
       })
-      written.catch(() => {}) // awaited in order below; this only keeps an early failure from counting as unhandled
+      written.then(settle, settle) // awaited in order below; this also keeps an early failure from counting as unhandled
       inFlight.push(written)
     }
     while (inFlight.length > MAX_WRITES_IN_FLIGHT) await inFlight.shift()
@@ -226,24 +253,26 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   // few MB: one window ahead left the writes waiting on a round trip each time.
   // What is ahead is bounded in block bytes and in windows.
   const windowBytes = Math.max(1, Math.floor(prefetchBytes / 4))
-  const lists: Array<Promise<Uint8Array>> = []
+  // An entry list and, from format 2 on, its times block.
+  const lists: Array<Promise<[Uint8Array, Uint8Array | undefined]>> = []
   const readAhead = async (): Promise<void> => {
     try {
       // The next entry lists are asked for as soon as this one is: their request
       // then goes out ahead of this list's blocks instead of behind them.
       const askList = (k: number): void => {
         if (k >= manifest.entries.length) return
-        const p = getBlock(manifest.entries[k]!)
+        const times = manifest.version === 1 ? undefined : getBlock(manifest.times[k]!)
+        const p = Promise.all([getBlock(manifest.entries[k]!), times])
         p.catch(() => {}) // awaited in turn below
         lists.push(p)
       }
       for (let k = 0; k < LISTS_AHEAD; k++) askList(k)
       for (let k = 0; k < manifest.entries.length; k++) {
         if (ahead.stopped) return
-        const bytes = await lists.shift()!
+        const [bytes, times] = await lists.shift()!
         if (ahead.stopped) return
         askList(k + LISTS_AHEAD)
-        const list = decodeEntryList(bytes)
+        const list = decodeEntryList(bytes, { version: manifest.version, ...(times !== undefined ? { times } : {}) })
         if (list.length === 0) throw new InvalidManifestError('an entry-list block is empty')
         for (const e of list) checker.check(e)
         opts.onEntryList?.(list)
@@ -266,11 +295,14 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
               }
             }
           }
-          await ahead.room(batchBytes)
+          // The list's own bytes (its decoded entries and their inline data live as
+          // long as it does) weigh on its last window, the one that lets go of it.
+          const weight = batchBytes + (j === list.length ? bytes.length + (times?.length ?? 0) : 0)
+          await ahead.room(weight)
           if (ahead.stopped) return
           const blocks = fetchAll(wanted, getBlock, concurrency)
           blocks.catch(() => {}) // awaited when its window is written; an early failure is not unhandled
-          ahead.add({ list, from: i, to: j, bytes: batchBytes, blocks }, batchBytes)
+          ahead.add({ list, from: i, to: j, weight, blocks }, weight)
           i = j
         }
       }
@@ -282,10 +314,14 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
   const reader = readAhead()
 
   try {
-    for (let w = await ahead.next(); w !== undefined; w = await ahead.next()) {
+    for (;;) {
+      // What this side holds goes to the workers before it waits for more: held
+      // bytes count against the reader's budget until written.
+      if (ahead.queued === 0) await send()
+      const w = await ahead.next()
+      if (w === undefined) break
       // Awaited before anything else can throw: a window taken is a fetch settled.
       const blocks = await w.blocks
-      ahead.release(w.bytes)
       if (signal?.aborted === true) throw new AbortError({ cause: signal.reason })
       const { list, to } = w
       for (let i = w.from; i < to; i++) {
@@ -311,7 +347,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
                 small.add(abs, mode(e.mode), e.uid, e.gid, e.mtime, preserveOwner && (e.uid !== euid || e.gid !== writeOptions.egid), e.data)
                 smallRels.push(e.path)
                 itemBytes += e.size
-                if (items.length + small.count >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
+                if (items.length + small.count >= WRITE_BATCH_FILES || itemBytes >= writeBatchBytes) await send()
                 break
               }
               const item: WriteItem = { abs, rel: e.path, mode: mode(e.mode), uid: e.uid, gid: e.gid, mtime: e.mtime }
@@ -336,7 +372,7 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
               }
               items.push(item)
               itemBytes += e.size
-              if (items.length + small.count >= WRITE_BATCH_FILES || itemBytes >= WRITE_BATCH_BYTES) await send()
+              if (items.length + small.count >= WRITE_BATCH_FILES || itemBytes >= writeBatchBytes) await send()
               break
             }
             case 'symlink':
@@ -371,6 +407,8 @@ async function write (root: CID, target: string, source: ContentSource, opts: Ma
         done++
         if (e.type === 'file') bytes += e.size
       }
+      holds.push({ after: items.length + small.count > 0 ? sent + 1 : sent, weight: w.weight })
+      releaseWritten()
       opts.onProgress?.({ entries: done, bytes, totalEntries: manifest.count, totalBytes: manifest.size })
     }
     checker.end()
@@ -418,6 +456,24 @@ function currentUmask (): number {
     // Not Linux /proc: assume the usual mask, which only costs an extra chmod.
   }
   return 0o022
+}
+
+/** Copies the blocks of a write request into one buffer of their own, the items' blocks made views of it. */
+function packBlocks (batch: WriteItem[]): ArrayBuffer | undefined {
+  let total = 0
+  for (const item of batch) for (const b of item.blocks ?? []) total += b.length
+  if (total === 0) return undefined
+  const buffer = new Uint8Array(total)
+  let off = 0
+  for (const item of batch) {
+    if (item.blocks === undefined) continue
+    item.blocks = item.blocks.map((b) => {
+      buffer.set(b, off)
+      off += b.length
+      return buffer.subarray(off - b.length, off)
+    })
+  }
+  return buffer.buffer
 }
 
 async function fetchAll (cids: CID[], getBlock: (cid: CID) => Promise<Uint8Array>, concurrency: number): Promise<Map<string, Uint8Array>> {

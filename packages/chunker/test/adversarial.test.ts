@@ -19,7 +19,13 @@ const file = (p: string, data = 'x'): Raw => {
 }
 
 /** Encodes entries as a manifest exactly as given (no checks), with optional root overrides. */
-function craft (lists: Raw[][], root: Raw = {}): { root: CID, source: ContentSource, put: (bytes: Uint8Array) => CID } {
+const noTime = (e: Raw): Raw => {
+  const { mt: _, ...rest } = e
+  return rest
+}
+
+/** With `times` (one per list), a version 2 manifest linking them; else version 1. */
+function craft (lists: Raw[][], root: Raw = {}, times?: Raw[]): { root: CID, source: ContentSource, put: (bytes: Uint8Array) => CID } {
   const blocks = new Map<string, Uint8Array>()
   const put = (bytes: Uint8Array, codec: number = DAG_CBOR): CID => {
     const cid = cidOf(codec, bytes)
@@ -29,7 +35,8 @@ function craft (lists: Raw[][], root: Raw = {}): { root: CID, source: ContentSou
   const listCids = lists.map((entries) => put(dagCbor.encode({ entries })))
   const count = lists.reduce((n, l) => n + l.length, 0)
   const size = lists.flat().reduce((n, e) => n + (e.t === T.file && typeof e.s === 'number' && e.s < 2 ** 40 ? e.s : 0), 0)
-  const rootCid = put(dagCbor.encode({ format: 'strata/layer', version: 1, count, size, root: { m: 0o755, u: 0, g: 0, mt: [0, 0] }, entries: listCids, ...root }))
+  const v2 = times === undefined ? {} : { version: 2, times: times.map((t) => put(dagCbor.encode(t))) }
+  const rootCid = put(dagCbor.encode({ format: 'strata/layer', version: 1, count, size, root: { m: 0o755, u: 0, g: 0, mt: [0, 0] }, entries: listCids, ...v2, ...root }))
   return {
     root: rootCid,
     put: (bytes) => put(bytes, RAW),
@@ -65,7 +72,7 @@ function sandbox (t: { after: (fn: () => void) => void }): { target: string, che
 
 const FAKE = cidOf(RAW, new Uint8Array([1]))
 
-const cases: Array<{ name: string, lists: Raw[][], root?: Raw, code: string, message: RegExp }> = [
+const cases: Array<{ name: string, lists: Raw[][], root?: Raw, times?: Raw[], code: string, message: RegExp }> = [
   { name: 'a .. component', lists: [[dir('a'), file('a/../../canary')]], code: 'ERR_INVALID_MANIFEST', message: /'\.\.' component/ },
   { name: 'a bare .. path', lists: [[file('..')]], code: 'ERR_INVALID_MANIFEST', message: /'\.\.' component/ },
   { name: 'an absolute path', lists: [[file('/tmp/strata-evil')]], code: 'ERR_INVALID_MANIFEST', message: /absolute/ },
@@ -93,7 +100,13 @@ const cases: Array<{ name: string, lists: Raw[][], root?: Raw, code: string, mes
   { name: 'an unknown field', lists: [[{ ...file('a'), evil: 1 }]], code: 'ERR_INVALID_MANIFEST', message: /unexpected field "evil"/ },
   { name: 'a symlink target with NUL', lists: [[{ p: 'l', t: T.symlink, ...attrs, l: 'a\0b' }]], code: 'ERR_INVALID_MANIFEST', message: /symlink target/ },
   { name: 'a mode with file type bits', lists: [[{ ...file('a'), m: 0o100644 }]], code: 'ERR_INVALID_MANIFEST', message: /mode must be/ },
-  { name: 'another format version', lists: [[file('a')]], root: { version: 2 }, code: 'ERR_INVALID_MANIFEST', message: /unsupported manifest version 2/ },
+  { name: 'another format version', lists: [[file('a')]], root: { version: 3 }, code: 'ERR_INVALID_MANIFEST', message: /unsupported manifest version 3/ },
+  { name: 'times blocks in a version 1 root', lists: [[file('a')]], times: [{ mt: [1, 0] }], root: { version: 1 }, code: 'ERR_INVALID_MANIFEST', message: /version 1 manifest has no times/ },
+  { name: 'a version 2 root without times', lists: [[noTime(file('a'))]], root: { version: 2 }, code: 'ERR_INVALID_MANIFEST', message: /one block per entry-list block/ },
+  { name: 'an mtime inside a version 2 entry', lists: [[file('a')]], times: [{ mt: [1, 0] }], code: 'ERR_INVALID_MANIFEST', message: /carries its mtime in the times block/ },
+  { name: 'a times block shorter than its list', lists: [[noTime(file('a')), noTime(file('b'))]], times: [{ mt: [1, 0] }], code: 'ERR_INVALID_MANIFEST', message: /holds 1 times for 2 entries/ },
+  { name: 'nanoseconds past a second in a times block', lists: [[noTime(file('a'))]], times: [{ mt: [1, 1e9] }], code: 'ERR_INVALID_MANIFEST', message: /nanoseconds/ },
+  { name: 'an unknown field in a times block', lists: [[noTime(file('a'))]], times: [{ mt: [1, 0], x: 1 }], code: 'ERR_INVALID_MANIFEST', message: /unexpected field "x" in a times block/ },
   { name: 'a root size that is not the sum of the files', lists: [[file('a'), file('b')]], root: { size: 1 }, code: 'ERR_INVALID_MANIFEST', message: /add up to more than the 1 bytes/ },
   { name: 'an unknown field in the root', lists: [[file('a')]], root: { extra: true }, code: 'ERR_INVALID_MANIFEST', message: /unexpected field "extra" in the manifest root/ },
   { name: 'an overlay xattr', lists: [[{ ...file('a'), x: [['trusted.overlay.redirect', new Uint8Array([1])]] }]], code: 'ERR_INVALID_MANIFEST', message: /belongs to the overlay/ },
@@ -106,7 +119,7 @@ const cases: Array<{ name: string, lists: Raw[][], root?: Raw, code: string, mes
 for (const c of cases) {
   test(`refuses a manifest with ${c.name}, touching nothing outside the target`, async (t) => {
     const box = sandbox(t)
-    const { root, source } = craft(c.lists, c.root)
+    const { root, source } = craft(c.lists, c.root, c.times)
     await assert.rejects(materialize(root, box.target, source), (err: Error & { code?: string }) => {
       assert.equal(err.code, c.code, `${err.name}: ${err.message}`)
       assert.match(err.message, c.message)
@@ -156,4 +169,21 @@ test('refuses to write into a target that is not empty', async (t) => {
   const { root, source } = craft([[file('a')]])
   await assert.rejects(materialize(root, box.target, source), { code: 'ERR_MATERIALIZE', message: /empty directory/ })
   assert.equal(readFileSync(join(box.target, 'keep'), 'utf8'), 'mine')
+})
+
+test('a version 1 manifest, mtimes inside its entries, still materializes with them', async (t) => {
+  const box = sandbox(t)
+  const { root, source } = craft([[dir('d'), file('d/a', 'hello')]])
+  await materialize(root, box.target, source)
+  assert.equal(readFileSync(join(box.target, 'd/a'), 'utf8'), 'hello')
+  assert.equal(Math.floor(lstatSync(join(box.target, 'd/a')).mtimeMs / 1000), 1_700_000_000)
+  assert.equal(Math.floor(lstatSync(join(box.target, 'd')).mtimeMs / 1000), 1_700_000_000)
+})
+
+test('a version 2 manifest takes each mtime from its times block, seconds as differences', async (t) => {
+  const box = sandbox(t)
+  const { root, source } = craft([[noTime(dir('d')), noTime(file('d/a')), noTime(file('d/b'))]], {}, [{ mt: [1_700_000_000, 5, 100, 0, -50, 0] }])
+  await materialize(root, box.target, source)
+  const seconds = (p: string): number => Math.floor(lstatSync(join(box.target, p)).mtimeMs / 1000)
+  assert.deepEqual([seconds('d'), seconds('d/a'), seconds('d/b')], [1_700_000_000, 1_700_000_100, 1_700_000_050])
 })

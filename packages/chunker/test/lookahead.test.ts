@@ -31,15 +31,18 @@ test('room waits while the weight would pass the budget, counting taken items un
   const more = q.room(50)
   assert.equal(await settled(more), false)
   assert.equal(await q.next(), 'a')
-  // An empty queue has room, though the item taken still counts until released.
+  // The item taken still counts until it is released, queue empty or not.
+  assert.equal(await settled(more), false, 'an empty queue but 60 of 100 held')
+  q.release(60)
   assert.equal(await settled(more), true)
   q.add('b', 50)
-  assert.equal(q.weight, 110)
-  const again = q.room(10)
-  assert.equal(await settled(again), false, 'a queued item and 110 of 100 in use')
-  q.release(60)
+  const again = q.room(60)
+  assert.equal(await settled(again), false, 'a queued item and 110 of 100')
+  assert.equal(await q.next(), 'b')
+  assert.equal(await settled(again), false, '50 held, taken or not')
+  q.release(50)
   assert.equal(await settled(again), true)
-  assert.equal(q.weight, 50)
+  assert.equal(q.weight, 0)
 })
 
 test('an item heavier than the whole budget goes through alone', async () => {
@@ -49,6 +52,8 @@ test('an item heavier than the whole budget goes through alone', async () => {
   const next = q.room(1)
   assert.equal(await settled(next), false)
   assert.equal(await q.next(), 'huge')
+  assert.equal(await settled(next), false, 'taken but not released')
+  q.release(1000)
   assert.equal(await settled(next), true)
 })
 
@@ -115,5 +120,7 @@ test('a lookahead needs room for an item; a weight budget of 0 lets one in at a 
   const more = q.room(5)
   assert.equal(await settled(more), false)
   assert.equal(await q.next(), 'a')
+  assert.equal(await settled(more), false)
+  q.release(5)
   assert.equal(await settled(more), true)
 })

@@ -119,3 +119,30 @@ test('stops with ABORT_ERR when the signal aborts partway', async (t) => {
   }), { code: 'ABORT_ERR' })
   assert.equal(progress.length, 1)
 })
+
+test('two trees that differ only in mtimes share every entry-list block; only the times blocks and the root differ', async (t) => {
+  const dir = tempDir(t)
+  // The same content, every file and directory stamped with another time, as two installs do.
+  const tree = (mtime: [number, number]): Tree => {
+    const out: Tree = {}
+    for (let p = 0; p < 40; p++) {
+      const pkg: Tree = {}
+      for (let i = p; i < 3000; i += 40) pkg[`file-${i}.js`] = { file: `module.exports = ${i}\n`, mtime }
+      out[`pkg${p}`] = { dir: pkg, mtime }
+    }
+    return out
+  }
+  buildTree(join(dir, 'a'), tree([1_700_000_000, 1]))
+  buildTree(join(dir, 'b'), tree([1_700_000_500, 2]))
+  const a = await packTree(join(dir, 'a'))
+  const b = await packTree(join(dir, 'b'))
+  assert.notEqual(a.root.toString(), b.root.toString())
+  // Blocks after the root: each entry list, then its times block.
+  const listsOf = (blocks: typeof a.blocks): string[] => blocks.slice(1).filter((_, i) => i % 2 === 0).map((x) => x.cid.toString())
+  const timesOf = (blocks: typeof a.blocks): string[] => blocks.slice(1).filter((_, i) => i % 2 === 1).map((x) => x.cid.toString())
+  assert.ok(listsOf(a.blocks).length > 1, 'the tree should take several entry lists')
+  assert.deepEqual(listsOf(b.blocks), listsOf(a.blocks))
+  assert.equal(timesOf(b.blocks).filter((c) => timesOf(a.blocks).includes(c)).length, 0)
+  // The same tree packed again gives the same root.
+  assert.equal((await packTree(join(dir, 'a'))).root.toString(), a.root.toString())
+})

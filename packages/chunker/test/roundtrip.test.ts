@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { openSync, readSync, closeSync, lstatSync, statSync, writeFileSync } from 'node:fs'
+import { openSync, readSync, readdirSync, closeSync, lstatSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import type { CID } from 'multiformats/cid'
@@ -190,7 +190,8 @@ test('splits a large manifest into entry blocks under the block limit, and reads
 test('the blocks of the next window are asked for before the current window is written', async (t) => {
   const dir = tempDir(t)
   const src = join(dir, 'src')
-  // Three files of distinct content: with a 1-byte prefetch budget, one window each.
+  // Three files of distinct content, 33 KB each: with a budget of 100 KB, a window
+  // (a quarter of it) holds one file, and the budget three.
   buildTree(src, { a: 'first file\n'.repeat(3000), b: 'second file\n'.repeat(3000), c: 'third file\n'.repeat(3000) })
   const { root, source } = await packToMemory(src)
   const fileOf = new Map<string, string>()
@@ -213,7 +214,7 @@ test('the blocks of the next window are asked for before the current window is w
       return await source.getBlock(cid, o)
     }
   }
-  await materialize(root, join(dir, 'out'), slow, { prefetchBytes: 1 })
+  await materialize(root, join(dir, 'out'), slow, { prefetchBytes: 100_000 })
   assert.equal(releasedBy, 'lookahead')
   assert.deepEqual(describeTree(join(dir, 'out')), describeTree(src))
 })
@@ -248,4 +249,35 @@ test('an abort while blocks are read ahead leaves no block fetch running once ma
   await assert.rejects(materialize(root, join(dir, 'out'), slow, { prefetchBytes: 1, windowsAhead: 1, signal: controller.signal }), (err: Error) => err.name === 'AbortError')
   assert.equal(running, 0, 'a block fetch outlived materialize')
   assert.ok(most >= 1)
+})
+
+test('the blocks a materialization holds stay within its byte budget until the files holding them are written', async (t) => {
+  const dir = tempDir(t)
+  const src = join(dir, 'src')
+  // Files of one 20 KiB chunk each: each is its own block, none inline.
+  const files: Record<string, string> = {}
+  for (let i = 0; i < 120; i++) files[`f${String(i).padStart(3, '0')}`] = createHash('sha256').update(`file ${i}`).digest('hex').repeat(640)
+  buildTree(src, files)
+  const { root, source } = await packToMemory(src)
+  const out = join(dir, 'out')
+  const size = 64 * 640
+  const budget = 8 * size
+  let asked = 0
+  let most = 0
+  const counting: ContentSource = {
+    async getBlock (cid, o) {
+      const bytes = await source.getBlock(cid, o)
+      if (cid.code !== 0x55) return bytes
+      asked += bytes.length
+      // A file counts as written once it has its whole size: held = asked - written.
+      let written = 0
+      for (const name of readdirSync(out)) if (statSync(join(out, name)).size === size) written += size
+      most = Math.max(most, asked - written)
+      return bytes
+    }
+  }
+  await materialize(root, out, counting, { prefetchBytes: budget })
+  assert.deepEqual(describeTree(out), describeTree(src))
+  // The budget, and one window the reader may add while the queue is empty.
+  assert.ok(most <= budget + budget / 4 + size, `held ${most} bytes of blocks with a budget of ${budget}`)
 })

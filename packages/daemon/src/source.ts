@@ -201,7 +201,9 @@ export class PeerBlockSource implements BlockSource {
         this.stats.blocks++
         if (p.blocks === 1) this.stats.providersUsed++
         this.#onBlock?.(bytes.length)
-        c.landed(w.key, bytes)
+        // Kept for peers only while some share this fetch: a fetch of its own would
+        // hold them for nobody.
+        if (this.#sharing > 0) c.landed(w.key, bytes)
         w.done = true
         this.#pending.delete(w.key)
         w.landing?.resolve(bytes)

@@ -5,6 +5,7 @@ import type { CID } from 'multiformats/cid'
 import { digestTree, tempDir } from '@strata/testing'
 import type { PlainTree as Tree } from '@strata/testing'
 import { BlockUnavailableError } from '../src/index.ts'
+import { FETCHING_TOPIC } from '../src/records.ts'
 import type { Daemon } from '../src/index.ts'
 import { bytes, connect, publishLayer, startDaemon, writeFixedTree } from './helpers.ts'
 
@@ -34,7 +35,7 @@ async function contentBlocks (d: Daemon, root: CID): Promise<CID[]> {
   return out
 }
 
-test('a peer still fetching a layer serves the blocks that have landed, and waits a moment for one on its way', async (t) => {
+test('a peer still fetching a layer serves the blocks that have landed to a peer sharing the fetch, and waits a moment for one on its way', async (t) => {
   // Opened before the daemons stop (after-hooks run in order), so that none waits on it.
   const gate = Promise.withResolvers<void>()
   t.after(() => gate.resolve())
@@ -52,8 +53,13 @@ test('a peer still fetching a layer serves the blocks that have landed, and wait
     if (cid.code === 0x55 && cid.toString() !== first) await gate.promise
     return await getBlock(cid, opts)
   }
+  // C announces that it fetches the layer too, as every fetcher does: B keeps what
+  // lands for it (a fetch nobody shares keeps nothing).
+  while (!b.node.services.pubsub.getSubscribers(FETCHING_TOPIC).some((p) => p.equals(c.node.peerId))) await delay(50)
+  await c.node.services.pubsub.publish(FETCHING_TOPIC, layer.root.bytes)
+  await delay(300)
   const fetching = b.fetchLayer(layer.root, { hints: [a.node.peerId] })
-  while (b.exchange.counters.blocksFromPeers < 1 + 2) await delay(20) // the manifest's two blocks and the first file
+  while (b.exchange.counters.blocksFromPeers < 1 + 2 + 1) await delay(20) // the manifest's root, entry list and times block, and the first file
   assert.equal(await b.store.has(layer.root), false, 'B has not finished')
 
   // C asks B alone: the landed block comes back; a block B is still waiting for comes once A lets it go.

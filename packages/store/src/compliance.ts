@@ -44,8 +44,9 @@ export function storeCompliance (name: string, open: () => Promise<OpenedStore>)
     /** The CIDs of a layer's content blocks, read through the store's own getBlock. */
     const contentBlocks = async (store: Store, root: CID): Promise<CID[]> => {
       const out: CID[] = []
-      for (const list of decodeRoot(await store.getBlock(root)).entries) {
-        for (const e of decodeEntryList(await store.getBlock(list))) for (const c of e.chunks ?? []) out.push(c.cid)
+      const decoded = decodeRoot(await store.getBlock(root))
+      for (const list of decoded.entries) {
+        for (const e of decodeEntryList(await store.getBlock(list), { version: decoded.version })) for (const c of e.chunks ?? []) out.push(c.cid)
       }
       return out
     }

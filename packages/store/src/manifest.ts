@@ -1,4 +1,4 @@
-import { decodeRoot } from '@strata/chunker'
+import { decodeRoot, manifestLinks } from '@strata/chunker'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import type { Index } from './keys.ts'
@@ -91,12 +91,12 @@ export class ManifestIndex {
     }
   }
 
-  /** A layer's manifest as stored: the root, then its entry lists in order. */
+  /** A layer's manifest as stored: the root, then its entry lists in order (each followed by its times block from format 2 on). */
   async stored (root: string): Promise<ManifestBlock[]> {
     const rootBytes = await this.#db.get(MBLOCK.key(root))
     if (rootBytes === undefined) throw new BlockNotFoundError(root)
     const blocks: ManifestBlock[] = [{ cid: CID.parse(root), bytes: rootBytes }]
-    for (const cid of decodeRoot(rootBytes).entries) {
+    for (const cid of manifestLinks(decodeRoot(rootBytes))) {
       const bytes = await this.#db.get(MBLOCK.key(cid.toString()))
       if (bytes === undefined) throw new BlockNotFoundError(cid.toString())
       blocks.push({ cid, bytes })
@@ -104,7 +104,7 @@ export class ManifestIndex {
     return blocks
   }
 
-  /** Manifest block CIDs (roots and entry lists) the layers in `roots` link to. */
+  /** Manifest block CIDs (roots, entry lists and times blocks) the layers in `roots` link to. */
   async linked (roots: Iterable<string>): Promise<Set<string>> {
     const linked = new Set<string>()
     for (const root of roots) {
@@ -112,7 +112,7 @@ export class ManifestIndex {
       if (bytes === undefined) continue
       linked.add(root)
       try {
-        for (const c of decodeRoot(bytes).entries) linked.add(c.toString())
+        for (const c of manifestLinks(decodeRoot(bytes))) linked.add(c.toString())
       } catch (err) {
         this.#log.warn({ err, layer: root }, 'a stored manifest root does not decode')
       }

@@ -1,4 +1,4 @@
-import { cidString, decodeEntryList, decodeRoot, EntryChecker } from '@strata/chunker'
+import { cidString, decodeEntryList, decodeRoot, EntryChecker, manifestLinks } from '@strata/chunker'
 import type { Entry } from '@strata/chunker'
 import type { CID } from 'multiformats/cid'
 import { CommitError } from './errors.ts'
@@ -28,14 +28,20 @@ export interface IndexPlan {
 /** Checks a layer's manifest (the root first, then its entry lists in order) and plans its index keys. */
 export function planIndex (root: string, blocks: ManifestBlock[]): IndexPlan {
   const decoded = decodeRoot(blocks[0]!.bytes)
-  if (blocks.length !== decoded.entries.length + 1) throw new CommitError(`manifest of ${root} is incomplete`)
+  const links = manifestLinks(decoded)
+  if (blocks.length !== links.length + 1) throw new CommitError(`manifest of ${root} is incomplete`)
+  links.forEach((cid, i) => {
+    if (!blocks[i + 1]!.cid.equals(cid)) throw new CommitError(`manifest of ${root} has its blocks out of order`)
+  })
   const checker = new EntryChecker(decoded.count, decoded.size)
   const locations: Located[] = []
   const distinct = new Set<string>()
-  decoded.entries.forEach((cid, i) => {
-    const list = blocks[i + 1]!
-    if (!list.cid.equals(cid)) throw new CommitError(`manifest of ${root} has its blocks out of order`)
-    const entries = decodeEntryList(list.bytes)
+  // Each entry list, followed by its times block from format 2 on.
+  const step = decoded.version === 1 ? 1 : 2
+  decoded.entries.forEach((_, i) => {
+    const list = blocks[1 + i * step]!
+    const times = step === 2 ? blocks[2 + i * step]!.bytes : undefined
+    const entries = decodeEntryList(list.bytes, { version: decoded.version, ...(times !== undefined ? { times } : {}) })
     for (const e of entries) checker.check(e)
     locate(entries, locations, distinct)
   })

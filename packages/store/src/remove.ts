@@ -85,11 +85,13 @@ export class Removal {
     const own = [root]
     if (rootBytes !== undefined) {
       try {
-        for (const listCid of decodeRoot(rootBytes).entries) {
+        const decoded = decodeRoot(rootBytes)
+        for (const timesCid of decoded.times) own.push(timesCid.toString())
+        for (const listCid of decoded.entries) {
           own.push(listCid.toString())
           const list = await db.get(MBLOCK.key(listCid.toString()))
           if (list === undefined) continue
-          for (const e of decodeEntryList(list)) {
+          for (const e of decodeEntryList(list, { version: decoded.version })) {
             for (const c of e.chunks ?? []) batch.del(BLOCK.key(c.cid.toString(), root))
           }
           if (batch.length >= BATCH) {

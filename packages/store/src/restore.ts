@@ -14,12 +14,13 @@ import type { BlockSource, LayerInfo, RestoreOptions } from './types.ts'
 /** Blocks a restore asks its source for at once. */
 const RESTORE_CONCURRENCY = 512
 /**
- * How far a restore's network runs ahead of its writes: block bytes, and windows of
- * entries (at most an entry list each), so that the transfer keeps going through
+ * What a restore holds at once: the bytes of blocks from the moment they are asked
+ * for until they are written (materialize's one budget), and windows of entries (at
+ * most an entry list each) read ahead, so that the transfer keeps going through
  * stretches of small inline files, which only the disk slows.
  */
-const RESTORE_PREFETCH_BYTES = 96 * 1024 * 1024
-const RESTORE_WINDOWS_AHEAD = 32
+const RESTORE_BUDGET_BYTES = 16 * 1024 * 1024
+const RESTORE_WINDOWS_AHEAD = 8
 
 export interface RestoreDeps {
   dirs: Dirs
@@ -72,7 +73,7 @@ export async function restoreLayer (deps: RestoreDeps, root: CID, source: BlockS
         onEntryList: (entries) => { locate(entries, locations, distinct) },
         // Blocks from peers arrive with a round trip each: keep many asked at once.
         concurrency: RESTORE_CONCURRENCY,
-        prefetchBytes: RESTORE_PREFETCH_BYTES,
+        prefetchBytes: RESTORE_BUDGET_BYTES,
         windowsAhead: RESTORE_WINDOWS_AHEAD,
         untrusted: opts.untrusted,
         signal: opts.signal,

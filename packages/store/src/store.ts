@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
-import { decodeEntryList, decodeRoot, materialize, BlockMismatchError, FsPool } from '@strata/chunker'
+import { materialize, readManifest, BlockMismatchError, FsPool } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, GcOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, RestoreOptions, Store, VerifyOptions } from './types.ts'
 import type { Index } from './keys.ts'
@@ -208,8 +208,7 @@ export class LayerStore implements Store, LocalStore {
   }
 
   async * entries (root: CID): AsyncGenerator<Entry, void, undefined> {
-    const decoded = decodeRoot(await this.getBlock(root))
-    for (const cid of decoded.entries) yield * decodeEntryList(await this.getBlock(cid))
+    yield * readManifest(root, async (cid) => await this.getBlock(cid))
   }
 
   async has (root: CID): Promise<boolean> {

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { ClassicLevel } from 'classic-level'
-import { decodeRoot } from '@strata/chunker'
+import { decodeRoot, manifestLinks } from '@strata/chunker'
 import { describeTree } from '@strata/testing'
 import { openStore } from '../src/index.ts'
 import { BLOCK, K_OPEN, LAYER, MBLOCK, PENDING, REMOVING, USED } from '../src/keys.ts'
@@ -48,7 +48,7 @@ export async function assertConsistent (dataDir: string, expected: Map<string, u
     const linked = new Set<string>()
     for (const root of roots) {
       linked.add(root)
-      for (const c of decodeRoot((await db.get(MBLOCK.key(root)))!).entries) linked.add(c.toString())
+      for (const c of manifestLinks(decodeRoot((await db.get(MBLOCK.key(root)))!))) linked.add(c.toString())
     }
     const within = (key: string, f: Pick<Family, 'range'>): boolean => key >= f.range.gte && key < f.range.lt
     for await (const key of db.keys()) {
