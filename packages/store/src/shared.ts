@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { decodeEntryList, decodeRoot, FsPool } from '@strata/chunker'
+import { FsPool, readManifest } from '@strata/chunker'
 import type { Entry, MaterializeOptions } from '@strata/chunker'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
@@ -319,8 +319,8 @@ class SharedLayerStore implements SharedStore {
     const lease = takeLease(this.dataDir)
     try {
       lease.add(root.toString())
-      const decoded = decodeRoot(await this.getBlock(root))
-      for (const cid of decoded.entries) yield * decodeEntryList(await this.getBlock(cid))
+      // Each block in a turn of its own: readManifest asks for them one by one.
+      yield * readManifest(root, async (cid) => await this.getBlock(cid))
     } finally {
       lease.release()
     }
