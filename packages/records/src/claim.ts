@@ -1,3 +1,4 @@
+import { decodeSigned, signingKey } from './envelope.ts'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { ClaimInvalidError } from './errors.ts'
@@ -6,7 +7,6 @@ import { publicKeyFromPeerId, verifySignature } from './identity.ts'
 import type { Identity } from './identity.ts'
 import { checkEpoch, checkScope } from './record.ts'
 import type { RecordPolicy } from './trust.ts'
-import { parseWriterId } from './writer-key.ts'
 import type { WriterKey } from './writer-key.ts'
 
 /** Bumped when the claim body layout changes. */
@@ -116,33 +116,16 @@ export function openClaim (bytes: Uint8Array, policy: RecordPolicy, key?: CID): 
   const fail = (reason: RecordRejectReason, detail: string, cause?: unknown): ClaimInvalidError =>
     new ClaimInvalidError(k, reason, detail, cause !== undefined ? { cause } : undefined)
   if (bytes.length > MAX_CLAIM_SIZE) throw fail('too-large', `is ${bytes.length} bytes, over ${MAX_CLAIM_SIZE}`)
-  let env: { body?: unknown, sig?: unknown }
-  try {
-    env = dagCbor.decode<{ body?: unknown, sig?: unknown }>(bytes)
-  } catch (err) {
-    throw fail('malformed', 'does not decode', err)
-  }
-  if (typeof env !== 'object' || env === null || !(env.body instanceof Uint8Array)) throw fail('malformed', 'is not a signed envelope')
-  if (!(env.sig instanceof Uint8Array) || env.sig.length === 0) throw fail('unsigned', 'carries no signature')
+  const env = decodeSigned<StepClaim>(bytes, fail)
   const body = env.body
-  let claim: StepClaim
-  try {
-    claim = dagCbor.decode<StepClaim>(body)
-  } catch (err) {
-    throw fail('malformed', 'body does not decode', err)
-  }
-  if (typeof claim !== 'object' || claim === null) throw fail('malformed', 'body is not a map')
+  const claim = env.value
   if (key === undefined) k = CID.asCID(claim.key)?.toString() ?? '?'
   if (claim.v !== CLAIM_FORMAT) throw fail('version', `has format ${String(claim.v)}, this reader reads format ${CLAIM_FORMAT}`)
   if (typeof claim.claimant !== 'string') throw fail('malformed', 'has no claimant')
-  const writer: unknown = claim.writer
-  if (writer !== null && typeof writer !== 'string') throw fail('malformed', 'has a writer that is not a string')
-  const signer = writer ?? claim.claimant
-  const pub = writer !== null ? parseWriterId(writer)?.publicKey : publicKeyFromPeerId(claim.claimant)
-  if (pub === undefined) throw fail('malformed', writer !== null ? `writer ${writer.slice(0, 200)} is not NAME-N:BASE64` : `claimant ${claim.claimant.slice(0, 200)} is not an ed25519 peer id`)
+  const { signer, pub } = signingKey(claim.writer, claim.claimant, 'claimant', fail)
   if (!verifySignature(pub, claimSignedBytes(body), env.sig)) throw fail('bad-signature', `signature does not verify for ${signer.slice(0, 200)}`)
   // The claimant is where a waiter expects the record from: it must be a peer id even when a writer key signed.
-  if (writer !== null && publicKeyFromPeerId(claim.claimant) === undefined) throw fail('malformed', `claimant ${claim.claimant.slice(0, 200)} is not an ed25519 peer id`)
+  if (claim.writer !== null && publicKeyFromPeerId(claim.claimant) === undefined) throw fail('malformed', `claimant ${claim.claimant.slice(0, 200)} is not an ed25519 peer id`)
   try {
     checkFields(claim)
   } catch (err) {

@@ -1,11 +1,11 @@
+import { decodeSigned, signingKey } from './envelope.ts'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { RecordInvalidError } from './errors.ts'
 import type { RecordRejectReason } from './errors.ts'
-import { publicKeyFromPeerId, verifySignature } from './identity.ts'
+import { verifySignature } from './identity.ts'
 import { envObject, envProblem, isEnvLine } from './env.ts'
 import type { Identity } from './identity.ts'
-import { parseWriterId } from './writer-key.ts'
 import type { WriterKey } from './writer-key.ts'
 import type { RecordPolicy } from './trust.ts'
 
@@ -122,30 +122,13 @@ export function openRecord (key: CID, bytes: Uint8Array, policy: RecordPolicy): 
   const k = key.toString()
   const fail = (reason: RecordRejectReason, detail: string, cause?: unknown): RecordInvalidError =>
     new RecordInvalidError(k, reason, detail, cause !== undefined ? { cause } : undefined)
-  let env: { body?: unknown, sig?: unknown }
-  try {
-    env = dagCbor.decode<{ body?: unknown, sig?: unknown }>(bytes)
-  } catch (err) {
-    throw fail('malformed', 'does not decode', err)
-  }
-  if (typeof env !== 'object' || env === null || !(env.body instanceof Uint8Array)) throw fail('malformed', 'is not a signed envelope')
-  if (!(env.sig instanceof Uint8Array) || env.sig.length === 0) throw fail('unsigned', 'carries no signature')
+  const env = decodeSigned<StepRecord>(bytes, fail)
   const body = env.body
-  let record: StepRecord
-  try {
-    record = dagCbor.decode<StepRecord>(body)
-  } catch (err) {
-    throw fail('malformed', 'body does not decode', err)
-  }
-  if (typeof record !== 'object' || record === null) throw fail('malformed', 'body is not a map')
+  let record = env.value
   if (!DOMAINS.has(record.v)) throw fail('version', `has format ${String(record.v)}, this reader reads formats ${[...DOMAINS.keys()].join(' and ')}`)
   if (typeof record.producer !== 'string') throw fail('malformed', 'has no producer')
   // Format 2 has no writer field: its producer signed it.
-  const writer: unknown = record.v === 2 ? null : record.writer
-  if (writer !== null && typeof writer !== 'string') throw fail('malformed', 'has a writer that is not a string')
-  const signer = writer ?? record.producer
-  const pub = writer !== null ? parseWriterId(writer)?.publicKey : publicKeyFromPeerId(record.producer)
-  if (pub === undefined) throw fail('malformed', writer !== null ? `writer ${writer.slice(0, 200)} is not NAME-N:BASE64` : `producer ${record.producer.slice(0, 200)} is not an ed25519 peer id`)
+  const { signer, pub } = signingKey(record.v === 2 ? null : record.writer, record.producer, 'producer', fail)
   if (!verifySignature(pub, signedBytes(body, record.v), env.sig)) throw fail('bad-signature', `signature does not verify for ${signer.slice(0, 200)}`)
   if (CID.asCID(record.layer) === null || !Array.isArray(record.env) || !record.env.every((l) => typeof l === 'string') ||
     typeof record.scope !== 'string' || typeof record.epoch !== 'number' || !Number.isInteger(record.epoch)) {
