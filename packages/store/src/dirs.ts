@@ -3,22 +3,13 @@ import { randomBytes } from 'node:crypto'
 import { rm } from 'node:fs/promises'
 import { removeTree } from '@strata/chunker'
 import { flock } from '@strata/sys'
+import { heldElsewhere } from './lock.ts'
 
 const HELD = 'held'
 
 /** Whether a live process holds the staging dir `dir` (made by Dirs.held()). */
 export function isHeld (dir: string): boolean {
-  let fd: number
-  try {
-    fd = openSync(`${dir}/${HELD}`, 'r')
-  } catch {
-    return false
-  }
-  try {
-    return !flock(fd, { exclusive: true, wait: false })
-  } finally {
-    closeSync(fd)
-  }
+  return heldElsewhere(`${dir}/${HELD}`, 'r')
 }
 
 /** The directories of a data dir: committed layers, and staging for work in progress and trees on their way out. */

@@ -64,9 +64,14 @@ export async function acquireTurn (dataDir: string, opts: LockWait): Promise<() 
 
 /** Whether another process waits for `lock` now. */
 export function othersWaiting (dataDir: string): boolean {
+  return heldElsewhere(`${dataDir}/${WAITING}`, 'a')
+}
+
+/** Whether a live process holds an flock on the file at `path` (opened with `flags`; a file that cannot be opened is held by nobody). */
+export function heldElsewhere (path: string, flags: 'r' | 'a'): boolean {
   let fd: number
   try {
-    fd = openSync(`${dataDir}/${WAITING}`, 'a')
+    fd = openSync(path, flags)
   } catch {
     return false
   }
