@@ -21,6 +21,8 @@ export interface LiveClaim {
   expiresAt: number
   /** This node's own claim (renewed by its client, not by messages). */
   own: boolean
+  /** Its node granted it: said by its node in an answer, or this node's own once granted. */
+  decided: boolean
 }
 
 export type ClaimEnd = 'released' | 'expired'
@@ -59,15 +61,16 @@ export interface ClaimTableInit {
 export type ReceiveOutcome = 'added' | 'renewed' | 'released' | 'stale' | 'ended' | 'own' | 'rejected' | 'full'
 
 /**
- * Which of two claims on a key wins: one already renewed (its holder has been
- * building for a while) beats a fresh one; among equals the lowest claim id. Every
- * node applies the same rule to what it has seen, so simultaneous claimants agree.
+ * Which of two claims on a key wins: one already granted (its node said so, or it
+ * was renewed: its holder builds) beats one still settling; among equals the lowest
+ * claim id. Every node applies the same rule to what it has seen, so simultaneous
+ * claimants agree.
  */
-export function beats (a: StepClaim, b: StepClaim): boolean {
-  const ra = a.seq > 0
-  const rb = b.seq > 0
+export function beats (a: Pick<LiveClaim, 'claim' | 'decided'>, b: Pick<LiveClaim, 'claim' | 'decided'>): boolean {
+  const ra = a.decided || a.claim.seq > 0
+  const rb = b.decided || b.claim.seq > 0
   if (ra !== rb) return ra
-  return compareClaimIds(a.id, b.id) < 0
+  return compareClaimIds(a.claim.id, b.claim.id) < 0
 }
 
 /**
@@ -102,7 +105,7 @@ export class ClaimTable {
    * the answering peer says it has left). Verified under the trust policy; a refusal
    * is counted and logged with its reason.
    */
-  receive (envelope: Uint8Array, opts: { remainingMs?: number, from?: string } = {}): ReceiveOutcome {
+  receive (envelope: Uint8Array, opts: { remainingMs?: number, decided?: boolean, from?: string } = {}): ReceiveOutcome {
     let claim: StepClaim
     try {
       claim = openClaim(envelope, this.#init.trust)
@@ -132,6 +135,7 @@ export class ClaimTable {
       this.#c.logger.info({ event: 'claim-released', key, id, claimant: claim.claimant }, 'a peer released its claim')
       return 'released'
     }
+    if (held !== undefined && opts.decided === true) held.decided = true
     if (held !== undefined && claim.seq <= held.claim.seq) return 'stale'
     const lease = Math.min(claim.leaseMs, MAX_LEASE_MS, opts.remainingMs ?? Infinity)
     if (lease <= 0) return 'stale'
@@ -146,7 +150,7 @@ export class ClaimTable {
       this.#c.logger.warn({ event: 'claim-rejected', reason: 'table-full', key, id, claimant: claim.claimant, live: this.#byId.size }, 'ignoring a claim: the claim table is full')
       return 'full'
     }
-    this.#insert({ claim, envelope, id, key, expiresAt: this.#c.now() + lease, own: false })
+    this.#insert({ claim, envelope, id, key, expiresAt: this.#c.now() + lease, own: false, decided: opts.decided === true })
     this.#c.logger.debug({ event: 'claim-learned', key, id, claimant: claim.claimant, seq: claim.seq }, 'a peer claimed a key')
     return 'added'
   }
@@ -161,7 +165,7 @@ export class ClaimTable {
       held.expiresAt = this.#c.now() + claim.leaseMs
       return held
     }
-    const live: LiveClaim = { claim, envelope, id, key: claim.key.toString(), expiresAt: this.#c.now() + claim.leaseMs, own: true }
+    const live: LiveClaim = { claim, envelope, id, key: claim.key.toString(), expiresAt: this.#c.now() + claim.leaseMs, own: true, decided: false }
     this.#insert(live)
     return live
   }
@@ -188,7 +192,7 @@ export class ClaimTable {
   live (key: string, scopes?: readonly string[]): LiveClaim[] {
     this.sweep()
     const out = [...(this.#byKey.get(key)?.values() ?? [])].filter((l) => scopes === undefined || scopes.includes(l.claim.scope))
-    return out.sort((a, b) => beats(a.claim, b.claim) ? -1 : beats(b.claim, a.claim) ? 1 : 0)
+    return out.sort((a, b) => beats(a, b) ? -1 : beats(b, a) ? 1 : 0)
   }
 
   /** The claim that wins `key` among those in `scopes`, if any is live. */

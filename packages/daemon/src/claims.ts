@@ -15,24 +15,23 @@ import { BadRequestError, ClaimNotFoundError, ClaimsBusyError, ProtocolViolation
 /** Claims are announced, renewed and released on this gossip topic. */
 export const CLAIMS_TOPIC = '/strata/claims/1'
 /**
- * `/strata/claims/1.0.0`: the client sends one frame, dag-cbor `{ key }`; the server
- * answers one frame, dag-cbor `{ claims: [{ envelope, remainingMs }] }`: the live
- * claims it knows on that key (its own and its peers'), at most MAX_ANSWER_CLAIMS,
- * each with the lease it has left on the server's clock.
+ * `/strata/claims/1.0.0`: the client sends one frame, dag-cbor `{ key, claim? }` (its
+ * own claim on the key, which the server takes in first); the server answers one
+ * frame, dag-cbor `{ claims: [{ envelope, remainingMs, decided }] }`: the live claims
+ * it knows on that key (its own and its peers'), at most MAX_ANSWER_CLAIMS, each with
+ * the lease it has left on the server's clock and whether its node granted it.
  */
 export const CLAIMS_PROTOCOL = '/strata/claims/1.0.0'
-/** After announcing a claim, how long to wait for a simultaneous one before deciding who builds. */
+/** When a connected peer did not answer a claim's push: how long to wait for a simultaneous claim on gossip before deciding who builds. */
 export const CLAIM_SETTLE_MS = 500
-/** The shortest settle window: below it, a claim announced at the same moment may not have arrived yet even on a quiet LAN. */
-export const MIN_CLAIM_SETTLE_MS = 50
 /** How long a released claim's waiters wait for its record before being told it was released (the record travels on another topic). */
 export const RELEASE_GRACE_MS = 1_000
-/** A direct ask: one peer's answer time, the peers asked and how many at once. */
+/** A claim's push: one peer's answer time, the peers pushed to and how many at once. */
 const ASK_TIMEOUT_MS = 1_500
 const MAX_ASKED = 32
 const ASK_CONCURRENCY = 8
 const MAX_ANSWER_CLAIMS = 16
-const MAX_ASK_REQUEST = 256
+const MAX_ASK_REQUEST = MAX_CLAIM_SIZE + 256
 const MAX_ANSWER = MAX_ANSWER_CLAIMS * (MAX_CLAIM_SIZE + 32) + 64
 /** Control clients waiting on claims at once. */
 const MAX_WAITERS = 1024
@@ -110,7 +109,7 @@ export class ClaimService {
   }
 
   async start (): Promise<void> {
-    await this.#c.handle(CLAIMS_PROTOCOL, (stream) => { void this.#serve(stream) }, { maxInboundStreams: 8 })
+    await this.#c.handle(CLAIMS_PROTOCOL, (stream, connection) => { void this.#serve(stream, connection.remotePeer.toString()) }, { maxInboundStreams: 8 })
     // Expiry is noticed within a second even when nothing asks.
     this.#sweeper = setInterval(() => { this.table.sweep() }, 500)
     this.#sweeper.unref()
@@ -140,8 +139,8 @@ export class ClaimService {
 
   /**
    * Claims `key` for this node's client: granted when no live trusted claim on it
-   * exists (here, or at a connected peer asked directly) and none made at the same
-   * moment wins the settle window; otherwise held by the winner. `envelope` is the
+   * exists here or at a connected peer (each is handed this claim and answers what it
+   * knows) and no claim made at the same moment wins; otherwise held by the winner. `envelope` is the
    * claim signed by the client's writer key (claimant: this node, seq 0); without it
    * the node's identity signs. Throws BadRequestError for an envelope that is not such a claim.
    */
@@ -172,23 +171,23 @@ export class ClaimService {
       this.#log.info({ event: 'claim-superseded', key: k, id: l.id }, 'a claim of this node whose runner is gone is released for a new one')
       await this.#lose(l.id)
     }
+    // Checked and registered in one turn: a claim a peer pushed to this node before
+    // this point is seen here; one pushed after it finds this claim in the answer.
     const before = this.table.winner(k, scopes)
     if (before !== undefined) return held(before)
-    const peers = this.#c.connectedPeers()
-    let slowestAsk = 0
-    if (peers.length > 0) {
-      slowestAsk = await this.#askPeers(key, peers.slice(0, MAX_ASKED), opts.signal)
-      const asked = this.table.winner(k, scopes)
-      if (asked !== undefined) return held(asked)
-    }
     this.#own.set(id, { signedByClient: opts.envelope !== undefined, lost: false, key: k })
     this.table.own(claim, envelope)
     this.#publish(envelope)
+    const peers = this.#c.connectedPeers().slice(0, MAX_ASKED)
     try {
-      // With no peer connected nobody can claim at the same moment.
-      // A claim made at the same moment reaches us about as fast as the peers answered: a few of their round trips, within bounds.
-      const settleMs = this.#init.settleMs ?? Math.min(CLAIM_SETTLE_MS, Math.max(MIN_CLAIM_SETTLE_MS, 4 * slowestAsk))
-      if (peers.length > 0) await sleep(settleMs, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
+      // Each connected peer is handed the claim and answers with what it knows on the
+      // key. Of two claims made at once, each node learns the other's: by the push
+      // when it arrives before the receiver registers its own (the receiver is held),
+      // else by the answer. A peer that did not answer may have missed it: claims
+      // then meet on gossip within a short window, or both build (never wrong).
+      const silent = peers.length === 0 ? 0 : await this.#pushPeers(envelope, key, peers, opts.signal)
+      const settleMs = this.#init.settleMs ?? (silent > 0 ? CLAIM_SETTLE_MS : 0)
+      if (settleMs > 0) await sleep(settleMs, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
     } catch (err) {
       await this.#lose(id)
       throw err
@@ -196,12 +195,14 @@ export class ClaimService {
     const winner = this.table.winner(k, scopes)
     if (winner === undefined || winner.id === id) {
       // Not live any more only if settling outlasted its lease: nobody else holds the key either.
-      if (winner === undefined) {
+      let live = winner
+      if (live === undefined) {
         this.#own.set(id, { signedByClient: opts.envelope !== undefined, lost: false, key: k })
-        this.table.own(claim, envelope)
+        live = this.table.own(claim, envelope)
       }
+      live.decided = true
       this.#init.counters.granted++
-      this.#log.info({ event: 'claim-granted', key: k, id, scope }, 'claim granted: this node builds the key')
+      this.#log.info({ event: 'claim-granted', key: k, id, scope, peers: peers.length }, 'claim granted: this node builds the key')
       return { status: 'granted', id }
     }
     const lost = this.#own.get(id)!
@@ -350,38 +351,34 @@ export class ClaimService {
   }
 
   /**
-   * Asks `peers` at once (a few at a time) for their live claims on `key`; what they
-   * answer goes into the table. Returns the slowest answer's round trip in ms (the
-   * whole bound when none answered).
+   * Hands this node's claim `envelope` on `key` to `peers` (a few at a time); what they
+   * answer goes into the table. Returns how many did not answer.
    */
-  async #askPeers (key: CID, peers: PeerId[], signal?: AbortSignal): Promise<number> {
+  async #pushPeers (envelope: Uint8Array, key: CID, peers: PeerId[], signal?: AbortSignal): Promise<number> {
     const queue = [...peers]
-    let slowest = 0
-    let answered = false
+    let silent = 0
     const worker = async (): Promise<void> => {
       for (let p = queue.shift(); p !== undefined; p = queue.shift()) {
         if (signal?.aborted === true) return
         try {
-          const t0 = performance.now()
-          const answers = await this.#ask(p, key, AbortSignal.any([AbortSignal.timeout(ASK_TIMEOUT_MS), ...(signal !== undefined ? [signal] : [])]))
-          slowest = Math.max(slowest, performance.now() - t0)
-          answered = true
-          for (const a of answers) this.table.receive(a.envelope, { remainingMs: a.remainingMs, from: p.toString() })
+          const answers = await this.#push(p, key, envelope, AbortSignal.any([AbortSignal.timeout(ASK_TIMEOUT_MS), ...(signal !== undefined ? [signal] : [])]))
+          for (const a of answers) this.table.receive(a.envelope, { remainingMs: a.remainingMs, decided: a.decided, from: p.toString() })
         } catch (err) {
-          this.#log.debug({ err, peer: p.toString() }, 'claim ask failed')
+          silent++
+          this.#log.debug({ err, peer: p.toString() }, 'claim push failed')
         }
       }
     }
     await Promise.all(Array.from({ length: Math.min(ASK_CONCURRENCY, peers.length) }, worker))
     if (signal?.aborted === true) throw signal.reason
-    return answered ? slowest : ASK_TIMEOUT_MS
+    return silent
   }
 
-  async #ask (peer: PeerId, key: CID, signal: AbortSignal): Promise<Array<{ envelope: Uint8Array, remainingMs: number }>> {
+  async #push (peer: PeerId, key: CID, envelope: Uint8Array, signal: AbortSignal): Promise<ClaimAnswerEntry[]> {
     const stream = await this.#c.dialProtocol(peer, CLAIMS_PROTOCOL, { signal, negotiateFully: false })
     try {
       const lp = lpStream(stream, { maxDataLength: MAX_ANSWER })
-      await lp.write(dagCbor.encode({ key }), { signal })
+      await lp.write(dagCbor.encode({ key, claim: envelope }), { signal })
       const answer = decodeClaimAnswer((await lp.read({ signal })).subarray())
       await stream.close({ signal }).catch(() => {})
       return answer
@@ -391,14 +388,16 @@ export class ClaimService {
     }
   }
 
-  async #serve (stream: Stream): Promise<void> {
+  async #serve (stream: Stream, from: string): Promise<void> {
     try {
       const signal = AbortSignal.timeout(5_000)
       const lp = lpStream(stream, { maxDataLength: MAX_ASK_REQUEST, maxBufferSize: 4 * MAX_ASK_REQUEST })
-      const key = decodeClaimAsk((await lp.read({ signal })).subarray())
+      const ask = decodeClaimAsk((await lp.read({ signal })).subarray())
+      // The asker's claim is known before the answer is made: see claim().
+      if (ask.claim !== undefined) this.table.receive(ask.claim, { from })
       const now = this.#now()
-      const claims = this.table.live(key.toString()).filter((l) => !(l.own && this.#own.get(l.id)?.lost === true)).slice(0, MAX_ANSWER_CLAIMS)
-      await lp.write(dagCbor.encode({ claims: claims.map((l) => ({ envelope: l.envelope, remainingMs: Math.max(0, Math.round(l.expiresAt - now)) })) }), { signal })
+      const claims = this.table.live(ask.key.toString()).filter((l) => !(l.own && this.#own.get(l.id)?.lost === true)).slice(0, MAX_ANSWER_CLAIMS)
+      await lp.write(dagCbor.encode({ claims: claims.map((l) => ({ envelope: l.envelope, remainingMs: Math.max(0, Math.round(l.expiresAt - now)), decided: l.decided })) }), { signal })
       await stream.close({ signal })
     } catch (err) {
       this.#log.debug({ err }, 'claim stream aborted')
@@ -407,27 +406,33 @@ export class ClaimService {
   }
 }
 
-/** A direct ask's request: the key. Throws ProtocolViolationError for anything else. */
-export function decodeClaimAsk (bytes: Uint8Array): CID {
+export interface ClaimAnswerEntry { envelope: Uint8Array, remainingMs: number, decided: boolean }
+
+/** A direct ask's request: the key, and the asker's claim on it. Throws ProtocolViolationError for anything else. */
+export function decodeClaimAsk (bytes: Uint8Array): { key: CID, claim?: Uint8Array } {
   try {
     if (bytes.length > MAX_ASK_REQUEST) throw new Error(`${bytes.length} bytes, over ${MAX_ASK_REQUEST}`)
-    const key = CID.asCID(dagCbor.decode<{ key?: unknown }>(bytes).key)
+    const m = dagCbor.decode<{ key?: unknown, claim?: unknown }>(bytes)
+    const key = CID.asCID(m.key)
     if (key === null) throw new Error('no key')
-    return key
+    if (m.claim === undefined) return { key }
+    if (!(m.claim instanceof Uint8Array) || m.claim.length > MAX_CLAIM_SIZE) throw new Error('the claim is not bytes of a claim\'s size')
+    return { key, claim: m.claim }
   } catch (err) {
     throw new ProtocolViolationError('malformed claim ask', { cause: err })
   }
 }
 
-/** A direct ask's answer: up to MAX_ANSWER_CLAIMS claim envelopes with the lease left. Throws ProtocolViolationError for anything else. */
-export function decodeClaimAnswer (bytes: Uint8Array): Array<{ envelope: Uint8Array, remainingMs: number }> {
+/** A direct ask's answer: up to MAX_ANSWER_CLAIMS claim envelopes with the lease left, and whether their node granted them. Throws ProtocolViolationError for anything else. */
+export function decodeClaimAnswer (bytes: Uint8Array): ClaimAnswerEntry[] {
   try {
     const m = dagCbor.decode<{ claims?: unknown }>(bytes)
     if (!Array.isArray(m.claims) || m.claims.length > MAX_ANSWER_CLAIMS) throw new Error(`claims must be a list of at most ${MAX_ANSWER_CLAIMS}`)
-    return m.claims.map((c: { envelope?: unknown, remainingMs?: unknown }) => {
+    return m.claims.map((c: { envelope?: unknown, remainingMs?: unknown, decided?: unknown }) => {
       if (!(c.envelope instanceof Uint8Array) || c.envelope.length > MAX_CLAIM_SIZE) throw new Error('an envelope is not bytes of a claim\'s size')
       if (typeof c.remainingMs !== 'number' || !Number.isInteger(c.remainingMs) || c.remainingMs < 0 || c.remainingMs > MAX_LEASE_MS) throw new Error('remainingMs out of range')
-      return { envelope: c.envelope, remainingMs: c.remainingMs }
+      if (c.decided !== undefined && typeof c.decided !== 'boolean') throw new Error('decided is not a boolean')
+      return { envelope: c.envelope, remainingMs: c.remainingMs, decided: c.decided === true }
     })
   } catch (err) {
     throw new ProtocolViolationError('malformed claim answer', { cause: err })

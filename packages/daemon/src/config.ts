@@ -67,7 +67,7 @@ export interface DaemonInit {
   maxProviders?: number
   /** Records sent to a peer on each new connection (gossip does not replay); 0: none. Default 64. */
   recentRecords?: number
-  /** After announcing a claim, how long to wait for a simultaneous one before deciding who builds. Default 500 ms (CLAIM_SETTLE_MS). */
+  /** After a claim's push, how long to wait for a simultaneous claim on gossip before deciding who builds. Default 0 when every connected peer answered the push, else 500 ms (CLAIM_SETTLE_MS). */
   claimSettleMs?: number
   exchange?: ExchangeInit
   logger?: Logger

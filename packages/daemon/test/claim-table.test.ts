@@ -103,8 +103,19 @@ test('simultaneous fresh claims: the lowest id wins; a claim already renewed bea
   table.receive(claimBy(c!, { id: id(7), seq: 2 }))
   assert.equal(table.winner(KEY.toString())?.claim.claimant, c!.peerId, 'an established build is not displaced')
   assert.deepEqual(table.live(KEY.toString()).map((l) => l.id), [hex(7), hex(4), hex(9)])
-  assert.ok(beats(table.get(hex(4))!.claim, table.get(hex(9))!.claim))
-  assert.ok(!beats(table.get(hex(9))!.claim, table.get(hex(4))!.claim))
+  assert.ok(beats(table.get(hex(4))!, table.get(hex(9))!))
+  assert.ok(!beats(table.get(hex(9))!, table.get(hex(4))!))
+})
+
+test('a claim its node says it granted beats a fresh one with a lower id, whether learned with that mark or marked later', async (t) => {
+  const [me, a, b, c] = await peers(t, 4)
+  const { table } = tableOf(me!.peerId, undefined)
+  table.receive(claimBy(a!, { id: id(2) }))
+  table.receive(claimBy(b!, { id: id(8) }), { decided: true })
+  assert.equal(table.winner(KEY.toString())?.claim.claimant, b!.peerId)
+  table.receive(claimBy(c!, { id: id(9) }))
+  table.receive(claimBy(c!, { id: id(9) }), { decided: true })
+  assert.deepEqual(table.live(KEY.toString()).map((l) => l.id), [hex(8), hex(9), hex(2)], 'granted ones first, each group by id')
 })
 
 test('claims count only in the scopes asked for, and on their own key', async (t) => {

@@ -56,15 +56,29 @@ test('two nodes claiming one key at the same moment: exactly one is granted, the
   assert.equal(totals.reduce((s, c) => s + c.held, 0), 4)
 })
 
-test('three nodes claiming one key at the same moment: exactly one is granted', { timeout: 120_000 }, async (t) => {
-  const nodes = await fleet(t, 3)
-  for (let round = 0; round < 3; round++) {
+test('four nodes claiming one key at the same moment, ten times: each time exactly one is granted', { timeout: 120_000 }, async (t) => {
+  const nodes = await fleet(t, 4)
+  for (let round = 0; round < 10; round++) {
     const key = freshKey().toString()
     const claims = await Promise.all(nodes.map(async (n) => await n.client.claim(key, { scope: 'default' })))
     assert.equal(granted(claims).length, 1, `round ${round}: ${claims.map((c) => c.status).join(', ')}`)
-    const holder = nodes[claims.findIndex((c) => c.status === 'granted')]!.daemon.peerId
-    assert.deepEqual(held(claims).map((c) => c.holder), [holder, holder])
+    // A node handed a claim before it made its own waits on that one, which may still lose: its wait then ends 'released' and it claims again.
+    claims.forEach((c, i) => { if (c.status === 'held') assert.ok(nodes.some((n, j) => j !== i && n.daemon.peerId === c.holder), `round ${round}: node ${i} waits on ${c.holder}`) })
     await granted(claims)[0]!.release('failed')
+  }
+})
+
+test('claims made at the same moment meet through their pushes alone: with the claims topic silent, still exactly one is granted', { timeout: 120_000 }, async (t) => {
+  const nodes = await fleet(t, 4)
+  for (const { daemon } of nodes) {
+    const pubsub = daemon.node.services.pubsub
+    const publish = pubsub.publish.bind(pubsub)
+    pubsub.publish = (async (topic: string, data: Uint8Array) => topic === '/strata/claims/1' ? { recipients: [] } : await publish(topic, data)) as typeof pubsub.publish
+  }
+  for (let round = 0; round < 10; round++) {
+    const key = freshKey().toString()
+    const claims = await Promise.all(nodes.map(async (n) => await n.client.claim(key, { scope: 'default' })))
+    assert.equal(granted(claims).length, 1, `round ${round}: ${claims.map((c) => c.status).join(', ')}`)
   }
 })
 

@@ -58,14 +58,18 @@ test('the claim table refuses what does not open, and never throws on it', async
 })
 
 test('the direct ask\'s request and answer decoders throw only ProtocolViolationError, and what decodes is within the limits', () => {
-  const answer = fc.array(fc.record({ envelope: fc.uint8Array({ maxLength: MAX_CLAIM_SIZE + 8 }), remainingMs: fc.integer({ min: -5, max: 70_000 }) }), { maxLength: 20 }).map((claims) => dagCbor.encode({ claims }))
-  fc.assert(fc.property(fc.oneof(fc.uint8Array({ maxLength: 1024 }), answer, fc.constant(dagCbor.encode({ key: KEY }))), (bytes) => {
-    only([ProtocolViolationError], () => { decodeClaimAsk(bytes) })
+  const answer = fc.array(fc.record({ envelope: fc.uint8Array({ maxLength: MAX_CLAIM_SIZE + 8 }), remainingMs: fc.integer({ min: -5, max: 70_000 }), decided: fc.oneof(fc.boolean(), fc.integer()) }, { requiredKeys: ['envelope', 'remainingMs'] }), { maxLength: 20 }).map((claims) => dagCbor.encode({ claims }))
+  const ask = fc.record({ key: fc.constant(KEY), claim: fc.oneof(fc.uint8Array({ maxLength: MAX_CLAIM_SIZE + 8 }), fc.string()) }, { requiredKeys: ['key'] }).map((m) => dagCbor.encode(m))
+  fc.assert(fc.property(fc.oneof(fc.uint8Array({ maxLength: 1024 }), answer, ask, fc.constant(dagCbor.encode({ key: KEY }))), (bytes) => {
+    only([ProtocolViolationError], () => {
+      const got = decodeClaimAsk(bytes)
+      assert.ok(got.claim === undefined || got.claim.length <= MAX_CLAIM_SIZE)
+    })
     only([ProtocolViolationError], () => {
       const got = decodeClaimAnswer(bytes)
       assert.ok(got.length <= 16)
-      for (const c of got) assert.ok(c.envelope.length <= MAX_CLAIM_SIZE && c.remainingMs >= 0 && c.remainingMs <= 60_000)
+      for (const c of got) assert.ok(c.envelope.length <= MAX_CLAIM_SIZE && c.remainingMs >= 0 && c.remainingMs <= 60_000 && typeof c.decided === 'boolean')
     })
   }), params(2000))
-  assert.equal(decodeClaimAsk(dagCbor.encode({ key: KEY })).toString(), KEY.toString())
+  assert.equal(decodeClaimAsk(dagCbor.encode({ key: KEY })).key.toString(), KEY.toString())
 })
