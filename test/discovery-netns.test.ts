@@ -10,6 +10,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { createCluster, terminate } from '../scripts/netns.ts'
 import type { Host } from '../scripts/netns.ts'
 import { bin, strataOn, workDir } from './helpers.ts'
+import { until } from '@strata/testing'
 
 const PORT = 7401
 const discoveryModule = join(import.meta.dirname, '..', 'packages', 'daemon', 'src', 'discovery.ts')
@@ -25,10 +26,10 @@ async function startDnsmasq (host: Host, hostsFile: string, txt: string[]): Prom
   ], { stdio: ['ignore', 'pipe', 'pipe'] })
   let log = ''
   child.stderr?.on('data', (c: Buffer) => { log += c.toString() })
-  while (!/read .*addn|started, version/.test(log)) {
+  await until('dnsmasq to start', () => {
     if (child.exitCode !== null) throw new Error(`dnsmasq exited with ${child.exitCode}: ${log}`)
-    await delay(50)
-  }
+    return /read .*addn|started, version/.test(log)
+  }, { everyMs: 50 })
   return child
 }
 
@@ -115,8 +116,8 @@ test('three daemons with fresh data dirs meet through every A record of one name
   const second = [start(h5, 'b1', name), start(h6, 'b2', name), start(h7, 'b3', name)]
   for (const d of second) {
     let s: Status | undefined
-    while ((s = await status(d.host, d.dataDir, dir)) === undefined) await delay(200)
-    assert.ok(!firstIds.includes(s.peerId))
+    await until('the daemon\'s status', async () => (s = await status(d.host, d.dataDir, dir)) !== undefined, { everyMs: 200 })
+    assert.ok(s !== undefined && !firstIds.includes(s.peerId))
     assert.deepEqual(s.peers, [], d.log())
   }
   // ...and meet by re-resolving it once it is.

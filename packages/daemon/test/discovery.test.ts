@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import { multiaddr } from '@multiformats/multiaddr'
 import { pino } from 'pino'
-import { tempDir } from '@strata/testing'
+import { tempDir, until } from '@strata/testing'
 import { createDaemon } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
 import { checkBootstrapAddress, checkDnsServer, Discovery } from '../src/discovery.ts'
@@ -11,7 +11,7 @@ import { startDaemon } from './helpers.ts'
 
 /** Waits until `daemon` is connected to `peer` (the test's own timeout bounds it). */
 async function connectedTo (daemon: Daemon, peer: string): Promise<void> {
-  while (!daemon.node.getPeers().some((p) => p.toString() === peer)) await delay(50)
+  await until(`a connection to ${peer}`, () => daemon.node.getPeers().some((p) => p.toString() === peer), { everyMs: 50 })
 }
 
 const portOf = (d: Daemon): string => d.node.getMultiaddrs()[0]!.getComponents().find((c) => c.name === 'tcp')!.value!
@@ -85,7 +85,7 @@ test('a bootstrap dial that never settles does not stop the rounds after it', { 
   }, { bootstrap: [`/ip4/127.0.0.1/tcp/${portOf(a)}`], intervalMs: 100, dialTimeoutMs: 200 })
   d.start()
   t.after(async () => { await d.stop() })
-  while (dials < 3) await delay(50)
+  await until('three dials', () => dials >= 3, { everyMs: 50 })
   assert.ok(d.rounds >= 2)
 })
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import type { CID } from 'multiformats/cid'
-import { digestTree, tempDir } from '@strata/testing'
+import { digestTree, tempDir, until } from '@strata/testing'
 import type { PlainTree as Tree } from '@strata/testing'
 import { BlockUnavailableError } from '../src/index.ts'
 import { FETCHING_TOPIC } from '../src/records.ts'
@@ -41,7 +41,8 @@ test('a peer still fetching a layer serves the blocks that have landed to a peer
   t.after(() => gate.resolve())
   const a = await startDaemon(t)
   // One CID per want-list: A answers the first file without waiting for the gated ones.
-  const b = await startDaemon(t, { exchange: { landingWaitMs: 5000, wantBatch: 1 } })
+  // A gated want must outlast the test's steps however slow the machine: B waits for A's first byte as long as the test may run.
+  const b = await startDaemon(t, { exchange: { landingWaitMs: 5000, wantBatch: 1, firstByteTimeoutMs: 120_000, idleTimeoutMs: 120_000 } })
   const c = await startDaemon(t)
   await connect([a, b, c])
   const { layer } = await publishLayer(t, a, manyFiles('partial', 20))
@@ -55,11 +56,14 @@ test('a peer still fetching a layer serves the blocks that have landed to a peer
   }
   // C announces that it fetches the layer too, as every fetcher does: B keeps what
   // lands for it (a fetch nobody shares keeps nothing).
-  while (!b.node.services.pubsub.getSubscribers(FETCHING_TOPIC).some((p) => p.equals(c.node.peerId))) await delay(50)
+  await until('B to see C on the fetching topic', () => b.node.services.pubsub.getSubscribers(FETCHING_TOPIC).some((p) => p.equals(c.node.peerId)))
   await c.node.services.pubsub.publish(FETCHING_TOPIC, layer.root.bytes)
   await delay(300)
   const fetching = b.fetchLayer(layer.root, { hints: [a.node.peerId] })
-  while (b.exchange.counters.blocksFromPeers < 1 + 2 + 1) await delay(20) // the manifest's root, entry list and times block, and the first file
+  // Should it fail early, the test fails on it below, not on an unhandled rejection.
+  fetching.catch(() => {})
+  // The manifest's root, entry list and times block, and the first file.
+  await until('B to fetch the manifest and the first file', () => b.exchange.counters.blocksFromPeers >= 1 + 2 + 1)
   assert.equal(await b.store.has(layer.root), false, 'B has not finished')
 
   // C asks B alone: the landed block comes back; a block B is still waiting for comes once A lets it go.
@@ -80,7 +84,7 @@ test('a block no peer has fails with ERR_BLOCK_UNAVAILABLE once a peer still fet
   const gate = Promise.withResolvers<void>()
   t.after(() => gate.resolve())
   const a = await startDaemon(t)
-  const b = await startDaemon(t, { exchange: { landingWaitMs: 100 } })
+  const b = await startDaemon(t, { exchange: { landingWaitMs: 100, firstByteTimeoutMs: 120_000, idleTimeoutMs: 120_000 } })
   const c = await startDaemon(t)
   await connect([a, b, c])
   const { layer } = await publishLayer(t, a, manyFiles('stuck', 4))
@@ -91,7 +95,8 @@ test('a block no peer has fails with ERR_BLOCK_UNAVAILABLE once a peer still fet
     return await getBlock(cid, opts)
   }
   const fetching = b.fetchLayer(layer.root, { hints: [a.node.peerId] })
-  while (b.exchange.counters.blocksFromPeers < 2) await delay(20)
+  fetching.catch(() => {})
+  await until('B to fetch its first blocks', () => b.exchange.counters.blocksFromPeers >= 2)
   const source = c.exchange.source([b.node.peerId])
   t.after(() => source.close())
   await assert.rejects(source.getBlock(blocks[0]!), (err: Error) => err instanceof BlockUnavailableError)

@@ -16,6 +16,7 @@ import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { createNode, dhtStoreOf, NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import type { NodeLimits, StrataNode } from '../src/node.ts'
+import { until } from '@strata/testing'
 
 // The libp2p-level limits of doc/LIMITS.md, each crossed against a node built with
 // a small value for it (and generous values for the others, so that one limit is
@@ -86,7 +87,7 @@ test('connections: past the maximum, a new peer is refused; one leaving makes ro
   await assert.rejects(clients[3]!.dial(server.getMultiaddrs()[0]!, { signal: AbortSignal.timeout(10_000) }))
   assert.equal(server.getConnections().length, 3)
   await clients[0]!.hangUp(server.peerId)
-  while (server.getConnections().length >= 3) await new Promise((resolve) => setTimeout(resolve, 20))
+  await until('the server to drop a connection', () => server.getConnections().length < 3)
   await clients[3]!.dial(server.getMultiaddrs()[0]!)
 })
 
@@ -102,10 +103,7 @@ test('pending inbound connections: sockets that never finish the handshake hold 
   // Once they go, the slots are free again.
   for (const s of idle) s.socket.destroy()
   let verdict: string = 'refused'
-  while (verdict === 'refused') {
-    verdict = await (await rawSocket(t, server, { hello: true })).verdict
-    if (verdict === 'refused') await new Promise((resolve) => setTimeout(resolve, 50))
-  }
+  await until('a connection to be accepted again', async () => (verdict = await (await rawSocket(t, server, { hello: true })).verdict) !== 'refused', { everyMs: 50 })
   assert.equal(verdict, 'accepted')
 })
 
@@ -176,10 +174,10 @@ test('a gossip frame over the limit is dropped; the receiver keeps its other pee
   for (const n of [receiver, big, small]) n.services.pubsub.subscribe(topic)
   await big.dial(receiver.getMultiaddrs()[0]!)
   await small.dial(receiver.getMultiaddrs()[0]!)
-  while (big.services.pubsub.getSubscribers(topic).length === 0 || small.services.pubsub.getSubscribers(topic).length === 0) await new Promise((resolve) => setTimeout(resolve, 20))
+  await until('both nodes to subscribe', () => big.services.pubsub.getSubscribers(topic).length > 0 && small.services.pubsub.getSubscribers(topic).length > 0)
   await big.services.pubsub.publish(topic, new Uint8Array(limit + 1024).fill(1))
   await small.services.pubsub.publish(topic, new Uint8Array(100).fill(2))
-  while (!got.includes(100)) await new Promise((resolve) => setTimeout(resolve, 20))
+  await until('the small message', () => got.includes(100))
   assert.deepEqual(got, [100])
 })
 
@@ -189,7 +187,7 @@ test('DHT provider records: a peer announcing without end keeps only its newest,
   const flooders = [await strataNode(t, {}), await strataNode(t, {})]
   for (const f of flooders) {
     await f.dial(server.getMultiaddrs()[0]!)
-    while ((f.services.dht as unknown as { routingTable: { size: number } }).routingTable.size === 0) await new Promise((resolve) => setTimeout(resolve, 20))
+    await until('a routing table entry', () => (f.services.dht as unknown as { routingTable: { size: number } }).routingTable.size > 0)
   }
   const cids = async (tag: string, n: number): Promise<CID[]> => await Promise.all(Array.from({ length: n }, async (_, i) => CID.createV1(0x55, await sha256.digest(new TextEncoder().encode(`${tag}-${i}`)))))
   const [first, second] = [await cids('first', 20), await cids('second', 8)]

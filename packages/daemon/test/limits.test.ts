@@ -16,7 +16,7 @@ import { pino } from 'pino'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
-import { digestTree, tempDir } from '@strata/testing'
+import { digestTree, tempDir, until } from '@strata/testing'
 import type { PlainTree as Tree } from '@strata/testing'
 import { BlockUnavailableError, BLOCKS_PROTOCOL, createDaemon, encodeWant, MAX_WANTS_PER_MESSAGE } from '../src/index.ts'
 import type { Daemon } from '../src/index.ts'
@@ -245,7 +245,7 @@ test('block streams are capped per peer over all its connections, and connection
     }
   }
   // The gater refuses the extra connection after the handshake; the dialer may see it open, then closed.
-  while (conns.filter((c) => c.status === 'open').length > NODE_LIMITS.connectionsPerPeer) await new Promise((resolve) => setTimeout(resolve, 20))
+  await until('the connections over the limit to close', () => conns.filter((c) => c.status === 'open').length <= NODE_LIMITS.connectionsPerPeer)
   const live = conns.filter((c) => c.status === 'open')
   assert.equal(live.length, NODE_LIMITS.connectionsPerPeer, `${live.length} connections open, ${refused.length} refused`)
   assert.equal(a.node.getConnections(client.peerId).length, NODE_LIMITS.connectionsPerPeer)

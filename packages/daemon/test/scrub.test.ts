@@ -5,7 +5,7 @@ import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { openStore } from '@strata/store'
-import { memoryLogger, tempDir } from '@strata/testing'
+import { memoryLogger, tempDir, until } from '@strata/testing'
 import { createScrubber } from '../src/scrub.ts'
 import { startDaemon, writeFixedTree } from './helpers.ts'
 
@@ -64,7 +64,7 @@ test('a scrub pass reads at most its rate: a slow scrub is stopped mid-pass by i
 test('the daemon scrubs in the background and counts what it found in its metrics; rate 0 turns it off', async (t) => {
   const daemon = await startDaemon(t, { scrub: { bytesPerSecond: 1_000_000_000, delayMs: 0, intervalMs: 3_600_000 }, metricsListen: '127.0.0.1:0' })
   // The first background pass, over an empty store, starts at once.
-  while (daemon.scrub.counters.passes === 0) await sleep(10)
+  await until('a scrub pass', () => daemon.scrub.counters.passes > 0, { everyMs: 10 })
   const src = tempDir(t)
   writeFixedTree(`${src}/tree`, { 'f': text('f', 20_000) })
   const layer = await daemon.store.commit(`${src}/tree`)

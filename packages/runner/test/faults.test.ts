@@ -3,11 +3,10 @@ import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
-import { setTimeout as delay } from 'node:timers/promises'
 import { CID } from 'multiformats/cid'
 import { openStore } from '@strata/store'
 import type { LocalStore, Store } from '@strata/store'
-import { Sink, tempDir, writeTree } from '@strata/testing'
+import { Sink, tempDir, until, writeTree } from '@strata/testing'
 import { createRunner } from '../src/index.ts'
 import type { RemoteCache, RunnerEvent } from '../src/index.ts'
 import { harness, pipelineIn, SIDE_ROOT, sideChannel, statuses } from './helpers.ts'
@@ -163,7 +162,7 @@ steps:
       cat /opt/strata-gc/one >> ${side.dir}/seen
 `)
   const running = h.runner.run(p, { onEvent: h.onEvent })
-  while (!side.lines().includes('waiting')) await delay(20)
+  await until('the step to print waiting', () => side.lines().includes('waiting'))
   const below = h.events.find((e) => e.type === 'captured' && e.step === 'below') as Extract<RunnerEvent, { type: 'captured' }>
   const report = await h.store.gc({ maxSize: 0, graceMs: 0 })
   writeFileSync(`${side.dir}/go`, '')
