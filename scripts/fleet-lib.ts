@@ -313,11 +313,13 @@ export function runEvents (stdout: string): Array<Record<string, unknown> & { ty
 }
 
 /** A step's outcome in `strata run --json`'s events: hit (local or peer), or ran. */
-export function outcomes (stdout: string): Map<string, { how: 'local' | 'peer' | 'ran', key: string, layer?: string }> {
-  const out = new Map<string, { how: 'local' | 'peer' | 'ran', key: string, layer?: string }>()
+export function outcomes (stdout: string): Map<string, { how: 'local' | 'peer' | 'ran', key: string, layer?: string, reason?: string }> {
+  const out = new Map<string, { how: 'local' | 'peer' | 'ran', key: string, layer?: string, reason?: string }>()
+  const reasons = new Map<string, string>()
   for (const e of runEvents(stdout)) {
-    if (e.type === 'hit') out.set(e.step, { how: e.source as 'local' | 'peer', key: e.key as string, layer: e.layer as string })
-    else if (e.type === 'ran') out.set(e.step, { how: 'ran', key: e.key as string })
+    if (e.type === 'miss') reasons.set(e.step, e.reason as string)
+    else if (e.type === 'hit') out.set(e.step, { how: e.source as 'local' | 'peer', key: e.key as string, layer: e.layer as string })
+    else if (e.type === 'ran') out.set(e.step, { how: 'ran', key: e.key as string, ...(reasons.has(e.step) ? { reason: reasons.get(e.step)! } : {}) })
     else if (e.type === 'captured') {
       const o = out.get(e.step)
       if (o !== undefined) o.layer = e.layer as string

@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { recordKey } from '@strata/records'
 import { Fleet, blobPipeline, outcomes, waitFor } from '../scripts/fleet-lib.ts'
@@ -19,12 +19,14 @@ test('partition: 8 daemons split in two halves keep serving what each holds (mis
   t.after(() => fleet.destroy())
   const tag = `strata-part-${process.pid}-${Date.now()}`
   for (const name of ['before', 'a', 'b']) writeFileSync(join(dir, `${name}.yml`), blobPipeline(`${tag}-${name}`, 200000))
+  let lastErr = ''
   const run = async (i: number, file: string): Promise<ReturnType<typeof outcomes>> => {
     const r = await fleet.strata(i, ['run', '--json', '-f', file, '--data-dir', fleet.daemons[i]!.dataDir], { cwd: dir, timeoutMs: 150_000 })
     assert.equal(r.signal, null, `h${i + 1} ${file}: cut off at its bound: ${r.stderr}`)
     assert.equal(r.exitCode, 0, `h${i + 1} ${file}: ${r.stderr}`)
     const got = outcomes(r.stdout)
-    t.diagnostic(`h${i + 1} ${file}: ${[...got].map(([s, o]) => `${s} ${o.how}`).join(', ')}`)
+    t.diagnostic(`h${i + 1} ${file}: ${[...got].map(([s, o]) => `${s} ${o.how}${o.reason !== undefined ? ` (${o.reason})` : ''}`).join(', ')}`)
+    lastErr = r.stderr
     return got
   }
 
@@ -52,7 +54,7 @@ test('partition: 8 daemons split in two halves keep serving what each holds (mis
   if (consumerB !== undefined) {
     const got = await run(consumerB, 'before.yml')
     for (const [n, step] of ['make', 'use'].entries()) {
-      if (heldInB[n]!.length > 0) assert.notEqual(got.get(step)?.how, 'ran', `h${consumerB + 1} ran ${step} though h${heldInB[n]![0]! + 1} in its half holds it`)
+      if (heldInB[n]!.length > 0) assert.notEqual(got.get(step)?.how, 'ran', `h${consumerB + 1} ran ${step} (${got.get(step)?.reason}) though h${heldInB[n]![0]! + 1} in its half holds it: ${lastErr}\n${readFileSync(fleet.daemons[consumerB]!.logFile, 'utf8').split('\n').filter((l) => /fetch|provider|restore|warn|error/i.test(l)).slice(-30).join('\n')}`)
     }
   }
   const consumerA = A.find((i) => i !== 1 && i !== 2)!

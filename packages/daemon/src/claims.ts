@@ -65,7 +65,7 @@ export interface ClaimsInit {
   readScopes: readonly string[]
   counters: ClaimCounters
   rejected: Partial<Record<RecordRejectReason, number>>
-  /** Default CLAIM_SETTLE_MS. */
+  /** How long to wait for gossip when a peer did not answer a push. Default CLAIM_SETTLE_MS. */
   settleMs?: number
   /** Default CLAIM_LEASE_MS: the lease of claims this node signs. */
   leaseMs?: number
@@ -186,7 +186,7 @@ export class ClaimService {
       // else by the answer. A peer that did not answer may have missed it: claims
       // then meet on gossip within a short window, or both build (never wrong).
       const silent = peers.length === 0 ? 0 : await this.#pushPeers(envelope, key, peers, opts.signal)
-      const settleMs = this.#init.settleMs ?? (silent > 0 ? CLAIM_SETTLE_MS : 0)
+      const settleMs = silent > 0 ? this.#init.settleMs ?? CLAIM_SETTLE_MS : 0
       if (settleMs > 0) await sleep(settleMs, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
     } catch (err) {
       await this.#lose(id)
