@@ -36,7 +36,7 @@ const steps = Number(values.steps)
 const reps = Number(values.reps)
 const peerCount = Number(values.peers)
 // The environment of whoever runs this must not change the runs.
-const env = { ...process.env, STRATA_SCOPE: '', STRATA_READ_SCOPES: '', STRATA_EPOCH: '', STRATA_SALT: '', STRATA_BOOTSTRAP: '', STRATA_LOG_LEVEL: 'error' }
+const env = { ...process.env, STRATA_SCOPE: '', STRATA_READ_SCOPES: '', STRATA_EPOCH: '', STRATA_SALT: '', STRATA_BOOTSTRAP: '', STRATA_LOG_LEVEL: process.env.STRATA_BENCH_LOG_LEVEL ?? 'error' }
 
 async function strata (args: string[], cwd?: string): Promise<{ ms: number, stdout: string }> {
   const started = performance.now()

@@ -145,6 +145,7 @@ export class ClaimService {
    * the node's identity signs. Throws BadRequestError for an envelope that is not such a claim.
    */
   async claim (key: CID, scope: string, opts: { envelope?: Uint8Array, signal?: AbortSignal } = {}): Promise<ClaimAnswer> {
+    const t0 = this.#now()
     const scopes = this.#scopes(scope)
     const k = key.toString()
     let claim: StepClaim
@@ -202,7 +203,7 @@ export class ClaimService {
       }
       live.decided = true
       this.#init.counters.granted++
-      this.#log.info({ event: 'claim-granted', key: k, id, scope, peers: peers.length }, 'claim granted: this node builds the key')
+      this.#log.info({ event: 'claim-granted', key: k, id, scope, peers: peers.length, ms: Math.round(this.#now() - t0) }, 'claim granted: this node builds the key')
       return { status: 'granted', id }
     }
     const lost = this.#own.get(id)!
