@@ -72,35 +72,46 @@ export class DaemonClient implements Store {
    */
   async claim (key: string, opts: { scope: string, signal?: AbortSignal }): Promise<FleetClaim> {
     const signer = this.#claimSigner
-    let claim: StepClaim | undefined
-    if (signer !== undefined) {
-      this.#peerId ??= (await this.status({ copies: false, signal: opts.signal })).peerId
-      claim = { v: CLAIM_FORMAT, key: CID.parse(key), claimant: this.#peerId, writer: signer.id, scope: opts.scope, epoch: this.epoch, id: randomBytes(CLAIM_ID_BYTES), leaseMs: CLAIM_LEASE_MS, seq: 0, release: false }
-    }
     const signed = (c: StepClaim): string => Buffer.from(signClaim(c, signer!)).toString('base64')
-    const out = await this.#call('/v1/claim', { key, scope: opts.scope, ...(claim !== undefined ? { envelope: signed(claim) } : {}) }, { signal: opts.signal }) as unknown as ClaimJson
-    if (out.status === 'held') {
+    const ask = async (signal?: AbortSignal): Promise<{ out: ClaimJson, claim: StepClaim | undefined }> => {
+      let claim: StepClaim | undefined
+      if (signer !== undefined) {
+        this.#peerId ??= (await this.status({ copies: false, signal })).peerId
+        claim = { v: CLAIM_FORMAT, key: CID.parse(key), claimant: this.#peerId, writer: signer.id, scope: opts.scope, epoch: this.epoch, id: randomBytes(CLAIM_ID_BYTES), leaseMs: CLAIM_LEASE_MS, seq: 0, release: false }
+      }
+      const out = await this.#call('/v1/claim', { key, scope: opts.scope, ...(claim !== undefined ? { envelope: signed(claim) } : {}) }, { signal }) as unknown as ClaimJson
       // Our own claim lost to a simultaneous one: only we can sign its release.
-      if (out.own !== undefined && claim !== undefined) {
+      if (out.status === 'held' && out.own !== undefined && claim !== undefined) {
         await this.#call('/v1/claim/release', { id: out.own, envelope: signed({ ...claim, seq: 1, release: true }) }).catch(() => {})
       }
+      return { out, claim }
+    }
+    const first = await ask(opts.signal)
+    if (first.out.status === 'held') {
+      const held = first.out
       return {
         status: 'held',
-        holder: out.holder,
-        settled: async (o) => (await this.#call('/v1/claim/wait', { key, scope: opts.scope, id: out.id, timeoutMs: Math.max(0, Math.round(o.timeoutMs)) }, { signal: o.signal }) as unknown as ClaimWaitJson).outcome
+        holder: held.holder,
+        settled: async (o) => (await this.#call('/v1/claim/wait', { key, scope: opts.scope, id: held.id, timeoutMs: Math.max(0, Math.round(o.timeoutMs)) }, { signal: o.signal }) as unknown as ClaimWaitJson).outcome
       }
     }
-    const id = out.id
-    let seq = 0
+    // The claim this client renews: a new one after the daemon lost it (restarted, or the lease ran out while this process stalled).
+    let current = { id: first.out.id, claim: first.claim, seq: 0 }
     let timer: NodeJS.Timeout | undefined
     let released = false
     const renew = async (): Promise<void> => {
-      seq++
+      const c = current
+      c.seq++
       try {
-        await this.#call('/v1/claim/renew', { id, ...(claim !== undefined ? { envelope: signed({ ...claim, seq }) } : {}) })
+        await this.#call('/v1/claim/renew', { id: c.id, ...(c.claim !== undefined ? { envelope: signed({ ...c.claim, seq: c.seq }) } : {}) })
       } catch (err) {
-        // Gone on the daemon's side (its lease ran out): nothing left to renew. Anything else: try again next time.
-        if ((err as { code?: string }).code === 'ERR_CLAIM_NOT_FOUND') return
+        // Anything but a lost claim (a daemon restarting, say): try again next time.
+        if ((err as { code?: string }).code === 'ERR_CLAIM_NOT_FOUND' && !released) {
+          // Claimed again while this process still builds; if another node holds the key by now, both build.
+          const again = await ask().catch(() => undefined)
+          if (again?.out.status === 'held') return
+          if (again?.out.status === 'granted') current = { id: again.out.id, claim: again.claim, seq: 0 }
+        }
       }
       if (!released) schedule()
     }
@@ -116,7 +127,8 @@ export class DaemonClient implements Store {
         if (released) return
         released = true
         clearTimeout(timer)
-        await this.#call('/v1/claim/release', { id, outcome, ...(claim !== undefined ? { envelope: signed({ ...claim, seq: seq + 1, release: true }) } : {}) })
+        const c = current
+        await this.#call('/v1/claim/release', { id: c.id, outcome, ...(c.claim !== undefined ? { envelope: signed({ ...c.claim, seq: c.seq + 1, release: true }) } : {}) })
       }
     }
   }

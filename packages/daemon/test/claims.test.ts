@@ -12,6 +12,7 @@ import { generateWriterKey } from '@strata/records'
 import { connectDaemon } from '../src/client.ts'
 import type { DaemonClient, FleetClaim } from '../src/client.ts'
 import type { Daemon } from '../src/index.ts'
+import { tempDir, until } from '@strata/testing'
 import { connect, publishLayer, startDaemon } from './helpers.ts'
 
 const freshKey = (): CID => cidOf(DAG_CBOR, dagCbor.encode({ claim: randomBytes(16) }))
@@ -236,4 +237,25 @@ test('a new claim on a node supersedes the node\'s own claim whose client died: 
   assert.equal(next.status, 'granted')
   assert.equal(await settled, 'released')
   if (next.status === 'granted') await next.release('failed')
+})
+
+test('a granted claim outlives a restart of its daemon: at its next renewal the client claims the key again', { timeout: 120_000 }, async (t) => {
+  const dataDir = tempDir(t)
+  const first = await startDaemon(t, { dataDir })
+  const other = await startDaemon(t)
+  await connect([first, other])
+  const client = await clientOf(t, first)
+  const key = freshKey().toString()
+  const mine = await client.claim(key, { scope: 'default' })
+  assert.equal(mine.status, 'granted')
+  await first.stop()
+  const again = await startDaemon(t, { dataDir })
+  await connect([again, other])
+  assert.equal(again.claims.table.live(key).length, 0, 'a restarted daemon starts with no claim')
+  await until('the client to claim the key again', () => again.claims.table.live(key).some((l) => l.own), { timeoutMs: 30_000 })
+  const theirs = await (await clientOf(t, other)).claim(key, { scope: 'default' })
+  assert.equal(theirs.status, 'held')
+  assert.equal(theirs.status === 'held' ? theirs.holder : '', again.peerId)
+  if (mine.status === 'granted') await mine.release('failed')
+  await until('the release to reach the peer', () => other.claims.table.live(key).length === 0, { timeoutMs: 30_000 })
 })
