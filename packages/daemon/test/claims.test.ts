@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
@@ -37,6 +38,22 @@ async function fleet (t: TestContext, n: number, init: Parameters<typeof startDa
     }
   }
   return await Promise.all(daemons.map(async (daemon) => ({ daemon, client: await clientOf(t, daemon) })))
+}
+
+/** A runner-like process that claims `key` through `d`'s socket, says it was granted, and holds the claim until killed. */
+async function claimant (t: TestContext, d: Daemon, key: string): Promise<ChildProcess> {
+  const script = [
+    "import { connectDaemon } from '@strata/daemon/client'",
+    'const c = await connectDaemon(process.argv[1])',
+    "const claim = await c.claim(process.argv[2], { scope: 'default' })",
+    "process.stdout.write(claim.status + '\\n')",
+    'setInterval(() => {}, 1000)'
+  ].join('\n')
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, d.dataDir, key], { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => { child.kill('SIGKILL') })
+  const [line] = await once(child.stdout, 'data') as [Buffer]
+  assert.equal(line.toString().trim(), 'granted')
+  return child
 }
 
 const granted = (cs: FleetClaim[]): Array<FleetClaim & { status: 'granted' }> => cs.filter((c): c is FleetClaim & { status: 'granted' } => c.status === 'granted')
@@ -170,17 +187,7 @@ test('a peer\'s claim counts only when its signer is trusted for the scope; a re
 test('when the claimant process is killed, its daemon stops renewing and the waiter sees the claim expire', { timeout: 120_000 }, async (t) => {
   const [builder, waiter] = await fleet(t, 2)
   const key = freshKey().toString()
-  const script = [
-    "import { connectDaemon } from '@strata/daemon/client'",
-    'const c = await connectDaemon(process.argv[1])',
-    "const claim = await c.claim(process.argv[2], { scope: 'default' })",
-    "process.stdout.write(claim.status + '\\n')",
-    'setInterval(() => {}, 1000)'
-  ].join('\n')
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script, builder!.daemon.dataDir, key], { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
-  t.after(() => { child.kill('SIGKILL') })
-  const [line] = await once(child.stdout, 'data') as [Buffer]
-  assert.equal(line.toString().trim(), 'granted')
+  const child = await claimant(t, builder!.daemon, key)
   const theirs = await waiter!.client.claim(key, { scope: 'default' })
   assert.equal(theirs.status, 'held')
   const settled = theirs.settled({ timeoutMs: 60_000 })
@@ -216,17 +223,7 @@ test('a claim renewed by its client outlives its lease, whether the node or a wr
 test('a new claim on a node supersedes the node\'s own claim whose client died: granted at once, and the peers waiting on the old one are told it was released', { timeout: 120_000 }, async (t) => {
   const [builder, waiter] = await fleet(t, 2)
   const key = freshKey().toString()
-  const script = [
-    "import { connectDaemon } from '@strata/daemon/client'",
-    'const c = await connectDaemon(process.argv[1])',
-    "const claim = await c.claim(process.argv[2], { scope: 'default' })",
-    "process.stdout.write(claim.status + '\\n')",
-    'setInterval(() => {}, 1000)'
-  ].join('\n')
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script, builder!.daemon.dataDir, key], { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
-  t.after(() => { child.kill('SIGKILL') })
-  const [line] = await once(child.stdout, 'data') as [Buffer]
-  assert.equal(line.toString().trim(), 'granted')
+  const child = await claimant(t, builder!.daemon, key)
   const theirs = await waiter!.client.claim(key, { scope: 'default' })
   assert.equal(theirs.status, 'held')
   const settled = theirs.settled({ timeoutMs: 60_000 })
