@@ -6,6 +6,7 @@ import type { SingleKadDHT } from '@libp2p/kad-dht'
 import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
+import { cidString } from '@strata/chunker'
 import { openStore } from '@strata/store'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, Store } from '@strata/store'
 import { RECORD_PREFIX, TrustPolicy, loadIdentity, recordKey, verifyEnvelope } from '@strata/records'
@@ -354,7 +355,7 @@ export class Daemon {
    * next step's lookup for the CPU.
    */
   #announce (cid: CID, signal?: AbortSignal): void {
-    const k = cid.toString()
+    const k = cidString(cid)
     if (this.#announced.has(k)) return
     this.#announced.add(k)
     if (this.#announced.size > 4096) this.#announced.delete(this.#announced.values().next().value!)
