@@ -26,7 +26,7 @@ import { LayerFetch } from './layer-fetch.ts'
 import type { FetchOptions, FetchResult } from './layer-fetch.ts'
 import { HitLog, processStats } from './fleet-view.ts'
 import { DaemonMetrics, serveMetrics } from './metrics.ts'
-import { createNode, loadPrivateKey } from './node.ts'
+import { createNode, dhtStoreOf, loadPrivateKey } from './node.ts'
 import { createScrubber } from './scrub.ts'
 import type { Scrubber } from './scrub.ts'
 import type { StrataNode } from './node.ts'
@@ -479,6 +479,12 @@ export class Daemon {
     })
   }
 
+  #dhtStats (): DaemonStatus['dht'] {
+    const dht = dhtStoreOf(this.node)
+    const held = dht?.providerStats ?? { records: 0, peers: 0 }
+    return { providerRecords: held.records, providingPeers: held.peers, providersDropped: dht?.counters.providersDropped ?? 0, recordsDropped: dht?.counters.recordsDropped ?? 0 }
+  }
+
   async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus> {
     const layers: LayerStatus[] = []
     const list = await this.store.listLayers()
@@ -500,6 +506,7 @@ export class Daemon {
       recentHits: this.hits.recent,
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
       claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
+      dht: this.#dhtStats(),
       process: processStats()
     }
   }
