@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { cidString } from '@strata/chunker'
 import { ClaimInvalidError, MAX_LEASE_MS, claimIdHex, compareClaimIds, openClaim } from '@strata/records'
 import type { RecordPolicy, RecordRejectReason, StepClaim } from '@strata/records'
 
@@ -117,7 +118,7 @@ export class ClaimTable {
       return 'rejected'
     }
     const id = claimIdHex(claim.id)
-    const key = claim.key.toString()
+    const key = cidString(claim.key)
     if (claim.claimant === this.#init.self) return 'own'
     if (this.#ended.has(id)) return 'ended'
     this.sweep()
@@ -165,7 +166,7 @@ export class ClaimTable {
       held.expiresAt = this.#c.now() + claim.leaseMs
       return held
     }
-    const live: LiveClaim = { claim, envelope, id, key: claim.key.toString(), expiresAt: this.#c.now() + claim.leaseMs, own: true, decided: false }
+    const live: LiveClaim = { claim, envelope, id, key: cidString(claim.key), expiresAt: this.#c.now() + claim.leaseMs, own: true, decided: false }
     this.#insert(live)
     return live
   }

@@ -6,6 +6,7 @@ import type { SingleKadDHT } from '@libp2p/kad-dht'
 import type { CID } from 'multiformats/cid'
 import { pino } from 'pino'
 import type { Logger } from 'pino'
+import { cidString } from '@strata/chunker'
 import { openStore } from '@strata/store'
 import type { CommitOptions, GcReport, LayerInfo, LocalStore, Store } from '@strata/store'
 import { RECORD_PREFIX, TrustPolicy, loadIdentity, recordKey, verifyEnvelope } from '@strata/records'
@@ -25,7 +26,7 @@ import { LayerFetch } from './layer-fetch.ts'
 import type { FetchOptions, FetchResult } from './layer-fetch.ts'
 import { HitLog, processStats } from './fleet-view.ts'
 import { DaemonMetrics, serveMetrics } from './metrics.ts'
-import { createNode, loadPrivateKey } from './node.ts'
+import { createNode, dhtStoreOf, loadPrivateKey } from './node.ts'
 import { createScrubber } from './scrub.ts'
 import type { Scrubber } from './scrub.ts'
 import type { StrataNode } from './node.ts'
@@ -354,7 +355,7 @@ export class Daemon {
    * next step's lookup for the CPU.
    */
   #announce (cid: CID, signal?: AbortSignal): void {
-    const k = cid.toString()
+    const k = cidString(cid)
     if (this.#announced.has(k)) return
     this.#announced.add(k)
     if (this.#announced.size > 4096) this.#announced.delete(this.#announced.values().next().value!)
@@ -478,6 +479,12 @@ export class Daemon {
     })
   }
 
+  #dhtStats (): DaemonStatus['dht'] {
+    const dht = dhtStoreOf(this.node)
+    const held = dht?.providerStats ?? { records: 0, peers: 0 }
+    return { providerRecords: held.records, providingPeers: held.peers, providersDropped: dht?.counters.providersDropped ?? 0, recordsDropped: dht?.counters.recordsDropped ?? 0 }
+  }
+
   async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus> {
     const layers: LayerStatus[] = []
     const list = await this.store.listLayers()
@@ -499,6 +506,7 @@ export class Daemon {
       recentHits: this.hits.recent,
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
       claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
+      dht: this.#dhtStats(),
       process: processStats()
     }
   }

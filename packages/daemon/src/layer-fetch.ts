@@ -1,6 +1,7 @@
 import type { PeerId } from '@libp2p/interface'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
+import { cidString } from '@strata/chunker'
 import type { LayerInfo, ProgressEvent, Store } from '@strata/store'
 import { NoProvidersError } from './errors.ts'
 import type { BlockExchange } from './exchange.ts'
@@ -96,7 +97,7 @@ export class LayerFetch {
     const providers = await this.#findProviders(root, opts)
     if (providers.length === 0) throw new NoProvidersError(root.toString())
     const source = this.#c.exchange.source(providers, { self: this.#c.peerId, refill: async (known, signal) => await this.#moreProviders(root, known, signal) })
-    const key = root.toString()
+    const key = cidString(root)
     this.#fetching.set(key, source)
     // Peers fetching the same layer split it and serve each other what has landed:
     // those that announced it lately, and those that will (they hear us announce).
@@ -166,7 +167,7 @@ export class LayerFetch {
   }
 
   #announce (root: CID): void {
-    const key = root.toString()
+    const key = cidString(root)
     const last = this.#announced.get(key) ?? 0
     if (Date.now() - last < 1000) return
     this.#announced.set(key, Date.now())
@@ -183,7 +184,7 @@ export class LayerFetch {
     } catch {
       return
     }
-    const key = root.toString()
+    const key = cidString(root)
     let peers = this.#fetchers.get(key)
     if (peers === undefined) {
       peers = new Map()

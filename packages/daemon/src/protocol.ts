@@ -84,6 +84,8 @@ export interface DaemonStatus {
   process: ProcessStats
   /** One build per key: claims granted to this node's runners, held by others, peers' claims expired, claims refused (and why), live now, peers that hear this node's claims. */
   claims: { granted: number, held: number, expired: number, rejected: number, live: number, subscribers: number, rejectedBy: Partial<Record<RecordRejectReason, number>> }
+  /** The DHT records this node keeps for the fleet (bounded: doc/LIMITS.md): provider records, the peers they name, and those dropped to make room. */
+  dht: { providerRecords: number, providingPeers: number, providersDropped: number, recordsDropped: number }
 }
 
 /** `/v1/status`. */

@@ -3,6 +3,7 @@ import { lpStream } from '@libp2p/utils'
 import type { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
 import type { Store } from '@strata/store'
+import { cidString } from '@strata/chunker'
 import { DEFAULT_SCOPE, MAX_RECORD_SIZE, RECORD_PREFIX, RecordInvalidError, recordKey, verifyEnvelope } from '@strata/records'
 import type { RecordRejectReason, StepRecord, TrustPolicy } from '@strata/records'
 import { RecordNotFoundError } from './errors.ts'
@@ -211,7 +212,8 @@ export class RecordService {
       this.#rejected(err, {}, 'ignoring an announced record')
       return
     }
-    const k = record.key.toString()
+    // Kept for long: a flat string, not the rope toString() builds.
+    const k = cidString(record.key)
     const slot = recordKey(k, record.scope)
     const held = await this.#c.store.getRecord(slot)
     if (held === undefined || !this.#verifies(held, record.key, record.scope)) await this.#c.store.putRecord(slot, data)

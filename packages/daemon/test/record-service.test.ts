@@ -1,9 +1,14 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+import { pino } from 'pino'
 import * as dagCbor from '@ipld/dag-cbor'
 import { cidOf, DAG_CBOR } from '@strata/chunker'
-import { loadIdentity, RECORD_FORMAT, recordKey, signRecord } from '@strata/records'
+import { loadIdentity, RECORD_FORMAT, recordKey, signRecord, TrustPolicy } from '@strata/records'
+import { openStore } from '@strata/store'
 import { RecordNotFoundError } from '../src/index.ts'
+import { RecordService } from '../src/record-service.ts'
 import { tempDir } from '@strata/testing'
 import { connect, startDaemon, writeFixedTree } from './helpers.ts'
 
@@ -38,4 +43,38 @@ test('a connected peer that holds a record is asked directly, even if it never p
   const found = await reader.lookup(key)
   assert.equal(found.record.layer.toString(), layer.root.toString())
   assert.equal(found.record.producer, holder.peerId)
+})
+
+test('keys learned by gossip cost memory close to their length, not the rope toString() builds', { timeout: 120_000 }, async (t) => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const dataDir = tempDir(t)
+  const store = await openStore({ dataDir })
+  t.after(async () => { await store.close() })
+  const me = await loadIdentity(dataDir)
+  const service = new RecordService({
+    store,
+    handle: async () => {},
+    dialProtocol: async () => { throw new Error('no network in this test') },
+    publish: async () => {},
+    providers: () => { throw new Error('no DHT in this test') },
+    provide: () => {},
+    connectedPeers: () => [],
+    routablePeers: () => 0,
+    learned: () => {},
+    logger: pino({ level: 'silent' })
+  }, { trust: new TrustPolicy(me.peerId, undefined), readScopes: ['default'], maxProviders: 16, counters: { recordsLearned: 0, recordsRejected: 0 }, rejected: {} })
+  const layer = freshKey('layer')
+  const envelopes = Array.from({ length: 3000 }, (_, i) => signRecord({
+    v: RECORD_FORMAT, key: freshKey(`gossip ${i}`), parent: null, layer, size: 1, env: [], created: 1, producer: me.peerId, scope: 'default', epoch: 0, writer: null
+  }, me))
+  // Warm: the first announcement compiles code and opens what the store opens.
+  await service.announced(envelopes.pop()!)
+  gc()
+  const before = process.memoryUsage().heapUsed
+  for (const e of envelopes) await service.announced(e)
+  gc()
+  const perKey = (process.memoryUsage().heapUsed - before) / envelopes.length
+  // Kept as the rope multiformats builds, a key held many times its length.
+  assert.ok(perKey < 1000, `${perKey.toFixed(0)} heap bytes kept per key learned`)
 })

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { request } from 'node:http'
 import { test } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
-import { tempDir } from '@strata/testing'
+import { tempDir, until } from '@strata/testing'
 import { bytes, connect, publishLayer, startDaemon } from './helpers.ts'
 import { connectDaemon } from '../src/index.ts'
 import { spawnSync } from 'node:child_process'
@@ -27,6 +27,9 @@ test('a new layer is pulled by `replicas` other peers and status counts the copi
     if (copies < 2) await delay(100)
   }
   assert.equal(copies, 2)
+  // Providing the layer left provider records on the peers, and status counts them.
+  const held = async (): Promise<number> => (await Promise.all([a, b, c].map(async (d) => (await d.status({ copies: false })).dht.providerRecords))).reduce((x, y) => x + y, 0)
+  await until('provider records of the layer on the peers', async () => await held() >= 2, { timeoutMs: 30_000 })
 })
 
 test('copies count the peers that hold the layer, not a live peer that provides it without holding it', async (t) => {

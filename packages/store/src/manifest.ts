@@ -84,7 +84,8 @@ export class ManifestIndex {
         if (ended) return
         ended = true
         await writing
-        if (batch.length > 0) await batch.close()
+        // Closed even when empty: an open batch stays attached to the database until closed.
+        await batch.close()
         this.#inFlight--
         if (!linked && wrote) this.#leftovers.sweepAtNextOpen = true
       }

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs'
 import { CID } from 'multiformats/cid'
 import type { Logger } from 'pino'
-import { materialize, readManifest, BlockMismatchError, FsPool } from '@strata/chunker'
+import { materialize, readManifest, BlockMismatchError, FsPool, cidString } from '@strata/chunker'
 import type { ContentSource, Entry, MaterializeOptions } from '@strata/chunker'
 import type { BlockSource, CommitOptions, GcOptions, GcReport, LayerCheck, LayerInfo, LayerVerification, RestoreOptions, Store, VerifyOptions } from './types.ts'
 import type { Index } from './keys.ts'
@@ -272,7 +272,7 @@ export class LayerStore implements Store, LocalStore {
 
   /** Records a use of the layer (a hit, a mount, a block served) for the collector's least-recently-used order. */
   touch (root: CID | string, at = Date.now()): void {
-    this.#uses.touch(root.toString(), at)
+    this.#uses.touch(typeof root === 'string' ? root : cidString(root), at)
   }
 
   async gc (opts: GcOptions): Promise<GcReport> {
