@@ -149,10 +149,15 @@ export class PeerBlockSource implements BlockSource {
     return { bytes: w.landing.promise, keepWaiting: () => sharer && !w.done && !this.#abort.signal.aborted && this.#direct(w) }
   }
 
-  /** Whether `w` is asked of full providers, not of the peer sharing the fetch that owns it. */
+  /**
+   * Whether `w` is asked of full providers: this node is not waiting for another peer
+   * sharing the fetch (its owner, or any sharer once no full provider is left), which
+   * may be waiting on the asker in turn.
+   */
   #direct (w: Want): boolean {
-    const owner = this.#owner(w, [...this.#providers.values()].filter((p) => this.#usable(p)))
-    return owner === '' || w.tried.has(owner) || w.failed.has(owner)
+    const usable = [...this.#providers.values()].filter((p) => this.#usable(p))
+    const owner = this.#owner(w, usable)
+    return (owner === '' || w.tried.has(owner) || w.failed.has(owner)) && usable.some((p) => !p.partial && !w.tried.has(p.key))
   }
 
   /**

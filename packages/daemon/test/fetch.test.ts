@@ -268,9 +268,9 @@ test('6 consumers fetching a layer at once get each block once, and the producer
   }
   // The consumers split the layer and serve each other its blocks: each crosses the
   // producer's link once, but for those a consumer asks before it hears that the others
-  // fetch it too (the manifest's first blocks). Without the split it sends 6 times the layer.
+  // fetch it too (the manifest's first blocks). An owner that answered DONT_HAVE for a
+  // block its restore had not reached yet had the producer send that block twice or more.
   const sent = producer.exchange.counters.blocksToPeers
-  assert.ok(sent <= 1.5 * blocks, `the producer sent ${sent} blocks for a layer of ${blocks}`)
-  const shared = consumers.reduce((n, c) => n + c.exchange.counters.blocksToPeers, 0)
-  assert.ok(shared >= 6 * blocks - sent, `the consumers served each other ${shared} blocks`)
+  assert.ok(sent <= 1.25 * blocks, `the producer sent ${sent} blocks for a layer of ${blocks}`)
+  for (const [i, c] of consumers.entries()) assert.ok(c.exchange.counters.blocksToPeers > 0, `consumer ${i} served no other`)
 })
