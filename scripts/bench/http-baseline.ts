@@ -242,6 +242,10 @@ interface Rep {
   machineCpu: number
   /** Bytes the consumer hosts' links carried, both ways, per consumer. */
   wireBytesPerConsumer: number
+  /** The same, received only: with consumers serving each other, the rest is what they sent. */
+  wireBytesInPerConsumer: number
+  /** Bytes the server's (or producer's) link sent. */
+  serverWireBytesOut: number
   daemons?: Cpu
 }
 
@@ -432,6 +436,7 @@ async function main (): Promise<void> {
 
     const hostsCpu = (): number => cluster.hosts.reduce((n, h) => n + h.cpuSeconds(), 0)
     const consumerWire = (): number => consumers.reduce((n, h) => { const b = h.linkBytes(); return n + b.rx + b.tx }, 0)
+    const consumerWireIn = (): number => consumers.reduce((n, h) => n + h.linkBytes().rx, 0)
     /** results[phase][method][n] = reps */
     const results: Record<string, Record<string, Record<number, Rep[]>>> = {}
     const verified = new Set<string>()
@@ -448,13 +453,15 @@ async function main (): Promise<void> {
             const busyBefore = machineBusySeconds()
             const cpuBefore = hostsCpu()
             const wireBefore = consumerWire()
+            const wireInBefore = consumerWireIn()
+            const serverOutBefore = server.linkBytes().tx
             const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
-            const r: Rep = { seconds, hostsCpu: hostsCpu() - cpuBefore, machineCpu: machineBusySeconds() - busyBefore, wireBytesPerConsumer: (consumerWire() - wireBefore) / n }
+            const r: Rep = { seconds, hostsCpu: hostsCpu() - cpuBefore, machineCpu: machineBusySeconds() - busyBefore, wireBytesPerConsumer: (consumerWire() - wireBefore) / n, wireBytesInPerConsumer: (consumerWireIn() - wireInBefore) / n, serverWireBytesOut: server.linkBytes().tx - serverOutBefore }
             const daemons = method.cpu?.(n)
             if (daemons !== undefined) r.daemons = daemons
             ;((byMethod[name] ??= {})[n] ??= []).push(r)
             const memory = daemons !== undefined && flags.memory && fleet !== undefined ? memoryAtPeak(fleet.consumers[0]!.dataDir) : undefined
-            progress(`${phase.name} ${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((x) => x.toFixed(2)).join(' ')} s; hosts CPU s ${r.hostsCpu.toFixed(1)}, machine ${r.machineCpu.toFixed(1)}; wire ${(r.wireBytesPerConsumer / 1e6).toFixed(1)} MB a consumer${daemons === undefined ? '' : `; daemons CPU s: producer ${daemons.producer.toFixed(1)}, each consumer ${daemons.consumerMean.toFixed(1)} (user ${daemons.consumerUserMean.toFixed(1)}); consumer peak RSS ${daemons.consumerPeakRssMb.toFixed(0)} MB`}${memory === undefined ? '' : ` (consumer 0 at its peak: RSS ${memory.rss} MB, JS heap ${memory.heapTotal} MB, external ${memory.external} MB)`}`)
+            progress(`${phase.name} ${name} ${n} consumer(s) rep ${rep + 1}/${reps}: ${seconds.map((x) => x.toFixed(2)).join(' ')} s; hosts CPU s ${r.hostsCpu.toFixed(1)}, machine ${r.machineCpu.toFixed(1)}; wire ${(r.wireBytesPerConsumer / 1e6).toFixed(1)} MB a consumer (in ${(r.wireBytesInPerConsumer / 1e6).toFixed(1)}, out ${((r.wireBytesPerConsumer - r.wireBytesInPerConsumer) / 1e6).toFixed(1)}), server sent ${(r.serverWireBytesOut / 1e6).toFixed(1)} MB${daemons === undefined ? '' : `; daemons CPU s: producer ${daemons.producer.toFixed(1)}, each consumer ${daemons.consumerMean.toFixed(1)} (user ${daemons.consumerUserMean.toFixed(1)}); consumer peak RSS ${daemons.consumerPeakRssMb.toFixed(0)} MB`}${memory === undefined ? '' : ` (consumer 0 at its peak: RSS ${memory.rss} MB, JS heap ${memory.heapTotal} MB, external ${memory.external} MB)`}`)
             if (!verified.has(name)) {
               const got = await treeStats(restored[0]!)
               if (!sameTree(got, stats)) throw new Error(`${name} restored a different tree: ${JSON.stringify(got)} vs ${JSON.stringify(stats)}`)

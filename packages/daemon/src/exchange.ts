@@ -43,7 +43,11 @@ export interface ExchangeInit {
   landedBytes?: number
   /** How long a landed block is kept for peers fetching the same layer. Default 30 000 ms. */
   landedMs?: number
-  /** How long a peer's want waits for a block this node is fetching at that moment. Default 3 000 ms. */
+  /**
+   * How long a peer's want waits for a block this node is fetching at that moment.
+   * A peer sharing the fetch waits on, this long at a time, while this node asks the
+   * block of full providers. Default 3 000 ms.
+   */
   landingWaitMs?: number
   /** Block bytes a second served to one peer, over all its streams. Default 256 MiB/s (above what one Noise connection carries). */
   servePeerBytesPerSecond?: number
@@ -68,6 +72,10 @@ export interface ExchangeCounters {
   wireBytesFromPeers: number
   /** Bytes the block streams carried to peers, likewise. */
   wireBytesToPeers: number
+  /** Blocks this node fetched because a peer sharing the fetch asked for them before its own restore did. */
+  blocksForSharers: number
+  /** Blocks received again during one fetch (each logged with its reason): bytes the fleet moved twice. */
+  blocksDuplicate: number
 }
 
 export interface FetchStats {
@@ -83,7 +91,7 @@ export interface FetchStats {
  * blocks landed lately are shared by both sides.
  */
 export class BlockExchange {
-  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0, blocksThrottled: 0, wireBytesFromPeers: 0, wireBytesToPeers: 0 }
+  readonly counters: ExchangeCounters = { bytesFromPeers: 0, bytesToPeers: 0, blocksFromPeers: 0, blocksToPeers: 0, blocksRejected: 0, blocksThrottled: 0, wireBytesFromPeers: 0, wireBytesToPeers: 0, blocksForSharers: 0, blocksDuplicate: 0 }
   readonly init: Required<ExchangeInit>
   readonly #c: ExchangeComponents
   readonly #log: Logger
@@ -118,10 +126,25 @@ export class BlockExchange {
     this.#server = new BlockServer({
       store: components.store,
       isBanned: (peer) => this.#bans.has(peer),
-      * landing (key) {
+      * landing (cid, peer) {
+        const key = cid.toString()
+        let waiting = false
         for (const source of sources) {
-          const coming = source.landing(key)
-          if (coming !== undefined) yield coming
+          const coming = source.landing(key, peer)
+          if (coming === undefined) continue
+          waiting = true
+          yield coming
+        }
+        if (waiting) return
+        // No fetch here has asked for it yet: a peer sharing one asked first, taking
+        // this node for the block's owner. Fetched here, it crosses the providers' links
+        // once, rather than once for the asker and again when this node gets to it.
+        for (const source of sources) {
+          const coming = source.fetchFor(cid, peer)
+          if (coming !== undefined) {
+            yield coming
+            return
+          }
         }
       },
       counters: this.counters,
@@ -181,6 +204,7 @@ export class BlockExchange {
       isBanned: (peer) => this.#bans.has(peer),
       ban: (peer, reason) => { this.#bans.add(peer, reason) },
       landed: (key, bytes) => { this.#server.landed(key, bytes) },
+      landedBlock: (key) => this.#server.landedBlock(key),
       dialProtocol: async (peer, protocols, o) => await this.#c.dialProtocol(peer, protocols, o),
       protocols: this.protocols,
       onWireBytes: (n) => { this.counters.wireBytesFromPeers += n },

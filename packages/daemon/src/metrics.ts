@@ -53,6 +53,8 @@ export class DaemonMetrics {
     counter('strata_wire_bytes_from_peers_total', 'Bytes the block streams carried from peers, compressed where negotiated', () => c.wireBytesFromPeers)
     counter('strata_wire_bytes_to_peers_total', 'Bytes the block streams carried to peers, compressed where negotiated', () => c.wireBytesToPeers)
     counter('strata_blocks_rejected_total', 'Blocks from peers that did not match their CID', () => c.blocksRejected)
+    counter('strata_blocks_duplicate_total', 'Blocks a fetch received a second time (each logged with its reason)', () => c.blocksDuplicate)
+    counter('strata_blocks_for_sharers_total', 'Blocks fetched because a peer sharing the fetch asked for them first', () => c.blocksForSharers)
     // One series per reason a record was refused (untrusted-signer, old-epoch, wrong-scope, bad-signature, ...).
     new Counter({
       name: 'strata_records_rejected_total',

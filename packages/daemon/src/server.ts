@@ -7,6 +7,7 @@ import type { Store } from '@strata/store'
 import { MAX_MESSAGE_SIZE, decodeMessage, encodeBlockHeader, encodeDontHave } from './codec.ts'
 import { PeerLimitError, ProtocolViolationError } from './errors.ts'
 import type { ExchangeCounters, ExchangeInit } from './exchange.ts'
+import type { Landing } from './source.ts'
 import { StreamCompressor } from './compression.ts'
 import { RateLimiter } from './rate.ts'
 import { scavenges } from './scavenge.ts'
@@ -26,8 +27,12 @@ const COMPRESSED_COALESCE_BYTES = 1024 * 1024
 export interface BlockServerComponents {
   store: Pick<Store, 'getBlock'>
   isBanned(peer: string): boolean
-  /** The bytes of a block a fetch on this node is waiting for, when they land; undefined when none is. */
-  landing(key: string): Iterable<Promise<Uint8Array>>
+  /**
+   * The bytes of `cid` as they land from the fetches on this node that want it; when
+   * none does yet, from one that `peer` shares and that fetches it for it. Empty when
+   * no fetch here will get it.
+   */
+  landing(cid: CID, peer: string): Iterable<Landing>
   counters: ExchangeCounters
   logger: Logger
 }
@@ -69,6 +74,11 @@ export class BlockServer {
     this.#landedSize += bytes.length
     while (this.#landedSize > this.#init.landedBytes) this.#dropOldest()
     this.#sweep ??= setTimeout(() => { this.#expire() }, this.#init.landedMs).unref()
+  }
+
+  /** A block landed lately, if it is still held. */
+  landedBlock (key: string): Uint8Array | undefined {
+    return this.#landed.get(key)?.bytes
   }
 
   /** Blocks held to serve peers fetching the same layer, and their bytes. */
@@ -214,6 +224,24 @@ export class BlockServer {
     }
   }
 
+  /** The bytes of a block on its way, `landingWaitMs` at a time for as long as its fetch says; undefined when they do not come. */
+  async #await (coming: Landing): Promise<Uint8Array | undefined> {
+    for (;;) {
+      const { promise, resolve } = Promise.withResolvers<undefined>()
+      const timer = setTimeout(() => { resolve(undefined) }, this.#init.landingWaitMs)
+      try {
+        const bytes = await Promise.race([coming.bytes, promise])
+        if (bytes !== undefined) return bytes
+      } catch {
+        // That fetch failed: the asking peer goes elsewhere.
+        return undefined
+      } finally {
+        clearTimeout(timer)
+      }
+      if (!coming.keepWaiting()) return undefined
+    }
+  }
+
   /** A block from the blocks landed lately, else from the store (which verifies it); undefined when neither has it. */
   async #lookup (cid: CID, peer: string): Promise<Uint8Array | undefined> {
     const key = cid.toString()
@@ -222,19 +250,11 @@ export class BlockServer {
     try {
       return await this.#c.store.getBlock(cid)
     } catch (err) {
-      // A block this node is fetching right now is worth a short wait: peers fetching
+      // A block this node is fetching right now is worth a wait: peers fetching
       // the same layer split its blocks between them (see PeerBlockSource).
-      for (const coming of this.#c.landing(key)) {
-        const { promise, resolve } = Promise.withResolvers<undefined>()
-        const timer = setTimeout(() => { resolve(undefined) }, this.#init.landingWaitMs)
-        try {
-          const bytes = await Promise.race([coming, promise])
-          if (bytes !== undefined) return bytes
-        } catch {
-          // That fetch failed: the asking peer goes elsewhere.
-        } finally {
-          clearTimeout(timer)
-        }
+      for (const coming of this.#c.landing(cid, peer)) {
+        const bytes = await this.#await(coming)
+        if (bytes !== undefined) return bytes
       }
       this.#log.debug({ err, cid: key, peer }, 'not serving a block')
       return undefined

@@ -27,6 +27,15 @@ export interface Want {
   ownerVersion: number
   /** Made when a peer asks this node for the block while it is on its way. */
   landing?: PromiseWithResolvers<Uint8Array>
+  /** The peer sharing the fetch that asked for it before this node's restore did: it is fetched for that peer. */
+  forPeer?: string
+  /** Why this fetch receiving it is a duplicate (it had the block before), when it is. */
+  again?: string
+}
+
+/** A want nobody has been asked for yet. */
+export function newWant (cid: CID, key = cid.toString()): Want {
+  return { cid, key, tried: new Set(), attempts: 0, failed: new Set(), done: false, waiters: [], owner: '', ownerVersion: -1 }
 }
 
 /** What one fetch knows of one provider. */
@@ -68,6 +77,8 @@ export interface SessionHost {
   misbehaved(provider: Provider, reason: string): void
   /** `provider` sent `want`'s verified bytes. */
   received(provider: Provider, want: Want, bytes: Uint8Array): void
+  /** `provider` sent `want`'s verified bytes once it was settled: they came twice. */
+  duplicate(provider: Provider, want: Want): void
   /** Wants that must be asked again (their session failed). */
   requeue(want: Want): void
   /** Gather wants into batches soon. */
@@ -203,7 +214,9 @@ export class BlockSession {
         this.inflight.delete(w.key)
         if (this.inflight.size === 0) idleSince = performance.now()
         if (msg.type === 'dont-have') {
-          p.dontHaves++
+          // Only this node's own wants tell whether the provider holds the layer: a
+          // block fetched for a sharing peer may be one of another layer.
+          if (w.waiters.length > 0) p.dontHaves++
           if (p.blocks === 0 && p.dontHaves >= DROP_AFTER_DONT_HAVES && !p.dropped && !p.partial) {
             p.dropped = true
             log.debug({ peer: k, dontHaves: p.dontHaves }, 'provider holds none of the layer; not asking it again')
@@ -220,7 +233,10 @@ export class BlockSession {
         }
         p.blocks++
         p.failures = 0
-        if (w.done) continue
+        if (w.done) {
+          host.duplicate(p, w)
+          continue
+        }
         // A message that came in several pieces was joined into memory of its own and
         // is kept as it is; one that is a view of a buffer shared with others is copied.
         const own = whole.byteOffset === 0 && whole.buffer.byteLength === whole.byteLength

@@ -6,8 +6,21 @@ import { BlockUnavailableError } from './errors.ts'
 import type { ExchangeCounters, ExchangeInit, FetchStats } from './exchange.ts'
 import { score } from './rendezvous.ts'
 import { scavenges } from './scavenge.ts'
-import { BlockSession } from './session.ts'
+import { BlockSession, newWant } from './session.ts'
 import type { Provider, SessionHost, Want } from './session.ts'
+
+/** A block on its way to a fetch on this node, as a peer asking for it waits here. */
+export interface Landing {
+  bytes: Promise<Uint8Array>
+  /** Whether the asking peer's wait may go on once its usual bound is up. */
+  keepWaiting(): boolean
+}
+
+/** The first six bytes of a block's digest, as a number. */
+function digestPrefix (cid: CID): number {
+  const d = cid.multihash.digest
+  return d[0]! * 2 ** 40 + d[1]! * 2 ** 32 + d[2]! * 2 ** 24 + d[3]! * 2 ** 16 + d[4]! * 2 ** 8 + d[5]!
+}
 
 /** What one fetch needs from the block exchange. */
 export interface SourceComponents {
@@ -17,6 +30,8 @@ export interface SourceComponents {
   ban(peer: PeerId | string, reason: string): void
   /** Keeps a verified block for peers fetching the same layer. */
   landed(key: string, bytes: Uint8Array): void
+  /** A block kept by `landed`, while it is. */
+  landedBlock(key: string): Uint8Array | undefined
   dialProtocol(peer: PeerId, protocols: string | string[], opts: { signal: AbortSignal }): Promise<Stream>
   /** The block protocols to offer, preferred first. */
   protocols: string[]
@@ -45,9 +60,12 @@ export type Refill = (known: ReadonlySet<string>, signal: AbortSignal) => Promis
  * Peers fetching the same layer at once (announced by gossip) split it: each block
  * has an owner among them and this node, by rendezvous hash, the same on every
  * peer. A block is asked from full providers by its owner only; the others ask the
- * owner, whose server waits a moment for the block to land. So each block crosses
- * the producer's link about once however many peers fetch it, and a DONT_HAVE from
- * the owner just sends the block to the full providers.
+ * owner, whose server waits for the block to land. So each block crosses
+ * the producer's link about once however many peers fetch it. An owner asked for a
+ * block its own restore has not reached yet fetches it then (from full providers
+ * only, so that no two peers wait on each other), rather than answering DONT_HAVE
+ * and leaving the asker to fetch it from the full providers as well; a DONT_HAVE
+ * from the owner just sends the block to the full providers.
  *
  * The providers a fetch starts with are those the DHT gave first; after churn they
  * may all be dead while the DHT lists live holders further on. A block that no
@@ -78,6 +96,11 @@ export class PeerBlockSource implements BlockSource {
   #refills = 0
   #refilling = false
   #exhausted = false
+  /**
+   * The blocks this fetch has received, by the first bytes of their digest (a few
+   * bytes a block, not its CID string): one that comes again is counted and logged.
+   */
+  readonly #received = new Set<number>()
 
   constructor (components: SourceComponents, providers: readonly PeerId[], opts: { onBlock?: (bytes: number) => void, self?: PeerId, onClose: () => void, refill?: Refill }) {
     this.#c = components
@@ -107,15 +130,56 @@ export class PeerBlockSource implements BlockSource {
     this.#schedule()
   }
 
-  /** The bytes of a block this fetch is waiting for, when they land; undefined when it is not waiting for it. */
-  landing (key: string): Promise<Uint8Array> | undefined {
+  /**
+   * A block this fetch is waiting for, as `peer` waits for it here; undefined when it
+   * is not waiting for it. A peer sharing the fetch may wait for as long as this node
+   * asks the block of full providers: the owner's is the fetch of it that crosses the
+   * providers' links. When this node itself waits for the block from another peer
+   * sharing the fetch (views of who owns what differ while peers join), that peer
+   * may be waiting on the asker in turn, so the wait is short.
+   */
+  landing (key: string, peer?: string): Landing | undefined {
     const w = this.#pending.get(key)
     if (w === undefined || w.done) return undefined
     if (w.landing === undefined) {
       w.landing = Promise.withResolvers<Uint8Array>()
       w.landing.promise.catch(() => {})
     }
-    return w.landing.promise
+    const sharer = peer !== undefined && this.#providers.get(peer)?.partial === true
+    return { bytes: w.landing.promise, keepWaiting: () => sharer && !w.done && !this.#abort.signal.aborted && this.#direct(w) }
+  }
+
+  /**
+   * Whether `w` is asked of full providers: this node is not waiting for another peer
+   * sharing the fetch (its owner, or any sharer once no full provider is left), which
+   * may be waiting on the asker in turn.
+   */
+  #direct (w: Want): boolean {
+    const usable = [...this.#providers.values()].filter((p) => this.#usable(p))
+    const owner = this.#owner(w, usable)
+    return (owner === '' || w.tried.has(owner) || w.failed.has(owner)) && usable.some((p) => !p.partial && !w.tried.has(p.key))
+  }
+
+  /**
+   * Fetches `cid` for `peer`, which shares this fetch and asked this node for it before
+   * this node's restore did: the bytes when they land. Undefined when `peer` does not
+   * share this fetch. It goes ahead of this node's own wants (a peer is waiting), to
+   * full providers only; it never triggers a search for more providers.
+   */
+  fetchFor (cid: CID, peer: string): Landing | undefined {
+    if (this.#abort.signal.aborted || this.#providers.get(peer)?.partial !== true) return undefined
+    const key = cid.toString()
+    const pending = this.landing(key, peer)
+    if (pending !== undefined) return pending
+    const w = newWant(cid, key)
+    w.forPeer = peer
+    if (this.#received.has(digestPrefix(cid))) w.again = 'a sharing peer asked for a block this fetch had received and no longer held'
+    // The asker waits for this node: asking it back would only wait on itself.
+    w.tried.add(peer)
+    this.#pending.set(key, w)
+    this.#queue.unshift(w)
+    this.#schedule()
+    return this.landing(key, peer)
   }
 
   /** Peers this fetch still asks. */
@@ -144,14 +208,18 @@ export class PeerBlockSource implements BlockSource {
   async getBlock (cid: CID, opts: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
     opts.signal?.throwIfAborted()
     const key = cid.toString()
-    const { promise, resolve, reject } = Promise.withResolvers<Uint8Array>()
     let want = this.#pending.get(key)
     if (want === undefined) {
-      want = { cid, key, tried: new Set(), attempts: 0, failed: new Set(), done: false, waiters: [], owner: '', ownerVersion: -1 }
+      // Landed here already: fetched for a sharing peer, or by another fetch on this node.
+      const landed = this.#c.landedBlock(key)
+      if (landed !== undefined) return landed
+      want = newWant(cid, key)
+      if (this.#received.has(digestPrefix(cid))) want.again = 'the restore asked for a block this fetch had received and no longer held'
       this.#pending.set(key, want)
       this.#queue.push(want)
       this.#schedule()
     }
+    const { promise, resolve, reject } = Promise.withResolvers<Uint8Array>()
     want.waiters.push({ resolve, reject })
     if (opts.signal === undefined) return await promise
     const signal = opts.signal
@@ -194,6 +262,9 @@ export class PeerBlockSource implements BlockSource {
         this.#queue.push(w)
       },
       received: (p, w, bytes) => {
+        if (w.forPeer !== undefined) c.counters.blocksForSharers++
+        if (w.again !== undefined) this.#duplicate(p, w, w.again)
+        this.#received.add(digestPrefix(w.cid))
         c.counters.bytesFromPeers += bytes.length
         scavenges.moved(bytes.length)
         c.counters.blocksFromPeers++
@@ -209,9 +280,16 @@ export class PeerBlockSource implements BlockSource {
         w.landing?.resolve(bytes)
         for (const x of w.waiters) x.resolve(bytes)
       },
+      duplicate: (p, w) => { this.#duplicate(p, w, 'answered after the block had come from another provider') },
       requeue: (w) => { this.#queue.push(w) },
       schedule: () => { this.#schedule() }
     }
+  }
+
+  /** Counts a block this fetch received before, and says why it came again. */
+  #duplicate (p: Provider, w: Want, reason: string): void {
+    this.#c.counters.blocksDuplicate++
+    this.#c.logger.debug({ event: 'block-duplicate', cid: w.key, peer: p.key, reason }, 'block received twice')
   }
 
   #schedule (): void {
@@ -239,6 +317,7 @@ export class PeerBlockSource implements BlockSource {
    * again among those left, else it would wait for that peer for ever.
    */
   #owner (w: Want, usable: Provider[]): string {
+    if (w.forPeer !== undefined) return ''
     if (w.ownerVersion === this.#sharing && (w.owner === '' || this.#usable(this.#providers.get(w.owner)!))) return w.owner
     let best = ''
     let bestScore = score(w.key, this.#self)
@@ -278,8 +357,9 @@ export class PeerBlockSource implements BlockSource {
     // Wants that no provider is left to answer wait for a search for more; they fail once none is found.
     const orphan = (w: Want): boolean => !usable.some((p) => !w.tried.has(p.key))
     const mayRefill = this.#refill !== undefined && (this.#refilling || (!this.#exhausted && this.#refills < MAX_REFILLS))
-    if (mayRefill && !this.#refilling && this.#queue.some((w) => w.attempts < init.maxAttempts && orphan(w))) this.#startRefill()
-    const hopeless = (w: Want): boolean => w.attempts >= init.maxAttempts || (orphan(w) && !mayRefill)
+    const own = (w: Want): boolean => w.waiters.length > 0
+    if (mayRefill && !this.#refilling && this.#queue.some((w) => own(w) && w.attempts < init.maxAttempts && orphan(w))) this.#startRefill()
+    const hopeless = (w: Want): boolean => w.attempts >= init.maxAttempts || (orphan(w) && !(mayRefill && own(w)))
     if (this.#queue.some(hopeless)) {
       const keep: Want[] = []
       for (const w of this.#queue) {

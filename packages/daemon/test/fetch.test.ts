@@ -245,3 +245,32 @@ test('8 daemons: when every provider a fetch started with is dead, it searches a
   assert.equal(got.providers, 1, 'the live holder sent the layer')
   assert.ok(holder.exchange.counters.blocksToPeers > 0)
 })
+
+test('6 consumers fetching a layer at once get each block once, and the producer sends each block about once', { timeout: 180_000 }, async (t) => {
+  const producer = await startDaemon(t)
+  const consumers: Daemon[] = []
+  for (let i = 0; i < 6; i++) consumers.push(await startDaemon(t))
+  await connect([producer, ...consumers])
+  // Small files of one block each, and a large one cut into many.
+  const tree = manyFiles('fan-out', 600)
+  tree.large = bytes('fan-out-large', 6_000_000)
+  const { layer } = await publishLayer(t, producer, tree)
+  const got = await Promise.all(consumers.map(async (c) => await c.fetchLayer(layer.root, { hints: [producer.node.peerId] })))
+  // Content blocks and manifest blocks alike, each once but for a few counted as
+  // received again: one a peer asked for after this node had it and no longer held it.
+  const once = consumers.map((c) => c.exchange.counters.blocksFromPeers - c.exchange.counters.blocksDuplicate)
+  const blocks = once[0]!
+  assert.ok(blocks > (await contentBlocks(producer, layer.root)).length, `${blocks} blocks`)
+  for (const [i, c] of consumers.entries()) {
+    assert.deepEqual(digestTree(got[i]!.layer.path), digestTree(layer.path))
+    assert.equal(once[i], blocks, `consumer ${i} received ${once[i]} distinct blocks of ${blocks}`)
+    assert.ok(c.exchange.counters.blocksDuplicate <= blocks / 50, `consumer ${i} received ${c.exchange.counters.blocksDuplicate} blocks twice`)
+  }
+  // The consumers split the layer and serve each other its blocks: each crosses the
+  // producer's link once, but for those a consumer asks before it hears that the others
+  // fetch it too (the manifest's first blocks). An owner that answered DONT_HAVE for a
+  // block its restore had not reached yet had the producer send that block twice or more.
+  const sent = producer.exchange.counters.blocksToPeers
+  assert.ok(sent <= 1.25 * blocks, `the producer sent ${sent} blocks for a layer of ${blocks}`)
+  for (const [i, c] of consumers.entries()) assert.ok(c.exchange.counters.blocksToPeers > 0, `consumer ${i} served no other`)
+})
