@@ -43,6 +43,9 @@ test('partition: 8 daemons split in two halves keep serving what each holds (mis
   }
   await waitFor('each layer held by the producer and 2 replicas', 60_000, async () =>
     (await Promise.all(roots.map(async (r) => await holdersOf(r, fleet.running)))).every((h) => h.length >= 3) ? true : undefined, () => '', 500)
+  // h7 takes the layers too, so that B's half holds them whichever hosts the replicas went to.
+  const inB7 = await run(6, 'before.yml')
+  assert.ok([...inB7.values()].every((o) => o.how !== 'ran'), 'h7 restores the layers before the split')
   const heldInB = await Promise.all(roots.map(async (r) => await holdersOf(r, B)))
 
   fleet.partition(B)
@@ -51,6 +54,7 @@ test('partition: 8 daemons split in two halves keep serving what each holds (mis
   const inA = await run(2, 'a.yml')
   const inB = await run(5, 'b.yml')
   const consumerB = B.find((i) => heldInB.every((h) => !h.includes(i)) && i !== 5)
+  t.diagnostic(`held in B: ${JSON.stringify(heldInB)}, consumer ${consumerB === undefined ? 'none' : `h${consumerB + 1}`}`)
   if (consumerB !== undefined) {
     const got = await run(consumerB, 'before.yml')
     for (const [n, step] of ['make', 'use'].entries()) {
