@@ -10,6 +10,7 @@ import { cidOf, DAG_CBOR } from '@strata/chunker'
 import { RECORD_FORMAT, loadIdentity, recordKey, signRecord } from '@strata/records'
 import type { FleetClaim } from '@strata/daemon/client'
 import { Fleet, waitFor } from '../scripts/fleet-lib.ts'
+import { CLAIMANT_SCRIPT } from '../packages/daemon/test/helpers.ts'
 import { workDir } from './helpers.ts'
 
 const root = join(import.meta.dirname, '..')
@@ -75,14 +76,7 @@ test('three hosts: one of three simultaneous claims is granted; a failed build s
 
   // A runner process on h1 claims a key and is killed -9 while it holds it.
   const key2 = freshKey()
-  const script = [
-    "import { connectDaemon } from '@strata/daemon/client'",
-    'const c = await connectDaemon(process.argv[1])',
-    "const claim = await c.claim(process.argv[2], { scope: 'default' })",
-    "process.stdout.write(claim.status + '\\n')",
-    'setInterval(() => {}, 1000)'
-  ].join('\n')
-  const child = fleet.hosts[0]!.spawn(process.execPath, ['--input-type=module', '-e', script, fleet.daemons[0]!.dataDir, key2], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = fleet.hosts[0]!.spawn(process.execPath, ['--input-type=module', '-e', CLAIMANT_SCRIPT, fleet.daemons[0]!.dataDir, key2], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
   const kill9 = (): void => {
     try {
       process.kill(-child.pid!, 'SIGKILL')

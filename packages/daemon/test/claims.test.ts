@@ -14,7 +14,7 @@ import { connectDaemon } from '../src/client.ts'
 import type { DaemonClient, FleetClaim } from '../src/client.ts'
 import type { Daemon } from '../src/index.ts'
 import { tempDir, until } from '@strata/testing'
-import { connect, publishLayer, startDaemon } from './helpers.ts'
+import { CLAIMANT_SCRIPT, connect, publishLayer, startDaemon } from './helpers.ts'
 
 const freshKey = (): CID => cidOf(DAG_CBOR, dagCbor.encode({ claim: randomBytes(16) }))
 
@@ -42,14 +42,7 @@ async function fleet (t: TestContext, n: number, init: Parameters<typeof startDa
 
 /** A runner-like process that claims `key` through `d`'s socket, says it was granted, and holds the claim until killed. */
 async function claimant (t: TestContext, d: Daemon, key: string): Promise<ChildProcess> {
-  const script = [
-    "import { connectDaemon } from '@strata/daemon/client'",
-    'const c = await connectDaemon(process.argv[1])',
-    "const claim = await c.claim(process.argv[2], { scope: 'default' })",
-    "process.stdout.write(claim.status + '\\n')",
-    'setInterval(() => {}, 1000)'
-  ].join('\n')
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script, d.dataDir, key], { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--input-type=module', '-e', CLAIMANT_SCRIPT, d.dataDir, key], { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
   t.after(() => { child.kill('SIGKILL') })
   const [line] = await once(child.stdout, 'data') as [Buffer]
   assert.equal(line.toString().trim(), 'granted')

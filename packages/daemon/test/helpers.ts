@@ -95,3 +95,16 @@ export function varint (n: number): Uint8Array {
   out.push(n)
   return Uint8Array.from(out)
 }
+
+/**
+ * A runner-like process, run with `node --input-type=module -e CLAIMANT_SCRIPT DATA_DIR KEY`
+ * from the repo: it claims KEY through the daemon on DATA_DIR, prints the claim's status,
+ * and holds the claim until killed.
+ */
+export const CLAIMANT_SCRIPT = [
+  "import { connectDaemon } from '@strata/daemon/client'",
+  'const c = await connectDaemon(process.argv[1])',
+  "const claim = await c.claim(process.argv[2], { scope: 'default' })",
+  "process.stdout.write(claim.status + '\\n')",
+  'setInterval(() => {}, 1000)'
+].join('\n')
