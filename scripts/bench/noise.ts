@@ -11,7 +11,9 @@
 //   noise+yamux    libp2p TCP + Noise (the library's default crypto) + yamux
 //   noise+yamux strata   the same with the daemon's Noise crypto (packages/daemon/src/noise-crypto.ts):
 //                  what strata runs
-// Prints MB/s (median, min, max) and each stack's ratio to raw TCP and to plain+yamux.
+//   tls+yamux      libp2p TCP + @libp2p/tls (TLS 1.3 in node:tls, AES-GCM) + yamux
+// Prints MB/s (median, min, max), each stack's ratio to raw TCP and to plain+yamux, and
+// the CPU each side used per GB moved (process.cpuUsage over the timed transfer).
 // Profile one side with `--cpu-prof` on this script (sender) or `--profile-receiver`.
 
 import { fork } from 'node:child_process'
@@ -26,6 +28,7 @@ import { generateKeyPair, publicKeyFromProtobuf, publicKeyToProtobuf } from '@li
 import type { ConnectionEncrypter, MessageStream, PrivateKey, SecuredConnection, Stream } from '@libp2p/interface'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { tcp } from '@libp2p/tcp'
+import { tls } from '@libp2p/tls'
 import { lpStream } from '@libp2p/utils'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -34,7 +37,7 @@ import { noiseCrypto } from '../../packages/daemon/src/noise-crypto.ts'
 import { formatTable, parseFlags, summarize } from './measure.ts'
 
 const PROTOCOL = '/strata-bench/throughput/1'
-const STACKS = ['tcp', 'plain+yamux', 'noise+yamux', 'noise+yamux strata'] as const
+const STACKS = ['tcp', 'plain+yamux', 'noise+yamux', 'noise+yamux strata', 'tls+yamux'] as const
 type StackName = typeof STACKS[number]
 
 /**
@@ -59,18 +62,28 @@ async function node (stack: StackName, listen: boolean): Promise<Libp2p> {
     privateKey: await generateKeyPair('Ed25519'),
     addresses: { listen: listen ? ['/ip4/127.0.0.1/tcp/0'] : [] },
     transports: [tcp()],
-    connectionEncrypters: [stack === 'plain+yamux' ? plaintext() : stack === 'noise+yamux' ? noise() : noise({ crypto: noiseCrypto })],
+    connectionEncrypters: [stack === 'plain+yamux' ? plaintext() : stack === 'tls+yamux' ? tls() : stack === 'noise+yamux' ? noise() : noise({ crypto: noiseCrypto })],
     streamMuxers: [yamux()]
   })
 }
 
 // ---- receiver (child process) ----
 
+/** CPU seconds (user + system) of this process since `since`. */
+function cpuSeconds (since: NodeJS.CpuUsage | undefined): number {
+  const d = process.cpuUsage(since)
+  return (d.user + d.system) / 1e6
+}
+
 async function receive (stack: StackName): Promise<void> {
   if (stack === 'tcp') {
     const server = createServer((socket) => {
-      socket.on('data', () => {})
-      socket.on('end', () => { socket.end(Buffer.of(1)) })
+      let cpu: NodeJS.CpuUsage | undefined
+      socket.on('data', () => { cpu ??= process.cpuUsage() })
+      socket.on('end', () => {
+        process.send!({ cpu: cpuSeconds(cpu) })
+        socket.end(Buffer.of(1))
+      })
       socket.on('error', () => {})
     })
     server.listen(0, '127.0.0.1')
@@ -80,7 +93,9 @@ async function receive (stack: StackName): Promise<void> {
     const n = await node(stack, true)
     await n.handle(PROTOCOL, (stream: Stream) => {
       void (async () => {
-        for await (const _ of stream) { /* count nothing: the sender knows the size */ }
+        let cpu: NodeJS.CpuUsage | undefined
+        for await (const _ of stream) cpu ??= process.cpuUsage()
+        process.send!({ cpu: cpuSeconds(cpu) })
         stream.send(Uint8Array.of(1))
         await stream.close()
       })().catch(() => { stream.abort(new Error('receiver failed')) })
@@ -121,7 +136,7 @@ async function sendLibp2p (sender: Libp2p, addr: string, total: number, chunk: U
   return performance.now() - t0
 }
 
-interface Row { stack: StackName, mbps: number[] }
+interface Row { stack: StackName, mbps: number[], senderCpuPerGb: number[], receiverCpuPerGb: number[] }
 
 async function main (): Promise<void> {
   const flags = parseFlags(process.argv.slice(2), { mib: '512', reps: '3', 'write-kib': '256', json: false as boolean, 'profile-receiver': false as boolean, role: '', stack: '' })
@@ -129,7 +144,7 @@ async function main (): Promise<void> {
   const total = Number(flags.mib) * 1024 * 1024
   const reps = Number(flags.reps)
   const chunk = new Uint8Array(Number(flags['write-kib']) * 1024).fill(7)
-  const rows: Row[] = STACKS.map((stack) => ({ stack, mbps: [] }))
+  const rows: Row[] = STACKS.map((stack) => ({ stack, mbps: [], senderCpuPerGb: [], receiverCpuPerGb: [] }))
   const load = [loadavg()[0]!]
   const script = fileURLToPath(import.meta.url)
   for (let rep = 0; rep < reps; rep++) {
@@ -141,17 +156,25 @@ async function main (): Promise<void> {
       try {
         const [ready] = await once(child, 'message') as [{ port?: number, addr?: string }]
         let ms: number
+        let cpu: NodeJS.CpuUsage
+        let received = once(child, 'message') as Promise<[{ cpu: number }]>
         if (row.stack === 'tcp') {
+          cpu = process.cpuUsage()
           ms = await sendTcp(ready.port!, total, chunk)
         } else {
           const sender = await node(row.stack, false)
           try {
             await sendLibp2p(sender, ready.addr!, 1024, chunk) // connect and warm up, untimed
+            await received
+            received = once(child, 'message') as Promise<[{ cpu: number }]>
+            cpu = process.cpuUsage()
             ms = await sendLibp2p(sender, ready.addr!, total, chunk)
           } finally {
             await sender.stop()
           }
         }
+        row.senderCpuPerGb.push(cpuSeconds(cpu) / (total / 1e9))
+        row.receiverCpuPerGb.push((await received)[0].cpu / (total / 1e9))
         row.mbps.push(total / 1e6 / (ms / 1000))
         process.stderr.write(`rep ${rep + 1}/${reps} ${row.stack}: ${(total / 1e6 / (ms / 1000)).toFixed(0)} MB/s\n`)
       } finally {
@@ -164,15 +187,15 @@ async function main (): Promise<void> {
   const med = (r: Row): number => summarize(r.mbps).median
   const tcpRow = rows.find((r) => r.stack === 'tcp')!
   const plainRow = rows.find((r) => r.stack === 'plain+yamux')!
-  const result = rows.map((r) => ({ stack: r.stack, ...summarize(r.mbps), vsTcp: med(r) / med(tcpRow), vsPlain: med(r) / med(plainRow) }))
+  const result = rows.map((r) => ({ stack: r.stack, ...summarize(r.mbps), vsTcp: med(r) / med(tcpRow), vsPlain: med(r) / med(plainRow), senderCpuPerGb: summarize(r.senderCpuPerGb).median, receiverCpuPerGb: summarize(r.receiverCpuPerGb).median }))
   if (flags.json === true) {
     process.stdout.write(JSON.stringify({ mib: Number(flags.mib), writeKib: Number(flags['write-kib']), reps, load, result }) + '\n')
     return
   }
   process.stdout.write(`one stream over loopback, ${flags.mib} MiB in ${flags['write-kib']} KiB writes, ${reps} reps; load average ${load.map((l) => l.toFixed(2)).join(' -> ')}\n`)
   process.stdout.write(formatTable([
-    ['stack', 'MB/s median', 'min', 'max', 'x raw tcp', 'x plain+yamux'],
-    ...result.map((r) => [r.stack, r.median.toFixed(0), r.min.toFixed(0), r.max.toFixed(0), r.vsTcp.toFixed(2), r.vsPlain.toFixed(2)])
+    ['stack', 'MB/s median', 'min', 'max', 'x raw tcp', 'x plain+yamux', 'CPU s/GB sender', 'CPU s/GB receiver'],
+    ...result.map((r) => [r.stack, r.median.toFixed(0), r.min.toFixed(0), r.max.toFixed(0), r.vsTcp.toFixed(2), r.vsPlain.toFixed(2), r.senderCpuPerGb.toFixed(2), r.receiverCpuPerGb.toFixed(2)])
   ]) + '\n')
 }
 
