@@ -17,7 +17,8 @@ export interface LookupResult {
   record: StepRecord
   /** The signed envelope, as the producer signed it. */
   envelope: Uint8Array
-  source: 'local' | 'gossip' | 'dht'
+  /** Where it came from: this store, a gossip announcement, a connected peer asked directly, or a provider the DHT named. */
+  source: 'local' | 'gossip' | 'peer' | 'dht'
 }
 
 export interface RecordCounters {
@@ -135,7 +136,7 @@ export class RecordService {
     const enough = new AbortController()
     const asked = new Set<string>()
     const running = new Set<Promise<void>>()
-    const askOne = async (provider: PeerId): Promise<void> => {
+    const askOne = async (provider: PeerId, via: 'peer' | 'dht'): Promise<void> => {
       let answers: Uint8Array[]
       try {
         const signals = [enough.signal, AbortSignal.timeout(this.#init.askTimeoutMs ?? 3000)]
@@ -152,7 +153,7 @@ export class RecordService {
           const record = verifyEnvelope(bytes, trust.reading([scope]), key)
           await this.#c.store.putRecord(recordKey(key, scope), bytes)
           this.#c.recorded?.(record)
-          best = { record, envelope: bytes, source: 'dht', rank }
+          best = { record, envelope: bytes, source: via, rank }
         } catch (err) {
           if (!(err instanceof RecordInvalidError)) throw err
           rejected = err.message
@@ -167,23 +168,23 @@ export class RecordService {
       }
     }
     // Connected peers are asked at once, DHT providers as they are found; a few requests at a time.
-    const enqueue = async (provider: PeerId): Promise<boolean> => {
+    const enqueue = async (provider: PeerId, via: 'peer' | 'dht'): Promise<boolean> => {
       const id = provider.toString()
       if (asked.has(id)) return true
       if (asked.size >= this.#init.maxProviders || enough.signal.aborted) return false
       asked.add(id)
       while (running.size >= LOOKUP_CONCURRENCY) await Promise.race(running)
-      const task: Promise<void> = askOne(provider).finally(() => running.delete(task))
+      const task: Promise<void> = askOne(provider, via).finally(() => running.delete(task))
       running.add(task)
       return true
     }
     const direct = (async () => {
-      for (const p of connected) if (!await enqueue(p)) break
+      for (const p of connected) if (!await enqueue(p, 'peer')) break
     })()
     try {
       if (search !== undefined) {
         for await (const provider of search) {
-          if (!await enqueue(provider)) break
+          if (!await enqueue(provider, 'dht')) break
         }
       }
       await direct

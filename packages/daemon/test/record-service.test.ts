@@ -43,6 +43,7 @@ test('a connected peer that holds a record is asked directly, even if it never p
   const found = await reader.lookup(key)
   assert.equal(found.record.layer.toString(), layer.root.toString())
   assert.equal(found.record.producer, holder.peerId)
+  assert.equal(found.source, 'peer', 'an answer from a peer asked directly is told from one the DHT named')
 })
 
 test('keys learned by gossip cost memory close to their length, not the rope toString() builds', { timeout: 120_000 }, async (t) => {
