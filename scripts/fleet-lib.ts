@@ -153,9 +153,9 @@ export class Fleet {
     return c
   }
 
-  async status (i: number, opts: { copies?: boolean, ms?: number } = {}): Promise<StatusJson> {
+  async status (i: number, opts: { copies?: boolean, liveHeap?: boolean, ms?: number } = {}): Promise<StatusJson> {
     const c = await this.client(i)
-    return await c.status({ copies: opts.copies ?? false, signal: AbortSignal.timeout(opts.ms ?? 20_000) })
+    return await c.status({ copies: opts.copies ?? false, liveHeap: opts.liveHeap === true, signal: AbortSignal.timeout(opts.ms ?? 20_000) })
   }
 
   /** The layer roots daemon `i` holds. */

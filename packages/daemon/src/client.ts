@@ -180,8 +180,9 @@ export class DaemonClient implements Store {
     })
   }
 
-  async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<StatusJson> {
-    return await this.#call('/v1/status', { copies: opts.copies ?? true }, opts) as unknown as StatusJson
+  /** `liveHeap`: the daemon collects its heap first and reports what is live (`process.heapLive`); a full collection, for measuring, not for every call. */
+  async status (opts: { signal?: AbortSignal, copies?: boolean, liveHeap?: boolean } = {}): Promise<StatusJson> {
+    return await this.#call('/v1/status', { copies: opts.copies ?? true, ...(opts.liveHeap === true ? { liveHeap: true } : {}) }, opts) as unknown as StatusJson
   }
 
   async lookup (key: string, opts: { signal?: AbortSignal, scopes?: readonly string[] } = {}): Promise<LookupJson> {

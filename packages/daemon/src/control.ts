@@ -26,7 +26,7 @@ export interface ControlComponents {
   }
   /** The size budget, when the daemon has one: `/v1/gc`'s default sizes. */
   budget: GcBudgetInit | undefined
-  status(opts: { signal?: AbortSignal, copies?: boolean }): Promise<DaemonStatus>
+  status(opts: { signal?: AbortSignal, copies?: boolean, liveHeap?: boolean }): Promise<DaemonStatus>
   lookup(key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[] }): Promise<LookupResult>
   resolve(key: CID, opts: { signal?: AbortSignal, scopes?: readonly string[], onProgress?: (e: ProgressEvent) => void }): Promise<FetchResult & { recordSource: string }>
   fetchLayer(root: CID, opts: { signal?: AbortSignal, onProgress?: (e: ProgressEvent) => void }): Promise<FetchResult>
@@ -132,7 +132,7 @@ async function streamed (res: ServerResponse, work: (progress: (e: unknown) => v
 export function routes (daemon: ControlComponents): Map<string, Handler> {
   const store = daemon.store
   const r = new Map<string, Handler>()
-  r.set('/v1/status', async (b, _res, signal): Promise<StatusJson> => ({ ...await daemon.status({ signal, copies: b.copies !== false }), dataDir: daemon.dataDir }))
+  r.set('/v1/status', async (b, _res, signal): Promise<StatusJson> => ({ ...await daemon.status({ signal, copies: b.copies !== false, liveHeap: b.liveHeap === true }), dataDir: daemon.dataDir }))
   r.set('/v1/lookup', async (b, _res, signal): Promise<LookupJson> => {
     const found = await daemon.lookup(cid(b, 'key'), { signal, scopes: scopes(b) })
     return { layer: found.record.layer.toString(), producer: found.record.producer, envelope: Buffer.from(found.envelope).toString('base64'), source: found.source }

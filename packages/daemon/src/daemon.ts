@@ -485,7 +485,7 @@ export class Daemon {
     return { providerRecords: held.records, providingPeers: held.peers, providersDropped: dht?.counters.providersDropped ?? 0, recordsDropped: dht?.counters.recordsDropped ?? 0 }
   }
 
-  async status (opts: { signal?: AbortSignal, copies?: boolean } = {}): Promise<DaemonStatus> {
+  async status (opts: { signal?: AbortSignal, copies?: boolean, liveHeap?: boolean } = {}): Promise<DaemonStatus> {
     const layers: LayerStatus[] = []
     const list = await this.store.listLayers()
     const counts = opts.copies === false ? list.map(() => -1) : await Promise.all(list.slice(0, 64).map(async (l) => await this.copies(l.root, opts)))
@@ -507,7 +507,7 @@ export class Daemon {
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
       claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
       dht: this.#dhtStats(),
-      process: processStats()
+      process: processStats({ liveHeap: opts.liveHeap })
     }
   }
 }

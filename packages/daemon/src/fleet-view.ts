@@ -6,7 +6,17 @@ export type HitSource = 'local' | 'peer' | 'miss'
 export interface RecentHit { source: HitSource, at: number }
 
 /** What `strata status` shows of this process: memory and descriptors, for soaks and leak hunts. */
-export interface ProcessStats { rss: number, heapUsed: number, heapTotal: number, external: number, arrayBuffers: number, fds: number, uptimeS: number }
+export interface ProcessStats {
+  rss: number
+  heapUsed: number
+  heapTotal: number
+  /** The V8 heap just after a full collection (asked with `liveHeap`, where the process can collect): what the heap holds, without the garbage `heapUsed` counts until its next collection. */
+  heapLive?: number
+  external: number
+  arrayBuffers: number
+  fds: number
+  uptimeS: number
+}
 
 /** Hits and misses remembered for the fleet view: the last RECENT_HITS only, and totals. */
 export const RECENT_HITS = 64
@@ -26,13 +36,21 @@ export class HitLog {
   }
 }
 
-export function processStats (): ProcessStats {
+/** This process's memory and fds; with `liveHeap`, after a full collection (when `gc` is exposed: the CLI starts the daemon with `--expose-gc`). */
+export function processStats (opts: { liveHeap?: boolean } = {}): ProcessStats {
   const m = process.memoryUsage()
+  // Read after the figures above, which stay as they were before the collection.
+  const gc = (globalThis as { gc?: () => void }).gc
+  let heapLive: number | undefined
+  if (opts.liveHeap === true && gc !== undefined) {
+    gc()
+    heapLive = process.memoryUsage().heapUsed
+  }
   let fds = -1
   try {
     fds = readdirSync('/proc/self/fd').length
   } catch {
     // Not Linux: unknown.
   }
-  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers, fds, uptimeS: Math.round(process.uptime()) }
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive } : {}), external: m.external, arrayBuffers: m.arrayBuffers, fds, uptimeS: Math.round(process.uptime()) }
 }
