@@ -17,6 +17,7 @@ import { sha256 } from 'multiformats/hashes/sha2'
 import { createNode, dhtStoreOf, NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import type { NodeLimits, StrataNode } from '../src/node.ts'
 import { until } from '@strata/testing'
+import { Key } from 'interface-datastore'
 
 // The libp2p-level limits of doc/LIMITS.md, each crossed against a node built with
 // a small value for it (and generous values for the others, so that one limit is
@@ -191,16 +192,23 @@ test('DHT provider records: a peer announcing without end keeps only its newest,
   }
   const cids = async (tag: string, n: number): Promise<CID[]> => await Promise.all(Array.from({ length: n }, async (_, i) => CID.createV1(0x55, await sha256.digest(new TextEncoder().encode(`${tag}-${i}`)))))
   const [first, second] = [await cids('first', 20), await cids('second', 8)]
+  const key = (c: CID): string => base32.baseEncode(c.multihash.bytes)
+  // ADD_PROVIDER has no answer: provide() returns once it is sent, and the server stores it after.
+  const arrived = async (c: CID, from: { peerId: { toString: () => string } }): Promise<void> => {
+    const k = new Key(`/dht-strata/provider/${key(c)}/${from.peerId.toString()}`)
+    await until(`the server to store ${key(c)}`, async () => await store.has(k))
+  }
   for (const c of first) await flooders[0]!.contentRouting.provide(c)
+  await arrived(first.at(-1)!, flooders[0]!)
   assert.deepEqual(store.providerStats, { records: 5, peers: 1 }, 'one peer keeps its newest 5')
   for (const c of second) await flooders[1]!.contentRouting.provide(c)
+  await arrived(second.at(-1)!, flooders[1]!)
   assert.ok(store.providerStats.records <= 12, `${store.providerStats.records} provider records`)
   assert.equal(store.providerStats.peers, 2)
   assert.ok(store.counters.providersDropped >= 20 + 8 - 12)
   // What is kept is each peer's newest.
   const held = new Set<string>()
   for await (const k of store.queryKeys({ prefix: '/dht-strata/provider/' })) held.add(k.toString().split('/').at(-2)!)
-  const key = (c: CID): string => base32.baseEncode(c.multihash.bytes)
   assert.ok(held.has(key(second.at(-1)!)), 'the newest record is kept')
   assert.ok(!held.has(key(first[0]!)), 'the flooder\'s oldest record is gone')
   // Each value owns its memory: a few bytes of a shared buffer kept the whole buffer for 48 h.
@@ -209,7 +217,6 @@ test('DHT provider records: a peer announcing without end keeps only its newest,
 
 test('the DHT store keeps a copy of each value, never a view into a larger buffer', async () => {
   const { BoundedDhtStore } = await import('../src/dht-store.ts')
-  const { Key } = await import('interface-datastore')
   const store = new BoundedDhtStore('/dht-strata')
   // A provider record's value is a varint time, as kad-dht writes it.
   const shared = new Uint8Array(64 * 1024).fill(7)
