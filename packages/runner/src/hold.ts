@@ -6,7 +6,7 @@ import type { Lease } from '@strata/store'
 import type { RunnerContext } from './context.ts'
 import { DiskFullError } from './errors.ts'
 import type { Emit } from './events.ts'
-import { sweepSpills } from './scratch.ts'
+import { NEW_SCRATCH_PREFIX, sweepSpills } from './scratch.ts'
 import type { Spill } from './scratch.ts'
 
 /**
@@ -62,6 +62,8 @@ export async function sweepRuns (ctx: RunnerContext): Promise<void> {
   const root = `${ctx.dataDir}/runner/run`
   for (const name of readdirSync(root)) {
     const dir = `${root}/${name}`
+    // Being made by another runner (makeScratch), unless abandoned long ago.
+    if (name.startsWith(NEW_SCRATCH_PREFIX) && !olderThan(dir, ABANDONED_NEW_SCRATCH_MS)) continue
     let fd: number | undefined
     try {
       fd = openSync(`${dir}/lock`, 'r')
@@ -73,6 +75,17 @@ export async function sweepRuns (ctx: RunnerContext): Promise<void> {
     }
     ctx.log.info({ dir }, 'removing a scratch dir left by a dead run')
     rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** A `.new-` scratch dir this old was left by a runner that died making it. */
+const ABANDONED_NEW_SCRATCH_MS = 10 * 60_000
+
+function olderThan (path: string, ms: number): boolean {
+  try {
+    return Date.now() - statSync(path).mtimeMs > ms
+  } catch {
+    return false // gone meanwhile
   }
 }
 

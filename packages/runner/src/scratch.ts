@@ -46,18 +46,31 @@ export interface Scratch {
   lowerOption: string
 }
 
-/** Makes a scratch dir under `root` for a step over `lowers`; on failure nothing of it is left. */
+/** Scratch dirs being made have this prefix until their lock is held (see makeScratch). */
+export const NEW_SCRATCH_PREFIX = '.new-'
+
+/**
+ * Makes a scratch dir under `root` for a step over `lowers`; on failure nothing of it is left.
+ * The dir is made under a `.new-` name and takes its final name once its `lock` is held:
+ * another runner's sweep (hold.ts) never sees a live dir at its final name unlocked, and
+ * leaves `.new-` dirs alone until they are long abandoned.
+ */
 export async function makeScratch (root: string, lowers: readonly string[], base: string): Promise<Scratch> {
-  const runDir = `${root}/${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
-  await mkdir(runDir, { recursive: true })
+  const name = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
+  const making = `${root}/${NEW_SCRATCH_PREFIX}${name}`
+  const runDir = `${root}/${name}`
+  await mkdir(making, { recursive: true })
   let lockFd: number | undefined
+  let dir = making
   try {
-    lockFd = openSync(`${runDir}/lock`, 'w')
+    lockFd = openSync(`${making}/lock`, 'w')
     flock(lockFd, { exclusive: true, wait: false })
+    renameSync(making, runDir)
+    dir = runDir
     return { runDir, lockFd, lowerOption: await prepareRunDir(runDir, lowers, base) }
   } catch (err) {
     if (lockFd !== undefined) closeSync(lockFd)
-    await rm(runDir, { recursive: true, force: true })
+    await rm(dir, { recursive: true, force: true })
     throw err
   }
 }

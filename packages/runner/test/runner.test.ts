@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { CID } from 'multiformats/cid'
 import { openStore } from '@strata/store'
@@ -324,6 +324,23 @@ test('a runner process that dies mid-step takes the step with it; the next runne
   await createRunner({ store })
   assert.deepEqual(readdirSync(`${dataDir}/runner/run`), [])
   assert.deepEqual(side.lines(), ['started'])
+})
+
+test('a runner\'s sweep leaves a scratch dir another runner is making; one abandoned long ago, or left unlocked, goes', async (t) => {
+  const dataDir = `${tempDir(t)}/data`
+  const runs = `${dataDir}/runner/run`
+  // Being made right now: no lock yet (makeScratch locks it, then gives it its final name).
+  mkdirSync(`${runs}/.new-making`, { recursive: true })
+  mkdirSync(`${runs}/.new-abandoned`)
+  const hourAgo = new Date(Date.now() - 3600_000)
+  utimesSync(`${runs}/.new-abandoned`, hourAgo, hourAgo)
+  // At its final name without a held lock: its runner is gone.
+  mkdirSync(`${runs}/mxdead-000000000000`)
+  writeFileSync(`${runs}/mxdead-000000000000/lock`, '')
+  const store = await openStore({ dataDir })
+  t.after(() => store.close())
+  await createRunner({ store })
+  assert.deepEqual(readdirSync(runs), ['.new-making'])
 })
 
 test('a missing cwd fails with 125; a base without /bin/sh is a sandbox error; argv runs as quoted', async (t) => {
