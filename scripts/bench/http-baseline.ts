@@ -435,8 +435,8 @@ async function main (): Promise<void> {
     } else strataStatus = 'not measured (--no-strata)'
 
     const hostsCpu = (): number => cluster.hosts.reduce((n, h) => n + h.cpuSeconds(), 0)
-    const consumerWire = (): number => consumers.reduce((n, h) => { const b = h.linkBytes(); return n + b.rx + b.tx }, 0)
-    const consumerWireIn = (): number => consumers.reduce((n, h) => n + h.linkBytes().rx, 0)
+    /** Bytes the consumer hosts' links received and sent, summed over them (one read of each link). */
+    const consumerWire = (): { rx: number, tx: number } => consumers.reduce((n, h) => { const b = h.linkBytes(); return { rx: n.rx + b.rx, tx: n.tx + b.tx } }, { rx: 0, tx: 0 })
     /** results[phase][method][n] = reps */
     const results: Record<string, Record<string, Record<number, Rep[]>>> = {}
     const verified = new Set<string>()
@@ -453,10 +453,10 @@ async function main (): Promise<void> {
             const busyBefore = machineBusySeconds()
             const cpuBefore = hostsCpu()
             const wireBefore = consumerWire()
-            const wireInBefore = consumerWireIn()
             const serverOutBefore = server.linkBytes().tx
             const seconds = await Promise.all(Array.from({ length: n }, async (_, i) => await timed(async () => { restored[i] = await method.restore(i) })))
-            const r: Rep = { seconds, hostsCpu: hostsCpu() - cpuBefore, machineCpu: machineBusySeconds() - busyBefore, wireBytesPerConsumer: (consumerWire() - wireBefore) / n, wireBytesInPerConsumer: (consumerWireIn() - wireInBefore) / n, serverWireBytesOut: server.linkBytes().tx - serverOutBefore }
+            const wire = consumerWire()
+            const r: Rep = { seconds, hostsCpu: hostsCpu() - cpuBefore, machineCpu: machineBusySeconds() - busyBefore, wireBytesPerConsumer: (wire.rx + wire.tx - wireBefore.rx - wireBefore.tx) / n, wireBytesInPerConsumer: (wire.rx - wireBefore.rx) / n, serverWireBytesOut: server.linkBytes().tx - serverOutBefore }
             const daemons = method.cpu?.(n)
             if (daemons !== undefined) r.daemons = daemons
             ;((byMethod[name] ??= {})[n] ??= []).push(r)

@@ -102,7 +102,7 @@ export class BoundedDhtStore extends MemoryDatastore {
   readonly #order = new RecordQueue()
   #size = 0
   readonly #records = new Set<string>()
-  readonly #isLive = (cid: string, peer: string, time: number): boolean => this.#byCid.get(cid)?.peers.get(peer) === time
+  readonly #isLive = (cid: string, peer: string, time: number): boolean => this.#timeOf(cid, peer) === time
 
   /** `prefix`: kad-dht's `datastorePrefix`. */
   constructor (prefix: string, limits: Partial<{ providers: number, providersPerPeer: number, records: number }> = {}) {
@@ -142,7 +142,7 @@ export class BoundedDhtStore extends MemoryDatastore {
     const provider = this.#parseProvider(k)
     if (provider === undefined) return super.get(key, options)
     options?.signal?.throwIfAborted()
-    const time = this.#byCid.get(provider.cid)?.peers.get(provider.peer)
+    const time = this.#timeOf(provider.cid, provider.peer)
     if (time === undefined) throw new NotFoundError(`no provider record ${k}`)
     return timeValue(time)
   }
@@ -152,7 +152,7 @@ export class BoundedDhtStore extends MemoryDatastore {
     const provider = this.#parseProvider(k)
     if (provider === undefined) return super.has(key, options)
     options?.signal?.throwIfAborted()
-    return this.#byCid.get(provider.cid)?.peers.has(provider.peer) === true
+    return this.#timeOf(provider.cid, provider.peer) !== undefined
   }
 
   override delete (key: Key, options?: AbortOptions): ReturnType<MemoryDatastore['delete']> {
@@ -180,6 +180,11 @@ export class BoundedDhtStore extends MemoryDatastore {
       options?.signal?.throwIfAborted()
       yield new Key(key)
     }
+  }
+
+  /** When `peer` provided `cid`, as this table holds it. */
+  #timeOf (cid: string, peer: string): number | undefined {
+    return this.#byCid.get(cid)?.peers.get(peer)
   }
 
   /** `<prefix>/provider/<cid>/<peer>` as its two parts, or undefined for any other key. */
@@ -222,7 +227,7 @@ export class BoundedDhtStore extends MemoryDatastore {
 
   /** Records `peer` providing `cid` at `time`, making room first; a renewed record becomes the newest. */
   #putProvider (cidText: string, peerText: string, time: number): void {
-    if (this.#byCid.get(cidText)?.peers.has(peerText) !== true) {
+    if (this.#timeOf(cidText, peerText) === undefined) {
       const own = this.#byPeer.get(peerText)
       if (own !== undefined && own.count >= this.#limits.providersPerPeer) this.#dropOldest(own.order)
       if (this.#size >= this.#limits.providers) this.#dropOldest(this.#order)

@@ -171,12 +171,10 @@ export class PeerBlockSource implements BlockSource {
     const key = cid.toString()
     const pending = this.landing(key, peer)
     if (pending !== undefined) return pending
-    const w = newWant(cid, key)
+    const w = this.#want(cid, key, 'a sharing peer asked for a block this fetch had received and no longer held')
     w.forPeer = peer
-    if (this.#received.has(digestPrefix(cid))) w.again = 'a sharing peer asked for a block this fetch had received and no longer held'
     // The asker waits for this node: asking it back would only wait on itself.
     w.tried.add(peer)
-    this.#pending.set(key, w)
     this.#queue.unshift(w)
     this.#schedule()
     return this.landing(key, peer)
@@ -213,9 +211,7 @@ export class PeerBlockSource implements BlockSource {
       // Landed here already: fetched for a sharing peer, or by another fetch on this node.
       const landed = this.#c.landedBlock(key)
       if (landed !== undefined) return landed
-      want = newWant(cid, key)
-      if (this.#received.has(digestPrefix(cid))) want.again = 'the restore asked for a block this fetch had received and no longer held'
-      this.#pending.set(key, want)
+      want = this.#want(cid, key, 'the restore asked for a block this fetch had received and no longer held')
       this.#queue.push(want)
       this.#schedule()
     }
@@ -284,6 +280,14 @@ export class PeerBlockSource implements BlockSource {
       requeue: (w) => { this.#queue.push(w) },
       schedule: () => { this.#schedule() }
     }
+  }
+
+  /** A new pending want of this fetch; `again` says why, should the block have come here before (it is then a duplicate). */
+  #want (cid: CID, key: string, again: string): Want {
+    const w = newWant(cid, key)
+    if (this.#received.has(digestPrefix(cid))) w.again = again
+    this.#pending.set(key, w)
+    return w
   }
 
   /** Counts a block this fetch received before, and says why it came again. */
