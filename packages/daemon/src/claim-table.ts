@@ -2,6 +2,7 @@ import type { Logger } from 'pino'
 import { cidString } from '@strata/chunker'
 import { ClaimInvalidError, MAX_LEASE_MS, claimIdHex, compareClaimIds, openClaim } from '@strata/records'
 import type { RecordPolicy, RecordRejectReason, StepClaim } from '@strata/records'
+import { Recent } from './recent.ts'
 
 /** Live claims held at most, this node's and its peers'. */
 export const MAX_CLAIMS = 4096
@@ -9,6 +10,12 @@ export const MAX_CLAIMS = 4096
 export const MAX_CLAIMS_PER_KEY = 16
 /** Ended claim ids remembered, so that a replayed message of an ended claim does not bring it back. */
 const MAX_ENDED = 8192
+/**
+ * How long an ended claim's id is remembered at least: beyond gossipsub's duplicate
+ * window (2 min) and a live copy's last lease elsewhere (MAX_LEASE_MS). A message of
+ * it replayed later still lives one lease at most: a wait, never a wrong build.
+ */
+const ENDED_KEEP_MS = 5 * 60_000
 
 /** One live claim as this node sees it. */
 export interface LiveClaim {
@@ -86,7 +93,7 @@ export class ClaimTable {
   readonly #init: ClaimTableInit
   readonly #byKey = new Map<string, Map<string, LiveClaim>>()
   readonly #byId = new Map<string, LiveClaim>()
-  readonly #ended = new Map<string, ClaimEnd>()
+  readonly #ended: Recent<ClaimEnd>
   readonly #max: number
   readonly #maxPerKey: number
 
@@ -95,6 +102,7 @@ export class ClaimTable {
     this.#init = init
     this.#max = init.maxClaims ?? MAX_CLAIMS
     this.#maxPerKey = init.maxPerKey ?? MAX_CLAIMS_PER_KEY
+    this.#ended = new Recent({ keepMs: ENDED_KEEP_MS, maxEntries: MAX_ENDED, now: () => components.now() })
   }
 
   get size (): number {
@@ -234,6 +242,5 @@ export class ClaimTable {
 
   #remember (id: string, how: ClaimEnd): void {
     this.#ended.set(id, how)
-    if (this.#ended.size > MAX_ENDED) this.#ended.delete(this.#ended.keys().next().value!)
   }
 }

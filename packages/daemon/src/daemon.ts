@@ -34,6 +34,7 @@ import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import { OffHeapPacer } from './scavenge.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
+import { Recent } from './recent.ts'
 import { RecordService } from './record-service.ts'
 import { RecordSync, slotOf } from './record-sync.ts'
 import type { LookupResult } from './record-service.ts'
@@ -90,7 +91,8 @@ export class Daemon {
   readonly #search: ProvidersComponents
   readonly #discovery: Discovery
   /** CIDs recently handed to #announce (the DHT reprovides them later by itself). */
-  readonly #announced = new Set<string>()
+  /** CIDs provided lately: each is provided once, then kept alive by the DHT's reprovider. */
+  readonly #announced = new Recent<true>({ keepMs: 10 * 60_000, maxEntries: 8192 })
   /** When the runner last asked for something (a lookup, a commit, a record): provides wait for a quiet moment. */
   #busyAt = 0
   #announcing: Promise<void> = Promise.resolve()
@@ -174,7 +176,7 @@ export class Daemon {
       connectedPeers: () => node.getPeers(),
       routablePeers: () => (node.services.dht as SingleKadDHT).routingTable.size,
       logger: log
-    }, { trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
+    }, { self: node.peerId.toString(), trust: this.trust, readScopes: this.readScopes, maxProviders: config.maxProviders, counters: this.counters, rejected: this.rejected })
     this.claims = new ClaimService({
       identity,
       publish,
@@ -357,8 +359,7 @@ export class Daemon {
   #announce (cid: CID, signal?: AbortSignal): void {
     const k = cidString(cid)
     if (this.#announced.has(k)) return
-    this.#announced.add(k)
-    if (this.#announced.size > 4096) this.#announced.delete(this.#announced.values().next().value!)
+    this.#announced.set(k, true)
     const queued = Date.now()
     this.#announcing = this.#announcing.then(async () => {
       while (Date.now() - this.#busyAt < ANNOUNCE_QUIET_MS && Date.now() - queued < ANNOUNCE_MAX_DELAY_MS && !this.#stopping.signal.aborted) {

@@ -6,6 +6,7 @@ import type { LayerInfo, ProgressEvent, Store } from '@strata/store'
 import { NoProvidersError } from './errors.ts'
 import type { BlockExchange } from './exchange.ts'
 import type { ProviderSearch, ProviderSearchOptions } from './providers.ts'
+import { Recent } from './recent.ts'
 import { FETCHING_TOPIC } from './records.ts'
 import type { PeerBlockSource } from './source.ts'
 
@@ -68,7 +69,7 @@ export class LayerFetch {
   readonly #fetching = new Map<string, PeerBlockSource>()
   /** Peers that announced a fetch lately, per layer (bounded: the newest layers, the newest peers). */
   readonly #fetchers = new Map<string, Map<string, PeerId>>()
-  readonly #announced = new Map<string, number>()
+  readonly #announced = new Recent<number>({ keepMs: 1000, maxEntries: 2000 })
 
   constructor (components: LayerFetchComponents, init: LayerFetchInit) {
     this.#c = components
@@ -168,10 +169,9 @@ export class LayerFetch {
 
   #announce (root: CID): void {
     const key = cidString(root)
-    const last = this.#announced.get(key) ?? 0
+    const last = this.#announced.get(key) ?? -Infinity
     if (Date.now() - last < 1000) return
     this.#announced.set(key, Date.now())
-    if (this.#announced.size > 1000) this.#announced.delete(this.#announced.keys().next().value!)
     this.#c.publish(FETCHING_TOPIC, root.bytes).catch((err: unknown) => this.#log.debug({ err }, 'fetch announcement not sent'))
   }
 

@@ -17,7 +17,11 @@ export interface LookupResult {
   record: StepRecord
   /** The signed envelope, as the producer signed it. */
   envelope: Uint8Array
-  /** Where it came from: this store, a gossip announcement, a connected peer asked directly, or a provider the DHT named. */
+  /**
+   * Where it came from: this store, holding a record this node produced ('local') or
+   * another node's record it learned earlier, by gossip or an earlier lookup
+   * ('gossip'); a connected peer asked directly; or a provider the DHT named.
+   */
   source: 'local' | 'gossip' | 'peer' | 'dht'
 }
 
@@ -49,6 +53,8 @@ export interface RecordServiceComponents {
 }
 
 export interface RecordServiceInit {
+  /** This node's peer id: its own records found in the store are 'local' hits. */
+  self: string
   trust: TrustPolicy
   /** Scopes of a lookup that names none, most preferred first. */
   readScopes: readonly string[]
@@ -71,8 +77,6 @@ export class RecordService {
   readonly #c: RecordServiceComponents
   readonly #init: RecordServiceInit
   readonly #log: Logger
-  /** Keys whose record came by gossip: only a hint for lookup's `source`. */
-  readonly #gossiped = new Set<string>()
 
   constructor (components: RecordServiceComponents, init: RecordServiceInit) {
     this.#c = components
@@ -109,7 +113,7 @@ export class RecordService {
       if (local === undefined) continue
       try {
         const record = verifyEnvelope(local, trust.reading([scope]), key)
-        best = { record, envelope: local, source: this.#gossiped.has(key.toString()) ? 'gossip' : 'local', rank }
+        best = { record, envelope: local, source: record.producer === this.#init.self ? 'local' : 'gossip', rank }
         break
       } catch (err) {
         if (!(err instanceof RecordInvalidError)) throw err
@@ -219,9 +223,6 @@ export class RecordService {
     const held = await this.#c.store.getRecord(slot)
     if (held === undefined || !this.#verifies(held, record.key, record.scope)) await this.#c.store.putRecord(slot, data)
     this.#c.recorded?.(record)
-    this.#gossiped.add(k)
-    // Only a hint for lookup's `source`: keep the newest keys, not all of them.
-    if (this.#gossiped.size > 100_000) this.#gossiped.delete(this.#gossiped.values().next().value!)
     this.#init.counters.recordsLearned++
     this.#log.debug({ key: k, layer: record.layer.toString(), producer: record.producer }, 'record learned by gossip')
     this.#c.learned(record)

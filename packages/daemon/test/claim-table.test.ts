@@ -69,6 +69,17 @@ test('an old or repeated message does not renew a claim, and an ended claim is n
   assert.equal(table.live(KEY.toString()).length, 0)
 })
 
+test('an ended claim is remembered for minutes, past any replay or lease, then forgotten', async (t) => {
+  const [me, a] = await peers(t, 2)
+  const { table, clock } = tableOf(me!.peerId, undefined)
+  table.receive(claimBy(a!, { id: id(1) }))
+  table.receive(claimBy(a!, { id: id(1), seq: 1, release: true }))
+  clock.now += 4 * 60_000
+  assert.equal(table.receive(claimBy(a!, { id: id(1), seq: 2 })), 'ended', 'a replay four minutes later')
+  clock.now += 6 * 60_000
+  assert.equal(table.endOf(hex(1)), undefined, 'ten minutes later the id is forgotten: the table does not grow with every claim ever seen')
+})
+
 test('a release ends a claim at once and says so', async (t) => {
   const [me, a] = await peers(t, 2)
   const { table, ended, counters } = tableOf(me!.peerId, undefined)

@@ -25,7 +25,7 @@ export class Uses {
 
   touch (root: string, at = Date.now()): void {
     if (at - (this.#touched.get(root) ?? 0) < this.#everyMs) return
-    this.#touched.set(root, at)
+    this.#remember(root, at)
     const w = this.#db.put(USED.key(root), Buffer.from(String(at))).catch((err: unknown) => {
       this.#log.debug({ err, layer: root }, 'could not record a layer use')
     })
@@ -35,7 +35,26 @@ export class Uses {
 
   /** A use written by the caller (with the layer key of a commit). */
   wrote (root: string, at: number): void {
+    this.#remember(root, at)
+  }
+
+  /**
+   * Keeps `root`'s last use newest in the map's order and forgets uses older than
+   * `everyMs` (written by then, or given up): the map holds the last minute's layers,
+   * not every layer ever used.
+   */
+  #remember (root: string, at: number): void {
+    this.#touched.delete(root)
     this.#touched.set(root, at)
+    for (const [old, when] of this.#touched) {
+      if (at - when < this.#everyMs) break
+      this.#touched.delete(old)
+    }
+  }
+
+  /** Layers whose last use is still held here (for tests). */
+  get held (): number {
+    return this.#touched.size
   }
 
   forget (root: string): void {
