@@ -1,3 +1,4 @@
+import { join } from 'node:path'
 import { rmSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Server } from 'node:http'
@@ -525,6 +526,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
       privateKey,
       listen: config.listen,
       mdns: config.mdns,
+      dhtDir: join(config.dataDir, 'dht'),
       ...(config.allowPeers !== undefined ? { allowPeers: config.allowPeers } : {}),
       ...(config.psk !== undefined ? { psk: config.psk } : {})
     })

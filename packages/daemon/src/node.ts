@@ -15,6 +15,7 @@ import type { Ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
+import { ClassicLevel } from 'classic-level'
 import { IDENTITY_FILE, IdentityError, loadIdentity } from '@strata/records'
 import { BoundedDhtStore, MAX_DHT_RECORDS, MAX_PROVIDER_RECORDS, MAX_PROVIDER_RECORDS_PER_PEER } from './dht-store.ts'
 import { ListenError } from './errors.ts'
@@ -99,7 +100,15 @@ export interface NodeInit {
   allowPeers?: readonly string[]
   /** A private network key (swarm.key bytes): every connection is wrapped in XSalsa20 under it before Noise. */
   psk?: Uint8Array
+  /** Where the DHT's provider records are kept (a LevelDB directory, `<dataDir>/dht` for a daemon). */
+  dhtDir: string
 }
+
+/**
+ * The provider records' LevelDB: small caches, since a lookup reads one CID's records
+ * once (and the store's index has caches of its own).
+ */
+const DHT_DB_OPTIONS = { cacheSize: 1 << 20, writeBufferSize: 1 << 20 }
 
 /**
  * The TCP transport, its listen failures remembered by address: libp2p reports
@@ -135,64 +144,79 @@ export async function createNode (init: NodeInit): Promise<StrataNode> {
   const self: { node?: StrataNode } = {}
   const limits: NodeLimits = { ...NODE_LIMITS, ...init.limits }
   const tooMany = (p: PeerId): boolean => (self.node?.getConnections(p).length ?? 0) >= limits.connectionsPerPeer
-  const datastore = new BoundedDhtStore(DHT_DATASTORE_PREFIX, { providers: limits.dhtProviderRecords, providersPerPeer: limits.dhtProviderRecordsPerPeer, records: limits.dhtRecords })
-  const node: StrataNode = await createLibp2p({
-    start: false,
-    privateKey: init.privateKey,
-    datastore,
-    addresses: { listen: init.listen },
-    transports: [tcpRememberingFailures(listenFailures)],
-    connectionEncrypters: [noise({ crypto: noiseCrypto })],
-    streamMuxers: [yamux({
-      // Frames of up to 256 KiB instead of 64: a block answer crosses in one frame,
-      // and the receiver, which sends a window update per data frame, sends a quarter
-      // as many. A peer still cannot send more than the receive window it was given.
-      maxMessageSize: 256 * 1024,
-      maxInboundStreams: limits.streamsPerConnection,
-      streamOptions: { maxReadBufferLength: limits.streamReadBuffer }
-    })],
-    connectionManager: {
-      maxConnections: limits.connections,
-      maxIncomingPendingConnections: limits.pendingInboundConnections,
-      inboundConnectionThreshold: limits.inboundConnectionsPerSecond,
-      inboundUpgradeTimeout: limits.handshakeMs
-    },
-    peerDiscovery: discovery,
-    ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: init.psk }) } : {}),
-    // The encrypted-connection hooks see the remote peer id once Noise has proved it,
-    // before the muxer and any protocol: a peer off the allow-list never reaches
-    // identify, the DHT, gossip or the block exchange.
-    connectionGater: {
-      ...(allow !== undefined ? { denyDialPeer: (p: PeerId) => !allow.has(p.toString()), denyOutboundEncryptedConnection: (p: PeerId) => !allow.has(p.toString()) } : {}),
-      denyInboundEncryptedConnection: (p) => (allow !== undefined && !allow.has(p.toString())) || tooMany(p)
-    },
-    services: {
-      identify: identify({ protocolPrefix: PROTOCOL_PREFIX.slice(1) }),
-      ping: ping({ protocolPrefix: PROTOCOL_PREFIX.slice(1) }),
-      dht: kadDHT({
-        protocol: `${PROTOCOL_PREFIX}/lan/kad/1.0.0`,
-        peerInfoMapper: removePublicAddressesMapper,
-        clientMode: false,
-        logPrefix: 'libp2p:dht-strata',
-        datastorePrefix: DHT_DATASTORE_PREFIX,
-        maxInboundStreams: limits.dhtInboundStreams,
-        maxOutboundStreams: limits.dhtOutboundStreams
-      }),
-      pubsub: gossipsub({
-        allowPublishToZeroTopicPeers: true,
-        emitSelf: false,
-        maxInboundDataLength: limits.gossipMessageBytes,
-        maxInboundStreams: limits.gossipStreams,
-        maxOutboundStreams: limits.gossipStreams
-      })
-    }
-  })
+  const dhtDb = new ClassicLevel<string, string>(init.dhtDir, { keyEncoding: 'utf8', valueEncoding: 'utf8', ...DHT_DB_OPTIONS })
+  let node: StrataNode
+  try {
+    await dhtDb.open().catch((err: unknown) => { throw new Error(`cannot open the DHT's provider records at ${init.dhtDir}: ${(err as Error).message}`, { cause: err }) })
+    const datastore = await BoundedDhtStore.open(DHT_DATASTORE_PREFIX, dhtDb, { providers: limits.dhtProviderRecords, providersPerPeer: limits.dhtProviderRecordsPerPeer, records: limits.dhtRecords })
+    node = await createLibp2p({
+      start: false,
+      privateKey: init.privateKey,
+      datastore,
+      addresses: { listen: init.listen },
+      transports: [tcpRememberingFailures(listenFailures)],
+      connectionEncrypters: [noise({ crypto: noiseCrypto })],
+      streamMuxers: [yamux({
+        // Frames of up to 256 KiB instead of 64: a block answer crosses in one frame,
+        // and the receiver, which sends a window update per data frame, sends a quarter
+        // as many. A peer still cannot send more than the receive window it was given.
+        maxMessageSize: 256 * 1024,
+        maxInboundStreams: limits.streamsPerConnection,
+        streamOptions: { maxReadBufferLength: limits.streamReadBuffer }
+      })],
+      connectionManager: {
+        maxConnections: limits.connections,
+        maxIncomingPendingConnections: limits.pendingInboundConnections,
+        inboundConnectionThreshold: limits.inboundConnectionsPerSecond,
+        inboundUpgradeTimeout: limits.handshakeMs
+      },
+      peerDiscovery: discovery,
+      ...(init.psk !== undefined ? { connectionProtector: preSharedKey({ psk: init.psk }) } : {}),
+      // The encrypted-connection hooks see the remote peer id once Noise has proved it,
+      // before the muxer and any protocol: a peer off the allow-list never reaches
+      // identify, the DHT, gossip or the block exchange.
+      connectionGater: {
+        ...(allow !== undefined ? { denyDialPeer: (p: PeerId) => !allow.has(p.toString()), denyOutboundEncryptedConnection: (p: PeerId) => !allow.has(p.toString()) } : {}),
+        denyInboundEncryptedConnection: (p) => (allow !== undefined && !allow.has(p.toString())) || tooMany(p)
+      },
+      services: {
+        identify: identify({ protocolPrefix: PROTOCOL_PREFIX.slice(1) }),
+        ping: ping({ protocolPrefix: PROTOCOL_PREFIX.slice(1) }),
+        dht: kadDHT({
+          protocol: `${PROTOCOL_PREFIX}/lan/kad/1.0.0`,
+          peerInfoMapper: removePublicAddressesMapper,
+          clientMode: false,
+          logPrefix: 'libp2p:dht-strata',
+          datastorePrefix: DHT_DATASTORE_PREFIX,
+          maxInboundStreams: limits.dhtInboundStreams,
+          maxOutboundStreams: limits.dhtOutboundStreams
+        }),
+        pubsub: gossipsub({
+          allowPublishToZeroTopicPeers: true,
+          emitSelf: false,
+          maxInboundDataLength: limits.gossipMessageBytes,
+          maxInboundStreams: limits.gossipStreams,
+          maxOutboundStreams: limits.gossipStreams
+        })
+      }
+    })
+    dhtStores.set(node, datastore)
+  } catch (err) {
+    await dhtDb.close()
+    throw err
+  }
   self.node = node
-  dhtStores.set(node, datastore)
+  // The provider records' database closes with the node.
+  const stop = node.stop.bind(node)
+  node.stop = async () => {
+    await stop()
+    if (dhtDb.status === 'open') await dhtDb.close()
+  }
   // A start that fails to listen throws the first address that failed, with its reason.
   const start = node.start.bind(node)
   node.start = async () => {
     listenFailures.length = 0
+    if (dhtDb.status === 'closed') await dhtDb.open()
     try {
       await start()
     } catch (err) {

@@ -16,7 +16,7 @@ import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { createNode, dhtStoreOf, NODE_LIMITS, PROTOCOL_PREFIX } from '../src/node.ts'
 import type { NodeLimits, StrataNode } from '../src/node.ts'
-import { until } from '@strata/testing'
+import { tempDir, until } from '@strata/testing'
 import { Key } from 'interface-datastore'
 
 // The libp2p-level limits of doc/LIMITS.md, each crossed against a node built with
@@ -26,7 +26,7 @@ import { Key } from 'interface-datastore'
 const DHT = `${PROTOCOL_PREFIX}/lan/kad/1.0.0`
 
 async function strataNode (t: TestContext, limits: Partial<NodeLimits>): Promise<StrataNode> {
-  const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, limits: { inboundConnectionsPerSecond: 1000, ...limits } })
+  const node = await createNode({ privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, dhtDir: `${tempDir(t)}/dht`, limits: { inboundConnectionsPerSecond: 1000, ...limits } })
   await node.start()
   t.after(async () => { await node.stop() })
   return node
@@ -215,9 +215,12 @@ test('DHT provider records: a peer announcing without end keeps only its newest,
   for await (const { value } of store.query({ prefix: '/dht-strata/provider/' })) assert.equal(value.buffer.byteLength, value.byteLength)
 })
 
-test('the DHT store keeps a copy of each value, never a view into a larger buffer', async () => {
+test('the DHT store keeps a copy of each value, never a view into a larger buffer', async (t) => {
   const { BoundedDhtStore } = await import('../src/dht-store.ts')
-  const store = new BoundedDhtStore('/dht-strata')
+  const { ClassicLevel } = await import('classic-level')
+  const db = new ClassicLevel<string, string>(`${tempDir(t)}/dht`, { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+  t.after(async () => { await db.close() })
+  const store = await BoundedDhtStore.open('/dht-strata', db)
   // A provider record's value is a varint time, as kad-dht writes it.
   const shared = new Uint8Array(64 * 1024).fill(7)
   shared.set([0xe8, 0x07], 100)
