@@ -47,9 +47,12 @@ test('churn: a third of 8 daemons killed -9 (the producer among them) while thre
   // Kill a third: the producer, a replica of the first layer, and one that holds neither
   // (or any other); never every holder of a layer. Consumers hold neither layer.
   const holdsAny = new Set(before.flat())
-  const replica = before[0]!.find((i) => i !== producer && !SEEDS.includes(i))!
+  // A replica of the first layer, not the seed restarted daemons join through.
+  const replica = before[0]!.find((i) => i !== producer && !SEEDS.includes(i)) ?? before[0]!.find((i) => i !== producer && i !== SEEDS[0])!
   const idle = [...Array(HOSTS).keys()].filter((i) => !holdsAny.has(i))
-  const consumers = idle.filter((i) => !SEEDS.includes(i)).slice(0, 3)
+  // Rendezvous hashing places the replicas: they may leave one idle host beside the seeds
+  // (1 run in 15), and then a seed restores too.
+  const consumers = [...idle.filter((i) => !SEEDS.includes(i)), ...idle.filter((i) => SEEDS.includes(i))].slice(0, 3)
   const third = [...Array(HOSTS).keys()].find((i) => i !== producer && i !== replica && !consumers.includes(i) && i !== SEEDS[0] &&
     before.every((h) => h.filter((x) => x !== producer && x !== replica && x !== i).length >= 1))
   const victims = [producer, replica, ...(third !== undefined ? [third] : [])]
