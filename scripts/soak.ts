@@ -95,7 +95,7 @@ function expected (p: number, input: string): string {
  * rssAnon: malloc and V8; rssFile: mapped files' pages (LevelDB tables); arrayBuffers: Buffers, within external;
  * dhtProviders: the DHT provider records the daemon keeps, which grow the heap until they reach their bound (doc/LIMITS.md).
  */
-interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, external: number, arrayBuffers: number, fds: number, dhtProviders: number }
+interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, external: number, arrayBuffers: number, fds: number, dhtProviders: number }
 const samples: Sample[] = []
 const tally = { runs: 0, failed: 0, wrong: 0, steps: { local: 0, peer: 0, ran: 0 } }
 const failures: string[] = []
@@ -115,6 +115,7 @@ try {
       const p = procStats(fleet.daemons[i]!.pid)
       let heap = NaN
       let heapLive = NaN
+      let heapCode = NaN
       let external = NaN
       let arrayBuffers = NaN
       let dhtProviders = NaN
@@ -124,6 +125,7 @@ try {
         const st = status.process
         heap = st.heapUsed
         heapLive = st.heapLive ?? NaN
+        heapCode = st.heapCode ?? NaN
         // Buffers (blocks in flight, the landed-blocks window) live outside the V8 heap.
         external = st.external
         arrayBuffers = st.arrayBuffers ?? NaN
@@ -131,7 +133,7 @@ try {
       } catch {
         // Busy or restarting: the sample has no heap.
       }
-      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, external, arrayBuffers, fds: p.fds, dhtProviders })
+      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, heapCode, external, arrayBuffers, fds: p.fds, dhtProviders })
     }
     if (opts.json !== undefined) writeFileSync(opts.json, JSON.stringify({ tally, failures, samples }, null, 1))
   }
@@ -205,13 +207,13 @@ const firstQ = samples.filter((s) => s.t <= span / 4)
 const lastQ = samples.filter((s) => s.t >= span * 3 / 4)
 const rows: string[] = []
 let flat = true
-for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heap', 'external', 'arrayBuffers', 'fds', 'dhtProviders'] as const) {
+for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'external', 'arrayBuffers', 'fds', 'dhtProviders'] as const) {
   for (let i = 0; i < N; i++) {
     const a = median(firstQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const b = median(lastQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const change = (b - a) / a
     // The criterion is RSS, the live heap and fds. The rest says where a change is: the parts of RSS,
-    // the heap as sampled (live data plus garbage not yet collected: it swings with the collector's pace), external, the DHT's provider records.
+    // the live heap's compiled code (it grows as V8 optimizes more), the heap as sampled (live data plus garbage not yet collected: it swings with the collector's pace), external, the DHT's provider records.
     if (['rss', 'heapLive', 'fds'].includes(metric) && Math.abs(change) > 0.1) flat = false
     const fmt = (x: number): string => metric === 'fds' || metric === 'dhtProviders' ? String(x) : `${(x / 1048576).toFixed(1)} MB`
     rows.push(`${metric.padEnd(12)} h${String(i + 1).padEnd(3)} ${fmt(a).padStart(10)} ${fmt(b).padStart(10)} ${(change * 100).toFixed(1).padStart(7)} %`)

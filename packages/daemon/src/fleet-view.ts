@@ -1,4 +1,5 @@
 import { readdirSync } from 'node:fs'
+import { getHeapSpaceStatistics } from 'node:v8'
 
 /** How a step was served, as the runner reports it (`/v1/event`) or the daemon resolved it. */
 export type HitSource = 'local' | 'peer' | 'miss'
@@ -12,6 +13,8 @@ export interface ProcessStats {
   heapTotal: number
   /** The V8 heap just after a full collection (asked with `liveHeap`, where the process can collect): what the heap holds, without the garbage `heapUsed` counts until its next collection. */
   heapLive?: number
+  /** Of the live heap, the compiled program: machine code and bytecode (V8's code and trusted spaces). It grows as V8 compiles and optimizes more of the program, and says how much of a rise is that. */
+  heapCode?: number
   external: number
   arrayBuffers: number
   fds: number
@@ -42,9 +45,11 @@ export function processStats (opts: { liveHeap?: boolean } = {}): ProcessStats {
   // Read after the figures above, which stay as they were before the collection.
   const gc = (globalThis as { gc?: () => void }).gc
   let heapLive: number | undefined
+  let heapCode: number | undefined
   if (opts.liveHeap === true && gc !== undefined) {
     gc()
     heapLive = process.memoryUsage().heapUsed
+    heapCode = getHeapSpaceStatistics().filter((s) => /^(code|trusted)_/.test(s.space_name)).reduce((sum, s) => sum + s.space_used_size, 0)
   }
   let fds = -1
   try {
@@ -52,5 +57,5 @@ export function processStats (opts: { liveHeap?: boolean } = {}): ProcessStats {
   } catch {
     // Not Linux: unknown.
   }
-  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive } : {}), external: m.external, arrayBuffers: m.arrayBuffers, fds, uptimeS: Math.round(process.uptime()) }
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive, heapCode } : {}), external: m.external, arrayBuffers: m.arrayBuffers, fds, uptimeS: Math.round(process.uptime()) }
 }

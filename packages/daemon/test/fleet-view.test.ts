@@ -19,6 +19,7 @@ test('the live heap is read after a full collection, beside the heap as it stood
   const live = processStats({ liveHeap: true })
   assert.ok(live.heapLive !== undefined)
   assert.ok(live.heapUsed - live.heapLive > 30e6, `heapUsed ${live.heapUsed}, live ${live.heapLive}`)
+  assert.ok(live.heapCode !== undefined && live.heapCode > 100_000 && live.heapCode < live.heapLive, `code ${live.heapCode} of ${live.heapLive}`)
 })
 
 test('the hit log keeps the newest hits and every total', () => {
