@@ -134,9 +134,14 @@ export class NetnsCommandError extends Error {
   }
 }
 
-/** Runs `ip ARGS` synchronously; throws NetnsCommandError on failure. */
-function ip (args: string[]): string {
-  const r = spawnSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+/** Host `i`'s MAC address: locally administered, unique within a cluster. */
+function macOf (i: number): string {
+  return `02:53:00:00:${((i >> 8) & 0xff).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`
+}
+
+/** Runs `ip ARGS` (with `input` on its stdin, for `-batch -`); throws NetnsCommandError on failure. */
+function ip (args: string[], input?: string): string {
+  const r = spawnSync('ip', args, { encoding: 'utf8', input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] })
   if (r.error !== undefined) throw new NetnsCommandError(`ip ${args.join(' ')}`, null, null, '', { cause: r.error })
   if (r.status !== 0) throw new NetnsCommandError(`ip ${args.join(' ')}`, r.status, r.signal, r.stderr)
   return r.stdout
@@ -299,6 +304,7 @@ class NetnsCluster implements Cluster {
       // Both ends are created inside namespaces of ours: nothing touches the root one.
       ip(['-n', this.switchNs, 'link', 'add', name, 'type', 'veth', 'peer', 'name', HOST_IF, 'netns', ns])
       ip(['-n', this.switchNs, 'link', 'set', name, 'master', BRIDGE, 'up'])
+      ip(['-n', ns, 'link', 'set', HOST_IF, 'address', macOf(i)])
       ip(['-n', ns, 'addr', 'add', `${address}/24`, 'dev', HOST_IF])
       ip(['-n', ns, 'link', 'set', HOST_IF, 'up'])
       ip(['-n', ns, 'link', 'set', 'lo', 'up'])
@@ -317,6 +323,15 @@ class NetnsCluster implements Cluster {
           return { rx: l!.stats64.rx.bytes, tx: l!.stats64.tx.bytes }
         }
       })
+    }
+    // Every host knows every other's MAC address from the start. The kernel's ARP cache
+    // is one table for all namespaces, 1,024 entries by default (gc_thresh3): a full
+    // mesh of 33 hosts fills it, and a host that joins later cannot resolve anybody
+    // (its sends fail with ENOBUFS, its dials time out). Permanent entries are not
+    // counted against that bound, and they go with the namespace.
+    for (const [i, h] of this.hosts.entries()) {
+      const lines = this.hosts.flatMap((o, j) => j === i ? [] : [`neigh replace ${o.address} lladdr ${macOf(j)} dev ${HOST_IF} nud permanent`])
+      if (lines.length > 0) ip(['-n', h.ns, '-batch', '-'], lines.join('\n') + '\n')
     }
   }
 
