@@ -93,7 +93,7 @@ function expected (p: number, input: string): string {
 
 /**
  * rssAnon: malloc and V8; rssFile: mapped files' pages (LevelDB tables); arrayBuffers: Buffers, within external;
- * dhtProviders: the DHT provider records the daemon keeps, which grow the heap until they reach their bound (doc/LIMITS.md).
+ * dhtProviders: the DHT provider records the daemon keeps, on disk, bounded in count (doc/LIMITS.md).
  */
 interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, external: number, arrayBuffers: number, fds: number, dhtProviders: number }
 const samples: Sample[] = []

@@ -91,7 +91,6 @@ export class Daemon {
   readonly #replication: Replication
   readonly #search: ProvidersComponents
   readonly #discovery: Discovery
-  /** CIDs recently handed to #announce (the DHT reprovides them later by itself). */
   /** CIDs provided lately: each is provided once, then kept alive by the DHT's reprovider. */
   readonly #announced = new Recent<true>({ keepMs: 10 * 60_000, maxEntries: 8192 })
   /** When the runner last asked for something (a lookup, a commit, a record): provides wait for a quiet moment. */

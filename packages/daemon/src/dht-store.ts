@@ -45,7 +45,7 @@ export class ProviderValueError extends Error {
  * value made afresh from the time; a lookup reads the one CID's records.
  */
 export class BoundedDhtStore extends MemoryDatastore {
-  readonly counters: DhtStoreCounters = { providersDropped: 0, recordsDropped: 0 }
+  #recordsDropped = 0
   readonly #providerPrefix: string
   readonly #recordPrefix: string
   readonly #maxRecords: number
@@ -66,6 +66,10 @@ export class BoundedDhtStore extends MemoryDatastore {
     return new BoundedDhtStore(prefix, table, limits.records ?? MAX_DHT_RECORDS)
   }
 
+  get counters (): DhtStoreCounters {
+    return { providersDropped: this.#table.dropped, recordsDropped: this.#recordsDropped }
+  }
+
   /** Provider records held, and providing peers. */
   get providerStats (): { records: number, peers: number } {
     return this.#table.stats
@@ -82,7 +86,7 @@ export class BoundedDhtStore extends MemoryDatastore {
     const provider = this.#parseProvider(k)
     if (provider !== undefined) {
       options?.signal?.throwIfAborted()
-      return this.#putProvider(key, provider, providerTime(val, k))
+      return this.#table.put(provider.cid, provider.peer, providerTime(val, k)).then(() => key)
     }
     if (k.startsWith(this.#recordPrefix)) this.#admitRecord(k)
     const own = new Uint8Array(val.byteLength)
@@ -136,13 +140,6 @@ export class BoundedDhtStore extends MemoryDatastore {
     }
   }
 
-  async #putProvider (key: Key, provider: { cid: string, peer: string }, time: number): Promise<Key> {
-    const dropped = this.#table.dropped
-    await this.#table.put(provider.cid, provider.peer, time)
-    this.counters.providersDropped += this.#table.dropped - dropped
-    return key
-  }
-
   /** `<prefix>/provider/<cid>/<peer>` as its two parts, or undefined for any other key. */
   #parseProvider (k: string): { cid: string, peer: string } | undefined {
     if (!k.startsWith(this.#providerPrefix)) return undefined
@@ -176,7 +173,7 @@ export class BoundedDhtStore extends MemoryDatastore {
     this.#records.delete(k)
     if (this.#records.size >= this.#maxRecords) {
       const oldest = this.#records.values().next().value!
-      this.counters.recordsDropped++
+      this.#recordsDropped++
       this.#records.delete(oldest)
       void super.delete(new Key(oldest))
     }

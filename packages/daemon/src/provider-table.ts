@@ -36,8 +36,7 @@ export class ProviderTable {
   readonly #counts = new Map<string, number>()
   #size = 0
   #tail: Promise<unknown> = Promise.resolve()
-  /** Records dropped to make room. */
-  dropped = 0
+  #dropped = 0
 
   private constructor (db: ProviderDb, limits: ProviderLimits) {
     this.#db = db
@@ -53,6 +52,11 @@ export class ProviderTable {
       table.#size++
     }
     return table
+  }
+
+  /** Records dropped to make room. */
+  get dropped (): number {
+    return this.#dropped
   }
 
   get stats (): { records: number, peers: number } {
@@ -117,7 +121,7 @@ export class ProviderTable {
   async #dropOldest (prefix: string, parts: (key: string) => { cid: string, peer: string }): Promise<void> {
     for await (const key of this.#db.keys({ gte: prefix, lt: `${prefix}\xff`, limit: 1 })) {
       const { cid, peer } = parts(key)
-      if (await this.#delete(cid, peer)) this.dropped++
+      if (await this.#delete(cid, peer)) this.#dropped++
     }
   }
 
