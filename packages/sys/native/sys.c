@@ -18,6 +18,7 @@
 #include <sys/xattr.h>
 #include <sys/types.h>
 #include <dirent.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <time.h>
 #include <unistd.h>
@@ -649,6 +650,31 @@ static napi_value js_write_files(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// glibc's malloc, summed over its arenas: bytes its heaps hold (arena), held in mmap'd
+// chunks (hblkhd), handed out (uordblks), free inside the heaps (fordblks), and free at
+// the main heap's top, which trimming would give back first (keepcost).
+static napi_value js_malloc_info(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct mallinfo2 mi = mallinfo2();
+  napi_value result, v;
+  napi_create_object(env, &result);
+  napi_create_double(env, (double)mi.arena, &v); napi_set_named_property(env, result, "heap", v);
+  napi_create_double(env, (double)mi.hblkhd, &v); napi_set_named_property(env, result, "mmapped", v);
+  napi_create_double(env, (double)mi.uordblks, &v); napi_set_named_property(env, result, "inUse", v);
+  napi_create_double(env, (double)mi.fordblks, &v); napi_set_named_property(env, result, "free", v);
+  napi_create_double(env, (double)mi.keepcost, &v); napi_set_named_property(env, result, "top", v);
+  return result;
+}
+
+// malloc_trim(0): every arena gives the whole free pages inside its heaps back to the
+// kernel (madvise DONTNEED), not only those at the top. True when any were given back.
+static napi_value js_malloc_trim(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_get_boolean(env, malloc_trim(0) != 0, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"lgetxattrs", NULL, js_lgetxattrs, NULL, NULL, NULL, napi_default, NULL},
@@ -662,6 +688,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"statTreeAsync", NULL, js_stat_tree_async, NULL, NULL, NULL, napi_default, NULL},
     {"describe", NULL, js_describe, NULL, NULL, NULL, napi_default, NULL},
     {"writeFiles", NULL, js_write_files, NULL, NULL, NULL, napi_default, NULL},
+    {"mallocInfo", NULL, js_malloc_info, NULL, NULL, NULL, napi_default, NULL},
+    {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -16,6 +16,8 @@ interface Binding {
   statTreeAsync?(path: SysPath, maxBytes: number, skip?: string): Promise<Buffer>
   describe(paths: string, out: Float64Array, data: Uint8Array, inlineMax: number): number
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
+  mallocInfo?(): MallocInfo
+  mallocTrim?(): boolean
 }
 
 const require = createRequire(import.meta.url)
@@ -196,3 +198,28 @@ export const statTree: ((dir: SysPath, maxBytes: number, skip?: string) => Buffe
 /** statTree on a libuv thread, so that a walk of a large tree does not stall the event loop. */
 export const statTreeAsync: ((dir: SysPath, maxBytes: number, skip?: string) => Promise<Buffer>) | undefined =
   typeof binding.statTreeAsync === 'function' ? async (dir, maxBytes, skip) => await binding.statTreeAsync!(dir, maxBytes, skip) : undefined
+
+/** glibc malloc's bytes, summed over its arenas. */
+export interface MallocInfo {
+  /** Held by its heaps (the main heap's brk and the threads' arenas). */
+  heap: number
+  /** Held in chunks mmap'd one by one (large allocations). */
+  mmapped: number
+  /** Handed out and not yet freed. */
+  inUse: number
+  /** Free inside the heaps: kept for reuse, still resident where touched. */
+  free: number
+  /** Free at the main heap's top. */
+  top: number
+}
+
+/** glibc malloc's figures; undefined when this build of the module predates the call. */
+export const mallocInfo: (() => MallocInfo) | undefined =
+  typeof binding.mallocInfo === 'function' ? () => binding.mallocInfo!() : undefined
+
+/**
+ * Gives malloc's free pages back to the kernel, from inside its heaps as well as their
+ * tops (glibc's malloc_trim(0)); true when any were. Undefined when this build predates it.
+ */
+export const mallocTrim: (() => boolean) | undefined =
+  typeof binding.mallocTrim === 'function' ? () => binding.mallocTrim!() : undefined
