@@ -34,6 +34,7 @@ import type { StrataNode } from './node.ts'
 import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import { OffHeapPacer } from './scavenge.ts'
+import { MallocTrimmer } from './malloc-trim.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { Recent } from './recent.ts'
 import { RecordService } from './record-service.ts'
@@ -100,6 +101,8 @@ export class Daemon {
   readonly #stopping = new AbortController()
   /** Collects the garbage buffers that V8's own triggers leave to pile up outside its heap. */
   readonly #offHeap = new OffHeapPacer()
+  /** Gives malloc's free pages back, so that a burst's peak does not stay in the RSS. */
+  readonly #trimmer = new MallocTrimmer()
   #started = false
   #control: Server | undefined
   #metricsServer: Server | undefined
@@ -270,6 +273,7 @@ export class Daemon {
     }
     this.#discovery.start()
     this.#offHeap.start()
+    this.#trimmer.start()
     this.budget?.start()
     this.budget?.check()
     this.scrub.start()
@@ -284,6 +288,7 @@ export class Daemon {
     this.claims.stop()
     await this.#discovery.stop()
     this.#offHeap.stop()
+    this.#trimmer.stop()
     await this.budget?.stop()
     await this.scrub.stop()
     for (const server of [this.#control, this.#metricsServer]) {
@@ -508,7 +513,7 @@ export class Daemon {
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
       claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
       dht: this.#dhtStats(),
-      process: processStats({ liveHeap: opts.liveHeap })
+      process: { ...processStats({ liveHeap: opts.liveHeap }), ...(this.#trimmer.active ? { trims: { ...this.#trimmer.counters } } : {}) }
     }
   }
 }

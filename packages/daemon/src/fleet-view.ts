@@ -1,5 +1,7 @@
 import { readdirSync } from 'node:fs'
 import { getHeapSpaceStatistics } from 'node:v8'
+import { mallocInfo, type MallocInfo } from '@strata/sys'
+import type { TrimCounters } from './malloc-trim.ts'
 
 /** How a step was served, as the runner reports it (`/v1/event`) or the daemon resolved it. */
 export type HitSource = 'local' | 'peer' | 'miss'
@@ -17,6 +19,10 @@ export interface ProcessStats {
   heapCode?: number
   external: number
   arrayBuffers: number
+  /** glibc malloc's heaps (native allocations: Buffers' backing stores, LevelDB, zstd, sockets); absent off glibc. */
+  malloc?: MallocInfo
+  /** The malloc trimmer's work (malloc-trim.ts), where it runs. */
+  trims?: TrimCounters
   fds: number
   uptimeS: number
 }
@@ -51,11 +57,12 @@ export function processStats (opts: { liveHeap?: boolean } = {}): ProcessStats {
     heapLive = process.memoryUsage().heapUsed
     heapCode = getHeapSpaceStatistics().filter((s) => /^(code|trusted)_/.test(s.space_name)).reduce((sum, s) => sum + s.space_used_size, 0)
   }
+  const malloc = mallocInfo?.()
   let fds = -1
   try {
     fds = readdirSync('/proc/self/fd').length
   } catch {
     // Not Linux: unknown.
   }
-  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive, heapCode } : {}), external: m.external, arrayBuffers: m.arrayBuffers, fds, uptimeS: Math.round(process.uptime()) }
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive, heapCode } : {}), external: m.external, arrayBuffers: m.arrayBuffers, ...(malloc !== undefined ? { malloc } : {}), fds, uptimeS: Math.round(process.uptime()) }
 }
