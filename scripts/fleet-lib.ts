@@ -100,7 +100,7 @@ export class Fleet {
   }
 
   /** Starts a daemon with a fresh data dir on host `i` (none may run there). */
-  start (i: number, opts: { bootstrap?: number[], args?: string[] } = {}): FleetDaemon {
+  start (i: number, opts: { bootstrap?: number[], args?: string[], env?: NodeJS.ProcessEnv } = {}): FleetDaemon {
     if (this.daemons[i] !== undefined) throw new Error(`a daemon runs on h${i + 1} already`)
     const host = this.hosts[i]!
     const generation = this.#generations[i]!++
@@ -113,7 +113,7 @@ export class Fleet {
       ...boot, ...(this.#init.daemonArgs ?? []), ...(opts.args ?? [])
     ], {
       stdio: ['ignore', 'ignore', 'ignore'],
-      env: { ...process.env, ...HERMETIC, ...this.#init.env, STRATA_LOG_LEVEL: this.#init.logLevel ?? 'info', STRATA_LOG_FILE: logFile }
+      env: { ...process.env, ...HERMETIC, ...this.#init.env, ...opts.env, STRATA_LOG_LEVEL: this.#init.logLevel ?? 'info', STRATA_LOG_FILE: logFile }
     })
     if (child.pid === undefined) throw new Error(`cannot start a daemon on ${host.name}`)
     const d: FleetDaemon = { index: i, host, dataDir, logFile, child, pid: child.pid, peerId: '', generation }

@@ -5,7 +5,7 @@
 // time until a new layer has its `replicas` copies. Optionally churn and a partition.
 //
 //   node scripts/fleet.ts [--daemons 32] [--records 8] [--late 2] [--replicas 2] [--idle-s 30]
-//                         [--churn] [--partition] [--json FILE] [--logs DIR] [--log-level debug]
+//                         [--churn] [--consumers 8] [--partition] [--json FILE] [--logs DIR] [--log-level debug]
 //
 // Needs root and iproute2. Everything (namespaces, daemons, data dirs) is removed on
 // exit, on failure and on SIGINT/SIGTERM.
@@ -30,6 +30,7 @@ const { values: opts } = parseArgs({
     replicas: { type: 'string', default: '2' },
     'idle-s': { type: 'string', default: '30' },
     churn: { type: 'boolean', default: false },
+    consumers: { type: 'string', default: '8' },
     partition: { type: 'boolean', default: false },
     json: { type: 'string' },
     logs: { type: 'string' },
@@ -41,7 +42,8 @@ const RECORDS = Number(opts.records)
 const LATE = Number(opts.late)
 const REPLICAS = Number(opts.replicas)
 const IDLE_S = Number(opts['idle-s'])
-for (const [k, v] of Object.entries({ daemons: N, records: RECORDS, late: LATE, replicas: REPLICAS, 'idle-s': IDLE_S })) {
+const CONSUMERS = Number(opts.consumers)
+for (const [k, v] of Object.entries({ daemons: N, records: RECORDS, late: LATE, replicas: REPLICAS, 'idle-s': IDLE_S, consumers: CONSUMERS })) {
   if (!Number.isInteger(v) || v < 0) throw new TypeError(`--${k} wants a whole number, got ${v}`)
 }
 if (N < 3) throw new TypeError('--daemons must be at least 3')
@@ -216,7 +218,7 @@ async function holdersOf (root: string): Promise<number[]> {
 }
 
 /**
- * While 4 consumers restore a new layer, kill -9 a third of the fleet (its producer and
+ * While `--consumers` daemons restore a new layer, kill -9 a third of the fleet (its producer and
  * a replica among them, never every holder), start new daemons in their place; every
  * run must complete (a hit or the step run), the layer must survive, and a holder's
  * `copies` must come to the truth.
@@ -232,9 +234,10 @@ async function churn (): Promise<void> {
     return h.length >= 1 + REPLICAS ? h : undefined
   }, () => '', 500)
   const others = fleet.running.filter((i) => !before.includes(i) && !SEEDS.includes(i)).sort(() => Math.random() - 0.5)
-  const consumers = others.slice(0, 4)
+  const consumers = others.slice(0, CONSUMERS)
   const replica = before.find((i) => i !== producer)!
-  const victims = [producer, ...(before.length > 2 ? [replica] : []), ...others.slice(4)].slice(0, Math.floor(N / 3))
+  const victims = [producer, ...(before.length > 2 ? [replica] : []), ...others.slice(CONSUMERS)].slice(0, Math.floor(N / 3))
+  if (consumers.length < CONSUMERS || victims.length < Math.floor(N / 3)) throw new Error(`churn: ${N} daemons are too few for ${CONSUMERS} consumers and a third killed`)
   log(`churn: layer on ${before.map((i) => `h${i + 1}`).join(' ')}; killing ${victims.length} (${victims.map((i) => `h${i + 1}`).join(' ')}); consumers ${consumers.map((i) => `h${i + 1}`).join(' ')}`)
   const t = Date.now()
   const runs = consumers.map(async (c) => {

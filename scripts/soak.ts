@@ -7,7 +7,10 @@
 //
 //   node scripts/soak.ts [--minutes 60] [--daemons 8] [--sample-s 60] [--concurrency 2]
 //                        [--svg soak.svg] [--json soak.json] [--daemon-env NAME=VALUE ...]
+//                        [--even-env NAME=VALUE ...]
 //
+// --even-env sets a variable on the even-numbered hosts only (h2, h4, ...): a comparison
+// within one run, under the same load, of the daemons with it and those without.
 // --json is rewritten after every sample, so a run cut short keeps what it saw.
 //
 // Not part of the test suite. Everything is removed on exit, failure and SIGINT.
@@ -30,7 +33,8 @@ const { values: opts } = parseArgs({
     pipelines: { type: 'string', default: '4' },
     svg: { type: 'string', default: 'soak.svg' },
     json: { type: 'string' },
-    'daemon-env': { type: 'string', multiple: true, default: [] }
+    'daemon-env': { type: 'string', multiple: true, default: [] },
+    'even-env': { type: 'string', multiple: true, default: [] }
   }
 })
 const MINUTES = Number(opts.minutes)
@@ -41,12 +45,19 @@ const PIPELINES = Number(opts.pipelines)
 for (const [k, v] of Object.entries({ minutes: MINUTES, daemons: N, 'sample-s': SAMPLE_S, concurrency: CONCURRENCY, pipelines: PIPELINES })) {
   if (!Number.isFinite(v) || v <= 0) throw new TypeError(`--${k} wants a positive number, got ${v}`)
 }
-const daemonEnv: NodeJS.ProcessEnv = {}
-for (const kv of opts['daemon-env']) {
-  const eq = kv.indexOf('=')
-  if (eq <= 0) throw new TypeError(`--daemon-env wants NAME=VALUE, got ${JSON.stringify(kv)}`)
-  daemonEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
+function envOf (flag: string, list: string[]): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const kv of list) {
+    const eq = kv.indexOf('=')
+    if (eq <= 0) throw new TypeError(`--${flag} wants NAME=VALUE, got ${JSON.stringify(kv)}`)
+    env[kv.slice(0, eq)] = kv.slice(eq + 1)
+  }
+  return env
 }
+const daemonEnv = envOf('daemon-env', opts['daemon-env'])
+const evenEnv = envOf('even-env', opts['even-env'])
+/** The environment of the daemon on host index `i` (h1 is index 0). */
+const envOfHost = (i: number): NodeJS.ProcessEnv => i % 2 === 1 ? evenEnv : {}
 const SEEDS = [0, 1]
 /** Inputs each pipeline cycles through (hits), besides a fresh random one now and then (misses). */
 const VARIANTS = 3
@@ -93,9 +104,10 @@ function expected (p: number, input: string): string {
 
 /**
  * rssAnon: malloc and V8; rssFile: mapped files' pages (LevelDB tables); arrayBuffers: Buffers, within external;
+ * heapTotal: the V8 heap's pages; mallocInUse, mallocFree: glibc malloc's bytes handed out and held free;
  * dhtProviders: the DHT provider records the daemon keeps, on disk, bounded in count (doc/LIMITS.md).
  */
-interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, external: number, arrayBuffers: number, fds: number, dhtProviders: number }
+interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, heapTotal: number, external: number, arrayBuffers: number, mallocInUse: number, mallocFree: number, fds: number, dhtProviders: number }
 const samples: Sample[] = []
 const tally = { runs: 0, failed: 0, wrong: 0, steps: { local: 0, peer: 0, ran: 0 } }
 const failures: string[] = []
@@ -103,9 +115,10 @@ const failures: string[] = []
 const fleet = await Fleet.create({ hosts: N, workDir: join(work, 'fleet'), daemonArgs: ['--replicas', '2'], env: daemonEnv })
 let stopping = false
 try {
-  for (const s of SEEDS) fleet.start(s, { bootstrap: SEEDS })
+  for (const s of SEEDS) fleet.start(s, { bootstrap: SEEDS, env: envOfHost(s) })
   for (const s of SEEDS) await fleet.ready(s)
-  for (let i = SEEDS.length; i < N; i++) fleet.start(i, { bootstrap: SEEDS })
+  for (let i = SEEDS.length; i < N; i++) fleet.start(i, { bootstrap: SEEDS, env: envOfHost(i) })
+  if (opts['even-env'].length > 0) log(`h2, h4, ... run with ${opts['even-env'].join(' ')}`)
   for (let i = 0; i < N; i++) await fleet.ready(i, { peers: 1, ms: 180_000 })
   log(`${N} daemons up; load ${loadavg().map((x) => x.toFixed(1)).join(' ')}`)
 
@@ -116,8 +129,11 @@ try {
       let heap = NaN
       let heapLive = NaN
       let heapCode = NaN
+      let heapTotal = NaN
       let external = NaN
       let arrayBuffers = NaN
+      let mallocInUse = NaN
+      let mallocFree = NaN
       let dhtProviders = NaN
       try {
         // The heap after a full collection: what is kept, not how much garbage waits for the next one.
@@ -126,6 +142,9 @@ try {
         heap = st.heapUsed
         heapLive = st.heapLive ?? NaN
         heapCode = st.heapCode ?? NaN
+        heapTotal = st.heapTotal
+        mallocInUse = st.malloc?.inUse ?? NaN
+        mallocFree = st.malloc?.free ?? NaN
         // Buffers (blocks in flight, the landed-blocks window) live outside the V8 heap.
         external = st.external
         arrayBuffers = st.arrayBuffers ?? NaN
@@ -133,7 +152,7 @@ try {
       } catch {
         // Busy or restarting: the sample has no heap.
       }
-      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, heapCode, external, arrayBuffers, fds: p.fds, dhtProviders })
+      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, heapCode, heapTotal, external, arrayBuffers, mallocInUse, mallocFree, fds: p.fds, dhtProviders })
     }
     if (opts.json !== undefined) writeFileSync(opts.json, JSON.stringify({ tally, failures, samples }, null, 1))
   }
@@ -194,6 +213,10 @@ try {
   }
   await Promise.all([...Array(CONCURRENCY)].map(async () => await worker()))
   stopping = true
+  for (const i of fleet.running) {
+    const trims = (await fleet.status(i, { copies: false }).catch(() => undefined))?.process.trims
+    if (trims !== undefined) log(`h${i + 1}: ${trims.runs} malloc trims (${trims.released} gave pages back), ${trims.ms.toFixed(0)} ms in all`)
+  }
   await sampler
   await sample()
 } finally {
@@ -207,13 +230,14 @@ const firstQ = samples.filter((s) => s.t <= span / 4)
 const lastQ = samples.filter((s) => s.t >= span * 3 / 4)
 const rows: string[] = []
 let flat = true
-for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'external', 'arrayBuffers', 'fds', 'dhtProviders'] as const) {
+for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'heapTotal', 'external', 'arrayBuffers', 'mallocInUse', 'mallocFree', 'fds', 'dhtProviders'] as const) {
   for (let i = 0; i < N; i++) {
     const a = median(firstQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const b = median(lastQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const change = (b - a) / a
     // The criterion is RSS, the live heap and fds. The rest says where a change is: the parts of RSS,
-    // the live heap's compiled code (it grows as V8 optimizes more), the heap as sampled (live data plus garbage not yet collected: it swings with the collector's pace), external, the DHT's provider records.
+    // the live heap's compiled code (it grows as V8 optimizes more), the heap as sampled (live data plus garbage not yet collected: it swings with the collector's pace),
+    // the V8 heap's pages, external, malloc's bytes in use and free, the DHT's provider records.
     if (['rss', 'heapLive', 'fds'].includes(metric) && Math.abs(change) > 0.1) flat = false
     const fmt = (x: number): string => metric === 'fds' || metric === 'dhtProviders' ? String(x) : `${(x / 1048576).toFixed(1)} MB`
     rows.push(`${metric.padEnd(12)} h${String(i + 1).padEnd(3)} ${fmt(a).padStart(10)} ${fmt(b).padStart(10)} ${(change * 100).toFixed(1).padStart(7)} %`)
