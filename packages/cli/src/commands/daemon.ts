@@ -217,7 +217,11 @@ export const status: Command = {
         const why = Object.entries(k.rejectedBy).map(([r, n]) => `${r} ${n}`)
         ctx.stdout.write(`claims: ${k.granted} granted, ${k.held} held by peers, ${k.expired} of peers expired, ${k.rejected} rejected${why.length > 0 ? ` (${why.join(', ')})` : ''}, ${k.live} live\n`)
       }
-      if (s.process !== undefined) ctx.stdout.write(`process: rss ${formatBytes(s.process.rss)}, heap ${formatBytes(s.process.heapUsed)} of ${formatBytes(s.process.heapTotal)}, ${s.process.fds} fds, up ${s.process.uptimeS}s\n`)
+      if (s.process !== undefined) {
+        const m = s.process.malloc
+        const native = m !== undefined ? `, malloc ${formatBytes(m.inUse)} in use and ${formatBytes(m.free)} free` : ''
+        ctx.stdout.write(`process: rss ${formatBytes(s.process.rss)}, heap ${formatBytes(s.process.heapUsed)} of ${formatBytes(s.process.heapTotal)}${native}, ${s.process.fds} fds, up ${s.process.uptimeS}s\n`)
+      }
       return 0
     } finally {
       await client.close()
