@@ -233,7 +233,12 @@ test('8 daemons: when every provider a fetch started with is dead, it searches a
   const deadline = Date.now() + 60_000
   for (;;) {
     const found = new Set<string>()
-    for await (const p of consumer.node.contentRouting.findProviders(layer.root, { signal: AbortSignal.timeout(2000) })) found.add(p.id.toString())
+    try {
+      for await (const p of consumer.node.contentRouting.findProviders(layer.root, { signal: AbortSignal.timeout(2000) })) found.add(p.id.toString())
+    } catch (err) {
+      // A search cut off by its 2 s (a loaded machine) is tried again, until the deadline.
+      if ((err as Error).name !== 'AbortError' && (err as Error).name !== 'TimeoutError') throw err
+    }
     if (found.size >= 4) break
     if (Date.now() > deadline) throw new Error(`the consumer finds ${found.size} providers of 4`)
     await delay(200)
