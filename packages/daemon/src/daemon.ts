@@ -513,7 +513,11 @@ export class Daemon {
       recordSync: { ...this.#sync.counters, remembered: this.#sync.remembered },
       claims: { ...this.claimCounters, live: this.claims.table.size, subscribers: this.node.services.pubsub.getSubscribers(CLAIMS_TOPIC).length, rejectedBy: { ...this.claimsRejected } },
       dht: this.#dhtStats(),
-      process: { ...processStats({ liveHeap: opts.liveHeap }), ...(this.#trimmer.active ? { trims: { ...this.#trimmer.counters } } : {}) }
+      process: {
+        ...processStats({ liveHeap: opts.liveHeap }),
+        leveldb: { index: this.store.indexMemory?.() ?? 0, dht: dhtStoreOf(this.node)?.dbMemory ?? 0 },
+        ...(this.#trimmer.active ? { trims: { ...this.#trimmer.counters } } : {})
+      }
     }
   }
 }

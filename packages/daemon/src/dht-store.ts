@@ -75,6 +75,11 @@ export class BoundedDhtStore extends MemoryDatastore {
     return this.#table.stats
   }
 
+  /** Bytes the provider records' LevelDB holds in memory. */
+  get dbMemory (): number {
+    return this.#table.memory
+  }
+
   /**
    * A provider record goes to the table; anything else is stored as a copy of `val` in
    * memory of its own. A value is a few bytes made as a view into a buffer shared with

@@ -21,6 +21,8 @@ export interface ProcessStats {
   arrayBuffers: number
   /** glibc malloc's heaps (native allocations: Buffers' backing stores, LevelDB, zstd, sockets); absent off glibc. */
   malloc?: MallocInfo
+  /** Bytes LevelDB holds in memory (block cache, memtables), within malloc's: the store's index, the DHT's provider records. */
+  leveldb?: { index: number, dht: number }
   /** The malloc trimmer's work (malloc-trim.ts), where it runs. */
   trims?: TrimCounters
   fds: number

@@ -4,6 +4,8 @@ export interface ProviderDb {
   batch(ops: Array<{ type: 'put', key: string, value: string } | { type: 'del', key: string }>): Promise<void>
   keys(range: { gte: string, lt: string, limit?: number }): AsyncIterable<string>
   iterator(range: { gte: string, lt: string }): AsyncIterable<[string, string]>
+  /** LevelDB's properties; a sublevel has none. */
+  getProperty?(property: string): string
 }
 
 export interface ProviderLimits {
@@ -61,6 +63,16 @@ export class ProviderTable {
 
   get stats (): { records: number, peers: number } {
     return { records: this.#size, peers: this.#counts.size }
+  }
+
+  /** Bytes the database holds in memory (block cache, memtables); 0 where it cannot say. */
+  get memory (): number {
+    try {
+      return Number(this.#db.getProperty?.('leveldb.approximate-memory-usage') ?? 0)
+    } catch {
+      // Closed (the node stopped).
+      return 0
+    }
   }
 
   async time (cid: string, peer: string): Promise<number | undefined> {

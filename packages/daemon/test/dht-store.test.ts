@@ -130,8 +130,11 @@ test('provider records live on disk: the heap holds nothing per record, and a re
   // heap itself moves by about a megabyte between runs.
   assert.ok(perRecord < 60, `${perRecord.toFixed(0)} bytes of heap per provider record`)
   assert.deepEqual(store.providerStats, { records: n, peers: 8 })
+  // What LevelDB holds in memory is told (its memtable holds the latest writes); a closed one says 0.
+  assert.ok(store.dbMemory > 0, `${store.dbMemory}`)
 
   await db.close()
+  assert.equal(store.dbMemory, 0)
   db = new ClassicLevel<string, string>(dir, { keyEncoding: 'utf8', valueEncoding: 'utf8' })
   store = await BoundedDhtStore.open(PREFIX, db)
   assert.deepEqual(store.providerStats, { records: n, peers: 8 }, 'the counts are read back')

@@ -47,6 +47,8 @@ export interface LocalStore {
   markCorrupt(root: CID | string, why?: { path?: string, reason?: string }): Promise<void>
   /** Roots of every layer in the index, those marked corrupt included. */
   layerRoots(): Promise<string[]>
+  /** Bytes the index's LevelDB holds in memory: its block cache and memtables. */
+  indexMemory?(): number
 }
 
 export interface LayerStoreInit {
@@ -235,6 +237,10 @@ export class LayerStore implements Store, LocalStore {
 
   async layerRoots (): Promise<string[]> {
     return await layerRoots(this.#db)
+  }
+
+  indexMemory (): number {
+    return this.#db.status === 'open' ? Number(this.#db.getProperty('leveldb.approximate-memory-usage')) : 0
   }
 
   async removeLayer (root: CID): Promise<void> {

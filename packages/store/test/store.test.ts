@@ -367,3 +367,15 @@ test('a larger index write buffer writes a large manifest in fewer level-0 table
   assert.equal(larger, 0)
   await assert.rejects(openStore({ dataDir: join(dir, 'bad'), indexWriteBufferBytes: 1000 }), /indexWriteBufferBytes must be an integer of at least 65536 bytes, got 1000/)
 })
+
+test('indexMemory says what the index holds in memory: it grows with what is written, and is 0 once closed', async (t) => {
+  const store = await openStore({ dataDir: join(tempDir(t), 'data') })
+  const before = store.indexMemory!()
+  assert.ok(before > 0, `${before}`)
+  // Records go to the index's memtable.
+  for (let i = 0; i < 2000; i++) await store.putRecord(`r/test/${i}`, new Uint8Array(512).fill(i % 251))
+  const after = store.indexMemory!()
+  assert.ok(after >= before + 2000 * 512, `${before} -> ${after}`)
+  await store.close()
+  assert.equal(store.indexMemory!(), 0)
+})
