@@ -105,10 +105,10 @@ function expected (p: number, input: string): string {
 /**
  * rssAnon: malloc and V8; rssFile: mapped files' pages (LevelDB tables); arrayBuffers: Buffers, within external;
  * heapTotal: the V8 heap's pages; mallocInUse, mallocFree: glibc malloc's bytes handed out and held free;
- * leveldb: what the store's index and the DHT's LevelDBs hold in memory (block caches, memtables), within mallocInUse;
+ * v8Malloced: what V8 mallocs outside its heap; leveldb: what the store's index and the DHT's LevelDBs hold in memory (block caches, memtables), within mallocInUse;
  * dhtProviders: the DHT provider records the daemon keeps, on disk, bounded in count (doc/LIMITS.md).
  */
-interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, heapTotal: number, external: number, arrayBuffers: number, mallocInUse: number, mallocFree: number, leveldb: number, fds: number, dhtProviders: number }
+interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, heapTotal: number, external: number, arrayBuffers: number, mallocInUse: number, mallocFree: number, v8Malloced: number, leveldb: number, fds: number, dhtProviders: number }
 const samples: Sample[] = []
 const tally = { runs: 0, failed: 0, wrong: 0, steps: { local: 0, peer: 0, ran: 0 } }
 const failures: string[] = []
@@ -136,6 +136,7 @@ try {
       let mallocInUse = NaN
       let mallocFree = NaN
       let leveldb = NaN
+      let v8Malloced = NaN
       let dhtProviders = NaN
       try {
         // The heap after a full collection: what is kept, not how much garbage waits for the next one.
@@ -147,6 +148,7 @@ try {
         heapTotal = st.heapTotal
         mallocInUse = st.malloc?.inUse ?? NaN
         mallocFree = st.malloc?.free ?? NaN
+        v8Malloced = st.v8Malloced ?? NaN
         leveldb = st.leveldb !== undefined ? st.leveldb.index + st.leveldb.dht : NaN
         // Buffers (blocks in flight, the landed-blocks window) live outside the V8 heap.
         external = st.external
@@ -155,7 +157,7 @@ try {
       } catch {
         // Busy or restarting: the sample has no heap.
       }
-      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, heapCode, heapTotal, external, arrayBuffers, mallocInUse, mallocFree, leveldb, fds: p.fds, dhtProviders })
+      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, heapCode, heapTotal, external, arrayBuffers, mallocInUse, mallocFree, v8Malloced, leveldb, fds: p.fds, dhtProviders })
     }
     if (opts.json !== undefined) writeFileSync(opts.json, JSON.stringify({ tally, failures, samples }, null, 1))
   }
@@ -233,14 +235,14 @@ const firstQ = samples.filter((s) => s.t <= span / 4)
 const lastQ = samples.filter((s) => s.t >= span * 3 / 4)
 const rows: string[] = []
 let flat = true
-for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'heapTotal', 'external', 'arrayBuffers', 'mallocInUse', 'mallocFree', 'leveldb', 'fds', 'dhtProviders'] as const) {
+for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'heapTotal', 'external', 'arrayBuffers', 'mallocInUse', 'mallocFree', 'v8Malloced', 'leveldb', 'fds', 'dhtProviders'] as const) {
   for (let i = 0; i < N; i++) {
     const a = median(firstQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const b = median(lastQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const change = (b - a) / a
     // The criterion is RSS, the live heap and fds. The rest says where a change is: the parts of RSS,
     // the live heap's compiled code (it grows as V8 optimizes more), the heap as sampled (live data plus garbage not yet collected: it swings with the collector's pace),
-    // the V8 heap's pages, external, malloc's bytes in use and free, LevelDB's caches, the DHT's provider records.
+    // the V8 heap's pages, external, malloc's bytes in use and free, V8's own mallocs, LevelDB's caches, the DHT's provider records.
     if (['rss', 'heapLive', 'fds'].includes(metric) && Math.abs(change) > 0.1) flat = false
     const fmt = (x: number): string => metric === 'fds' || metric === 'dhtProviders' ? String(x) : `${(x / 1048576).toFixed(1)} MB`
     rows.push(`${metric.padEnd(12)} h${String(i + 1).padEnd(3)} ${fmt(a).padStart(10)} ${fmt(b).padStart(10)} ${(change * 100).toFixed(1).padStart(7)} %`)

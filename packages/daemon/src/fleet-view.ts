@@ -1,5 +1,5 @@
 import { readdirSync } from 'node:fs'
-import { getHeapSpaceStatistics } from 'node:v8'
+import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8'
 import { mallocInfo, type MallocInfo } from '@strata/sys'
 import type { TrimCounters } from './malloc-trim.ts'
 
@@ -19,6 +19,8 @@ export interface ProcessStats {
   heapCode?: number
   external: number
   arrayBuffers: number
+  /** What V8 itself allocates with malloc, outside its heap's pages: its compilers' zones, handles, tables. */
+  v8Malloced: number
   /** glibc malloc's heaps (native allocations: Buffers' backing stores, LevelDB, zstd, sockets); absent off glibc. */
   malloc?: MallocInfo
   /** Bytes LevelDB holds in memory (block cache, memtables), within malloc's: the store's index, the DHT's provider records. */
@@ -66,5 +68,5 @@ export function processStats (opts: { liveHeap?: boolean } = {}): ProcessStats {
   } catch {
     // Not Linux: unknown.
   }
-  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive, heapCode } : {}), external: m.external, arrayBuffers: m.arrayBuffers, ...(malloc !== undefined ? { malloc } : {}), fds, uptimeS: Math.round(process.uptime()) }
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, ...(heapLive !== undefined ? { heapLive, heapCode } : {}), external: m.external, arrayBuffers: m.arrayBuffers, v8Malloced: getHeapStatistics().malloced_memory, ...(malloc !== undefined ? { malloc } : {}), fds, uptimeS: Math.round(process.uptime()) }
 }
