@@ -7,7 +7,7 @@
  * pages to the kernel only from the top of a heap, so each burst that reaches a
  * new peak raises the RSS for good, though the chunks are free again a second
  * later. malloc_trim(0) returns the whole free pages from inside the heaps as
- * well (doc/decisions/soak-heap.md has the figures). Turned off with
+ * well (doc/decisions/malloc-trim.md has the figures). Turned off with
  * STRATA_MALLOC_TRIM=off, for a process that preloads another allocator.
  */
 import { mallocInfo, mallocTrim } from '@strata/sys'
