@@ -19,6 +19,13 @@ import { RECENT_RECORDS } from './record-sync.ts'
  */
 export const INDEX_WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 
+/**
+ * How often a daemon's index writes its memtable out: between restores the small
+ * writes of hits, records and uses would otherwise sit in the 16 MiB buffer for
+ * hours (doc/decisions/index-flush.md).
+ */
+export const INDEX_FLUSH_EVERY_MS = 5 * 60_000
+
 export interface DaemonInit {
   /** Where the store, the identity key and the control socket live. */
   dataDir: string

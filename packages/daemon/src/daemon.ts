@@ -14,7 +14,7 @@ import { RECORD_PREFIX, TrustPolicy, loadIdentity, recordKey, verifyEnvelope } f
 import type { Identity, RecordRejectReason, StepRecord } from '@strata/records'
 import type { ClaimCounters } from './claim-table.ts'
 import { CLAIMS_TOPIC, ClaimService } from './claims.ts'
-import { INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
+import { INDEX_FLUSH_EVERY_MS, INDEX_WRITE_BUFFER_BYTES, readConfig } from './config.ts'
 import type { DaemonConfig, DaemonInit } from './config.ts'
 import { startControl } from './control.ts'
 import type { ControlComponents } from './control.ts'
@@ -528,7 +528,7 @@ export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   const config = await readConfig(init, log)
   const privateKey = await loadPrivateKey(config.dataDir)
   const identity = await loadIdentity(config.dataDir)
-  const store = init.store ?? await openStore({ dataDir: config.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES })
+  const store = init.store ?? await openStore({ dataDir: config.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES, indexFlushEveryMs: INDEX_FLUSH_EVERY_MS })
   try {
     const node = await createNode({
       privateKey,

@@ -38,6 +38,12 @@ export interface OpenStoreInit extends StoreInit {
    */
   indexWriteBufferBytes?: number
   /**
+   * Write the index's memtable out to a table this often, so that what it holds
+   * in memory is bounded by time and not only by the write buffer (`IndexFlusher`).
+   * Default: only when the write buffer fills. The daemon sets 5 minutes.
+   */
+  indexFlushEveryMs?: number
+  /**
    * File workers already started, for the store to use instead of starting its own
    * when it first needs them. They stay the caller's: the store does not end them.
    * `strata pack` and `unpack` start theirs before they load the rest of the CLI
@@ -70,6 +76,8 @@ export function prepare (init: OpenStoreInit): { dataDir: string, log: Logger } 
   if (wb !== undefined && !(Number.isSafeInteger(wb) && wb >= MIN_INDEX_WRITE_BUFFER)) {
     throw new TypeError(`indexWriteBufferBytes must be an integer of at least ${MIN_INDEX_WRITE_BUFFER} bytes, got ${wb}`)
   }
+  const every = init.indexFlushEveryMs
+  if (every !== undefined && !(Number.isFinite(every) && every > 0)) throw new TypeError(`indexFlushEveryMs must be a positive number of milliseconds, got ${every}`)
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'store' })
   // Layer paths handed out (and mounted as lower dirs) must not depend on the cwd.
   const dataDir = resolve(init.dataDir)
@@ -121,7 +129,8 @@ async function openIndex (dataDir: string, log: Logger, release: () => void, ini
     touchEveryMs: init.touchEveryMs ?? TOUCH_EVERY_MS,
     pool: init.pool,
     workers: init.workers,
-    verity: init.verity ?? true
+    verity: init.verity ?? true,
+    indexFlushEveryMs: init.indexFlushEveryMs
   })
   try {
     const fresh = await checkVersion(db, dataDir)

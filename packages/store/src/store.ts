@@ -24,6 +24,7 @@ import { Removal } from './remove.ts'
 import { restoreLayer } from './restore.ts'
 import { RootLocks } from './root-locks.ts'
 import { Uses } from './uses.ts'
+import { IndexFlusher } from './index-flush.ts'
 
 /** What the store offers beyond the shared interface, for the CLI and the runner on this machine. */
 export interface LocalStore {
@@ -63,6 +64,8 @@ export interface LayerStoreInit {
   /** File workers that outlive this store (a shared store's, kept across its turns); the store does not end them. */
   workers?: (() => FsPool) | undefined
   verity: boolean
+  /** Write the index's memtable out this often (`IndexFlusher`); undefined: only when LevelDB's write buffer fills. */
+  indexFlushEveryMs?: number | undefined
 }
 
 /**
@@ -91,6 +94,7 @@ export class LayerStore implements Store, LocalStore {
   readonly #poolGiven: boolean
   readonly #sharedWorkers: (() => FsPool) | undefined
   #closed = false
+  readonly #flusher: IndexFlusher | undefined
 
   constructor (init: LayerStoreInit) {
     const { dataDir, db, log } = init
@@ -128,6 +132,8 @@ export class LayerStore implements Store, LocalStore {
       verity: init.verity
     })
     this.#collector = new Collector({ db, log, dataDir, uses: this.#uses, removal: this.#removal, locks: this.#locks, listLayers: async () => await this.listLayers() })
+    this.#flusher = init.indexFlushEveryMs !== undefined ? new IndexFlusher(db, log, init.indexFlushEveryMs) : undefined
+    this.#flusher?.start()
     this.#check = { db, log, layerDir, entries: (root) => this.entries(root) }
     this.#recover = {
       db,
@@ -287,6 +293,7 @@ export class LayerStore implements Store, LocalStore {
 
   /** Closes the index only (the lock stays), for openStore to retry on a rebuilt index. */
   async closeIndex (): Promise<void> {
+    await this.#flusher?.stop()
     if (!this.#poolGiven) {
       await this.#pool?.close()
       this.#pool = undefined
@@ -300,6 +307,7 @@ export class LayerStore implements Store, LocalStore {
     try {
       await this.#collector.idle()
       await this.#uses.settle()
+      await this.#flusher?.stop()
       if (!this.#poolGiven) await this.#pool?.close()
       if (!this.#leftovers.sweepAtNextOpen) await this.#db.del(K_OPEN).catch((err: unknown) => this.#log.warn({ err }, 'could not mark the store closed'))
       await this.#db.close()

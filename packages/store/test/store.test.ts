@@ -379,3 +379,24 @@ test('indexMemory says what the index holds in memory: it grows with what is wri
   await store.close()
   assert.equal(store.indexMemory!(), 0)
 })
+
+test('a store opened with indexFlushEveryMs writes its memtable out on that timer: what the index holds in memory falls back, and nothing written is lost', async (t) => {
+  const dataDir = join(tempDir(t), 'data')
+  const store = await openStore({ dataDir, indexWriteBufferBytes: 16 * 1024 * 1024, indexFlushEveryMs: 200 })
+  const before = store.indexMemory!()
+  for (let i = 0; i < 2000; i++) await store.putRecord(`r/test/${i}`, new Uint8Array(512).fill(i % 251))
+  // ~1 MB, far below the write buffer's 16 MiB: LevelDB alone would keep all of it in memory (the test above).
+  const deadline = Date.now() + 10_000
+  while (store.indexMemory!() > before + 100_000 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  assert.ok(store.indexMemory!() <= before + 100_000, `still ${store.indexMemory!()} bytes in memory (${before} before the writes)`)
+  for (const i of [0, 777, 1999]) assert.deepEqual(new Uint8Array(await store.getRecord(`r/test/${i}`) ?? []), new Uint8Array(512).fill(i % 251))
+  await store.close()
+  const again = await openStore({ dataDir })
+  t.after(async () => { await again.close() })
+  assert.deepEqual(new Uint8Array(await again.getRecord('r/test/1234') ?? []), new Uint8Array(512).fill(1234 % 251))
+})
+
+test('indexFlushEveryMs must be a positive number', async (t) => {
+  const dir = tempDir(t)
+  await assert.rejects(openStore({ dataDir: join(dir, 'bad'), indexFlushEveryMs: 0 }), /indexFlushEveryMs must be a positive number of milliseconds, got 0/)
+})
