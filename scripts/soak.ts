@@ -242,7 +242,7 @@ const span = Math.max(...samples.map((s) => s.t))
 const firstQ = samples.filter((s) => s.t <= span / 4)
 const lastQ = samples.filter((s) => s.t >= span * 3 / 4)
 const rows: string[] = []
-let flat = true
+const over: string[] = []
 for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'heapTotal', 'external', 'arrayBuffers', 'mallocInUse', 'mallocFree', 'v8Malloced', 'leveldb', 'fds', 'dhtProviders'] as const) {
   for (let i = 0; i < N; i++) {
     const a = median(firstQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
@@ -251,7 +251,7 @@ for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap
     // The criterion is RSS, the live heap and fds. The rest says where a change is: the parts of RSS,
     // the live heap's compiled code (it grows as V8 optimizes more), the heap as sampled (live data plus garbage not yet collected: it swings with the collector's pace),
     // the V8 heap's pages, external, malloc's bytes in use and free, V8's own mallocs, LevelDB's caches, the DHT's provider records.
-    if (['rss', 'heapLive', 'fds'].includes(metric) && Math.abs(change) > 0.1) flat = false
+    if (['rss', 'heapLive', 'fds'].includes(metric) && Math.abs(change) > 0.1) over.push(`${metric} on h${i + 1} (${change > 0 ? '+' : ''}${(change * 100).toFixed(1)} %)`)
     const fmt = (x: number): string => metric === 'fds' || metric === 'dhtProviders' ? String(x) : `${(x / 1048576).toFixed(1)} MB`
     rows.push(`${metric.padEnd(12)} h${String(i + 1).padEnd(3)} ${fmt(a).padStart(10)} ${fmt(b).padStart(10)} ${(change * 100).toFixed(1).padStart(7)} %`)
   }
@@ -260,7 +260,7 @@ console.log(`\nsoak: ${N} daemons, ${MINUTES} min, ${tally.runs} runs (${tally.f
 console.log(`first quarter (t <= ${(span / 4).toFixed(1)} min) vs last quarter (t >= ${(span * 3 / 4).toFixed(1)} min), medians per daemon:`)
 console.log(`${'what'.padEnd(17)} ${'first'.padStart(10)} ${'last'.padStart(10)} ${'change'.padStart(9)}`)
 for (const r of rows) console.log(r)
-console.log(flat ? 'flat: every daemon within 10 %' : 'NOT flat: some daemon moved more than 10 %')
+console.log(over.length === 0 ? 'flat: every daemon within 10 %' : `NOT flat, past 10 %: ${over.join(', ')}`)
 for (const f of failures.slice(0, 20)) console.log(`  ${f}`)
 writeFileSync(opts.svg, svg(samples, N))
 console.log(`plot: ${opts.svg}`)
