@@ -4,13 +4,6 @@ import type { Index } from './keys.ts'
 /** Below every key the index writes: compacting it touches no table. */
 const NO_KEY = '\x00'
 
-export interface IndexFlushCounters {
-  /** Flushes run. */
-  runs: number
-  /** Milliseconds spent in them, in all. */
-  ms: number
-}
-
 /**
  * Writes the index's memtable out to a table on a timer, so that what it holds in
  * memory is bounded by time as well as by its write buffer.
@@ -29,10 +22,9 @@ export class IndexFlusher {
   readonly #everyMs: number
   #timer: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
-  readonly counters: IndexFlushCounters = { runs: 0, ms: 0 }
 
+  /** `everyMs`: checked by `prepare` (open.ts), which both openers call. */
   constructor (db: Index, log: Logger, everyMs: number) {
-    if (!(Number.isFinite(everyMs) && everyMs > 0)) throw new TypeError(`indexFlushEveryMs must be a positive number of milliseconds, got ${everyMs}`)
     this.#db = db
     this.#log = log
     this.#everyMs = everyMs
@@ -54,12 +46,8 @@ export class IndexFlusher {
   async flush (): Promise<void> {
     if (this.#running !== undefined) return await this.#running
     if (this.#db.status !== 'open') return
-    const t0 = performance.now()
     this.#running = this.#db.compactRange(NO_KEY, NO_KEY)
-      .then(() => {
-        this.counters.runs++
-        this.counters.ms += performance.now() - t0
-      }, (err: unknown) => { this.#log.warn({ err }, 'could not write the index memtable out') })
+      .catch((err: unknown) => { this.#log.warn({ err }, 'could not write the index memtable out') })
       .finally(() => { this.#running = undefined })
     await this.#running
   }
