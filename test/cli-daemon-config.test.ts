@@ -41,13 +41,22 @@ test('a config file sets the daemon\'s options, paths in it are taken from its d
     await delay(200)
     r = strata(['status', '--json', '--data-dir', dataDir])
   }
-  const s = JSON.parse(r.stdout) as { epoch: number, readScopes: string[], addresses: string[], process: { malloc?: { heap: number, inUse: number, free: number }, trims?: { runs: number } } }
+  const s = JSON.parse(r.stdout) as { epoch: number, readScopes: string[], addresses: string[], process: { malloc?: { heap: number, inUse: number, free: number }, trims?: { runs: number }, hugePages?: { bursts: number, msOn: number } } }
   assert.equal(s.epoch, 9)
   assert.deepEqual(s.readScopes, ['from-file', 'main'])
   assert.match(s.addresses[0]!, /^\/ip4\/127\.0\.0\.1\/tcp\/\d+\//)
   // The daemon reports glibc malloc's figures, and its trimmer runs (this machine has glibc).
   assert.ok(s.process.malloc !== undefined && s.process.malloc.inUse > 0 && s.process.malloc.inUse <= s.process.malloc.heap + 2 ** 30, JSON.stringify(s.process))
   assert.equal(typeof s.process.trims?.runs, 'number')
+  // A commit is a burst: huge pages on for it, off again after (packages/daemon/src/huge-pages.ts).
+  assert.deepEqual(s.process.hugePages, { bursts: 0, msOn: 0 })
+  mkdirSync(join(dir, 'upper'))
+  writeFileSync(join(dir, 'upper', 'f'), 'a layer\n')
+  const packed = strata(['pack', join(dir, 'upper'), '--data-dir', dataDir])
+  assert.equal(packed.status, 0, packed.stderr)
+  const after = JSON.parse(strata(['status', '--json', '--data-dir', dataDir]).stdout) as { process: { hugePages?: { bursts: number, msOn: number } } }
+  assert.equal(after.process.hugePages?.bursts, 1)
+  assert.ok(after.process.hugePages.msOn > 0)
   const human = strata(['status', '--data-dir', dataDir])
   assert.equal(human.status, 0, human.stderr)
   assert.match(human.stdout, /^process: rss [^,]+, heap [^,]+ of [^,]+, malloc [\d.]+ [KMG]?B in use and [\d.]+ [KMG]?B free, \d+ fds/m)

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { startDaemonProcess, strata, workDir } from './helpers.ts'
 
-async function daemonProcess (t: { after: (fn: () => Promise<void> | void) => void }, env: NodeJS.ProcessEnv): Promise<{ argv: string[], env: Map<string, string> }> {
+async function daemonProcess (t: { after: (fn: () => Promise<void> | void) => void }, env: NodeJS.ProcessEnv): Promise<{ argv: string[], env: Map<string, string>, hugePages: string | undefined }> {
   const dir = workDir(t, 'daemon-exec')
   const dataDir = join(dir, 'data')
   const child = await startDaemonProcess(t, dataDir, env)
@@ -18,11 +18,13 @@ async function daemonProcess (t: { after: (fn: () => Promise<void> | void) => vo
     const at = kv.indexOf('=')
     if (at > 0) vars.set(kv.slice(0, at), kv.slice(at + 1))
   }
-  return { argv, env: vars }
+  // 1 where the kernel may back the process's memory with huge pages, 0 where it may not.
+  const hugePages = /^THP_enabled:\s+(\d)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1]
+  return { argv, env: vars, hugePages }
 }
 
 test('strata daemon runs with a 16 MB semi-space, gc exposed, two malloc arenas and huge pages on request, in the same process', async (t) => {
-  const { argv, env } = await daemonProcess(t, { MALLOC_ARENA_MAX: undefined, GLIBC_TUNABLES: undefined })
+  const { argv, env, hugePages } = await daemonProcess(t, { MALLOC_ARENA_MAX: undefined, GLIBC_TUNABLES: undefined, STRATA_HUGE_PAGES: undefined })
   assert.ok(argv.includes('--max-semi-space-size=16'), argv.join(' '))
   assert.ok(!argv.includes('--max-semi-space-size=4'), argv.join(' '))
   // The block exchange's scavenges need it (packages/daemon/src/scavenge.ts).
@@ -30,10 +32,13 @@ test('strata daemon runs with a 16 MB semi-space, gc exposed, two malloc arenas 
   assert.equal(argv.filter((a) => a === 'daemon').length, 1)
   assert.equal(env.get('MALLOC_ARENA_MAX'), '2')
   assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.hugetlb=1')
+  // At rest the huge-page gate keeps them off (packages/daemon/src/huge-pages.ts).
+  assert.equal(hugePages, '0')
 })
 
-test('strata daemon keeps a MALLOC_ARENA_MAX and GLIBC_TUNABLES set by the user', async (t) => {
-  const { env } = await daemonProcess(t, { MALLOC_ARENA_MAX: '5', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' })
+test('strata daemon keeps a MALLOC_ARENA_MAX and GLIBC_TUNABLES set by the user, and huge pages at all times with STRATA_HUGE_PAGES=always', async (t) => {
+  const { env, hugePages } = await daemonProcess(t, { MALLOC_ARENA_MAX: '5', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0', STRATA_HUGE_PAGES: 'always' })
+  assert.equal(hugePages, '1')
   assert.equal(env.get('MALLOC_ARENA_MAX'), '5')
   assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.tcache_count=0')
 })

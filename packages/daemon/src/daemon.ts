@@ -35,6 +35,7 @@ import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import { OffHeapPacer } from './scavenge.ts'
 import { MallocTrimmer } from './malloc-trim.ts'
+import { HugePageGate } from './huge-pages.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { Recent } from './recent.ts'
 import { RecordService } from './record-service.ts'
@@ -103,6 +104,8 @@ export class Daemon {
   readonly #offHeap = new OffHeapPacer()
   /** Gives malloc's free pages back, so that a burst's peak does not stay in the RSS. */
   readonly #trimmer = new MallocTrimmer()
+  /** Huge pages while a restore or a commit runs, small pages at rest, so that khugepaged does not undo the trims. */
+  readonly #hugePages = new HugePageGate()
   #started = false
   #control: Server | undefined
   #metricsServer: Server | undefined
@@ -274,6 +277,7 @@ export class Daemon {
     this.#discovery.start()
     this.#offHeap.start()
     this.#trimmer.start()
+    this.#hugePages.start()
     this.budget?.start()
     this.budget?.check()
     this.scrub.start()
@@ -289,6 +293,7 @@ export class Daemon {
     await this.#discovery.stop()
     this.#offHeap.stop()
     this.#trimmer.stop()
+    this.#hugePages.stop()
     await this.budget?.stop()
     await this.scrub.stop()
     for (const server of [this.#control, this.#metricsServer]) {
@@ -404,7 +409,7 @@ export class Daemon {
 
   /** Restores a layer from the fleet: every provider is asked, local blocks are taken locally. One fetch per layer at a time. */
   async fetchLayer (root: CID, opts: FetchOptions = {}): Promise<FetchResult> {
-    return await this.#layers.fetch(root, opts)
+    return await this.#hugePages.during(async () => await this.#layers.fetch(root, opts))
   }
 
   /** Lookup, then fetch: what the runner asks for on a local miss. */
@@ -441,7 +446,7 @@ export class Daemon {
   async commit (dir: string, opts: CommitOptions = {}): Promise<LayerInfo> {
     this.#busyAt = Date.now()
     const end = this.metrics.captureDuration.startTimer()
-    const layer = await this.store.commit(dir, opts)
+    const layer = await this.#hugePages.during(async () => await this.store.commit(dir, opts))
     end()
     this.budget?.check()
     this.#announce(layer.root)
@@ -516,7 +521,8 @@ export class Daemon {
       process: {
         ...processStats({ liveHeap: opts.liveHeap }),
         leveldb: { index: this.store.indexMemory?.() ?? 0, dht: dhtStoreOf(this.node)?.dbMemory ?? 0 },
-        ...(this.#trimmer.active ? { trims: { ...this.#trimmer.counters } } : {})
+        ...(this.#trimmer.active ? { trims: { ...this.#trimmer.counters } } : {}),
+        ...(this.#hugePages.active ? { hugePages: { ...this.#hugePages.counters } } : {})
       }
     }
   }

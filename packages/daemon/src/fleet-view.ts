@@ -2,6 +2,7 @@ import { readdirSync } from 'node:fs'
 import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8'
 import { mallocInfo, type MallocInfo } from '@strata/sys'
 import type { TrimCounters } from './malloc-trim.ts'
+import type { HugePageCounters } from './huge-pages.ts'
 
 /** How a step was served, as the runner reports it (`/v1/event`) or the daemon resolved it. */
 export type HitSource = 'local' | 'peer' | 'miss'
@@ -27,6 +28,8 @@ export interface ProcessStats {
   leveldb?: { index: number, dht: number }
   /** The malloc trimmer's work (malloc-trim.ts), where it runs. */
   trims?: TrimCounters
+  /** The huge-page gate's work (huge-pages.ts), where it runs. */
+  hugePages?: HugePageCounters
   fds: number
   uptimeS: number
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <linux/fs.h>
 #include <linux/fsverity.h>
 #include <sys/stat.h>
@@ -675,6 +676,24 @@ static napi_value js_malloc_trim(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// Whether the kernel may back this process's memory with transparent huge pages, at a
+// fault or by khugepaged's collapse (PR_SET_THP_DISABLE: for the whole process, every
+// thread, from now on). Returns the setting before the call; with no argument, only reads.
+static napi_value js_huge_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int was = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+  if (was < 0) return throw_errno(env, errno, "prctl", NULL);
+  if (argc >= 1) {
+    bool on;
+    if (napi_get_value_bool(env, argv[0], &on) != napi_ok) return type_error(env, "hugePages takes a boolean");
+    if (prctl(PR_SET_THP_DISABLE, on ? 0 : 1, 0, 0, 0) != 0) return throw_errno(env, errno, "prctl", NULL);
+  }
+  napi_get_boolean(env, was == 0, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"lgetxattrs", NULL, js_lgetxattrs, NULL, NULL, NULL, napi_default, NULL},
@@ -690,6 +709,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writeFiles", NULL, js_write_files, NULL, NULL, NULL, napi_default, NULL},
     {"mallocInfo", NULL, js_malloc_info, NULL, NULL, NULL, napi_default, NULL},
     {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_default, NULL},
+    {"hugePages", NULL, js_huge_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -18,6 +18,7 @@ interface Binding {
   writeFiles(batch: Uint8Array, umask: number): WriteFilesFailure | undefined
   mallocInfo?(): MallocInfo
   mallocTrim?(): boolean
+  hugePages?(on?: boolean): boolean
 }
 
 const require = createRequire(import.meta.url)
@@ -223,3 +224,12 @@ export const mallocInfo: (() => MallocInfo) | undefined =
  */
 export const mallocTrim: (() => boolean) | undefined =
   typeof binding.mallocTrim === 'function' ? () => binding.mallocTrim!() : undefined
+
+/**
+ * Whether the kernel may back this process's memory with transparent huge pages, at a
+ * page fault or by khugepaged's collapse (prctl PR_SET_THP_DISABLE, for every thread).
+ * With `on`, sets it. Returns the setting before the call. Undefined when this build
+ * predates it.
+ */
+export const hugePages: ((on?: boolean) => boolean) | undefined =
+  typeof binding.hugePages === 'function' ? (on) => (on === undefined ? binding.hugePages!() : binding.hugePages!(on)) : undefined
