@@ -297,6 +297,15 @@ export function procStats (pid: number): { rss: number, rssAnon: number, rssFile
   }
 }
 
+/** Bytes of a process's anonymous memory backed by transparent huge pages (smaps_rollup); undefined when it is gone. */
+export function anonHugePages (pid: number): number | undefined {
+  try {
+    return Number(/^AnonHugePages:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0) * 1024
+  } catch {
+    return undefined
+  }
+}
+
 export function percentile (xs: number[], p: number): number {
   if (xs.length === 0) return NaN
   const s = [...xs].sort((a, b) => a - b)

@@ -22,7 +22,7 @@ import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { setTimeout as delay } from 'node:timers/promises'
-import { Fleet, median, outcomes, procStats } from './fleet-lib.ts'
+import { anonHugePages, Fleet, median, outcomes, procStats } from './fleet-lib.ts'
 
 const { values: opts } = parseArgs({
   options: {
@@ -103,12 +103,12 @@ function expected (p: number, input: string): string {
 }
 
 /**
- * rssAnon: malloc and V8; rssFile: mapped files' pages (LevelDB tables); arrayBuffers: Buffers, within external;
+ * rssAnon: malloc and V8; anonHuge: of rssAnon, what transparent huge pages back (khugepaged's collapses among it); rssFile: mapped files' pages (LevelDB tables); arrayBuffers: Buffers, within external;
  * heapTotal: the V8 heap's pages; mallocInUse, mallocFree: glibc malloc's bytes handed out and held free;
  * v8Malloced: what V8 mallocs outside its heap; leveldb: what the store's index and the DHT's LevelDBs hold in memory (block caches, memtables), within mallocInUse;
  * dhtProviders: the DHT provider records the daemon keeps, on disk, bounded in count (doc/LIMITS.md).
  */
-interface Sample { t: number, daemon: number, rss: number, rssAnon: number, rssFile: number, heap: number, heapLive: number, heapCode: number, heapTotal: number, external: number, arrayBuffers: number, mallocInUse: number, mallocFree: number, v8Malloced: number, leveldb: number, fds: number, dhtProviders: number }
+interface Sample { t: number, daemon: number, rss: number, rssAnon: number, anonHuge: number, rssFile: number, heap: number, heapLive: number, heapCode: number, heapTotal: number, external: number, arrayBuffers: number, mallocInUse: number, mallocFree: number, v8Malloced: number, leveldb: number, fds: number, dhtProviders: number }
 const samples: Sample[] = []
 const tally = { runs: 0, failed: 0, wrong: 0, unverified: 0, steps: { local: 0, peer: 0, ran: 0 } }
 const failures: string[] = []
@@ -157,7 +157,7 @@ try {
       } catch {
         // Busy or restarting: the sample has no heap.
       }
-      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, rssFile: p.rssFile, heap, heapLive, heapCode, heapTotal, external, arrayBuffers, mallocInUse, mallocFree, v8Malloced, leveldb, fds: p.fds, dhtProviders })
+      if (p !== undefined) samples.push({ t, daemon: i, rss: p.rss, rssAnon: p.rssAnon, anonHuge: anonHugePages(fleet.daemons[i]!.pid) ?? NaN, rssFile: p.rssFile, heap, heapLive, heapCode, heapTotal, external, arrayBuffers, mallocInUse, mallocFree, v8Malloced, leveldb, fds: p.fds, dhtProviders })
     }
     if (opts.json !== undefined) writeFileSync(opts.json, JSON.stringify({ tally, failures, samples }, null, 1))
   }
@@ -227,8 +227,9 @@ try {
   await Promise.all([...Array(CONCURRENCY)].map(async () => await worker()))
   stopping = true
   for (const i of fleet.running) {
-    const trims = (await fleet.status(i, { copies: false }).catch(() => undefined))?.process.trims
-    if (trims !== undefined) log(`h${i + 1}: ${trims.runs} malloc trims (${trims.released} gave pages back), ${trims.ms.toFixed(0)} ms in all`)
+    const st = (await fleet.status(i, { copies: false }).catch(() => undefined))?.process
+    if (st?.trims !== undefined) log(`h${i + 1}: ${st.trims.runs} malloc trims (${st.trims.released} gave pages back), ${st.trims.ms.toFixed(0)} ms in all`)
+    if (st?.hugePages !== undefined) log(`h${i + 1}: huge pages on for ${st.hugePages.bursts} bursts, ${(st.hugePages.msOn / 1000).toFixed(0)} s in all`)
   }
   await sampler
   await sample()
@@ -243,7 +244,7 @@ const firstQ = samples.filter((s) => s.t <= span / 4)
 const lastQ = samples.filter((s) => s.t >= span * 3 / 4)
 const rows: string[] = []
 const over: string[] = []
-for (const metric of ['rss', 'rssAnon', 'rssFile', 'heapLive', 'heapCode', 'heap', 'heapTotal', 'external', 'arrayBuffers', 'mallocInUse', 'mallocFree', 'v8Malloced', 'leveldb', 'fds', 'dhtProviders'] as const) {
+for (const metric of ['rss', 'rssAnon', 'anonHuge', 'rssFile', 'heapLive', 'heapCode', 'heap', 'heapTotal', 'external', 'arrayBuffers', 'mallocInUse', 'mallocFree', 'v8Malloced', 'leveldb', 'fds', 'dhtProviders'] as const) {
   for (let i = 0; i < N; i++) {
     const a = median(firstQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
     const b = median(lastQ.filter((s) => s.daemon === i).map((s) => s[metric]).filter((x) => !Number.isNaN(x)))
