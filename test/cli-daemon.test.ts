@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { startDaemonProcess, strata, workDir } from './helpers.ts'
@@ -41,6 +41,14 @@ test('strata daemon keeps a MALLOC_ARENA_MAX and GLIBC_TUNABLES set by the user,
   assert.equal(hugePages, '1')
   assert.equal(env.get('MALLOC_ARENA_MAX'), '5')
   assert.equal(env.get('GLIBC_TUNABLES'), 'glibc.malloc.tcache_count=0')
+})
+
+test('strata daemon refuses a STRATA_HUGE_PAGES it does not know, in one line, before it opens anything', (t) => {
+  const dataDir = join(workDir(t, 'daemon-huge-pages'), 'data')
+  const r = strata(['daemon', '--data-dir', dataDir], undefined, { STRATA_HUGE_PAGES: 'sometimes' })
+  assert.equal(r.status, 1)
+  assert.equal(r.stderr, 'strata daemon: STRATA_HUGE_PAGES must be "burst" or "always", got "sometimes" (ERR_DAEMON_CONFIG)\n')
+  assert.equal(existsSync(dataDir), false)
 })
 
 test('strata layers, ls, pack and unpack answer while a daemon holds the store', async (t) => {

@@ -35,7 +35,7 @@ import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import { OffHeapPacer } from './scavenge.ts'
 import { MallocTrimmer } from './malloc-trim.ts'
-import { HugePageGate } from './huge-pages.ts'
+import { enabledByEnv as hugePagesGated, HugePageGate } from './huge-pages.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { Recent } from './recent.ts'
 import { RecordService } from './record-service.ts'
@@ -532,6 +532,11 @@ export class Daemon {
 export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   const config = await readConfig(init, log)
+  try {
+    hugePagesGated()
+  } catch (err) {
+    throw new DaemonConfigError((err as Error).message, { cause: err })
+  }
   const privateKey = await loadPrivateKey(config.dataDir)
   const identity = await loadIdentity(config.dataDir)
   const store = init.store ?? await openStore({ dataDir: config.dataDir, logger: init.logger, wait: false, indexWriteBufferBytes: INDEX_WRITE_BUFFER_BYTES, indexFlushEveryMs: INDEX_FLUSH_EVERY_MS })

@@ -23,8 +23,16 @@ export interface HugePageCounters {
   msOn: number
 }
 
+/** STRATA_HUGE_PAGES: `burst` (the default) gates them, `always` leaves them on; anything else throws. */
+export function enabledByEnv (): boolean {
+  const v = process.env.STRATA_HUGE_PAGES
+  if (v === undefined || v === '' || v === 'burst') return true
+  if (v === 'always') return false
+  throw new TypeError(`STRATA_HUGE_PAGES must be "burst" or "always", got ${JSON.stringify(v)}`)
+}
+
 export class HugePageGate {
-  readonly #set: ((on: boolean) => boolean) | undefined
+  #set: ((on: boolean) => boolean) | undefined
   #held = 0
   #started = false
   /** When huge pages went on, while a burst holds them under a started gate. */
@@ -32,11 +40,10 @@ export class HugePageGate {
   readonly counters: HugePageCounters = { bursts: 0, msOn: 0 }
 
   constructor (opts: { set?: (on: boolean) => boolean, enabled?: boolean } = {}) {
-    const enabled = opts.enabled ?? process.env.STRATA_HUGE_PAGES !== 'always'
-    this.#set = enabled ? opts.set ?? hugePages : undefined
+    this.#set = (opts.enabled ?? enabledByEnv()) ? opts.set ?? hugePages : undefined
   }
 
-  /** Whether this gate changes anything: Linux, a build of @strata/sys with the call, not turned off. */
+  /** Whether this gate changes anything: Linux, a build of @strata/sys with the call, not turned off, not refused by the kernel. */
   get active (): boolean {
     return this.#set !== undefined
   }
@@ -45,7 +52,10 @@ export class HugePageGate {
   start (): void {
     if (this.#set === undefined || this.#started) return
     // A kernel without the call (or a sandbox that forbids it) leaves the gate off.
-    if (this.#held === 0 && !this.#apply(false)) return
+    if (this.#held === 0 && !this.#apply(false)) {
+      this.#set = undefined
+      return
+    }
     this.#started = true
     if (this.#held > 0) this.#onSince = performance.now()
   }
