@@ -35,7 +35,7 @@ import type { DaemonStatus, LayerStatus } from './protocol.ts'
 import { ProviderSearch } from './providers.ts'
 import { OffHeapPacer } from './scavenge.ts'
 import { MallocTrimmer } from './malloc-trim.ts'
-import { enabledByEnv as hugePagesGated, HugePageGate } from './huge-pages.ts'
+import { enabledByEnv as checkHugePagesEnv, HugePageGate } from './huge-pages.ts'
 import type { ProviderSearchOptions, ProvidersComponents } from './providers.ts'
 import { Recent } from './recent.ts'
 import { RecordService } from './record-service.ts'
@@ -532,8 +532,9 @@ export class Daemon {
 export async function createDaemon (init: DaemonInit): Promise<Daemon> {
   const log = (init.logger ?? pino({ level: 'silent' })).child({ component: 'daemon' })
   const config = await readConfig(init, log)
+  // STRATA_HUGE_PAGES is checked before anything is opened; the gate, built with the daemon, reads it again.
   try {
-    hugePagesGated()
+    checkHugePagesEnv()
   } catch (err) {
     throw new DaemonConfigError((err as Error).message, { cause: err })
   }
