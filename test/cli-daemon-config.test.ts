@@ -59,7 +59,7 @@ test('a config file sets the daemon\'s options, paths in it are taken from its d
   assert.ok(after.process.hugePages.msOn > 0)
   const human = strata(['status', '--data-dir', dataDir])
   assert.equal(human.status, 0, human.stderr)
-  assert.match(human.stdout, /^process: rss [^,]+, heap [^,]+ of [^,]+, malloc [\d.]+ [KMG]?B in use and [\d.]+ [KMG]?B free, \d+ fds/m)
+  assert.match(human.stdout, /^process: rss [^,]+, heap [^,]+ of [^,]+, malloc [\d.]+ (?:[kMGT]B|B) in use and [\d.]+ (?:[kMGT]B|B) free, \d+ fds/m)
 })
 
 test('a config file with an unknown key, a value of the wrong type or bad YAML is refused with FILE:LINE:COL', (t) => {
